@@ -1,0 +1,191 @@
+"""The accelerator description: a dataclass loaded from (and written to) YAML."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import yaml
+
+PRESET_DIR = Path(__file__).with_name("presets")
+DATAFLOWS = ("ws", "os", "is")
+
+
+class HardwareConfigError(ValueError):
+    """A preset/YAML/CSV that does not describe valid hardware or layers.
+
+    The message is one line: the file, the key or row, and what was expected.
+    """
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Free parameters of the ``systolic`` model, fitted by ``hwmodels.calibrate``.
+
+    fold_overhead_cycles: extra cycles per fold (controller, weight-load slack).
+    layer_overhead_cycles: fixed cycles per layer (launch, drain to memory).
+    cycle_scale: multiplies the compute cycles (clock/pipeline inefficiency).
+    bandwidth_efficiency: achieved share of the off-chip bandwidth, in (0, 1].
+    """
+
+    fold_overhead_cycles: float = 0.0
+    layer_overhead_cycles: float = 0.0
+    cycle_scale: float = 1.0
+    bandwidth_efficiency: float = 1.0
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """One or more R x C systolic arrays of multiply-accumulate cells.
+
+    array_rows / array_cols: PEs per array (R x C); num_arrays: arrays sharing
+    the folds of a layer; dataflow: ws (weight-), os (output-) or is (input-
+    stationary); clock_hz: cycles per second; bandwidth_bytes_per_s: off-chip
+    memory bandwidth; onchip_bytes: on-chip buffer; bytes_per_element: operand
+    width (1 for int8, 2 for bf16).
+    """
+
+    name: str
+    array_rows: int
+    array_cols: int
+    num_arrays: int = 1
+    dataflow: str = "ws"
+    clock_hz: float = 1.0e9
+    bandwidth_bytes_per_s: float = 80.0e9
+    onchip_bytes: int = 15 * 2**20
+    bytes_per_element: int = 1
+    calibration: Calibration = field(default_factory=Calibration)
+    source: str = ""
+
+    @property
+    def pes(self) -> int:
+        """Multiply-accumulate cells over all arrays."""
+        return self.array_rows * self.array_cols * self.num_arrays
+
+    def replace(self, **changes) -> "Accelerator":
+        acc = dataclasses.replace(self, **changes)
+        validate(acc, origin="override")
+        return acc
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {
+    "array_rows": int, "array_cols": int, "num_arrays": int, "dataflow": str,
+    "clock_hz": float, "bandwidth_bytes_per_s": float, "onchip_bytes": int,
+    "bytes_per_element": int,
+}
+_REQUIRED = ("array_rows", "array_cols", "clock_hz", "bandwidth_bytes_per_s")
+_CAL_FIELDS = {f.name for f in dataclasses.fields(Calibration)}
+
+
+def validate(acc: Accelerator, origin: str = "<accelerator>") -> None:
+    """Raise HardwareConfigError naming ``origin`` and the offending key."""
+    for key in ("array_rows", "array_cols", "num_arrays", "clock_hz",
+                "bandwidth_bytes_per_s", "onchip_bytes", "bytes_per_element"):
+        value = getattr(acc, key)
+        if not value > 0:
+            raise HardwareConfigError(f"{origin}: key '{key}' must be a positive number, got {value!r}")
+    if acc.dataflow not in DATAFLOWS:
+        raise HardwareConfigError(
+            f"{origin}: key 'dataflow' must be one of {', '.join(DATAFLOWS)}, got {acc.dataflow!r}")
+    cal = acc.calibration
+    if not 0 < cal.bandwidth_efficiency <= 1:
+        raise HardwareConfigError(
+            f"{origin}: key 'calibration.bandwidth_efficiency' must be in (0, 1], got {cal.bandwidth_efficiency!r}")
+    if not cal.cycle_scale > 0:
+        raise HardwareConfigError(f"{origin}: key 'calibration.cycle_scale' must be > 0, got {cal.cycle_scale!r}")
+
+
+def _coerce(value: Any, kind: type, key: str, origin: str):
+    if isinstance(value, bool) or value is None:
+        raise HardwareConfigError(f"{origin}: key '{key}' expected {kind.__name__}, got {value!r}")
+    if kind is str:
+        if not isinstance(value, str):
+            raise HardwareConfigError(f"{origin}: key '{key}' expected a string, got {value!r}")
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise HardwareConfigError(f"{origin}: key '{key}' expected a {kind.__name__}, got {value!r}") from None
+    if kind is int:
+        if number != int(number):
+            raise HardwareConfigError(f"{origin}: key '{key}' expected an integer, got {value!r}")
+        return int(number)
+    return number
+
+
+def from_dict(data: Dict[str, Any], origin: str = "<dict>", name: Optional[str] = None) -> Accelerator:
+    """Build and validate an Accelerator from a YAML-like mapping."""
+    if not isinstance(data, dict):
+        raise HardwareConfigError(f"{origin}: expected a mapping of accelerator keys, got {type(data).__name__}")
+    known = set(_FIELDS) | {"name", "calibration", "source", "fit_report", "provenance"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise HardwareConfigError(
+            f"{origin}: unknown key '{unknown[0]}' (expected one of {', '.join(sorted(known))})")
+    for key in _REQUIRED:
+        if key not in data:
+            raise HardwareConfigError(f"{origin}: missing key '{key}'")
+    kwargs: Dict[str, Any] = {k: _coerce(data[k], t, k, origin) for k, t in _FIELDS.items() if k in data}
+    cal = data.get("calibration") or {}
+    if not isinstance(cal, dict):
+        raise HardwareConfigError(f"{origin}: key 'calibration' expected a mapping, got {cal!r}")
+    bad = sorted(set(cal) - _CAL_FIELDS)
+    if bad:
+        raise HardwareConfigError(
+            f"{origin}: unknown key 'calibration.{bad[0]}' (expected one of {', '.join(sorted(_CAL_FIELDS))})")
+    kwargs["calibration"] = Calibration(**{k: _coerce(v, float, f"calibration.{k}", origin) for k, v in cal.items()})
+    kwargs["name"] = str(data.get("name") or name or "custom")
+    kwargs["source"] = str(data.get("source", ""))
+    acc = Accelerator(**kwargs)
+    validate(acc, origin)
+    return acc
+
+
+def preset_names():
+    """Names of the shipped presets, sorted."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_accelerator(name_or_path: Union[str, os.PathLike]) -> Accelerator:
+    """Load a preset by name (``uboost``, ``tpu_v2``, ...) or a YAML file path."""
+    path = Path(name_or_path)
+    if not path.suffix and (PRESET_DIR / f"{path.name}.yaml").exists():
+        path = PRESET_DIR / f"{path.name}.yaml"
+    elif not path.exists():
+        raise HardwareConfigError(
+            f"{name_or_path}: no such preset or file (presets: {', '.join(preset_names())})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise HardwareConfigError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    return from_dict(data, origin=str(path), name=path.stem)
+
+
+def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file + rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_accelerator(acc: Accelerator, path: Union[str, os.PathLike], extra: Optional[Dict[str, Any]] = None) -> None:
+    """Write ``acc`` (plus ``extra`` keys such as fit_report/provenance) as YAML, atomically."""
+    data = acc.to_dict()
+    data.update(extra or {})
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

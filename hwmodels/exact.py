@@ -1,0 +1,182 @@
+"""Exact cycle and utilization model of GEMM-lowered layers on systolic arrays.
+
+Two modes:
+
+``uboost``  U-Boost NAS's weight-stationary model, kept as the baseline: the
+            K x N weight matrix is cut into ceil(K/R) x ceil(N/C) tiles, each
+            streams M rows; cycles = ceil(K/R) * ceil(N/C) * M.  No fill/drain,
+            no weight loading, no memory bound.
+``systolic`` the fold structure a cycle-level simulator (SCALE-Sim) counts per
+            dataflow.  A fold maps an R x C block of the stationary operand on
+            the array and streams T rows through it; it costs
+            2R + C + T - 2 cycles (R to load the stationary operand, T to
+            stream, R + C - 2 for the skewed pipeline to fill and drain):
+
+                dataflow  stationary  folds                    streamed T
+                ws        weights     ceil(K/R) * ceil(N/C)    M
+                os        outputs     ceil(M/R) * ceil(N/C)    K
+                is        inputs      ceil(K/R) * ceil(M/C)    N
+
+            Several arrays take folds in rounds (ceil(folds / arrays)); the
+            layer is bounded below by its off-chip traffic, bytes / bandwidth,
+            with double buffering assumed so compute and transfers overlap.
+
+Calibration parameters (see ``Calibration``) enter both modes the same way:
+compute = cycle_scale * rounds * (fold_cycles + fold_overhead_cycles), and
+cycles = max(compute, memory) + layer_overhead_cycles.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Sequence
+
+from .accelerator import Accelerator
+from .layers import Gemm, Layer
+
+MODES = ("uboost", "systolic")
+
+
+@dataclass
+class LayerCost:
+    """Cost of one layer. Cycles are array clock cycles; seconds = cycles / clock_hz.
+
+    utilization = macs / (cycles * PEs) over all arrays.  ``lost`` splits the
+    idle PE-cycles (cycles * PEs - macs) into partial_tiles, fill_drain,
+    idle_arrays, memory_stall and overhead.
+    """
+
+    name: str
+    kind: str
+    gemm: Gemm
+    cycles: float
+    compute_cycles: float
+    memory_cycles: float
+    seconds: float
+    macs: int
+    utilization: float
+    folds: int
+    bytes: int
+    lost: Dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "m": self.gemm.m, "k": self.gemm.k,
+                "n": self.gemm.n, "repeats": self.gemm.repeats, "cycles": self.cycles,
+                "compute_cycles": self.compute_cycles, "memory_cycles": self.memory_cycles,
+                "seconds": self.seconds, "macs": self.macs, "utilization": self.utilization,
+                "folds": self.folds, "bytes": self.bytes, "lost_pe_cycles": dict(self.lost)}
+
+
+def fold_geometry(gemm: Gemm, rows: int, cols: int, dataflow: str):
+    """(folds along rows, folds along cols, streamed rows T) of one GEMM."""
+    if dataflow == "ws":
+        return math.ceil(gemm.k / rows), math.ceil(gemm.n / cols), gemm.m
+    if dataflow == "os":
+        return math.ceil(gemm.m / rows), math.ceil(gemm.n / cols), gemm.k
+    if dataflow == "is":
+        return math.ceil(gemm.k / rows), math.ceil(gemm.m / cols), gemm.n
+    raise ValueError(f"unknown dataflow {dataflow!r} (expected ws, os or is)")
+
+
+def offchip_elements(layer: Layer, acc: Accelerator) -> int:
+    """Elements moved off-chip: each tensor once when the layer fits on chip;
+    otherwise the streamed operand is re-read once per fold of the other side."""
+    inputs, weights, outputs = layer.input_elements(), layer.weight_elements(), layer.output_elements()
+    if (inputs + weights + outputs) * acc.bytes_per_element <= acc.onchip_bytes:
+        return inputs + weights + outputs
+    gemm = layer.lower()
+    row_folds, col_folds, _ = fold_geometry(gemm, acc.array_rows, acc.array_cols, acc.dataflow)
+    if acc.dataflow == "ws":      # inputs stream once per column fold of weights
+        inputs *= col_folds
+    elif acc.dataflow == "os":    # weights stream once per row fold of outputs
+        weights *= row_folds
+    else:                         # is: weights stream once per column fold of inputs
+        weights *= col_folds
+    return inputs + weights + outputs
+
+
+def layer_cost(layer: Layer, acc: Accelerator, mode: str = "systolic") -> LayerCost:
+    """Exact cost of ``layer`` on ``acc`` in ``mode`` ('uboost' or 'systolic')."""
+    if mode not in MODES:
+        raise ValueError(f"unknown model mode {mode!r} (expected one of {', '.join(MODES)})")
+    gemm = layer.lower()
+    rows, cols, arrays = acc.array_rows, acc.array_cols, acc.num_arrays
+    cal = acc.calibration
+    pes = acc.pes
+    macs = gemm.macs
+    if mode == "uboost":
+        # Paper's model: weight-stationary tiles, M rows each, nothing else.
+        row_folds, col_folds = math.ceil(gemm.k / rows), math.ceil(gemm.n / cols)
+        streamed, fill = gemm.m, 0
+    else:
+        row_folds, col_folds, streamed = fold_geometry(gemm, rows, cols, acc.dataflow)
+        fill = 2 * rows + cols - 2
+    folds = row_folds * col_folds * gemm.repeats
+    rounds = math.ceil(folds / arrays)
+    fold_cycles = streamed + fill + cal.fold_overhead_cycles
+    compute = cal.cycle_scale * rounds * fold_cycles
+    elements = offchip_elements(layer, acc)
+    nbytes = elements * acc.bytes_per_element
+    memory = 0.0
+    if mode == "systolic":
+        memory = nbytes / (acc.bandwidth_bytes_per_s * cal.bandwidth_efficiency) * acc.clock_hz
+    cycles = max(compute, memory) + cal.layer_overhead_cycles
+
+    # Idle PE-cycles by cause; 'overhead' takes calibration terms and rounding.
+    tile_pe_cycles = folds * streamed * rows * cols
+    lost = {
+        "partial_tiles": float(tile_pe_cycles - macs),
+        "fill_drain": float(folds * fill * rows * cols),
+        "idle_arrays": float((rounds * arrays - folds) * (streamed + fill) * rows * cols),
+        "memory_stall": float(max(0.0, memory - compute) * pes),
+    }
+    lost["overhead"] = float(cycles * pes - macs - sum(lost.values()))
+    return LayerCost(name=layer.name, kind=layer.kind, gemm=gemm, cycles=float(cycles),
+                     compute_cycles=float(compute), memory_cycles=float(memory),
+                     seconds=cycles / acc.clock_hz, macs=macs,
+                     utilization=macs / (cycles * pes) if cycles > 0 else 0.0,
+                     folds=folds, bytes=int(nbytes), lost=lost)
+
+
+@dataclass
+class NetworkCost:
+    """Per-layer costs and totals; utilization = total MACs / (total cycles * PEs)."""
+
+    layers: List[LayerCost]
+    accelerator: Accelerator
+    mode: str
+
+    @property
+    def cycles(self) -> float:
+        return sum(c.cycles for c in self.layers)
+
+    @property
+    def compute_cycles(self) -> float:
+        return sum(c.compute_cycles for c in self.layers)
+
+    @property
+    def seconds(self) -> float:
+        return self.cycles / self.accelerator.clock_hz
+
+    @property
+    def macs(self) -> int:
+        return sum(c.macs for c in self.layers)
+
+    @property
+    def utilization(self) -> float:
+        cycles = self.cycles
+        return self.macs / (cycles * self.accelerator.pes) if cycles > 0 else 0.0
+
+    def total(self) -> dict:
+        return {"cycles": self.cycles, "compute_cycles": self.compute_cycles,
+                "seconds": self.seconds, "macs": self.macs, "utilization": self.utilization}
+
+    def as_dict(self) -> dict:
+        return {"accelerator": self.accelerator.to_dict(), "mode": self.mode,
+                "layers": [c.as_dict() for c in self.layers], "total": self.total()}
+
+
+def network_cost(layers: Sequence[Layer] | Iterable[Layer], acc: Accelerator,
+                 mode: str = "systolic") -> NetworkCost:
+    """Exact cost of every layer of a network and its totals."""
+    return NetworkCost([layer_cost(layer, acc, mode) for layer in layers], acc, mode)

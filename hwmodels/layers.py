@@ -1,0 +1,172 @@
+"""Layer descriptors and their lowering to GEMMs ("matrixification").
+
+Every layer the array executes becomes ``repeats`` independent GEMMs of shape
+(M x K) @ (K x N): M rows stream through the array, K is the reduction depth,
+N the number of outputs.  A convolution with output Ho x Wo, batch B, kernel
+kh x kw, Cin inputs, Cout outputs and g groups is g GEMMs of M = B*Ho*Wo,
+K = kh*kw*Cin/g, N = Cout/g.  Depthwise (g = Cin = Cout) is Cin GEMMs with
+K = kh*kw and N = 1.  Linear: M = B, K = in, N = out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Tuple, Union
+
+Pair = Tuple[int, int]
+IntOrPair = Union[int, Pair]
+
+
+def _pair(value: IntOrPair, name: str) -> Pair:
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair, got {value!r}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """``repeats`` independent GEMMs of (m x k) @ (k x n); all counts in elements."""
+
+    m: int
+    k: int
+    n: int
+    repeats: int = 1
+
+    @property
+    def macs(self) -> int:
+        return self.m * self.k * self.n * self.repeats
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """A 2-D convolution on an in_h x in_w map (NCHW semantics, as torch.nn.Conv2d).
+
+    stride, padding and dilation are an int or an (h, w) pair; ``batch`` images.
+    """
+
+    name: str
+    in_h: int
+    in_w: int
+    in_channels: int
+    out_channels: int
+    kernel_h: int = 1
+    kernel_w: int = 1
+    stride: IntOrPair = 1
+    padding: IntOrPair = 0
+    dilation: IntOrPair = 1
+    groups: int = 1
+    batch: int = 1
+    kind: str = field(default="conv", init=False)
+
+    def __post_init__(self):
+        for attr in ("stride", "padding", "dilation"):
+            object.__setattr__(self, attr, _pair(getattr(self, attr), attr))
+        problems = []
+        for attr in ("in_h", "in_w", "in_channels", "out_channels", "kernel_h",
+                     "kernel_w", "groups", "batch"):
+            if int(getattr(self, attr)) < 1:
+                problems.append(f"{attr} must be >= 1, got {getattr(self, attr)}")
+        if min(self.stride) < 1 or min(self.dilation) < 1:
+            problems.append("stride and dilation must be >= 1")
+        if min(self.padding) < 0:
+            problems.append("padding must be >= 0")
+        if self.groups >= 1 and (self.in_channels % self.groups or self.out_channels % self.groups):
+            problems.append(f"in_channels ({self.in_channels}) and out_channels "
+                            f"({self.out_channels}) must be divisible by groups ({self.groups})")
+        if not problems and (self.out_h < 1 or self.out_w < 1):
+            problems.append(f"the {self.kernel_h}x{self.kernel_w} kernel (dilation "
+                            f"{self.dilation}, padding {self.padding}) does not fit the "
+                            f"{self.in_h}x{self.in_w} input")
+        if problems:
+            raise ValueError(f"layer {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def out_h(self) -> int:
+        span = self.dilation[0] * (self.kernel_h - 1) + 1
+        return (self.in_h + 2 * self.padding[0] - span) // self.stride[0] + 1
+
+    @property
+    def out_w(self) -> int:
+        span = self.dilation[1] * (self.kernel_w - 1) + 1
+        return (self.in_w + 2 * self.padding[1] - span) // self.stride[1] + 1
+
+    @property
+    def is_depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.in_channels
+
+    def lower(self) -> Gemm:
+        g = self.groups
+        return Gemm(m=self.batch * self.out_h * self.out_w,
+                    k=self.kernel_h * self.kernel_w * self.in_channels // g,
+                    n=self.out_channels // g, repeats=g)
+
+    # Bytes moved off-chip if each tensor is read or written once (elements).
+    def input_elements(self) -> int:
+        return self.batch * self.in_channels * self.in_h * self.in_w
+
+    def weight_elements(self) -> int:
+        return self.out_channels * (self.in_channels // self.groups) * self.kernel_h * self.kernel_w
+
+    def output_elements(self) -> int:
+        return self.batch * self.out_channels * self.out_h * self.out_w
+
+
+@dataclass(frozen=True)
+class LinearLayer:
+    """A fully connected layer y = x W^T on ``batch`` rows."""
+
+    name: str
+    in_features: int
+    out_features: int
+    batch: int = 1
+    kind: str = field(default="linear", init=False)
+
+    def __post_init__(self):
+        for attr in ("in_features", "out_features", "batch"):
+            if int(getattr(self, attr)) < 1:
+                raise ValueError(f"layer {self.name!r}: {attr} must be >= 1, got {getattr(self, attr)}")
+
+    def lower(self) -> Gemm:
+        return Gemm(m=self.batch, k=self.in_features, n=self.out_features)
+
+    def input_elements(self) -> int:
+        return self.batch * self.in_features
+
+    def weight_elements(self) -> int:
+        return self.in_features * self.out_features
+
+    def output_elements(self) -> int:
+        return self.batch * self.out_features
+
+
+@dataclass(frozen=True)
+class GemmLayer:
+    """A raw GEMM (m x k) @ (k x n), ``repeats`` times."""
+
+    name: str
+    m: int
+    k: int
+    n: int
+    repeats: int = 1
+    kind: str = field(default="gemm", init=False)
+
+    def __post_init__(self):
+        for attr in ("m", "k", "n", "repeats"):
+            if int(getattr(self, attr)) < 1:
+                raise ValueError(f"layer {self.name!r}: {attr} must be >= 1, got {getattr(self, attr)}")
+
+    def lower(self) -> Gemm:
+        return Gemm(self.m, self.k, self.n, self.repeats)
+
+    def input_elements(self) -> int:
+        return self.repeats * self.m * self.k
+
+    def weight_elements(self) -> int:
+        return self.repeats * self.k * self.n
+
+    def output_elements(self) -> int:
+        return self.repeats * self.m * self.n
+
+
+Layer = Union[ConvLayer, LinearLayer, GemmLayer]

@@ -1,0 +1,5 @@
+import sys
+
+from ubnas.cli import main
+
+sys.exit(main())

@@ -1,0 +1,48 @@
+"""``ubnas`` command line: a thin dispatcher over ``ubnas.commands.<name>`` modules."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# Each name is a module in ubnas/commands with add_parser(subparsers) and run(args) -> int.
+COMMANDS = (
+    "presets",
+    "estimate",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ubnas", description="Hardware-aware differentiable NAS for systolic-array accelerators.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"ubnas.commands.{name}")
+        sub_parser = module.add_parser(sub)
+        sub_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("ubnas: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ImportError) as exc:
+        # User-facing errors are one line (file, key/row, what was expected);
+        # UBNAS_DEBUG=1 shows the traceback for bug reports.
+        if os.environ.get("UBNAS_DEBUG"):
+            raise
+        print(f"ubnas: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
