@@ -1,0 +1,176 @@
+"""Differentiable twin of ``hwmodels.exact`` for search losses.
+
+The same equations evaluated in torch on batches of layers whose channel counts
+may be soft (float tensors that carry gradients).  Only the ceilings change:
+
+* ``sigmoid``: ceil(x / d) ~ sum_k sigmoid((x - k*d - 1/2) / t).  Each step sits
+  half-way between the integer counts k*d and k*d + 1, so at integer counts the
+  value is within ~2*sigmoid(-1/(2t)) of the exact ceiling (t in elements).
+  Only the steps within a few ``window`` tiles of x are evaluated; the ones
+  below are counted as 1, so any tile count works without overflow.
+* ``straight_through``: forward is the exact staircase (the loss reports true
+  cycles), backward is the sigmoid surrogate's derivative.
+
+U-Boost's surrogate put each step ~0.125 tiles above the integer, read
+values below 1 for x < 0.25 tiles and overflowed past 300 tiles; both
+surrogates here avoid all three.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Sequence
+
+import torch
+
+from .accelerator import Accelerator
+from .exact import MODES
+from .layers import Layer
+
+SURROGATES = ("sigmoid", "straight_through")
+
+
+def hard_ceil_div(x: torch.Tensor, d: float) -> torch.Tensor:
+    """Number of steps k*d + 1/2 <= x (k >= 0): equals ceil(x / d) at integer x >= 1."""
+    return torch.clamp(torch.floor((x - 0.5) / d) + 1, min=0)
+
+
+def sigmoid_ceil_div(x: torch.Tensor, d: float, temperature: float, window: int = 3) -> torch.Tensor:
+    """Smooth ceil(x / d): steps of width ``temperature`` (elements) centred at k*d + 1/2."""
+    last = torch.floor((x.detach() - 0.5) / d)                      # index of the last step <= x
+    offsets = torch.arange(-window + 1, window + 1, device=x.device, dtype=x.dtype)
+    ks = last.unsqueeze(-1) + offsets                              # (..., 2*window) nearby steps
+    first = torch.clamp(last - window + 1, min=0)                  # steps below: fully on
+    steps = torch.sigmoid((x.unsqueeze(-1) - ks * d - 0.5) / temperature)
+    steps = torch.where(ks >= 0, steps, torch.zeros_like(steps))
+    return first + steps.sum(-1)
+
+
+def soft_ceil_div(x: torch.Tensor, d: float, surrogate: str = "straight_through",
+                  temperature: float = 1.0) -> torch.Tensor:
+    """ceil(x / d) with a gradient; see the module docstring for the surrogates."""
+    if surrogate == "sigmoid":
+        return sigmoid_ceil_div(x, d, temperature)
+    if surrogate == "straight_through":
+        soft = sigmoid_ceil_div(x, d, temperature)
+        return soft + (hard_ceil_div(x, d) - soft).detach()
+    raise ValueError(f"unknown surrogate {surrogate!r} (expected one of {', '.join(SURROGATES)})")
+
+
+@dataclass
+class SoftLayers:
+    """L GEMM-lowered layers as float tensors of shape (L,), element counts.
+
+    m, k, n: GEMM dims; repeats: independent GEMMs (groups); input/weight/
+    output_elements: off-chip tensor sizes.  Any of them may require grad.
+    """
+
+    m: torch.Tensor
+    k: torch.Tensor
+    n: torch.Tensor
+    repeats: torch.Tensor
+    input_elements: torch.Tensor
+    weight_elements: torch.Tensor
+    output_elements: torch.Tensor
+
+    @property
+    def macs(self) -> torch.Tensor:
+        return self.m * self.k * self.n * self.repeats
+
+    @staticmethod
+    def stack(rows: Sequence["SoftLayers"]) -> "SoftLayers":
+        fields = SoftLayers.__dataclass_fields__
+        return SoftLayers(**{f: torch.cat([getattr(r, f).reshape(-1) for r in rows]) for f in fields})
+
+
+def _t(value, like=None) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.to(torch.float64 if like is None else like.dtype).reshape(-1)
+    return torch.tensor([float(value)], dtype=torch.float64 if like is None else like.dtype)
+
+
+def soft_conv(in_h: int, in_w: int, in_channels, out_channels, kernel: int = 1, stride: int = 1,
+              padding: int = 0, dilation: int = 1, depthwise: bool = False, batch: int = 1) -> SoftLayers:
+    """One conv with (possibly soft) channel counts. depthwise: groups = in_channels = out_channels."""
+    span = dilation * (kernel - 1) + 1
+    out_h = (in_h + 2 * padding - span) // stride + 1
+    out_w = (in_w + 2 * padding - span) // stride + 1
+    cin, cout = _t(in_channels), _t(out_channels)
+    m = _t(batch * out_h * out_w, cin)
+    if depthwise:
+        k, n, repeats = _t(kernel * kernel, cin), torch.ones_like(cin), cin
+        weights = cin * kernel * kernel
+    else:
+        k, n, repeats = cin * kernel * kernel, cout, torch.ones_like(cin)
+        weights = cin * cout * kernel * kernel
+    return SoftLayers(m, k, n, repeats, cin * (batch * in_h * in_w),
+                      weights, cout * (batch * out_h * out_w) if not depthwise else cin * (batch * out_h * out_w))
+
+
+def soft_linear(in_features, out_features, batch: int = 1) -> SoftLayers:
+    """One linear layer with (possibly soft) feature counts."""
+    fin, fout = _t(in_features), _t(out_features)
+    return SoftLayers(_t(batch, fin), fin, fout, torch.ones_like(fin), fin * batch, fin * fout, fout * batch)
+
+
+def from_layers(layers: Sequence[Layer], dtype=torch.float64) -> SoftLayers:
+    """Exact (integer) layer descriptors as a SoftLayers batch."""
+    cols = {f: [] for f in SoftLayers.__dataclass_fields__}
+    for layer in layers:
+        g = layer.lower()
+        for key, value in (("m", g.m), ("k", g.k), ("n", g.n), ("repeats", g.repeats),
+                           ("input_elements", layer.input_elements()),
+                           ("weight_elements", layer.weight_elements()),
+                           ("output_elements", layer.output_elements())):
+            cols[key].append(float(value))
+    return SoftLayers(**{k: torch.tensor(v, dtype=dtype) for k, v in cols.items()})
+
+
+def network_cost_torch(layers: SoftLayers, acc: Accelerator, mode: str = "systolic",
+                       surrogate: str = "straight_through", temperature: float = 1.0
+                       ) -> Dict[str, torch.Tensor]:
+    """Smooth cost of a batch of layers.
+
+    Returns tensors: ``cycles`` and ``compute_cycles`` (L,) per layer, and
+    scalars ``total_cycles``, ``seconds``, ``macs``, ``utilization`` (= total
+    MACs / (total cycles * PEs), the network's true figure).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown model mode {mode!r} (expected one of {', '.join(MODES)})")
+    rows, cols, cal = acc.array_rows, acc.array_cols, acc.calibration
+
+    def ceil(x, d):
+        return soft_ceil_div(x, d, surrogate, temperature)
+
+    m, k, n = layers.m, layers.k, layers.n
+    if mode == "uboost" or acc.dataflow == "ws":
+        a, b, streamed = ceil(k, rows), ceil(n, cols), m
+    elif acc.dataflow == "os":
+        a, b, streamed = ceil(m, rows), ceil(n, cols), k
+    else:
+        a, b, streamed = ceil(k, rows), ceil(m, cols), n
+    folds = a * b * layers.repeats
+    # Fold rounds over several arrays: a ceiling of its own (none with one array).
+    rounds = folds if acc.num_arrays == 1 else ceil(folds, acc.num_arrays)
+    fill = 0 if mode == "uboost" else 2 * rows + cols - 2
+    compute = cal.cycle_scale * rounds * (streamed + fill + cal.fold_overhead_cycles)
+    cycles = compute
+    if mode == "systolic":
+        elements = layers.input_elements + layers.weight_elements + layers.output_elements
+        # Re-reads when the layer overflows the on-chip buffer (a hard, detached decision).
+        spills = (elements.detach() * acc.bytes_per_element) > acc.onchip_bytes
+        if acc.dataflow == "ws":
+            extra = layers.input_elements * (b - 1)
+        elif acc.dataflow == "os":
+            extra = layers.weight_elements * (a - 1)
+        else:
+            extra = layers.weight_elements * (b - 1)
+        elements = elements + torch.where(spills, extra, torch.zeros_like(extra))
+        memory = elements * acc.bytes_per_element / (
+            acc.bandwidth_bytes_per_s * cal.bandwidth_efficiency) * acc.clock_hz
+        cycles = torch.maximum(compute, memory)
+    cycles = cycles + cal.layer_overhead_cycles
+    total = cycles.sum()
+    macs = layers.macs.sum()
+    return {"cycles": cycles, "compute_cycles": compute, "total_cycles": total,
+            "seconds": total / acc.clock_hz, "macs": macs,
+            "utilization": macs / (total * acc.pes)}
