@@ -1,0 +1,54 @@
+"""Fused mixed-edge kernels (DESIGN.md section 4): one dispatch, two backends.
+
+``mixed_edge(edge, x, probs, impl)`` computes ``MixedEdge.forward_eager`` with
+the linear branches fused (see ``fused``):
+
+* ``"reference"``: the fused formulation with PyTorch primitives (``reference``);
+* ``"triton"``: the same formulation with Triton kernels (``triton_kernels``)
+  for the multi-kernel depthwise conv and the BN/pool/skip combination; the
+  full-conv superkernel and the 1x1 GEMM stay on cuDNN/cuBLAS;
+* ``"auto"``: triton for CUDA tensors, reference elsewhere.
+
+The environment variable ``UBNAS_KERNELS=reference|triton`` forces either.
+Triton is imported only when a Triton path is taken.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from . import reference
+from .fused import FusedEdge, compose, fused_mixed_edge
+
+IMPLS = ("reference", "triton", "auto")
+
+__all__ = ["mixed_edge", "backend", "IMPLS", "FusedEdge", "compose", "reference"]
+
+
+def backend(impl: str, device: torch.device):
+    """The kernel module for ``impl`` on ``device`` (after the UBNAS_KERNELS override)."""
+    forced = os.environ.get("UBNAS_KERNELS", "").strip().lower()
+    if forced:
+        if forced not in ("reference", "triton"):
+            raise ValueError(f"UBNAS_KERNELS must be 'reference' or 'triton', got {forced!r}")
+        impl = forced
+    if impl not in IMPLS:
+        raise ValueError(f"unknown kernel impl {impl!r} (expected one of {', '.join(IMPLS)})")
+    if impl == "auto":
+        impl = "triton" if torch.device(device).type == "cuda" else "reference"
+    if impl == "triton":
+        from . import triton_kernels
+        return triton_kernels
+    return reference
+
+
+def mixed_edge(edge, x: torch.Tensor, probs: torch.Tensor, impl: str = "auto",
+               fold: Optional[bool] = None) -> torch.Tensor:
+    """Fused ``edge.forward_eager(x, probs)``: x (N, C, H, W), probs (n_ops,) -> (N, C, Ho, Wo).
+
+    ``fold`` (default ``fused.FOLD_SEPARABLE``) folds separable ops that fit in the
+    full-conv superkernel into it instead of the depthwise pass.
+    """
+    return fused_mixed_edge(edge, x, probs, backend(impl, x.device), fold)
