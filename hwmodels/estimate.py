@@ -1,0 +1,199 @@
+"""Cost a plain ``torch.nn.Module`` on an accelerator by tracing one forward pass.
+
+``estimate(module, (C, H, W), acc)`` runs one forward pass of a random input of
+shape (batch, C, H, W) under ``torch.no_grad`` with forward hooks, turns every
+executed layer into ``hwmodels.layers`` descriptors and returns the exact
+``NetworkCost`` of them, in execution order:
+
+* ``nn.Conv2d``  -> ``ConvLayer`` (map size and batch from the hooked input,
+  stride/padding/dilation/groups from the module);
+* ``nn.Linear``  -> ``LinearLayer`` (batch = product of the input's leading dims);
+* pooling, normalisation, activations, dropout, flatten, identity and
+  containers cost no array cycles;
+* any other module that holds parameters raises a ``ValueError`` naming it;
+  teach the estimator with ``register_layer_handler(ModuleType, fn)`` where
+  ``fn(module, inputs, output, batch) -> list[Layer]``.  A handler registered
+  for a module with children also claims its whole subtree.
+
+Only module calls are seen: tensor arithmetic written inline in ``forward``
+(``x @ w``, ``F.conv2d``) is not costed.  A module called k times yields k
+layers named ``path``, ``path#2``, ...
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Callable, Dict, List, Sequence, Tuple
+
+from .accelerator import Accelerator
+from .exact import NetworkCost, network_cost
+from .layers import ConvLayer, Layer, LinearLayer
+
+if TYPE_CHECKING:   # torch is imported on first use, so ``import hwmodels`` stays light
+    from torch import nn
+
+Handler = Callable[["nn.Module", tuple, object, int], List[Layer]]
+
+_HANDLERS: Dict[type, Handler] = {}
+_BUILTINS_DONE = False
+
+
+def register_layer_handler(module_type: type, fn: Handler) -> None:
+    """Cost modules of ``module_type`` (and subclasses) with ``fn``.
+
+    ``fn(module, inputs, output, batch)`` gets the module, its positional input
+    tuple, its output and the estimate's batch, and returns a list of
+    ``ConvLayer``/``LinearLayer``/``GemmLayer`` (empty: no array cycles).  Set
+    each layer's ``name`` to anything; it is replaced by the module path
+    (``path`` for one layer, ``path.0``, ``path.1`` ... for several).
+    """
+    from torch import nn
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise ValueError(f"register_layer_handler: {module_type!r} is not an nn.Module subclass")
+    if not callable(fn):
+        raise ValueError(f"register_layer_handler: handler for {module_type.__name__} is not callable")
+    _HANDLERS[module_type] = fn
+
+
+def _conv2d(module: "nn.Conv2d", inputs: tuple, output, batch: int) -> List[Layer]:
+    x = inputs[0]
+    b, (h, w) = (x.shape[0] if x.dim() == 4 else 1), x.shape[-2:]
+    kh, kw = module.kernel_size
+    dil = module.dilation
+    if isinstance(module.padding, str):   # 'valid' or 'same' (torch pads the extra cell right/bottom)
+        if module.padding == "valid":
+            pad = (0, 0)
+        else:
+            total = (dil[0] * (kh - 1), dil[1] * (kw - 1))
+            pad = (total[0] // 2, total[1] // 2)
+            h, w = h + total[0] % 2, w + total[1] % 2   # same output size and MACs, symmetric padding
+    else:
+        pad = module.padding
+    layer = ConvLayer("", in_h=int(h), in_w=int(w), in_channels=module.in_channels,
+                      out_channels=module.out_channels, kernel_h=kh, kernel_w=kw,
+                      stride=module.stride, padding=pad, dilation=dil,
+                      groups=module.groups, batch=int(b))
+    if tuple(output.shape[-2:]) != (layer.out_h, layer.out_w):
+        raise ValueError(f"{type(module).__name__}: traced output {tuple(output.shape)} does not match "
+                         f"the lowered {layer.out_h}x{layer.out_w} map")
+    return [layer]
+
+
+def _linear(module: "nn.Linear", inputs: tuple, output, batch: int) -> List[Layer]:
+    x = inputs[0]
+    rows = math.prod(int(d) for d in x.shape[:-1]) if x.dim() > 1 else 1
+    return [LinearLayer("", module.in_features, module.out_features, batch=rows)]
+
+
+def _free(module: "nn.Module", inputs: tuple, output, batch: int) -> List[Layer]:
+    """Vector-unit work (normalisation, activation, pooling, reshapes): no array cycles."""
+    return []
+
+
+def _register_builtins() -> None:
+    """Handlers for torch's own layers; a user's handler for the same type wins."""
+    global _BUILTINS_DONE
+    if _BUILTINS_DONE:
+        return
+    from torch import nn
+    builtins: Dict[type, Handler] = {nn.Conv2d: _conv2d, nn.Linear: _linear}
+    # Normalisation layers hold (affine) parameters but no GEMM; PReLU holds its slope.
+    for free_type in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
+                      nn.PReLU, nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout2d,
+                      nn.AlphaDropout, nn.Upsample, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d,
+                      nn.ReplicationPad2d, nn.ChannelShuffle, nn.PixelShuffle):
+        builtins[free_type] = _free
+    for module_type, fn in builtins.items():
+        _HANDLERS.setdefault(module_type, fn)
+    _BUILTINS_DONE = True
+
+
+def _handler_for(module: "nn.Module"):
+    for cls in type(module).__mro__:
+        if cls in _HANDLERS:
+            return _HANDLERS[cls]
+    return None
+
+
+def _rename(layers: Sequence[Layer], path: str) -> List[Layer]:
+    if len(layers) == 1:
+        return [dataclasses.replace(layers[0], name=path)]
+    return [dataclasses.replace(layer, name=f"{path}.{i}") for i, layer in enumerate(layers)]
+
+
+def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1) -> List[Layer]:
+    """Layers (in execution order) of one forward pass of a (batch, *input_shape) input.
+
+    Runs in eval mode (no running-stat updates, dropout off) and restores every
+    submodule's train/eval flag afterwards.
+    """
+    import torch
+    _register_builtins()
+    if int(batch) < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    shape = tuple(int(d) for d in input_shape)
+    if not shape or min(shape) < 1:
+        raise ValueError(f"input shape must be positive dimensions, got {tuple(input_shape)}")
+    handled: Dict[str, Tuple["nn.Module", Handler]] = {}
+    claimed: List[str] = []
+    for path, sub in module.named_modules():
+        if any(prefix == "" or path.startswith(prefix + ".") for prefix in claimed):
+            continue
+        fn = _handler_for(sub)
+        if fn is not None:
+            handled[path] = (sub, fn)
+            claimed.append(path)
+            continue
+        if any(True for _ in sub.parameters(recurse=False)):
+            where = path or "<root>"
+            raise ValueError(
+                f"don't know the hardware layers of module '{where}' ({type(sub).__module__}."
+                f"{type(sub).__qualname__}), which holds parameters; call hwmodels.estimate."
+                f"register_layer_handler({type(sub).__name__}, fn) with fn(module, inputs, output, "
+                f"batch) -> list of ConvLayer/LinearLayer/GemmLayer")
+
+    traced: List[Layer] = []
+    calls: Dict[str, int] = {}
+
+    def make_hook(path: str, fn: Handler):
+        def hook(mod, inputs, output):
+            calls[path] = calls.get(path, 0) + 1
+            name = path or type(mod).__name__
+            if calls[path] > 1:
+                name = f"{name}#{calls[path]}"
+            traced.extend(_rename(list(fn(mod, inputs, output, int(batch))), name))
+        return hook
+
+    modes = {name: sub.training for name, sub in module.named_modules()}
+    hooks = [sub.register_forward_hook(make_hook(path, fn)) for path, (sub, fn) in handled.items()]
+    try:
+        first = next(iter(module.parameters()), None)
+        dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+        device = first.device if first is not None else torch.device("cpu")
+        gen = torch.Generator().manual_seed(0)
+        x = (torch.rand((int(batch),) + shape, generator=gen) + 0.5).to(device=device, dtype=dtype)
+        module.eval()
+        with torch.no_grad():
+            module(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        for name, sub in module.named_modules():
+            sub.training = modes.get(name, sub.training)
+    return traced
+
+
+def estimate(module: "nn.Module", input_shape: Sequence[int], accelerator: Accelerator,
+             batch: int = 1, mode: str = "systolic") -> NetworkCost:
+    """Exact cost of ``module`` on ``accelerator`` for ``batch`` inputs of ``input_shape``.
+
+    input_shape: per-sample shape without batch, e.g. (3, 32, 32).
+    mode: 'systolic' (fold timing, several arrays, memory bound) or 'uboost'.
+    """
+    return network_cost(trace_layers(module, input_shape, batch), accelerator, mode)
+
+
+# ``hwmodels.estimate`` is this function once the package is imported (it shadows
+# the module name), so make ``hwmodels.estimate.register_layer_handler`` work too.
+estimate.register_layer_handler = register_layer_handler
+estimate.trace_layers = trace_layers

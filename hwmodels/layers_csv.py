@@ -1,0 +1,131 @@
+"""Read a network's layers from a CSV file (one layer per row).
+
+Header (order free, extra columns ignored -- the calibration tool appends
+measured columns):
+
+    name,kind,in_h,in_w,in_channels,out_channels,kernel_h,kernel_w,stride,padding,dilation,groups,batch
+
+kind is ``conv`` or ``linear`` (case-insensitive).  Required in the header:
+name, kind, in_channels, out_channels; conv rows also need in_h, in_w,
+kernel_h, kernel_w.  stride, padding, dilation, groups and batch may be absent
+or empty (defaults 1, 0, 1, 1 and ``default_batch``).  For linear rows
+in_channels/out_channels are the in/out features and in_h, in_w, kernel_h,
+kernel_w may be empty or 1.  Blank lines and lines starting with ``#`` are
+skipped.  Every problem raises ``HardwareConfigError`` with one line
+``FILE:LINE: ...``.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from typing import Dict, List, Optional, Union
+
+from .accelerator import HardwareConfigError
+from .layers import ConvLayer, Layer, LinearLayer
+
+ALWAYS = ("name", "kind", "in_channels", "out_channels")
+CONV_ONLY = ("in_h", "in_w", "kernel_h", "kernel_w")
+DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+KINDS = ("conv", "linear")
+
+
+class _Row:
+    """One data row with its location, for error messages."""
+
+    def __init__(self, where: str, values: Dict[str, str], header: List[str]):
+        self.where, self.values, self.header = where, values, header
+
+    def fail(self, message: str):
+        raise HardwareConfigError(f"{self.where}: {message}")
+
+    def raw(self, column: str) -> str:
+        return (self.values.get(column) or "").strip()
+
+    def integer(self, column: str, minimum: int = 1, default: Optional[int] = None) -> int:
+        """The integer in ``column`` (>= minimum); ``default`` when absent or empty."""
+        if column not in self.header and default is None:
+            self.fail(f"column '{column}' is required for this row but missing from the header")
+        text = self.raw(column)
+        if text == "":
+            if default is None:
+                self.fail(f"column '{column}' expected an integer >= {minimum}, got ''")
+            return default
+        try:
+            value = float(text)
+            if value != int(value):
+                raise ValueError
+            value = int(value)
+        except (ValueError, OverflowError):
+            self.fail(f"column '{column}' expected an integer >= {minimum}, got '{text}'")
+        if value < minimum:
+            self.fail(f"column '{column}' expected an integer >= {minimum}, got '{text}'")
+        return value
+
+
+def _parse_row(row: _Row, default_batch: int) -> Layer:
+    name = row.raw("name")
+    if not name:
+        row.fail("column 'name' expected a layer name, got ''")
+    kind = row.raw("kind").lower()
+    if kind not in KINDS:
+        row.fail(f"column 'kind' expected one of {', '.join(KINDS)}, got '{row.raw('kind')}'")
+    cin = row.integer("in_channels")
+    cout = row.integer("out_channels")
+    batch = row.integer("batch", default=default_batch)
+    try:
+        if kind == "linear":
+            for column in CONV_ONLY + tuple(DEFAULTS):
+                text = row.raw(column)
+                expected = str(DEFAULTS.get(column, 1))
+                if text and text != expected:
+                    row.integer(column, minimum=0)   # reports non-integers first
+                    if int(float(text)) != int(expected):
+                        row.fail(f"column '{column}' expected empty or {expected} for a linear layer, "
+                                 f"got '{text}'")
+            return LinearLayer(name, in_features=cin, out_features=cout, batch=batch)
+        fields = {c: row.integer(c) for c in CONV_ONLY}
+        fields.update({c: row.integer(c, minimum=0 if c == "padding" else 1, default=d)
+                       for c, d in DEFAULTS.items()})
+        return ConvLayer(name, in_channels=cin, out_channels=cout, batch=batch, **fields)
+    except HardwareConfigError:
+        raise
+    except ValueError as exc:   # the layer's own consistency checks (groups, kernel fit)
+        row.fail(str(exc))
+
+
+def read_layers_csv(path: Union[str, os.PathLike], default_batch: int = 1) -> List[Layer]:
+    """Layers of ``path`` in file order; raises HardwareConfigError on any bad row."""
+    if int(default_batch) < 1:
+        raise HardwareConfigError(f"{path}: default batch must be >= 1, got {default_batch}")
+    try:
+        handle = open(path, newline="")
+    except OSError as exc:
+        raise HardwareConfigError(f"{path}: cannot read layer CSV ({exc.strerror or exc})") from None
+    with handle:
+        lines = ((i, line) for i, line in enumerate(handle, start=1)
+                 if line.strip() and not line.lstrip().startswith("#"))
+        numbered = list(lines)
+    if not numbered:
+        raise HardwareConfigError(f"{path}:1: empty layer CSV (expected a header row: "
+                                  f"{','.join(ALWAYS + CONV_ONLY + tuple(DEFAULTS))},batch)")
+    try:
+        rows = list(csv.reader(line for _, line in numbered))
+    except csv.Error as exc:
+        raise HardwareConfigError(f"{path}: malformed CSV ({exc})") from None
+    header_line = numbered[0][0]
+    header = [h.strip().lower() for h in rows[0]]
+    for column in ALWAYS:
+        if column not in header:
+            raise HardwareConfigError(
+                f"{path}:{header_line}: missing required column '{column}' in the header "
+                f"(got {','.join(header)})")
+    layers: List[Layer] = []
+    for (line_no, _), values in zip(numbered[1:], rows[1:]):
+        where = f"{path}:{line_no}"
+        if len(values) > len(header):
+            raise HardwareConfigError(f"{where}: {len(values)} fields but the header has {len(header)}")
+        row = _Row(where, dict(zip(header, values)), header)
+        layers.append(_parse_row(row, int(default_batch)))
+    if not layers:
+        raise HardwareConfigError(f"{path}:{header_line}: no layer rows after the header")
+    return layers

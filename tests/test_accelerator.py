@@ -1,0 +1,101 @@
+"""Accelerator presets and YAML loading: every error names the file and the key."""
+import dataclasses
+
+import pytest
+import yaml
+
+from hwmodels import Accelerator, Calibration, HardwareConfigError, load_accelerator, preset_names, save_accelerator
+from hwmodels.accelerator import DATAFLOWS
+
+GOOD = {"name": "t", "array_rows": 16, "array_cols": 8, "num_arrays": 2, "dataflow": "os",
+        "clock_hz": 5e8, "bandwidth_bytes_per_s": 1e10, "onchip_bytes": 1 << 20, "bytes_per_element": 1}
+
+
+def test_presets_load_with_positive_fields():
+    names = preset_names()
+    assert {"uboost", "tpu_v1", "tpu_v2", "tpu_v3", "tpu_v4"} <= set(names)
+    for name in names:
+        acc = load_accelerator(name)
+        for key in ("array_rows", "array_cols", "num_arrays", "clock_hz", "bandwidth_bytes_per_s",
+                    "onchip_bytes", "bytes_per_element"):
+            assert getattr(acc, key) > 0, (name, key)
+        assert acc.dataflow in DATAFLOWS and acc.source, name
+    uboost = load_accelerator("uboost")          # the paper's machine
+    assert (uboost.array_rows, uboost.array_cols, uboost.clock_hz) == (128, 128, 1e9)
+    assert uboost.bandwidth_bytes_per_s == 80e9
+
+
+def write(tmp_path, data, name="hw.yaml"):
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def test_good_file_loads(tmp_path):
+    acc = load_accelerator(write(tmp_path, GOOD))
+    assert acc.pes == 16 * 8 * 2 and acc.dataflow == "os"
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"array_rows": None}, "array_rows"),                 # missing (None = delete)
+    ({"clock_hz": None}, "clock_hz"),
+    ({"clock_hz": "fast"}, "clock_hz"),                   # mistyped
+    ({"array_cols": 12.5}, "array_cols"),
+    ({"num_arrays": True}, "num_arrays"),
+    ({"array_rows": 0}, "array_rows"),                    # non-positive
+    ({"bandwidth_bytes_per_s": -1}, "bandwidth_bytes_per_s"),
+    ({"rows": 4}, "rows"),                                # unknown key
+    ({"dataflow": "rs"}, "dataflow"),                     # unknown dataflow
+    ({"calibration": {"cycle_scale": 0}}, "calibration.cycle_scale"),
+    ({"calibration": {"fold_overhead": 1}}, "calibration.fold_overhead"),
+])
+def test_bad_values_name_file_and_key(tmp_path, change, key):
+    data = dict(GOOD)
+    for k, v in change.items():
+        if v is None:
+            data.pop(k)
+        else:
+            data[k] = v
+    path = write(tmp_path, data)
+    with pytest.raises(HardwareConfigError) as info:
+        load_accelerator(path)
+    message = str(info.value)
+    assert str(path) in message and f"'{key}'" in message and "\n" not in message
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    path = write(tmp_path, "array_rows: [1, 2\narray_cols: 3\n")
+    with pytest.raises(HardwareConfigError, match="invalid YAML") as info:
+        load_accelerator(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(HardwareConfigError, match="no such preset"):
+        load_accelerator("no_such_preset")
+    with pytest.raises(HardwareConfigError, match="expected a mapping"):
+        load_accelerator(write(tmp_path, "- 1\n- 2\n", "list.yaml"))
+
+
+def test_is_a_value_error():
+    assert issubclass(HardwareConfigError, ValueError)   # the CLI turns these into one line
+
+
+def test_save_load_round_trip(tmp_path):
+    acc = Accelerator(**{k: v for k, v in GOOD.items()},
+                      calibration=Calibration(fold_overhead_cycles=2.5, cycle_scale=1.1),
+                      source="test")
+    path = tmp_path / "out" / "acc.yaml"
+    save_accelerator(acc, path, extra={"fit_report": {"rmse": 0.1}})
+    back = load_accelerator(path)
+    assert back == acc
+    for name in preset_names():
+        preset = load_accelerator(name)
+        save_accelerator(preset, tmp_path / f"{name}.yaml")
+        assert load_accelerator(tmp_path / f"{name}.yaml") == preset
+
+
+def test_replace_validates():
+    acc = load_accelerator("uboost")
+    assert acc.replace(array_rows=64).array_rows == 64
+    with pytest.raises(HardwareConfigError, match="'dataflow'"):
+        acc.replace(dataflow="xy")
+    with pytest.raises(HardwareConfigError, match="'num_arrays'"):
+        dataclasses.replace(acc, num_arrays=1).replace(num_arrays=0)

@@ -1,0 +1,137 @@
+"""``ubnas estimate`` end to end, through a subprocess like a user would run it."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hwmodels import ConvLayer, LinearLayer, layer_cost, load_accelerator
+
+HEADER = "name,kind,in_h,in_w,in_channels,out_channels,kernel_h,kernel_w,stride,padding,dilation,groups,batch"
+GOOD_ROWS = ["conv1,conv,32,32,3,64,3,3,1,1,1,1,",
+             "dw,conv,32,32,64,64,3,3,2,1,,64,",
+             "fc,linear,,,64,10,,,,,,,4"]
+
+
+def ubnas(*args):
+    return subprocess.run([sys.executable, "-m", "ubnas", "estimate", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def write_csv(tmp_path, rows, header=HEADER, name="layers.csv"):
+    path = tmp_path / name
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def test_model_table():
+    out = ubnas("--model", "resnet18-cifar", "--hw", "uboost")
+    assert out.returncode == 0, out.stderr
+    assert "layer4.1.conv2" in out.stdout and "TOTAL" in out.stdout and "555,422,720 MACs" in out.stdout
+
+
+def test_layers_csv_json_and_overrides(tmp_path):
+    path = write_csv(tmp_path, GOOD_ROWS)
+    out = ubnas("--layers", path, "--json", "--array", "32x16", "--num-arrays", "2",
+                "--dataflow", "os", "--batch", "2")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert set(data) == {"accelerator", "mode", "layers", "total"} and data["mode"] == "systolic"
+    acc = data["accelerator"]
+    assert (acc["array_rows"], acc["array_cols"], acc["num_arrays"], acc["dataflow"]) == (32, 16, 2, "os")
+    assert [l["name"] for l in data["layers"]] == ["conv1", "dw", "fc"]
+    for key in ("cycles", "compute_cycles", "seconds", "macs"):
+        assert data["total"][key] == pytest.approx(sum(l[key] for l in data["layers"]))
+    for layer in data["layers"]:
+        assert {"name", "kind", "cycles", "compute_cycles", "seconds", "macs", "utilization"} <= set(layer)
+    # Independent of the CLI: the same layers costed directly (batch 2 default, 4 explicit).
+    hw = load_accelerator("uboost").replace(array_rows=32, array_cols=16, num_arrays=2, dataflow="os")
+    expected = [ConvLayer("conv1", 32, 32, 3, 64, 3, 3, 1, 1, batch=2),
+                ConvLayer("dw", 32, 32, 64, 64, 3, 3, 2, 1, groups=64, batch=2),
+                LinearLayer("fc", 64, 10, batch=4)]
+    for got, layer in zip(data["layers"], expected):
+        want = layer_cost(layer, hw)
+        assert got["cycles"] == pytest.approx(want.cycles) and got["macs"] == want.macs
+    total = data["total"]
+    assert total["utilization"] == pytest.approx(total["macs"] / (total["cycles"] * 32 * 16 * 2))
+
+
+def test_uboost_model_mode(tmp_path, capsys):
+    path = write_csv(tmp_path, ["c,conv,16,16,128,128,3,3,1,1,1,1,1"])
+    code, out, err = run_main(capsys, "--layers", path, "--json", "--model-mode", "uboost", "--hw", "uboost")
+    assert code == 0, err
+    assert json.loads(out)["total"]["cycles"] == 2304        # the paper's 9 x 256
+
+
+BAD_CSV = [  # rows, header, expected line number, text the message must contain
+    (["c1,conv,32,32,3,64,3,3,1,1,1,1,1", "c2,conv,32,32,3,six,3,3,1,1,1,1,1"], HEADER, 3,
+     "column 'out_channels' expected an integer >= 1, got 'six'"),
+    (["c1,conv,32,32,3,64,3,3,1,1,1,1,1", "c2,conv,32,32,0,64,3,3,1,1,1,1,1"], HEADER, 3,
+     "column 'in_channels' expected an integer >= 1, got '0'"),
+    (["c1,conv,32,32,3,64,3,3,1,1,1,1,1", "big,conv,4,4,3,64,7,7,1,0,1,1,1"], HEADER, 3, "does not fit"),
+    (["g,conv,8,8,6,64,3,3,1,1,1,4,1"], HEADER, 2, "divisible by groups"),
+    (["c1,pool,32,32,3,64,3,3,1,1,1,1,1"], HEADER, 2, "column 'kind' expected one of conv, linear"),
+    (["c1,conv,32,32,3,64,3,3"], "name,kind,in_h,in_w,in_channels,kernel_h,kernel_w,stride", 1,
+     "missing required column 'out_channels'"),
+    (["c1,conv,32,32,3,64,3,3,1,1.5,1,1,1"], HEADER, 2, "column 'padding' expected an integer >= 0"),
+    (["fc,linear,7,,64,10,,,,,,,"], HEADER, 2, "column 'in_h' expected empty or 1"),
+]
+
+
+def test_bad_csv_subprocess(tmp_path):
+    rows, header, line, text = BAD_CSV[0]
+    path = write_csv(tmp_path, rows, header=header, name="bad_layers.csv")
+    out = ubnas("--layers", path)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{path}:{line}: {text}" in lines[0], out.stderr
+
+
+def run_main(capsys, *args):
+    """The CLI in-process (same code path as the subprocess, without a torch import per case)."""
+    from ubnas.cli import main
+    code = main(["estimate", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("rows, header, line, text", BAD_CSV)
+def test_bad_csv_is_one_line_with_file_and_line(tmp_path, capsys, rows, header, line, text):
+    path = write_csv(tmp_path, rows, header=header, name="bad_layers.csv")
+    code, out, err = run_main(capsys, "--layers", path)
+    lines = err.strip().splitlines()
+    assert code != 0 and out == "" and len(lines) == 1 and "Traceback" not in err
+    assert f"bad_layers.csv:{line}: " in lines[0] and text in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "resnet18-cifar", "--hw", "no_such_hw"], "no_such_hw"),
+    (["--model", "resnet18-cifar", "--array", "12"], "--array"),
+    (["--model", "resnet18-cifar", "--array", "0x8"], "--array"),
+    (["--model", "resnet18-cifar", "--num-arrays", "two"], "--num-arrays"),
+    (["--model", "resnet18-cifar", "--dataflow", "rs"], "--dataflow"),
+    (["--model", "resnet18-cifar", "--model-mode", "fast"], "--model-mode"),
+    (["--model", "resnet18-cifar", "--batch", "0"], "--batch"),
+    (["--model", "resnet18-cifar", "--input", "3x32"], "--input"),
+    (["--model", "alexnet"], "alexnet"),
+    ([], "exactly one"),
+    (["--model", "resnet18-cifar", "--layers", "x.csv"], "exactly one"),
+    (["--layers", "does_not_exist.csv"], "does_not_exist.csv"),
+])
+def test_bad_arguments_one_line(capsys, args, needle):
+    code, out, err = run_main(capsys, *args)
+    lines = err.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+
+
+def test_bad_argument_subprocess():
+    out = ubnas("--model", "resnet18-cifar", "--array", "12")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == ["ubnas: error: --array: expected 2 positive integers "
+                                               "like 128x128, got '12'"]
+
+
+def test_spec_file(tmp_path):
+    pytest.importorskip("ubnas.spec")
+    pytest.importorskip("ubnas.build")
+    pytest.skip("no spec writer to produce a fixture yet")

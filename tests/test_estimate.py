@@ -1,0 +1,132 @@
+"""``hwmodels.estimate`` of torch modules against hand-listed layers."""
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import hwmodels
+from hwmodels import ConvLayer, GemmLayer, LinearLayer, estimate, layer_cost, load_accelerator
+from hwmodels.estimate import trace_layers
+from hwmodels.zoo import get_model, mobilenet_v2, model_names
+
+ACC = load_accelerator("uboost")
+
+
+class Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=2, bias=False),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 16, 3, padding=2, dilation=2, groups=16),
+            nn.Dropout(0.5), nn.GroupNorm(4, 16), nn.GELU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.LayerNorm(64),
+                                  nn.Linear(64, 32), nn.Identity(), nn.Linear(32, 5))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def hand_layers(batch):
+    return [ConvLayer("features.0.0", 12, 10, 3, 8, 3, 3, padding=1, batch=batch),
+            ConvLayer("features.1", 12, 10, 8, 16, 3, 3, stride=2, padding=1, groups=2, batch=batch),
+            ConvLayer("features.3", 3, 2, 16, 16, 3, 3, padding=2, dilation=2, groups=16, batch=batch),
+            LinearLayer("head.3", 64, 32, batch=batch),
+            LinearLayer("head.5", 32, 5, batch=batch)]
+
+
+@pytest.mark.parametrize("mode", ["systolic", "uboost"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_small_sequential_equals_hand_listed_layers(mode, batch):
+    model = Small()
+    cost = estimate(model, (3, 12, 10), ACC, batch=batch, mode=mode)
+    expected = [layer_cost(layer, ACC, mode) for layer in hand_layers(batch)]
+    assert [c.name for c in cost.layers] == [e.name for e in expected]
+    for got, want in zip(cost.layers, expected):
+        assert got.gemm == want.gemm and got.cycles == want.cycles and got.macs == want.macs
+    assert cost.cycles == sum(e.cycles for e in expected)
+    assert cost.mode == mode and cost.accelerator is ACC
+
+
+def test_train_eval_flags_restored_and_stats_untouched():
+    model = Small().train()
+    model.head.eval()
+    before = model.features[0][1].running_mean.clone()
+    estimate(model, (3, 12, 10), ACC)
+    assert model.training and model.features.training and not model.head.training
+    assert not model.head[3].training and model.features[0][1].training
+    assert torch.equal(before, model.features[0][1].running_mean)
+
+
+def test_linear_batch_is_product_of_leading_dims():
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+    layers = trace_layers(model, (5, 7, 6), batch=2)
+    assert [l.batch for l in layers] == [70, 70]
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+def test_same_padding_and_shared_module():
+    conv = nn.Conv2d(4, 4, 4, padding="same")               # even kernel: torch pads unevenly
+    model = nn.Sequential(conv, nn.ReLU(), conv)
+    layers = trace_layers(model, (4, 9, 7))
+    assert [l.name for l in layers] == ["0", "0#2"]         # one module called twice
+    for layer in layers:
+        assert (layer.out_h, layer.out_w) == (9, 7)
+        assert layer.lower().macs == 9 * 7 * 4 * 4 * 4 * 4
+
+
+def test_resnet18_cifar_macs_and_layers():
+    cost = estimate(get_model("resnet18-cifar"), (3, 32, 32), ACC)
+    assert cost.macs == pytest.approx(0.556e9, rel=0.01)     # the well-known 0.56 GMACs
+    convs = [c for c in cost.layers if c.kind == "conv"]
+    assert len(convs) == 20                                  # stem + 16 block convs + 3 downsamples
+    layers = trace_layers(get_model("resnet18-cifar"), (3, 32, 32))
+    downsample = [(l.in_channels, l.out_channels, l.stride) for l in layers
+                  if l.kind == "conv" and l.kernel_h == 1]
+    assert downsample == [(64, 128, (2, 2)), (128, 256, (2, 2)), (256, 512, (2, 2))]
+    assert [l.out_h for l in layers if l.kind == "conv"][-1] == 4          # 32 -> 16 -> 8 -> 4
+    assert [c.name for c in cost.layers if c.kind == "linear"] == ["fc"]
+
+
+def test_mobilenetv2_imagenet_figures():
+    # Sandler et al. 2018, Table 3: 300 M multiply-adds, 3.4 M parameters at 224x224.
+    model = mobilenet_v2(num_classes=1000, cifar=False)
+    cost = estimate(model, (3, 224, 224), ACC)
+    assert cost.macs == pytest.approx(300e6, rel=0.01)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(3.4e6, rel=0.04)
+    cifar = estimate(get_model("mobilenetv2-cifar"), (3, 32, 32), ACC)
+    assert sum(c.gemm.repeats > 1 for c in cifar.layers) == 17   # one depthwise conv per block
+    assert set(model_names()) == {"resnet18-cifar", "mobilenetv2-cifar"}
+
+
+class Bilinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 8))
+
+    def forward(self, x):
+        return x @ self.weight
+
+
+def test_unknown_parameterised_module_and_handler():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Sequential(Bilinear()))
+    with pytest.raises(ValueError) as info:
+        estimate(model, (8,), ACC)
+    message = str(info.value)
+    assert "'1.0'" in message and "Bilinear" in message and "register_layer_handler" in message
+    with pytest.raises(ValueError, match="unknown model"):
+        get_model("vgg")
+
+    def handler(module, inputs, output, batch):
+        rows = inputs[0].numel() // inputs[0].shape[-1]
+        return [GemmLayer("ignored", rows, *module.weight.shape)]
+
+    hwmodels.estimate.register_layer_handler(Bilinear, handler)   # the spelling the error names
+    try:
+        cost = estimate(model, (8,), ACC, batch=4)
+        assert [c.name for c in cost.layers] == ["0", "1.0"]
+        assert cost.layers[1].gemm == layer_cost(GemmLayer("x", 4, 8, 8), ACC).gemm
+    finally:
+        sys.modules["hwmodels.estimate"]._HANDLERS.pop(Bilinear, None)   # the module, not the function

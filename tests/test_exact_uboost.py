@@ -1,0 +1,99 @@
+"""The ``uboost`` mode against the U-Boost paper's reference values, and the GEMM
+lowering against torch's conv2d shapes and a brute-force MAC count."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hwmodels import Accelerator, ConvLayer, LinearLayer, layer_cost
+
+ACC = Accelerator("uboost-128", 128, 128)
+
+
+def util(layer):
+    return layer_cost(layer, ACC, mode="uboost").utilization
+
+
+def test_paper_utilizations():
+    assert util(ConvLayer("c", 32, 32, 128, 128, 3, 3, padding=1)) == pytest.approx(1.0)
+    assert util(ConvLayer("c", 32, 32, 129, 128, 1, 1)) == pytest.approx(129 * 128 / (128 * 128 * 2))
+    assert round(util(ConvLayer("c", 32, 32, 129, 128, 1, 1)), 3) == 0.504
+    # K = 576 -> 5 row tiles (576/640), N = 64 -> half the columns: 0.9 * 0.5
+    assert util(ConvLayer("c", 32, 32, 64, 64, 3, 3, padding=1)) == pytest.approx(0.45)
+    assert util(ConvLayer("dw", 32, 32, 64, 64, 3, 3, padding=1, groups=64)) == pytest.approx(9 / 16384)
+    assert util(LinearLayer("fc", 512, 10)) == pytest.approx(512 * 10 / (128 * 128 * 4))
+
+
+def test_paper_cycle_count():
+    # 3x3 128 -> 128, 16x16 output: 9 weight tiles x 256 streamed rows.
+    cost = layer_cost(ConvLayer("c", 16, 16, 128, 128, 3, 3, padding=1), ACC, mode="uboost")
+    assert cost.cycles == 2304
+    assert cost.memory_cycles == 0 and cost.compute_cycles == 2304
+    assert cost.seconds == pytest.approx(2304 / ACC.clock_hz)
+
+
+def test_uboost_ignores_fill_arrays_memory():
+    slow = Accelerator("slow", 128, 128, bandwidth_bytes_per_s=1.0)
+    layer = ConvLayer("c", 16, 16, 128, 128, 3, 3, padding=1)
+    assert layer_cost(layer, slow, mode="uboost").cycles == 2304
+    assert layer_cost(layer, slow, mode="systolic").cycles > 1e6
+
+
+CASES = [  # (in_h, in_w, cin, cout, kh, kw, stride, padding, dilation, groups, batch)
+    (7, 9, 4, 6, 3, 3, 1, 1, 1, 1, 1),
+    (11, 8, 6, 9, 3, 2, (2, 1), (1, 0), 1, 3, 2),
+    (12, 12, 8, 8, 3, 3, 1, 2, 2, 8, 1),
+    (9, 13, 4, 8, 5, 3, (3, 2), (2, 1), (1, 2), 2, 3),
+    (5, 5, 3, 4, 1, 1, 2, 0, 1, 1, 2),
+    (16, 10, 6, 12, 3, 3, 2, 1, 3, 6, 1),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_lowering_matches_torch_and_brute_force(case):
+    h, w, cin, cout, kh, kw, stride, padding, dilation, groups, batch = case
+    layer = ConvLayer("c", h, w, cin, cout, kh, kw, stride, padding, dilation, groups, batch)
+    x = torch.randn(batch, cin, h, w, dtype=torch.float64)
+    weight = torch.randn(cout, cin // groups, kh, kw, dtype=torch.float64)
+    y = F.conv2d(x, weight, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    assert (layer.out_h, layer.out_w) == tuple(y.shape[-2:])
+    gemm = layer.lower()
+    # Brute force: unfold the padded input per group, multiply, count MACs one by one.
+    cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    cols = cols.view(batch, groups, cin // groups * kh * kw, -1)          # (B, g, K, L)
+    macs = 0
+    out = torch.zeros(batch, cout, y.shape[-2] * y.shape[-1], dtype=torch.float64)
+    per_group = cout // groups
+    for g in range(groups):
+        a = cols[:, g].permute(0, 2, 1).reshape(-1, cols.shape[2])        # (B*L, K)
+        wg = weight[g * per_group:(g + 1) * per_group].reshape(per_group, -1).T   # (K, N)
+        assert (a.shape[0], a.shape[1], wg.shape[1]) == (gemm.m, gemm.k, gemm.n)
+        prod = torch.einsum("mk,kn->mkn", a, wg)                          # every multiply
+        macs += prod.numel()
+        out[:, g * per_group:(g + 1) * per_group] = \
+            prod.sum(1).view(batch, -1, per_group).permute(0, 2, 1)
+    torch.testing.assert_close(out.view_as(y), y)
+    assert gemm.repeats == groups
+    assert gemm.macs == macs == y.numel() * (cin // groups) * kh * kw
+
+
+def test_lowering_bad_layers():
+    with pytest.raises(ValueError, match="does not fit"):
+        ConvLayer("c", 3, 3, 4, 4, 5, 5)
+    with pytest.raises(ValueError, match="divisible by groups"):
+        ConvLayer("c", 8, 8, 6, 4, 3, 3, groups=4)
+    with pytest.raises(ValueError, match="in_channels must be >= 1"):
+        ConvLayer("c", 8, 8, 0, 4, 3, 3)
+
+
+def test_depthwise_is_one_column():
+    layer = ConvLayer("dw", 8, 8, 32, 32, 3, 3, padding=1, groups=32)
+    g = layer.lower()
+    assert (g.m, g.k, g.n, g.repeats) == (64, 9, 1, 32) and layer.is_depthwise
+    # Utilization independent of the map size in uboost mode.
+    for hw, b in itertools.product((4, 8, 16), (1, 3)):
+        dw = ConvLayer("dw", hw, hw, 32, 32, 3, 3, padding=1, groups=32, batch=b)
+        assert util(dw) == pytest.approx(9 / 16384)
+    np.testing.assert_equal(layer_cost(layer, ACC, "uboost").folds, 32)

@@ -1,0 +1,121 @@
+"""``ubnas estimate``: per-layer cycles, latency and utilization of a network on an accelerator.
+
+Exactly one network source:
+    SPEC              an architecture YAML exported by the search (ubnas.spec + ubnas.build)
+    --model NAME      a built-in reference network (hwmodels.zoo)
+    --layers FILE     a layer CSV (hwmodels.layers_csv)
+The accelerator is a preset or YAML (--hw) with optional overrides.  Every user
+error is a ValueError with a one-line message (ubnas.cli prints it).
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+from hwmodels import load_accelerator
+from hwmodels.accelerator import DATAFLOWS
+from hwmodels.exact import MODES, network_cost
+
+
+def add_parser(sub):
+    parser = sub.add_parser(
+        "estimate", help="estimate per-layer latency and utilization on an accelerator",
+        description="Exact cost of a network on a systolic-array accelerator. Give exactly one of "
+                    "SPEC, --model or --layers.")
+    parser.add_argument("spec", nargs="?", metavar="SPEC",
+                        help="architecture YAML written by the search")
+    parser.add_argument("--model", metavar="NAME",
+                        help="built-in network (resnet18-cifar, mobilenetv2-cifar)")
+    parser.add_argument("--layers", metavar="FILE.csv", help="layer CSV (hwmodels.layers_csv format)")
+    parser.add_argument("--hw", default="uboost", metavar="PRESET|FILE.yaml",
+                        help="accelerator preset name or YAML file (default: uboost)")
+    parser.add_argument("--array", metavar="ROWSxCOLS", help="override the array size, e.g. 64x64")
+    parser.add_argument("--num-arrays", metavar="N", help="override the number of arrays")
+    parser.add_argument("--dataflow", metavar="|".join(DATAFLOWS), help="override the dataflow")
+    parser.add_argument("--model-mode", default="systolic", metavar="|".join(MODES),
+                        help="cost model: systolic (default) or uboost (the paper's)")
+    parser.add_argument("--batch", default="1", metavar="N", help="batch size (default 1)")
+    parser.add_argument("--input", metavar="CxHxW",
+                        help="input shape without batch (default 3x32x32; a SPEC gives its own)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _positive_int(text: str, option: str) -> int:
+    if not re.fullmatch(r"\s*\d+\s*", str(text)) or int(text) < 1:
+        raise ValueError(f"{option}: expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def parse_dims(text: str, option: str, count: int, example: str):
+    """'64x32' -> (64, 32): ``count`` positive integers separated by 'x'."""
+    parts = re.split(r"[xX×]", str(text).strip())
+    if len(parts) != count or not all(re.fullmatch(r"\d+", p.strip()) and int(p) > 0 for p in parts):
+        raise ValueError(f"{option}: expected {count} positive integers like {example}, got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
+def build_accelerator(args):
+    """The --hw accelerator with --array/--num-arrays/--dataflow applied (validated)."""
+    acc = load_accelerator(args.hw)
+    changes = {}
+    if args.array is not None:
+        changes["array_rows"], changes["array_cols"] = parse_dims(args.array, "--array", 2, "128x128")
+    if args.num_arrays is not None:
+        changes["num_arrays"] = _positive_int(args.num_arrays, "--num-arrays")
+    if args.dataflow is not None:
+        if args.dataflow not in DATAFLOWS:
+            raise ValueError(f"--dataflow: expected one of {', '.join(DATAFLOWS)}, got {args.dataflow!r}")
+        changes["dataflow"] = args.dataflow
+    return acc.replace(**changes) if changes else acc
+
+
+def collect_layers(args, batch: int):
+    """The layer list of the chosen network source."""
+    sources = [s for s in ("spec", "model", "layers") if getattr(args, s)]
+    if len(sources) != 1:
+        given = ", ".join("SPEC" if s == "spec" else f"--{s}" for s in sources) or "none"
+        raise ValueError(f"estimate: give exactly one of SPEC, --model NAME or --layers FILE.csv (got {given})")
+    if args.layers:
+        if args.input is not None:
+            raise ValueError("--input does not apply to --layers (the CSV gives every layer's map size)")
+        from hwmodels.layers_csv import read_layers_csv
+        return read_layers_csv(args.layers, default_batch=batch)
+    from hwmodels.estimate import trace_layers
+    if args.model:
+        from hwmodels.zoo import DEFAULT_INPUT, get_model
+        shape = parse_dims(args.input, "--input", 3, "3x32x32") if args.input else DEFAULT_INPUT
+        module = get_model(args.model)
+    else:
+        try:
+            from ubnas.build import build_network   # written alongside the search
+            from ubnas.spec import load_spec
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("ubnas.build", "ubnas.spec"):
+                raise
+            raise ValueError(f"{args.spec}: architecture specs need {exc.name}, which this "
+                             f"installation lacks; use --model or --layers") from None
+        spec = load_spec(args.spec)
+        module = build_network(spec)
+        shape = tuple(spec.input_shape)
+        if args.input is not None and parse_dims(args.input, "--input", 3, "3x32x32") != shape:
+            raise ValueError(f"--input {args.input} disagrees with the input shape "
+                             f"{'x'.join(map(str, shape))} in {args.spec}")
+    return trace_layers(module, shape, batch=batch)
+
+
+def run(args) -> int:
+    from hwmodels.report import format_table, to_json_dict
+    if args.model_mode not in MODES:
+        raise ValueError(f"--model-mode: expected one of {', '.join(MODES)}, got {args.model_mode!r}")
+    batch = _positive_int(args.batch, "--batch")
+    acc = build_accelerator(args)
+    layers = collect_layers(args, batch)
+    cost = network_cost(layers, acc, args.model_mode)
+    if args.json:
+        json.dump(to_json_dict(cost), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_table(cost))
+    return 0
