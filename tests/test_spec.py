@@ -1,0 +1,241 @@
+"""ubnas.spec / ubnas.build: export -> load -> build, validation errors, cost agreement."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+import ubnas
+from hwmodels import load_accelerator
+from ubnas.build import build_network
+from ubnas.spec import SpecError, derive_spec, dump_spec, load_spec, save_spec, spec_from_dict
+from ubnas.space import load_space
+from ubnas.supernet import ArchSample, Supernet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def random_supernet(seed=0, space="tiny", shape=(1, 8, 8)):
+    torch.manual_seed(seed)
+    net = Supernet(load_space(space), shape, 10)
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.normal_()
+    return net
+
+
+def params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.fixture(scope="module")
+def derived():
+    return derive_spec(random_supernet(), {"seed": 0, "lambda": 0.5, "latency_us": torch.tensor(12.5)})
+
+
+@pytest.fixture
+def spec_dict(derived):
+    return yaml.safe_load(dump_spec(derived))
+
+
+def write(tmp_path, data, name="spec.yaml"):
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# -- round trip ---------------------------------------------------------------------------------
+def test_round_trip_export_load_build(tmp_path, derived):
+    path = tmp_path / "arch.yaml"
+    save_spec(derived, path)
+    loaded = load_spec(path)
+    assert loaded.arch_dict() == derived.arch_dict()
+    assert loaded.arch_hash() == derived.arch_hash()
+    assert loaded.provenance["latency_us"] == 12.5 and loaded.provenance["search_space"] == "tiny"
+    a, b = build_network(derived), build_network(loaded)
+    assert params(a) == params(b) > 0
+    x = torch.randn(3, 1, 8, 8)
+    assert a(x).shape == b(x).shape == (3, 10)
+    # the derived architecture keeps 2 edges per node and the chosen widths
+    net = random_supernet()
+    for cell, arch in zip(net.cells, loaded.cells):
+        assert arch.channels == net.widths[cell.width_name].chosen()
+        assert [len(node) for node in arch.nodes] == [2] * cell.nodes
+        assert all(e.op != "none" for node in arch.nodes for e in node)
+    assert loaded.stem_channels == net.widths["stem"].chosen()
+    assert not list(tmp_path.glob(".arch.yaml.*"))   # no temp file left behind
+
+
+def test_derive_keeps_strongest_edges():
+    net = random_supernet()
+    logits = net.op_logits["normal"]
+    with torch.no_grad():
+        logits.fill_(0.0)
+        ops = net.space.ops
+        # node 0: edges 0, 1; node 1: edges 2 (from 0), 3 (from 1), 4 (from 2)
+        logits[0, ops.index("none")] = 10.0   # 'none' wins edge 0, but it never counts
+        logits[1, ops.index("conv_3x3")] = 3.0
+        logits[2, ops.index("sep_conv_3x3")] = 4.0
+        logits[3, ops.index("none")] = 9.0
+        logits[4, ops.index("skip_connect")] = 5.0
+    spec = derive_spec(net, {})
+    node0, node1 = spec.cells[0].nodes
+    assert [e.source for e in node0] == [0, 1] and node0[1].op == "conv_3x3"
+    assert [(e.source, e.op) for e in node1] == [(0, "sep_conv_3x3"), (2, "skip_connect")]
+
+
+def test_lazy_build_and_light_import(tmp_path, derived):
+    path = tmp_path / "arch.yaml"
+    save_spec(derived, path)
+    code = ("import sys, ubnas; assert 'torch' not in sys.modules, 'import ubnas pulled in torch'; "
+            f"m = ubnas.build({str(path)!r}); import ubnas.build as b; m2 = ubnas.build({str(path)!r}); "
+            "print(type(m).__name__, type(m2).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["Network", "Network"]
+
+
+def test_reduce_cells_build(tmp_path):
+    spec = spec_from_dict({
+        "ubnas_spec": 1, "input_shape": [3, 16, 16], "num_classes": 4, "stem": {"kernel": 3, "channels": 8},
+        "cells": [
+            {"channels": 8, "nodes": [[{"from": 0, "op": "sep_conv_3x3"}, {"from": 1, "op": "dil_conv_5x5"}]]},
+            {"reduce": True, "channels": 16, "nodes": [
+                [{"from": 0, "op": "skip_connect"}, {"from": 1, "op": "max_pool_3x3"}],
+                [{"from": 2, "op": "avg_pool_3x3"}, {"from": 1, "op": "none"}]]},
+            {"channels": 8, "pool_after": True, "nodes": [
+                [{"from": 0, "op": "conv_5x5"}, {"from": 1, "op": "skip_connect"}]]}],
+        "classifier": {"in_features": 8}}, "inline")
+    net = build_network(spec)
+    assert net(torch.randn(2, 3, 16, 16)).shape == (2, 4)
+
+
+# -- malformed specs -----------------------------------------------------------------------------
+def _set(data, path, value):
+    keys = path.split("/")
+    target = data
+    for key in keys[:-1]:
+        target = target[int(key) if isinstance(target, list) else key]
+    last = keys[-1]
+    if value is _DELETE:
+        del target[int(last) if isinstance(target, list) else last]
+    else:
+        target[int(last) if isinstance(target, list) else last] = value
+
+
+_DELETE = object()
+
+BAD = [
+    ("ubnas_spec", 2, "key 'ubnas_spec' is 2; this ubnas reads version 1, upgrade ubnas"),
+    ("ubnas_spec", _DELETE, "missing key 'ubnas_spec'"),
+    ("ubnas_spec", "one", "key 'ubnas_spec' expected 1"),
+    ("cells/1/nodes/0/1/op", "conv_7x7", "key 'cells[1].nodes[0][1].op' unknown op 'conv_7x7'"),
+    ("cells/0/nodes/1/0/from", 3, "key 'cells[0].nodes[1][0].from' expected a state in 0..2"),
+    ("cells/0/nodes/0/0/from", -1, "key 'cells[0].nodes[0][0].from' expected a state in 0..1"),
+    ("cells/1/channels", 0, "key 'cells[1].channels' expected a positive integer"),
+    ("stem/channels", -8, "key 'stem.channels' expected a positive integer"),
+    ("classifier/in_features", 100, "key 'classifier.in_features' expected 208"),
+    ("input_shape", [1, 8], "key 'input_shape' expected [C, H, W]"),
+    ("num_classes", "ten", "key 'num_classes' expected a positive integer"),
+    ("cells/0/pool_after", "yes", "key 'cells[0].pool_after' expected true or false"),
+    ("cells/0/nodes/0/0/kernel", 3, "unknown key 'cells[0].nodes[0][0].kernel'"),
+    ("cells/0/nodes", [], "key 'cells[0].nodes' expected a non-empty list"),
+    ("cells", [], "key 'cells' expected a non-empty list"),
+    ("stem/kernel", 4, "key 'stem.kernel' expected an odd kernel size"),
+    ("input_shape", [1, 2, 2], "key 'cells[1].pool_after' needs a map of at least 2x2"),
+]
+
+
+@pytest.mark.parametrize("path,value,message", BAD, ids=[b[0] + "=" + repr(b[1])[:12] for b in BAD])
+def test_malformed_spec_names_file_and_key(tmp_path, spec_dict, path, value, message):
+    if path == "classifier/in_features":
+        message = message.replace("208", str(spec_dict["cells"][-1]["channels"] * 2))
+    _set(spec_dict, path, value)
+    file = write(tmp_path, spec_dict)
+    with pytest.raises(SpecError) as info:
+        load_spec(file)
+    text = str(info.value)
+    assert "\n" not in text
+    assert text.startswith(f"{file}: ") and message in text, text
+
+
+def test_malformed_yaml_names_line(tmp_path, derived):
+    text = dump_spec(derived).replace("num_classes: 10", "num_classes: [10")
+    file = write(tmp_path, text)
+    with pytest.raises(SpecError, match=r"line \d+ column \d+: invalid YAML") as info:
+        load_spec(file)
+    assert str(file) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_not_a_spec(tmp_path):
+    with pytest.raises(SpecError, match="no such architecture spec file"):
+        load_spec(tmp_path / "missing.yaml")
+    with pytest.raises(SpecError, match="expected a mapping at the top level"):
+        load_spec(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_estimate_cli_bad_spec_one_line(tmp_path, spec_dict):
+    spec_dict["cells"][0]["nodes"][0][0]["op"] = "warp_drive"
+    file = write(tmp_path, spec_dict)
+    env = {k: v for k, v in os.environ.items() if k != "UBNAS_DEBUG"}
+    out = subprocess.run([sys.executable, "-m", "ubnas", "estimate", str(file), "--hw", "uboost"],
+                         capture_output=True, text=True, cwd=ROOT, env=env)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert str(file) in lines[0] and "cells[0].nodes[0][0].op" in lines[0]
+
+
+def test_estimate_cli_good_spec(tmp_path, derived):
+    file = tmp_path / "arch.yaml"
+    save_spec(derived, file)
+    out = subprocess.run([sys.executable, "-m", "ubnas", "estimate", str(file), "--hw", "uboost", "--json"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "classifier" in out.stdout
+
+
+# -- the registry's hardware layers agree with the modules -----------------------------------------
+def one_hot_arch(net, spec):
+    """Op probs one-hot on the kept ops of kept edges (else zero); widths forced to the chosen ones."""
+    ops = {}
+    for cell, arch in zip(net.cells, spec.cells):
+        probs = torch.zeros(net.space.edges_per_cell, len(net.space.ops), dtype=torch.float64)
+        e = 0
+        for i, node in enumerate(arch.nodes):
+            for edge in node:
+                probs[e + edge.source, net.space.ops.index(edge.op)] = 1.0
+            e += 2 + i
+        if cell.cell_type in ops:   # logits are shared per cell type: same choice in every such cell
+            assert torch.equal(ops[cell.cell_type], probs)
+        ops[cell.cell_type] = probs
+    widths = {}
+    for name, width in net.widths.items():
+        width.forced = width.chosen()
+        widths[name] = torch.full((width.count,), 1.0 / width.count, dtype=torch.float64)
+    return ArchSample(ops, widths)
+
+
+@pytest.mark.parametrize("space,shape,preset,seeds", [("tiny", (1, 8, 8), "uboost", 3),
+                                                      ("tiny", (3, 16, 16), "edge_16x16", 2),
+                                                      ("darts_cifar", (3, 16, 16), "tpu_v3", 1)])
+def test_supernet_cost_matches_built_network(space, shape, preset, seeds):
+    hwmodels = pytest.importorskip("hwmodels")
+    if not callable(getattr(hwmodels, "estimate", None)):
+        pytest.skip("hwmodels.estimate not available yet")
+    from ubnas.cost import supernet_cost
+    acc = load_accelerator(preset)
+    for seed in range(seeds):
+        net = random_supernet(seed, space, shape)
+        with torch.no_grad():
+            for w in net.widths.values():
+                w.logits.normal_()
+        spec = derive_spec(net, {})
+        arch = one_hot_arch(net, spec)
+        smooth = supernet_cost(net, arch, acc, "systolic")
+        exact = hwmodels.estimate(build_network(spec), spec.input_shape, acc)
+        assert float(smooth["macs"]) == pytest.approx(exact.macs, rel=1e-6)
+        assert float(smooth["cycles"]) == pytest.approx(exact.cycles, rel=1e-6)
+        assert float(smooth["utilization"]) == pytest.approx(exact.utilization, rel=1e-6)
