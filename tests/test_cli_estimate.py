@@ -131,7 +131,24 @@ def test_bad_argument_subprocess():
                                                "like 128x128, got '12'"]
 
 
-def test_spec_file(tmp_path):
-    pytest.importorskip("ubnas.spec")
-    pytest.importorskip("ubnas.build")
-    pytest.skip("no spec writer to produce a fixture yet")
+def test_spec_file(tmp_path, capsys):
+    """SPEC branch: ubnas.spec / ubnas.build are written alongside; skipped where absent."""
+    spec_mod = pytest.importorskip("ubnas.spec")
+    build_mod = pytest.importorskip("ubnas.build")
+    space_mod = pytest.importorskip("ubnas.space")
+    supernet_mod = pytest.importorskip("ubnas.supernet")
+    import torch
+    from hwmodels import estimate
+    torch.manual_seed(0)
+    net = supernet_mod.Supernet(space_mod.load_space("tiny"), (1, 8, 8), 10)
+    path = tmp_path / "arch.yaml"
+    spec_mod.save_spec(spec_mod.derive_spec(net, {"seed": 0}), path)
+    code, out, err = run_main(capsys, path, "--json", "--hw", "edge_16x16")
+    assert code == 0, err
+    data = json.loads(out)
+    spec = spec_mod.load_spec(path)
+    want = estimate(build_mod.build_network(spec), spec.input_shape, load_accelerator("edge_16x16"))
+    assert [l["name"] for l in data["layers"]] == [c.name for c in want.layers]
+    assert data["total"]["cycles"] == pytest.approx(want.cycles) and data["total"]["macs"] == want.macs
+    code, out, err = run_main(capsys, path, "--input", "3x8x8")
+    assert code != 0 and "disagrees" in err

@@ -18,6 +18,12 @@ clock at a time and knows nothing of exact.py's formula:
 * input-stationary (is): ws on the transposed problem (A^T stationary, W^T
   streamed), i.e. C^T = W^T A^T.
 
+Note (checked against SCALE-Sim 3.0.0 by hand, not in this test): for ws and is
+SCALE-Sim reports sum over folds of (2R + C + T - 2) minus 1 per layer, as here;
+for os it reports T + R + C - 2 per fold -- it does not charge the R-cycle
+drain modelled below (its schedule lets outputs leave during the skew), so the
+os formula in exact.py is R cycles per fold above SCALE-Sim.
+
 Every fold's result is accumulated and compared with numpy's matmul, so the
 simulator is known to compute the right thing before its cycle counts are
 compared with ``layer_cost(..., mode="systolic")``.
