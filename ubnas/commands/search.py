@@ -1,0 +1,52 @@
+"""``ubnas search``: run a hardware-aware search; every option also a --config YAML key."""
+import argparse
+from dataclasses import asdict, fields
+
+from ..search import SearchConfig, config_from_yaml, run_search
+
+
+def add_parser(sub):
+    p = sub.add_parser("search", help="search an architecture (default: tiny space on the digits data)",
+                       argument_default=argparse.SUPPRESS)
+    defaults = SearchConfig()
+    help_text = {
+        "space": "search space name or YAML file", "hw": "accelerator preset or YAML file",
+        "data": "digits | cifar10 | synthetic", "data_dir": "directory with CIFAR-10's python batches",
+        "lambda_latency": "weight of latency / latency at initialisation",
+        "beta_utilization": "weight of network utilization (subtracted)",
+        "target_latency_us": "hard latency target in microseconds (dual ascent)",
+        "cost_model": "systolic | uboost | flops | roofline", "channels": "dynamic | fixed width windows",
+        "stage": "staged (ops, then widths) | joint | op | channel",
+        "kernels": "mixed-edge implementation: eager | reference | triton | auto",
+        "out": "run directory (config.yaml, search_log.csv, checkpoint.pt, arch.yaml)",
+    }
+    for f in fields(SearchConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = {"int": int, "float": float}.get(f.type.replace("Optional[", "").rstrip("]"), str)
+        p.add_argument(flag, dest=f.name, type=kind,
+                       help=f"{help_text.get(f.name, '')} (default: {getattr(defaults, f.name)})".strip())
+    p.add_argument("--config", dest="config_file", metavar="RUN.yaml",
+                   help="YAML file of the options above (command-line flags win)")
+    p.add_argument("--resume", action="store_true", default=False,
+                   help="continue from OUT/checkpoint.pt with its saved config")
+    p.add_argument("--quiet", action="store_true", default=False, help="no progress bar")
+    return p
+
+
+def run(args) -> int:
+    values = {}
+    if getattr(args, "config_file", None):
+        values.update(config_from_yaml(args.config_file))
+    names = {f.name for f in fields(SearchConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    cfg = SearchConfig(**values)
+    cfg.validate("command line" if not getattr(args, "config_file", None) else args.config_file)
+    result = run_search(cfg, resume=args.resume, progress=not args.quiet)
+    last = result.history[-1] if result.history else {}
+    print(f"search done: {len(result.history)} epochs, val_acc {last.get('val_acc', float('nan')):.3f}, "
+          f"smooth latency {last.get('latency_us', float('nan')):.2f} us, "
+          f"utilization {last.get('utilization', float('nan')):.4f}")
+    if result.spec_path:
+        print(f"architecture: {result.spec_path}")
+    print(f"run directory: {result.out_dir} (config.yaml, search_log.csv, checkpoint.pt)")
+    return 0

@@ -1,0 +1,342 @@
+"""The search loop: bilevel DARTS-style optimisation against CE + hardware cost.
+
+Read top to bottom: config -> data -> supernet -> optimizers -> (resume) ->
+epochs of {weight step, architecture step, channel reallocation} -> log and
+checkpoint every epoch -> export the spec.
+
+loss_arch = CE + lambda * latency / latency_ref - beta * utilization, or with a
+hard target T: CE + mu * relu(latency / T - 1) with mu raised by dual ascent.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from hwmodels import load_accelerator
+from hwmodels.accelerator import atomic_write_text
+
+from .channels import ChannelAllocator
+from .cost import COST_MODELS, supernet_cost
+from .data import batches, load_dataset, search_split
+from .space import load_space
+from .supernet import RELAXATIONS, Supernet
+
+STAGES = ("staged", "joint", "op", "channel")
+
+
+@dataclass
+class SearchConfig:
+    """Every option of ``ubnas search`` (CLI flags and --config YAML keys)."""
+
+    space: str = "tiny"
+    hw: str = "uboost"
+    data: str = "digits"
+    data_dir: Optional[str] = None
+    epochs: int = 12
+    batch_size: int = 64
+    lambda_latency: float = 0.0
+    beta_utilization: float = 1.0
+    target_latency_us: Optional[float] = None
+    cost_model: str = "systolic"
+    surrogate: str = "straight_through"
+    temperature: float = 1.0
+    hw_batch: int = 1
+    channels: str = "dynamic"
+    stage: str = "staged"
+    relaxation: str = "gumbel"
+    tau0: float = 1.0
+    tau_decay: float = 0.95
+    weight_lr: float = 0.05
+    weight_momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_lr: float = 3e-3
+    arch_weight_decay: float = 1e-3
+    dual_lr: float = 0.5
+    split: str = "half"
+    realloc_every: int = 10
+    kernels: str = "eager"
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs/search"
+    max_steps_per_epoch: Optional[int] = None
+
+    def validate(self, origin: str = "config") -> None:
+        choices = {"cost_model": COST_MODELS, "channels": ("dynamic", "fixed"), "stage": STAGES,
+                   "relaxation": RELAXATIONS, "surrogate": ("sigmoid", "straight_through"),
+                   "split": ("half", "80_20"), "kernels": ("eager", "reference", "triton", "auto")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{origin}: key '{key}' expected one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, key)!r}")
+        for key in ("epochs", "batch_size", "realloc_every", "hw_batch"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"{origin}: key '{key}' must be >= 1, got {getattr(self, key)!r}")
+        if self.target_latency_us is not None and self.target_latency_us <= 0:
+            raise ValueError(f"{origin}: key 'target_latency_us' must be > 0, got {self.target_latency_us}")
+
+
+def config_from_yaml(path: str) -> Dict[str, Any]:
+    """Read a RUN.yaml of SearchConfig keys; unknown keys and wrong types are one-line errors."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ValueError(f"{path}:{' line %d:' % (mark.line + 1) if mark else ''} invalid YAML") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of search options, got {type(data).__name__}")
+    types = {f.name: f.type for f in fields(SearchConfig)}
+    for key, value in data.items():
+        if key not in types:
+            raise ValueError(f"{path}: unknown key '{key}' (expected one of {', '.join(types)})")
+        want = types[key].replace("Optional[", "").rstrip("]")
+        ok = (value is None and "Optional" in types[key]) or \
+            (want == "int" and isinstance(value, int) and not isinstance(value, bool)) or \
+            (want == "float" and isinstance(value, (int, float)) and not isinstance(value, bool)) or \
+            (want == "str" and isinstance(value, str))
+        if not ok:
+            raise ValueError(f"{path}: key '{key}' expected {want}, got {value!r}")
+    return data
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """torch.save through a temp file + rename: a crash never leaves half a checkpoint."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class SearchResult:
+    out_dir: Path
+    history: List[dict] = field(default_factory=list)
+    spec_path: Optional[Path] = None
+    realloc_log: List[dict] = field(default_factory=list)
+
+
+def stage_at(cfg: SearchConfig, epoch: int) -> str:
+    """'op' (ops searched at fixed widths), 'channel' (chosen ops, widths searched) or 'joint'."""
+    if cfg.stage == "staged":
+        return "op" if epoch < max(1, cfg.epochs // 2) else "channel"
+    return cfg.stage
+
+
+def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
+               stop_after_epoch: Optional[int] = None) -> SearchResult:
+    """Run (or resume) a search; ``stop_after_epoch`` simulates an interruption (tests)."""
+    out = Path(cfg.out)
+    ckpt_path = out / "checkpoint.pt"
+    checkpoint = None
+    if resume and ckpt_path.exists():
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        cfg = SearchConfig(**checkpoint["config"])   # a resumed run keeps its own config
+    cfg.validate()
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    device = pick_device(cfg.device)
+
+    # ---- data, model, hardware ------------------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    data = load_dataset(cfg.data, cfg.data_dir, seed=cfg.seed)
+    (xw, yw), (xa, ya) = search_split(data.train_x, data.train_y, cfg.split, seed=cfg.seed)
+    xw, yw, xa, ya = (t.to(device) for t in (xw, yw, xa, ya))
+    acc = load_accelerator(cfg.hw)
+    net = Supernet(load_space(cfg.space), data.input_shape, data.num_classes, cfg.channels)
+    allocator = ChannelAllocator(dict(net.widths.items()), net.channel_bindings(), cfg.seed)
+    if checkpoint is not None:   # restore window shapes before loading tensors into them
+        for name, (lo, step, count) in checkpoint["windows"].items():
+            allocator.apply(name, lo, step, count, [])
+        net.load_state_dict(checkpoint["model"])
+    net.to(device)
+    net.set_impl(cfg.kernels)
+
+    def cost_of(arch):
+        return supernet_cost(net, arch, acc, cfg.cost_model, cfg.surrogate, cfg.temperature, cfg.hw_batch)
+
+    w_opt = torch.optim.SGD(net.weight_parameters(), lr=cfg.weight_lr, momentum=cfg.weight_momentum,
+                            weight_decay=cfg.weight_decay)
+    a_opt = torch.optim.Adam(net.arch_parameters(), lr=cfg.arch_lr, betas=(0.5, 0.999),
+                             weight_decay=cfg.arch_weight_decay)
+    data_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    gumbel_gen = torch.Generator().manual_seed(cfg.seed + 2)
+    start_epoch, arch_steps, mu, history = 0, 0, 0.0, []
+    with torch.no_grad():
+        latency_ref = float(cost_of(net.sample("softmax"))["seconds"])
+    if checkpoint is not None:
+        w_opt.load_state_dict(checkpoint["w_opt"])
+        a_opt.load_state_dict(checkpoint["a_opt"])
+        data_gen.set_state(checkpoint["data_gen"])
+        gumbel_gen.set_state(checkpoint["gumbel_gen"])
+        allocator.generator.set_state(checkpoint["alloc_gen"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        start_epoch, arch_steps, mu = checkpoint["epoch"], checkpoint["arch_steps"], checkpoint["mu"]
+        latency_ref = checkpoint["latency_ref"]
+        history = list(checkpoint["history"])
+        allocator.log = list(checkpoint["realloc_log"])
+
+    steps_per_epoch = math.ceil(len(yw) / cfg.batch_size)
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+
+    # ---- epochs ---------------------------------------------------------------------------
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        stage = stage_at(cfg, epoch)
+        tau = cfg.tau0 * cfg.tau_decay ** epoch
+        lr = 0.5 * cfg.weight_lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
+        for group in w_opt.param_groups:
+            group["lr"] = lr
+        for w in net.widths.values():   # op stage: every width fixed at its window's top
+            w.forced = w.top if stage == "op" else None
+        hard_ops = stage == "channel"
+        net.train()
+        sums = {"loss": 0.0, "acc": 0.0, "val_loss": 0.0, "val_acc": 0.0, "n": 0}
+        weight_batches = batches(xw, yw, cfg.batch_size, True, data_gen)
+        arch_batches = batches(xa, ya, cfg.batch_size, True, data_gen)
+        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs} [{stage}]", progress)
+        for step, ((xb, yb), (xv, yv)) in enumerate(zip(weight_batches, arch_batches)):
+            if step >= steps_per_epoch:
+                break
+            # weight step: architecture sampled but held fixed
+            with torch.no_grad():
+                arch = net.sample(cfg.relaxation, tau, gumbel_gen, hard_ops)
+            logits = net(xb, arch)
+            loss = F.cross_entropy(logits, yb)
+            w_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.weight_parameters(), cfg.grad_clip)
+            w_opt.step()
+            # architecture step on the other half, with the hardware cost
+            arch = net.sample(cfg.relaxation, tau, gumbel_gen, hard_ops)
+            val_logits = net(xv, arch)
+            val_loss = F.cross_entropy(val_logits, yv)
+            cost = cost_of(arch)
+            ratio = cost["seconds"] / (cfg.target_latency_us * 1e-6) if cfg.target_latency_us else None
+            if ratio is not None:
+                arch_loss = val_loss + mu * F.relu(ratio - 1)
+            else:
+                arch_loss = (val_loss + cfg.lambda_latency * cost["seconds"] / latency_ref
+                             - cfg.beta_utilization * cost["utilization"])
+            a_opt.zero_grad(set_to_none=True)
+            arch_loss.backward()
+            a_opt.step()
+            if ratio is not None:   # dual ascent on the latency constraint
+                mu = max(0.0, mu + cfg.dual_lr * (float(ratio) - 1))
+            arch_steps += 1
+            if stage != "op" and arch_steps % cfg.realloc_every == 0:
+                events = allocator.step([w_opt, a_opt], arch_steps)
+                for event in events:
+                    _say(f"  realloc {event['width']}: {event['event']} {event['before']} -> {event['after']}",
+                         progress)
+            sums["loss"] += float(loss)
+            sums["acc"] += float((logits.argmax(1) == yb).float().mean())
+            sums["val_loss"] += float(val_loss)
+            sums["val_acc"] += float((val_logits.argmax(1) == yv).float().mean())
+            sums["n"] += 1
+            if bar is not None:
+                bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{sums['acc'] / sums['n']:.3f}",
+                                lat_us=f"{float(cost['seconds']) * 1e6:.1f}",
+                                util=f"{float(cost['utilization']):.3f}")
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        with torch.no_grad():
+            cost = cost_of(net.sample("softmax", hard_ops=hard_ops))
+        n = max(1, sums["n"])
+        row = {"epoch": epoch + 1, "stage": stage, "tau": round(tau, 5), "lr": round(lr, 6),
+               "train_loss": sums["loss"] / n, "train_acc": sums["acc"] / n,
+               "val_loss": sums["val_loss"] / n, "val_acc": sums["val_acc"] / n,
+               "latency_us": float(cost["seconds"]) * 1e6, "utilization": float(cost["utilization"]),
+               "mu": mu, "seconds": time.time() - t0,
+               "widths": json.dumps({k: w.candidates for k, w in net.widths.items()})}
+        if device.type == "cuda":
+            row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        history.append(row)
+        _write_log(out / "search_log.csv", history)
+        atomic_torch_save({
+            "config": asdict(cfg), "epoch": epoch + 1, "arch_steps": arch_steps, "mu": mu,
+            "latency_ref": latency_ref, "model": net.state_dict(),
+            "windows": {k: [w.lo, w.step, w.count] for k, w in net.widths.items()},
+            "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
+            "data_gen": data_gen.get_state(), "gumbel_gen": gumbel_gen.get_state(),
+            "alloc_gen": allocator.generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "history": history, "realloc_log": allocator.log,
+        }, ckpt_path)
+        _say(f"epoch {epoch + 1}: loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} "
+             f"val_acc {row['val_acc']:.3f} latency {row['latency_us']:.2f} us "
+             f"utilization {row['utilization']:.4f} ({row['seconds']:.1f} s)", progress)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
+            return SearchResult(out, history, None, allocator.log)
+
+    for w in net.widths.values():
+        w.forced = None
+    spec_path = export_spec(net, cfg, acc, latency_ref, history, cost_of, data, out)
+    return SearchResult(out, history, spec_path, allocator.log)
+
+
+def export_spec(net, cfg, acc, latency_ref, history, cost_of, data, out: Path) -> Path:
+    """Derive the discrete network, cost it exactly, and write DIR/arch.yaml."""
+    from hwmodels import estimate
+
+    from .build import build_network
+    from .spec import derive_spec, save_spec
+
+    net.eval()
+    with torch.no_grad():
+        smooth = cost_of(net.sample("softmax"))
+    provenance = {
+        "search_space": cfg.space, "seed": cfg.seed, "stage": cfg.stage, "channels": cfg.channels,
+        "lambda_latency": cfg.lambda_latency, "beta_utilization": cfg.beta_utilization,
+        "target_latency_us": cfg.target_latency_us, "cost_model": cfg.cost_model,
+        "data": cfg.data, "epochs": cfg.epochs, "accelerator": acc.name,
+        "final_val_acc": history[-1]["val_acc"] if history else None,
+        "smooth_cost": {"latency_us": float(smooth["seconds"]) * 1e6,
+                        "utilization": float(smooth["utilization"])},
+    }
+    spec = derive_spec(net.cpu(), provenance)
+    exact = estimate(build_network(spec), tuple(data.input_shape), acc, batch=cfg.hw_batch)
+    provenance["exact_cost"] = {"latency_us": exact.seconds * 1e6, "utilization": exact.utilization,
+                                "macs": int(exact.macs), "model": "systolic"}
+    provenance["smooth_vs_exact_latency_gap"] = (
+        provenance["smooth_cost"]["latency_us"] / provenance["exact_cost"]["latency_us"] - 1)
+    path = out / "arch.yaml"
+    save_spec(spec, path)
+    return path
+
+
+def _write_log(path: Path, history: List[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(history[0].keys()), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _say(message: str, enabled: bool) -> None:
+    if enabled:
+        from tqdm import tqdm
+        tqdm.write(message)

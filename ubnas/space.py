@@ -1,0 +1,157 @@
+"""Search spaces: YAML files in ``search_spaces/`` validated into dataclasses.
+
+Errors name the file, the key and what was expected, in one line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from .ops import OPS
+
+SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+class SpaceError(ValueError):
+    """A malformed search-space file."""
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """A searchable width: a window of ``candidates`` widths init, init+step, ...
+
+    ``min``/``max`` bound every window the allocator may move to; ``dynamic``
+    lets the window grow/shift/narrow during search (else it stays fixed).
+    """
+
+    init: int
+    step: int
+    candidates: int
+    min: int
+    max: int
+    dynamic: bool = True
+
+    @property
+    def widths(self) -> List[int]:
+        return [self.init + j * self.step for j in range(self.candidates)]
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    reduce: bool = False       # first edges stride 2 (DARTS reduction cell)
+    pool_after: bool = False   # 2x2 max-pool after the cell (U-Boost)
+    channels: Optional[ChannelSpec] = None
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    nodes: int
+    ops: List[str]
+    stem_kernel: int
+    stem_channels: ChannelSpec
+    cells: List[CellSpec]
+    description: str = ""
+    source: str = ""
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def edges_per_cell(self) -> int:
+        return sum(2 + i for i in range(self.nodes))
+
+
+def _need(data: dict, key: str, kind, origin: str, where: str = ""):
+    path = f"{where}{key}"
+    if key not in data:
+        raise SpaceError(f"{origin}: missing key '{path}'")
+    value = data[key]
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise SpaceError(f"{origin}: key '{path}' expected an integer, got {value!r}")
+    if kind is bool and not isinstance(value, bool):
+        raise SpaceError(f"{origin}: key '{path}' expected true or false, got {value!r}")
+    if kind in (list, dict, str) and not isinstance(value, kind):
+        raise SpaceError(f"{origin}: key '{path}' expected a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _channels(data: Any, origin: str, where: str) -> ChannelSpec:
+    if not isinstance(data, dict):
+        raise SpaceError(f"{origin}: key '{where.rstrip('.')}' expected a mapping, got {data!r}")
+    known = {"init", "step", "candidates", "min", "max", "dynamic"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SpaceError(f"{origin}: unknown key '{where}{unknown[0]}' (expected {', '.join(sorted(known))})")
+    values = {k: _need(data, k, int, origin, where) for k in ("init", "step", "candidates", "min", "max")}
+    for key, value in values.items():
+        if value < 1:
+            raise SpaceError(f"{origin}: key '{where}{key}' must be >= 1, got {value}")
+    spec = ChannelSpec(dynamic=bool(data.get("dynamic", True)), **values)
+    if not spec.min <= spec.init or spec.widths[-1] > spec.max:
+        raise SpaceError(f"{origin}: key '{where}init' window {spec.widths[0]}..{spec.widths[-1]} "
+                         f"must lie within min..max = {spec.min}..{spec.max}")
+    return spec
+
+
+def parse_space(data: Any, origin: str) -> SearchSpace:
+    """Validate a YAML mapping into a SearchSpace (``origin`` names the file in errors)."""
+    if not isinstance(data, dict):
+        raise SpaceError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
+    version = data.get("ubnas_space", 1)
+    if version != 1:
+        raise SpaceError(f"{origin}: key 'ubnas_space' expected 1, got {version!r}")
+    nodes = _need(data, "nodes", int, origin)
+    if nodes < 1:
+        raise SpaceError(f"{origin}: key 'nodes' must be >= 1, got {nodes}")
+    ops = _need(data, "ops", list, origin)
+    for i, op in enumerate(ops):
+        if op not in OPS:
+            raise SpaceError(f"{origin}: key 'ops[{i}]' unknown op {op!r} (expected one of {', '.join(OPS)})")
+    if len(set(ops)) != len(ops) or not ops:
+        raise SpaceError(f"{origin}: key 'ops' must list distinct ops, got {ops}")
+    stem = _need(data, "stem", dict, origin)
+    stem_kernel = _need(stem, "kernel", int, origin, "stem.")
+    stem_channels = _channels(_need(stem, "channels", dict, origin, "stem."), origin, "stem.channels.")
+    default = _channels(data["channels"], origin, "channels.") if "channels" in data else None
+    cells = []
+    for i, cell in enumerate(_need(data, "cells", list, origin)):
+        where = f"cells[{i}]."
+        if not isinstance(cell, dict):
+            raise SpaceError(f"{origin}: key 'cells[{i}]' expected a mapping, got {cell!r}")
+        unknown = sorted(set(cell) - {"reduce", "pool_after", "channels"})
+        if unknown:
+            raise SpaceError(f"{origin}: unknown key '{where}{unknown[0]}' (expected reduce, pool_after, channels)")
+        channels = _channels(cell["channels"], origin, where + "channels.") if "channels" in cell else default
+        if channels is None:
+            raise SpaceError(f"{origin}: missing key '{where}channels' (or a top-level 'channels' default)")
+        for key in ("reduce", "pool_after"):
+            if key in cell and not isinstance(cell[key], bool):
+                raise SpaceError(f"{origin}: key '{where}{key}' expected true or false, got {cell[key]!r}")
+        cells.append(CellSpec(bool(cell.get("reduce", False)), bool(cell.get("pool_after", False)), channels))
+    if not cells:
+        raise SpaceError(f"{origin}: key 'cells' must list at least one cell")
+    return SearchSpace(name=str(data.get("name", Path(origin).stem)), nodes=nodes, ops=list(ops),
+                       stem_kernel=stem_kernel, stem_channels=stem_channels, cells=cells,
+                       description=str(data.get("description", "")), source=str(data.get("source", "")))
+
+
+def space_names() -> List[str]:
+    return sorted(p.stem for p in SPACE_DIR.glob("*.yaml"))
+
+
+def load_space(name_or_path: str) -> SearchSpace:
+    """Load a shipped space by name (``tiny``) or a YAML file path."""
+    path = Path(name_or_path)
+    if not path.suffix and (SPACE_DIR / f"{name_or_path}.yaml").exists():
+        path = SPACE_DIR / f"{name_or_path}.yaml"
+    elif not path.exists():
+        raise SpaceError(f"{name_or_path}: no such search space or file (shipped: {', '.join(space_names())})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}:" if mark else ""
+        raise SpaceError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_space(data, str(path))
