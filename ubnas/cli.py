@@ -10,6 +10,11 @@ import sys
 COMMANDS = (
     "presets",
     "estimate",
+    "spaces",
+    "search",
+    "train",
+    "export",
+    "report",
 )
 
 
