@@ -125,7 +125,9 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
     """Layers (in execution order) of one forward pass of a (batch, *input_shape) input.
 
     Runs in eval mode (no running-stat updates, dropout off) and restores every
-    submodule's train/eval flag afterwards.
+    submodule's train/eval flag afterwards.  The input goes to the device of the
+    module's first parameter: a module built under ``torch.device("meta")`` is
+    traced from shapes alone, without arithmetic.
     """
     import torch
     _register_builtins()
@@ -136,6 +138,7 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
         raise ValueError(f"input shape must be positive dimensions, got {tuple(input_shape)}")
     handled: Dict[str, Tuple["nn.Module", Handler]] = {}
     claimed: List[str] = []
+    unknown: Dict[str, "nn.Module"] = {}
     for path, sub in module.named_modules():
         if any(prefix == "" or path.startswith(prefix + ".") for prefix in claimed):
             continue
@@ -145,12 +148,7 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
             claimed.append(path)
             continue
         if any(True for _ in sub.parameters(recurse=False)):
-            where = path or "<root>"
-            raise ValueError(
-                f"don't know the hardware layers of module '{where}' ({type(sub).__module__}."
-                f"{type(sub).__qualname__}), which holds parameters; call hwmodels.estimate."
-                f"register_layer_handler({type(sub).__name__}, fn) with fn(module, inputs, output, "
-                f"batch) -> list of ConvLayer/LinearLayer/GemmLayer")
+            unknown[path] = sub          # an error only if forward actually calls it
 
     traced: List[Layer] = []
     calls: Dict[str, int] = {}
@@ -165,7 +163,10 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
         return hook
 
     modes = {name: sub.training for name, sub in module.named_modules()}
+    called_unknown: List[str] = []
     hooks = [sub.register_forward_hook(make_hook(path, fn)) for path, (sub, fn) in handled.items()]
+    hooks += [sub.register_forward_pre_hook(lambda mod, inputs, path=path: called_unknown.append(path))
+              for path, sub in unknown.items()]
     try:
         first = next(iter(module.parameters()), None)
         dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
@@ -180,6 +181,14 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
             h.remove()
         for name, sub in module.named_modules():
             sub.training = modes.get(name, sub.training)
+    if called_unknown:
+        path = called_unknown[0]
+        sub = unknown[path]
+        raise ValueError(
+            f"don't know the hardware layers of module '{path or '<root>'}' ({type(sub).__module__}."
+            f"{type(sub).__qualname__}), which holds parameters; call hwmodels.estimate."
+            f"register_layer_handler({type(sub).__name__}, fn) with fn(module, inputs, output, "
+            f"batch) -> list of ConvLayer/LinearLayer/GemmLayer")
     return traced
 
 

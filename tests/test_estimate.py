@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import hwmodels
-from hwmodels import ConvLayer, GemmLayer, LinearLayer, estimate, layer_cost, load_accelerator
+from hwmodels import ConvLayer, GemmLayer, LinearLayer, estimate, layer_cost, load_accelerator, network_cost
 from hwmodels.estimate import trace_layers
 from hwmodels.zoo import get_model, mobilenet_v2, model_names
 
@@ -78,11 +78,11 @@ def test_same_padding_and_shared_module():
 
 
 def test_resnet18_cifar_macs_and_layers():
-    cost = estimate(get_model("resnet18-cifar"), (3, 32, 32), ACC)
+    layers = trace_layers(get_model("resnet18-cifar"), (3, 32, 32))
+    cost = network_cost(layers, ACC)
     assert cost.macs == pytest.approx(0.556e9, rel=0.01)     # the well-known 0.56 GMACs
     convs = [c for c in cost.layers if c.kind == "conv"]
     assert len(convs) == 20                                  # stem + 16 block convs + 3 downsamples
-    layers = trace_layers(get_model("resnet18-cifar"), (3, 32, 32))
     downsample = [(l.in_channels, l.out_channels, l.stride) for l in layers
                   if l.kind == "conv" and l.kernel_h == 1]
     assert downsample == [(64, 128, (2, 2)), (128, 256, (2, 2)), (256, 512, (2, 2))]
@@ -92,11 +92,13 @@ def test_resnet18_cifar_macs_and_layers():
 
 def test_mobilenetv2_imagenet_figures():
     # Sandler et al. 2018, Table 3: 300 M multiply-adds, 3.4 M parameters at 224x224.
-    model = mobilenet_v2(num_classes=1000, cifar=False)
+    with torch.device("meta"):          # shapes only: no arithmetic at 224 x 224
+        model = mobilenet_v2(num_classes=1000, cifar=False)
     cost = estimate(model, (3, 224, 224), ACC)
     assert cost.macs == pytest.approx(300e6, rel=0.01)
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(3.4e6, rel=0.04)
-    cifar = estimate(get_model("mobilenetv2-cifar"), (3, 32, 32), ACC)
+    with torch.device("meta"):
+        cifar = estimate(get_model("mobilenetv2-cifar"), (3, 32, 32), ACC)
     assert sum(c.gemm.repeats > 1 for c in cifar.layers) == 17   # one depthwise conv per block
     assert set(model_names()) == {"resnet18-cifar", "mobilenetv2-cifar"}
 
@@ -130,3 +132,17 @@ def test_unknown_parameterised_module_and_handler():
         assert cost.layers[1].gemm == layer_cost(GemmLayer("x", 4, 8, 8), ACC).gemm
     finally:
         sys.modules["hwmodels.estimate"]._HANDLERS.pop(Bilinear, None)   # the module, not the function
+
+
+def test_unused_unknown_module_is_not_an_error():
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 3)
+            self.aux = Bilinear()              # never called in forward
+
+        def forward(self, x):
+            return self.fc(x)
+
+    layers = trace_layers(WithAux(), (8,), batch=2)
+    assert [(l.name, l.batch) for l in layers] == [("fc", 2)]
