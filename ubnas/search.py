@@ -245,9 +245,9 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
                 for event in events:
                     _say(f"  realloc {event['width']}: {event['event']} {event['before']} -> {event['after']}",
                          progress)
-            sums["loss"] += float(loss)
+            sums["loss"] += loss.item()
             sums["acc"] += float((logits.argmax(1) == yb).float().mean())
-            sums["val_loss"] += float(val_loss)
+            sums["val_loss"] += val_loss.item()
             sums["val_acc"] += float((val_logits.argmax(1) == yv).float().mean())
             sums["n"] += 1
             if bar is not None:

@@ -1,0 +1,114 @@
+"""Channel windows: masks and soft widths vs brute force; reallocation keeps the function."""
+import torch
+
+from ubnas.channels import ChannelAllocator, Width, plan_move, resize_dim
+from ubnas.space import ChannelSpec, load_space
+from ubnas.supernet import Supernet
+
+
+def make_width(init=16, step=8, candidates=4, lo=8, hi=64):
+    return Width("w", ChannelSpec(init, step, candidates, lo, hi))
+
+
+def test_mask_and_soft_width_match_brute_force():
+    torch.manual_seed(0)
+    w = make_width()
+    for _ in range(5):
+        p = torch.softmax(torch.randn(w.count, dtype=torch.float64), 0)
+        expected = torch.zeros(w.top, dtype=torch.float64)
+        for j, width in enumerate(w.candidates):          # M = sum_j p_j m_j, m_j = first w_j ones
+            for c in range(width):
+                expected[c] += p[j]
+        assert torch.allclose(w.mask(p), expected)
+        assert torch.isclose(w.soft_width(p), sum(p[j] * wj for j, wj in enumerate(w.candidates)))
+
+
+def test_forced_width_is_a_hard_mask():
+    w = make_width()
+    w.forced = 24
+    m = w.mask(torch.full((w.count,), 0.25))
+    assert m.tolist() == [1.0] * 24 + [0.0] * (w.top - 24)
+
+
+def test_resize_dim_keeps_each_block_prefix():
+    t = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3 * 4)  # 3 blocks of 4 along dim 1
+    grown = resize_dim(t, 1, 4, 6, 3, "zero")
+    assert grown.shape == (2, 18)
+    for b in range(3):
+        assert torch.equal(grown[:, b * 6:b * 6 + 4], t[:, b * 4:b * 4 + 4])
+        assert torch.equal(grown[:, b * 6 + 4:b * 6 + 6], torch.zeros(2, 2))
+    shrunk = resize_dim(t, 1, 4, 2, 3, "zero")
+    for b in range(3):
+        assert torch.equal(shrunk[:, b * 2:b * 2 + 2], t[:, b * 4:b * 4 + 2])
+
+
+def test_plan_moves_respect_bounds():
+    w = make_width(init=8, lo=8, hi=40)       # window 8..32, top at 32
+    with torch.no_grad():
+        w.logits.copy_(torch.tensor([5.0, 0, 0, 0]))
+    assert plan_move(w) is None                # bottom already at min
+    with torch.no_grad():
+        w.logits.copy_(torch.tensor([0, 0, 0, 5.0]))
+    assert plan_move(w)[0] == "grow"           # 40 <= max
+    w.lo = 16                                  # window 16..40: top at max
+    assert plan_move(w) is None
+    with torch.no_grad():
+        w.logits.copy_(torch.tensor([0, 6.0, 0, 0]))
+    event, lo, step, count = plan_move(w)
+    assert event == "narrow" and step == 4 and lo >= w.min and lo + (count - 1) * step <= w.max
+
+
+def _net():
+    torch.manual_seed(0)
+    return Supernet(load_space("tiny"), (1, 8, 8), 10)
+
+
+def test_reallocation_keeps_the_function_of_allocated_channels():
+    net = _net().eval()
+    x = torch.randn(3, 1, 8, 8)
+    for w in net.widths.values():
+        w.forced = w.top
+    before = net(x)
+    opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9)
+    net.train()
+    torch.nn.functional.cross_entropy(net(x), torch.tensor([0, 1, 2])).backward()
+    opt.step()                                  # momentum buffers exist now
+    net.eval()
+    before = net(x)
+    alloc = ChannelAllocator(dict(net.widths.items()), net.channel_bindings())
+    moves = {n: ("grow", w.lo + w.step, w.step, w.count) for n, w in net.widths.items()}
+    alloc.step([opt], 0, moves)
+    for w in net.widths.values():
+        assert w.top == 96
+        w.forced = w.top                        # all new channels switched on
+    assert torch.allclose(net(x), before, atol=1e-6)
+    # every parameter and its momentum buffer agree in shape, and a step still runs
+    for p in net.weight_parameters():
+        assert opt.state[p]["momentum_buffer"].shape == p.shape
+    net.train()
+    torch.nn.functional.cross_entropy(net(x), torch.tensor([0, 1, 2])).backward()
+    opt.step()
+
+
+def test_shift_down_frees_top_filters_and_keeps_lower_widths():
+    net = _net().eval()
+    x = torch.randn(2, 1, 8, 8)
+    for w in net.widths.values():
+        w.forced = 64
+    before = net(x)
+    params_before = sum(p.numel() for p in net.weight_parameters())
+    alloc = ChannelAllocator(dict(net.widths.items()), net.channel_bindings())
+    alloc.step([], 0, {n: ("shift_down", w.lo - w.step, w.step, w.count) for n, w in net.widths.items()})
+    assert all(w.top == 80 for w in net.widths.values())
+    assert sum(p.numel() for p in net.weight_parameters()) < params_before
+    assert torch.allclose(net(x), before, atol=1e-6)
+
+
+def test_reallocation_is_deterministic_for_a_seed():
+    results = []
+    for _ in range(2):
+        net = _net()
+        alloc = ChannelAllocator(dict(net.widths.items()), net.channel_bindings(), seed=3)
+        alloc.step([], 0, {n: ("grow", w.lo + w.step, w.step, w.count) for n, w in net.widths.items()})
+        results.append(torch.cat([p.detach().flatten() for p in net.weight_parameters()]))
+    assert torch.equal(results[0], results[1])

@@ -1,0 +1,125 @@
+"""Ops, spaces, supernet cost gradients, resume equivalence and bad-input errors."""
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from hwmodels import load_accelerator
+from ubnas.cost import COST_MODELS, supernet_cost
+from ubnas.ops import OPS, DiscreteOp
+from ubnas.search import SearchConfig, run_search
+from ubnas.space import SpaceError, load_space, space_names
+from ubnas.supernet import MixedEdge, Supernet
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+@pytest.mark.parametrize("stride", [1, 2])
+def test_every_op_forward_backward(name, stride):
+    x = torch.randn(2, 6, 7, 7, requires_grad=True)
+    edge = MixedEdge([name], 6, stride)
+    probs = torch.ones(1, requires_grad=True)
+    y = edge(x, probs)
+    discrete = DiscreteOp(name, 6, 6, stride)
+    z = discrete(x)
+    assert y.shape == z.shape == (2, 6, (7 - 1) // stride + 1, (7 - 1) // stride + 1)
+    (y.square().sum() + z.square().sum() + 0 * x.sum()).backward()
+    if name != "none":
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("space", space_names())
+def test_every_space_forward_backward(space):
+    torch.manual_seed(0)
+    net = Supernet(load_space(space), (3, 8, 8), 10)
+    arch = net.sample("gumbel", 1.0, torch.Generator().manual_seed(0))
+    loss = torch.nn.functional.cross_entropy(net(torch.randn(2, 3, 8, 8), arch), torch.tensor([1, 2]))
+    cost = supernet_cost(net, arch, load_accelerator("uboost"))
+    (loss + cost["seconds"] * 1e4 - cost["utilization"]).backward()
+    for p in net.arch_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+
+
+@pytest.mark.parametrize("model", COST_MODELS)
+def test_cost_gradients_have_the_expected_sign(model):
+    """More probability on conv_3x3 (vs skip) or on a wider candidate raises latency."""
+    torch.manual_seed(0)
+    net = Supernet(load_space("tiny"), (1, 8, 8), 10)
+    ops = net.space.ops
+    arch = net.sample("softmax")
+    cost = supernet_cost(net, arch, load_accelerator("edge_16x16"), model, surrogate="sigmoid")
+    cost["seconds"].backward()
+    g = net.op_logits["normal"].grad
+    assert (g[:, ops.index("conv_3x3")] > g[:, ops.index("skip_connect")]).all()
+    assert (g[:, ops.index("conv_3x3")] > 0).all()
+    for w in net.widths.values():
+        assert w.logits.grad[-1] > w.logits.grad[0], w.name
+    assert all(torch.isfinite(p.grad).all() for p in net.arch_parameters())
+
+
+def _small(tmp_path, name, **overrides):
+    cfg = dict(epochs=3, max_steps_per_epoch=2, batch_size=32, realloc_every=1, out=str(tmp_path / name),
+               beta_utilization=1.0, lambda_latency=0.5)
+    cfg.update(overrides)
+    return SearchConfig(**cfg)
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
+    full = run_search(_small(tmp_path, "full"), progress=False)
+    part = run_search(_small(tmp_path, "part"), progress=False, stop_after_epoch=2)
+    assert part.spec_path is None and len(part.history) == 2
+    resumed = run_search(_small(tmp_path, "part"), resume=True, progress=False)
+    assert any(e["event"] in ("grow", "shift_down", "narrow") for e in full.realloc_log)
+    assert full.realloc_log == resumed.realloc_log
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    assert a["windows"] == b["windows"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    if full.spec_path is not None:
+        spec_a = yaml.safe_load(full.spec_path.read_text())
+        spec_b = yaml.safe_load(resumed.spec_path.read_text())
+        assert spec_a["cells"] == spec_b["cells"] and spec_a["stem"] == spec_b["stem"]
+
+
+def test_malformed_space_names_file_and_key(tmp_path):
+    good = yaml.safe_load(open(load_space.__globals__["SPACE_DIR"] / "tiny.yaml"))
+    cases = {
+        "ops": (["conv_3x3", "conv_9x9"], "ops[1]"),
+        "nodes": ("two", "nodes"),
+        "channels": ({"init": 300, "step": 8, "candidates": 4, "min": 16, "max": 192}, "channels.init"),
+    }
+    for key, (value, where) in cases.items():
+        bad = dict(good, **{key: value})
+        path = tmp_path / f"bad_{key}.yaml"
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(SpaceError) as err:
+            load_space(str(path))
+        assert str(path) in str(err.value) and where in str(err.value)
+        assert "\n" not in str(err.value)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "ubnas", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_bad_inputs_exit_nonzero_without_traceback(tmp_path):
+    bad_space = tmp_path / "space.yaml"
+    bad_space.write_text("nodes: 2\nops: [conv_3x3\n")
+    bad_config = tmp_path / "run.yaml"
+    bad_config.write_text("epochs: ten\n")
+    unknown_key = tmp_path / "run2.yaml"
+    unknown_key.write_text("epoch: 3\n")
+    for args, needle in (
+        (["search", "--space", str(bad_space)], str(bad_space)),
+        (["search", "--config", str(bad_config)], "epochs"),
+        (["search", "--config", str(unknown_key)], "epoch"),
+        (["search", "--data", "cifar10", "--data-dir", str(tmp_path / "nothing")], "nothing"),
+        (["search", "--hw", "no_such_preset"], "no_such_preset"),
+    ):
+        result = _cli(*args, "--out", str(tmp_path / "run"), "--quiet")
+        assert result.returncode != 0, args
+        assert "Traceback" not in result.stderr, result.stderr
+        assert needle in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -1,0 +1,105 @@
+"""hwmodels.smooth against the exact model: values, gradient signs, ranking."""
+import math
+import random
+
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from hwmodels import ConvLayer, LinearLayer, layer_cost, load_accelerator
+from hwmodels.smooth import (from_layers, hard_ceil_div, network_cost_torch, sigmoid_ceil_div,
+                             soft_conv, soft_ceil_div, soft_linear)
+
+
+def random_layers(n, seed):
+    rng = random.Random(seed)
+    layers = []
+    for i in range(n):
+        cin, cout = rng.randint(1, 300), rng.randint(1, 300)
+        k = rng.choice([1, 3, 5])
+        hw = rng.choice([4, 8, 16, 32])
+        if rng.random() < 0.15:
+            layers.append(LinearLayer(f"fc{i}", cin * 4, cout, batch=rng.choice([1, 8])))
+        elif rng.random() < 0.2:
+            layers.append(ConvLayer(f"dw{i}", hw, hw, cin, cin, k, k, padding=k // 2, groups=cin))
+        else:
+            layers.append(ConvLayer(f"c{i}", hw, hw, cin, cout, k, k, padding=k // 2,
+                                    stride=rng.choice([1, 2]), batch=rng.choice([1, 4])))
+    return layers
+
+
+def test_ceil_div_matches_math_ceil_at_integers():
+    x = torch.arange(1, 5000, dtype=torch.float64)
+    for d in (1, 8, 16, 128, 256):
+        expected = torch.tensor([math.ceil(v / d) for v in range(1, 5000)], dtype=torch.float64)
+        assert torch.equal(hard_ceil_div(x, d), expected)
+        # sigmoid surrogate with a sharp temperature lands within 1e-3 of the steps
+        assert (sigmoid_ceil_div(x, d, 0.05) - expected).abs().max() < 1e-3
+
+
+def test_sigmoid_surrogate_has_no_overflow_and_no_offset():
+    # far past U-Boost's 300-step limit, and below a quarter tile (U-Boost read < 1 there)
+    x = torch.tensor([1.0, 10.0, 128 * 1000.0 + 1, 1e7], dtype=torch.float64)
+    value = sigmoid_ceil_div(x, 128.0, 0.05)
+    assert torch.isfinite(value).all()
+    expected = torch.tensor([1.0, 1.0, 1001.0, math.ceil(1e7 / 128)], dtype=torch.float64)
+    assert torch.allclose(value, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("preset", ["uboost", "tpu_v3", "edge_16x16"])
+@pytest.mark.parametrize("dataflow", ["ws", "os", "is"])
+@pytest.mark.parametrize("mode", ["uboost", "systolic"])
+def test_smooth_equals_exact_at_integer_counts(preset, dataflow, mode):
+    acc = load_accelerator(preset).replace(dataflow=dataflow)
+    layers = random_layers(120, seed=hash((preset, dataflow, mode)) % 1000)
+    exact = torch.tensor([layer_cost(l, acc, mode).cycles for l in layers], dtype=torch.float64)
+    soft = from_layers(layers)
+    st = network_cost_torch(soft, acc, mode, "straight_through")["cycles"]
+    assert torch.allclose(st, exact, rtol=1e-12)       # forward of straight-through is exact
+    sig = network_cost_torch(soft, acc, mode, "sigmoid", temperature=0.1)["cycles"]
+    assert ((sig - exact).abs() / exact).max() < 0.04   # array rounds add a ceiling of their own
+
+
+def test_utilization_gradient_pushes_129_down_and_120_up():
+    acc = load_accelerator("uboost")   # 128 x 128
+    for width, sign in ((129.0, -1), (120.0, +1)):
+        cout = torch.tensor(width, dtype=torch.float64, requires_grad=True)
+        layers = soft_conv(16, 16, 128, cout, kernel=1)
+        util = network_cost_torch(layers, acc, "uboost", "straight_through")["utilization"]
+        util.backward()
+        assert torch.sign(cout.grad).item() == sign, (width, cout.grad)
+
+
+def test_latency_gradient_is_positive_across_a_fold_boundary():
+    acc = load_accelerator("uboost")
+    cin = torch.tensor(128.6, dtype=torch.float64, requires_grad=True)  # just past a K fold
+    cycles = network_cost_torch(soft_conv(8, 8, cin, 64, kernel=1), acc, "systolic", "sigmoid")["total_cycles"]
+    cycles.backward()
+    assert cin.grad > 0
+    # finite differences agree with autograd for the sigmoid surrogate
+    eps = 1e-4
+    f = lambda c: float(network_cost_torch(soft_conv(8, 8, torch.tensor(c, dtype=torch.float64), 64, kernel=1),
+                                           acc, "systolic", "sigmoid")["total_cycles"])
+    assert abs((f(128.6 + eps) - f(128.6 - eps)) / (2 * eps) - float(cin.grad)) < 1e-3 * abs(float(cin.grad)) + 1e-6
+
+
+def test_linear_512_to_10_utilization_is_the_true_figure():
+    # U-Boost's surrogate read 0.33 here; the true value is 512*10 / (128*128*4*1) = 0.078
+    acc = load_accelerator("uboost")
+    util = network_cost_torch(soft_linear(512, 10), acc, "uboost", "sigmoid", temperature=0.1)["utilization"]
+    assert abs(float(util) - 512 * 10 / (128 * 128 * 4)) < 1e-3
+
+
+def test_ranking_agreement_on_random_layers():
+    acc = load_accelerator("uboost")
+    layers = random_layers(300, seed=3)
+    exact = [layer_cost(l, acc).utilization for l in layers]
+    soft = network_cost_torch(from_layers(layers), acc, "systolic", "sigmoid", temperature=1.0)
+    smooth_util = (from_layers(layers).macs / (soft["cycles"] * acc.pes)).tolist()
+    rho = spearmanr(exact, smooth_util).correlation
+    assert rho > 0.99, rho
+
+
+def test_unknown_surrogate_is_an_error():
+    with pytest.raises(ValueError, match="surrogate"):
+        soft_ceil_div(torch.tensor([3.0]), 2, "nope")
