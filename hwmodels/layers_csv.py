@@ -98,7 +98,7 @@ def read_layers_csv(path: Union[str, os.PathLike], default_batch: int = 1) -> Li
     if int(default_batch) < 1:
         raise HardwareConfigError(f"{path}: default batch must be >= 1, got {default_batch}")
     try:
-        handle = open(path, newline="")
+        handle = open(path, newline="", encoding="utf-8-sig")   # tolerate a spreadsheet BOM
     except OSError as exc:
         raise HardwareConfigError(f"{path}: cannot read layer CSV ({exc.strerror or exc})") from None
     with handle:
