@@ -124,11 +124,10 @@ def test_bad_arguments_one_line(capsys, args, needle):
     assert code != 0 and len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
 
 
-def test_bad_argument_subprocess():
-    out = ubnas("--model", "resnet18-cifar", "--array", "12")
-    assert out.returncode != 0 and "Traceback" not in out.stderr
-    assert out.stderr.strip().splitlines() == ["ubnas: error: --array: expected 2 positive integers "
-                                               "like 128x128, got '12'"]
+def test_bad_argument_exact_message(capsys):
+    code, out, err = run_main(capsys, "--model", "resnet18-cifar", "--array", "12")
+    assert code == 2 and out == ""
+    assert err.splitlines() == ["ubnas: error: --array: expected 2 positive integers like 128x128, got '12'"]
 
 
 def test_spec_file(tmp_path, capsys):
