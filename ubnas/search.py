@@ -26,6 +26,7 @@ import yaml
 from hwmodels import load_accelerator
 from hwmodels.accelerator import atomic_write_text
 
+from . import distributed as dist
 from .channels import ChannelAllocator
 from .cost import COST_MODELS, supernet_cost
 from .data import batches, load_dataset, search_split
@@ -148,14 +149,24 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         cfg = SearchConfig(**checkpoint["config"])   # a resumed run keeps its own config
     cfg.validate()
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    rank, world = dist.world()
+    main = rank == 0                 # only rank 0 writes files and prints
+    progress = progress and main
+    check_sync = bool(os.environ.get("UBNAS_CHECK_SYNC")) and world > 1
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     device = pick_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
     # ---- data, model, hardware ------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     data = load_dataset(cfg.data, cfg.data_dir, seed=cfg.seed)
     (xw, yw), (xa, ya) = search_split(data.train_x, data.train_y, cfg.split, seed=cfg.seed)
+    if world > 1:   # shard both halves; equal shard sizes keep the ranks in step
+        xw, yw = xw[rank:len(yw) // world * world:world], yw[rank:len(yw) // world * world:world]
+        xa, ya = xa[rank:len(ya) // world * world:world], ya[rank:len(ya) // world * world:world]
     xw, yw, xa, ya = (t.to(device) for t in (xw, yw, xa, ya))
     acc = load_accelerator(cfg.hw)
     net = Supernet(load_space(cfg.space), data.input_shape, data.num_classes, cfg.channels)
@@ -166,6 +177,7 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
         net.load_state_dict(checkpoint["model"])
     net.to(device)
     net.set_impl(cfg.kernels)
+    dist.broadcast_module(net)
 
     def cost_of(arch):
         return supernet_cost(net, arch, acc, cfg.cost_model, cfg.surrogate, cfg.temperature, cfg.hw_batch)
@@ -221,6 +233,7 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
             loss = F.cross_entropy(logits, yb)
             w_opt.zero_grad(set_to_none=True)
             loss.backward()
+            dist.all_reduce_grads(net.weight_parameters())
             torch.nn.utils.clip_grad_norm_(net.weight_parameters(), cfg.grad_clip)
             w_opt.step()
             # architecture step on the other half, with the hardware cost
@@ -236,15 +249,21 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
                              - cfg.beta_utilization * cost["utilization"])
             a_opt.zero_grad(set_to_none=True)
             arch_loss.backward()
+            dist.all_reduce_grads(net.arch_parameters())
             a_opt.step()
-            if ratio is not None:   # dual ascent on the latency constraint
-                mu = max(0.0, mu + cfg.dual_lr * (float(ratio) - 1))
+            if ratio is not None:   # dual ascent on the latency constraint (mean ratio over ranks)
+                mu = max(0.0, mu + cfg.dual_lr * (float(dist.broadcast_object(float(ratio))) - 1))
             arch_steps += 1
             if stage != "op" and arch_steps % cfg.realloc_every == 0:
-                events = allocator.step([w_opt, a_opt], arch_steps)
+                # decided on rank 0, applied everywhere, rank 0's new tensors broadcast
+                events = allocator.step([w_opt, a_opt], arch_steps, dist.broadcast_object(allocator.plan()))
+                if events:
+                    dist.broadcast_module(net)
                 for event in events:
                     _say(f"  realloc {event['width']}: {event['event']} {event['before']} -> {event['after']}",
                          progress)
+            if check_sync:
+                dist.assert_same(net.arch_parameters(), f"architecture parameters at step {arch_steps}")
             sums["loss"] += loss.item()
             sums["acc"] += float((logits.argmax(1) == yb).float().mean())
             sums["val_loss"] += val_loss.item()
@@ -269,6 +288,9 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
         if device.type == "cuda":
             row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         history.append(row)
+        dist.broadcast_module(net)   # BN running statistics differ per shard: take rank 0's
+        if not main:
+            continue
         _write_log(out / "search_log.csv", history)
         atomic_torch_save({
             "config": asdict(cfg), "epoch": epoch + 1, "arch_steps": arch_steps, "mu": mu,
@@ -287,7 +309,10 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
 
     for w in net.widths.values():
         w.forced = None
-    spec_path = export_spec(net, cfg, acc, latency_ref, history, cost_of, data, out)
+    if check_sync:
+        _say(f"sync check: architecture parameters identical on {world} ranks after all {arch_steps} steps", main)
+    spec_path = export_spec(net, cfg, acc, latency_ref, history, cost_of, data, out) if main else None
+    dist.barrier()
     return SearchResult(out, history, spec_path, allocator.log)
 
 

@@ -2,6 +2,7 @@
 import argparse
 from dataclasses import asdict, fields
 
+from .. import distributed
 from ..search import SearchConfig, config_from_yaml, run_search
 
 
@@ -41,7 +42,12 @@ def run(args) -> int:
     values.update({k: v for k, v in vars(args).items() if k in names})
     cfg = SearchConfig(**values)
     cfg.validate("command line" if not getattr(args, "config_file", None) else args.config_file)
-    result = run_search(cfg, resume=args.resume, progress=not args.quiet)
+    try:
+        result = run_search(cfg, resume=args.resume, progress=not args.quiet)
+    finally:
+        distributed.shutdown()
+    if distributed.world()[0] != 0:
+        return 0
     last = result.history[-1] if result.history else {}
     print(f"search done: {len(result.history)} epochs, val_acc {last.get('val_acc', float('nan')):.3f}, "
           f"smooth latency {last.get('latency_us', float('nan')):.2f} us, "

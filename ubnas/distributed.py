@@ -1,0 +1,84 @@
+"""torch.distributed helpers for ``torchrun --nproc_per_node N -m ubnas search``.
+
+Gradients are all-reduced explicitly rather than through the DDP wrapper: channel
+reallocation replaces parameters mid-run, which DDP's gradient buckets (fixed at
+wrap time) do not allow.  The effect is DDP's: every rank sees the mean gradient.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, List
+
+import torch
+import torch.distributed as dist
+
+
+def world() -> tuple:
+    """(rank, world_size); initialises the process group when launched by torchrun."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("UBNAS_DIST_BACKEND") != "gloo" else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:
+    """Average .grad over ranks (one flat buffer, one collective)."""
+    if not active():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank."""
+    if not active():
+        return
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(tensor.data, src=0)
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (e.g. a reallocation decision)."""
+    if not active():
+        return obj
+    box: List[Any] = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def assert_same(tensors: Iterable[torch.Tensor], what: str) -> None:
+    """Raise if ``tensors`` differ between ranks (a checksum compared across ranks)."""
+    if not active():
+        return
+    checksum = torch.stack([t.detach().double().sum() + (t.detach().double() ** 2).sum() for t in tensors]).sum()
+    gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, checksum)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError(f"ranks disagree on {what}: {[float(g) for g in gathered]}")
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if active():
+        dist.destroy_process_group()
