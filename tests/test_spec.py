@@ -239,3 +239,13 @@ def test_supernet_cost_matches_built_network(space, shape, preset, seeds):
         assert float(smooth["macs"]) == pytest.approx(exact.macs, rel=1e-6)
         assert float(smooth["cycles"]) == pytest.approx(exact.cycles, rel=1e-6)
         assert float(smooth["utilization"]) == pytest.approx(exact.utilization, rel=1e-6)
+
+
+def test_provenance_added_after_derive_reaches_the_file(tmp_path):
+    provenance = {"seed": 3}
+    spec = derive_spec(random_supernet(), provenance)
+    provenance["exact_cost"] = {"latency_us": torch.tensor(7.25, dtype=torch.float64)}   # known only later
+    save_spec(spec, tmp_path / "arch.yaml")
+    loaded = load_spec(tmp_path / "arch.yaml").provenance
+    assert loaded["exact_cost"] == {"latency_us": 7.25} and loaded["seed"] == 3
+    assert loaded["search_space"] == "tiny"

@@ -349,10 +349,12 @@ def derive_spec(net, provenance: Dict[str, Any] | None = None) -> ArchSpec:
             e += 2 + i
         cells.append(CellArch(int(net.widths[cell.width_name].chosen()), tuple(nodes),
                               bool(cell.reduce), bool(cell.pool_after)))
-    info = {"search_space": space.name}
-    info.update(provenance or {})
+    # the caller's dict itself (not a copy): keys it adds later, such as the exact cost of the
+    # built network, still reach the file; values become plain YAML types when saved
+    info = provenance if provenance is not None else {}
+    info.setdefault("search_space", space.name)
     spec = ArchSpec(tuple(int(d) for d in net.input_shape), int(net.num_classes), int(space.stem_kernel),
-                    int(net.widths["stem"].chosen()), cells, _plain(info), "<derived>")
+                    int(net.widths["stem"].chosen()), cells, info, "<derived>")
     return _checked(spec)
 
 

@@ -1,0 +1,221 @@
+"""ubnas train / export / report: training works, resume is exact, ONNX round trip, one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from ubnas.cli import main
+from ubnas.spec import load_spec
+from ubnas.train import TrainConfig, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# a small network for the shipped digits (1 x 8 x 8, 10 classes): fast on a CPU
+SMALL = {
+    "ubnas_spec": 1, "input_shape": [1, 8, 8], "num_classes": 10,
+    "stem": {"kernel": 3, "channels": 16},
+    "cells": [
+        {"reduce": False, "pool_after": True, "channels": 16, "nodes": [
+            [{"from": 0, "op": "conv_3x3"}, {"from": 1, "op": "sep_conv_3x3"}],
+            [{"from": 1, "op": "skip_connect"}, {"from": 2, "op": "conv_3x3"}]]},
+        {"reduce": False, "pool_after": True, "channels": 24, "nodes": [
+            [{"from": 0, "op": "max_pool_3x3"}, {"from": 1, "op": "conv_3x3"}],
+            [{"from": 0, "op": "conv_3x3"}, {"from": 2, "op": "skip_connect"}]]}],
+    "classifier": {"in_features": 48},
+    "provenance": {"search_space": "handmade", "accelerator": "edge_32x32"},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convolutions: one intra-op thread is faster, and much faster on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_spec(path, changes=None):
+    data = yaml.safe_load(yaml.safe_dump(SMALL))
+    for key, value in (changes or {}).items():
+        target = data
+        parts = key.split("/")
+        for part in parts[:-1]:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        last = parts[-1]
+        target[int(last) if isinstance(target, list) else last] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def config(spec, out, **kw):
+    kw = {"epochs": 2, "batch_size": 64, "lr": 0.1, "seed": 0, "device": "cpu", **kw}
+    return TrainConfig(spec=str(spec), out=str(out), data="digits", **kw)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One uninterrupted 2-epoch run on digits (shared by several tests)."""
+    root = tmp_path_factory.mktemp("trained")
+    spec = write_spec(root / "arch.yaml")
+    result = train(config(spec, root / "run"), progress=False)
+    return spec, root / "run", result
+
+
+def one_line_error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+# -- training -----------------------------------------------------------------------------------
+def test_train_digits_above_chance(trained):
+    spec, run, result = trained
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_acc"] > 0.5          # chance is 0.1
+    assert metrics["params"] == sum(p.numel() for p in result.model.parameters())
+    hw = metrics["hardware"]
+    assert hw["accelerator"] == "edge_32x32" and hw["accelerator_from"] == "spec provenance"
+    assert hw["latency_us"] > 0 and 0 < hw["utilization"] <= 1 and hw["macs"] > 0
+    assert metrics["spec_hash"] == load_spec(spec).arch_hash()
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2]
+    assert (run / "checkpoint.pt").is_file() and not list(run.glob(".*tmp"))
+
+
+def test_resume_gives_the_same_weights(trained, tmp_path):
+    spec, _, full = trained
+    out = tmp_path / "resumed"
+    train(config(spec, out), progress=False, stop_after_epoch=1)
+    assert not (out / "metrics.json").exists()
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 1
+    resumed = train(config(spec, out, lr=0.5), resume=True, progress=False)   # the checkpoint's lr wins
+    assert resumed.metrics["config"]["lr"] == 0.1
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed.metrics["test_acc"] == full.metrics["test_acc"]
+
+
+def test_onecycle_and_label_smoothing_run(tmp_path):
+    spec = write_spec(tmp_path / "arch.yaml")
+    from ubnas.train import lr_at
+    cfg = config(spec, tmp_path / "run", schedule="onecycle", epochs=1)
+    lrs = [lr_at(s, 100, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(cfg.lr / 25) and max(lrs) == pytest.approx(cfg.lr, rel=1e-3)
+    assert lrs[-1] < cfg.lr / 100
+    code = main(["train", str(spec), "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "run"),
+                 "--schedule", "onecycle", "--label-smoothing", "0.1", "--weights-decay", "1e-4",
+                 "--device", "cpu", "--quiet", "--hw", "uboost"])
+    assert code == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["config"]["weight_decay"] == 1e-4 and metrics["hardware"]["accelerator"] == "uboost"
+
+
+# -- ONNX ---------------------------------------------------------------------------------------
+def test_onnx_round_trip(trained, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    spec, run, result = trained
+    file = tmp_path / "net.onnx"
+    assert main(["export", str(spec), "--weights", str(run / "checkpoint.pt"), "--onnx", str(file)]) == 0
+    assert "max abs diff" in capsys.readouterr().out
+    session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    x = torch.randn(5, 1, 8, 8)                      # another batch size than the export's
+    model = result.model.eval()
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert got.shape == (5, 10) and abs(got - expected).max() <= 1e-4
+
+
+# -- bad inputs: non-zero exit, one line, no traceback ---------------------------------------------
+def test_spec_from_a_newer_version(tmp_path):
+    spec = write_spec(tmp_path / "arch.yaml", {"ubnas_spec": 2})
+    env = {k: v for k, v in os.environ.items() if k != "UBNAS_DEBUG"}
+    env["OMP_NUM_THREADS"] = "1"
+    out = subprocess.run([sys.executable, "-m", "ubnas", "train", str(spec), "--epochs", "1",
+                          "--out", str(tmp_path / "run")], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert str(spec) in lines[0] and "key 'ubnas_spec' is 2" in lines[0] and "upgrade ubnas" in lines[0]
+
+
+def test_unknown_op(tmp_path, capsys):
+    spec = write_spec(tmp_path / "arch.yaml", {"cells/1/nodes/1/0/op": "conv_9x9"})
+    err = one_line_error(capsys, ["export", str(spec), "--onnx", str(tmp_path / "x.onnx")])
+    assert str(spec) in err and "cells[1].nodes[1][0].op" in err and "conv_9x9" in err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_widths_that_do_not_match(tmp_path, capsys):
+    spec = write_spec(tmp_path / "arch.yaml", {"classifier/in_features": 32})
+    err = one_line_error(capsys, ["train", str(spec), "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert str(spec) in err and "classifier.in_features" in err and "expected 48" in err
+
+
+def test_spec_that_does_not_fit_the_data(tmp_path, capsys):
+    spec = write_spec(tmp_path / "arch.yaml", {"input_shape": [3, 8, 8]})
+    err = one_line_error(capsys, ["train", str(spec), "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert "input_shape" in err and "digits" in err
+
+
+def test_checkpoint_from_another_spec(trained, tmp_path, capsys):
+    _, run, _ = trained
+    other = write_spec(tmp_path / "other.yaml", {"cells/1/channels": 32, "classifier/in_features": 64})
+    err = one_line_error(capsys, ["export", str(other), "--weights", str(run / "checkpoint.pt"),
+                                  "--onnx", str(tmp_path / "x.onnx")])
+    assert "checkpoint.pt" in err and "another architecture" in err and str(other) in err
+    # resuming a run directory with the wrong spec is refused the same way
+    err = one_line_error(capsys, ["train", str(other), "--epochs", "2", "--out", str(run), "--resume"])
+    assert "another architecture" in err
+    # a checkpoint that is not a train checkpoint (a search's supernet state, garbage)
+    torch.save({"model": {}, "config": {}}, tmp_path / "search.pt")
+    err = one_line_error(capsys, ["export", str(other), "--weights", str(tmp_path / "search.pt"),
+                                  "--onnx", str(tmp_path / "x.onnx")])
+    assert "not a checkpoint written by `ubnas train`" in err
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    err = one_line_error(capsys, ["export", str(other), "--weights", str(tmp_path / "junk.pt"),
+                                  "--onnx", str(tmp_path / "x.onnx")])
+    assert "junk.pt" in err
+
+
+# -- report ---------------------------------------------------------------------------------------
+def test_report_over_search_and_train_runs(trained, tmp_path, capsys):
+    spec, run, _ = trained
+    search = tmp_path / "search"
+    search.mkdir()
+    (search / "config.yaml").write_text(yaml.safe_dump({"space": "tiny", "hw": "uboost", "data": "digits",
+                                                        "epochs": 3, "lambda_latency": 0.5}))
+    (search / "search_log.csv").write_text(
+        "epoch,stage,train_loss,train_acc,val_loss,val_acc,latency_us,utilization,extra_col\n"
+        "1,op,2.1,0.3,2.0,0.35,120.5,0.004,x\n2,op,1.5,0.6,1.4,0.62,110.0,0.005,y\n"
+        "3,channel,1.0,0.8,1.1,0.75,95.0,0.006,z\n")
+    (search / "arch.yaml").write_text(spec.read_text())
+    out = tmp_path / "report"
+    assert main(["report", str(search), str(run), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "## search (search)" in text and "## run (train)" in text
+    assert "75.00 %" in text and "| epoch | train_loss |" in text and "extra_col" not in text
+    assert "latency **" in text and "utilization **" in text
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in text
+    else:
+        for name in ("pareto.png", "search_curves.png", "search_layers.png", "run_curves.png"):
+            assert (out / name).is_file() and (out / name).stat().st_size > 1000, name
+    capsys.readouterr()
+    err = one_line_error(capsys, ["report", str(tmp_path / "nowhere"), "--out", str(out)])
+    assert "no such run directory" in err
+    err = one_line_error(capsys, ["report", str(tmp_path), "--out", str(out)])
+    assert "not a ubnas run directory" in err

@@ -1,0 +1,30 @@
+"""``ubnas export``: write an architecture (optionally with trained weights) as ONNX."""
+from __future__ import annotations
+
+
+def add_parser(sub):
+    parser = sub.add_parser(
+        "export", help="export an architecture (and trained weights) to ONNX",
+        description="Build the network of SPEC, load --weights from a `ubnas train` checkpoint, export it "
+                    "in eval mode with a dynamic batch dimension, and check it with onnxruntime if installed.")
+    parser.add_argument("spec", metavar="SPEC", help="architecture YAML written by the search")
+    parser.add_argument("--weights", metavar="CKPT", help="checkpoint.pt of `ubnas train` on this SPEC")
+    parser.add_argument("--onnx", required=True, metavar="FILE", help="output .onnx file")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    return parser
+
+
+def run(args) -> int:
+    from ubnas.export import export_onnx
+    result = export_onnx(args.spec, args.onnx, weights=args.weights, check=not args.no_check,
+                         opset=args.opset)
+    weights = f"weights {result['weights']}" if result["weights"] else "random weights (no --weights)"
+    if result["checked"]:
+        check = f"onnxruntime max abs diff {result['max_abs_diff']:.2e} (tolerance {result['tolerance']:g})"
+    elif args.no_check:
+        check = "not checked (--no-check)"
+    else:
+        check = "not checked (onnxruntime not installed)"
+    print(f"wrote {result['onnx']} ({weights}); {check}")
+    return 0

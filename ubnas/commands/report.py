@@ -1,0 +1,26 @@
+"""``ubnas report``: a Markdown report (and PNG figures) over search and train run directories."""
+from __future__ import annotations
+
+
+def add_parser(sub):
+    parser = sub.add_parser(
+        "report", help="summarise search / train runs: report.md and figures",
+        description="Read run directories of `ubnas search` (config.yaml, search_log.csv, arch.yaml) and "
+                    "`ubnas train` (metrics.json); write REPORT_DIR/report.md with each run's config, final "
+                    "accuracy, the exact latency and utilization of its exported network and its curves, "
+                    "plus PNG figures when matplotlib is installed.")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
+    parser.add_argument("--out", required=True, metavar="REPORT_DIR", help="where report.md goes")
+    parser.add_argument("--hw", metavar="PRESET|FILE.yaml",
+                        help="cost every exported network on this accelerator (default: each run's own)")
+    parser.add_argument("--no-plots", action="store_true", help="Markdown only")
+    return parser
+
+
+def run(args) -> int:
+    from ubnas.report import load_runs, write_report
+    runs = load_runs(args.runs, hw=args.hw)
+    written = write_report(runs, args.out, plots=not args.no_plots)
+    figures = f" and {len(written['figures'])} figure(s)" if written["figures"] else ""
+    print(f"wrote {written['report']}{figures}")
+    return 0

@@ -1,0 +1,77 @@
+"""ONNX export of an architecture spec (``ubnas export``).
+
+The network is built from the spec, given the weights of a ``ubnas train``
+checkpoint if one is named (a checkpoint of another architecture is refused),
+put in eval mode and exported with ``torch.onnx.export`` (the torch.export
+based exporter, which needs ``onnxscript``: ``pip install ubnas[onnx]``),
+with a dynamic batch dimension.  When onnxruntime is importable the file is
+run once on a fixed random batch and compared with PyTorch's output.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from .build import build_network
+from .spec import load_spec
+from .train import load_weights
+
+TOLERANCE = 1e-4
+OPSET = 18
+
+
+def export_onnx(spec_path, onnx_path, weights: Optional[str] = None, check: bool = True,
+                opset: int = OPSET) -> Dict[str, Any]:
+    """Write ``onnx_path``; returns what was done (and the max abs difference if checked)."""
+    spec = load_spec(spec_path)
+    model = build_network(spec)
+    if weights:
+        load_weights(model, weights, spec)
+    model.eval()
+    try:
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError:
+        raise ValueError("ONNX export needs the onnx extra: pip install 'ubnas[onnx]' "
+                         "(onnx, onnxscript, onnxruntime)") from None
+    example = torch.randn((2,) + tuple(spec.input_shape), generator=torch.Generator().manual_seed(0))
+    onnx_path = Path(onnx_path)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = onnx_path.with_name(f".{onnx_path.name}.tmp")
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        # the exporter prints its progress and warns about its own internals: keep the CLI quiet
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, (example,), input_names=["input"], output_names=["logits"],
+                                        dynamic_shapes=({0: batch},), opset_version=opset,
+                                        dynamo=True, verbose=False, external_data=False)
+            program.save(str(tmp))
+        os.replace(tmp, onnx_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    result: Dict[str, Any] = {"onnx": str(onnx_path), "spec": str(spec.origin), "weights": weights,
+                              "opset": opset, "input_shape": ["batch", *spec.input_shape],
+                              "checked": False}
+    if check:
+        try:
+            import onnxruntime
+        except ImportError:
+            return result
+        x = torch.randn((3,) + tuple(spec.input_shape), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            expected = model(x).numpy()
+        session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        diff = float(abs(got - expected).max())
+        result.update(checked=True, max_abs_diff=diff, tolerance=TOLERANCE)
+        if not diff <= TOLERANCE:
+            raise ValueError(f"{onnx_path}: onnxruntime's output differs from PyTorch's by {diff:.3g} "
+                             f"(max abs, tolerance {TOLERANCE:g})")
+    return result

@@ -1,0 +1,442 @@
+"""Reports over run directories (``ubnas report``).
+
+A run directory is what ``ubnas search`` writes (config.yaml, search_log.csv,
+arch.yaml) or what ``ubnas train`` writes (metrics.json, checkpoint.pt).  For
+every run the report gives its configuration, final accuracy, the exact
+latency and utilization of the exported network (``hwmodels.estimate`` of
+the network built from its spec) and its curves; across runs, accuracy against
+latency with the Pareto front.  REPORT_DIR/report.md always; PNG figures when
+matplotlib is importable.
+
+search_log.csv is read by column name: any of epoch, train_loss, train_acc,
+val_loss, val_acc, latency_us, utilization that are present are used, extra
+columns are ignored.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+from hwmodels.accelerator import atomic_write_text
+
+CURVE_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                 "latency_us", "utilization")
+MAX_TABLE_ROWS = 12
+
+
+@dataclass
+class Run:
+    """What one run directory holds."""
+
+    path: Path
+    name: str
+    kind: str                                   # 'search' or 'train'
+    config: Dict[str, Any] = field(default_factory=dict)
+    curves: List[Dict[str, float]] = field(default_factory=list)
+    spec_path: Optional[Path] = None
+    spec: Any = None                            # ArchSpec
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    accuracy: Optional[float] = None
+    accuracy_label: str = ""
+    cost: Any = None                            # hwmodels NetworkCost of the exported network
+    params: Optional[int] = None
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def latency_us(self) -> Optional[float]:
+        if self.cost is not None:
+            return self.cost.seconds * 1e6
+        hw = self.metrics.get("hardware") or {}
+        return hw.get("latency_us")
+
+    @property
+    def utilization(self) -> Optional[float]:
+        if self.cost is not None:
+            return self.cost.utilization
+        hw = self.metrics.get("hardware") or {}
+        return hw.get("utilization")
+
+
+# -- reading -----------------------------------------------------------------------------------
+def _number(text: str):
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return text
+    return int(value) if re.fullmatch(r"\s*-?\d+\s*", str(text)) else value
+
+
+def read_log(path: Path) -> List[Dict[str, Any]]:
+    """Rows of a per-epoch CSV, numbers converted; columns by name, extras kept."""
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames:
+                return []
+            rows = []
+            for line, row in enumerate(reader, start=2):
+                if None in row:
+                    raise ValueError(f"{path}: line {line}: more fields than the header's "
+                                     f"{len(reader.fieldnames)}")
+                rows.append({k: _number(v) for k, v in row.items() if k is not None})
+            return rows
+    except csv.Error as exc:
+        raise ValueError(f"{path}: unreadable CSV ({exc})") from None
+
+
+def _read_yaml(path: Path) -> Dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ValueError(f"{path}:{f' line {mark.line + 1}:' if mark else ''} invalid YAML") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping, got {type(data).__name__}")
+    return data
+
+
+def _accelerator(names: Sequence[Any], override: Optional[str]):
+    from hwmodels import load_accelerator, preset_names
+    if override:
+        return load_accelerator(override)
+    for name in names:
+        if isinstance(name, str) and (name in preset_names() or Path(name).is_file()):
+            try:
+                return load_accelerator(name)
+            except ValueError:
+                continue
+    return load_accelerator("uboost")
+
+
+def load_run(path, name: Optional[str] = None, hw: Optional[str] = None) -> Run:
+    """Read one run directory and cost its exported network (exact, batch 1)."""
+    from .build import build_network
+    from .spec import load_spec
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path}: no such run directory")
+    name = name or path.resolve().name
+    if (path / "metrics.json").is_file():
+        try:
+            metrics = json.loads((path / "metrics.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path / 'metrics.json'}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+        run = Run(path, name, "train", config=dict(metrics.get("config") or {}), metrics=metrics,
+                  curves=list(metrics.get("history") or []))
+        run.accuracy, run.accuracy_label = metrics.get("test_acc"), "test accuracy (trained)"
+        run.params = metrics.get("params")
+        spec_file = metrics.get("spec")
+        if spec_file and Path(spec_file).is_file():
+            run.spec_path = Path(spec_file)
+        elif spec_file:
+            run.notes.append(f"spec {spec_file} not found: per-layer costs omitted")
+        acc_names = [(metrics.get("hardware") or {}).get("accelerator")]
+    elif (path / "arch.yaml").is_file() or (path / "search_log.csv").is_file():
+        run = Run(path, name, "search")
+        if (path / "config.yaml").is_file():
+            run.config = _read_yaml(path / "config.yaml")
+        if (path / "search_log.csv").is_file():
+            run.curves = read_log(path / "search_log.csv")
+        if (path / "arch.yaml").is_file():
+            run.spec_path = path / "arch.yaml"
+        else:
+            run.notes.append("no arch.yaml yet (search unfinished?): exported network omitted")
+        last = run.curves[-1] if run.curves else {}
+        if isinstance(last.get("val_acc"), (int, float)):
+            run.accuracy, run.accuracy_label = float(last["val_acc"]), "search val accuracy (supernet)"
+        acc_names = [run.config.get("hw")]
+    else:
+        raise ValueError(f"{path}: not a ubnas run directory (expected arch.yaml / search_log.csv from "
+                         f"`ubnas search` or metrics.json from `ubnas train`)")
+    if run.spec_path is not None:
+        run.spec = load_spec(run.spec_path)
+        acc = _accelerator(acc_names + [run.spec.provenance.get("accelerator")], hw)
+        from hwmodels import estimate
+        model = build_network(run.spec)
+        run.cost = estimate(model, run.spec.input_shape, acc)
+        if run.params is None:
+            run.params = sum(p.numel() for p in model.parameters())
+        if run.accuracy is None and isinstance(run.spec.provenance.get("final_val_acc"), (int, float)):
+            run.accuracy = float(run.spec.provenance["final_val_acc"])
+            run.accuracy_label = "search val accuracy (supernet)"
+    return run
+
+
+def load_runs(paths: Sequence, hw: Optional[str] = None) -> List[Run]:
+    names: Dict[str, int] = {}
+    runs = []
+    for p in paths:
+        base = Path(p).resolve().name or str(p)
+        names[base] = names.get(base, 0) + 1
+        name = base if names[base] == 1 else f"{base}-{names[base]}"
+        runs.append(load_run(p, name, hw))
+    return runs
+
+
+def pareto_front(runs: Sequence[Run]) -> List[Run]:
+    """Runs no other run beats on both accuracy (higher) and latency (lower)."""
+    points = [r for r in runs if r.accuracy is not None and r.latency_us is not None]
+    front = []
+    for r in points:
+        dominated = any((o.accuracy >= r.accuracy and o.latency_us <= r.latency_us)
+                        and (o.accuracy > r.accuracy or o.latency_us < r.latency_us) for o in points)
+        if not dominated:
+            front.append(r)
+    return sorted(front, key=lambda r: r.latency_us)
+
+
+# -- markdown ----------------------------------------------------------------------------------
+def _fmt(value, digits: int = 4) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _subsample(rows: List[dict], limit: int = MAX_TABLE_ROWS) -> List[dict]:
+    if len(rows) <= limit:
+        return rows
+    idx = sorted({round(i * (len(rows) - 1) / (limit - 1)) for i in range(limit)})
+    return [rows[i] for i in idx]
+
+
+SEARCH_KEYS = ("space", "hw", "data", "epochs", "stage", "channels", "lambda_latency", "beta_utilization",
+               "target_latency_us", "cost_model", "surrogate", "relaxation", "seed")
+TRAIN_KEYS = ("data", "epochs", "batch_size", "lr", "schedule", "label_smoothing", "weight_decay", "seed")
+
+
+def run_markdown(run: Run, figures: Dict[str, str]) -> List[str]:
+    out = [f"## {run.name} ({run.kind})", "", f"Directory: `{run.path}`", ""]
+    keys = SEARCH_KEYS if run.kind == "search" else TRAIN_KEYS
+    shown = [(k, run.config[k]) for k in keys if k in run.config]
+    if shown:
+        out += ["Config: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in shown), ""]
+    if run.kind == "train" and run.spec is not None:
+        searched = {k: run.spec.provenance[k] for k in ("search_space", "accelerator", "lambda_latency",
+                                                          "beta_utilization", "stage", "seed")
+                    if k in run.spec.provenance}
+        if searched:
+            out += ["Architecture from: `" + str(run.spec_path) + "` (" +
+                    ", ".join(f"{k} = {_fmt(v)}" for k, v in searched.items()) + ")", ""]
+    acc = "-" if run.accuracy is None else f"{100 * run.accuracy:.2f} %"
+    out += [f"Final accuracy: **{acc}** ({run.accuracy_label or 'not recorded'})", ""]
+    if run.cost is not None:
+        c, a = run.cost, run.cost.accelerator
+        out += [f"Exported network on {a.name} ({a.array_rows}x{a.array_cols} x{a.num_arrays}, {a.dataflow}, "
+                f"exact systolic model, batch 1): latency **{c.seconds * 1e6:.2f} us**, utilization "
+                f"**{100 * c.utilization:.2f} %**, {c.macs:,} MACs, {_fmt(run.params)} parameters, "
+                f"{len(c.layers)} array layers.", ""]
+        smooth = (run.spec.provenance.get("smooth_cost") or {}) if run.spec is not None else {}
+        if isinstance(smooth, dict) and "latency_us" in smooth:
+            out += [f"Supernet's smooth cost at export (arch.yaml provenance): "
+                    f"{_fmt(smooth.get('latency_us'))} us, utilization "
+                    f"{_fmt(100 * smooth['utilization']) if 'utilization' in smooth else '-'} %.", ""]
+    elif run.latency_us is not None:
+        out += [f"Exported network: latency **{run.latency_us:.2f} us**, utilization "
+                f"**{100 * run.utilization:.2f} %** (from metrics.json).", ""]
+    if run.spec is not None:
+        out += [f"Stem: {run.spec.stem_channels} channels, kernel {run.spec.stem_kernel}.", ""]
+        cells = []
+        for i, cell in enumerate(run.spec.cells):
+            nodes = "; ".join(", ".join(f"{e.op}<-{e.source}" for e in node) for node in cell.nodes)
+            cells.append((i, "reduce" if cell.reduce else "normal", cell.channels, nodes))
+        out += _table(("cell", "type", "channels", "nodes (op<-state)"), cells) + [""]
+    if run.curves:
+        cols = [c for c in CURVE_COLUMNS if any(c in row for row in run.curves)]
+        rows = [[row.get(c) for c in cols] for row in _subsample(run.curves)]
+        out += [f"Curves ({len(run.curves)} epochs" + (", subsampled" if len(run.curves) > MAX_TABLE_ROWS
+                                                       else "") + "):", ""]
+        out += _table(cols, rows) + [""]
+    for key in ("curves", "layers"):
+        if key in figures:
+            out += [f"![{run.name} {key}]({figures[key]})", ""]
+    for note in run.notes:
+        out += [f"> {note}", ""]
+    return out
+
+
+def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, Any]:
+    """REPORT_DIR/report.md (+ PNGs when matplotlib is importable); returns the files written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures: Dict[str, Dict[str, str]] = {r.name: {} for r in runs}
+    pngs: List[str] = []
+    plot_note = ""
+    if plots:
+        plt = _pyplot()
+        if plt is None:
+            plot_note = "No figures: matplotlib is not installed (pip install 'ubnas[plot]')."
+        else:
+            for run in runs:
+                figures[run.name] = run_figures(plt, run, out_dir)
+                pngs += list(figures[run.name].values())
+            if any(r.accuracy is not None and r.latency_us is not None for r in runs):
+                pngs.append(pareto_figure(plt, runs, pareto_front(runs), out_dir))
+    front = pareto_front(runs)
+    lines = ["# ubnas report", "", f"{len(runs)} run(s). Latency and utilization are the exact cost of "
+             f"each run's exported network (hwmodels, systolic model, batch 1).", ""]
+    summary = [(r.name, r.kind, None if r.accuracy is None else round(100 * r.accuracy, 2),
+                r.latency_us, None if r.utilization is None else 100 * r.utilization, r.params,
+                r.cost.accelerator.name if r.cost is not None else (r.metrics.get("hardware") or {}).get(
+                    "accelerator"), "yes" if r in front else "")
+               for r in runs]
+    lines += _table(("run", "kind", "accuracy %", "latency us", "utilization %", "params", "accelerator",
+                     "Pareto"), summary) + [""]
+    if "pareto.png" in [Path(p).name for p in pngs]:
+        lines += ["![accuracy vs latency](pareto.png)", ""]
+    if plot_note:
+        lines += [f"> {plot_note}", ""]
+    for run in runs:
+        lines += run_markdown(run, figures[run.name])
+    report = out_dir / "report.md"
+    atomic_write_text(report, "\n".join(lines).rstrip() + "\n")
+    return {"report": str(report), "figures": [str(out_dir / p) for p in pngs]}
+
+
+# -- figures (matplotlib, optional) ----------------------------------------------------------------
+def _pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend, or None if matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "run"
+
+
+def _save(plt, fig, out_dir: Path, filename: str) -> str:
+    import os
+    tmp = out_dir / f".{filename}.tmp.png"
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, out_dir / filename)
+    return filename
+
+
+def _series(rows: List[dict], key: str):
+    xs, ys = [], []
+    for i, row in enumerate(rows):
+        value = row.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            epoch = row.get("epoch")
+            xs.append(epoch if isinstance(epoch, (int, float)) else i + 1)
+            ys.append(float(value))
+    return xs, ys
+
+
+def run_figures(plt, run: Run, out_dir: Path) -> Dict[str, str]:
+    """NAME_curves.png (loss, accuracy, and latency/utilization of a search) and NAME_layers.png."""
+    files: Dict[str, str] = {}
+    base = _safe(run.name)
+    held_out = "val" if run.kind == "search" else "test"
+    panels = [("loss", [("train_loss", "train"), (f"{held_out}_loss", held_out)]),
+              ("accuracy", [("train_acc", "train"), (f"{held_out}_acc", held_out)]),
+              ("latency (us, smooth cost)", [("latency_us", None)]),
+              ("utilization (smooth cost)", [("utilization", None)])]
+    panels = [(title, [(k, label) for k, label in keys if _series(run.curves, k)[0]])
+              for title, keys in panels]
+    panels = [p for p in panels if p[1]]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 2.9), squeeze=False)
+        for ax, (title, keys) in zip(axes[0], panels):
+            for key, label in keys:
+                xs, ys = _series(run.curves, key)
+                ax.plot(xs, ys, marker="o", markersize=3, label=label)
+            if title == "utilization (smooth cost)":
+                ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{100 * v:.1f}%"))
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            if any(label for _, label in keys):
+                ax.legend(fontsize=8)
+        fig.suptitle(f"{run.name} ({run.kind})", fontsize=11)
+        fig.tight_layout()
+        files["curves"] = _save(plt, fig, out_dir, f"{base}_curves.png")
+    if run.cost is not None and run.cost.layers:
+        layers = run.cost.layers
+        names = [c.name for c in layers]
+        util = [100 * c.utilization for c in layers]
+        lat = [c.seconds * 1e6 for c in layers]
+        height = max(2.5, 0.26 * len(layers) + 1.2)
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, height), sharey=True)
+        y = list(range(len(layers)))
+        ax1.barh(y, util, color="tab:blue")
+        ax1.set_yticks(y)
+        ax1.set_yticklabels(names, fontsize=7)
+        ax1.invert_yaxis()
+        ax1.set_xlabel("utilization (%)")
+        ax1.set_xlim(0, min(100.0, max(util) * 1.3) or 1.0)     # small figures stay readable
+        for yi, value in zip(y, util):
+            ax1.annotate(f"{value:.2f}", (value, yi), xytext=(2, 0), textcoords="offset points",
+                         va="center", fontsize=6)
+        total = run.cost
+        ax1.axvline(100 * total.utilization, color="k", ls="--", lw=1,
+                    label=f"network {100 * total.utilization:.2f} %")
+        ax1.legend(fontsize=8, loc="lower right")
+        ax2.barh(y, lat, color="tab:orange")
+        ax2.set_xlabel("latency (us)")
+        for yi, value in zip(y, lat):
+            ax2.annotate(f"{value:.2f}", (value, yi), xytext=(2, 0), textcoords="offset points",
+                         va="center", fontsize=6)
+        ax2.set_xlim(0, max(lat) * 1.15 or 1.0)
+        for ax in (ax1, ax2):
+            ax.grid(axis="x", alpha=0.3)
+        a = total.accelerator
+        fig.suptitle(f"{run.name}: exported network on {a.name} ({a.array_rows}x{a.array_cols}), "
+                     f"{total.seconds * 1e6:.1f} us", fontsize=10)
+        fig.tight_layout()
+        files["layers"] = _save(plt, fig, out_dir, f"{base}_layers.png")
+    return files
+
+
+def pareto_figure(plt, runs: Sequence[Run], front: Sequence[Run], out_dir: Path) -> str:
+    """pareto.png: accuracy against exact latency of every run, the Pareto front joined."""
+    fig, ax = plt.subplots(figsize=(5.6, 4))
+    styles = {"search": ("o", "tab:blue", "search (supernet val acc)"),
+              "train": ("s", "tab:green", "trained (test acc)")}
+    for kind, (marker, color, label) in styles.items():
+        pts = [r for r in runs if r.kind == kind and r.accuracy is not None and r.latency_us is not None]
+        if pts:
+            ax.scatter([r.latency_us for r in pts], [100 * r.accuracy for r in pts], marker=marker,
+                       color=color, label=label, zorder=3)
+            for r in pts:
+                ax.annotate(r.name, (r.latency_us, 100 * r.accuracy), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7)
+    if len(front) > 1:
+        ax.step([r.latency_us for r in front], [100 * r.accuracy for r in front], where="post",
+                color="gray", ls="--", lw=1, label="Pareto front", zorder=2)
+    ax.margins(0.12)
+    ax.set_xlabel("latency (us, exact, batch 1)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("accuracy vs latency", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(plt, fig, out_dir, "pareto.png")

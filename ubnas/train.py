@@ -1,0 +1,317 @@
+"""Train an exported architecture from scratch (``ubnas train``).
+
+A plain loop in the spirit of nanoGPT's train.py: SGD with momentum, a cosine
+or one-cycle learning-rate schedule computed per step, random crop + flip on
+CIFAR-10, optional label smoothing.  After every epoch DIR/checkpoint.pt is
+written atomically (model, optimizer, schedule position, epoch, the data
+generator's and torch's RNG states, the spec's architecture hash), so
+``--resume`` continues to the same weights as an uninterrupted run (CPU, same
+seed).  At the end DIR/metrics.json holds the test accuracy, the parameter
+count, and the MACs, latency and utilization of the network on an
+accelerator (``hwmodels.estimate``, batch 1).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from hwmodels.accelerator import atomic_write_text
+
+from .build import build_network
+from .data import augment_crop_flip, batches, load_dataset
+from .spec import ArchSpec, load_spec
+
+SCHEDULES = ("cosine", "onecycle")
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+# options a resumed run takes from its checkpoint: they shape the trajectory
+TRAJECTORY_KEYS = ("data", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule",
+                   "label_smoothing", "grad_clip", "augment", "seed")
+
+
+@dataclass
+class TrainConfig:
+    spec: str
+    out: str = "runs/train"
+    data: str = "digits"
+    data_dir: Optional[str] = None
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    schedule: str = "cosine"
+    label_smoothing: float = 0.0
+    grad_clip: float = 5.0
+    augment: Optional[bool] = None      # None: crop + flip on cifar10 only
+    seed: int = 0
+    device: str = "auto"
+    hw: Optional[str] = None            # None: the spec's accelerator if a preset, else uboost
+
+    def validate(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"--schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        for key in ("epochs", "batch_size"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"--{key.replace('_', '-')}: expected a positive integer, got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr: expected a positive learning rate, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"--label-smoothing: expected a value in [0, 1), got {self.label_smoothing}")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight-decay: expected >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    history: List[dict] = field(default_factory=list)
+    model: Optional[torch.nn.Module] = None
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based) out of ``total``.
+
+    cosine: lr * (1 + cos(pi * t)) / 2.  onecycle (PyTorch's OneCycleLR shape):
+    cosine warm-up from lr/25 to lr over the first 30 % of the steps, then
+    cosine annealing to lr/1e4.
+    """
+    t = step / max(1, total)
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+    warm, start, end = 0.3, cfg.lr / 25, cfg.lr / 1e4
+    if t < warm:
+        a, b, u = start, cfg.lr, t / warm
+    else:
+        a, b, u = cfg.lr, end, (t - warm) / (1 - warm)
+    return b + (a - b) * 0.5 * (1 + math.cos(math.pi * u))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """torch.save to a temp file, then rename: a crash never leaves half a checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path, spec: ArchSpec) -> dict:
+    """A train checkpoint for ``spec``; anything else is a one-line ValueError."""
+    path = str(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such checkpoint") from None
+    except Exception as exc:   # pickle / zip errors from a file that is not a torch checkpoint
+        raise ValueError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(ckpt, dict) or "spec_hash" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"{path}: not a checkpoint written by `ubnas train` (no architecture hash); "
+                         f"search checkpoints hold a supernet, not an exported network")
+    want = spec.arch_hash()
+    if ckpt["spec_hash"] != want:
+        raise ValueError(f"{path}: checkpoint belongs to another architecture (hash {ckpt['spec_hash']}, "
+                         f"spec {ckpt.get('spec_path', '?')}), not {spec.origin} (hash {want})")
+    return ckpt
+
+
+def load_weights(model: torch.nn.Module, path, spec: ArchSpec) -> dict:
+    """Load a train checkpoint's weights into ``model`` built from ``spec``."""
+    ckpt = read_checkpoint(path, spec)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit {spec.origin} "
+                         f"({str(exc).splitlines()[0]})") from None
+    return ckpt
+
+
+def pick_accelerator(spec: ArchSpec, hw: Optional[str]):
+    """(Accelerator, why): --hw if given, else the spec's accelerator if it is a preset, else uboost."""
+    from hwmodels import load_accelerator, preset_names
+    if hw:
+        return load_accelerator(hw), "--hw"
+    name = spec.provenance.get("accelerator")
+    if isinstance(name, str) and name in preset_names():
+        return load_accelerator(name), "spec provenance"
+    return load_accelerator("uboost"), "default"
+
+
+def hardware_metrics(model: torch.nn.Module, spec: ArchSpec, hw: Optional[str]) -> Dict[str, Any]:
+    from hwmodels import estimate
+    acc, why = pick_accelerator(spec, hw)
+    was_training = model.training
+    cost = estimate(model, spec.input_shape, acc)
+    model.train(was_training)
+    return {"accelerator": acc.name, "accelerator_from": why, "batch": 1, "model": "systolic",
+            "macs": int(cost.macs), "cycles": float(cost.cycles), "latency_us": cost.seconds * 1e6,
+            "utilization": cost.utilization}
+
+
+@torch.no_grad()
+def evaluate(model, x, y, batch_size: int = 512):
+    model.eval()
+    loss, correct = 0.0, 0
+    for xb, yb in batches(x, y, batch_size, shuffle=False, generator=None):
+        logits = model(xb)
+        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    return loss / len(y), correct / len(y)
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
+          stop_after_epoch: Optional[int] = None) -> TrainResult:
+    """Train (or resume); ``stop_after_epoch`` simulates an interrupted run (tests)."""
+    spec = load_spec(cfg.spec)
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT
+    ckpt = None
+    if resume:
+        if not ckpt_path.exists():
+            raise ValueError(f"{ckpt_path}: no checkpoint to resume from (drop --resume to start)")
+        ckpt = read_checkpoint(ckpt_path, spec)
+        saved = ckpt["config"]
+        cfg = TrainConfig(**{**asdict(cfg), **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}})
+    cfg.validate()
+    device = pick_device(cfg.device)
+
+    # ---- data and model ---------------------------------------------------------------
+    data = load_dataset(cfg.data, cfg.data_dir, seed=cfg.seed)
+    if tuple(data.input_shape) != tuple(spec.input_shape):
+        raise ValueError(f"{spec.origin}: key 'input_shape' is {list(spec.input_shape)} but data set "
+                         f"{cfg.data} has images of {list(data.input_shape)}")
+    if data.num_classes != spec.num_classes:
+        raise ValueError(f"{spec.origin}: key 'num_classes' is {spec.num_classes} but data set "
+                         f"{cfg.data} has {data.num_classes} classes")
+    augment = cfg.augment if cfg.augment is not None else cfg.data == "cifar10"
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
+
+    torch.manual_seed(cfg.seed)
+    model = build_network(spec).to(device)
+    # weight decay on conv / linear weights only, not on BN scales and biases
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, momentum=cfg.momentum)
+    gen = torch.Generator().manual_seed(cfg.seed)     # shuffling and augmentation
+    steps_per_epoch = math.ceil(len(train_y) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    start_epoch, step, history = 0, 0, []
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, start_epoch = ckpt["scheduler"]["step"], ckpt["epoch"]
+        history = list(ckpt["history"])
+        gen.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["torch_rng"])
+    out.mkdir(parents=True, exist_ok=True)
+    if progress:
+        from tqdm import tqdm
+        n_params = sum(p.numel() for p in model.parameters())
+        tqdm.write(f"train {spec.origin} ({n_params:,} parameters) on {cfg.data} ({len(train_y)} train / "
+                   f"{len(test_y)} test) for {cfg.epochs} epochs on {device}"
+                   + (f", resuming after epoch {start_epoch}" if ckpt is not None else ""))
+
+    # ---- the loop -----------------------------------------------------------------------
+    t_start = time.time()
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
+        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress)
+        for xb, yb in batches(train_x, train_y, cfg.batch_size, shuffle=True, generator=gen):
+            if augment:
+                xb = augment_crop_flip(xb, 4, gen)
+            lr = lr_at(step, total_steps, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            loss_sum += float(loss.detach()) * len(yb)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(yb)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.4f}")
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        test_loss, test_acc = evaluate(model, test_x, test_y)
+        row = {"epoch": epoch + 1, "lr": lr_at(step - 1, total_steps, cfg), "train_loss": loss_sum / seen,
+               "train_acc": correct / seen, "test_loss": test_loss, "test_acc": test_acc,
+               "seconds": time.time() - t0}
+        history.append(row)
+        atomic_torch_save({
+            "spec_hash": spec.arch_hash(), "spec_path": str(spec.origin), "config": asdict(cfg),
+            "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": {"schedule": cfg.schedule, "step": step, "total_steps": total_steps},
+            "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
+        }, ckpt_path)
+        if progress:
+            from tqdm import tqdm
+            tqdm.write(f"epoch {epoch + 1}: train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} "
+                       f"| test loss {test_loss:.3f} acc {test_acc:.3f} ({row['seconds']:.1f} s)")
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
+            return TrainResult(out, {}, history, model)
+
+    # ---- metrics ------------------------------------------------------------------------
+    test_loss, test_acc = evaluate(model, test_x, test_y)
+    metrics = {
+        "spec": str(spec.origin), "spec_hash": spec.arch_hash(), "data": cfg.data, "epochs": cfg.epochs,
+        "test_acc": test_acc, "test_loss": test_loss,
+        "params": sum(p.numel() for p in model.parameters()),
+        "hardware": hardware_metrics(model.cpu(), spec, cfg.hw),
+        "config": asdict(cfg), "history": history, "train_seconds": time.time() - t_start,
+        "search_provenance": spec.provenance,
+    }
+    model.to(device)
+    atomic_write_text(out / METRICS, json.dumps(_jsonable(metrics), indent=1) + "\n")
+    if progress:
+        hw = metrics["hardware"]
+        from tqdm import tqdm
+        tqdm.write(f"test accuracy {test_acc:.4f}; {metrics['params']:,} parameters, {hw['macs']:,} MACs, "
+                   f"{hw['latency_us']:.2f} us at {100 * hw['utilization']:.2f} % utilization on "
+                   f"{hw['accelerator']}; wrote {out / METRICS}")
+    return TrainResult(out, metrics, history, model)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
