@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -44,8 +45,12 @@ def export_onnx(spec_path, onnx_path, weights: Optional[str] = None, check: bool
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = onnx_path.with_name(f".{onnx_path.name}.tmp")
     batch = torch.export.Dim("batch", min=1)
+    onnx_log = logging.getLogger("torch.onnx")
+    level = onnx_log.level
     try:
-        # the exporter prints its progress and warns about its own internals: keep the CLI quiet
+        # the exporter prints its progress and logs/warns about its own internals (torchvision
+        # ops it skips, deprecations): keep the CLI to its one result line
+        onnx_log.setLevel(logging.ERROR)
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(model, (example,), input_names=["input"], output_names=["logits"],
@@ -54,6 +59,7 @@ def export_onnx(spec_path, onnx_path, weights: Optional[str] = None, check: bool
             program.save(str(tmp))
         os.replace(tmp, onnx_path)
     finally:
+        onnx_log.setLevel(level)
         if tmp.exists():
             tmp.unlink()
     result: Dict[str, Any] = {"onnx": str(onnx_path), "spec": str(spec.origin), "weights": weights,

@@ -100,9 +100,14 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this torch sees no CUDA device (use cpu or auto)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}")
+    return device
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -224,6 +229,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         gen.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
     out.mkdir(parents=True, exist_ok=True)
+    if progress and ckpt is None and ckpt_path.exists():
+        from tqdm import tqdm
+        tqdm.write(f"note: {ckpt_path} exists; starting over (pass --resume to continue it)")
     if progress:
         from tqdm import tqdm
         n_params = sum(p.numel() for p in model.parameters())
