@@ -23,7 +23,7 @@ from typing import Dict, Sequence
 import torch
 
 from .accelerator import Accelerator
-from .exact import MODES
+from .exact import MODES, fill_cycles
 from .layers import Layer
 
 SURROGATES = ("sigmoid", "straight_through")
@@ -151,7 +151,7 @@ def network_cost_torch(layers: SoftLayers, acc: Accelerator, mode: str = "systol
     folds = a * b * layers.repeats
     # Fold rounds over several arrays: a ceiling of its own (none with one array).
     rounds = folds if acc.num_arrays == 1 else ceil(folds, acc.num_arrays)
-    fill = 0 if mode == "uboost" else 2 * rows + cols - 2
+    fill = 0 if mode == "uboost" else fill_cycles(rows, cols, acc.dataflow)
     compute = cal.cycle_scale * rounds * (streamed + fill + cal.fold_overhead_cycles)
     cycles = compute
     if mode == "systolic":

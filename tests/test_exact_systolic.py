@@ -12,17 +12,16 @@ clock at a time and knows nothing of exact.py's formula:
   folds to the full array).
 * output-stationary (os): PE (r, c) owns output (r, c) of the fold; A's row r
   enters from the left skewed by r, W's column c from the top skewed by c, both
-  tagged with their reduction index k (asserted equal where they meet).  Once
-  every PE of a column has finished its K MACs, the column shifts its R
-  results out of the bottom, one per cycle.
+  tagged with their reduction index k (asserted equal where they meet).  A
+  PE's result is taken in the cycle of its K-th MAC: results leave through an
+  output chain that overlaps the next fold, so the fold ends with the last
+  MAC (this is how SCALE-Sim schedules os; there is no stationary-operand load).
 * input-stationary (is): ws on the transposed problem (A^T stationary, W^T
   streamed), i.e. C^T = W^T A^T.
 
-Note (checked against SCALE-Sim 3.0.0 by hand, not in this test): for ws and is
-SCALE-Sim reports sum over folds of (2R + C + T - 2) minus 1 per layer, as here;
-for os it reports T + R + C - 2 per fold -- it does not charge the R-cycle
-drain modelled below (its schedule lets outputs leave during the skew), so the
-os formula in exact.py is R cycles per fold above SCALE-Sim.
+SCALE-Sim 3.0.0 itself is compared in tests/test_exact_vs_scalesim.py: it
+reports sum over folds of (2R + C + T - 2) for ws/is and (R + C + K - 2) for
+os, minus 1 per simulated GEMM (its 'Total Cycles' is the last cycle's index).
 
 Every fold's result is accumulated and compared with numpy's matmul, so the
 simulator is known to compute the right thing before its cycle counts are
@@ -91,7 +90,6 @@ def _os_fold(ablock, wblock):
     w_val = np.zeros((R, C)); w_tag = np.full((R, C), -1)
     acc = np.zeros((R, C)); done = np.zeros((R, C), dtype=int)
     out = np.full((R, C), np.nan)
-    drain, started = {}, set()                   # column -> results still to shift out
     cycle, remaining, last = 0, R * C, None
     while remaining:
         new_a_val = np.zeros((R, C)); new_a_tag = np.full((R, C), -1)
@@ -112,19 +110,12 @@ def _os_fold(ablock, wblock):
                     assert new_a_tag[r, c] == new_w_tag[r, c], "operands out of step"
                     acc[r, c] += new_a_val[r, c] * new_w_val[r, c]
                     done[r, c] += 1
+                    if done[r, c] == K:          # K-th MAC: the result is final
+                        out[r, c] = acc[r, c]
+                        remaining -= 1
+                        last = cycle + 1
         a_val, a_tag, w_val, w_tag = new_a_val, new_a_tag, new_w_val, new_w_tag
         cycle += 1
-        for c in list(drain):                    # columns draining: one result out per cycle
-            r = drain[c].pop()
-            out[r, c] = acc[r, c]
-            remaining -= 1
-            last = cycle
-            if not drain[c]:
-                del drain[c]
-        for c in range(C):                       # column finished: start draining next cycle
-            if c not in started and (done[:, c] == K).all():
-                drain[c] = list(range(R))        # bottom leaves first
-                started.add(c)
         assert cycle < 10 * (R + C + K), "simulator did not drain"
     return last, out
 

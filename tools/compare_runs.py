@@ -1,0 +1,91 @@
+"""Run several searches side by side and print one table (widths, exact cost, accuracy, time, memory).
+
+Each run is ``NAME=--flag value --flag value`` (flags of ``ubnas search``); every run
+gets ``--out OUT/NAME``. Each search runs in its own process so its peak resident
+memory (ru_maxrss) is its own; with ``--train-epochs N`` the exported spec is then
+trained from scratch with ``ubnas train`` and its test accuracy reported.
+
+    python tools/compare_runs.py --out runs/effect \
+        'util=--beta-utilization 1 --lambda-latency 0.2' \
+        'flops=--cost-model flops --lambda-latency 0.2' --train-epochs 15
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+
+def run_child(cmd):
+    """Run ``cmd``; return (returncode, wall seconds, peak RSS in MiB of that child)."""
+    start = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        print(output[-2000:], file=sys.stderr)
+    return proc.returncode, time.time() - start, usage.ru_maxrss / 1024
+
+
+def summarize(name, run_dir: Path, wall, rss, test_acc):
+    spec = yaml.safe_load((run_dir / "arch.yaml").read_text())
+    prov = spec["provenance"]
+    with open(run_dir / "search_log.csv") as handle:
+        log = list(csv.DictReader(handle))
+    widths = [spec["stem"]["channels"]] + [c["channels"] for c in spec["cells"]]
+    ops = sorted({e["op"] for c in spec["cells"] for node in c["nodes"] for e in node})
+    return {
+        "run": name, "widths": "/".join(map(str, widths)), "ops": ",".join(ops),
+        "search_val_acc": float(log[-1]["val_acc"]), "test_acc": test_acc,
+        "exact_latency_us": prov["exact_cost"]["latency_us"],
+        "exact_utilization": prov["exact_cost"]["utilization"],
+        "smooth_latency_us": prov["smooth_cost"]["latency_us"],
+        "smooth_exact_gap": prov["smooth_vs_exact_latency_gap"],
+        "s_per_epoch": sum(float(r["seconds"]) for r in log) / len(log),
+        "wall_s": wall, "peak_rss_mb": rss,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="NAME=FLAGS for ubnas search")
+    parser.add_argument("--out", default="runs/compare")
+    parser.add_argument("--train-epochs", type=int, default=0)
+    parser.add_argument("--data", default="digits", help="data set for --train-epochs")
+    args = parser.parse_args(argv)
+    rows = []
+    for item in args.runs:
+        name, _, flags = item.partition("=")
+        run_dir = Path(args.out) / name
+        cmd = [sys.executable, "-m", "ubnas", "search", *shlex.split(flags), "--out", str(run_dir), "--quiet"]
+        print("$", " ".join(shlex.quote(c) for c in cmd[1:]), flush=True)
+        code, wall, rss = run_child(cmd)
+        if code != 0:
+            raise SystemExit(f"{name}: search failed with exit code {code}")
+        test_acc = None
+        if args.train_epochs:
+            train_dir = run_dir / "train"
+            tcmd = [sys.executable, "-m", "ubnas", "train", str(run_dir / "arch.yaml"), "--data", args.data,
+                    "--epochs", str(args.train_epochs), "--out", str(train_dir)]
+            print("$", " ".join(shlex.quote(c) for c in tcmd[1:]), flush=True)
+            if run_child(tcmd)[0] != 0:
+                raise SystemExit(f"{name}: training failed")
+            test_acc = json.loads((train_dir / "metrics.json").read_text()).get("test_acc")
+        rows.append(summarize(name, run_dir, wall, rss, test_acc))
+    keys = list(rows[0])
+    print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+    for row in rows:
+        print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
