@@ -10,7 +10,7 @@ import yaml
 import ubnas
 from hwmodels import load_accelerator
 from ubnas.build import build_network
-from ubnas.spec import SpecError, derive_spec, dump_spec, load_spec, save_spec, spec_from_dict
+from ubnas.spec import SpecError, derive_spec, discrete_sample, dump_spec, load_spec, save_spec, spec_from_dict
 from ubnas.space import load_space
 from ubnas.supernet import ArchSample, Supernet
 
@@ -198,26 +198,6 @@ def test_estimate_cli_good_spec(tmp_path, derived):
 
 
 # -- the registry's hardware layers agree with the modules -----------------------------------------
-def one_hot_arch(net, spec):
-    """Op probs one-hot on the kept ops of kept edges (else zero); widths forced to the chosen ones."""
-    ops = {}
-    for cell, arch in zip(net.cells, spec.cells):
-        probs = torch.zeros(net.space.edges_per_cell, len(net.space.ops), dtype=torch.float64)
-        e = 0
-        for i, node in enumerate(arch.nodes):
-            for edge in node:
-                probs[e + edge.source, net.space.ops.index(edge.op)] = 1.0
-            e += 2 + i
-        if cell.cell_type in ops:   # logits are shared per cell type: same choice in every such cell
-            assert torch.equal(ops[cell.cell_type], probs)
-        ops[cell.cell_type] = probs
-    widths = {}
-    for name, width in net.widths.items():
-        width.forced = width.chosen()
-        widths[name] = torch.full((width.count,), 1.0 / width.count, dtype=torch.float64)
-    return ArchSample(ops, widths)
-
-
 @pytest.mark.parametrize("space,shape,preset,seeds", [("tiny", (1, 8, 8), "uboost", 3),
                                                       ("tiny", (3, 16, 16), "edge_16x16", 2),
                                                       ("darts_cifar", (3, 16, 16), "tpu_v3", 1)])
@@ -233,7 +213,7 @@ def test_supernet_cost_matches_built_network(space, shape, preset, seeds):
             for w in net.widths.values():
                 w.logits.normal_()
         spec = derive_spec(net, {})
-        arch = one_hot_arch(net, spec)
+        arch = discrete_sample(net, spec)
         smooth = supernet_cost(net, arch, acc, "systolic")
         exact = hwmodels.estimate(build_network(spec), spec.input_shape, acc)
         assert float(smooth["macs"]) == pytest.approx(exact.macs, rel=1e-6)

@@ -363,3 +363,26 @@ def _checked(spec: ArchSpec) -> ArchSpec:
     checked = spec_from_dict(spec.to_dict(), spec.origin)
     checked.provenance = spec.provenance
     return checked
+
+
+def discrete_sample(net, spec):
+    """The ArchSample of a derived spec: op probs one-hot on the kept ops of kept edges (zero
+    elsewhere), and every width forced to its chosen value (caller resets ``Width.forced``)."""
+    import torch
+
+    from .supernet import ArchSample
+
+    ops = {}
+    for cell, arch in zip(net.cells, spec.cells):
+        probs = torch.zeros(net.space.edges_per_cell, len(net.space.ops), dtype=torch.float64)
+        e = 0
+        for i, node in enumerate(arch.nodes):
+            for edge in node:
+                probs[e + edge.source, net.space.ops.index(edge.op)] = 1.0
+            e += 2 + i
+        ops[cell.cell_type] = probs
+    widths = {}
+    for name, width in net.widths.items():
+        width.forced = width.chosen()
+        widths[name] = torch.full((width.count,), 1.0 / width.count, dtype=torch.float64)
+    return ArchSample(ops, widths)
