@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import yaml
+
+from .yamlio import atomic_write_text, read_yaml
 
 PRESET_DIR = Path(__file__).with_name("presets")
 DATAFLOWS = ("ws", "os", "is")
@@ -160,28 +161,8 @@ def load_accelerator(name_or_path: Union[str, os.PathLike]) -> Accelerator:
     elif not path.exists():
         raise HardwareConfigError(
             f"{name_or_path}: no such preset or file (presets: {', '.join(preset_names())})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise HardwareConfigError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    data = read_yaml(path, HardwareConfigError)
     return from_dict(data, origin=str(path), name=path.stem)
-
-
-def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file + rename: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_accelerator(acc: Accelerator, path: Union[str, os.PathLike], extra: Optional[Dict[str, Any]] = None) -> None:

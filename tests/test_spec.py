@@ -12,7 +12,7 @@ from hwmodels import load_accelerator
 from ubnas.build import build_network
 from ubnas.spec import SpecError, derive_spec, discrete_sample, dump_spec, load_spec, save_spec, spec_from_dict
 from ubnas.space import load_space
-from ubnas.supernet import ArchSample, Supernet
+from ubnas.supernet import Supernet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

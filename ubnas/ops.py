@@ -17,7 +17,7 @@ module come from one description.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import torch
 import torch.nn as nn
@@ -147,5 +147,3 @@ def hw_layers(name: str, in_h: int, in_w: int, c_in, c_out, stride: int, batch: 
         return [dw, soft_conv(out_h, out_w, c_in, c_out, 1, batch=batch)]
     return [soft_conv(in_h, in_w, c_in, c_out, op.kernel, stride, op.padding, op.dilation, batch=batch)]
 
-
-ModuleFactory = Callable[[int, int, int], nn.Module]

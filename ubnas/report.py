@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-import yaml
 
-from hwmodels.accelerator import atomic_write_text
+from hwmodels.yamlio import atomic_write_text, read_yaml
 
 CURVE_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                  "latency_us", "utilization")
@@ -92,11 +91,7 @@ def read_log(path: Path) -> List[Dict[str, Any]]:
 
 
 def _read_yaml(path: Path) -> Dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ValueError(f"{path}:{f' line {mark.line + 1}:' if mark else ''} invalid YAML") from None
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping, got {type(data).__name__}")
     return data

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import yaml
 
 from hwmodels import load_accelerator
-from hwmodels.accelerator import atomic_write_text
+from hwmodels.yamlio import atomic_write_text, read_yaml
 
 from . import distributed as dist
 from .channels import ChannelAllocator
@@ -90,11 +90,7 @@ class SearchConfig:
 
 def config_from_yaml(path: str) -> Dict[str, Any]:
     """Read a RUN.yaml of SearchConfig keys; unknown keys and wrong types are one-line errors."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ValueError(f"{path}:{' line %d:' % (mark.line + 1) if mark else ''} invalid YAML") from None
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of search options, got {type(data).__name__}")
     types = {f.name: f.type for f in fields(SearchConfig)}

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import yaml
+from hwmodels.yamlio import read_yaml
 
 from .ops import OPS
 
@@ -148,10 +148,4 @@ def load_space(name_or_path: str) -> SearchSpace:
         path = SPACE_DIR / f"{name_or_path}.yaml"
     elif not path.exists():
         raise SpaceError(f"{name_or_path}: no such search space or file (shipped: {', '.join(space_names())})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}:" if mark else ""
-        raise SpaceError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    return parse_space(data, str(path))
+    return parse_space(read_yaml(path, SpaceError), str(path))

@@ -37,6 +37,8 @@ from typing import Any, Dict, List, Tuple, Union
 
 import yaml
 
+from hwmodels.yamlio import read_yaml
+
 SPEC_VERSION = 1
 TOP_KEYS = ("ubnas_spec", "input_shape", "num_classes", "stem", "cells", "classifier", "provenance")
 
@@ -254,14 +256,7 @@ def load_spec(path: Union[str, os.PathLike]) -> ArchSpec:
         raise SpecError(f"{origin}: no such architecture spec file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{origin}: cannot read the architecture spec ({exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}:" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"{origin}:{where} invalid YAML ({problem})") from None
-    return spec_from_dict(data, origin)
+    return spec_from_dict(read_yaml(origin, SpecError, text), origin)
 
 
 class _Flow(dict):
@@ -297,7 +292,7 @@ def dump_spec(spec: ArchSpec) -> str:
 
 def save_spec(spec: ArchSpec, path: Union[str, os.PathLike]) -> None:
     """Write ``spec`` as YAML atomically (temp file + rename)."""
-    from hwmodels.accelerator import atomic_write_text
+    from hwmodels.yamlio import atomic_write_text
     text = dump_spec(spec)
     spec_from_dict(yaml.safe_load(text), str(path))  # never write a file load_spec would reject
     atomic_write_text(path, text)

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from hwmodels.accelerator import atomic_write_text
+from hwmodels.yamlio import atomic_write_text
 
 from .build import build_network
 from .data import augment_crop_flip, batches, load_dataset

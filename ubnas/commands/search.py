@@ -1,6 +1,6 @@
 """``ubnas search``: run a hardware-aware search; every option also a --config YAML key."""
 import argparse
-from dataclasses import asdict, fields
+from dataclasses import fields
 
 from .. import distributed
 from ..search import SearchConfig, config_from_yaml, run_search
