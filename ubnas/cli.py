@@ -15,6 +15,7 @@ COMMANDS = (
     "train",
     "export",
     "report",
+    "calibrate",
 )
 
 

@@ -1,0 +1,505 @@
+"""Fit an accelerator's ``Calibration`` to reference layer latencies.
+
+Reference rows are layers with a reference cycle count, from either
+
+* SCALE-Sim (``scalesim_rows``): each (layer, array R x C, dataflow) is simulated
+  once through ``hwmodels.scalesim`` and remembered in a JSON cache
+  (``~/.cache/ubnas/scalesim.json`` by default) keyed by the layer's fields, the
+  array, the dataflow and the SCALE-Sim version, so a re-run is instant.  The
+  reference is SCALE-Sim's stall-free compute cycles, counted as cycles: its
+  'Total Cycles' is the index of the last cycle, so one cycle per simulated GEMM
+  is added back.  SCALE-Sim 3.0.0 models one array, so the model is evaluated on
+  one array (``num_arrays`` of the written YAML is kept).  Only the compute side
+  is free: cycle_scale, fold_overhead_cycles, layer_overhead_cycles; the
+  prediction compared is compute + layer overhead (no memory bound: SCALE-Sim
+  runs in CALC mode, where reads never stall).
+* a measured CSV (``measured_rows``): the layer CSV columns of
+  ``hwmodels.layers_csv`` plus ``measured_cycles`` or ``measured_seconds``
+  (seconds x the accelerator clock), optionally ``measured_utilization``.  The
+  prediction is the full model (max(compute, memory) + layer overhead) and
+  bandwidth_efficiency is free as well, bounded to (0, 1].
+
+``calibrate`` fits the free parameters with ``scipy.optimize.least_squares`` on
+log residuals log(predicted / reference) of a seeded training split and reports
+nn-Meter's metrics (RMSE, RMSPE, mean and worst |error| %, share within +-5 % and
++-10 %) before and after on the held-out rows, which may instead be a different
+suite or file.  ``write_calibrated`` writes the YAML (with ``fit_report`` and
+``provenance``) and, with matplotlib, a PNG of predicted vs reference cycles.
+Every user error is a ``HardwareConfigError`` (a ValueError) with one line.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as _dt
+import io
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .accelerator import (Accelerator, Calibration, HardwareConfigError, atomic_write_text,
+                          save_accelerator)
+from .exact import MODES, layer_cost
+from .layers import GemmLayer, Layer
+from .layers_csv import read_layers_csv
+from .suites import layer_fields, simulated_lines
+
+DEFAULT_CACHE = Path("~/.cache/ubnas/scalesim.json")
+SCALESIM_VERSION = "3.0.0"   # the version hwmodels.scalesim supports (the [scalesim] extra pins it)
+DEFAULT_MAX_SIM_CYCLES = 20000
+COMPUTE_PARAMS = ("cycle_scale", "fold_overhead_cycles", "layer_overhead_cycles")
+MEASURED_PARAMS = COMPUTE_PARAMS + ("bandwidth_efficiency",)
+# Physical bounds: no speed-up beyond 10x or slow-down beyond 10x, overheads >= 0,
+# bandwidth efficiency in (0, 1].
+BOUNDS = {"cycle_scale": (0.1, 10.0), "fold_overhead_cycles": (0.0, 1.0e6),
+          "layer_overhead_cycles": (0.0, 1.0e8), "bandwidth_efficiency": (1.0e-3, 1.0)}
+
+
+@dataclass
+class ReferenceRow:
+    """One layer with its reference cycles; ``where`` names its origin for messages."""
+
+    layer: Layer
+    cycles: float
+    where: str
+    utilization: Optional[float] = None
+
+
+@dataclass
+class ReferenceSet:
+    """Reference rows of one kind ('scalesim' or 'measured') and where they came from."""
+
+    kind: str
+    source: str
+    rows: List[ReferenceRow]
+    skipped: List[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- SCALE-Sim
+def scalesim_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("scalesim")
+    except Exception:  # not installed: only cached runs can be used; they are 3.0.0 runs
+        return SCALESIM_VERSION
+
+
+def cache_key(layer: Layer, rows: int, cols: int, dataflow: str, version: str) -> str:
+    """JSON key of one SCALE-Sim run: layer fields (not its name), array, dataflow, version."""
+    if isinstance(layer, GemmLayer):
+        fields = {"kind": "gemm", "m": layer.m, "k": layer.k, "n": layer.n, "repeats": layer.repeats}
+    else:
+        fields = layer_fields(layer)
+    return json.dumps({"layer": fields, "array": [int(rows), int(cols)], "dataflow": dataflow,
+                       "scalesim": version, "bandwidth": "calc"}, sort_keys=True)
+
+
+def load_cache(path: Union[str, os.PathLike]) -> Dict[str, dict]:
+    path = Path(path).expanduser()
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise HardwareConfigError(f"{path}: unreadable SCALE-Sim cache ({exc}); delete it or pass "
+                                  f"another --cache") from None
+    if not isinstance(data, dict):
+        raise HardwareConfigError(f"{path}: SCALE-Sim cache is not a JSON object; delete it")
+    return data
+
+
+def save_cache(path: Union[str, os.PathLike], cache: Dict[str, dict]) -> None:
+    atomic_write_text(Path(path).expanduser(), json.dumps(cache, indent=0, sort_keys=True))
+
+
+def _gemms(layer: Layer) -> int:
+    """GEMMs SCALE-Sim simulates for one layer (its 'Total Cycles' is one short per GEMM)."""
+    return layer.lower().repeats
+
+
+def import_scalesim_csv(csv_path: Union[str, os.PathLike],
+                        cache_path: Union[str, os.PathLike] = DEFAULT_CACHE) -> int:
+    """Add the runs of a ``tools/scalesim_suite.py`` CSV (SCALE-Sim 3.0.0) to the cache.
+
+    Returns the number of rows read.
+    """
+    layers = read_layers_csv(csv_path)
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        records = list(csv.DictReader(handle))
+    need = ("array_rows", "array_cols", "dataflow", "scalesim_compute_cycles", "scalesim_total_cycles")
+    if records and any(c not in records[0] for c in need):
+        missing = [c for c in need if c not in records[0]]
+        raise HardwareConfigError(f"{csv_path}:1: missing column '{missing[0]}' (not a SCALE-Sim suite CSV)")
+    cache = load_cache(cache_path)
+    for index, (layer, record) in enumerate(zip(layers, records), start=2):
+        try:
+            rows, cols = int(record["array_rows"]), int(record["array_cols"])
+            compute, total = int(record["scalesim_compute_cycles"]), int(record["scalesim_total_cycles"])
+        except ValueError:
+            raise HardwareConfigError(f"{csv_path}:{index}: expected integer array and cycle columns") from None
+        key = cache_key(layer, rows, cols, record["dataflow"].strip(), SCALESIM_VERSION)
+        cache[key] = {"compute_cycles": compute, "total_cycles": total,
+                      "stall_cycles": total - compute, "gemms": _gemms(layer)}
+    save_cache(cache_path, cache)
+    return len(records)
+
+
+def scalesim_rows(layers: Sequence[Layer], acc: Accelerator, cache_path=DEFAULT_CACHE,
+                  max_sim_cycles: Optional[int] = DEFAULT_MAX_SIM_CYCLES, source: str = "",
+                  progress: bool = True) -> ReferenceSet:
+    """Reference rows from SCALE-Sim for ``layers`` on one array of ``acc``.
+
+    Cached runs are reused; uncached runs longer than ``max_sim_cycles`` simulated
+    cycles (SCALE-Sim steps ~1,500 cycles/s) are skipped and listed in ``skipped``.
+    Each new run is added to the cache as soon as it finishes.
+    """
+    version = scalesim_version()
+    cache = load_cache(cache_path)
+    rows, cols, df = acc.array_rows, acc.array_cols, acc.dataflow
+    todo, skipped = [], []
+    for layer in layers:
+        key = cache_key(layer, rows, cols, df, version)
+        if key in cache:
+            continue
+        lines = simulated_lines(layer, rows, cols, df)
+        if max_sim_cycles is not None and lines > max_sim_cycles:
+            skipped.append(f"{layer.name} ({lines} simulated cycles)")
+        elif key not in {k for k, _ in todo}:
+            todo.append((key, layer))
+    if todo:
+        from .scalesim import run_scalesim
+        iterator = todo
+        if progress:
+            from tqdm import tqdm
+            iterator = tqdm(todo, desc=f"scalesim {rows}x{cols} {df}", unit="layer", file=sys.stderr)
+        for key, layer in iterator:
+            report = run_scalesim([layer], acc)[0]
+            cache[key] = {"compute_cycles": report.compute_cycles, "total_cycles": report.total_cycles,
+                          "stall_cycles": report.stall_cycles, "gemms": _gemms(layer)}
+            save_cache(cache_path, cache)
+    out = []
+    for layer in layers:
+        entry = cache.get(cache_key(layer, rows, cols, df, version))
+        if entry is None:
+            continue
+        cycles = float(entry["compute_cycles"]) + float(entry.get("gemms", _gemms(layer)))
+        out.append(ReferenceRow(layer, cycles, f"{source or 'scalesim'}:{layer.name}"))
+    return ReferenceSet("scalesim", source, out, skipped)
+
+
+# ----------------------------------------------------------------------------- measured CSV
+def measured_rows(path: Union[str, os.PathLike], acc: Accelerator) -> ReferenceSet:
+    """Reference rows of a measured CSV (layer CSV + measured_cycles|measured_seconds)."""
+    layers = read_layers_csv(path)   # layer columns: FILE:LINE errors of their own
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        numbered = [(i, line) for i, line in enumerate(handle, start=1)
+                    if line.strip() and not line.lstrip().startswith("#")]
+    records = list(csv.reader(line for _, line in numbered))
+    header = [h.strip().lower() for h in records[0]]
+    header_line = numbered[0][0]
+    if "measured_cycles" not in header and "measured_seconds" not in header:
+        raise HardwareConfigError(f"{path}:{header_line}: missing column 'measured_cycles' or "
+                                  f"'measured_seconds' in the header (got {','.join(header)})")
+    out = []
+    for layer, (line_no, _), values in zip(layers, numbered[1:], records[1:]):
+        row = dict(zip(header, (v.strip() for v in values)))
+        where = f"{path}:{line_no}"
+
+        def number(column, upper=None):
+            text = row.get(column, "")
+            try:
+                value = float(text)
+            except ValueError:
+                value = float("nan")
+            if not (math.isfinite(value) and value > 0 and (upper is None or value <= upper)):
+                bound = f" and <= {upper:g}" if upper is not None else ""
+                raise HardwareConfigError(f"{where}: column '{column}' expected a positive number{bound}, "
+                                          f"got '{text}'")
+            return value
+
+        if row.get("measured_cycles", ""):
+            cycles = number("measured_cycles")
+        elif row.get("measured_seconds", ""):
+            cycles = number("measured_seconds") * acc.clock_hz
+        else:
+            raise HardwareConfigError(f"{where}: expected a value in 'measured_cycles' or "
+                                      f"'measured_seconds', both are empty")
+        util = number("measured_utilization", upper=1.0) if row.get("measured_utilization", "") else None
+        out.append(ReferenceRow(layer, cycles, f"{where} ({layer.name})", util))
+    return ReferenceSet("measured", str(path), out)
+
+
+# ----------------------------------------------------------------------------- model + fit
+class _Model:
+    """Vectorised model of ``rows`` on ``acc``: the parts of hwmodels.exact that do not
+    depend on the calibration are computed once with a neutral Calibration."""
+
+    def __init__(self, rows: Sequence[ReferenceRow], acc: Accelerator, mode: str, with_memory: bool):
+        neutral = acc.replace(calibration=Calibration())
+        costs = [layer_cost(r.layer, neutral, mode) for r in rows]
+        self.base = np.array([c.compute_cycles for c in costs], dtype=float)      # rounds * fold cycles
+        self.rounds = np.array([math.ceil(c.folds / acc.num_arrays) for c in costs], dtype=float)
+        self.memory = np.array([c.memory_cycles for c in costs], dtype=float)     # at efficiency 1
+        self.macs = np.array([c.macs for c in costs], dtype=float)
+        self.with_memory = with_memory and mode == "systolic"
+        self.pes = acc.pes
+
+    def predict(self, cal: Calibration) -> np.ndarray:
+        compute = cal.cycle_scale * (self.base + self.rounds * cal.fold_overhead_cycles)
+        if self.with_memory:
+            compute = np.maximum(compute, self.memory / cal.bandwidth_efficiency)
+        return compute + cal.layer_overhead_cycles
+
+
+def metrics(predicted: np.ndarray, reference: np.ndarray) -> Dict[str, float]:
+    """nn-Meter's metrics: RMSE (cycles), RMSPE %, mean/worst |error| %, share within 5/10 %."""
+    predicted, reference = np.asarray(predicted, float), np.asarray(reference, float)
+    rel = (predicted - reference) / reference
+    return {"rows": int(len(reference)),
+            "rmse_cycles": float(np.sqrt(np.mean((predicted - reference) ** 2))),
+            "rmspe_pct": float(100 * np.sqrt(np.mean(rel ** 2))),
+            "mean_abs_pct": float(100 * np.mean(np.abs(rel))),
+            "max_abs_pct": float(100 * np.max(np.abs(rel))),
+            "within_5pct": float(np.mean(np.abs(rel) <= 0.05)),
+            "within_10pct": float(np.mean(np.abs(rel) <= 0.10))}
+
+
+@dataclass
+class CalibrationResult:
+    accelerator: Accelerator          # the input accelerator with the fitted calibration
+    before: Accelerator
+    mode: str
+    free: Tuple[str, ...]
+    train: List[ReferenceRow]
+    holdout: List[ReferenceRow]
+    metrics_before: Dict[str, float]
+    metrics_after: Dict[str, float]
+    train_after: Dict[str, float]
+    holdout_predicted_before: np.ndarray
+    holdout_predicted_after: np.ndarray
+    provenance: Dict[str, object]
+    fit_report: Dict[str, object]
+
+
+def split_rows(rows: Sequence[ReferenceRow], fraction: float, seed: int):
+    """(train, holdout): a seeded shuffle, ``fraction`` of the rows held out (at least one)."""
+    if not 0 < fraction < 1:
+        raise HardwareConfigError(f"--holdout-fraction: expected a number in (0, 1), got {fraction!r}")
+    order = np.random.default_rng(seed).permutation(len(rows))
+    n_hold = max(1, int(round(fraction * len(rows)))) if len(rows) > 1 else 0
+    hold = sorted(order[:n_hold].tolist())
+    train = sorted(order[n_hold:].tolist())
+    return [rows[i] for i in train], [rows[i] for i in hold]
+
+
+def _calibration(base: Calibration, names: Sequence[str], values: Sequence[float]) -> Calibration:
+    return dataclasses.replace(base, **{n: float(v) for n, v in zip(names, values)})
+
+
+def fit(rows: Sequence[ReferenceRow], acc: Accelerator, mode: str, free: Sequence[str],
+        with_memory: bool):
+    """Least-squares fit of ``free`` Calibration fields on log residuals; returns
+    (Calibration, scipy result)."""
+    from scipy.optimize import least_squares
+    model = _Model(rows, acc, mode, with_memory)
+    log_ref = np.log(np.array([r.cycles for r in rows]))
+    lower = np.array([BOUNDS[n][0] for n in free])
+    upper = np.array([BOUNDS[n][1] for n in free])
+
+    def residuals(x):
+        predicted = model.predict(_calibration(acc.calibration, free, x))
+        return np.log(np.maximum(predicted, 1e-9)) - log_ref
+
+    # A few starts (the given calibration and a small grid): the max() and the
+    # scale/overhead trade-off make the surface non-convex in places.
+    starts = [[getattr(acc.calibration, n) for n in free]]
+    typical = float(np.median(model.base / np.maximum(model.rounds, 1)))
+    for scale in (1.0, 1.5):
+        for fold in (0.0, 0.5 * typical):
+            for layer in (0.0, float(np.median([r.cycles for r in rows])) * 0.1):
+                for eff in (1.0, 0.3):
+                    guess = {"cycle_scale": scale, "fold_overhead_cycles": fold,
+                             "layer_overhead_cycles": layer, "bandwidth_efficiency": eff}
+                    starts.append([guess[n] for n in free])
+    best = None
+    seen = set()
+    for start in starts:
+        x0 = np.clip(np.array(start, float), lower, upper)
+        if tuple(x0) in seen:
+            continue
+        seen.add(tuple(x0))
+        result = least_squares(residuals, x0, bounds=(lower, upper), x_scale="jac", method="trf",
+                               xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=2000)
+        if best is None or result.cost < best.cost - 1e-15:
+            best = result
+    x = best.x.copy()   # snap values that sit on a bound up to solver noise onto it
+    for i in range(len(x)):
+        for bound in (lower[i], upper[i]):
+            if abs(x[i] - bound) <= 1e-6 * max(1.0, abs(bound)):
+                x[i] = bound
+    return _calibration(acc.calibration, free, x), best
+
+
+def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
+              holdout: Optional[ReferenceSet] = None, holdout_fraction: float = 0.3, seed: int = 0,
+              provenance: Optional[dict] = None) -> CalibrationResult:
+    """Fit ``acc``'s calibration to ``reference`` and measure it on held-out rows.
+
+    ``holdout`` (another suite or file) replaces the seeded split: then every
+    reference row is used for the fit.
+    """
+    if mode not in MODES:
+        raise HardwareConfigError(f"--model-mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    if not reference.rows:
+        extra = f" ({len(reference.skipped)} skipped as too long to simulate)" if reference.skipped else ""
+        raise HardwareConfigError(f"{reference.source}: no reference rows{extra}")
+    measured = reference.kind == "measured"
+    free = MEASURED_PARAMS if measured else COMPUTE_PARAMS
+    if mode == "uboost":   # the paper's model has no memory bound: nothing for the efficiency to act on
+        free = COMPUTE_PARAMS
+    model_acc = acc if measured else acc.replace(num_arrays=1)   # SCALE-Sim simulates one array
+    if holdout is not None:
+        train, held = list(reference.rows), list(holdout.rows)
+        if not held:
+            raise HardwareConfigError(f"{holdout.source}: no held-out rows")
+    else:
+        train, held = split_rows(reference.rows, holdout_fraction, seed)
+    if len(train) < len(free) or not held:
+        raise HardwareConfigError(
+            f"{reference.source}: {len(train)} training row(s) and {len(held)} held-out row(s) for "
+            f"{len(free)} free parameters ({', '.join(free)}); need at least {len(free)} training rows "
+            f"and one held-out row")
+    fitted_cal, result = fit(train, model_acc, mode, free, with_memory=measured)
+    fitted_acc = acc.replace(calibration=fitted_cal)
+    hold_model = _Model(held, model_acc, mode, with_memory=measured)
+    train_model = _Model(train, model_acc, mode, with_memory=measured)
+    held_ref = np.array([r.cycles for r in held])
+    train_ref = np.array([r.cycles for r in train])
+    pred_before = hold_model.predict(acc.calibration)
+    pred_after = hold_model.predict(fitted_cal)
+    m_before, m_after = metrics(pred_before, held_ref), metrics(pred_after, held_ref)
+    m_train = metrics(train_model.predict(fitted_cal), train_ref)
+    utils = [(i, r.utilization) for i, r in enumerate(held) if r.utilization is not None]
+    if utils:   # measured utilization: mean |error| in percentage points
+        idx = np.array([i for i, _ in utils])
+        ref_u = np.array([u for _, u in utils])
+        for pred, target in ((pred_before, m_before), (pred_after, m_after)):
+            util = hold_model.macs[idx] / (pred[idx] * model_acc.pes)
+            target["utilization_mean_abs_pp"] = float(100 * np.mean(np.abs(util - ref_u)))
+    parameters = {n: {"before": float(getattr(acc.calibration, n)), "after": float(getattr(fitted_cal, n)),
+                      "bounds": list(BOUNDS[n])} for n in free}
+    fit_report = {
+        "mode": mode, "free_parameters": list(free), "parameters": parameters,
+        "n_train": len(train), "n_holdout": len(held),
+        "holdout": "separate set" if holdout is not None else f"seeded split {holdout_fraction:g}",
+        "before": m_before, "after": m_after, "train_after": m_train,
+        "optimizer": {"success": bool(result.success), "cost": float(result.cost),
+                      "nfev": int(result.nfev), "message": str(result.message)},
+    }
+    prov = {"reference": reference.kind, "reference_source": reference.source,
+            "holdout_source": holdout.source if holdout is not None else reference.source,
+            "seed": int(seed), "mode": mode, "array": f"{acc.array_rows}x{acc.array_cols}",
+            "dataflow": acc.dataflow, "calibrated_from": acc.name,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if reference.kind == "scalesim":
+        prov["scalesim"] = scalesim_version()
+        prov["note"] = ("reference = SCALE-Sim compute cycles + 1 per simulated GEMM, one array; "
+                        "fit on compute cycles only")
+    prov.update(provenance or {})
+    return CalibrationResult(fitted_acc, acc, mode, tuple(free), train, held, m_before, m_after, m_train,
+                             pred_before, pred_after, prov, fit_report)
+
+
+# ----------------------------------------------------------------------------- output
+def format_report(result: CalibrationResult) -> str:
+    """The before/after table of held-out metrics and the parameters, as text."""
+    mb, ma = result.metrics_before, result.metrics_after
+    lines = [f"calibrated {result.before.name} ({result.before.array_rows}x{result.before.array_cols} "
+             f"{result.before.dataflow}, model {result.mode}) on {result.fit_report['n_train']} rows; "
+             f"held out {result.fit_report['n_holdout']} ({result.fit_report['holdout']})",
+             f"{'held-out metric':<22}{'before':>14}{'after':>14}"]
+    rows = [("RMSE (cycles)", "rmse_cycles", "{:.1f}"), ("RMSPE %", "rmspe_pct", "{:.2f}"),
+            ("mean |error| %", "mean_abs_pct", "{:.2f}"), ("worst |error| %", "max_abs_pct", "{:.2f}"),
+            ("within +-5 %", "within_5pct", "{:.1%}"), ("within +-10 %", "within_10pct", "{:.1%}"),
+            ("utilization |err| pp", "utilization_mean_abs_pp", "{:.2f}")]
+    for label, key, fmt in rows:
+        if key in mb:
+            lines.append(f"{label:<22}{fmt.format(mb[key]):>14}{fmt.format(ma[key]):>14}")
+    lines.append(f"{'parameter':<22}{'before':>14}{'after':>14}")
+    for name, values in result.fit_report["parameters"].items():
+        lines.append(f"{name:<22}{values['before']:>14.4g}{values['after']:>14.4g}")
+    return "\n".join(lines) + "\n"
+
+
+def render_plot(result: CalibrationResult) -> Optional[bytes]:
+    """PNG bytes of predicted vs reference cycles (log-log, +-10 % band), before and
+    after; None when matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    reference = np.array([r.cycles for r in result.holdout])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), sharex=True, sharey=True)
+    lo = float(min(reference.min(), result.holdout_predicted_before.min(),
+                   result.holdout_predicted_after.min())) / 1.5
+    hi = float(max(reference.max(), result.holdout_predicted_before.max(),
+                   result.holdout_predicted_after.max())) * 1.5
+    line = np.geomspace(lo, hi, 50)
+    for ax, label, pred, m in ((axes[0], "before", result.holdout_predicted_before, result.metrics_before),
+                               (axes[1], "after", result.holdout_predicted_after, result.metrics_after)):
+        ax.fill_between(line, line * 0.9, line * 1.1, color="tab:green", alpha=0.2, label="±10 %")
+        ax.plot(line, line, color="k", lw=0.8)
+        ax.scatter(reference, pred, s=14, alpha=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_title(f"{label}: RMSPE {m['rmspe_pct']:.1f} %, within ±10 % {m['within_10pct']:.0%}")
+        ax.set_xlabel(f"reference cycles ({result.provenance['reference']})")
+        ax.grid(True, which="both", lw=0.3)
+    axes[0].set_ylabel(f"predicted cycles (model {result.mode})")
+    axes[0].legend(loc="upper left")
+    fig.suptitle(f"{result.before.name} {result.before.array_rows}x{result.before.array_cols} "
+                 f"{result.before.dataflow}: {len(reference)} held-out layers")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_calibrated(result: CalibrationResult, path: Union[str, os.PathLike],
+                     plot: bool = True) -> Optional[Path]:
+    """Write the calibrated YAML (fit_report + provenance) and, with matplotlib, the PNG
+    next to it (same stem).  Returns the PNG path or None.  Nothing is written when
+    rendering fails; the YAML is written atomically."""
+    path = Path(path)
+    png = render_plot(result) if plot else None
+    extra = {"fit_report": _plain(result.fit_report), "provenance": _plain(result.provenance)}
+    save_accelerator(result.accelerator, path, extra)
+    if png is None:
+        return None
+    png_path = path.with_suffix(".png")
+    tmp = png_path.with_name(f".{png_path.name}.tmp")
+    tmp.write_bytes(png)
+    os.replace(tmp, png_path)
+    return png_path
+
+
+def _plain(value):
+    """Convert numpy scalars / tuples into YAML-safe plain Python values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    return value

@@ -1,0 +1,236 @@
+"""hwmodels.calibrate and `ubnas calibrate`: parameter recovery, metrics, CSV errors, output.
+
+Synthetic rows come straight from hwmodels.exact with a hand-set Calibration (plus
+1 % multiplicative noise), independent of the fitting code.  SCALE-Sim numbers
+come only from tests/data/scalesim_reference.csv through the cache: no simulation.
+"""
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hwmodels import Accelerator, Calibration, layer_cost, load_accelerator
+from hwmodels import calibrate as cal
+from hwmodels.accelerator import HardwareConfigError, save_accelerator
+from hwmodels.suites import layer_fields, suite_layers
+from ubnas.cli import main
+
+REFERENCE_CSV = Path(__file__).parent / "data" / "scalesim_reference.csv"
+TRUE = Calibration(fold_overhead_cycles=17.0, layer_overhead_cycles=250.0, cycle_scale=1.3,
+                   bandwidth_efficiency=0.6)
+LAYER_COLUMNS = ["name", "kind", "in_h", "in_w", "in_channels", "out_channels", "kernel_h", "kernel_w",
+                 "stride", "padding", "dilation", "groups", "batch"]
+
+
+def _acc(**changes):
+    # Low bandwidth and a small buffer: about a third of the mixed suite is memory-bound,
+    # so the bandwidth efficiency is identifiable next to the compute-side parameters.
+    base = Accelerator("synthetic", 32, 32, clock_hz=1e9, bandwidth_bytes_per_s=16e9,
+                       onchip_bytes=256 * 1024, bytes_per_element=1)
+    return base.replace(**changes) if changes else base
+
+
+def _write_measured(path, layers, acc, truth=TRUE, noise=0.01, seed=0, column="measured_cycles",
+                    mode="systolic"):
+    rng = np.random.default_rng(seed)
+    true_acc = acc.replace(calibration=truth)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(LAYER_COLUMNS + [column])
+        for layer in layers:
+            cycles = layer_cost(layer, true_acc, mode).cycles * float(np.exp(rng.normal(0, noise)))
+            value = cycles / acc.clock_hz if column == "measured_seconds" else cycles
+            fields = layer_fields(layer)
+            writer.writerow([layer.name] + [fields[c] for c in LAYER_COLUMNS[1:]] + [repr(value)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cal") / "measured.csv"
+    return _write_measured(path, suite_layers("mixed", 0), _acc())
+
+
+def test_recovers_known_parameters_from_noisy_measurements(synthetic):
+    acc = _acc()
+    result = cal.calibrate(cal.measured_rows(synthetic, acc), acc, "systolic", seed=0)
+    got = result.accelerator.calibration
+    assert set(result.free) == {"cycle_scale", "fold_overhead_cycles", "layer_overhead_cycles",
+                                "bandwidth_efficiency"}
+    assert got.cycle_scale == pytest.approx(1.3, rel=0.03)
+    assert got.fold_overhead_cycles == pytest.approx(17, abs=5)
+    assert got.layer_overhead_cycles == pytest.approx(250, rel=0.35)
+    assert got.bandwidth_efficiency == pytest.approx(0.6, rel=0.03)
+    # 1 % noise: after calibration the held-out error is at the noise level
+    assert result.metrics_after["rmspe_pct"] < 2.0
+    assert result.metrics_after["within_5pct"] == 1.0
+    assert result.metrics_before["rmspe_pct"] > 20.0
+    assert result.fit_report["n_holdout"] == round(0.3 * 85)
+
+
+def test_seconds_are_converted_with_the_clock(tmp_path):
+    acc = _acc(clock_hz=5e8)
+    path = _write_measured(tmp_path / "s.csv", suite_layers("cifar", 0), acc, noise=0.0,
+                           column="measured_seconds")
+    rows = cal.measured_rows(path, acc).rows
+    expected = layer_cost(rows[0].layer, acc.replace(calibration=TRUE)).cycles
+    assert rows[0].cycles == pytest.approx(expected, rel=1e-9)
+
+
+def test_uboost_mode_recovers_a_fold_overhead(tmp_path):
+    # The paper's model plus a per-fold overhead: no memory term, so efficiency stays fixed.
+    truth = Calibration(fold_overhead_cycles=40.0, layer_overhead_cycles=0.0, cycle_scale=1.0)
+    acc = _acc()
+    path = _write_measured(tmp_path / "u.csv", suite_layers("mixed", 0), acc, truth=truth,
+                           noise=0.0, mode="uboost")
+    result = cal.calibrate(cal.measured_rows(path, acc), acc, "uboost", seed=1)
+    assert "bandwidth_efficiency" not in result.free
+    assert result.accelerator.calibration.fold_overhead_cycles == pytest.approx(40, abs=0.01)
+    assert result.metrics_after["max_abs_pct"] < 1e-3
+
+
+def test_metrics_match_hand_computation():
+    m = cal.metrics(np.array([110.0, 95.0, 200.0]), np.array([100.0, 100.0, 100.0]))
+    assert m["rmse_cycles"] == pytest.approx(np.sqrt((100 + 25 + 10000) / 3))
+    assert m["rmspe_pct"] == pytest.approx(100 * np.sqrt((0.01 + 0.0025 + 1) / 3))
+    assert m["mean_abs_pct"] == pytest.approx(100 * (0.1 + 0.05 + 1) / 3)
+    assert m["max_abs_pct"] == pytest.approx(100)
+    assert m["within_5pct"] == pytest.approx(1 / 3)
+    assert m["within_10pct"] == pytest.approx(2 / 3)
+
+
+def test_written_yaml_loads_and_reproduces_predictions(synthetic, tmp_path):
+    acc = _acc()
+    result = cal.calibrate(cal.measured_rows(synthetic, acc), acc, "systolic", seed=0)
+    out = tmp_path / "calibrated.yaml"
+    cal.write_calibrated(result, out, plot=False)
+    loaded = load_accelerator(out)
+    assert loaded.calibration == result.accelerator.calibration
+    again = np.array([layer_cost(r.layer, loaded).cycles for r in result.holdout])
+    assert again == pytest.approx(result.holdout_predicted_after, rel=1e-9)
+    import yaml
+    data = yaml.safe_load(out.read_text())
+    assert data["provenance"]["reference"] == "measured"
+    assert data["provenance"]["seed"] == 0 and data["provenance"]["mode"] == "systolic"
+    assert data["fit_report"]["after"]["rmspe_pct"] == pytest.approx(result.metrics_after["rmspe_pct"])
+    assert data["fit_report"]["n_train"] + data["fit_report"]["n_holdout"] == 85
+
+
+def test_separate_holdout_file(tmp_path):
+    acc = _acc()
+    fit_csv = _write_measured(tmp_path / "fit.csv", suite_layers("cifar", 0), acc, seed=1)
+    hold_csv = _write_measured(tmp_path / "hold.csv", suite_layers("imagenet", 0), acc, seed=2)
+    result = cal.calibrate(cal.measured_rows(fit_csv, acc), acc, "systolic",
+                           holdout=cal.measured_rows(hold_csv, acc))
+    assert result.fit_report["n_train"] == len(suite_layers("cifar", 0))
+    assert result.fit_report["n_holdout"] == len(suite_layers("imagenet", 0))
+    assert result.metrics_after["rmspe_pct"] < result.metrics_before["rmspe_pct"]
+
+
+def _bad_csv(tmp_path, header, rows):
+    path = tmp_path / "bad.csv"
+    path.write_text("\n".join([header] + rows) + "\n")
+    return path
+
+
+GOOD = "fc,linear,1,1,64,10,1,1,1,0,1,1,1"
+HEADER = ",".join(LAYER_COLUMNS)
+
+
+@pytest.mark.parametrize("header,rows,match", [
+    (HEADER, [GOOD], r"bad\.csv:1: missing column 'measured_cycles' or 'measured_seconds'"),
+    (HEADER + ",measured_cycles", [GOOD + ",100", GOOD + ",abc"], r"bad\.csv:3: column 'measured_cycles' expected a positive number, got 'abc'"),
+    (HEADER + ",measured_cycles", [GOOD + ",-5"], r"bad\.csv:2: column 'measured_cycles' expected a positive"),
+    (HEADER + ",measured_seconds", ["# comment", GOOD + ",0"], r"bad\.csv:3: column 'measured_seconds'"),
+    (HEADER + ",measured_cycles", [GOOD + ",nan"], r"bad\.csv:2: column 'measured_cycles'"),
+    (HEADER + ",measured_cycles", [GOOD + ","], r"bad\.csv:2: expected a value in 'measured_cycles'"),
+    (HEADER + ",measured_cycles,measured_utilization", [GOOD + ",100,1.5"],
+     r"bad\.csv:2: column 'measured_utilization' expected a positive number and <= 1"),
+    ("name,kind,in_channels,measured_cycles", ["fc,linear,64,100"], r"bad\.csv:1: missing required column 'out_channels'"),
+])
+def test_bad_measured_csv_is_one_line_error(tmp_path, header, rows, match):
+    path = _bad_csv(tmp_path, header, rows)
+    with pytest.raises(HardwareConfigError, match=match) as info:
+        cal.measured_rows(path, _acc())
+    assert "\n" not in str(info.value)
+
+
+def test_too_few_rows_errors_and_writes_nothing(tmp_path, capsys):
+    path = _bad_csv(tmp_path, HEADER + ",measured_cycles", [GOOD + ",100"] * 4)
+    out = tmp_path / "out.yaml"
+    code = main(["calibrate", "--reference", str(path), "--hw", "edge_32x32", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "bad.csv" in err and "free parameters" in err
+    assert not out.exists() and not out.with_suffix(".png").exists()
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_bad_row_through_cli_writes_nothing(tmp_path, capsys):
+    path = _bad_csv(tmp_path, HEADER + ",measured_cycles", [GOOD + ",100"] * 10 + [GOOD + ",x"])
+    out = tmp_path / "out.yaml"
+    assert main(["calibrate", "--reference", str(path), "--out", str(out)]) == 2
+    assert "bad.csv:12: column 'measured_cycles'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cli_end_to_end_on_measured_csv(synthetic, tmp_path, capsys):
+    acc = _acc()
+    hw = tmp_path / "hw.yaml"
+    save_accelerator(acc, hw)
+    out = tmp_path / "calibrated.yaml"
+    code = main(["calibrate", "--hw", str(hw), "--reference", str(synthetic), "--seed", "3",
+                 "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "RMSPE %" in printed and "within +-10 %" in printed and "bandwidth_efficiency" in printed
+    loaded = load_accelerator(out)
+    assert loaded.calibration.cycle_scale == pytest.approx(1.3, rel=0.03)
+    # usable wherever a preset is
+    assert main(["estimate", "--model", "resnet18-cifar", "--hw", str(out), "--json"]) == 0
+    capsys.readouterr()
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_scalesim_reference_through_cache_only(tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache.json"
+    assert cal.import_scalesim_csv(REFERENCE_CSV, cache) == 422
+
+    def no_simulation(*args, **kwargs):
+        raise AssertionError("SCALE-Sim must not run: every row comes from the cache")
+    monkeypatch.setattr("hwmodels.scalesim.run_scalesim", no_simulation)
+    out = tmp_path / "ss.yaml"
+    args = ["calibrate", "--hw", "uboost", "--reference", "scalesim", "--suite", "cifar",
+            "--holdout-suite", "imagenet", "--array", "32x32", "--dataflow", "ws", "--model-mode",
+            "uboost", "--cache", str(cache), "--no-plot", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    fitted = load_accelerator(out).calibration
+    # ws fill/drain + weight load per fold is 2R + C - 2 = 94 on 32x32: the paper's model
+    # plus a per-fold overhead reproduces SCALE-Sim's cycle count exactly
+    assert fitted.fold_overhead_cycles == pytest.approx(94, abs=1e-3)
+    assert fitted.cycle_scale == pytest.approx(1.0, abs=1e-6)
+    assert "within +-10 %" in printed
+    # the systolic model already counts SCALE-Sim's cycles: calibration leaves it alone
+    systolic = [a if a != "uboost" or args[i - 1] != "--model-mode" else "systolic"
+                for i, a in enumerate(args)]
+    assert main(systolic) == 0
+    capsys.readouterr()
+    exact = load_accelerator(out).calibration
+    assert exact.cycle_scale == pytest.approx(1.0, abs=1e-9)
+    assert exact.fold_overhead_cycles == pytest.approx(0, abs=1e-6)
+    assert exact.layer_overhead_cycles == pytest.approx(0, abs=1e-6)
+
+
+def test_cache_key_ignores_names_and_includes_version():
+    a = suite_layers("cifar", 0)[0]
+    import dataclasses
+    b = dataclasses.replace(a, name="renamed")
+    assert cal.cache_key(a, 8, 8, "ws", "3.0.0") == cal.cache_key(b, 8, 8, "ws", "3.0.0")
+    assert cal.cache_key(a, 8, 8, "ws", "3.0.0") != cal.cache_key(a, 8, 8, "os", "3.0.0")
+    assert cal.cache_key(a, 8, 8, "ws", "3.0.0") != cal.cache_key(a, 8, 8, "ws", "3.1.0")

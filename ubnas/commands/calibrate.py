@@ -1,0 +1,149 @@
+"""``ubnas calibrate``: fit an accelerator's calibration to SCALE-Sim or measured latencies.
+
+    ubnas calibrate --hw PRESET|FILE.yaml
+        (--reference scalesim [--layers FILE.csv | --suite cifar|imagenet|mixed] | --reference MEASURED.csv)
+        [--holdout-suite NAME | --holdout FILE.csv] [--holdout-fraction 0.3]
+        [--model-mode uboost|systolic] [--array RxC] [--dataflow ws|os|is] [--seed N]
+        [--max-layers N] [--cache FILE] --out CALIBRATED.yaml
+
+Prints the held-out metrics before and after and writes the calibrated accelerator
+(with fit_report and provenance; a PNG next to it when matplotlib is installed).
+Every user error is a ValueError with one line; nothing is written on failure.
+"""
+from __future__ import annotations
+
+import sys
+
+from hwmodels import load_accelerator
+from hwmodels.accelerator import DATAFLOWS
+from hwmodels.exact import MODES
+from hwmodels.suites import SUITES
+
+from .estimate import _positive_int, parse_dims
+
+
+def add_parser(sub):
+    parser = sub.add_parser(
+        "calibrate", help="fit an accelerator's calibration to SCALE-Sim or measured layer latencies",
+        description="Fit the free calibration parameters (cycle_scale, fold/layer overhead cycles; "
+                    "bandwidth_efficiency for measured rows) with least squares on log errors, report "
+                    "RMSE/RMSPE/within +-5/10 %% on held-out rows before and after, and write the "
+                    "calibrated accelerator YAML.")
+    parser.add_argument("--hw", default="uboost", metavar="PRESET|FILE.yaml",
+                        help="accelerator to calibrate (default: uboost)")
+    parser.add_argument("--reference", required=True, metavar="scalesim|MEASURED.csv",
+                        help="'scalesim' (simulate --layers or --suite) or a measured CSV: layer CSV "
+                             "columns plus measured_cycles or measured_seconds [, measured_utilization]")
+    parser.add_argument("--layers", metavar="FILE.csv", help="layer CSV to simulate (with --reference scalesim)")
+    parser.add_argument("--suite", metavar="|".join(SUITES),
+                        help="built-in layer suite to simulate (with --reference scalesim; default cifar)")
+    parser.add_argument("--holdout-suite", metavar="NAME", help="test on this suite instead of a split")
+    parser.add_argument("--holdout", metavar="FILE.csv",
+                        help="test on this file (layer CSV for scalesim, measured CSV otherwise)")
+    parser.add_argument("--holdout-fraction", default="0.3", metavar="F",
+                        help="share of rows held out when no separate holdout is given (default 0.3)")
+    parser.add_argument("--model-mode", default="systolic", metavar="|".join(MODES),
+                        help="model to calibrate: systolic (default) or uboost")
+    parser.add_argument("--array", metavar="ROWSxCOLS", help="override the array size, e.g. 32x32")
+    parser.add_argument("--dataflow", metavar="|".join(DATAFLOWS), help="override the dataflow")
+    parser.add_argument("--seed", default="0", metavar="N", help="suite and split seed (default 0)")
+    parser.add_argument("--max-layers", metavar="N", help="use only the first N layers of each set")
+    parser.add_argument("--max-sim-cycles", metavar="N",
+                        help="skip uncached SCALE-Sim runs longer than N simulated cycles "
+                             "(~1,500 cycles/s; default 20000)")
+    parser.add_argument("--cache", metavar="FILE", help="SCALE-Sim cache (default ~/.cache/ubnas/scalesim.json)")
+    parser.add_argument("--import-scalesim-csv", metavar="FILE.csv",
+                        help="first add the runs of a tools/scalesim_suite.py CSV to the cache")
+    parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    parser.add_argument("--out", required=True, metavar="CALIBRATED.yaml", help="YAML to write")
+    return parser
+
+
+def _accelerator(args):
+    acc = load_accelerator(args.hw)
+    changes = {}
+    if args.array is not None:
+        changes["array_rows"], changes["array_cols"] = parse_dims(args.array, "--array", 2, "128x128")
+    if args.dataflow is not None:
+        if args.dataflow not in DATAFLOWS:
+            raise ValueError(f"--dataflow: expected one of {', '.join(DATAFLOWS)}, got {args.dataflow!r}")
+        changes["dataflow"] = args.dataflow
+    return acc.replace(**changes) if changes else acc
+
+
+def _suite(name, seed, option):
+    from hwmodels.suites import suite_layers
+    if name not in SUITES:
+        raise ValueError(f"{option}: expected one of {', '.join(SUITES)}, got {name!r}")
+    return suite_layers(name, seed)
+
+
+def run(args) -> int:
+    from hwmodels import calibrate as cal
+    from hwmodels.layers_csv import read_layers_csv
+
+    if args.model_mode not in MODES:
+        raise ValueError(f"--model-mode: expected one of {', '.join(MODES)}, got {args.model_mode!r}")
+    try:
+        fraction = float(args.holdout_fraction)
+    except ValueError:
+        raise ValueError(f"--holdout-fraction: expected a number in (0, 1), got {args.holdout_fraction!r}") from None
+    if not str(args.seed).strip().isdigit():
+        raise ValueError(f"--seed: expected a non-negative integer, got {args.seed!r}")
+    seed = int(args.seed)
+    max_layers = _positive_int(args.max_layers, "--max-layers") if args.max_layers is not None else None
+    max_sim = (_positive_int(args.max_sim_cycles, "--max-sim-cycles") if args.max_sim_cycles is not None
+               else cal.DEFAULT_MAX_SIM_CYCLES)
+    if args.holdout and args.holdout_suite:
+        raise ValueError("calibrate: give at most one of --holdout FILE.csv and --holdout-suite NAME")
+    if not str(args.out).lower().endswith((".yaml", ".yml")):
+        raise ValueError(f"--out: expected a .yaml file, got {args.out!r}")
+    acc = _accelerator(args)
+    cache = args.cache or cal.DEFAULT_CACHE
+    trim = (lambda rows: rows[:max_layers]) if max_layers else (lambda rows: rows)
+    provenance = {}
+
+    if args.reference == "scalesim":
+        if args.layers and args.suite:
+            raise ValueError("calibrate: give at most one of --layers FILE.csv and --suite NAME")
+        if args.import_scalesim_csv:
+            count = cal.import_scalesim_csv(args.import_scalesim_csv, cache)
+            print(f"cached {count} SCALE-Sim runs from {args.import_scalesim_csv}", file=sys.stderr)
+
+        def simulate(layers, source):
+            ref = cal.scalesim_rows(trim(layers), acc.replace(num_arrays=1), cache, max_sim, source)
+            if ref.skipped:
+                print(f"{source}: skipped {len(ref.skipped)} uncached layer(s) over --max-sim-cycles "
+                      f"{max_sim}: {', '.join(ref.skipped[:5])}{' ...' if len(ref.skipped) > 5 else ''}",
+                      file=sys.stderr)
+            return ref
+
+        if args.layers:
+            reference = simulate(read_layers_csv(args.layers), str(args.layers))
+        else:
+            name = args.suite or "cifar"
+            reference = simulate(_suite(name, seed, "--suite"), f"suite {name} (seed {seed})")
+        holdout = None
+        if args.holdout_suite:
+            holdout = simulate(_suite(args.holdout_suite, seed, "--holdout-suite"),
+                               f"suite {args.holdout_suite} (seed {seed})")
+        elif args.holdout:
+            holdout = simulate(read_layers_csv(args.holdout), str(args.holdout))
+    else:
+        if args.layers or args.suite or args.import_scalesim_csv:
+            raise ValueError("--layers, --suite and --import-scalesim-csv apply to --reference scalesim; "
+                             "a measured CSV gives its own layers")
+        if args.holdout_suite:
+            raise ValueError("--holdout-suite needs --reference scalesim; with measured rows use "
+                             "--holdout MEASURED.csv")
+        reference = cal.measured_rows(args.reference, acc)
+        reference.rows = trim(reference.rows)
+        holdout = cal.measured_rows(args.holdout, acc) if args.holdout else None
+        if holdout is not None:
+            holdout.rows = trim(holdout.rows)
+    result = cal.calibrate(reference, acc, args.model_mode, holdout=holdout, holdout_fraction=fraction,
+                           seed=seed, provenance=provenance)
+    png = cal.write_calibrated(result, args.out, plot=not args.no_plot)
+    sys.stdout.write(cal.format_report(result))
+    print(f"wrote {args.out}" + (f" and {png}" if png else ""))
+    return 0
