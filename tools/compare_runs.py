@@ -51,7 +51,9 @@ def summarize(name, run_dir: Path, wall, rss, test_acc):
         "smooth_latency_us": prov["smooth_cost"]["latency_us"],
         "smooth_exact_gap": prov["smooth_vs_exact_latency_gap"],
         "s_per_epoch": sum(float(r["seconds"]) for r in log) / len(log),
+        "s_per_step": sum(float(r["seconds"]) for r in log[1:] or log) / sum(int(r["steps"]) for r in log[1:] or log),
         "wall_s": wall, "peak_rss_mb": rss,
+        "peak_gpu_mb": max((float(r["peak_mem_mb"]) for r in log if r.get("peak_mem_mb")), default=None),
     }
 
 

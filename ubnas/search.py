@@ -279,7 +279,7 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
                "train_loss": sums["loss"] / n, "train_acc": sums["acc"] / n,
                "val_loss": sums["val_loss"] / n, "val_acc": sums["val_acc"] / n,
                "latency_us": float(cost["seconds"]) * 1e6, "utilization": float(cost["utilization"]),
-               "mu": mu, "seconds": time.time() - t0,
+               "mu": mu, "seconds": time.time() - t0, "steps": sums["n"],
                "widths": json.dumps({k: w.candidates for k, w in net.widths.items()})}
         if device.type == "cuda":
             row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
