@@ -36,15 +36,25 @@ from .reference import Spec, out_size
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _configs(blocks=(128, 256, 512, 1024), warps=(4, 8)):
+def _configs(blocks=(256, 1024), warps=(4,)):
     if INTERPRET:
         return [triton.Config({"BLOCK": 64}, num_warps=1)]
     return [triton.Config({"BLOCK": b}, num_warps=w) for b in blocks for w in warps]
 
 
+SHAPE_ARGS = ["N", "C", "H", "W", "Ho", "Wo", "HW", "NK", "KK", "N_PER"]
+
+
+def _jit(fn):
+    """triton.jit without value specialisation of shape integers (one compile serves all shapes)."""
+    import inspect
+    names = [a for a in inspect.signature(fn).parameters if a in SHAPE_ARGS]
+    return triton.jit(fn, do_not_specialize=names)
+
+
 # ----------------------------------------------------------------------------- depthwise
-@triton.autotune(_configs(), key=["C", "Ho", "Wo", "NK", "STRIDE", "TAPS"])
-@triton.jit
+@triton.autotune(_configs((128, 512)), key=["C", "Ho", "Wo", "NK", "STRIDE", "TAPS"])
+@_jit
 def _dw_fwd(x_ptr, w_ptr, spec_ptr, d_ptr, C, H, W, Ho, Wo, NK, KK,
             STRIDE: tl.constexpr, TAPS: tl.constexpr, BLOCK: tl.constexpr):
     plane = tl.program_id(0)
@@ -71,8 +81,8 @@ def _dw_fwd(x_ptr, w_ptr, spec_ptr, d_ptr, C, H, W, Ho, Wo, NK, KK,
         tl.store(d_base + p, acc.to(d_ptr.dtype.element_ty), mask=pm)
 
 
-@triton.autotune(_configs(), key=["C", "H", "W", "NK", "STRIDE", "TAPS", "HAS_LIN", "HAS_EXTRA"])
-@triton.jit
+@triton.autotune(_configs((128, 512)), key=["C", "H", "W", "NK", "STRIDE", "TAPS", "HAS_LIN", "HAS_EXTRA"])
+@_jit
 def _dw_bwd_in(dd_ptr, x_ptr, w_ptr, spec_ptr, lin_ptr, extra_ptr, dx_ptr, C, H, W, Ho, Wo, NK, KK,
                STRIDE: tl.constexpr, TAPS: tl.constexpr, HAS_LIN: tl.constexpr, HAS_EXTRA: tl.constexpr,
                BLOCK: tl.constexpr):
@@ -112,8 +122,8 @@ def _dw_bwd_in(dd_ptr, x_ptr, w_ptr, spec_ptr, lin_ptr, extra_ptr, dx_ptr, C, H,
     tl.store(dx_ptr + off, acc.to(dx_ptr.dtype.element_ty), mask=im)
 
 
-@triton.autotune(_configs(blocks=(64, 128, 256)), key=["C", "Ho", "Wo", "N_PER", "STRIDE", "TAPS"])
-@triton.jit
+@triton.autotune(_configs((64, 128)), key=["C", "Ho", "Wo", "N_PER", "STRIDE", "TAPS"])
+@_jit
 def _dw_bwd_w(dd_ptr, x_ptr, spec_ptr, part_ptr, N, C, H, W, Ho, Wo, NK, KK, N_PER,
               STRIDE: tl.constexpr, TAPS: tl.constexpr, BLOCK: tl.constexpr):
     c = tl.program_id(0)
@@ -168,7 +178,7 @@ def _pool_at(x_base, oh, ow, pm, H, W, STRIDE: tl.constexpr, HAS_MAX: tl.constex
 
 
 @triton.autotune(_configs(), key=["C", "Ho", "Wo", "STRIDE", "HAS_LIN", "HAS_MAX", "HAS_AVG", "HAS_SKIP"])
-@triton.jit
+@_jit
 def _combine_fwd(z_ptr, mean_ptr, invstd_ptr, x_ptr, coef_ptr, y_ptr, C, H, W, Ho, Wo,
                  STRIDE: tl.constexpr, HAS_LIN: tl.constexpr, HAS_MAX: tl.constexpr, HAS_AVG: tl.constexpr,
                  HAS_SKIP: tl.constexpr, BLOCK: tl.constexpr):
@@ -196,9 +206,9 @@ def _combine_fwd(z_ptr, mean_ptr, invstd_ptr, x_ptr, coef_ptr, y_ptr, C, H, W, H
     tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=pm)
 
 
-@triton.autotune(_configs(blocks=(256, 512, 1024)), key=["C", "Ho", "Wo", "N_PER", "STRIDE", "HAS_LIN",
+@triton.autotune(_configs((256, 1024)), key=["C", "Ho", "Wo", "N_PER", "STRIDE", "HAS_LIN",
                                                          "HAS_MAX", "HAS_AVG", "HAS_SKIP"])
-@triton.jit
+@_jit
 def _combine_red(g_ptr, z_ptr, mean_ptr, invstd_ptr, x_ptr, part_ptr, N, C, H, W, Ho, Wo, N_PER,
                  STRIDE: tl.constexpr, HAS_LIN: tl.constexpr, HAS_MAX: tl.constexpr, HAS_AVG: tl.constexpr,
                  HAS_SKIP: tl.constexpr, BLOCK: tl.constexpr):
@@ -241,7 +251,7 @@ def _combine_red(g_ptr, z_ptr, mean_ptr, invstd_ptr, x_ptr, part_ptr, N, C, H, W
 
 
 @triton.autotune(_configs(), key=["C", "HW", "BATCH"])
-@triton.jit
+@_jit
 def _bn_bwd(g_ptr, z_ptr, mean_ptr, invstd_ptr, sums_ptr, coef_ptr, dz_ptr, C, HW, inv_m,
             BATCH: tl.constexpr, BLOCK: tl.constexpr):
     plane = tl.program_id(0)
@@ -260,8 +270,8 @@ def _bn_bwd(g_ptr, z_ptr, mean_ptr, invstd_ptr, sums_ptr, coef_ptr, dz_ptr, C, H
     tl.store(dz_ptr + off, (scale * gv).to(dz_ptr.dtype.element_ty), mask=pm)
 
 
-@triton.autotune(_configs(), key=["C", "H", "W", "STRIDE", "HAS_MAX", "HAS_AVG", "HAS_SKIP"])
-@triton.jit
+@triton.autotune(_configs((64, 256)), key=["C", "H", "W", "STRIDE", "HAS_MAX", "HAS_AVG", "HAS_SKIP"])
+@_jit
 def _pool_bwd(g_ptr, x_ptr, coef_ptr, dx_ptr, C, H, W, Ho, Wo,
               STRIDE: tl.constexpr, HAS_MAX: tl.constexpr, HAS_AVG: tl.constexpr, HAS_SKIP: tl.constexpr,
               BLOCK: tl.constexpr):
@@ -402,7 +412,7 @@ def combine_reduce(g: torch.Tensor, z: Optional[torch.Tensor], mean, invstd, x: 
     part = torch.empty(splits, c, 5, dtype=torch.float32, device=x.device)
     has_lin = z is not None
     zt = z.contiguous() if has_lin else g
-    mt, it = (mean, invstd) if has_lin else (coef, coef)
+    mt, it = (mean, invstd) if has_lin else (g, g)   # placeholders, never used
     _combine_red[(c, splits)](g, zt, mt, it, x, part, n, c, h, wd, g.shape[2], g.shape[3], n_per,
                               STRIDE=stride, HAS_LIN=has_lin, HAS_MAX=bool(flags[0]), HAS_AVG=bool(flags[1]),
                               HAS_SKIP=bool(flags[2]))

@@ -1,0 +1,260 @@
+"""Tests for ubnas.kernels (DESIGN.md section 4).
+
+(a) Triton kernels against float64 PyTorch references: on CPU through
+    TRITON_INTERPRET=1 (set below, before triton is imported), compiled on CUDA
+    when a GPU is present; forward and every gradient.
+(b) impl="reference" MixedEdge against forward_eager in float64 for the op list
+    of every shipped space, stride 1 and 2, train and eval mode (running
+    statistics equal after the step), channel-masked inputs.
+(c) gradcheck of the fused autograd.Function (x, every weight, probs).
+
+Inputs are fresh random draws per test (the seed is printed on failure); shapes
+are tiny and odd so the interpreter stays fast.
+"""
+import os
+import random
+
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from ubnas.kernels import backend, mixed_edge, reference as R  # noqa: E402
+from ubnas.space import load_space, space_names  # noqa: E402
+from ubnas.supernet import MixedEdge  # noqa: E402
+
+DEV = "cuda" if CUDA else "cpu"
+ALL_DW = ((3, 1), (5, 1), (3, 2), (5, 2))
+UBOOST = ["conv_3x3", "conv_5x5", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
+          "skip_connect", "none"]
+DARTS = ["max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
+         "dil_conv_5x5", "none"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed():
+    seed = random.SystemRandom().randrange(2 ** 31)
+    print(f"seed={seed}")  # shown with the captured output of a failing test
+    torch.manual_seed(seed)
+
+
+@pytest.fixture
+def no_tf32():
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def rel(a, b):
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    assert torch.isfinite(a).all()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def check(name, a, b, tol):
+    e = rel(a, b)
+    print(f"relerr {name}: {e:.2e}")
+    assert e < tol, (name, e)
+
+
+def _x(n=2, c=4, h=7, w=None, masked=False, dtype=torch.float64, device="cpu"):
+    x = torch.randn(n, c, h, w or h, dtype=dtype, device=device)
+    if masked:  # soft channel mask: last channels zero, one fractional
+        m = torch.ones(c, dtype=dtype, device=device)
+        m[-2:] = 0
+        m[1] = 0.37
+        x = x * m.view(1, -1, 1, 1)
+    return x
+
+
+# ----------------------------------------------------------------------------- (a) Triton kernels
+T = backend("triton", DEV)
+TRITON_TOL = 1e-5
+
+
+@pytest.mark.parametrize("stride,spec,shape", [(1, ALL_DW, (2, 3, 7, 5)), (2, ALL_DW, (2, 3, 7, 7)),
+                                               (2, ((3, 1),), (2, 5, 5, 5))])
+def test_triton_depthwise(stride, spec, shape):
+    kk = max(k * k for k, _ in spec)
+    x = torch.randn(*shape, device=DEV)
+    x[:, 0] = 0  # a masked channel
+    w = torch.randn(len(spec), shape[1], kk, device=DEV)
+    xd, wd = x.double().cpu(), w.double().cpu()
+    d = T.dw_forward(x, w, spec, stride)
+    check("dw_forward", d, R.dw_forward(xd, wd, spec, stride), TRITON_TOL)
+    dd = torch.randn_like(d)
+    lin, extra = torch.randn_like(x), torch.randn_like(x)
+    ddd = dd.double().cpu()
+    check("dw_backward_input", T.dw_backward_input(dd, x, w, spec, stride, lin, extra),
+          R.dw_backward_input(ddd, xd, wd, spec, stride, lin.double().cpu(), extra.double().cpu()), TRITON_TOL)
+    check("dw_backward_input(plain)", T.dw_backward_input(dd, x, w, spec, stride),
+          R.dw_backward_input(ddd, xd, wd, spec, stride), TRITON_TOL)
+    check("dw_backward_weight", T.dw_backward_weight(dd, x, spec, stride, kk),
+          R.dw_backward_weight(ddd, xd, spec, stride, kk), TRITON_TOL)
+
+
+@pytest.mark.parametrize("stride,flags,lin", [(1, (True, True, True), True), (2, (True, True, False), True),
+                                              (1, (False, True, True), False), (2, (True, False, False), True)])
+def test_triton_combine(stride, flags, lin):
+    x = torch.randn(2, 4, 7, 5, device=DEV)
+    x[:, 1] = 0  # ties in every max-pool window of a masked channel
+    ho, wo = (7 - 1) // stride + 1, (5 - 1) // stride + 1
+    z = torch.randn(2, 4, ho, wo, device=DEV) * 2 + 0.5 if lin else None
+    mean, invstd = torch.randn(4, device=DEV), torch.rand(4, device=DEV) + 0.5
+    coef = torch.rand(4, device=DEV) + 0.1
+    g = torch.randn(2, 4, ho, wo, device=DEV)
+    cpu = lambda t: None if t is None else t.double().cpu()  # noqa: E731
+    args = (cpu(z), cpu(mean), cpu(invstd), cpu(x))
+    check("combine_forward", T.combine_forward(z, mean, invstd, x, coef, stride, flags),
+          R.combine_forward(*args, cpu(coef), stride, flags), TRITON_TOL)
+    sums = T.combine_reduce(g, z, mean, invstd, x, stride, flags)
+    ref_sums = R.combine_reduce(cpu(g), *args, stride, flags)
+    check("combine_reduce", sums, ref_sums, TRITON_TOL)
+    if lin:
+        for batch in (True, False):
+            check(f"bn_backward(batch={batch})", T.bn_backward(g, z, mean, invstd, sums, coef, batch),
+                  R.bn_backward(cpu(g), cpu(z), cpu(mean), cpu(invstd), ref_sums, cpu(coef), batch), TRITON_TOL)
+    check("pool_skip_backward", T.pool_skip_backward(g, x, coef, stride, flags),
+          R.pool_skip_backward(cpu(g), cpu(x), cpu(coef), stride, flags), TRITON_TOL)
+
+
+def _edge_pair(ops, c, stride, device):
+    """(float32 edge on device, float64 CPU twin with the same weights)."""
+    e = MixedEdge(ops, c, stride).to(device)
+    e64 = MixedEdge(ops, c, stride).double()
+    e64.load_state_dict({k: v.double().cpu() if v.is_floating_point() else v.cpu()
+                         for k, v in e.state_dict().items()})
+    return e, e64
+
+
+@pytest.mark.parametrize("ops,stride,fold,train", [(UBOOST, 1, True, True), (DARTS, 2, False, True),
+                                                   (UBOOST, 1, False, False)])
+def test_triton_mixed_edge_vs_eager_float64(ops, stride, fold, train, no_tf32):
+    e, e64 = _edge_pair(ops, 4, stride, DEV)
+    e.train(train)
+    e64.train(train)
+    if not train:  # non-trivial running statistics
+        for m in (e.bn, e64.bn):
+            m.running_mean.copy_(torch.linspace(-0.5, 0.5, 4))
+            m.running_var.copy_(torch.linspace(0.5, 2.0, 4))
+    x = _x(c=4, h=7, masked=True, dtype=torch.float32, device=DEV).requires_grad_()
+    p = torch.softmax(torch.randn(len(ops), device=DEV), 0).detach().requires_grad_()
+    x64, p64 = x.detach().double().cpu().requires_grad_(), p.detach().double().cpu().requires_grad_()
+    y = mixed_edge(e, x, p, impl="triton", fold=fold)
+    y64 = e64.forward_eager(x64, p64)
+    check("edge y", y, y64, 1e-5)
+    g = torch.randn_like(y64)
+    grads = torch.autograd.grad(y, [x, p] + list(e.parameters()), g.float().to(DEV))
+    grads64 = torch.autograd.grad(y64, [x64, p64] + list(e64.parameters()), g)
+    names = ["x", "probs"] + [n for n, _ in e.named_parameters()]
+    for name, a, b in zip(names, grads, grads64):
+        check(f"edge d{name}", a, b, 1e-4)
+    check("running_mean", e.bn.running_mean, e64.bn.running_mean, 1e-5)
+    check("running_var", e.bn.running_var, e64.bn.running_var, 1e-5)
+
+
+# ----------------------------------------------------------------------------- (b) reference vs eager
+def _space_cases():
+    cases = []
+    for name in space_names():
+        ops = load_space(name).ops
+        cases += [(name, ops, 1), (name, ops, 2)]
+    return cases
+
+
+@pytest.mark.parametrize("space,ops,stride", _space_cases())
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("masked", [False, True])
+def test_reference_matches_eager(space, ops, stride, train, masked):
+    c = 5
+    e = MixedEdge(ops, c, stride).double()
+    ref = MixedEdge(ops, c, stride).double()
+    with torch.no_grad():
+        e.bn.running_mean.normal_()
+        e.bn.running_var.uniform_(0.5, 2)
+    ref.load_state_dict(e.state_dict())
+    e.train(train)
+    ref.train(train)
+    x = _x(c=c, h=7, w=5, masked=masked).requires_grad_()
+    p = torch.softmax(torch.randn(len(ops), dtype=torch.float64), 0).requires_grad_()
+    for fold in (True, False):
+        y = mixed_edge(e, x, p, impl="reference", fold=fold)
+        y_ref = ref.forward_eager(x, p)
+        assert y.shape == y_ref.shape
+        torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+        g = torch.randn_like(y)
+        params = [x, p] + list(e.parameters())
+        grads = torch.autograd.grad(y, params, g)
+        grads_ref = torch.autograd.grad(y_ref, [x, p] + list(ref.parameters()), g)
+        for a, b in zip(grads, grads_ref):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(getattr(e.bn, name), getattr(ref.bn, name), rtol=1e-12, atol=0)
+
+
+def test_only_none_and_dispatch(monkeypatch):
+    e = MixedEdge(["none"], 3, 2).double()
+    x = _x(c=3, h=5)
+    y = mixed_edge(e, x, torch.ones(1, dtype=torch.float64), impl="reference")
+    assert y.shape == (2, 3, 3, 3) and not y.any()
+    assert backend("auto", torch.device("cpu")) is R
+    monkeypatch.setenv("UBNAS_KERNELS", "triton")
+    assert backend("reference", torch.device("cpu")) is T
+    monkeypatch.setenv("UBNAS_KERNELS", "bogus")
+    with pytest.raises(ValueError):
+        backend("auto", torch.device("cpu"))
+    monkeypatch.delenv("UBNAS_KERNELS")
+    with pytest.raises(ValueError):
+        backend("cudnn", torch.device("cpu"))
+
+
+def test_supernet_set_impl_reference_matches_eager():
+    from ubnas.supernet import Supernet
+    net = Supernet(load_space("tiny"), (1, 8, 8), 10).double()
+    twin = Supernet(load_space("tiny"), (1, 8, 8), 10).double()
+    twin.load_state_dict(net.state_dict())
+    twin.set_impl("reference")
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    loss, loss2 = net(x, net.sample("softmax")).square().sum(), twin(x, twin.sample("softmax")).square().sum()
+    torch.testing.assert_close(loss, loss2, rtol=1e-10, atol=1e-10)
+    g, g2 = torch.autograd.grad(loss, list(net.parameters())), torch.autograd.grad(loss2, list(twin.parameters()))
+    for a, b in zip(g, g2):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    for (n, a), b in zip(net.named_buffers(), twin.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=n)
+
+
+# ----------------------------------------------------------------------------- (c) gradcheck
+TINY = ["conv_3x3", "sep_conv_3x3", "max_pool_3x3", "skip_connect", "none"]
+
+
+@pytest.mark.parametrize("ops,stride,train,fold,fast,c", [
+    (UBOOST, 1, True, True, True, 3), (DARTS, 2, True, False, True, 3), (UBOOST, 2, False, False, True, 3),
+    (DARTS, 1, False, False, True, 3), (TINY, 1, True, True, True, 2)])
+def test_gradcheck_fused(ops, stride, train, fold, fast, c):  # noqa: PLR0913
+    """Random projections of the Jacobians (fast_mode); exact gradients are compared in (b)."""
+    e = MixedEdge(ops, c, stride).double().train(train)
+    x = _x(n=2, c=c, h=5).requires_grad_()  # no exact zeros: relu/max kinks break finite differences
+    logits = torch.randn(len(ops), dtype=torch.float64, requires_grad=True)
+    params = list(e.parameters())
+    names = [n for n, _ in e.named_parameters()]
+
+    def f(x, logits, *ws):
+        for (n, _), w in zip(e.named_parameters(), ws):
+            mod = e.get_submodule(n.rsplit(".", 1)[0])
+            setattr(mod, n.rsplit(".", 1)[1], w)
+        return mixed_edge(e, x, torch.softmax(logits, 0), impl="reference", fold=fold)
+
+    for n in names:   # plain tensors, so gradcheck's inputs replace the parameters
+        mod = e.get_submodule(n.rsplit(".", 1)[0])
+        leaf = n.rsplit(".", 1)[1]
+        t = getattr(mod, leaf).detach().clone().requires_grad_()
+        del mod._parameters[leaf]
+        setattr(mod, leaf, t)
+    ws = [getattr(e.get_submodule(n.rsplit(".", 1)[0]), n.rsplit(".", 1)[1]) for n in names]
+    assert len(ws) == len(params)
+    assert torch.autograd.gradcheck(f, (x, logits, *ws), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=fast)
