@@ -82,10 +82,20 @@ class SoftLayers:
         return SoftLayers(**{f: torch.cat([getattr(r, f).reshape(-1) for r in rows]) for f in fields})
 
 
-def _t(value, like=None) -> torch.Tensor:
+def _like(*values) -> torch.Tensor:
+    """A float tensor on the device (and float dtype) of the first tensor among ``values``."""
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            dtype = value.dtype if value.is_floating_point() else torch.float64
+            return torch.zeros((), dtype=dtype, device=value.device)
+    return torch.zeros((), dtype=torch.float64)
+
+
+def _t(value, like: torch.Tensor) -> torch.Tensor:
+    """``value`` as a (1,) tensor with ``like``'s dtype and device."""
     if isinstance(value, torch.Tensor):
-        return value.to(torch.float64 if like is None else like.dtype).reshape(-1)
-    return torch.tensor([float(value)], dtype=torch.float64 if like is None else like.dtype)
+        return value.to(dtype=like.dtype, device=like.device).reshape(-1)
+    return torch.tensor([float(value)], dtype=like.dtype, device=like.device)
 
 
 def soft_conv(in_h: int, in_w: int, in_channels, out_channels, kernel: int = 1, stride: int = 1,
@@ -94,7 +104,8 @@ def soft_conv(in_h: int, in_w: int, in_channels, out_channels, kernel: int = 1, 
     span = dilation * (kernel - 1) + 1
     out_h = (in_h + 2 * padding - span) // stride + 1
     out_w = (in_w + 2 * padding - span) // stride + 1
-    cin, cout = _t(in_channels), _t(out_channels)
+    like = _like(in_channels, out_channels)
+    cin, cout = _t(in_channels, like), _t(out_channels, like)
     m = _t(batch * out_h * out_w, cin)
     if depthwise:
         k, n, repeats = _t(kernel * kernel, cin), torch.ones_like(cin), cin
@@ -108,7 +119,8 @@ def soft_conv(in_h: int, in_w: int, in_channels, out_channels, kernel: int = 1, 
 
 def soft_linear(in_features, out_features, batch: int = 1) -> SoftLayers:
     """One linear layer with (possibly soft) feature counts."""
-    fin, fout = _t(in_features), _t(out_features)
+    like = _like(in_features, out_features)
+    fin, fout = _t(in_features, like), _t(out_features, like)
     return SoftLayers(_t(batch, fin), fin, fout, torch.ones_like(fin), fin * batch, fin * fout, fout * batch)
 
 

@@ -103,3 +103,13 @@ def test_ranking_agreement_on_random_layers():
 def test_unknown_surrogate_is_an_error():
     with pytest.raises(ValueError, match="surrogate"):
         soft_ceil_div(torch.tensor([3.0]), 2, "nope")
+
+
+def test_layers_follow_the_device_of_soft_widths():
+    # constants (map sizes, kernel) must be created where the soft widths live (cuda in a
+    # GPU search); the meta device stands in for it here
+    width = torch.tensor(100.0, device="meta")
+    for layers in (soft_conv(8, 8, 3, width, 3, 1, 1), soft_conv(8, 8, width, width, 3, depthwise=True),
+                   soft_linear(width, 10)):
+        for name in layers.__dataclass_fields__:
+            assert getattr(layers, name).device.type == "meta", name
