@@ -123,3 +123,15 @@ def test_cli_bad_inputs_exit_nonzero_without_traceback(tmp_path):
         assert "Traceback" not in result.stderr, result.stderr
         assert needle in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("impl", ["eager", "reference"])
+def test_one_hot_ops_run_only_the_chosen_op_and_match_the_mixture(impl):
+    """With hard ops each edge runs one op; the result equals the full mixture at one-hot probs."""
+    torch.manual_seed(0)
+    net = Supernet(load_space("tiny"), (1, 8, 8), 10).double()
+    net.set_impl(impl)
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    hard = net.sample("softmax", hard_ops=True)
+    soft = type(hard)(hard.ops, hard.widths, hard_ops=False)
+    assert torch.allclose(net(x, hard), net(x, soft), atol=1e-10)

@@ -24,10 +24,15 @@ RELAXATIONS = ("softmax", "gumbel")
 
 @dataclass
 class ArchSample:
-    """Probabilities for one step: ops[cell_type] (edges, n_ops), widths[name] (K,)."""
+    """Probabilities for one step: ops[cell_type] (edges, n_ops), widths[name] (K,).
+
+    hard_ops: the op probabilities are one-hot (channel stage), so each edge runs
+    only its chosen op.
+    """
 
     ops: Dict[str, torch.Tensor]
     widths: Dict[str, torch.Tensor]
+    hard_ops: bool = False
 
 
 class MixedEdge(nn.Module):
@@ -51,7 +56,9 @@ class MixedEdge(nn.Module):
         self.bn = nn.BatchNorm2d(channels, affine=False)
         self.impl = "eager"
 
-    def forward(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, probs: torch.Tensor, chosen: Optional[int] = None) -> torch.Tensor:
+        if chosen is not None:   # one-hot ops: nothing to mix or fuse
+            return self.forward_single(x, chosen)
         if self.impl != "eager":
             from .kernels import mixed_edge
             return mixed_edge(self, x, probs, impl=self.impl)
@@ -59,10 +66,7 @@ class MixedEdge(nn.Module):
 
     def forward_eager(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         linear, linear_mass, rest = None, 0, 0
-        skip_zero = not probs.requires_grad   # hard (one-hot) ops: don't run dropped branches
         for k, (name, d) in enumerate(zip(self.op_names, self.defs)):
-            if skip_zero and float(probs[k]) == 0.0:
-                continue
             if d.family == "linear":
                 term = probs[k] * self.branches[name](x)
                 linear = term if linear is None else linear + term
@@ -78,6 +82,19 @@ class MixedEdge(nn.Module):
             h, w = (x.shape[2] - 1) // self.stride + 1, (x.shape[3] - 1) // self.stride + 1
             out = x.new_zeros(x.shape[0], x.shape[1], h, w)
         return out
+
+
+    def forward_single(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """forward_eager with probs one-hot at op k (BN is scale invariant: BN(1 * z))."""
+        d = self.defs[k]
+        if d.family == "linear":
+            return self.bn(self.branches[self.op_names[k]](x))
+        if d.family == "pool":
+            return pool_forward(d, x, self.stride)
+        if d.family == "skip":
+            return x
+        h, w = (x.shape[2] - 1) // self.stride + 1, (x.shape[3] - 1) // self.stride + 1
+        return x.new_zeros(x.shape[0], x.shape[1], h, w)
 
 
 class Preprocess(nn.Module):
@@ -121,14 +138,15 @@ class SearchCell(nn.Module):
                 stride = 2 if self.reduce and j < 2 else 1
                 self.edges.append(MixedEdge(space.ops, c, stride))
 
-    def forward(self, s0, s1, op_probs: torch.Tensor, mask: torch.Tensor):
+    def forward(self, s0, s1, op_probs: torch.Tensor, mask: torch.Tensor, hard_ops: bool = False):
         m = mask.view(1, -1, 1, 1)
         states = [self.pre0(s0) * m, self.pre1(s1) * m]
+        chosen = op_probs.argmax(-1).tolist() if hard_ops else [None] * len(self.edges)
         e = 0
         for i in range(self.nodes):
             node = 0
             for j in range(2 + i):
-                node = node + self.edges[e](states[j], op_probs[e])
+                node = node + self.edges[e](states[j], op_probs[e], chosen[e])
                 e += 1
             states.append(node * m)
         out = torch.cat(states[2:], dim=1)
@@ -194,7 +212,7 @@ class Supernet(nn.Module):
                 ops[t] = F.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits)
             else:
                 ops[t] = relax(logits)
-        return ArchSample(ops, {n: relax(w.logits) for n, w in self.widths.items()})
+        return ArchSample(ops, {n: relax(w.logits) for n, w in self.widths.items()}, hard_ops)
 
     def forward(self, x: torch.Tensor, arch: Optional[ArchSample] = None) -> torch.Tensor:
         arch = arch or self.sample()
@@ -203,7 +221,7 @@ class Supernet(nn.Module):
         s0 = s1 = s
         for cell in self.cells:
             mask = self.widths[cell.width_name].mask(arch.widths[cell.width_name])
-            s0, s1 = s1, cell(s0, s1, arch.ops[cell.cell_type], mask)
+            s0, s1 = s1, cell(s0, s1, arch.ops[cell.cell_type], mask, arch.hard_ops)
         return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
 
     # -- channel bindings ----------------------------------------------------------
