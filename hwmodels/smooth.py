@@ -76,6 +76,12 @@ class SoftLayers:
     def macs(self) -> torch.Tensor:
         return self.m * self.k * self.n * self.repeats
 
+    def broadcast(self) -> "SoftLayers":
+        """Every field expanded to one common shape (L,), so batches stack."""
+        fields = SoftLayers.__dataclass_fields__
+        tensors = torch.broadcast_tensors(*(getattr(self, f) for f in fields))
+        return SoftLayers(**{f: t.reshape(-1) for f, t in zip(fields, tensors)})
+
     @staticmethod
     def stack(rows: Sequence["SoftLayers"]) -> "SoftLayers":
         fields = SoftLayers.__dataclass_fields__
@@ -100,7 +106,8 @@ def _t(value, like: torch.Tensor) -> torch.Tensor:
 
 def soft_conv(in_h: int, in_w: int, in_channels, out_channels, kernel: int = 1, stride: int = 1,
               padding: int = 0, dilation: int = 1, depthwise: bool = False, batch: int = 1) -> SoftLayers:
-    """One conv with (possibly soft) channel counts. depthwise: groups = in_channels = out_channels."""
+    """A conv with (possibly soft) channel counts; tensors of counts (L,) give L variants of it.
+    depthwise: groups = in_channels = out_channels."""
     span = dilation * (kernel - 1) + 1
     out_h = (in_h + 2 * padding - span) // stride + 1
     out_w = (in_w + 2 * padding - span) // stride + 1
@@ -114,14 +121,15 @@ def soft_conv(in_h: int, in_w: int, in_channels, out_channels, kernel: int = 1, 
         k, n, repeats = cin * kernel * kernel, cout, torch.ones_like(cin)
         weights = cin * cout * kernel * kernel
     return SoftLayers(m, k, n, repeats, cin * (batch * in_h * in_w),
-                      weights, cout * (batch * out_h * out_w) if not depthwise else cin * (batch * out_h * out_w))
+                      weights, (cin if depthwise else cout) * (batch * out_h * out_w)).broadcast()
 
 
 def soft_linear(in_features, out_features, batch: int = 1) -> SoftLayers:
     """One linear layer with (possibly soft) feature counts."""
     like = _like(in_features, out_features)
     fin, fout = _t(in_features, like), _t(out_features, like)
-    return SoftLayers(_t(batch, fin), fin, fout, torch.ones_like(fin), fin * batch, fin * fout, fout * batch)
+    return SoftLayers(_t(batch, fin), fin, fout, torch.ones_like(fin), fin * batch, fin * fout,
+                      fout * batch).broadcast()
 
 
 def from_layers(layers: Sequence[Layer], dtype=torch.float64) -> SoftLayers:

@@ -135,3 +135,34 @@ def test_one_hot_ops_run_only_the_chosen_op_and_match_the_mixture(impl):
     hard = net.sample("softmax", hard_ops=True)
     soft = type(hard)(hard.ops, hard.widths, hard_ops=False)
     assert torch.allclose(net(x, hard), net(x, soft), atol=1e-10)
+
+
+def test_expected_width_cost_equals_brute_force_enumeration():
+    """E[cost] over independent width choices, enumerated combination by combination."""
+    import itertools
+
+    torch.manual_seed(1)
+    net = Supernet(load_space("tiny"), (1, 8, 8), 10).double()
+    for w in net.widths.values():
+        with torch.no_grad():
+            w.logits.copy_(torch.randn(w.count))
+    acc = load_accelerator("edge_16x16")
+    arch = net.sample("softmax")
+    arch = type(arch)({k: v.double() for k, v in arch.ops.items()}, {k: v.double() for k, v in arch.widths.items()})
+    got = supernet_cost(net, arch, acc, "systolic", width_cost="expected")
+    names = list(net.widths)
+    cycles = macs = 0.0
+    for combo in itertools.product(*(range(net.widths[n].count) for n in names)):
+        weight = 1.0
+        for n, j in zip(names, combo):
+            net.widths[n].forced = net.widths[n].candidates[j]
+            weight *= float(arch.widths[n][j].detach())
+        c = supernet_cost(net, arch, acc, "systolic", width_cost="soft")
+        cycles += weight * float(c["cycles"].detach())
+        macs += weight * float(c["macs"].detach())
+    for w in net.widths.values():
+        w.forced = None
+    got = {k: v.detach() for k, v in got.items()}
+    assert abs(float(got["cycles"]) - cycles) < 1e-9 * cycles
+    assert abs(float(got["macs"]) - macs) < 1e-9 * macs
+    assert abs(float(got["utilization"]) - macs / (cycles * acc.pes)) < 1e-12

@@ -28,7 +28,7 @@ from hwmodels.yamlio import atomic_write_text, read_yaml
 
 from . import distributed as dist
 from .channels import ChannelAllocator
-from .cost import COST_MODELS, supernet_cost
+from .cost import COST_MODELS, WIDTH_COSTS, supernet_cost
 from .data import batches, load_dataset, search_split
 from .space import load_space
 from .supernet import RELAXATIONS, Supernet
@@ -53,6 +53,7 @@ class SearchConfig:
     surrogate: str = "straight_through"
     temperature: float = 1.0
     hw_batch: int = 1
+    width_cost: str = "expected"
     channels: str = "dynamic"
     stage: str = "staged"
     relaxation: str = "gumbel"
@@ -76,7 +77,7 @@ class SearchConfig:
     def validate(self, origin: str = "config") -> None:
         choices = {"cost_model": COST_MODELS, "channels": ("dynamic", "fixed"), "stage": STAGES,
                    "relaxation": RELAXATIONS, "surrogate": ("sigmoid", "straight_through"),
-                   "split": ("half", "80_20"), "kernels": ("eager", "reference", "triton", "auto")}
+                   "split": ("half", "80_20"), "width_cost": WIDTH_COSTS, "kernels": ("eager", "reference", "triton", "auto")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{origin}: key '{key}' expected one of {', '.join(allowed)}, "
@@ -176,7 +177,8 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     dist.broadcast_module(net)
 
     def cost_of(arch):
-        return supernet_cost(net, arch, acc, cfg.cost_model, cfg.surrogate, cfg.temperature, cfg.hw_batch)
+        return supernet_cost(net, arch, acc, cfg.cost_model, cfg.surrogate, cfg.temperature, cfg.hw_batch,
+                             cfg.width_cost)
 
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=cfg.weight_lr, momentum=cfg.weight_momentum,
                             weight_decay=cfg.weight_decay)
