@@ -68,7 +68,7 @@ class SearchConfig:
     dual_lr: float = 0.5
     split: str = "half"
     realloc_every: int = 4
-    kernels: str = "eager"
+    kernels: str = "auto"
     seed: int = 0
     device: str = "auto"
     out: str = "runs/search"
