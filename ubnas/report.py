@@ -165,11 +165,17 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None) -> Run:
     return run
 
 
+GENERIC_DIR_NAMES = ("train", "search", "run", "out")
+
+
 def load_runs(paths: Sequence, hw: Optional[str] = None) -> List[Run]:
     names: Dict[str, int] = {}
     runs = []
     for p in paths:
-        base = Path(p).resolve().name or str(p)
+        resolved = Path(p).resolve()
+        base = resolved.name or str(p)
+        if base in GENERIC_DIR_NAMES:   # runs/lam0/train reads better as "lam0/train"
+            base = f"{resolved.parent.name}/{base}"
         names[base] = names.get(base, 0) + 1
         name = base if names[base] == 1 else f"{base}-{names[base]}"
         runs.append(load_run(p, name, hw))
