@@ -77,8 +77,13 @@ TRITON_TOL = 1e-5
 
 
 @pytest.mark.parametrize("stride,spec,shape", [(1, ALL_DW, (2, 3, 7, 5)), (2, ALL_DW, (2, 3, 7, 7)),
-                                               (2, ((3, 1),), (2, 5, 5, 5))])
-def test_triton_depthwise(stride, spec, shape):
+                                               (2, ((3, 1),), (2, 5, 5, 5)),
+                                               # more kernels than one launch takes (MAX_NK), several tiles
+                                               (1, ALL_DW + ((5, 2),), (1, 2, 9, 11)),
+                                               (2, ((5, 2),), (1, 2, 10, 9))])
+@pytest.mark.parametrize("tiled", ["0", "1", "io"])   # UBNAS_DW_TILED: gathers, 2-D tiles, tiles but dL/dw
+def test_triton_depthwise(stride, spec, shape, tiled, monkeypatch):
+    monkeypatch.setenv("UBNAS_DW_TILED", tiled)
     kk = max(k * k for k, _ in spec)
     x = torch.randn(*shape, device=DEV)
     x[:, 0] = 0  # a masked channel
@@ -131,9 +136,11 @@ def _edge_pair(ops, c, stride, device):
     return e, e64
 
 
-@pytest.mark.parametrize("ops,stride,fold,train", [(UBOOST, 1, True, True), (DARTS, 2, False, True),
-                                                   (UBOOST, 1, False, False)])
-def test_triton_mixed_edge_vs_eager_float64(ops, stride, fold, train, no_tf32):
+@pytest.mark.parametrize("ops,stride,fold,train,tiled", [(UBOOST, 1, True, True, "0"), (DARTS, 2, False, True, "0"),
+                                                         (UBOOST, 1, False, False, "0"),
+                                                         (DARTS, 2, False, True, "1"), (DARTS, 1, False, True, "1")])
+def test_triton_mixed_edge_vs_eager_float64(ops, stride, fold, train, tiled, no_tf32, monkeypatch):
+    monkeypatch.setenv("UBNAS_DW_TILED", tiled)
     e, e64 = _edge_pair(ops, 4, stride, DEV)
     e.train(train)
     e64.train(train)

@@ -13,6 +13,10 @@ take the output's dtype (float32 or bfloat16 under autocast).
 * ``_dw_bwd_in``: the transposed gather over all kernels, plus the superkernel's
   gradient, the relu mask and the pool/skip gradient in the same pass.
 * ``_dw_bwd_w``: dL/dw, a (TAPS, BLOCK) accumulator per (channel, kernel, batch slice).
+* ``_dw_fwd_tile`` / ``_dw_bwd_in_tile`` / ``_dw_bwd_w_tile`` (``UBNAS_DW_TILED=1``, see ``tiled``):
+  the same three on [BLOCK_H, BLOCK_W] spatial tiles with each kernel's (k, dilation)
+  constexpr, so a tap is one shifted tile load with row/column masks; not yet
+  timed on a GPU, so the gathers stay the default.
 * ``_combine_fwd``: P_lin * BN(z) + max/avg pool + skip, one pass.
 * ``_combine_red``: the five per-channel sums the backward needs.
 * ``_bn_bwd``: dL/dz of the BN (batch or running statistics).
@@ -36,19 +40,28 @@ from .reference import Spec, out_size
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def tiled(weight: bool = False) -> bool:
+    """UBNAS_DW_TILED: "1" runs the 2-D tile depthwise kernels (_dw_fwd_tile, _dw_bwd_in_tile, _dw_bwd_w_tile)
+    instead of the (TAPS, BLOCK) gathers (_dw_fwd, _dw_bwd_in, _dw_bwd_w); "io" the tile kernels for forward
+    and dL/dx only.  Off by default until timed on a GPU (NOTES.md)."""
+    v = os.environ.get("UBNAS_DW_TILED", "0").strip().lower()
+    return v == "1" or (v == "io" and not weight)
+
+
 def _configs(blocks=(256, 1024), warps=(4,)):
     if INTERPRET:
         return [triton.Config({"BLOCK": 64}, num_warps=1)]
     return [triton.Config({"BLOCK": b}, num_warps=w) for b in blocks for w in warps]
 
 
-SHAPE_ARGS = ["N", "C", "H", "W", "Ho", "Wo", "HW", "NK", "KK", "N_PER"]
+SHAPE_ARGS = ["N", "C", "H", "W", "Ho", "Wo", "HW", "NK", "KK", "N_PER", "NK_ALL", "J0"]
 
 
 def _jit(fn):
     """triton.jit without value specialisation of shape integers (one compile serves all shapes)."""
     import inspect
-    names = [a for a in inspect.signature(fn).parameters if a in SHAPE_ARGS]
+    names = [a for a, prm in inspect.signature(fn).parameters.items()
+             if a in SHAPE_ARGS and prm.annotation is inspect.Parameter.empty]   # never a constexpr
     return triton.jit(fn, do_not_specialize=names)
 
 
@@ -122,6 +135,132 @@ def _dw_bwd_in(dd_ptr, x_ptr, w_ptr, spec_ptr, lin_ptr, extra_ptr, dx_ptr, C, H,
     tl.store(dx_ptr + off, acc.to(dx_ptr.dtype.element_ty), mask=im)
 
 
+# ----------------------------------------------------------------------------- depthwise, 2-D tiles
+# _dw_fwd / _dw_bwd_in work on [BLOCK_H, BLOCK_W] spatial tiles of one (n, c) plane;
+# the kernels' sizes and dilations are constexpr (K0, D0, ..., K3, D3; NK <= MAX_NK
+# per launch), so every tap is one shifted tile load with a row mask [BLOCK_H, 1]
+# and a column mask [1, BLOCK_W] built from 1-D vectors: no per-element division,
+# no padded taps.  One specialisation per (spec, stride).
+MAX_NK = 4
+
+
+def _tile_configs():
+    if INTERPRET:
+        return [triton.Config({"BLOCK_H": 4, "BLOCK_W": 4}, num_warps=1)]
+    return [triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=w)
+            for bh, bw, w in ((8, 8, 1), (8, 16, 2), (16, 32, 4), (32, 32, 4))]
+
+
+DW_KEYS = ["K0", "D0", "K1", "D1", "K2", "D2", "K3", "D3", "NK", "STRIDE"]
+
+
+@triton.jit
+def _dw_fwd_one(x_base, w_base, d_base, oh, ow, om, H, W, Wo, K: tl.constexpr, DIL: tl.constexpr,
+                STRIDE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """d[oh, ow] = sum_ab w[a, b] relu(x[oh*S + a*DIL - pad, ow*S + b*DIL - pad]) (reference.dw_forward)."""
+    acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+    for a in tl.static_range(K):
+        ih = oh * STRIDE + (a * DIL - DIL * (K - 1) // 2)           # [BLOCK_H, 1]
+        rm = (ih >= 0) & (ih < H)
+        row = x_base + ih * W
+        for b in tl.static_range(K):
+            iw = ow * STRIDE + (b * DIL - DIL * (K - 1) // 2)       # [1, BLOCK_W]
+            xv = tl.load(row + iw, mask=rm & (iw >= 0) & (iw < W), other=0.0).to(tl.float32)
+            acc += tl.maximum(xv, 0.0) * tl.load(w_base + a * K + b).to(tl.float32)
+    tl.store(d_base + oh * Wo + ow, acc.to(d_base.dtype.element_ty), mask=om)
+
+
+@triton.autotune(_tile_configs(), key=["C", "H", "W", "Ho", "Wo"] + DW_KEYS)
+@_jit
+def _dw_fwd_tile(x_ptr, w_ptr, d_ptr, C, H, W, Ho, Wo, NK_ALL, J0, KK,
+            K0: tl.constexpr, D0: tl.constexpr, K1: tl.constexpr, D1: tl.constexpr,
+            K2: tl.constexpr, D2: tl.constexpr, K3: tl.constexpr, D3: tl.constexpr,
+            NK: tl.constexpr, STRIDE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Kernels J0 .. J0+NK-1 of the spec on one (n, c) plane and one output tile (reference.dw_forward)."""
+    plane = tl.program_id(0)
+    n = plane // C
+    c = plane % C
+    tw = tl.cdiv(Wo, BLOCK_W)
+    t = tl.program_id(1)
+    oh = ((t // tw) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
+    ow = ((t % tw) * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
+    om = (oh < Ho) & (ow < Wo)
+    x_base = x_ptr + plane.to(tl.int64) * H * W
+    d0 = d_ptr + ((n * NK_ALL + J0) * C + c).to(tl.int64) * Ho * Wo
+    ds = C.to(tl.int64) * Ho * Wo
+    w0 = w_ptr + (J0 * C + c) * KK
+    ws = C * KK
+    _dw_fwd_one(x_base, w0, d0, oh, ow, om, H, W, Wo, K0, D0, STRIDE, BLOCK_H, BLOCK_W)
+    if NK > 1:
+        _dw_fwd_one(x_base, w0 + ws, d0 + ds, oh, ow, om, H, W, Wo, K1, D1, STRIDE, BLOCK_H, BLOCK_W)
+    if NK > 2:
+        _dw_fwd_one(x_base, w0 + 2 * ws, d0 + 2 * ds, oh, ow, om, H, W, Wo, K2, D2, STRIDE, BLOCK_H, BLOCK_W)
+    if NK > 3:
+        _dw_fwd_one(x_base, w0 + 3 * ws, d0 + 3 * ds, oh, ow, om, H, W, Wo, K3, D3, STRIDE, BLOCK_H, BLOCK_W)
+
+
+@triton.jit
+def _dw_bwd_one(acc, d_base, w_base, ih, iw, Ho, Wo, K: tl.constexpr, DIL: tl.constexpr,
+                STRIDE: tl.constexpr):
+    """acc[ih, iw] += sum_ab w[a, b] dd[(ih + pad - a*DIL) / S, (iw + pad - b*DIL) / S] (transposed conv)."""
+    for a in tl.static_range(K):
+        nh = ih + (DIL * (K - 1) // 2 - a * DIL)                    # = oh * STRIDE, [BLOCK_H, 1]
+        rm = (nh >= 0) & (nh < Ho * STRIDE)
+        if STRIDE > 1:
+            rm = rm & (nh % STRIDE == 0)
+        row = d_base + (nh // STRIDE) * Wo
+        for b in tl.static_range(K):
+            nw = iw + (DIL * (K - 1) // 2 - b * DIL)                # [1, BLOCK_W]
+            cm = (nw >= 0) & (nw < Wo * STRIDE)
+            if STRIDE > 1:
+                cm = cm & (nw % STRIDE == 0)
+            gv = tl.load(row + nw // STRIDE, mask=rm & cm, other=0.0).to(tl.float32)
+            acc += gv * tl.load(w_base + a * K + b).to(tl.float32)
+    return acc
+
+
+@triton.autotune(_tile_configs(), key=["C", "H", "W", "Ho", "Wo", "HAS_LIN", "HAS_EXTRA", "MASK"] + DW_KEYS)
+@_jit
+def _dw_bwd_in_tile(dd_ptr, x_ptr, w_ptr, lin_ptr, extra_ptr, dx_ptr, C, H, W, Ho, Wo, NK_ALL, J0, KK,
+               K0: tl.constexpr, D0: tl.constexpr, K1: tl.constexpr, D1: tl.constexpr,
+               K2: tl.constexpr, D2: tl.constexpr, K3: tl.constexpr, D3: tl.constexpr,
+               NK: tl.constexpr, STRIDE: tl.constexpr, HAS_LIN: tl.constexpr, HAS_EXTRA: tl.constexpr,
+               MASK: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """dx = [x > 0] * (lin + sum_j dwconv_j^T(dd_j)) + extra on one input tile (reference.dw_backward_input).
+
+    MASK=False (a chunk of a spec longer than MAX_NK): dx = lin + sum_j dwconv_j^T(dd_j), no relu mask.
+    """
+    plane = tl.program_id(0)
+    n = plane // C
+    c = plane % C
+    tw = tl.cdiv(W, BLOCK_W)
+    t = tl.program_id(1)
+    ih = ((t // tw) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
+    iw = ((t % tw) * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
+    im = (ih < H) & (iw < W)
+    d0 = dd_ptr + ((n * NK_ALL + J0) * C + c).to(tl.int64) * Ho * Wo
+    ds = C.to(tl.int64) * Ho * Wo
+    w0 = w_ptr + (J0 * C + c) * KK
+    ws = C * KK
+    acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+    acc = _dw_bwd_one(acc, d0, w0, ih, iw, Ho, Wo, K0, D0, STRIDE)
+    if NK > 1:
+        acc = _dw_bwd_one(acc, d0 + ds, w0 + ws, ih, iw, Ho, Wo, K1, D1, STRIDE)
+    if NK > 2:
+        acc = _dw_bwd_one(acc, d0 + 2 * ds, w0 + 2 * ws, ih, iw, Ho, Wo, K2, D2, STRIDE)
+    if NK > 3:
+        acc = _dw_bwd_one(acc, d0 + 3 * ds, w0 + 3 * ws, ih, iw, Ho, Wo, K3, D3, STRIDE)
+    off = plane.to(tl.int64) * H * W + ih * W + iw
+    if HAS_LIN:
+        acc += tl.load(lin_ptr + off, mask=im, other=0.0).to(tl.float32)
+    if MASK:
+        xv = tl.load(x_ptr + off, mask=im, other=0.0).to(tl.float32)
+        acc = tl.where(xv > 0, acc, 0.0)
+    if HAS_EXTRA:
+        acc += tl.load(extra_ptr + off, mask=im, other=0.0).to(tl.float32)
+    tl.store(dx_ptr + off, acc.to(dx_ptr.dtype.element_ty), mask=im)
+
+
 @triton.autotune(_configs((64, 128)), key=["C", "Ho", "Wo", "N_PER", "STRIDE", "TAPS"])
 @_jit
 def _dw_bwd_w(dd_ptr, x_ptr, spec_ptr, part_ptr, N, C, H, W, Ho, Wo, NK, KK, N_PER,
@@ -153,6 +292,64 @@ def _dw_bwd_w(dd_ptr, x_ptr, spec_ptr, part_ptr, N, C, H, W, Ho, Wo, NK, KK, N_P
             acc += xv * gv[None, :]
     res = tl.sum(acc, axis=1)
     tl.store(part_ptr + ((s * NK + j) * C + c) * KK + t, res, mask=t < KK)
+
+
+@triton.jit
+def _wtap(row, ow, rm, gv, W, b: tl.constexpr, K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr):
+    """relu(x[ih, ow*S + b*DIL - pad]) * dd[oh, ow] on one tile (row = x row pointers of the tap row)."""
+    iw = ow * STRIDE + (b * DIL - DIL * (K - 1) // 2)
+    xv = tl.load(row + iw, mask=rm & (iw >= 0) & (iw < W), other=0.0).to(tl.float32)
+    return tl.maximum(xv, 0.0) * gv
+
+
+@triton.autotune(_tile_configs(), key=["C", "Ho", "Wo", "N_PER", "K", "DIL", "STRIDE"])
+@_jit
+def _dw_bwd_w_tile(dd_ptr, x_ptr, part_ptr, N, C, H, W, Ho, Wo, NK_ALL, J0, KK, N_PER,
+                   K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr,
+                   BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """dL/dw of kernel J0 (k = K <= 5), tap row a, channel c, batch slice s (reference.dw_backward_weight):
+    one [BLOCK_H, BLOCK_W] accumulator per tap of the row, reduced once at the end."""
+    c = tl.program_id(0)
+    a = tl.program_id(1)
+    s = tl.program_id(2)
+    acc0 = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+    acc1 = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+    acc3 = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+    acc4 = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+    tw = tl.cdiv(Wo, BLOCK_W)
+    n_tiles = tl.cdiv(Ho, BLOCK_H) * tw
+    n0 = s * N_PER
+    n1 = tl.minimum(n0 + N_PER, N)
+    for n in range(n0, n1):
+        x_base = x_ptr + (n * C + c).to(tl.int64) * H * W
+        d_base = dd_ptr + ((n * NK_ALL + J0) * C + c).to(tl.int64) * Ho * Wo
+        for t in range(0, n_tiles):
+            oh = ((t // tw) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
+            ow = ((t % tw) * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
+            gv = tl.load(d_base + oh * Wo + ow, mask=(oh < Ho) & (ow < Wo), other=0.0).to(tl.float32)
+            ih = oh * STRIDE + (a * DIL - DIL * (K - 1) // 2)
+            rm = (ih >= 0) & (ih < H)
+            row = x_base + ih * W
+            acc0 += _wtap(row, ow, rm, gv, W, 0, K, DIL, STRIDE)
+            if K > 1:
+                acc1 += _wtap(row, ow, rm, gv, W, 1, K, DIL, STRIDE)
+            if K > 2:
+                acc2 += _wtap(row, ow, rm, gv, W, 2, K, DIL, STRIDE)
+            if K > 3:
+                acc3 += _wtap(row, ow, rm, gv, W, 3, K, DIL, STRIDE)
+            if K > 4:
+                acc4 += _wtap(row, ow, rm, gv, W, 4, K, DIL, STRIDE)
+    out = part_ptr + ((s * NK_ALL + J0) * C + c) * KK + a * K
+    tl.store(out, tl.sum(tl.sum(acc0, axis=1), axis=0))
+    if K > 1:
+        tl.store(out + 1, tl.sum(tl.sum(acc1, axis=1), axis=0))
+    if K > 2:
+        tl.store(out + 2, tl.sum(tl.sum(acc2, axis=1), axis=0))
+    if K > 3:
+        tl.store(out + 3, tl.sum(tl.sum(acc3, axis=1), axis=0))
+    if K > 4:
+        tl.store(out + 4, tl.sum(tl.sum(acc4, axis=1), axis=0))
 
 
 # ----------------------------------------------------------------------------- combine
@@ -345,7 +542,7 @@ def _splits(n: int, per_split_programs: int, target: int = 1024) -> int:
     return max(1, min(n, triton.cdiv(target, max(per_split_programs, 1))))
 
 
-def dw_forward(x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int,
+def _dw_forward_gather(x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int,
                out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Multi-kernel depthwise conv of relu(x): (N, C, H, W) -> (N, NK*C, Ho, Wo)."""
     x, w = x.contiguous(), w.contiguous()
@@ -357,7 +554,7 @@ def dw_forward(x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int,
     return d
 
 
-def dw_backward_input(dd: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int,
+def _dw_backward_input_gather(dd: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int,
                       lin: Optional[torch.Tensor] = None, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
     """dx = [x > 0] * (lin + sum_j dwconv_j^T(dd_j)) + extra, all (N, C, H, W)."""
     dd, x, w = dd.contiguous(), x.contiguous(), w.contiguous()
@@ -371,8 +568,89 @@ def dw_backward_input(dd: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: 
     return dx
 
 
+def _chunks(spec: Spec):
+    """(J0, constexpr kwargs) per launch: at most MAX_NK kernels of the spec each."""
+    out = []
+    for j0 in range(0, len(spec), MAX_NK):
+        part = list(spec[j0:j0 + MAX_NK])
+        kw = {"NK": len(part)}
+        for i in range(MAX_NK):
+            k, dil = part[i] if i < len(part) else (1, 1)
+            kw[f"K{i}"], kw[f"D{i}"] = k, dil
+        out.append((j0, kw))
+    return out
+
+
+def _tiles(h, w):
+    return lambda meta: triton.cdiv(h, meta["BLOCK_H"]) * triton.cdiv(w, meta["BLOCK_W"])
+
+
+def _dw_forward_tile(x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int,
+               out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Multi-kernel depthwise conv of relu(x): (N, C, H, W) -> (N, NK*C, Ho, Wo)."""
+    x, w = x.contiguous(), w.contiguous()
+    n, c, h, wd = x.shape
+    ho, wo = out_size(h, stride), out_size(wd, stride)
+    d = torch.empty(n, len(spec) * c, ho, wo, dtype=out_dtype or x.dtype, device=x.device)
+    tiles = _tiles(ho, wo)
+    for j0, kw in _chunks(spec):
+        _dw_fwd_tile[lambda meta: (n * c, tiles(meta))](x, w, d, c, h, wd, ho, wo, len(spec), j0, w.shape[2],
+                                                   STRIDE=stride, **kw)
+    return d
+
+
+def _dw_backward_input_tile(dd: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int,
+                      lin: Optional[torch.Tensor] = None, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """dx = [x > 0] * (lin + sum_j dwconv_j^T(dd_j)) + extra, all (N, C, H, W)."""
+    dd, x, w = dd.contiguous(), x.contiguous(), w.contiguous()
+    n, c, h, wd = x.shape
+    tiles = _tiles(h, wd)
+    chunks = _chunks(spec)
+    for i, (j0, kw) in enumerate(chunks):
+        last = i == len(chunks) - 1
+        dx = torch.empty(x.shape, dtype=x.dtype if last else torch.float32, device=x.device)
+        lin_t = lin.contiguous() if lin is not None else x
+        extra_t = extra.contiguous() if extra is not None else x
+        _dw_bwd_in_tile[lambda meta: (n * c, tiles(meta))](
+            dd, x, w, lin_t, extra_t, dx, c, h, wd, dd.shape[2], dd.shape[3], len(spec), j0, w.shape[2],
+            STRIDE=stride, HAS_LIN=lin is not None, HAS_EXTRA=last and extra is not None, MASK=last, **kw)
+        lin = dx   # partial sum of the earlier chunks (specs longer than MAX_NK)
+    return dx
+
+
+def dw_forward(x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int,
+               out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Multi-kernel depthwise conv of relu(x): (N, C, H, W) -> (N, NK*C, Ho, Wo) (reference.dw_forward)."""
+    fn = _dw_forward_tile if tiled() else _dw_forward_gather
+    return fn(x, w, spec, stride, out_dtype)
+
+
+def dw_backward_input(dd: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int,
+                      lin: Optional[torch.Tensor] = None, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """dx = [x > 0] * (lin + sum_j dwconv_j^T(dd_j)) + extra, all (N, C, H, W) (reference.dw_backward_input)."""
+    fn = _dw_backward_input_tile if tiled() else _dw_backward_input_gather
+    return fn(dd, x, w, spec, stride, lin, extra)
+
+
+def _dw_backward_weight_tile(dd: torch.Tensor, x: torch.Tensor, spec: Spec, stride: int, kk: int) -> torch.Tensor:
+    dd, x = dd.contiguous(), x.contiguous()
+    n, c, h, wd = x.shape
+    nk = len(spec)
+    kmax = max(k for k, _ in spec)
+    splits = _splits(n, c * nk * kmax)
+    n_per = triton.cdiv(n, splits)
+    splits = triton.cdiv(n, n_per)
+    part = torch.zeros(splits, nk, c, kk, dtype=torch.float32, device=x.device)   # zeros: unused taps
+    for j, (k, dil) in enumerate(spec):
+        _dw_bwd_w_tile[(c, k, splits)](dd, x, part, n, c, h, wd, dd.shape[2], dd.shape[3], nk, j, kk, n_per,
+                                       K=k, DIL=dil, STRIDE=stride)
+    return part.sum(0)
+
+
 def dw_backward_weight(dd: torch.Tensor, x: torch.Tensor, spec: Spec, stride: int, kk: int) -> torch.Tensor:
-    """dL/dw packed as (NK, C, kk) float32."""
+    """dL/dw packed as (NK, C, kk) float32 (reference.dw_backward_weight)."""
+    if tiled(weight=True) and max(k for k, _ in spec) <= 5:
+        return _dw_backward_weight_tile(dd, x, spec, stride, kk)
     dd, x = dd.contiguous(), x.contiguous()
     n, c, h, wd = x.shape
     nk = len(spec)
