@@ -165,7 +165,7 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None) -> Run:
     return run
 
 
-GENERIC_DIR_NAMES = ("train", "search", "run", "out")
+GENERIC_DIR_NAMES = ("train",)
 
 
 def load_runs(paths: Sequence, hw: Optional[str] = None) -> List[Run]:
@@ -174,7 +174,7 @@ def load_runs(paths: Sequence, hw: Optional[str] = None) -> List[Run]:
     for p in paths:
         resolved = Path(p).resolve()
         base = resolved.name or str(p)
-        if base in GENERIC_DIR_NAMES:   # runs/lam0/train reads better as "lam0/train"
+        if base in GENERIC_DIR_NAMES:   # runs/lam0/train (ubnas train under a search run) reads as "lam0/train"
             base = f"{resolved.parent.name}/{base}"
         names[base] = names.get(base, 0) + 1
         name = base if names[base] == 1 else f"{base}-{names[base]}"
