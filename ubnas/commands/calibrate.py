@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import sys
 
-from hwmodels import load_accelerator
 from hwmodels.accelerator import DATAFLOWS
 from hwmodels.exact import MODES
 from hwmodels.suites import SUITES
 
-from .estimate import _positive_int, parse_dims
+from .estimate import _positive_int, build_accelerator
 
 
 def add_parser(sub):
@@ -59,18 +58,6 @@ def add_parser(sub):
     return parser
 
 
-def _accelerator(args):
-    acc = load_accelerator(args.hw)
-    changes = {}
-    if args.array is not None:
-        changes["array_rows"], changes["array_cols"] = parse_dims(args.array, "--array", 2, "128x128")
-    if args.dataflow is not None:
-        if args.dataflow not in DATAFLOWS:
-            raise ValueError(f"--dataflow: expected one of {', '.join(DATAFLOWS)}, got {args.dataflow!r}")
-        changes["dataflow"] = args.dataflow
-    return acc.replace(**changes) if changes else acc
-
-
 def _suite(name, seed, option):
     from hwmodels.suites import suite_layers
     if name not in SUITES:
@@ -98,7 +85,7 @@ def run(args) -> int:
         raise ValueError("calibrate: give at most one of --holdout FILE.csv and --holdout-suite NAME")
     if not str(args.out).lower().endswith((".yaml", ".yml")):
         raise ValueError(f"--out: expected a .yaml file, got {args.out!r}")
-    acc = _accelerator(args)
+    acc = build_accelerator(args)
     cache = args.cache or cal.DEFAULT_CACHE
     trim = (lambda rows: rows[:max_layers]) if max_layers else (lambda rows: rows)
     provenance = {}

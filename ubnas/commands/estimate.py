@@ -57,12 +57,13 @@ def parse_dims(text: str, option: str, count: int, example: str):
 
 
 def build_accelerator(args):
-    """The --hw accelerator with --array/--num-arrays/--dataflow applied (validated)."""
+    """The --hw accelerator with --array/--num-arrays/--dataflow applied (validated).
+    Shared by ``ubnas estimate`` and ``ubnas calibrate``."""
     acc = load_accelerator(args.hw)
     changes = {}
     if args.array is not None:
         changes["array_rows"], changes["array_cols"] = parse_dims(args.array, "--array", 2, "128x128")
-    if args.num_arrays is not None:
+    if getattr(args, "num_arrays", None) is not None:   # calibrate has no --num-arrays
         changes["num_arrays"] = _positive_int(args.num_arrays, "--num-arrays")
     if args.dataflow is not None:
         if args.dataflow not in DATAFLOWS:
