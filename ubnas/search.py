@@ -30,6 +30,7 @@ from . import distributed as dist
 from .channels import ChannelAllocator
 from .cost import COST_MODELS, WIDTH_COSTS, supernet_cost
 from .data import batches, load_dataset, search_split
+from .runtime import atomic_torch_save, pick_device
 from .space import load_space
 from .supernet import RELAXATIONS, Supernet
 
@@ -106,19 +107,6 @@ def config_from_yaml(path: str) -> Dict[str, Any]:
         if not ok:
             raise ValueError(f"{path}: key '{key}' expected {want}, got {value!r}")
     return data
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save through a temp file + rename: a crash never leaves half a checkpoint."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 @dataclass

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from hwmodels.yamlio import atomic_write_text
 
 from .build import build_network
 from .data import augment_crop_flip, batches, load_dataset
+from .runtime import atomic_torch_save, pick_device
 from .spec import ArchSpec, load_spec
 
 SCHEDULES = ("cosine", "onecycle")
@@ -94,28 +94,6 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     else:
         a, b, u = cfg.lr, end, (t - warm) / (1 - warm)
     return b + (a - b) * 0.5 * (1 + math.cos(math.pi * u))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: this torch sees no CUDA device (use cpu or auto)")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}")
-    return device
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save to a temp file, then rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def read_checkpoint(path, spec: ArchSpec) -> dict:
