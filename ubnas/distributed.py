@@ -26,6 +26,11 @@ def world() -> tuple:
     return dist.get_rank(), dist.get_world_size()
 
 
+def rank() -> int:
+    """This process's rank as torchrun set it (0 without torchrun); never touches the group."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -46,7 +46,7 @@ def run(args) -> int:
         result = run_search(cfg, resume=args.resume, progress=not args.quiet)
     finally:
         distributed.shutdown()
-    if distributed.world()[0] != 0:
+    if distributed.rank() != 0:   # the group is shut down: don't ask it (that would re-join)
         return 0
     last = result.history[-1] if result.history else {}
     print(f"search done: {len(result.history)} epochs, val_acc {last.get('val_acc', float('nan')):.3f}, "
