@@ -7,7 +7,6 @@ import pytest
 import torch
 import yaml
 
-import ubnas
 from hwmodels import load_accelerator
 from ubnas.build import build_network
 from ubnas.spec import SpecError, derive_spec, discrete_sample, dump_spec, load_spec, save_spec, spec_from_dict

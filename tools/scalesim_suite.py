@@ -22,8 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hwmodels.accelerator import Accelerator  # noqa: E402
-from hwmodels.suites import (CIFAR_CHANNELS, IMAGENET_CHANNELS, cifar_layers,  # noqa: E402,F401
-                             conv, imagenet_layers, layer_fields, simulated_lines)
+from hwmodels.suites import layer_fields, simulated_lines  # noqa: E402
 from hwmodels.suites import suite_parts as suite_layers  # noqa: E402  [(part, layer)], as before
 
 COLUMNS = ["suite", "name", "kind", "in_h", "in_w", "in_channels", "out_channels", "kernel_h",

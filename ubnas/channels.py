@@ -17,7 +17,6 @@ deterministic for a seed.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -215,11 +214,3 @@ class ChannelAllocator:
                 state = opt.state.pop(old)
                 opt.state[new] = {k: convert(v) if torch.is_tensor(v) and v.dim() > 0 else v
                                   for k, v in state.items()}
-
-
-def width_summary(widths: Dict[str, Width]) -> Dict[str, int]:
-    return {name: w.chosen() for name, w in widths.items()}
-
-
-def ceil_to(value: int, multiple: int) -> int:
-    return int(math.ceil(value / multiple) * multiple)

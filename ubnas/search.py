@@ -175,9 +175,10 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     data_gen = torch.Generator().manual_seed(cfg.seed + 1)
     gumbel_gen = torch.Generator().manual_seed(cfg.seed + 2)
     start_epoch, arch_steps, mu, history = 0, 0, 0.0, []
-    with torch.no_grad():
-        latency_ref = float(cost_of(net.sample("softmax"))["seconds"])
-    if checkpoint is not None:
+    if checkpoint is None:   # the supernet's cost at initialisation makes lambda unit-free
+        with torch.no_grad():
+            latency_ref = float(cost_of(net.sample("softmax"))["seconds"])
+    else:
         w_opt.load_state_dict(checkpoint["w_opt"])
         a_opt.load_state_dict(checkpoint["a_opt"])
         data_gen.set_state(checkpoint["data_gen"])
@@ -237,7 +238,7 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
             arch_loss.backward()
             dist.all_reduce_grads(net.arch_parameters())
             a_opt.step()
-            if ratio is not None:   # dual ascent on the latency constraint (mean ratio over ranks)
+            if ratio is not None:   # dual ascent on the latency constraint, rank 0's ratio everywhere
                 mu = max(0.0, mu + cfg.dual_lr * (float(dist.broadcast_object(float(ratio))) - 1))
             arch_steps += 1
             if stage != "op" and arch_steps % cfg.realloc_every == 0:
@@ -297,12 +298,12 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
         w.forced = None
     if check_sync:
         _say(f"sync check: architecture parameters identical on {world} ranks after all {arch_steps} steps", main)
-    spec_path = export_spec(net, cfg, acc, latency_ref, history, cost_of, data, out) if main else None
+    spec_path = export_spec(net, cfg, acc, history, cost_of, data, out) if main else None
     dist.barrier()
     return SearchResult(out, history, spec_path, allocator.log)
 
 
-def export_spec(net, cfg, acc, latency_ref, history, cost_of, data, out: Path) -> Path:
+def export_spec(net, cfg, acc, history, cost_of, data, out: Path) -> Path:
     """Derive the discrete network, cost it exactly, and write DIR/arch.yaml."""
     from hwmodels import estimate
 
