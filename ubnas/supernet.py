@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .channels import Binding, Width
+from .kernels import mixed_edge
 from .ops import LinearBranch, effective, get_op, pool_forward
 from .space import SearchSpace
 
@@ -60,7 +61,6 @@ class MixedEdge(nn.Module):
         if chosen is not None:   # one-hot ops: nothing to mix or fuse
             return self.forward_single(x, chosen)
         if self.impl != "eager":
-            from .kernels import mixed_edge
             return mixed_edge(self, x, probs, impl=self.impl)
         return self.forward_eager(x, probs)
 
