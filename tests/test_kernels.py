@@ -265,3 +265,24 @@ def test_gradcheck_fused(ops, stride, train, fold, fast, c):  # noqa: PLR0913
     ws = [getattr(e.get_submodule(n.rsplit(".", 1)[0]), n.rsplit(".", 1)[1]) for n in names]
     assert len(ws) == len(params)
     assert torch.autograd.gradcheck(f, (x, logits, *ws), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=fast)
+
+
+@pytest.mark.parametrize("ops", [UBOOST, DARTS, ["max_pool_3x3", "skip_connect", "none"]])
+def test_reference_partial_grads_match_eager(ops):
+    """Only some inputs need gradients (fixed probs, frozen weights): the Function's skipped
+    branches still give eager's dL/dx (and dL/dprobs where asked for)."""
+    c = 4
+    e = MixedEdge(ops, c, 1).double()
+    ref = MixedEdge(ops, c, 1).double()
+    ref.load_state_dict(e.state_dict())
+    for p in list(e.parameters()) + list(ref.parameters()):
+        p.requires_grad_(False)
+    x = _x(c=c, h=6).requires_grad_()
+    for probs_grad in (False, True):
+        p = torch.softmax(torch.randn(len(ops), dtype=torch.float64), 0).requires_grad_(probs_grad)
+        wrt = [x, p] if probs_grad else [x]
+        g = torch.randn_like(x)
+        grads = torch.autograd.grad(mixed_edge(e, x, p, impl="reference"), wrt, g)
+        grads_ref = torch.autograd.grad(ref.forward_eager(x, p), wrt, g)
+        for a, b in zip(grads, grads_ref):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)

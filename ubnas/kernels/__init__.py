@@ -20,11 +20,11 @@ from typing import Optional
 import torch
 
 from . import reference
-from .fused import FusedEdge, compose, fused_mixed_edge
+from .fused import FusedEdge, compose, edge_plan, fused_mixed_edge
 
 IMPLS = ("reference", "triton", "auto")
 
-__all__ = ["mixed_edge", "backend", "IMPLS", "FusedEdge", "compose", "reference"]
+__all__ = ["mixed_edge", "backend", "IMPLS", "FusedEdge", "compose", "edge_plan", "reference"]
 
 
 def backend(impl: str, device: torch.device):
