@@ -142,11 +142,13 @@ class SearchCell(nn.Module):
         m = mask.view(1, -1, 1, 1)
         states = [self.pre0(s0) * m, self.pre1(s1) * m]
         chosen = op_probs.argmax(-1).tolist() if hard_ops else [None] * len(self.edges)
+        rows = op_probs.unbind(0)   # one backward op per cell, where op_probs[e] costs one per edge
         e = 0
         for i in range(self.nodes):
-            node = 0
+            node = None
             for j in range(2 + i):
-                node = node + self.edges[e](states[j], op_probs[e], chosen[e])
+                y = self.edges[e](states[j], rows[e], chosen[e])
+                node = y if node is None else node + y
                 e += 1
             states.append(node * m)
         out = torch.cat(states[2:], dim=1)
