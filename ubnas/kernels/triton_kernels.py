@@ -23,8 +23,9 @@ take the output's dtype (float32 or bfloat16 under autocast).
 * ``_pool_bwd``: dL/dx of pool and skip as a gather (the max pool's argmax is
   recomputed, first maximum wins as in PyTorch), so no indices are stored.
 
-On CUDA every kernel is autotuned over BLOCK and num_warps; under
-``TRITON_INTERPRET=1`` (CPU tests) a single small configuration is used.
+On CUDA every kernel is autotuned over BLOCK and num_warps (``UBNAS_AUTOTUNE=0``:
+one configuration each); under ``TRITON_INTERPRET=1`` (CPU tests) a single small
+configuration is used.
 """
 from __future__ import annotations
 
@@ -48,9 +49,16 @@ def tiled(weight: bool = False) -> bool:
     return v == "1" or (v == "io" and not weight)
 
 
+# UBNAS_AUTOTUNE=0 (read at import): one configuration per kernel, so a GPU correctness
+# run compiles each specialisation once instead of benchmarking every configuration.
+AUTOTUNE = os.environ.get("UBNAS_AUTOTUNE", "1").strip() != "0"
+
+
 def _configs(blocks=(256, 1024), warps=(4,)):
     if INTERPRET:
         return [triton.Config({"BLOCK": 64}, num_warps=1)]
+    if not AUTOTUNE:
+        return [triton.Config({"BLOCK": blocks[-1]}, num_warps=warps[-1])]
     return [triton.Config({"BLOCK": b}, num_warps=w) for b in blocks for w in warps]
 
 
@@ -147,8 +155,8 @@ MAX_NK = 4
 def _tile_configs():
     if INTERPRET:
         return [triton.Config({"BLOCK_H": 4, "BLOCK_W": 4}, num_warps=1)]
-    return [triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=w)
-            for bh, bw, w in ((8, 8, 1), (8, 16, 2), (16, 32, 4), (32, 32, 4))]
+    tiles = ((8, 8, 1), (8, 16, 2), (16, 32, 4), (32, 32, 4)) if AUTOTUNE else ((16, 32, 4),)
+    return [triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=w) for bh, bw, w in tiles]
 
 
 DW_KEYS = ["K0", "D0", "K1", "D1", "K2", "D2", "K3", "D3", "NK", "STRIDE"]
