@@ -286,3 +286,13 @@ def test_reference_partial_grads_match_eager(ops):
         grads_ref = torch.autograd.grad(ref.forward_eager(x, p), wrt, g)
         for a, b in zip(grads, grads_ref):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("shape", [(2, 3, 7, 5), (1, 2, 1, 1), (3, 4, 8, 9)])
+def test_max_pool3_equals_max_pool2d(stride, shape):
+    x = torch.randn(shape, dtype=torch.float64)
+    x[0, 0, 0, 0] = float("nan")   # NaN propagates as in max_pool2d
+    x[-1, -1] = 0.0                # ties
+    assert torch.equal(R.max_pool3(x, stride).nan_to_num(7.0),
+                       torch.nn.functional.max_pool2d(x, 3, stride, 1).nan_to_num(7.0))

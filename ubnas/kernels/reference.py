@@ -81,9 +81,23 @@ def dw_backward_weight(dd: torch.Tensor, x: torch.Tensor, spec: Spec, stride: in
     return out
 
 
+def max_pool3(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """F.max_pool2d(x, 3, stride, padding=1), same values, as maxima of shifted strided views:
+    (N, C, H, W) -> (N, C, Ho, Wo).  On CPU this is ~10x faster than aten's max_pool2d
+    at the supernet's shapes, which matters as the fused path recomputes pools in backward."""
+    ho, wo = out_size(x.shape[2], stride), out_size(x.shape[3], stride)
+    xp = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
+    span_w, span_h = stride * (wo - 1) + 1, stride * (ho - 1) + 1
+    cols = torch.maximum(torch.maximum(xp[..., 0:span_w:stride], xp[..., 1:1 + span_w:stride]),
+                         xp[..., 2:2 + span_w:stride])
+    return torch.maximum(torch.maximum(cols[..., 0:span_h:stride, :], cols[..., 1:1 + span_h:stride, :]),
+                         cols[..., 2:2 + span_h:stride, :])
+
+
 def _pools(x: torch.Tensor, stride: int, flags) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Pool values (no gradient path: pool_skip_backward differentiates F.max_pool2d for its tie rule)."""
     has_max, has_avg, _ = flags
-    mx = F.max_pool2d(x, 3, stride=stride, padding=1) if has_max else None
+    mx = max_pool3(x, stride) if has_max else None
     av = F.avg_pool2d(x, 3, stride=stride, padding=1, count_include_pad=False) if has_avg else None
     return mx, av
 
@@ -159,7 +173,9 @@ def pool_skip_backward(g: torch.Tensor, x: torch.Tensor, coef: torch.Tensor, str
         xr = x.detach().to(acc_dtype).requires_grad_(True)
         coef = coef.detach().to(acc_dtype)
         out = 0
-        mx, av = _pools(xr, stride, flags)
+        has_max, has_avg, _ = flags
+        mx = F.max_pool2d(xr, 3, stride=stride, padding=1) if has_max else None   # ties: first maximum
+        av = F.avg_pool2d(xr, 3, stride=stride, padding=1, count_include_pad=False) if has_avg else None
         if mx is not None:
             out = out + coef[1] * mx
         if av is not None:
