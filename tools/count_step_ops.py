@@ -17,6 +17,10 @@ would issue them:
 
 The step is the one of ``tools/bench_search_step.py`` (weight step + architecture
 step) on 8x8 images: the counts do not depend on the image or batch size.
+``host ms`` is the median time of that step here, with the kernels stubbed under
+``--backend triton``: for darts_cifar's narrow layers mostly host-side cost
+(Python, dispatcher, autograd), the part of a launch-bound GPU step the CPU pays;
+for uboost_cifar the CPU convolutions still dominate it.
 
     PYTHONPATH=. python3 tools/count_step_ops.py --spaces darts_cifar,uboost_cifar
 """
@@ -26,7 +30,9 @@ import argparse
 import collections
 import copy
 import os
+import statistics
 import sys
+import time
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
@@ -62,10 +68,18 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_step(net, batches, counter_box):
-    """(aten ops, primitive calls) of one search step, after one uncounted step."""
+def count_step(net, batches, counter_box, repeats=5):
+    """(aten ops, primitive calls, host ms) of one search step, after one uncounted step.
+
+    host ms: median wall time of ``repeats`` uncounted steps; with ``--backend triton`` the
+    launches are stubbed, so on tiny tensors it approximates the host-side cost per step."""
     step = make_step(net, net, batches, "fp32")
     step()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        times.append(1e3 * (time.perf_counter() - t))
     counter = OpCounter()
     hooks = []
     hooks.append(register_optimizer_step_pre_hook(lambda *a: setattr(counter, "paused", counter.paused + 1)))
@@ -78,7 +92,7 @@ def count_step(net, batches, counter_box):
         for h in hooks:
             h.remove()
         counter_box["counter"] = None
-    return counter.ops, counter_box["calls"]
+    return counter.ops, counter_box["calls"], statistics.median(times)
 
 
 def _counted(fn, name, box):
@@ -123,7 +137,8 @@ def main(argv=None):
         os.environ["TRITON_INTERPRET"] = "1"
     box = {}
     instrument(args.backend, box)
-    print(f"{'space':14s} {'impl':6s} {'aten ops':>9s} {'kernels':>8s} {'total':>7s} {'eager/fused':>11s}")
+    print(f"{'space':14s} {'impl':6s} {'aten ops':>9s} {'kernels':>8s} {'total':>7s} {'eager/fused':>11s} "
+          f"{'host ms':>8s}")
     for space_name in args.spaces.split(","):
         torch.manual_seed(0)
         base = Supernet(load_space(space_name), (3, 8, 8), 10)
@@ -135,11 +150,11 @@ def main(argv=None):
             net = copy.deepcopy(base)
             if impl == "fused":
                 net.set_impl(args.backend)
-            ops, calls = count_step(net, batches, box)
+            ops, calls, host_ms = count_step(net, batches, box)
             totals[impl] = sum(ops.values()) + sum(calls.values())
             ratio = f"{totals['eager'] / totals[impl]:.2f}x"
             print(f"{space_name:14s} {impl:6s} {sum(ops.values()):9d} {sum(calls.values()):8d} {totals[impl]:7d} "
-                  f"{ratio:>11s}", flush=True)
+                  f"{ratio:>11s} {host_ms:8.1f}", flush=True)
             for name, n in (ops + calls).most_common(args.top):
                 print(f"{'':22s}{n:6d}  {name}")
     return 0
