@@ -24,7 +24,7 @@ and dwstack are recomputed in backward.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import List, Optional, Tuple
 
 import torch
@@ -58,16 +58,26 @@ class EdgePlan:
     folded: Tuple[Term, ...]               # separable ops folded into W_super
     dws: Tuple[Term, ...]                  # separable ops of the multi-kernel depthwise pass
     size: int                              # superkernel size S (0: no full conv)
-    flags: Tuple[bool, bool, bool]         # has_max, has_avg, has_skip
     coef_ops: Tuple[Tuple[int, ...], ...]  # op indices summed into each coef entry
 
-    @property
+    # derived, cached: read on every forward and backward of a launch-bound step
+    @cached_property
+    def flags(self) -> Tuple[bool, bool, bool]:
+        """(has_max, has_avg, has_skip)."""
+        return tuple(bool(ops) for ops in self.coef_ops[1:])
+
+    @cached_property
     def spec(self) -> Tuple[Tuple[int, int], ...]:
         return tuple((t.kernel, t.dilation) for t in self.dws)
 
-    @property
+    @cached_property
     def kk(self) -> int:
         return max((t.kernel ** 2 for t in self.dws), default=0)
+
+    @cached_property
+    def dw_ops(self) -> Tuple[int, ...]:
+        """Op indices of the depthwise-pass terms."""
+        return tuple(t.k for t in self.dws)
 
     def weights(self, edge) -> List[torch.Tensor]:
         """The raw parameters in the order FusedEdge takes them: W per full conv, then (dw, pw) per separable op."""
@@ -94,8 +104,7 @@ def edge_plan(edge, fold: bool) -> EdgePlan:
         size = max((t.extent for t in full), default=0)
         folded = tuple(t for t in sep if fold and size and t.extent <= size)
         dws = tuple(t for t in sep if t not in folded)
-        cache[fold] = EdgePlan(len(edge.op_names), tuple(full), folded, dws, size,
-                               tuple(bool(c) for c in coef[1:]), tuple(tuple(c) for c in coef))
+        cache[fold] = EdgePlan(len(edge.op_names), tuple(full), folded, dws, size, tuple(tuple(c) for c in coef))
     return cache[fold]
 
 
@@ -111,6 +120,12 @@ def _coef_matrix(coef_ops, n_ops: int, device: torch.device, dtype: torch.dtype)
 @lru_cache(maxsize=None)
 def _index(ks: Tuple[int, ...], device: torch.device) -> torch.Tensor:
     return torch.tensor(ks, dtype=torch.long, device=device)
+
+
+def _coef_grad(plan: EdgePlan, d_coef: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """dL/dp through coef = M @ p: M^T d_coef, (n_ops,) in probs' dtype."""
+    m = _coef_matrix(plan.coef_ops, plan.n_ops, probs.device, d_coef.dtype)
+    return torch.mv(m.t(), d_coef).to(probs.dtype)
 
 
 def _window(w: torch.Tensor, t: Term, size: int) -> torch.Tensor:
@@ -150,7 +165,7 @@ def compose(plan: EdgePlan, probs: torch.Tensor, weights):
         for j, (t, (dw, _)) in enumerate(zip(plan.dws, dws)):
             w_dw[j, :, :t.kernel ** 2] = dw.view(c, -1)
         pw_cat = torch.cat([pw.view(c_out, c) for _, pw in dws], 1)
-        p_dw = p.index_select(0, _index(tuple(t.k for t in plan.dws), p.device))
+        p_dw = p.index_select(0, _index(plan.dw_ops, p.device))
         w_pw = (pw_cat.view(c_out, nk, c) * p_dw.view(1, nk, 1)).view(c_out, nk * c)
     acc = torch.float64 if p.dtype == torch.float64 else torch.float32
     coef = torch.mv(_coef_matrix(plan.coef_ops, plan.n_ops, p.device, acc), p.to(acc))
@@ -181,7 +196,7 @@ def weight_grads(plan: EdgePlan, probs, weights, pw_cat, p_dw, d_full, d_dw, d_p
             dp_ops.append(t.k)
     d_probs = None
     if need_probs:
-        d_probs = torch.mv(_coef_matrix(plan.coef_ops, plan.n_ops, p.device, d_coef.dtype).t(), d_coef).to(p.dtype)
+        d_probs = _coef_grad(plan, d_coef, p)
         if dp:
             d_probs.index_add_(0, _index(tuple(dp_ops), p.device), torch.stack(dp).to(p.dtype))
     if plan.dws:
@@ -194,7 +209,7 @@ def weight_grads(plan: EdgePlan, probs, weights, pw_cat, p_dw, d_full, d_dw, d_p
             grads.append(d_pw_raw[j].view(pw.shape).to(pw.dtype))
         if need_probs:
             dp_dw = (d_pw3 * pw_cat.view(c_out, nk, c)).sum((0, 2))
-            d_probs.index_add_(0, _index(tuple(t.k for t in plan.dws), p.device), dp_dw.to(p.dtype))
+            d_probs.index_add_(0, _index(plan.dw_ops, p.device), dp_dw.to(p.dtype))
     return d_probs, grads
 
 
@@ -284,8 +299,7 @@ class FusedEdge(torch.autograd.Function):
             else:
                 d_probs, grads = None, [None] * len(weights)
                 if need_probs:   # no linear op: only the pool/skip/none coefficients
-                    d_probs = torch.mv(_coef_matrix(plan.coef_ops, plan.n_ops, probs.device, d_coef.dtype).t(),
-                                       d_coef).to(probs.dtype)
+                    d_probs = _coef_grad(plan, d_coef, probs)
         return (dx, d_probs, None, None, None, None, None, *grads)
 
 
