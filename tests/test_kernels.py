@@ -22,7 +22,7 @@ if not CUDA:
 
 import pytest  # noqa: E402
 
-from ubnas.kernels import backend, mixed_edge, reference as R  # noqa: E402
+from ubnas.kernels import backend, mixed_edge, mixed_edges, reference as R  # noqa: E402
 from ubnas.space import load_space, space_names  # noqa: E402
 from ubnas.supernet import MixedEdge  # noqa: E402
 
@@ -127,6 +127,37 @@ def test_triton_combine(stride, flags, lin):
           R.pool_skip_backward(cpu(g), cpu(x), cpu(coef), stride, flags), TRITON_TOL)
 
 
+@pytest.mark.parametrize("stride,flags,lin,groups", [(1, (True, True, True), True, 3), (2, (True, True, False), False, 2)])
+def test_triton_combine_groups(stride, flags, lin, groups):
+    """G edges on one x: each edge's channels of the grouped kernels equal the one-edge reference,
+    and dL/dx of the pools/skip is the sum over the edges."""
+    c, (h, w) = 3, (6, 5)
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    x = torch.randn(2, c, h, w, device=DEV)
+    x[:, 0, :3] = 0   # max-pool ties
+    z = torch.randn(2, groups * c, ho, wo, device=DEV) if lin else None
+    mean, invstd = torch.randn(groups * c, device=DEV), torch.rand(groups * c, device=DEV) + 0.5
+    coef = torch.rand(groups, 4, device=DEV) + 0.1
+    g = torch.randn(2, groups * c, ho, wo, device=DEV)
+    cpu = lambda t: None if t is None else t.double().cpu()  # noqa: E731
+    y, sums = T.combine_forward(z, mean, invstd, x, coef, stride, flags), None
+    sums = T.combine_reduce(g, z, mean, invstd, x, stride, flags)
+    dx_ref = 0
+    for e in range(groups):
+        ch = slice(e * c, (e + 1) * c)
+        ze = cpu(z[:, ch]) if lin else None
+        args = (ze, cpu(mean[ch]), cpu(invstd[ch]), cpu(x))
+        check(f"combine_forward[{e}]", y[:, ch], R.combine_forward(*args, cpu(coef[e]), stride, flags), TRITON_TOL)
+        ref_sums = R.combine_reduce(cpu(g[:, ch]), *args, stride, flags)
+        check(f"combine_reduce[{e}]", sums[ch], ref_sums, TRITON_TOL)
+        if lin:
+            check(f"bn_backward[{e}]", T.bn_backward(g, z, mean, invstd, sums, coef, True)[:, ch],
+                  R.bn_backward(cpu(g[:, ch]), ze, cpu(mean[ch]), cpu(invstd[ch]), ref_sums, cpu(coef[e]), True),
+                  TRITON_TOL)
+        dx_ref = dx_ref + R.pool_skip_backward(cpu(g[:, ch]), cpu(x), cpu(coef[e]), stride, flags)
+    check("pool_skip_backward(sum over edges)", T.pool_skip_backward(g, x, coef, stride, flags), dx_ref, TRITON_TOL)
+
+
 def _edge_pair(ops, c, stride, device):
     """(float32 edge on device, float64 CPU twin with the same weights)."""
     e = MixedEdge(ops, c, stride).to(device)
@@ -162,6 +193,61 @@ def test_triton_mixed_edge_vs_eager_float64(ops, stride, fold, train, tiled, no_
         check(f"edge d{name}", a, b, 1e-4)
     check("running_mean", e.bn.running_mean, e64.bn.running_mean, 1e-5)
     check("running_var", e.bn.running_var, e64.bn.running_var, 1e-5)
+
+
+def _edge_group(ops, c, stride, n_edges, device, dtype=torch.float32):
+    """(edges on device in dtype, float64 CPU twins with the same weights and BN buffers)."""
+    edges, twins = [], []
+    for _ in range(n_edges):
+        e, e64 = _edge_pair(ops, c, stride, device)
+        with torch.no_grad():
+            e.bn.running_mean.normal_()
+            e.bn.running_var.uniform_(0.5, 2)
+        e64.load_state_dict({k: v.double().cpu() if v.is_floating_point() else v.cpu()
+                             for k, v in e.state_dict().items()})
+        edges.append(e.to(dtype))
+        twins.append(e64)
+    return edges, twins
+
+
+def _check_group(edges, twins, x, probs, impl, tol):
+    """mixed_edges(edges) against each twin's forward_eager: outputs, every gradient, BN buffers."""
+    x64 = x.detach().double().cpu().requires_grad_()
+    p64 = probs.detach().double().cpu().requires_grad_()
+    ys = mixed_edges(edges, x, probs, impl=impl)
+    ys64 = [t.forward_eager(x64, p64[i]) for i, t in enumerate(twins)]
+    gs = [torch.randn_like(y) for y in ys64]
+    for i, (y, y64) in enumerate(zip(ys, ys64)):
+        check(f"y[{i}]", y, y64, tol)
+    params = [p for e in edges for p in e.parameters()]
+    grads = torch.autograd.grad(ys, [x, probs] + params, [g.to(x) for g in gs])
+    grads64 = torch.autograd.grad(ys64, [x64, p64] + [p for t in twins for p in t.parameters()], gs)
+    names = ["x", "probs"] + [f"{i}.{n}" for i, e in enumerate(edges) for n, _ in e.named_parameters()]
+    for name, a, b in zip(names, grads, grads64):
+        check(f"d{name}", a, b, 10 * tol)
+    for i, (e, t) in enumerate(zip(edges, twins)):
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            check(f"{i}.{name}", getattr(e.bn, name).double(), getattr(t.bn, name).double(), tol)
+
+
+@pytest.mark.parametrize("ops,stride,train,groups", [(DARTS, 1, True, 3), (DARTS, 2, False, 2),
+                                                     (UBOOST, 1, True, 2), (UBOOST, 2, True, 4),
+                                                     (["max_pool_3x3", "skip_connect", "none"], 1, True, 3)])
+def test_reference_edge_group_matches_eager(ops, stride, train, groups):
+    edges, twins = _edge_group(ops, 4, stride, groups, "cpu", torch.float64)
+    for m in edges + twins:
+        m.train(train)
+    x = _x(c=4, h=7, w=6, masked=True).requires_grad_()
+    probs = torch.softmax(torch.randn(groups, len(ops), dtype=torch.float64), 1).requires_grad_()
+    _check_group(edges, twins, x, probs, "reference", 1e-12)
+
+
+@pytest.mark.parametrize("ops,stride", [(DARTS, 2), (UBOOST, 1)])
+def test_triton_edge_group_vs_eager_float64(ops, stride, no_tf32):
+    edges, twins = _edge_group(ops, 3, stride, 2, DEV)
+    x = _x(c=3, h=6, w=5, masked=True, dtype=torch.float32, device=DEV).requires_grad_()
+    probs = torch.softmax(torch.randn(2, len(ops), device=DEV), 1).detach().requires_grad_()
+    _check_group(edges, twins, x, probs, "triton", 1e-5)
 
 
 # ----------------------------------------------------------------------------- (b) reference vs eager

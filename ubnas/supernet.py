@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .channels import Binding, Width
-from .kernels import mixed_edge
+from .kernels import group_edges, mixed_edge, mixed_edges
 from .ops import LinearBranch, effective, get_op, pool_forward
 from .space import SearchSpace
 
@@ -138,21 +138,36 @@ class SearchCell(nn.Module):
                 stride = 2 if self.reduce and j < 2 else 1
                 self.edges.append(MixedEdge(space.ops, c, stride))
 
+    def out_edges(self, j: int) -> List[Tuple[int, int]]:
+        """(node i, edge index) of the edges that read state j (states: s0, s1, node 0, ...)."""
+        return [(i, i * (i + 3) // 2 + j) for i in range(max(0, j - 1), self.nodes)]
+
     def forward(self, s0, s1, op_probs: torch.Tensor, mask: torch.Tensor, hard_ops: bool = False):
         m = mask.view(1, -1, 1, 1)
         states = [self.pre0(s0) * m, self.pre1(s1) * m]
-        chosen = op_probs.argmax(-1).tolist() if hard_ops else [None] * len(self.edges)
+        chosen = op_probs.argmax(-1).tolist() if hard_ops else None
         rows = op_probs.unbind(0)   # one backward op per cell, where op_probs[e] costs one per edge
-        e = 0
-        for i in range(self.nodes):
-            node = None
-            for j in range(2 + i):
-                y = self.edges[e](states[j], rows[e], chosen[e])
-                node = y if node is None else node + y
-                e += 1
-            states.append(node * m)
+        nodes: List[Optional[torch.Tensor]] = [None] * self.nodes
+        # state by state: the edges leaving a state run together (one fused call on the
+        # fused path), and node j-1 is complete once states 0..j are done
+        for j in range(self.nodes + 1):
+            targets = self.out_edges(j)
+            ys = self._run_edges([self.edges[e] for _, e in targets], states[j], [e for _, e in targets], rows, chosen)
+            for (i, _), y in zip(targets, ys):
+                nodes[i] = y if nodes[i] is None else nodes[i] + y
+            if j >= 1:
+                states.append(nodes[j - 1] * m)
         out = torch.cat(states[2:], dim=1)
         return F.max_pool2d(out, 2) if self.pool_after else out
+
+    @staticmethod
+    def _run_edges(edges, x, index, rows, chosen):
+        if chosen is not None:   # one-hot ops: each edge runs its op alone
+            return [edge(x, rows[e], chosen[e]) for edge, e in zip(edges, index)]
+        impl = edges[0].impl
+        if impl == "eager" or len(edges) == 1 or not group_edges():
+            return [edge(x, rows[e]) for edge, e in zip(edges, index)]
+        return mixed_edges(edges, x, torch.stack([rows[e] for e in index]), impl=impl)
 
 
 class Supernet(nn.Module):

@@ -9,22 +9,27 @@ the linear branches fused (see ``fused``):
   full-conv superkernel and the 1x1 GEMM stay on cuDNN/cuBLAS;
 * ``"auto"``: triton for CUDA tensors, reference elsewhere.
 
-The environment variable ``UBNAS_KERNELS=reference|triton`` forces either.
+``mixed_edges(edges, x, probs, impl)`` runs the edges that read the same x
+as one group (one set of launches for all of them).
+
+The environment variable ``UBNAS_KERNELS=reference|triton`` forces either;
+``UBNAS_EDGE_GROUPS=0`` makes the supernet call the fused path edge by edge.
 Triton is imported only when a Triton path is taken.
 """
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
 from . import reference
-from .fused import FusedEdge, compose, edge_plan, fused_mixed_edge
+from .fused import FusedEdge, compose, edge_plan, fused_mixed_edge, fused_mixed_edges
 
 IMPLS = ("reference", "triton", "auto")
 
-__all__ = ["mixed_edge", "backend", "IMPLS", "FusedEdge", "compose", "edge_plan", "reference"]
+__all__ = ["mixed_edge", "mixed_edges", "group_edges", "backend", "IMPLS", "FusedEdge", "compose", "edge_plan",
+           "reference"]
 
 
 def backend(impl: str, device: torch.device):
@@ -52,3 +57,18 @@ def mixed_edge(edge, x: torch.Tensor, probs: torch.Tensor, impl: str = "auto",
     full-conv superkernel into it instead of the depthwise pass.
     """
     return fused_mixed_edge(edge, x, probs, backend(impl, x.device), fold)
+
+
+def group_edges() -> bool:
+    """UBNAS_EDGE_GROUPS (default 1): the supernet runs the edges leaving a cell state as one group."""
+    return os.environ.get("UBNAS_EDGE_GROUPS", "1").strip() != "0"
+
+
+def mixed_edges(edges, x: torch.Tensor, probs: torch.Tensor, impl: str = "auto",
+                fold: Optional[bool] = None) -> List[torch.Tensor]:
+    """Fused ``[e.forward_eager(x, probs[i]) for i, e in enumerate(edges)]`` in one call.
+
+    edges: MixedEdges with the same op list, width and stride; x (N, C, H, W);
+    probs (G, n_ops) -> G tensors (N, C, Ho, Wo).
+    """
+    return fused_mixed_edges(edges, x, probs, backend(impl, x.device), fold)

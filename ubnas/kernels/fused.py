@@ -20,6 +20,12 @@ launches on the DARTS space (NOTES.md), and leaving the composition to autograd
 cost ~90 dispatched ops per edge and step; the closed form needs about a third.
 It saves x, z, the (C,) BN statistics and weight-sized tensors only; relu(x)
 and dwstack are recomputed in backward.
+
+One call serves a group of G edges that read the same x (the edges leaving a
+cell state, up to 4 in a DARTS cell): the superkernels are stacked along the
+output channels (one conv), the pointwise convs run as one grouped conv, the
+depthwise pass takes the G edges' kernels at once and the pools are evaluated
+once.  The group's launches are those of one edge.
 """
 from __future__ import annotations
 
@@ -123,9 +129,9 @@ def _index(ks: Tuple[int, ...], device: torch.device) -> torch.Tensor:
 
 
 def _coef_grad(plan: EdgePlan, d_coef: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    """dL/dp through coef = M @ p: M^T d_coef, (n_ops,) in probs' dtype."""
+    """dL/dp through coef = p @ M^T: d_coef @ M, (G, n_ops) in probs' dtype."""
     m = _coef_matrix(plan.coef_ops, plan.n_ops, probs.device, d_coef.dtype)
-    return torch.mv(m.t(), d_coef).to(probs.dtype)
+    return torch.mm(d_coef, m).to(probs.dtype)
 
 
 def _window(w: torch.Tensor, t: Term, size: int) -> torch.Tensor:
@@ -134,109 +140,147 @@ def _window(w: torch.Tensor, t: Term, size: int) -> torch.Tensor:
     return w[..., o:o + t.extent:t.dilation, o:o + t.extent:t.dilation]
 
 
-def _split(plan: EdgePlan, weights):
-    it = iter(weights)
-    full = [next(it) for _ in plan.full]
-    folded = [(next(it), next(it)) for _ in plan.folded]
-    dws = [(next(it), next(it)) for _ in plan.dws]
-    return full, folded, dws
+def _stack(ts: List[torch.Tensor]) -> torch.Tensor:
+    return ts[0].unsqueeze(0) if len(ts) == 1 else torch.stack(ts)
+
+
+def _stacks(plan: EdgePlan, weights) -> List[torch.Tensor]:
+    """The i-th raw weight of every edge of the group stacked as (G, ...), for each i."""
+    nw = len(plan.full) + 2 * (len(plan.folded) + len(plan.dws))
+    return [_stack(weights[i::nw]) for i in range(nw)]
+
+
+def _pk(p: torch.Tensor, k: int, dims: int) -> torch.Tensor:
+    """p[:, k] of the (G, n_ops) probs, shaped (G, 1, ..., 1) with ``dims`` dimensions."""
+    return p[:, k].view(-1, *([1] * (dims - 1)))
 
 
 def compose(plan: EdgePlan, probs: torch.Tensor, weights):
-    """Weights of the fused form from the raw ones (no autograd): (w_full, w_dw, w_pw, pw_cat, p_dw, coef).
+    """Weights of the fused form of G edges from their raw ones (no autograd).
 
-    w_full (C, C, S, S) or None; w_dw (NK, C, KK), w_pw (C, NK*C), pw_cat (C, NK*C) unscaled,
-    p_dw (NK,) or None; coef (4,).
+    probs (G, n_ops); weights: each edge's ``plan.weights`` in turn.  Returns
+    (w_full, w_dw, w_pw, pw_cat, p_dw, coef): w_full (G*C, C, S, S) or None;
+    w_dw (G*NK, C, KK), w_pw (G*C, NK*C), pw_cat (G, C, NK, C) unscaled, p_dw (G, NK)
+    or None; coef (G, 4).
     """
-    p = probs
-    full, folded, dws = _split(plan, weights)
+    p, g = probs, probs.shape[0]
+    st = _stacks(plan, weights)
+    nf, b = len(plan.full), len(plan.full) + 2 * len(plan.folded)
     w_full = w_dw = w_pw = pw_cat = p_dw = None
     if plan.size:
-        w_full = full[0].new_zeros(*full[0].shape[:2], plan.size, plan.size)
-        for t, w in zip(plan.full, full):
-            _window(w_full, t, plan.size).add_(w * p[t.k])
-        for t, (dw, pw) in zip(plan.folded, folded):   # p_k * PW[o, i] * dw[i]: rank-structured kernel
-            c_out, c = pw.shape[:2]
-            _window(w_full, t, plan.size).addcmul_(pw.view(c_out, c, 1, 1) * p[t.k], dw.view(1, c, t.kernel, t.kernel))
+        c_out, c = st[0].shape[1:3]
+        w_full = st[0].new_zeros(g, c_out, c, plan.size, plan.size)
+        for i, t in enumerate(plan.full):
+            _window(w_full, t, plan.size).add_(st[i] * _pk(p, t.k, 5))
+        for i, t in enumerate(plan.folded):   # p_k * PW[o, i] * dw[i]: rank-structured kernel
+            dw, pw = st[nf + 2 * i], st[nf + 2 * i + 1]
+            _window(w_full, t, plan.size).addcmul_(pw * _pk(p, t.k, 5), dw.view(g, 1, c, t.kernel, t.kernel))
+        w_full = w_full.view(g * c_out, c, plan.size, plan.size)
     if plan.dws:
-        c, nk, kk = dws[0][0].shape[0], len(dws), plan.kk
-        c_out = dws[0][1].shape[0]
-        w_dw = dws[0][0].new_zeros(nk, c, kk)
-        for j, (t, (dw, _)) in enumerate(zip(plan.dws, dws)):
-            w_dw[j, :, :t.kernel ** 2] = dw.view(c, -1)
-        pw_cat = torch.cat([pw.view(c_out, c) for _, pw in dws], 1)
-        p_dw = p.index_select(0, _index(plan.dw_ops, p.device))
-        w_pw = (pw_cat.view(c_out, nk, c) * p_dw.view(1, nk, 1)).view(c_out, nk * c)
+        dws, pws = st[b::2], st[b + 1::2]
+        nk, c, c_out = len(dws), dws[0].shape[1], pws[0].shape[1]
+        w_dw = dws[0].new_zeros(g, nk, c, plan.kk)
+        for j, (t, dw) in enumerate(zip(plan.dws, dws)):
+            w_dw[:, j, :, :t.kernel ** 2] = dw.view(g, c, -1)
+        pw_cat = torch.stack(pws, 2).view(g, c_out, nk, c)
+        p_dw = p.index_select(1, _index(plan.dw_ops, p.device))
+        w_pw = (pw_cat * p_dw.view(g, 1, nk, 1)).view(g * c_out, nk * c)
+        w_dw = w_dw.view(g * nk, c, plan.kk)
     acc = torch.float64 if p.dtype == torch.float64 else torch.float32
-    coef = torch.mv(_coef_matrix(plan.coef_ops, plan.n_ops, p.device, acc), p.to(acc))
+    coef = torch.mm(p.to(acc), _coef_matrix(plan.coef_ops, plan.n_ops, p.device, acc).t())
     return w_full, w_dw, w_pw, pw_cat, p_dw, coef
 
 
 def weight_grads(plan: EdgePlan, probs, weights, pw_cat, p_dw, d_full, d_dw, d_pw, d_coef,
                  need_probs: bool) -> Tuple[Optional[torch.Tensor], List[torch.Tensor]]:
-    """The chain rule through ``compose``: (dL/dprobs or None, [dL/dw for w in weights])."""
-    p = probs
-    full, folded, dws = _split(plan, weights)
-    grads: List[torch.Tensor] = []
+    """The chain rule through ``compose``: (dL/dprobs (G, n_ops) or None, [dL/dw for w in weights])."""
+    p, g = probs, probs.shape[0]
+    st = _stacks(plan, weights)
+    nw, nf, b = len(st), len(plan.full), len(plan.full) + 2 * len(plan.folded)
+    grads: List[Optional[torch.Tensor]] = [None] * len(weights)
     dp, dp_ops = [], []
-    for t, w in zip(plan.full, full):
-        r = _window(d_full, t, plan.size)
-        grads.append((r * p[t.k]).to(w.dtype))
-        if need_probs:
-            dp.append((r * w).sum())
-            dp_ops.append(t.k)
-    for t, (dw, pw) in zip(plan.folded, folded):
-        c_out, c = pw.shape[:2]
-        r = _window(d_full, t, plan.size)                            # dL/d(p_k * PW * dw), (C, C, k, k)
-        r_dw = (r * dw.view(1, c, t.kernel, t.kernel)).sum((2, 3))   # (C, C)
-        grads.append((r * (pw.view(c_out, c, 1, 1) * p[t.k])).sum(0).view(dw.shape).to(dw.dtype))
-        grads.append((r_dw * p[t.k]).view(pw.shape).to(pw.dtype))
-        if need_probs:
-            dp.append((r_dw * pw.view(c_out, c)).sum())
-            dp_ops.append(t.k)
+
+    def put(i, d):   # d (G, ...): the gradient of every edge's i-th weight
+        d = d.to(weights[i].dtype).contiguous()
+        for e in range(g):
+            grads[e * nw + i] = d[e].view(weights[e * nw + i].shape)
+
+    if plan.size:
+        c_out, c = st[0].shape[1:3]
+        d_full = d_full.view(g, c_out, c, plan.size, plan.size)
+        for i, t in enumerate(plan.full):
+            r = _window(d_full, t, plan.size)
+            put(i, r * _pk(p, t.k, 5))
+            if need_probs:
+                dp.append((r * st[i]).sum((1, 2, 3, 4)))
+                dp_ops.append(t.k)
+        for i, t in enumerate(plan.folded):
+            dw, pw = st[nf + 2 * i], st[nf + 2 * i + 1]
+            r = _window(d_full, t, plan.size)                                  # dL/d(p_k PW dw), (G, C, C, k, k)
+            r_dw = (r * dw.view(g, 1, c, t.kernel, t.kernel)).sum((3, 4))      # (G, C, C)
+            put(nf + 2 * i, (r * (pw * _pk(p, t.k, 5))).sum(1))
+            put(nf + 2 * i + 1, r_dw * _pk(p, t.k, 3))
+            if need_probs:
+                dp.append((r_dw * pw.view(g, c_out, c)).sum((1, 2)))
+                dp_ops.append(t.k)
     d_probs = None
     if need_probs:
         d_probs = _coef_grad(plan, d_coef, p)
         if dp:
-            d_probs.index_add_(0, _index(tuple(dp_ops), p.device), torch.stack(dp).to(p.dtype))
+            d_probs.index_add_(1, _index(tuple(dp_ops), p.device), torch.stack(dp, 1).to(p.dtype))
     if plan.dws:
-        nk = len(dws)
-        c, c_out = dws[0][0].shape[0], dws[0][1].shape[0]
-        d_pw3 = d_pw.view(c_out, nk, c)
-        d_pw_raw = (d_pw3 * p_dw.view(1, nk, 1)).transpose(0, 1).contiguous()   # (NK, C_out, C)
-        for j, (t, (dw, pw)) in enumerate(zip(plan.dws, dws)):
-            grads.append(d_dw[j, :, :t.kernel ** 2].reshape(dw.shape).to(dw.dtype))
-            grads.append(d_pw_raw[j].view(pw.shape).to(pw.dtype))
+        nk, (c_out, c) = len(plan.dws), pw_cat.shape[1::2]
+        d_pw4 = d_pw.view(g, c_out, nk, c)
+        d_pw_raw = d_pw.new_empty(nk, g, c_out, c)   # written in (op, edge) order: contiguous per weight
+        torch.mul(d_pw4.permute(2, 0, 1, 3), p_dw.t().reshape(nk, g, 1, 1), out=d_pw_raw)
+        d_dw4 = d_dw.view(g, nk, c, plan.kk)
+        for j, t in enumerate(plan.dws):
+            put(b + 2 * j, d_dw4[:, j, :, :t.kernel ** 2])
+            put(b + 2 * j + 1, d_pw_raw[j])
         if need_probs:
-            dp_dw = (d_pw3 * pw_cat.view(c_out, nk, c)).sum((0, 2))
-            d_probs.index_add_(0, _index(plan.dw_ops, p.device), dp_dw.to(p.dtype))
+            dp_dw = (d_pw4 * pw_cat).sum((1, 3))
+            d_probs.index_add_(1, _index(plan.dw_ops, p.device), dp_dw.to(p.dtype))
     return d_probs, grads
 
 
-def _bn_stats(bn, z: torch.Tensor):
-    """(mean, invstd, batch_stats) as float32 (C,), updating running stats exactly as F.batch_norm."""
+def _bn_stats(bns, z: torch.Tensor):
+    """(mean, invstd, batch_stats) as float32 (G*C,) for the G edges' BNs (edge e's channels
+    [e*C, (e+1)*C) of z), updating their running stats exactly as F.batch_norm."""
+    bn = bns[0]
     batch = bn.training or bn.running_mean is None
     acc = torch.float64 if z.dtype == torch.float64 else torch.float32
     if not batch:
-        return bn.running_mean.to(acc), torch.rsqrt(bn.running_var.to(acc) + bn.eps), False
+        mean = torch.cat([b.running_mean for b in bns]) if len(bns) > 1 else bn.running_mean
+        var = torch.cat([b.running_var for b in bns]) if len(bns) > 1 else bn.running_var
+        return mean.to(acc), torch.rsqrt(var.to(acc) + bn.eps), False
     var, mean = torch.var_mean(z.to(acc), dim=(0, 2, 3), unbiased=False)
     if bn.training and bn.track_running_stats and bn.running_mean is not None:
         with torch.no_grad():
-            bn.num_batches_tracked.add_(1)
-            f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
             m = z.numel() // z.shape[1]
-            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), f)
-            bn.running_var.lerp_((var * (m / max(m - 1, 1))).to(bn.running_var.dtype), f)
+            c = z.shape[1] // len(bns)
+            means = mean.to(bn.running_mean.dtype).split(c)
+            vars_ = (var * (m / max(m - 1, 1))).to(bn.running_var.dtype).split(c)
+            torch._foreach_add_([b.num_batches_tracked for b in bns], 1)
+            if bn.momentum is None:   # cumulative average: each BN's own count
+                for b, mu, v in zip(bns, means, vars_):
+                    f = 1.0 / float(b.num_batches_tracked)
+                    b.running_mean.lerp_(mu, f)
+                    b.running_var.lerp_(v, f)
+            else:   # one multi-tensor op for the group (edges share the momentum)
+                torch._foreach_lerp_([b.running_mean for b in bns], list(means), bn.momentum)
+                torch._foreach_lerp_([b.running_var for b in bns], list(vars_), bn.momentum)
     return mean, torch.rsqrt(var + bn.eps), True
 
 
 class FusedEdge(torch.autograd.Function):
-    """y = fused edge(x); K is the kernel backend module (reference or triton_kernels)."""
+    """The G edges of a group (same input x, plan, stride): y (N, G*C, Ho, Wo) = fused edges(x);
+    probs (G, n_ops); bns the edges' BNs; K the kernel backend (reference or triton_kernels)."""
 
     @staticmethod
-    def forward(ctx, x, probs, plan: EdgePlan, stride: int, cd: torch.dtype, bn, K, *weights):
+    def forward(ctx, x, probs, plan: EdgePlan, stride: int, cd: torch.dtype, bns, K, *weights):
         x = x.contiguous()
-        s, spec = stride, plan.spec
+        s, groups = stride, probs.shape[0]
+        spec = plan.spec * groups
         with torch.autocast(x.device.type, enabled=False):   # compose, BN stats and coef stay in fp32
             w_full, w_dw, w_pw, pw_cat, p_dw, coef = compose(plan, probs, weights)
             z = mean = invstd = None
@@ -245,11 +289,11 @@ class FusedEdge(torch.autograd.Function):
                 z = F.conv2d(torch.relu(x).to(cd), w_full.to(cd), stride=s, padding=plan.size // 2)
             if w_dw is not None:
                 d = K.dw_forward(x, w_dw, spec, s, cd)
-                zz = F.conv2d(d, w_pw.to(cd)[:, :, None, None])
+                zz = F.conv2d(d, w_pw.to(cd)[:, :, None, None], groups=groups)
                 del d
                 z = zz if z is None else z.add_(zz)
             if z is not None:
-                mean, invstd, batch = _bn_stats(bn, z)
+                mean, invstd, batch = _bn_stats(bns, z)
             y = K.combine_forward(z, mean, invstd, x, coef, s, plan.flags)
         ctx.plan, ctx.stride, ctx.cd, ctx.K, ctx.batch = plan, stride, cd, K, batch
         ctx.save_for_backward(x, probs, w_full, w_dw, w_pw, pw_cat, p_dw, coef, z, mean, invstd, *weights)
@@ -259,13 +303,15 @@ class FusedEdge(torch.autograd.Function):
     def backward(ctx, g):
         x, probs, w_full, w_dw, w_pw, pw_cat, p_dw, coef, z, mean, invstd, *weights = ctx.saved_tensors
         plan, s, cd, K = ctx.plan, ctx.stride, ctx.cd, ctx.K
+        groups = probs.shape[0]
+        spec = plan.spec * groups
         need_probs = ctx.needs_input_grad[1]
         need_w = need_probs or any(ctx.needs_input_grad[7:])
         g = g.contiguous()
         d_full = d_dw = d_pw = None
         with torch.autocast(x.device.type, enabled=False):
             sums = K.combine_reduce(g, z, mean, invstd, x, s, plan.flags)
-            d_coef = sums[:, 1:].sum(0).to(coef.dtype)
+            d_coef = sums.view(groups, -1, 5)[:, :, 1:].sum(1).to(coef.dtype)   # (G, 4)
             extra = K.pool_skip_backward(g, x, coef, s, plan.flags) if any(plan.flags) else None
             if z is None:
                 dx = extra if extra is not None else torch.zeros_like(x)
@@ -278,15 +324,15 @@ class FusedEdge(torch.autograd.Function):
                         dz, torch.relu(x).to(cd), w_full.to(cd), None, [s, s], [p, p], [1, 1], False, [0, 0], 1,
                         [True, need_w, False])
                 if w_dw is not None:
-                    d = K.dw_forward(x, w_dw, plan.spec, s, cd)
+                    d = K.dw_forward(x, w_dw, spec, s, cd)
                     dd, d_pw, _ = torch.ops.aten.convolution_backward(
-                        dz, d, w_pw.to(cd)[:, :, None, None], None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                        dz, d, w_pw.to(cd)[:, :, None, None], None, [1, 1], [0, 0], [1, 1], False, [0, 0], groups,
                         [True, need_w, False])
                     del d
                     if need_w:
                         d_pw = d_pw.view(w_pw.shape).to(w_pw.dtype)
-                        d_dw = K.dw_backward_weight(dd, x, plan.spec, s, plan.kk).to(w_dw.dtype)
-                    dx = K.dw_backward_input(dd, x, w_dw, plan.spec, s, lin=lin, extra=extra)
+                        d_dw = K.dw_backward_weight(dd, x, spec, s, plan.kk).to(w_dw.dtype)
+                    dx = K.dw_backward_input(dd, x, w_dw, spec, s, lin=lin, extra=extra)
                 else:
                     dx = torch.where(x > 0, lin.to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
                     if extra is not None:
@@ -303,12 +349,28 @@ class FusedEdge(torch.autograd.Function):
         return (dx, d_probs, None, None, None, None, None, *grads)
 
 
-def fused_mixed_edge(edge, x: torch.Tensor, probs: torch.Tensor, K, fold: Optional[bool] = None) -> torch.Tensor:
-    """The edge's output (N, C, Ho, Wo) through backend K (see module docstring)."""
+def fused_mixed_edges(edges, x: torch.Tensor, probs: torch.Tensor, K, fold: Optional[bool] = None
+                      ) -> List[torch.Tensor]:
+    """The outputs (N, C, Ho, Wo) of G edges that read the same x, in one FusedEdge call.
+
+    edges share their op list, width and stride (the edges leaving one cell state);
+    probs (G, n_ops).  Edge outputs are views of one (N, G*C, Ho, Wo) tensor.
+    """
+    edge = edges[0]
     plan = edge_plan(edge, FOLD_SEPARABLE if fold is None else fold)
-    s = edge.stride
+    s, groups = edge.stride, len(edges)
     if not plan.size and not plan.dws and not any(plan.flags):   # only 'none'
-        return x.new_zeros(x.shape[0], x.shape[1], out_size(x.shape[2], s), out_size(x.shape[3], s))
+        shape = (x.shape[0], x.shape[1], out_size(x.shape[2], s), out_size(x.shape[3], s))
+        return [x.new_zeros(shape) for _ in edges]
     dev = x.device.type
     cd = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-    return FusedEdge.apply(x, probs, plan, s, cd, edge.bn, K, *plan.weights(edge))
+    weights = [w for e in edges for w in plan.weights(e)]
+    y = FusedEdge.apply(x, probs, plan, s, cd, tuple(e.bn for e in edges), K, *weights)
+    if groups == 1:
+        return [y]
+    return list(y.view(y.shape[0], groups, -1, y.shape[2], y.shape[3]).unbind(1))
+
+
+def fused_mixed_edge(edge, x: torch.Tensor, probs: torch.Tensor, K, fold: Optional[bool] = None) -> torch.Tensor:
+    """One edge's output (N, C, Ho, Wo) through backend K (see module docstring); probs (n_ops,)."""
+    return fused_mixed_edges([edge], x, probs.unsqueeze(0), K, fold)[0]

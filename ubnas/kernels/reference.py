@@ -11,6 +11,10 @@ Shapes (NCHW, contiguous): x (N, C, H, W) is the edge input; outputs are
 * ``z`` = pre-BN linear sum (N, C, Ho, Wo); ``mean``/``invstd`` (C,) float32 its
   BN statistics; ``coef`` (4,) = [P_lin, p_max, p_avg, p_skip] (0 where absent).
 * ``flags`` = (has_max, has_avg, has_skip); skip only exists at stride 1.
+* Edge groups: G edges that read the same x (a cell state feeds up to 4) run as
+  one call with ``coef`` (G, 4) and z, y, g (N, G*C, Ho, Wo), edge e's channels
+  at [e*C, (e+1)*C); mean/invstd (G*C,); the depthwise spec repeated G times.
+  Pools are evaluated once per group.
 
 Every function computes in the dtype of its inputs (float64 in the tests), so
 this module is both the CPU fallback and the float64 reference.
@@ -106,81 +110,94 @@ def _zhat(z, mean, invstd):
     return (z.to(mean.dtype) - mean.view(1, -1, 1, 1)) * invstd.view(1, -1, 1, 1)
 
 
+def _coef_cols(coef: torch.Tensor, dtype) -> torch.Tensor:
+    """coef (G, 4) or (4,) -> (4, 1, G, 1, 1, 1): row i broadcasts over (N, G, C, Ho, Wo)."""
+    c = coef.reshape(-1, 4).to(dtype)
+    return c.t().reshape(4, 1, c.shape[0], 1, 1, 1)
+
+
 def combine_forward(z: Optional[torch.Tensor], mean, invstd, x: torch.Tensor, coef: torch.Tensor,
                     stride: int, flags: Sequence[bool]) -> torch.Tensor:
-    """y = P_lin * BN(z) + p_max * maxpool(x) + p_avg * avgpool(x) + p_skip * x, (N, C, Ho, Wo)."""
+    """y = P_lin * BN(z) + p_max * maxpool(x) + p_avg * avgpool(x) + p_skip * x, (N, G*C, Ho, Wo)."""
     n, c, h, wd = x.shape
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    y = x.new_zeros((n, c, out_size(h, stride), out_size(wd, stride)), dtype=acc_dtype)
-    coef = coef.to(acc_dtype)
+    cf = _coef_cols(coef, acc_dtype)
+    g = cf.shape[2]
+    ho, wo = out_size(h, stride), out_size(wd, stride)
+    y = x.new_zeros((n, g, c, ho, wo), dtype=acc_dtype)
     if z is not None:
-        y += coef[0] * _zhat(z, mean, invstd).to(acc_dtype)
+        y += cf[0] * _zhat(z, mean, invstd).to(acc_dtype).view(n, g, c, ho, wo)
     mx, av = _pools(x.to(acc_dtype), stride, flags)
     if mx is not None:
-        y += coef[1] * mx
+        y += cf[1] * mx.unsqueeze(1)
     if av is not None:
-        y += coef[2] * av
+        y += cf[2] * av.unsqueeze(1)
     if flags[2]:
-        y += coef[3] * x.to(acc_dtype)
-    return y.to(x.dtype)
+        y += cf[3] * x.to(acc_dtype).unsqueeze(1)
+    return y.view(n, g * c, ho, wo).to(x.dtype)
 
 
 def combine_reduce(g: torch.Tensor, z: Optional[torch.Tensor], mean, invstd, x: torch.Tensor,
                    stride: int, flags: Sequence[bool]) -> torch.Tensor:
-    """Per-channel sums (C, 5): [sum g, sum g*zhat, sum g*maxpool(x), sum g*avgpool(x), sum g*x]."""
-    c = x.shape[1]
+    """Per-channel sums (G*C, 5): [sum g, sum g*zhat, sum g*maxpool(x), sum g*avgpool(x), sum g*x]."""
+    n, c = x.shape[:2]
+    groups = g.shape[1] // c
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    g = g.to(acc_dtype)
-    out = torch.zeros(c, 5, dtype=acc_dtype, device=x.device)
-    dims = (0, 2, 3)
+    g5 = g.to(acc_dtype).view(n, groups, c, g.shape[2], g.shape[3])
+    out = torch.zeros(groups, c, 5, dtype=acc_dtype, device=x.device)
+    dims = (0, 3, 4)
     if z is not None:
-        out[:, 0] = g.sum(dims)
-        out[:, 1] = (g * _zhat(z, mean, invstd).to(acc_dtype)).sum(dims)
+        out[..., 0] = g5.sum(dims)
+        out[..., 1] = (g5 * _zhat(z, mean, invstd).to(acc_dtype).view(g5.shape)).sum(dims)
     mx, av = _pools(x.to(acc_dtype), stride, flags)
     if mx is not None:
-        out[:, 2] = (g * mx).sum(dims)
+        out[..., 2] = (g5 * mx.unsqueeze(1)).sum(dims)
     if av is not None:
-        out[:, 3] = (g * av).sum(dims)
+        out[..., 3] = (g5 * av.unsqueeze(1)).sum(dims)
     if flags[2]:
-        out[:, 4] = (g * x.to(acc_dtype)).sum(dims)
-    return out
+        out[..., 4] = (g5 * x.to(acc_dtype).unsqueeze(1)).sum(dims)
+    return out.view(groups * c, 5)
 
 
 def bn_backward(g: torch.Tensor, z: torch.Tensor, mean, invstd, sums: torch.Tensor, coef: torch.Tensor,
                 batch_stats: bool) -> torch.Tensor:
-    """dL/dz of y = a * (z - mean) * invstd, a = coef[0]; batch statistics add the
-    mean/variance terms: dz = a*invstd*(g - sum_g/M - zhat*sum_gzhat/M), M = N*Ho*Wo."""
+    """dL/dz of y = a * (z - mean) * invstd, a = coef[e, 0] on edge e's channels; batch statistics
+    add the mean/variance terms: dz = a*invstd*(g - sum_g/M - zhat*sum_gzhat/M), M = N*Ho*Wo."""
     acc_dtype = sums.dtype
-    a = coef[0].to(acc_dtype)
+    cf = _coef_cols(coef, acc_dtype)
+    n, gc, h, w = z.shape
+    shape5 = (n, cf.shape[2], gc // cf.shape[2], h, w)
+    a = cf[0]
     inv = invstd.to(acc_dtype).view(1, -1, 1, 1)
     g = g.to(acc_dtype)
-    if not batch_stats:
-        return (a * inv * g).to(z.dtype)
-    m = z.numel() // z.shape[1]
-    zh = _zhat(z, mean, invstd).to(acc_dtype)
-    dz = a * inv * (g - (sums[:, 0] / m).view(1, -1, 1, 1) - zh * (sums[:, 1] / m).view(1, -1, 1, 1))
-    return dz.to(z.dtype)
+    if batch_stats:
+        m = z.numel() // gc
+        zh = _zhat(z, mean, invstd).to(acc_dtype)
+        g = g - (sums[:, 0] / m).view(1, -1, 1, 1) - zh * (sums[:, 1] / m).view(1, -1, 1, 1)
+    return (a * (inv * g).view(shape5)).view(z.shape).to(z.dtype)
 
 
 def pool_skip_backward(g: torch.Tensor, x: torch.Tensor, coef: torch.Tensor, stride: int,
                        flags: Sequence[bool]) -> torch.Tensor:
-    """dL/dx of p_max * maxpool(x) + p_avg * avgpool(x) + p_skip * x, (N, C, H, W).
+    """dL/dx of sum_e [p_max * maxpool(x) + p_avg * avgpool(x) + p_skip * x] over the G edges of
+    g (N, G*C, Ho, Wo): (N, C, H, W).
 
     Max-pool ties go to the first maximum of the window in row-major order, as in PyTorch.
     """
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.enable_grad():
         xr = x.detach().to(acc_dtype).requires_grad_(True)
-        coef = coef.detach().to(acc_dtype)
+        cf = _coef_cols(coef.detach(), acc_dtype)
         out = 0
         has_max, has_avg, _ = flags
         mx = F.max_pool2d(xr, 3, stride=stride, padding=1) if has_max else None   # ties: first maximum
         av = F.avg_pool2d(xr, 3, stride=stride, padding=1, count_include_pad=False) if has_avg else None
         if mx is not None:
-            out = out + coef[1] * mx
+            out = out + cf[1] * mx.unsqueeze(1)
         if av is not None:
-            out = out + coef[2] * av
+            out = out + cf[2] * av.unsqueeze(1)
         if flags[2]:
-            out = out + coef[3] * xr
-        dx, = torch.autograd.grad(out, xr, g.to(acc_dtype))
+            out = out + cf[3] * xr.unsqueeze(1)
+        n, c = x.shape[:2]
+        dx, = torch.autograd.grad(out, xr, g.to(acc_dtype).view(n, -1, c, g.shape[2], g.shape[3]))
     return dx.to(x.dtype)

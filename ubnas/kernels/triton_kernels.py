@@ -62,7 +62,7 @@ def _configs(blocks=(256, 1024), warps=(4,)):
     return [triton.Config({"BLOCK": b}, num_warps=w) for b in blocks for w in warps]
 
 
-SHAPE_ARGS = ["N", "C", "H", "W", "Ho", "Wo", "HW", "NK", "KK", "N_PER", "NK_ALL", "J0"]
+SHAPE_ARGS = ["N", "C", "H", "W", "Ho", "Wo", "HW", "NK", "KK", "N_PER", "NK_ALL", "J0", "G", "GC"]
 
 
 def _jit(fn):
@@ -382,55 +382,63 @@ def _pool_at(x_base, oh, ow, pm, H, W, STRIDE: tl.constexpr, HAS_MAX: tl.constex
     return mx, sm / tl.maximum(cnt, 1.0)
 
 
-@triton.autotune(_configs(), key=["C", "Ho", "Wo", "STRIDE", "HAS_LIN", "HAS_MAX", "HAS_AVG", "HAS_SKIP"])
+@triton.autotune(_configs(), key=["C", "Ho", "Wo", "G", "STRIDE", "HAS_LIN", "HAS_MAX", "HAS_AVG", "HAS_SKIP"])
 @_jit
-def _combine_fwd(z_ptr, mean_ptr, invstd_ptr, x_ptr, coef_ptr, y_ptr, C, H, W, Ho, Wo,
+def _combine_fwd(z_ptr, mean_ptr, invstd_ptr, x_ptr, coef_ptr, y_ptr, C, H, W, Ho, Wo, G,
                  STRIDE: tl.constexpr, HAS_LIN: tl.constexpr, HAS_MAX: tl.constexpr, HAS_AVG: tl.constexpr,
                  HAS_SKIP: tl.constexpr, BLOCK: tl.constexpr):
-    plane = tl.program_id(0)
+    plane = tl.program_id(0)   # (n, c) plane of x; the pools are evaluated once for the G edges
+    n = plane // C
     c = plane % C
     p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     pm = p < Ho * Wo
-    oh = p // Wo
-    ow = p % Wo
-    out = plane.to(tl.int64) * Ho * Wo + p
     x_base = x_ptr + plane.to(tl.int64) * H * W
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    if HAS_LIN:
-        zv = tl.load(z_ptr + out, mask=pm, other=0.0).to(tl.float32)
-        scale = tl.load(coef_ptr).to(tl.float32) * tl.load(invstd_ptr + c).to(tl.float32)
-        acc += (zv - tl.load(mean_ptr + c).to(tl.float32)) * scale
+    mx = tl.zeros([BLOCK], dtype=tl.float32)
+    av = tl.zeros([BLOCK], dtype=tl.float32)
+    xv = tl.zeros([BLOCK], dtype=tl.float32)
     if HAS_MAX or HAS_AVG:
-        mx, av = _pool_at(x_base, oh, ow, pm, H, W, STRIDE, HAS_MAX, HAS_AVG, BLOCK)
-        if HAS_MAX:
-            acc += tl.load(coef_ptr + 1).to(tl.float32) * tl.where(pm, mx, 0.0)
-        if HAS_AVG:
-            acc += tl.load(coef_ptr + 2).to(tl.float32) * av
+        mx, av = _pool_at(x_base, p // Wo, p % Wo, pm, H, W, STRIDE, HAS_MAX, HAS_AVG, BLOCK)
+        mx = tl.where(pm, mx, 0.0)
     if HAS_SKIP:
-        acc += tl.load(coef_ptr + 3).to(tl.float32) * tl.load(x_base + p, mask=pm, other=0.0).to(tl.float32)
-    tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=pm)
+        xv = tl.load(x_base + p, mask=pm, other=0.0).to(tl.float32)
+    for g in range(G):
+        gc = g * C + c
+        out = ((n * G) * C + gc).to(tl.int64) * Ho * Wo + p
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        if HAS_LIN:
+            zv = tl.load(z_ptr + out, mask=pm, other=0.0).to(tl.float32)
+            scale = tl.load(coef_ptr + 4 * g).to(tl.float32) * tl.load(invstd_ptr + gc).to(tl.float32)
+            acc += (zv - tl.load(mean_ptr + gc).to(tl.float32)) * scale
+        if HAS_MAX:
+            acc += tl.load(coef_ptr + 4 * g + 1).to(tl.float32) * mx
+        if HAS_AVG:
+            acc += tl.load(coef_ptr + 4 * g + 2).to(tl.float32) * av
+        if HAS_SKIP:
+            acc += tl.load(coef_ptr + 4 * g + 3).to(tl.float32) * xv
+        tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=pm)
 
 
 @triton.autotune(_configs((256, 1024)), key=["C", "Ho", "Wo", "N_PER", "STRIDE", "HAS_LIN",
                                                          "HAS_MAX", "HAS_AVG", "HAS_SKIP"])
 @_jit
-def _combine_red(g_ptr, z_ptr, mean_ptr, invstd_ptr, x_ptr, part_ptr, N, C, H, W, Ho, Wo, N_PER,
+def _combine_red(g_ptr, z_ptr, mean_ptr, invstd_ptr, x_ptr, part_ptr, N, C, H, W, Ho, Wo, N_PER, G,
                  STRIDE: tl.constexpr, HAS_LIN: tl.constexpr, HAS_MAX: tl.constexpr, HAS_AVG: tl.constexpr,
                  HAS_SKIP: tl.constexpr, BLOCK: tl.constexpr):
-    c = tl.program_id(0)
+    gc = tl.program_id(0)   # channel c of edge g: g's planes of g_ptr/z_ptr, x's channel c
+    c = gc % C
     s = tl.program_id(1)
     a_g = tl.zeros([BLOCK], dtype=tl.float32)
     a_gz = tl.zeros([BLOCK], dtype=tl.float32)
     a_mx = tl.zeros([BLOCK], dtype=tl.float32)
     a_av = tl.zeros([BLOCK], dtype=tl.float32)
     a_sk = tl.zeros([BLOCK], dtype=tl.float32)
-    mean = tl.load(mean_ptr + c).to(tl.float32)   # placeholders when not HAS_LIN
-    inv = tl.load(invstd_ptr + c).to(tl.float32)
+    mean = tl.load(mean_ptr + gc).to(tl.float32)   # placeholders when not HAS_LIN
+    inv = tl.load(invstd_ptr + gc).to(tl.float32)
     n0 = s * N_PER
     n1 = tl.minimum(n0 + N_PER, N)
     for n in range(n0, n1):
-        plane = (n * C + c).to(tl.int64)
-        x_base = x_ptr + plane * H * W
+        x_base = x_ptr + (n * C + c).to(tl.int64) * H * W
+        plane = (n * G * C + gc).to(tl.int64)
         for p0 in range(0, Ho * Wo, BLOCK):
             p = p0 + tl.arange(0, BLOCK)
             pm = p < Ho * Wo
@@ -447,7 +455,7 @@ def _combine_red(g_ptr, z_ptr, mean_ptr, invstd_ptr, x_ptr, part_ptr, N, C, H, W
                     a_av += gv * av
             if HAS_SKIP:
                 a_sk += gv * tl.load(x_base + p, mask=pm, other=0.0).to(tl.float32)
-    base = part_ptr + (s * C + c) * 5
+    base = part_ptr + (s * G * C + gc) * 5
     tl.store(base, tl.sum(a_g, axis=0))
     tl.store(base + 1, tl.sum(a_gz, axis=0))
     tl.store(base + 2, tl.sum(a_mx, axis=0))
@@ -455,17 +463,17 @@ def _combine_red(g_ptr, z_ptr, mean_ptr, invstd_ptr, x_ptr, part_ptr, N, C, H, W
     tl.store(base + 4, tl.sum(a_sk, axis=0))
 
 
-@triton.autotune(_configs(), key=["C", "HW", "BATCH"])
+@triton.autotune(_configs(), key=["C", "GC", "HW", "BATCH"])
 @_jit
-def _bn_bwd(g_ptr, z_ptr, mean_ptr, invstd_ptr, sums_ptr, coef_ptr, dz_ptr, C, HW, inv_m,
+def _bn_bwd(g_ptr, z_ptr, mean_ptr, invstd_ptr, sums_ptr, coef_ptr, dz_ptr, C, GC, HW, inv_m,
             BATCH: tl.constexpr, BLOCK: tl.constexpr):
     plane = tl.program_id(0)
-    c = plane % C
+    c = plane % GC   # channel of the group; edge c // C
     p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     pm = p < HW
     off = plane.to(tl.int64) * HW + p
     gv = tl.load(g_ptr + off, mask=pm, other=0.0).to(tl.float32)
-    scale = tl.load(coef_ptr).to(tl.float32) * tl.load(invstd_ptr + c).to(tl.float32)
+    scale = tl.load(coef_ptr + 4 * (c // C)).to(tl.float32) * tl.load(invstd_ptr + c).to(tl.float32)
     if BATCH:
         zv = tl.load(z_ptr + off, mask=pm, other=0.0).to(tl.float32)
         zh = (zv - tl.load(mean_ptr + c).to(tl.float32)) * tl.load(invstd_ptr + c).to(tl.float32)
@@ -475,55 +483,62 @@ def _bn_bwd(g_ptr, z_ptr, mean_ptr, invstd_ptr, sums_ptr, coef_ptr, dz_ptr, C, H
     tl.store(dz_ptr + off, (scale * gv).to(dz_ptr.dtype.element_ty), mask=pm)
 
 
-@triton.autotune(_configs((64, 256)), key=["C", "H", "W", "STRIDE", "HAS_MAX", "HAS_AVG", "HAS_SKIP"])
+@triton.autotune(_configs((64, 256)), key=["C", "H", "W", "G", "STRIDE", "HAS_MAX", "HAS_AVG", "HAS_SKIP"])
 @_jit
-def _pool_bwd(g_ptr, x_ptr, coef_ptr, dx_ptr, C, H, W, Ho, Wo,
+def _pool_bwd(g_ptr, x_ptr, coef_ptr, dx_ptr, C, H, W, Ho, Wo, G,
               STRIDE: tl.constexpr, HAS_MAX: tl.constexpr, HAS_AVG: tl.constexpr, HAS_SKIP: tl.constexpr,
               BLOCK: tl.constexpr):
-    plane = tl.program_id(0)
+    plane = tl.program_id(0)   # (n, c) plane of x; sums the G edges' gradients
+    n = plane // C
+    c = plane % C
     i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     im = i < H * W
     ih = i // W
     iw = i % W
     x_base = x_ptr + plane.to(tl.int64) * H * W
-    g_base = g_ptr + plane.to(tl.int64) * Ho * Wo
     acc = tl.zeros([BLOCK], dtype=tl.float32)
-    p_max = tl.load(coef_ptr + 1).to(tl.float32)
-    p_avg = tl.load(coef_ptr + 2).to(tl.float32)
-    if HAS_MAX or HAS_AVG:
-        # candidate q = 3a + b: i sits at (a, b) of the window of output (oh, ow)
-        q = tl.arange(0, 16)
-        nh = ih[None, :] + 1 - (q // 3)[:, None]
-        nw = iw[None, :] + 1 - (q % 3)[:, None]
-        m = (q < 9)[:, None] & im[None, :] & (nh >= 0) & (nw >= 0)
-        if STRIDE > 1:
-            m = m & (nh % STRIDE == 0) & (nw % STRIDE == 0)
-        oh = nh // STRIDE
-        ow = nw // STRIDE
-        m = m & (oh < Ho) & (ow < Wo)
-        gv = tl.load(g_base + oh * Wo + ow, mask=m, other=0.0).to(tl.float32)
-        if HAS_AVG:
-            h0 = tl.maximum(oh * STRIDE - 1, 0)
-            h1 = tl.minimum(oh * STRIDE + 1, H - 1)
-            w0 = tl.maximum(ow * STRIDE - 1, 0)
-            w1 = tl.minimum(ow * STRIDE + 1, W - 1)
-            cnt = tl.maximum((h1 - h0 + 1) * (w1 - w0 + 1), 1).to(tl.float32)
-            acc += tl.sum(tl.where(m, gv / cnt, 0.0), axis=0) * p_avg
-        if HAS_MAX:   # recompute each candidate window's argmax (first maximum wins)
-            best = tl.full([16, BLOCK], float("-inf"), tl.float32)
-            arg = tl.full([16, BLOCK], -1, tl.int32)
-            for a2 in tl.static_range(3):
-                for b2 in tl.static_range(3):
-                    jh = oh * STRIDE - 1 + a2
-                    jw = ow * STRIDE - 1 + b2
-                    mj = m & (jh >= 0) & (jh < H) & (jw >= 0) & (jw < W)
-                    v = tl.load(x_base + jh * W + jw, mask=mj, other=0.0).to(tl.float32)
-                    upd = mj & (v > best)
-                    best = tl.where(upd, v, best)
-                    arg = tl.where(upd, a2 * 3 + b2, arg)
-            acc += tl.sum(tl.where(m & (arg == q[:, None]), gv, 0.0), axis=0) * p_max
-    if HAS_SKIP:
-        acc += tl.load(coef_ptr + 3).to(tl.float32) * tl.load(g_base + i, mask=im, other=0.0).to(tl.float32)
+    # candidate q = 3a + b: i sits at (a, b) of the window of output (oh, ow)
+    q = tl.arange(0, 16)
+    nh = ih[None, :] + 1 - (q // 3)[:, None]
+    nw = iw[None, :] + 1 - (q % 3)[:, None]
+    m = (q < 9)[:, None] & im[None, :] & (nh >= 0) & (nw >= 0)
+    if STRIDE > 1:
+        m = m & (nh % STRIDE == 0) & (nw % STRIDE == 0)
+    oh = nh // STRIDE
+    ow = nw // STRIDE
+    m = m & (oh < Ho) & (ow < Wo)
+    # per candidate: 1/count of its avg window, 1 where i is its max window's argmax (first maximum wins)
+    w_avg = tl.zeros([16, BLOCK], dtype=tl.float32)
+    w_max = tl.zeros([16, BLOCK], dtype=tl.float32)
+    if HAS_AVG:
+        h0 = tl.maximum(oh * STRIDE - 1, 0)
+        h1 = tl.minimum(oh * STRIDE + 1, H - 1)
+        w0 = tl.maximum(ow * STRIDE - 1, 0)
+        w1 = tl.minimum(ow * STRIDE + 1, W - 1)
+        w_avg = tl.where(m, 1.0 / tl.maximum((h1 - h0 + 1) * (w1 - w0 + 1), 1).to(tl.float32), 0.0)
+    if HAS_MAX:
+        best = tl.full([16, BLOCK], float("-inf"), tl.float32)
+        arg = tl.full([16, BLOCK], -1, tl.int32)
+        for a2 in tl.static_range(3):
+            for b2 in tl.static_range(3):
+                jh = oh * STRIDE - 1 + a2
+                jw = ow * STRIDE - 1 + b2
+                mj = m & (jh >= 0) & (jh < H) & (jw >= 0) & (jw < W)
+                v = tl.load(x_base + jh * W + jw, mask=mj, other=0.0).to(tl.float32)
+                upd = mj & (v > best)
+                best = tl.where(upd, v, best)
+                arg = tl.where(upd, a2 * 3 + b2, arg)
+        w_max = tl.where(m & (arg == q[:, None]), 1.0, 0.0)
+    for g in range(G):
+        g_base = g_ptr + ((n * G + g) * C + c).to(tl.int64) * Ho * Wo
+        if HAS_MAX or HAS_AVG:
+            gv = tl.load(g_base + oh * Wo + ow, mask=m, other=0.0).to(tl.float32)
+            p_max = tl.load(coef_ptr + 4 * g + 1).to(tl.float32)
+            wq = p_max * w_max + tl.load(coef_ptr + 4 * g + 2).to(tl.float32) * w_avg
+            acc += tl.sum(gv * wq, axis=0)
+        if HAS_SKIP:
+            gi = tl.load(g_base + i, mask=im, other=0.0).to(tl.float32)
+            acc += tl.load(coef_ptr + 4 * g + 3).to(tl.float32) * gi
     tl.store(dx_ptr + plane.to(tl.int64) * H * W + i, acc.to(dx_ptr.dtype.element_ty), mask=im)
 
 
@@ -671,17 +686,23 @@ def dw_backward_weight(dd: torch.Tensor, x: torch.Tensor, spec: Spec, stride: in
     return part.sum(0)
 
 
+def _coef(coef: torch.Tensor) -> torch.Tensor:
+    """coef as contiguous (G, 4) rows (a (4,) coef is one edge)."""
+    return coef.reshape(-1, 4).contiguous()
+
+
 def combine_forward(z: Optional[torch.Tensor], mean, invstd, x: torch.Tensor, coef: torch.Tensor,
                     stride: int, flags: Sequence[bool]) -> torch.Tensor:
-    """y = P_lin * BN(z) + p_max * maxpool(x) + p_avg * avgpool(x) + p_skip * x, (N, C, Ho, Wo)."""
-    x = x.contiguous()
+    """y = P_lin * BN(z) + p_max * maxpool(x) + p_avg * avgpool(x) + p_skip * x, (N, G*C, Ho, Wo)."""
+    x, coef = x.contiguous(), _coef(coef)
     n, c, h, wd = x.shape
+    groups = coef.shape[0]
     ho, wo = out_size(h, stride), out_size(wd, stride)
-    y = torch.empty(n, c, ho, wo, dtype=x.dtype, device=x.device)
+    y = torch.empty(n, groups * c, ho, wo, dtype=x.dtype, device=x.device)
     has_lin = z is not None
     zt = z.contiguous() if has_lin else x
     mt, it = (mean, invstd) if has_lin else (coef, coef)
-    _combine_fwd[_grid(n * c, ho * wo)](zt, mt, it, x, coef, y, c, h, wd, ho, wo, STRIDE=stride,
+    _combine_fwd[_grid(n * c, ho * wo)](zt, mt, it, x, coef, y, c, h, wd, ho, wo, groups, STRIDE=stride,
                                         HAS_LIN=has_lin, HAS_MAX=bool(flags[0]), HAS_AVG=bool(flags[1]),
                                         HAS_SKIP=bool(flags[2]))
     return y
@@ -689,39 +710,41 @@ def combine_forward(z: Optional[torch.Tensor], mean, invstd, x: torch.Tensor, co
 
 def combine_reduce(g: torch.Tensor, z: Optional[torch.Tensor], mean, invstd, x: torch.Tensor,
                    stride: int, flags: Sequence[bool]) -> torch.Tensor:
-    """Per-channel sums (C, 5): [sum g, sum g*zhat, sum g*maxpool(x), sum g*avgpool(x), sum g*x]."""
+    """Per-channel sums (G*C, 5): [sum g, sum g*zhat, sum g*maxpool(x), sum g*avgpool(x), sum g*x]."""
     g, x = g.contiguous(), x.contiguous()
     n, c, h, wd = x.shape
-    splits = _splits(n, c)
+    gc = g.shape[1]
+    splits = _splits(n, gc)
     n_per = triton.cdiv(n, splits)
     splits = triton.cdiv(n, n_per)
-    part = torch.empty(splits, c, 5, dtype=torch.float32, device=x.device)
+    part = torch.empty(splits, gc, 5, dtype=torch.float32, device=x.device)
     has_lin = z is not None
     zt = z.contiguous() if has_lin else g
     mt, it = (mean, invstd) if has_lin else (g, g)   # placeholders, never used
-    _combine_red[(c, splits)](g, zt, mt, it, x, part, n, c, h, wd, g.shape[2], g.shape[3], n_per,
-                              STRIDE=stride, HAS_LIN=has_lin, HAS_MAX=bool(flags[0]), HAS_AVG=bool(flags[1]),
-                              HAS_SKIP=bool(flags[2]))
+    _combine_red[(gc, splits)](g, zt, mt, it, x, part, n, c, h, wd, g.shape[2], g.shape[3], n_per, gc // c,
+                               STRIDE=stride, HAS_LIN=has_lin, HAS_MAX=bool(flags[0]), HAS_AVG=bool(flags[1]),
+                               HAS_SKIP=bool(flags[2]))
     return part.sum(0)
 
 
 def bn_backward(g: torch.Tensor, z: torch.Tensor, mean, invstd, sums: torch.Tensor, coef: torch.Tensor,
                 batch_stats: bool) -> torch.Tensor:
-    """dL/dz of y = coef[0] * (z - mean) * invstd (see reference.bn_backward)."""
-    g, z, sums = g.contiguous(), z.contiguous(), sums.contiguous()
-    n, c, h, w = z.shape
+    """dL/dz of y = coef[e, 0] * (z - mean) * invstd on edge e's channels (see reference.bn_backward)."""
+    g, z, sums, coef = g.contiguous(), z.contiguous(), sums.contiguous(), _coef(coef)
+    n, gc, h, w = z.shape
     dz = torch.empty_like(z)
-    _bn_bwd[_grid(n * c, h * w)](g, z, mean, invstd, sums, coef, dz, c, h * w, 1.0 / (n * h * w),
-                                 BATCH=bool(batch_stats))
+    _bn_bwd[_grid(n * gc, h * w)](g, z, mean, invstd, sums, coef, dz, gc // coef.shape[0], gc, h * w,
+                                  1.0 / (n * h * w), BATCH=bool(batch_stats))
     return dz
 
 
 def pool_skip_backward(g: torch.Tensor, x: torch.Tensor, coef: torch.Tensor, stride: int,
                        flags: Sequence[bool]) -> torch.Tensor:
-    """dL/dx of p_max * maxpool(x) + p_avg * avgpool(x) + p_skip * x, (N, C, H, W)."""
-    g, x = g.contiguous(), x.contiguous()
+    """dL/dx of the G edges' p_max * maxpool(x) + p_avg * avgpool(x) + p_skip * x, (N, C, H, W)."""
+    g, x, coef = g.contiguous(), x.contiguous(), _coef(coef)
     n, c, h, wd = x.shape
     dx = torch.empty_like(x)
-    _pool_bwd[_grid(n * c, h * wd)](g, x, coef, dx, c, h, wd, g.shape[2], g.shape[3], STRIDE=stride,
-                                    HAS_MAX=bool(flags[0]), HAS_AVG=bool(flags[1]), HAS_SKIP=bool(flags[2]))
+    _pool_bwd[_grid(n * c, h * wd)](g, x, coef, dx, c, h, wd, g.shape[2], g.shape[3], coef.shape[0],
+                                    STRIDE=stride, HAS_MAX=bool(flags[0]), HAS_AVG=bool(flags[1]),
+                                    HAS_SKIP=bool(flags[2]))
     return dx
