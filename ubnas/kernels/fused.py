@@ -36,7 +36,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .reference import out_size
+from .reference import dw_offsets, out_size
 
 FOLD_SEPARABLE = True
 
@@ -75,10 +75,6 @@ class EdgePlan:
     @cached_property
     def spec(self) -> Tuple[Tuple[int, int], ...]:
         return tuple((t.kernel, t.dilation) for t in self.dws)
-
-    @cached_property
-    def kk(self) -> int:
-        return max((t.kernel ** 2 for t in self.dws), default=0)
 
     @cached_property
     def dw_ops(self) -> Tuple[int, ...]:
@@ -144,10 +140,10 @@ def _stack(ts: List[torch.Tensor]) -> torch.Tensor:
     return ts[0].unsqueeze(0) if len(ts) == 1 else torch.stack(ts)
 
 
-def _stacks(plan: EdgePlan, weights) -> List[torch.Tensor]:
-    """The i-th raw weight of every edge of the group stacked as (G, ...), for each i."""
+def _stacks(plan: EdgePlan, weights, upto: Optional[int] = None) -> List[torch.Tensor]:
+    """The i-th raw weight of every edge of the group stacked as (G, ...), for each i < upto (default: all)."""
     nw = len(plan.full) + 2 * (len(plan.folded) + len(plan.dws))
-    return [_stack(weights[i::nw]) for i in range(nw)]
+    return [_stack(weights[i::nw]) for i in range(nw if upto is None else upto)]
 
 
 def _pk(p: torch.Tensor, k: int, dims: int) -> torch.Tensor:
@@ -160,12 +156,13 @@ def compose(plan: EdgePlan, probs: torch.Tensor, weights):
 
     probs (G, n_ops); weights: each edge's ``plan.weights`` in turn.  Returns
     (w_full, w_dw, w_pw, pw_cat, p_dw, coef): w_full (G*C, C, S, S) or None;
-    w_dw (G*NK, C, KK), w_pw (G*C, NK*C), pw_cat (G, C, NK, C) unscaled, p_dw (G, NK)
+    w_dw flat (the G edges' depthwise weights in spec order, see ``reference``), w_pw (G*C, NK*C), pw_cat (G, C, NK, C) unscaled, p_dw (G, NK)
     or None; coef (G, 4).
     """
     p, g = probs, probs.shape[0]
-    st = _stacks(plan, weights)
     nf, b = len(plan.full), len(plan.full) + 2 * len(plan.folded)
+    nw = b + 2 * len(plan.dws)
+    st = _stacks(plan, weights, upto=b)
     w_full = w_dw = w_pw = pw_cat = p_dw = None
     if plan.size:
         c_out, c = st[0].shape[1:3]
@@ -177,15 +174,18 @@ def compose(plan: EdgePlan, probs: torch.Tensor, weights):
             _window(w_full, t, plan.size).addcmul_(pw * _pk(p, t.k, 5), dw.view(g, 1, c, t.kernel, t.kernel))
         w_full = w_full.view(g * c_out, c, plan.size, plan.size)
     if plan.dws:
-        dws, pws = st[b::2], st[b + 1::2]
-        nk, c, c_out = len(dws), dws[0].shape[1], pws[0].shape[1]
-        w_dw = dws[0].new_zeros(g, nk, c, plan.kk)
-        for j, (t, dw) in enumerate(zip(plan.dws, dws)):
-            w_dw[:, j, :, :t.kernel ** 2] = dw.view(g, c, -1)
-        pw_cat = torch.stack(pws, 2).view(g, c_out, nk, c)
+        nk = len(plan.dws)
+        dw0, pw0 = weights[b], weights[b + 1]
+        c, c_out = dw0.shape[0], pw0.shape[0]
+        dws = [w.view(-1) for e in range(g) for w in weights[e * nw + b:(e + 1) * nw:2]]   # spec * G order
+        w_dw = dws[0] if len(dws) == 1 else torch.cat(dws)
+        pws = [w.view(c_out, c) for e in range(g) for w in weights[e * nw + b + 1:(e + 1) * nw:2]]   # (edge, op)
+        if g == 1:
+            pw_cat = torch.stack(pws, 1).view(1, c_out, nk, c)
+        else:
+            pw_cat = torch.stack(pws).view(g, nk, c_out, c).transpose(1, 2).contiguous()
         p_dw = p.index_select(1, _index(plan.dw_ops, p.device))
         w_pw = (pw_cat * p_dw.view(g, 1, nk, 1)).view(g * c_out, nk * c)
-        w_dw = w_dw.view(g * nk, c, plan.kk)
     acc = torch.float64 if p.dtype == torch.float64 else torch.float32
     coef = torch.mm(p.to(acc), _coef_matrix(plan.coef_ops, plan.n_ops, p.device, acc).t())
     return w_full, w_dw, w_pw, pw_cat, p_dw, coef
@@ -195,8 +195,9 @@ def weight_grads(plan: EdgePlan, probs, weights, pw_cat, p_dw, d_full, d_dw, d_p
                  need_probs: bool) -> Tuple[Optional[torch.Tensor], List[torch.Tensor]]:
     """The chain rule through ``compose``: (dL/dprobs (G, n_ops) or None, [dL/dw for w in weights])."""
     p, g = probs, probs.shape[0]
-    st = _stacks(plan, weights)
-    nw, nf, b = len(st), len(plan.full), len(plan.full) + 2 * len(plan.folded)
+    nf, b = len(plan.full), len(plan.full) + 2 * len(plan.folded)
+    nw = b + 2 * len(plan.dws)
+    st = _stacks(plan, weights, upto=b)   # the depthwise-pass terms need none: pw_cat holds their PWs
     grads: List[Optional[torch.Tensor]] = [None] * len(weights)
     dp, dp_ops = [], []
 
@@ -233,10 +234,12 @@ def weight_grads(plan: EdgePlan, probs, weights, pw_cat, p_dw, d_full, d_dw, d_p
         d_pw4 = d_pw.view(g, c_out, nk, c)
         d_pw_raw = d_pw.new_empty(nk, g, c_out, c)   # written in (op, edge) order: contiguous per weight
         torch.mul(d_pw4.permute(2, 0, 1, 3), p_dw.t().reshape(nk, g, 1, 1), out=d_pw_raw)
-        d_dw4 = d_dw.view(g, nk, c, plan.kk)
+        offs = dw_offsets(plan.spec * g, c)[0]
         for j, t in enumerate(plan.dws):
-            put(b + 2 * j, d_dw4[:, j, :, :t.kernel ** 2])
             put(b + 2 * j + 1, d_pw_raw[j])
+            for e in range(g):   # the flat dL/dw_dw: views, no copies
+                off = offs[e * nk + j]
+                grads[e * nw + b + 2 * j] = d_dw[off:off + c * t.kernel ** 2].view(weights[b + 2 * j].shape)
         if need_probs:
             dp_dw = (d_pw4 * pw_cat).sum((1, 3))
             d_probs.index_add_(1, _index(plan.dw_ops, p.device), dp_dw.to(p.dtype))
@@ -331,7 +334,7 @@ class FusedEdge(torch.autograd.Function):
                     del d
                     if need_w:
                         d_pw = d_pw.view(w_pw.shape).to(w_pw.dtype)
-                        d_dw = K.dw_backward_weight(dd, x, spec, s, plan.kk).to(w_dw.dtype)
+                        d_dw = K.dw_backward_weight(dd, x, spec, s).to(w_dw.dtype)
                     dx = K.dw_backward_input(dd, x, w_dw, spec, s, lin=lin, extra=extra)
                 else:
                     dx = torch.where(x > 0, lin.to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))

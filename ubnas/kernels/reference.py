@@ -4,8 +4,9 @@ Shapes (NCHW, contiguous): x (N, C, H, W) is the edge input; outputs are
 (N, C, Ho, Wo) with Ho = (H - 1) // stride + 1 (every op pads to "same").
 
 * ``spec``: the depthwise kernels of the separable family, a tuple of
-  (k, dilation) pairs, one per op; ``w`` packs their weights as (NK, C, KK),
-  op j's k*k taps row-major in ``w[j, :, :k*k]`` (KK = largest k*k, rest unused).
+  (k, dilation) pairs, one per op; ``w`` packs their weights flat, kernel j's
+  (C, k, k) block at ``dw_offsets(spec, C)[0][j]`` (the kernels' weights
+  concatenated in spec order, so packing is one cat and unpacking views).
 * ``d`` = stacked depthwise outputs (N, NK*C, Ho, Wo): channel j*C + c holds
   op j's depthwise conv of relu(x) channel c.
 * ``z`` = pre-BN linear sum (N, C, Ho, Wo); ``mean``/``invstd`` (C,) float32 its
@@ -21,6 +22,7 @@ this module is both the CPU fallback and the float64 reference.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -33,8 +35,19 @@ def out_size(h: int, stride: int) -> int:
     return (h - 1) // stride + 1
 
 
-def _dw_weight(w: torch.Tensor, j: int, k: int, dtype) -> torch.Tensor:
-    return w[j, :, :k * k].reshape(-1, 1, k, k).to(dtype)
+@lru_cache(maxsize=None)
+def dw_offsets(spec: Spec, c: int) -> Tuple[Tuple[int, ...], int]:
+    """(offset of each kernel's (C, k, k) block in the flat packed weights, total length)."""
+    offs, total = [], 0
+    for k, _ in spec:
+        offs.append(total)
+        total += c * k * k
+    return tuple(offs), total
+
+
+def _dw_weight(w: torch.Tensor, spec: Spec, c: int, j: int, dtype) -> torch.Tensor:
+    k, off = spec[j][0], dw_offsets(spec, c)[0][j]
+    return w[off:off + c * k * k].view(c, 1, k, k).to(dtype)
 
 
 def dw_forward(x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int,
@@ -43,7 +56,7 @@ def dw_forward(x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int,
     dtype = out_dtype or x.dtype
     r = torch.relu(x).to(dtype)
     c = x.shape[1]
-    outs = [F.conv2d(r, _dw_weight(w, j, k, dtype), stride=stride, padding=dil * (k - 1) // 2,
+    outs = [F.conv2d(r, _dw_weight(w, spec, c, j, dtype), stride=stride, padding=dil * (k - 1) // 2,
                      dilation=dil, groups=c) for j, (k, dil) in enumerate(spec)]
     return torch.cat(outs, dim=1)
 
@@ -61,7 +74,7 @@ def dw_backward_input(dd: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: 
         acc = acc.double()
     for j, (k, dil) in enumerate(spec):
         g = dd[:, j * c:(j + 1) * c].to(acc.dtype)
-        acc += torch.nn.grad.conv2d_input((n, c, h, wd), _dw_weight(w, j, k, acc.dtype), g, stride=stride,
+        acc += torch.nn.grad.conv2d_input((n, c, h, wd), _dw_weight(w, spec, c, j, acc.dtype), g, stride=stride,
                                           padding=dil * (k - 1) // 2, dilation=dil, groups=c)
     if lin is not None:
         acc += lin.to(acc.dtype)
@@ -71,18 +84,18 @@ def dw_backward_input(dd: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: 
     return acc.to(x.dtype)
 
 
-def dw_backward_weight(dd: torch.Tensor, x: torch.Tensor, spec: Spec, stride: int, kk: int) -> torch.Tensor:
-    """dL/dw packed as (NK, C, kk) float32 (float64 for float64 inputs)."""
+def dw_backward_weight(dd: torch.Tensor, x: torch.Tensor, spec: Spec, stride: int) -> torch.Tensor:
+    """dL/dw packed flat as w, float32 (float64 for float64 inputs)."""
     n, c, h, wd = x.shape
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     r = torch.relu(x).to(dtype)
-    out = torch.zeros(len(spec), c, kk, dtype=dtype, device=x.device)
+    out = []
     for j, (k, dil) in enumerate(spec):
         g = dd[:, j * c:(j + 1) * c].to(dtype)
         gw = torch.nn.grad.conv2d_weight(r, (c, 1, k, k), g, stride=stride, padding=dil * (k - 1) // 2,
                                          dilation=dil, groups=c)
-        out[j, :, :k * k] = gw.reshape(c, k * k)
-    return out
+        out.append(gw.reshape(-1))
+    return torch.cat(out)
 
 
 def max_pool3(x: torch.Tensor, stride: int) -> torch.Tensor:

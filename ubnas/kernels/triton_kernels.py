@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import Spec, out_size
+from .reference import Spec, dw_offsets, out_size
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -62,7 +62,8 @@ def _configs(blocks=(256, 1024), warps=(4,)):
     return [triton.Config({"BLOCK": b}, num_warps=w) for b in blocks for w in warps]
 
 
-SHAPE_ARGS = ["N", "C", "H", "W", "Ho", "Wo", "HW", "NK", "KK", "N_PER", "NK_ALL", "J0", "G", "GC"]
+SHAPE_ARGS = ["N", "C", "H", "W", "Ho", "Wo", "HW", "NK", "N_PER", "NK_ALL", "J0", "G", "GC", "TOTAL", "OFF",
+              "OFF0", "OFF1", "OFF2", "OFF3"]
 
 
 def _jit(fn):
@@ -76,7 +77,7 @@ def _jit(fn):
 # ----------------------------------------------------------------------------- depthwise
 @triton.autotune(_configs((128, 512)), key=["C", "Ho", "Wo", "NK", "STRIDE", "TAPS"])
 @_jit
-def _dw_fwd(x_ptr, w_ptr, spec_ptr, d_ptr, C, H, W, Ho, Wo, NK, KK,
+def _dw_fwd(x_ptr, w_ptr, spec_ptr, d_ptr, C, H, W, Ho, Wo, NK,
             STRIDE: tl.constexpr, TAPS: tl.constexpr, BLOCK: tl.constexpr):
     plane = tl.program_id(0)
     n = plane // C
@@ -88,15 +89,16 @@ def _dw_fwd(x_ptr, w_ptr, spec_ptr, d_ptr, C, H, W, Ho, Wo, NK, KK,
     t = tl.arange(0, TAPS)
     x_base = x_ptr + plane.to(tl.int64) * H * W
     for j in range(NK):
-        k = tl.load(spec_ptr + 2 * j)
-        dil = tl.load(spec_ptr + 2 * j + 1)
+        k = tl.load(spec_ptr + 3 * j)
+        dil = tl.load(spec_ptr + 3 * j + 1)
+        w_off = tl.load(spec_ptr + 3 * j + 2)
         pad = dil * (k - 1) // 2
         tm = t < k * k
         ih = oh[None, :] * STRIDE + ((t // k) * dil - pad)[:, None]
         iw = ow[None, :] * STRIDE + ((t % k) * dil - pad)[:, None]
         m = tm[:, None] & pm[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         xv = tl.maximum(tl.load(x_base + ih * W + iw, mask=m, other=0.0).to(tl.float32), 0.0)
-        wv = tl.load(w_ptr + (j * C + c) * KK + t, mask=tm, other=0.0).to(tl.float32)
+        wv = tl.load(w_ptr + w_off + c * k * k + t, mask=tm, other=0.0).to(tl.float32)
         acc = tl.sum(xv * wv[:, None], axis=0)
         d_base = d_ptr + ((n * NK + j) * C + c).to(tl.int64) * Ho * Wo
         tl.store(d_base + p, acc.to(d_ptr.dtype.element_ty), mask=pm)
@@ -104,7 +106,7 @@ def _dw_fwd(x_ptr, w_ptr, spec_ptr, d_ptr, C, H, W, Ho, Wo, NK, KK,
 
 @triton.autotune(_configs((128, 512)), key=["C", "H", "W", "NK", "STRIDE", "TAPS", "HAS_LIN", "HAS_EXTRA"])
 @_jit
-def _dw_bwd_in(dd_ptr, x_ptr, w_ptr, spec_ptr, lin_ptr, extra_ptr, dx_ptr, C, H, W, Ho, Wo, NK, KK,
+def _dw_bwd_in(dd_ptr, x_ptr, w_ptr, spec_ptr, lin_ptr, extra_ptr, dx_ptr, C, H, W, Ho, Wo, NK,
                STRIDE: tl.constexpr, TAPS: tl.constexpr, HAS_LIN: tl.constexpr, HAS_EXTRA: tl.constexpr,
                BLOCK: tl.constexpr):
     plane = tl.program_id(0)
@@ -117,8 +119,9 @@ def _dw_bwd_in(dd_ptr, x_ptr, w_ptr, spec_ptr, lin_ptr, extra_ptr, dx_ptr, C, H,
     t = tl.arange(0, TAPS)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for j in range(NK):
-        k = tl.load(spec_ptr + 2 * j)
-        dil = tl.load(spec_ptr + 2 * j + 1)
+        k = tl.load(spec_ptr + 3 * j)
+        dil = tl.load(spec_ptr + 3 * j + 1)
+        w_off = tl.load(spec_ptr + 3 * j + 2)
         pad = dil * (k - 1) // 2
         tm = t < k * k
         nh = ih[None, :] - ((t // k) * dil - pad)[:, None]   # = oh * STRIDE
@@ -131,7 +134,7 @@ def _dw_bwd_in(dd_ptr, x_ptr, w_ptr, spec_ptr, lin_ptr, extra_ptr, dx_ptr, C, H,
         m = m & (oh < Ho) & (ow < Wo)
         d_base = dd_ptr + ((n * NK + j) * C + c).to(tl.int64) * Ho * Wo
         gv = tl.load(d_base + oh * Wo + ow, mask=m, other=0.0).to(tl.float32)
-        wv = tl.load(w_ptr + (j * C + c) * KK + t, mask=tm, other=0.0).to(tl.float32)
+        wv = tl.load(w_ptr + w_off + c * k * k + t, mask=tm, other=0.0).to(tl.float32)
         acc += tl.sum(gv * wv[:, None], axis=0)
     off = plane.to(tl.int64) * H * W + i
     if HAS_LIN:
@@ -180,7 +183,7 @@ def _dw_fwd_one(x_base, w_base, d_base, oh, ow, om, H, W, Wo, K: tl.constexpr, D
 
 @triton.autotune(_tile_configs(), key=["C", "H", "W", "Ho", "Wo"] + DW_KEYS)
 @_jit
-def _dw_fwd_tile(x_ptr, w_ptr, d_ptr, C, H, W, Ho, Wo, NK_ALL, J0, KK,
+def _dw_fwd_tile(x_ptr, w_ptr, d_ptr, C, H, W, Ho, Wo, NK_ALL, J0, OFF0, OFF1, OFF2, OFF3,
             K0: tl.constexpr, D0: tl.constexpr, K1: tl.constexpr, D1: tl.constexpr,
             K2: tl.constexpr, D2: tl.constexpr, K3: tl.constexpr, D3: tl.constexpr,
             NK: tl.constexpr, STRIDE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
@@ -196,15 +199,16 @@ def _dw_fwd_tile(x_ptr, w_ptr, d_ptr, C, H, W, Ho, Wo, NK_ALL, J0, KK,
     x_base = x_ptr + plane.to(tl.int64) * H * W
     d0 = d_ptr + ((n * NK_ALL + J0) * C + c).to(tl.int64) * Ho * Wo
     ds = C.to(tl.int64) * Ho * Wo
-    w0 = w_ptr + (J0 * C + c) * KK
-    ws = C * KK
-    _dw_fwd_one(x_base, w0, d0, oh, ow, om, H, W, Wo, K0, D0, STRIDE, BLOCK_H, BLOCK_W)
+    _dw_fwd_one(x_base, w_ptr + OFF0 + c * K0 * K0, d0, oh, ow, om, H, W, Wo, K0, D0, STRIDE, BLOCK_H, BLOCK_W)
     if NK > 1:
-        _dw_fwd_one(x_base, w0 + ws, d0 + ds, oh, ow, om, H, W, Wo, K1, D1, STRIDE, BLOCK_H, BLOCK_W)
+        _dw_fwd_one(x_base, w_ptr + OFF1 + c * K1 * K1, d0 + ds, oh, ow, om, H, W, Wo, K1, D1, STRIDE,
+                    BLOCK_H, BLOCK_W)
     if NK > 2:
-        _dw_fwd_one(x_base, w0 + 2 * ws, d0 + 2 * ds, oh, ow, om, H, W, Wo, K2, D2, STRIDE, BLOCK_H, BLOCK_W)
+        _dw_fwd_one(x_base, w_ptr + OFF2 + c * K2 * K2, d0 + 2 * ds, oh, ow, om, H, W, Wo, K2, D2, STRIDE,
+                    BLOCK_H, BLOCK_W)
     if NK > 3:
-        _dw_fwd_one(x_base, w0 + 3 * ws, d0 + 3 * ds, oh, ow, om, H, W, Wo, K3, D3, STRIDE, BLOCK_H, BLOCK_W)
+        _dw_fwd_one(x_base, w_ptr + OFF3 + c * K3 * K3, d0 + 3 * ds, oh, ow, om, H, W, Wo, K3, D3, STRIDE,
+                    BLOCK_H, BLOCK_W)
 
 
 @triton.jit
@@ -229,7 +233,8 @@ def _dw_bwd_one(acc, d_base, w_base, ih, iw, Ho, Wo, K: tl.constexpr, DIL: tl.co
 
 @triton.autotune(_tile_configs(), key=["C", "H", "W", "Ho", "Wo", "HAS_LIN", "HAS_EXTRA", "MASK"] + DW_KEYS)
 @_jit
-def _dw_bwd_in_tile(dd_ptr, x_ptr, w_ptr, lin_ptr, extra_ptr, dx_ptr, C, H, W, Ho, Wo, NK_ALL, J0, KK,
+def _dw_bwd_in_tile(dd_ptr, x_ptr, w_ptr, lin_ptr, extra_ptr, dx_ptr, C, H, W, Ho, Wo, NK_ALL, J0,
+               OFF0, OFF1, OFF2, OFF3,
                K0: tl.constexpr, D0: tl.constexpr, K1: tl.constexpr, D1: tl.constexpr,
                K2: tl.constexpr, D2: tl.constexpr, K3: tl.constexpr, D3: tl.constexpr,
                NK: tl.constexpr, STRIDE: tl.constexpr, HAS_LIN: tl.constexpr, HAS_EXTRA: tl.constexpr,
@@ -248,16 +253,14 @@ def _dw_bwd_in_tile(dd_ptr, x_ptr, w_ptr, lin_ptr, extra_ptr, dx_ptr, C, H, W, H
     im = (ih < H) & (iw < W)
     d0 = dd_ptr + ((n * NK_ALL + J0) * C + c).to(tl.int64) * Ho * Wo
     ds = C.to(tl.int64) * Ho * Wo
-    w0 = w_ptr + (J0 * C + c) * KK
-    ws = C * KK
     acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
-    acc = _dw_bwd_one(acc, d0, w0, ih, iw, Ho, Wo, K0, D0, STRIDE)
+    acc = _dw_bwd_one(acc, d0, w_ptr + OFF0 + c * K0 * K0, ih, iw, Ho, Wo, K0, D0, STRIDE)
     if NK > 1:
-        acc = _dw_bwd_one(acc, d0 + ds, w0 + ws, ih, iw, Ho, Wo, K1, D1, STRIDE)
+        acc = _dw_bwd_one(acc, d0 + ds, w_ptr + OFF1 + c * K1 * K1, ih, iw, Ho, Wo, K1, D1, STRIDE)
     if NK > 2:
-        acc = _dw_bwd_one(acc, d0 + 2 * ds, w0 + 2 * ws, ih, iw, Ho, Wo, K2, D2, STRIDE)
+        acc = _dw_bwd_one(acc, d0 + 2 * ds, w_ptr + OFF2 + c * K2 * K2, ih, iw, Ho, Wo, K2, D2, STRIDE)
     if NK > 3:
-        acc = _dw_bwd_one(acc, d0 + 3 * ds, w0 + 3 * ws, ih, iw, Ho, Wo, K3, D3, STRIDE)
+        acc = _dw_bwd_one(acc, d0 + 3 * ds, w_ptr + OFF3 + c * K3 * K3, ih, iw, Ho, Wo, K3, D3, STRIDE)
     off = plane.to(tl.int64) * H * W + ih * W + iw
     if HAS_LIN:
         acc += tl.load(lin_ptr + off, mask=im, other=0.0).to(tl.float32)
@@ -271,13 +274,14 @@ def _dw_bwd_in_tile(dd_ptr, x_ptr, w_ptr, lin_ptr, extra_ptr, dx_ptr, C, H, W, H
 
 @triton.autotune(_configs((64, 128)), key=["C", "Ho", "Wo", "N_PER", "STRIDE", "TAPS"])
 @_jit
-def _dw_bwd_w(dd_ptr, x_ptr, spec_ptr, part_ptr, N, C, H, W, Ho, Wo, NK, KK, N_PER,
+def _dw_bwd_w(dd_ptr, x_ptr, spec_ptr, part_ptr, N, C, H, W, Ho, Wo, NK, TOTAL, N_PER,
               STRIDE: tl.constexpr, TAPS: tl.constexpr, BLOCK: tl.constexpr):
     c = tl.program_id(0)
     j = tl.program_id(1)
     s = tl.program_id(2)
-    k = tl.load(spec_ptr + 2 * j)
-    dil = tl.load(spec_ptr + 2 * j + 1)
+    k = tl.load(spec_ptr + 3 * j)
+    dil = tl.load(spec_ptr + 3 * j + 1)
+    w_off = tl.load(spec_ptr + 3 * j + 2)
     pad = dil * (k - 1) // 2
     t = tl.arange(0, TAPS)
     tm = t < k * k
@@ -299,7 +303,7 @@ def _dw_bwd_w(dd_ptr, x_ptr, spec_ptr, part_ptr, N, C, H, W, Ho, Wo, NK, KK, N_P
             xv = tl.maximum(tl.load(x_base + ih * W + iw, mask=m, other=0.0).to(tl.float32), 0.0)
             acc += xv * gv[None, :]
     res = tl.sum(acc, axis=1)
-    tl.store(part_ptr + ((s * NK + j) * C + c) * KK + t, res, mask=t < KK)
+    tl.store(part_ptr + s * TOTAL + w_off + c * k * k + t, res, mask=tm)
 
 
 @triton.jit
@@ -312,7 +316,7 @@ def _wtap(row, ow, rm, gv, W, b: tl.constexpr, K: tl.constexpr, DIL: tl.constexp
 
 @triton.autotune(_tile_configs(), key=["C", "Ho", "Wo", "N_PER", "K", "DIL", "STRIDE"])
 @_jit
-def _dw_bwd_w_tile(dd_ptr, x_ptr, part_ptr, N, C, H, W, Ho, Wo, NK_ALL, J0, KK, N_PER,
+def _dw_bwd_w_tile(dd_ptr, x_ptr, part_ptr, N, C, H, W, Ho, Wo, NK_ALL, J0, TOTAL, OFF, N_PER,
                    K: tl.constexpr, DIL: tl.constexpr, STRIDE: tl.constexpr,
                    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """dL/dw of kernel J0 (k = K <= 5), tap row a, channel c, batch slice s (reference.dw_backward_weight):
@@ -348,7 +352,7 @@ def _dw_bwd_w_tile(dd_ptr, x_ptr, part_ptr, N, C, H, W, Ho, Wo, NK_ALL, J0, KK, 
                 acc3 += _wtap(row, ow, rm, gv, W, 3, K, DIL, STRIDE)
             if K > 4:
                 acc4 += _wtap(row, ow, rm, gv, W, 4, K, DIL, STRIDE)
-    out = part_ptr + ((s * NK_ALL + J0) * C + c) * KK + a * K
+    out = part_ptr + s * TOTAL + OFF + c * K * K + a * K
     tl.store(out, tl.sum(tl.sum(acc0, axis=1), axis=0))
     if K > 1:
         tl.store(out + 1, tl.sum(tl.sum(acc1, axis=1), axis=0))
@@ -546,10 +550,13 @@ def _pool_bwd(g_ptr, x_ptr, coef_ptr, dx_ptr, C, H, W, Ho, Wo, G,
 _SPECS = {}
 
 
-def _spec_tensor(spec: Spec, device) -> torch.Tensor:
-    key = (spec, str(device))
+def _spec_tensor(spec: Spec, c: int, device) -> torch.Tensor:
+    """(k, dilation, weight offset) per kernel, int32, on device (cached)."""
+    key = (spec, c, str(device))
     if key not in _SPECS:
-        _SPECS[key] = torch.tensor([v for kd in spec for v in kd], dtype=torch.int32, device=device)
+        offs = dw_offsets(spec, c)[0]
+        _SPECS[key] = torch.tensor([v for (k, d), o in zip(spec, offs) for v in (k, d, o)], dtype=torch.int32,
+                                   device=device)
     return _SPECS[key]
 
 
@@ -572,8 +579,8 @@ def _dw_forward_gather(x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int
     n, c, h, wd = x.shape
     ho, wo = out_size(h, stride), out_size(wd, stride)
     d = torch.empty(n, len(spec) * c, ho, wo, dtype=out_dtype or x.dtype, device=x.device)
-    _dw_fwd[_grid(n * c, ho * wo)](x, w, _spec_tensor(spec, x.device), d, c, h, wd, ho, wo, len(spec),
-                                   w.shape[2], STRIDE=stride, TAPS=_taps(spec))
+    _dw_fwd[_grid(n * c, ho * wo)](x, w, _spec_tensor(spec, c, x.device), d, c, h, wd, ho, wo, len(spec),
+                                   STRIDE=stride, TAPS=_taps(spec))
     return d
 
 
@@ -585,14 +592,16 @@ def _dw_backward_input_gather(dd: torch.Tensor, x: torch.Tensor, w: torch.Tensor
     dx = torch.empty_like(x)
     lin_t = lin.contiguous() if lin is not None else x
     extra_t = extra.contiguous() if extra is not None else x
-    _dw_bwd_in[_grid(n * c, h * wd)](dd, x, w, _spec_tensor(spec, x.device), lin_t, extra_t, dx, c, h, wd,
-                                     dd.shape[2], dd.shape[3], len(spec), w.shape[2], STRIDE=stride,
+    _dw_bwd_in[_grid(n * c, h * wd)](dd, x, w, _spec_tensor(spec, c, x.device), lin_t, extra_t, dx, c, h, wd,
+                                     dd.shape[2], dd.shape[3], len(spec), STRIDE=stride,
                                      TAPS=_taps(spec), HAS_LIN=lin is not None, HAS_EXTRA=extra is not None)
     return dx
 
 
-def _chunks(spec: Spec):
-    """(J0, constexpr kwargs) per launch: at most MAX_NK kernels of the spec each."""
+def _chunks(spec: Spec, c: int):
+    """(J0, kwargs) per launch: at most MAX_NK kernels of the spec each, their (k, dilation)
+    as constexprs K{i}/D{i} and their weight offsets as OFF{i}."""
+    offs = dw_offsets(spec, c)[0]
     out = []
     for j0 in range(0, len(spec), MAX_NK):
         part = list(spec[j0:j0 + MAX_NK])
@@ -600,6 +609,7 @@ def _chunks(spec: Spec):
         for i in range(MAX_NK):
             k, dil = part[i] if i < len(part) else (1, 1)
             kw[f"K{i}"], kw[f"D{i}"] = k, dil
+            kw[f"OFF{i}"] = offs[j0 + i] if i < len(part) else 0
         out.append((j0, kw))
     return out
 
@@ -616,8 +626,8 @@ def _dw_forward_tile(x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int,
     ho, wo = out_size(h, stride), out_size(wd, stride)
     d = torch.empty(n, len(spec) * c, ho, wo, dtype=out_dtype or x.dtype, device=x.device)
     tiles = _tiles(ho, wo)
-    for j0, kw in _chunks(spec):
-        _dw_fwd_tile[lambda meta: (n * c, tiles(meta))](x, w, d, c, h, wd, ho, wo, len(spec), j0, w.shape[2],
+    for j0, kw in _chunks(spec, c):
+        _dw_fwd_tile[lambda meta: (n * c, tiles(meta))](x, w, d, c, h, wd, ho, wo, len(spec), j0,
                                                    STRIDE=stride, **kw)
     return d
 
@@ -628,14 +638,14 @@ def _dw_backward_input_tile(dd: torch.Tensor, x: torch.Tensor, w: torch.Tensor, 
     dd, x, w = dd.contiguous(), x.contiguous(), w.contiguous()
     n, c, h, wd = x.shape
     tiles = _tiles(h, wd)
-    chunks = _chunks(spec)
+    chunks = _chunks(spec, c)
     for i, (j0, kw) in enumerate(chunks):
         last = i == len(chunks) - 1
         dx = torch.empty(x.shape, dtype=x.dtype if last else torch.float32, device=x.device)
         lin_t = lin.contiguous() if lin is not None else x
         extra_t = extra.contiguous() if extra is not None else x
         _dw_bwd_in_tile[lambda meta: (n * c, tiles(meta))](
-            dd, x, w, lin_t, extra_t, dx, c, h, wd, dd.shape[2], dd.shape[3], len(spec), j0, w.shape[2],
+            dd, x, w, lin_t, extra_t, dx, c, h, wd, dd.shape[2], dd.shape[3], len(spec), j0,
             STRIDE=stride, HAS_LIN=lin is not None, HAS_EXTRA=last and extra is not None, MASK=last, **kw)
         lin = dx   # partial sum of the earlier chunks (specs longer than MAX_NK)
     return dx
@@ -655,34 +665,36 @@ def dw_backward_input(dd: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: 
     return fn(dd, x, w, spec, stride, lin, extra)
 
 
-def _dw_backward_weight_tile(dd: torch.Tensor, x: torch.Tensor, spec: Spec, stride: int, kk: int) -> torch.Tensor:
+def _dw_backward_weight_tile(dd: torch.Tensor, x: torch.Tensor, spec: Spec, stride: int) -> torch.Tensor:
     dd, x = dd.contiguous(), x.contiguous()
     n, c, h, wd = x.shape
     nk = len(spec)
+    offs, total = dw_offsets(spec, c)
     kmax = max(k for k, _ in spec)
     splits = _splits(n, c * nk * kmax)
     n_per = triton.cdiv(n, splits)
     splits = triton.cdiv(n, n_per)
-    part = torch.zeros(splits, nk, c, kk, dtype=torch.float32, device=x.device)   # zeros: unused taps
+    part = torch.empty(splits, total, dtype=torch.float32, device=x.device)   # every tap written
     for j, (k, dil) in enumerate(spec):
-        _dw_bwd_w_tile[(c, k, splits)](dd, x, part, n, c, h, wd, dd.shape[2], dd.shape[3], nk, j, kk, n_per,
-                                       K=k, DIL=dil, STRIDE=stride)
+        _dw_bwd_w_tile[(c, k, splits)](dd, x, part, n, c, h, wd, dd.shape[2], dd.shape[3], nk, j, total, offs[j],
+                                       n_per, K=k, DIL=dil, STRIDE=stride)
     return part.sum(0)
 
 
-def dw_backward_weight(dd: torch.Tensor, x: torch.Tensor, spec: Spec, stride: int, kk: int) -> torch.Tensor:
-    """dL/dw packed as (NK, C, kk) float32 (reference.dw_backward_weight)."""
+def dw_backward_weight(dd: torch.Tensor, x: torch.Tensor, spec: Spec, stride: int) -> torch.Tensor:
+    """dL/dw packed flat as w, float32 (reference.dw_backward_weight)."""
     if tiled(weight=True) and max(k for k, _ in spec) <= 5:
-        return _dw_backward_weight_tile(dd, x, spec, stride, kk)
+        return _dw_backward_weight_tile(dd, x, spec, stride)
     dd, x = dd.contiguous(), x.contiguous()
     n, c, h, wd = x.shape
     nk = len(spec)
+    total = dw_offsets(spec, c)[1]
     splits = _splits(n, c * nk)
     n_per = triton.cdiv(n, splits)
     splits = triton.cdiv(n, n_per)
-    part = torch.empty(splits, nk, c, kk, dtype=torch.float32, device=x.device)
-    _dw_bwd_w[(c, nk, splits)](dd, x, _spec_tensor(spec, x.device), part, n, c, h, wd, dd.shape[2], dd.shape[3],
-                               nk, kk, n_per, STRIDE=stride, TAPS=_taps(spec))
+    part = torch.empty(splits, total, dtype=torch.float32, device=x.device)
+    _dw_bwd_w[(c, nk, splits)](dd, x, _spec_tensor(spec, c, x.device), part, n, c, h, wd, dd.shape[2],
+                               dd.shape[3], nk, total, n_per, STRIDE=stride, TAPS=_taps(spec))
     return part.sum(0)
 
 
