@@ -126,7 +126,8 @@ def test_triton_combine(stride, flags, lin):
           R.pool_skip_backward(cpu(g), cpu(x), cpu(coef), stride, flags), TRITON_TOL)
 
 
-@pytest.mark.parametrize("stride,flags,lin,groups", [(1, (True, True, True), True, 3), (2, (True, True, False), False, 2)])
+@pytest.mark.parametrize("stride,flags,lin,groups", [(1, (True, True, True), True, 3),
+                                                     (2, (True, True, False), False, 2)])
 def test_triton_combine_groups(stride, flags, lin, groups):
     """G edges on one x: each edge's channels of the grouped kernels equal the one-edge reference,
     and dL/dx of the pools/skip is the sum over the edges."""

@@ -156,7 +156,8 @@ def compose(plan: EdgePlan, probs: torch.Tensor, weights):
 
     probs (G, n_ops); weights: each edge's ``plan.weights`` in turn.  Returns
     (w_full, w_dw, w_pw, pw_cat, p_dw, coef): w_full (G*C, C, S, S) or None;
-    w_dw flat (the G edges' depthwise weights in spec order, see ``reference``), w_pw (G*C, NK*C), pw_cat (G, C, NK, C) unscaled, p_dw (G, NK)
+    w_dw flat (the G edges' depthwise weights in spec order, see ``reference``), w_pw (G*C, NK*C),
+    pw_cat (G, C, NK, C) unscaled, p_dw (G, NK)
     or None; coef (G, 4).
     """
     p, g = probs, probs.shape[0]
