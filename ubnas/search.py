@@ -78,7 +78,8 @@ class SearchConfig:
     def validate(self, origin: str = "config") -> None:
         choices = {"cost_model": COST_MODELS, "channels": ("dynamic", "fixed"), "stage": STAGES,
                    "relaxation": RELAXATIONS, "surrogate": ("sigmoid", "straight_through"),
-                   "split": ("half", "80_20"), "width_cost": WIDTH_COSTS, "kernels": ("eager", "reference", "triton", "auto")}
+                   "split": ("half", "80_20"), "width_cost": WIDTH_COSTS,
+                   "kernels": ("eager", "reference", "triton", "auto")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{origin}: key '{key}' expected one of {', '.join(allowed)}, "
