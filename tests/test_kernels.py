@@ -321,6 +321,41 @@ def test_supernet_set_impl_reference_matches_eager():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=n)
 
 
+def test_supernet_edge_groups_match_eager_with_reduce_cell():
+    """A reduce cell (stride-2 groups from s0/s1, stride-1 groups after) with 3 nodes (groups of
+    3, 3, 2, 1 edges): the grouped reference path equals eager, loss, gradients and buffers."""
+    import yaml
+    from ubnas.space import parse_space
+    from ubnas.supernet import Supernet
+    space = parse_space(yaml.safe_load("""
+        ubnas_space: 1
+        name: groups
+        nodes: 3
+        ops: [max_pool_3x3, avg_pool_3x3, skip_connect, conv_3x3, sep_conv_3x3, dil_conv_5x5, none]
+        stem: {kernel: 3, channels: {init: 6, step: 2, candidates: 2, min: 2, max: 12}}
+        cells:
+          - {channels: {init: 4, step: 2, candidates: 2, min: 2, max: 12}}
+          - {reduce: true, channels: {init: 6, step: 2, candidates: 2, min: 2, max: 12}}
+        """), "test")
+    net = Supernet(space, (2, 7, 7), 5).double()
+    twin = Supernet(space, (2, 7, 7), 5).double()
+    twin.load_state_dict(net.state_dict())
+    twin.set_impl("reference")
+    x = torch.randn(3, 2, 7, 7, dtype=torch.float64)
+    arch = net.sample("softmax")
+    loss, loss2 = net(x, arch).square().sum(), twin(x, arch).square().sum()
+    torch.testing.assert_close(loss, loss2, rtol=1e-10, atol=1e-10)
+    # arch probs are inputs here (sampled once for both nets): compare the weights' gradients and dL/dprobs
+    probs = list(arch.ops.values()) + list(arch.widths.values())
+    g = torch.autograd.grad(loss, net.weight_parameters() + probs, retain_graph=True)
+    g2 = torch.autograd.grad(loss2, twin.weight_parameters() + probs)
+    names = [n for n, p in net.named_parameters() if any(p is q for q in net.weight_parameters())]
+    for n, a, b in zip(names + ["probs"] * len(probs), g, g2):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=n)
+    for (n, a), b in zip(net.named_buffers(), twin.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=n)
+
+
 # ----------------------------------------------------------------------------- (c) gradcheck
 TINY = ["conv_3x3", "sep_conv_3x3", "max_pool_3x3", "skip_connect", "none"]
 
