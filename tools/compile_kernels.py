@@ -23,8 +23,8 @@ target = GPUTarget("cuda", ap.parse_args().arch, 32)
 
 def compile_kernel(kern, consts, ptr_types):
     """Cubin size (bytes) of ``kern`` with constexprs ``consts``; pointers fp32 unless in ptr_types."""
-    jit = kern.fn if hasattr(kern, "fn") else kern   # autotuner -> JITFunction
-    while hasattr(jit, "fn") and not isinstance(jit, triton.runtime.jit.JITFunction):
+    jit = kern
+    while not isinstance(jit, triton.runtime.jit.JITFunction):   # autotuner -> JITFunction
         jit = jit.fn
     sig = {}
     for name in jit.arg_names:

@@ -75,6 +75,14 @@ def _jit(fn):
 
 
 # ----------------------------------------------------------------------------- depthwise
+@triton.jit
+def _spec_row(spec_ptr, j):
+    """Kernel j of the spec table (``_spec_tensor``): (k, dilation, weight offset, padding)."""
+    k = tl.load(spec_ptr + 3 * j)
+    dil = tl.load(spec_ptr + 3 * j + 1)
+    return k, dil, tl.load(spec_ptr + 3 * j + 2), dil * (k - 1) // 2
+
+
 @triton.autotune(_configs((128, 512)), key=["C", "Ho", "Wo", "NK", "STRIDE", "TAPS"])
 @_jit
 def _dw_fwd(x_ptr, w_ptr, spec_ptr, d_ptr, C, H, W, Ho, Wo, NK,
@@ -89,10 +97,7 @@ def _dw_fwd(x_ptr, w_ptr, spec_ptr, d_ptr, C, H, W, Ho, Wo, NK,
     t = tl.arange(0, TAPS)
     x_base = x_ptr + plane.to(tl.int64) * H * W
     for j in range(NK):
-        k = tl.load(spec_ptr + 3 * j)
-        dil = tl.load(spec_ptr + 3 * j + 1)
-        w_off = tl.load(spec_ptr + 3 * j + 2)
-        pad = dil * (k - 1) // 2
+        k, dil, w_off, pad = _spec_row(spec_ptr, j)
         tm = t < k * k
         ih = oh[None, :] * STRIDE + ((t // k) * dil - pad)[:, None]
         iw = ow[None, :] * STRIDE + ((t % k) * dil - pad)[:, None]
@@ -119,10 +124,7 @@ def _dw_bwd_in(dd_ptr, x_ptr, w_ptr, spec_ptr, lin_ptr, extra_ptr, dx_ptr, C, H,
     t = tl.arange(0, TAPS)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for j in range(NK):
-        k = tl.load(spec_ptr + 3 * j)
-        dil = tl.load(spec_ptr + 3 * j + 1)
-        w_off = tl.load(spec_ptr + 3 * j + 2)
-        pad = dil * (k - 1) // 2
+        k, dil, w_off, pad = _spec_row(spec_ptr, j)
         tm = t < k * k
         nh = ih[None, :] - ((t // k) * dil - pad)[:, None]   # = oh * STRIDE
         nw = iw[None, :] - ((t % k) * dil - pad)[:, None]
@@ -279,10 +281,7 @@ def _dw_bwd_w(dd_ptr, x_ptr, spec_ptr, part_ptr, N, C, H, W, Ho, Wo, NK, TOTAL, 
     c = tl.program_id(0)
     j = tl.program_id(1)
     s = tl.program_id(2)
-    k = tl.load(spec_ptr + 3 * j)
-    dil = tl.load(spec_ptr + 3 * j + 1)
-    w_off = tl.load(spec_ptr + 3 * j + 2)
-    pad = dil * (k - 1) // 2
+    k, dil, w_off, pad = _spec_row(spec_ptr, j)
     t = tl.arange(0, TAPS)
     tm = t < k * k
     dh = ((t // k) * dil - pad)[:, None]
