@@ -152,7 +152,7 @@ class SearchCell(nn.Module):
         # fused path), and node j-1 is complete once states 0..j are done
         for j in range(self.nodes + 1):
             targets = self.out_edges(j)
-            ys = self._run_edges([self.edges[e] for _, e in targets], states[j], [e for _, e in targets], rows, chosen)
+            ys = self._run_edges(states[j], [e for _, e in targets], rows, chosen)
             for (i, _), y in zip(targets, ys):
                 nodes[i] = y if nodes[i] is None else nodes[i] + y
             if j >= 1:
@@ -160,8 +160,9 @@ class SearchCell(nn.Module):
         out = torch.cat(states[2:], dim=1)
         return F.max_pool2d(out, 2) if self.pool_after else out
 
-    @staticmethod
-    def _run_edges(edges, x, index, rows, chosen):
+    def _run_edges(self, x, index, rows, chosen):
+        """The outputs of edges ``index`` (all reading x): one fused call, or edge by edge."""
+        edges = [self.edges[e] for e in index]
         if chosen is not None:   # one-hot ops: each edge runs its op alone
             return [edge(x, rows[e], chosen[e]) for edge, e in zip(edges, index)]
         impl = edges[0].impl
