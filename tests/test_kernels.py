@@ -321,13 +321,11 @@ def test_supernet_set_impl_reference_matches_eager():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=n)
 
 
-def test_supernet_edge_groups_match_eager_with_reduce_cell():
-    """A reduce cell (stride-2 groups from s0/s1, stride-1 groups after) with 3 nodes (groups of
-    3, 3, 2, 1 edges): the grouped reference path equals eager, loss, gradients and buffers."""
+def _groups_space():
+    """A normal and a reduce cell with 3 nodes (edge groups of 3, 3, 2, 1), every op family."""
     import yaml
     from ubnas.space import parse_space
-    from ubnas.supernet import Supernet
-    space = parse_space(yaml.safe_load("""
+    return parse_space(yaml.safe_load("""
         ubnas_space: 1
         name: groups
         nodes: 3
@@ -337,6 +335,13 @@ def test_supernet_edge_groups_match_eager_with_reduce_cell():
           - {channels: {init: 4, step: 2, candidates: 2, min: 2, max: 12}}
           - {reduce: true, channels: {init: 6, step: 2, candidates: 2, min: 2, max: 12}}
         """), "test")
+
+
+def test_supernet_edge_groups_match_eager_with_reduce_cell():
+    """A reduce cell (stride-2 groups from s0/s1, stride-1 groups after) with 3 nodes (groups of
+    3, 3, 2, 1 edges): the grouped reference path equals eager, loss, gradients and buffers."""
+    from ubnas.supernet import Supernet
+    space = _groups_space()
     net = Supernet(space, (2, 7, 7), 5).double()
     twin = Supernet(space, (2, 7, 7), 5).double()
     twin.load_state_dict(net.state_dict())
@@ -354,6 +359,30 @@ def test_supernet_edge_groups_match_eager_with_reduce_cell():
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=n)
     for (n, a), b in zip(net.named_buffers(), twin.buffers()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=n)
+
+
+@pytest.mark.parametrize("impl", ["eager", "reference"])
+def test_frozen_weights_arch_step(impl):
+    """The architecture step as ubnas search runs it (weights frozen, loss.backward()) gives the
+    dL/d(arch parameters) of an unfrozen eager twin, leaves every weight's .grad unset, and
+    restores requires_grad, also when the block raises."""
+    from ubnas.supernet import Supernet
+    net = Supernet(_groups_space(), (2, 7, 7), 5).double()
+    twin = Supernet(_groups_space(), (2, 7, 7), 5).double()
+    twin.load_state_dict(net.state_dict())
+    net.set_impl(impl)
+    x = torch.randn(3, 2, 7, 7, dtype=torch.float64)
+    g_ref = torch.autograd.grad(twin(x, twin.sample("softmax")).square().sum(), twin.arch_parameters())
+    with net.frozen_weights():
+        net(x, net.sample("softmax")).square().sum().backward()
+    for a, b in zip(net.arch_parameters(), g_ref):
+        torch.testing.assert_close(a.grad, b, rtol=1e-8, atol=1e-12)
+    assert all(p.grad is None and p.requires_grad for p in net.weight_parameters())
+    with pytest.raises(RuntimeError, match="inside"):
+        with net.frozen_weights():
+            assert not any(p.requires_grad for p in net.weight_parameters())
+            raise RuntimeError("inside")
+    assert all(p.requires_grad for p in net.parameters())
 
 
 # ----------------------------------------------------------------------------- (c) gradcheck

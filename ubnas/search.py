@@ -224,19 +224,20 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
             dist.all_reduce_grads(net.weight_parameters())
             torch.nn.utils.clip_grad_norm_(net.weight_parameters(), cfg.grad_clip)
             w_opt.step()
-            # architecture step on the other half, with the hardware cost
-            arch = net.sample(cfg.relaxation, tau, gumbel_gen, hard_ops)
-            val_logits = net(xv, arch)
-            val_loss = F.cross_entropy(val_logits, yv)
-            cost = cost_of(arch)
-            ratio = cost["seconds"] / (cfg.target_latency_us * 1e-6) if cfg.target_latency_us else None
-            if ratio is not None:
-                arch_loss = val_loss + mu * F.relu(ratio - 1)
-            else:
-                arch_loss = (val_loss + cfg.lambda_latency * cost["seconds"] / latency_ref
-                             - cfg.beta_utilization * cost["utilization"])
-            a_opt.zero_grad(set_to_none=True)
-            arch_loss.backward()
+            # architecture step on the other half, with the hardware cost (no weight gradients)
+            with net.frozen_weights():
+                arch = net.sample(cfg.relaxation, tau, gumbel_gen, hard_ops)
+                val_logits = net(xv, arch)
+                val_loss = F.cross_entropy(val_logits, yv)
+                cost = cost_of(arch)
+                ratio = cost["seconds"] / (cfg.target_latency_us * 1e-6) if cfg.target_latency_us else None
+                if ratio is not None:
+                    arch_loss = val_loss + mu * F.relu(ratio - 1)
+                else:
+                    arch_loss = (val_loss + cfg.lambda_latency * cost["seconds"] / latency_ref
+                                 - cfg.beta_utilization * cost["utilization"])
+                a_opt.zero_grad(set_to_none=True)
+                arch_loss.backward()
             dist.all_reduce_grads(net.arch_parameters())
             a_opt.step()
             if ratio is not None:   # dual ascent on the latency constraint, rank 0's ratio everywhere

@@ -8,6 +8,7 @@ as the network.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -211,6 +212,24 @@ class Supernet(nn.Module):
     def weight_parameters(self) -> List[nn.Parameter]:
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
+
+    @contextmanager
+    def frozen_weights(self):
+        """Weights stop requiring gradients inside the block (restored on exit, also on error).
+
+        For the architecture step: its backward then computes no weight gradient at all
+        (eager convolutions skip their weight-gradient pass; the fused edges skip theirs but
+        for the dL/dW_super that dL/dp needs).  ``backward`` alone would compute them all
+        and leave them in ``.grad`` unused.
+        """
+        weights = [p for p in self.weight_parameters() if p.requires_grad]
+        for p in weights:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in weights:
+                p.requires_grad_(True)
 
     def sample(self, relaxation: str = "softmax", tau: float = 1.0,
                generator: Optional[torch.Generator] = None, hard_ops: bool = False) -> ArchSample:

@@ -193,8 +193,10 @@ def compose(plan: EdgePlan, probs: torch.Tensor, weights):
 
 
 def weight_grads(plan: EdgePlan, probs, weights, pw_cat, p_dw, d_full, d_dw, d_pw, d_coef,
-                 need_probs: bool) -> Tuple[Optional[torch.Tensor], List[torch.Tensor]]:
-    """The chain rule through ``compose``: (dL/dprobs (G, n_ops) or None, [dL/dw for w in weights])."""
+                 need_probs: bool, need_weights: bool = True
+                 ) -> Tuple[Optional[torch.Tensor], List[Optional[torch.Tensor]]]:
+    """The chain rule through ``compose``: (dL/dprobs (G, n_ops) or None, [dL/dw for w in weights]
+    or Nones when not ``need_weights``; d_dw may then be None)."""
     p, g = probs, probs.shape[0]
     nf, b = len(plan.full), len(plan.full) + 2 * len(plan.folded)
     nw = b + 2 * len(plan.dws)
@@ -212,7 +214,8 @@ def weight_grads(plan: EdgePlan, probs, weights, pw_cat, p_dw, d_full, d_dw, d_p
         d_full = d_full.view(g, c_out, c, plan.size, plan.size)
         for i, t in enumerate(plan.full):
             r = _window(d_full, t, plan.size)
-            put(i, r * _pk(p, t.k, 5))
+            if need_weights:
+                put(i, r * _pk(p, t.k, 5))
             if need_probs:
                 dp.append((r * st[i]).sum((1, 2, 3, 4)))
                 dp_ops.append(t.k)
@@ -220,8 +223,9 @@ def weight_grads(plan: EdgePlan, probs, weights, pw_cat, p_dw, d_full, d_dw, d_p
             dw, pw = st[nf + 2 * i], st[nf + 2 * i + 1]
             r = _window(d_full, t, plan.size)                                  # dL/d(p_k PW dw), (G, C, C, k, k)
             r_dw = (r * dw.view(g, 1, c, t.kernel, t.kernel)).sum((3, 4))      # (G, C, C)
-            put(nf + 2 * i, (r * (pw * _pk(p, t.k, 5))).sum(1))
-            put(nf + 2 * i + 1, r_dw * _pk(p, t.k, 3))
+            if need_weights:
+                put(nf + 2 * i, (r * (pw * _pk(p, t.k, 5))).sum(1))
+                put(nf + 2 * i + 1, r_dw * _pk(p, t.k, 3))
             if need_probs:
                 dp.append((r_dw * pw.view(g, c_out, c)).sum((1, 2)))
                 dp_ops.append(t.k)
@@ -233,6 +237,7 @@ def weight_grads(plan: EdgePlan, probs, weights, pw_cat, p_dw, d_full, d_dw, d_p
     if plan.dws:
         nk, (c_out, c) = len(plan.dws), pw_cat.shape[1::2]
         d_pw4 = d_pw.view(g, c_out, nk, c)
+    if plan.dws and need_weights:
         d_pw_raw = d_pw.new_empty(nk, g, c_out, c)   # written in (op, edge) order: contiguous per weight
         torch.mul(d_pw4.permute(2, 0, 1, 3), p_dw.t().reshape(nk, g, 1, 1), out=d_pw_raw)
         offs = dw_offsets(plan.spec * g, c)[0]
@@ -241,9 +246,9 @@ def weight_grads(plan: EdgePlan, probs, weights, pw_cat, p_dw, d_full, d_dw, d_p
             for e in range(g):   # the flat dL/dw_dw: views, no copies
                 off = offs[e * nk + j]
                 grads[e * nw + b + 2 * j] = d_dw[off:off + c * t.kernel ** 2].view(weights[b + 2 * j].shape)
-        if need_probs:
-            dp_dw = (d_pw4 * pw_cat).sum((1, 3))
-            d_probs.index_add_(1, _index(plan.dw_ops, p.device), dp_dw.to(p.dtype))
+    if plan.dws and need_probs:
+        dp_dw = (d_pw4 * pw_cat).sum((1, 3))
+        d_probs.index_add_(1, _index(plan.dw_ops, p.device), dp_dw.to(p.dtype))
     return d_probs, grads
 
 
@@ -310,7 +315,8 @@ class FusedEdge(torch.autograd.Function):
         groups = probs.shape[0]
         spec = plan.spec * groups
         need_probs = ctx.needs_input_grad[1]
-        need_w = need_probs or any(ctx.needs_input_grad[7:])
+        need_weights = any(ctx.needs_input_grad[7:])   # off in an architecture step with frozen weights
+        need_w = need_probs or need_weights            # dL/dp needs dL/dW_super and dL/dPW_cat
         g = g.contiguous()
         d_full = d_dw = d_pw = None
         with torch.autocast(x.device.type, enabled=False):
@@ -335,7 +341,8 @@ class FusedEdge(torch.autograd.Function):
                     del d
                     if need_w:
                         d_pw = d_pw.view(w_pw.shape).to(w_pw.dtype)
-                        d_dw = K.dw_backward_weight(dd, x, spec, s).to(w_dw.dtype)
+                        if need_weights:
+                            d_dw = K.dw_backward_weight(dd, x, spec, s).to(w_dw.dtype)
                     dx = K.dw_backward_input(dd, x, w_dw, spec, s, lin=lin, extra=extra)
                 else:
                     dx = torch.where(x > 0, lin.to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
@@ -345,7 +352,7 @@ class FusedEdge(torch.autograd.Function):
                 d_full = d_full.to(w_full.dtype)
             if need_w and z is not None:
                 d_probs, grads = weight_grads(plan, probs, weights, pw_cat, p_dw, d_full, d_dw, d_pw, d_coef,
-                                              need_probs)
+                                              need_probs, need_weights)
             else:
                 d_probs, grads = None, [None] * len(weights)
                 if need_probs:   # no linear op: only the pool/skip/none coefficients
