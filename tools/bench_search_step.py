@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Time one full search step of a supernet: eager MixedOp vs torch.compile vs the fused kernels.
 
-A step = weight step (forward on a batch with a Gumbel sample, cross-entropy,
-backward, SGD) + architecture step (forward on another batch, cross-entropy,
-backward to ``net.arch_parameters()``, Adam).  All variants start from the same
+A step = weight step (forward on a batch with a Gumbel sample held fixed,
+cross-entropy, backward to the weights, SGD) + architecture step (forward on
+another batch, cross-entropy, backward to ``net.arch_parameters()`` with the
+weights frozen, Adam), as ``ubnas search`` runs it.  All variants start from the same
 weights and run side by side in one process.  On CUDA: CUDA events, warm-up,
 median of ``--repeats`` steps, ``torch.cuda.max_memory_allocated`` (reset
 between variants).  Without CUDA the fused path runs its PyTorch reference
@@ -35,17 +36,19 @@ def make_step(net, model, batches, dtype, tau=1.0):
     dev = x1.device.type
     amp = dict(device_type=dev, dtype=torch.bfloat16, enabled=dtype == "bf16")
 
-    def step():
+    def step():   # as in ubnas.search: sample fixed in the weight step, weights frozen in the arch step
+        with torch.no_grad():
+            sample = net.sample("gumbel", tau)
         with torch.autocast(**amp):
-            loss = F.cross_entropy(model(x1, net.sample("gumbel", tau)), y1)
+            loss = F.cross_entropy(model(x1, sample), y1)
         w_opt.zero_grad(set_to_none=True)
         loss.backward()
         w_opt.step()
-        with torch.autocast(**amp):
-            loss = F.cross_entropy(model(x2, net.sample("gumbel", tau)), y2)
-        grads = torch.autograd.grad(loss, arch)
-        for p, g in zip(arch, grads):
-            p.grad = g
+        with net.frozen_weights():
+            with torch.autocast(**amp):
+                loss = F.cross_entropy(model(x2, net.sample("gumbel", tau)), y2)
+            a_opt.zero_grad(set_to_none=True)
+            loss.backward()
         a_opt.step()
         return loss
     return step
