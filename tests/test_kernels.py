@@ -342,7 +342,10 @@ def test_only_none_and_dispatch(monkeypatch):
     assert y.shape == (2, 3, 3, 3) and not y.any()
     assert backend("auto", torch.device("cpu")) is R
     monkeypatch.setenv("UBNAS_KERNELS", "triton")
-    assert backend("reference", torch.device("cpu")) is T
+    assert backend("reference", torch.device(DEV)) is T   # CPU: through the interpreter
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)   # Triton on CPU tensors without the interpreter
+    with pytest.raises(ValueError, match="need CUDA tensors"):
+        backend("triton", torch.device("cpu"))
     monkeypatch.setenv("UBNAS_KERNELS", "bogus")
     with pytest.raises(ValueError):
         backend("auto", torch.device("cpu"))

@@ -1,4 +1,5 @@
 """Ops, spaces, supernet cost gradients, resume equivalence and bad-input errors."""
+import os
 import subprocess
 import sys
 
@@ -123,6 +124,51 @@ def test_cli_bad_inputs_exit_nonzero_without_traceback(tmp_path):
         assert "Traceback" not in result.stderr, result.stderr
         assert needle in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("key,value", [("tau0", 0.0), ("tau_decay", 0.0), ("grad_clip", -1.0),
+                                       ("weight_lr", -1.0), ("arch_lr", 0.0), ("weight_momentum", 1.0),
+                                       ("max_steps_per_epoch", 0), ("max_steps_per_epoch", -3),
+                                       ("weight_decay", -1e-4), ("temperature", 0.0)])
+def test_search_config_rejects_values_that_break_the_search(key, value):
+    """Each of these ran before (NaN losses, gradient ascent, zero steps) and exported an arch."""
+    SearchConfig().validate()
+    with pytest.raises(ValueError, match=f"run.yaml: key '{key}'"):
+        SearchConfig(**{key: value}).validate("run.yaml")
+
+
+def test_cli_blames_the_flag_or_the_file_that_holds_the_bad_value(tmp_path, capsys):
+    from ubnas.cli import main
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("epochs: 2\n")
+    bad.write_text("epochs: -1\n")
+    out = ["--out", str(tmp_path / "run"), "--quiet"]
+    assert main(["search", "--config", str(good), "--epochs", "-1", *out]) == 2
+    err = capsys.readouterr().err
+    assert "command line: key 'epochs'" in err and str(good) not in err, err
+    assert main(["search", "--config", str(bad), *out]) == 2
+    assert f"{bad}: key 'epochs'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_triton_kernels_on_a_cpu_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    from ubnas.cli import main
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert main(["search", "--kernels", "triton", "--device", "cpu", "--out", str(tmp_path / "run"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "kernels 'triton' need CUDA tensors" in err and len(err.splitlines()) == 1, err
+
+
+def test_atomic_write_text_gives_the_mode_open_would(tmp_path):
+    from hwmodels.yamlio import atomic_write_text
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "atomic.txt", "x")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "atomic.txt").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
 
 
 @pytest.mark.parametrize("impl", ["eager", "reference"])

@@ -30,6 +30,7 @@ from . import distributed as dist
 from .channels import ChannelAllocator
 from .cost import COST_MODELS, WIDTH_COSTS, supernet_cost
 from .data import batches, load_dataset, search_split
+from .kernels import backend as kernel_backend
 from .runtime import atomic_torch_save, pick_device
 from .space import load_space
 from .supernet import RELAXATIONS, Supernet
@@ -84,9 +85,19 @@ class SearchConfig:
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{origin}: key '{key}' expected one of {', '.join(allowed)}, "
                                  f"got {getattr(self, key)!r}")
-        for key in ("epochs", "batch_size", "realloc_every", "hw_batch"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"{origin}: key '{key}' must be >= 1, got {getattr(self, key)!r}")
+        for key in ("epochs", "batch_size", "realloc_every", "hw_batch", "max_steps_per_epoch"):
+            value = getattr(self, key)
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{origin}: key '{key}' must be >= 1, got {value!r}")
+        # rates and scales that a sign error turns into a silently wrong search (NaN, ascent)
+        for key in ("tau0", "tau_decay", "temperature", "weight_lr", "arch_lr", "grad_clip"):
+            if not float(getattr(self, key)) > 0:
+                raise ValueError(f"{origin}: key '{key}' must be > 0, got {getattr(self, key)!r}")
+        for key in ("weight_decay", "arch_weight_decay", "dual_lr", "lambda_latency", "beta_utilization"):
+            if not float(getattr(self, key)) >= 0:
+                raise ValueError(f"{origin}: key '{key}' must be >= 0, got {getattr(self, key)!r}")
+        if not 0 <= self.weight_momentum < 1:
+            raise ValueError(f"{origin}: key 'weight_momentum' must be in [0, 1), got {self.weight_momentum!r}")
         if self.target_latency_us is not None and self.target_latency_us <= 0:
             raise ValueError(f"{origin}: key 'target_latency_us' must be > 0, got {self.target_latency_us}")
 
@@ -133,7 +144,15 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     checkpoint = None
     if resume and ckpt_path.exists():
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        cfg = SearchConfig(**checkpoint["config"])   # a resumed run keeps its own config
+        saved = SearchConfig(**checkpoint["config"])   # a resumed run keeps its own config
+        default = SearchConfig()   # options set away from their default and from the saved value
+        changed = [f.name for f in fields(SearchConfig)
+                   if getattr(cfg, f.name) not in (getattr(saved, f.name), getattr(default, f.name))]
+        if changed and dist.world()[0] == 0:
+            _say(f"note: resuming {ckpt_path} with its saved config; ignored: {', '.join(changed)}", progress)
+        cfg = saved
+    elif resume and dist.world()[0] == 0:
+        _say(f"note: no {ckpt_path} to resume; starting a new search", progress)
     cfg.validate()
     rank, world = dist.world()
     main = rank == 0                 # only rank 0 writes files and prints
@@ -163,6 +182,8 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
         net.load_state_dict(checkpoint["model"])
     net.to(device)
     net.set_impl(cfg.kernels)
+    if cfg.kernels != "eager":
+        kernel_backend(cfg.kernels, device)   # a backend this device cannot run fails here, not mid-epoch
     dist.broadcast_module(net)
 
     def cost_of(arch):
@@ -192,7 +213,7 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
         allocator.log = list(checkpoint["realloc_log"])
 
     steps_per_epoch = math.ceil(len(yw) / cfg.batch_size)
-    if cfg.max_steps_per_epoch:
+    if cfg.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
 
     # ---- epochs ---------------------------------------------------------------------------
@@ -241,7 +262,7 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
             dist.all_reduce_grads(net.arch_parameters())
             a_opt.step()
             if ratio is not None:   # dual ascent on the latency constraint, rank 0's ratio everywhere
-                mu = max(0.0, mu + cfg.dual_lr * (float(dist.broadcast_object(float(ratio))) - 1))
+                mu = max(0.0, mu + cfg.dual_lr * (float(dist.broadcast_object(float(ratio.detach()))) - 1))
             arch_steps += 1
             if stage != "op" and arch_steps % cfg.realloc_every == 0:
                 # decided on rank 0, applied everywhere, rank 0's new tensors broadcast
@@ -259,9 +280,9 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
             sums["val_acc"] += float((val_logits.argmax(1) == yv).float().mean())
             sums["n"] += 1
             if bar is not None:
-                bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{sums['acc'] / sums['n']:.3f}",
-                                lat_us=f"{float(cost['seconds']) * 1e6:.1f}",
-                                util=f"{float(cost['utilization']):.3f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{sums['acc'] / sums['n']:.3f}",
+                                lat_us=f"{float(cost['seconds'].detach()) * 1e6:.1f}",
+                                util=f"{float(cost['utilization'].detach()):.3f}")
                 bar.update(1)
         if bar is not None:
             bar.close()

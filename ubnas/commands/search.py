@@ -38,10 +38,11 @@ def run(args) -> int:
     values = {}
     if getattr(args, "config_file", None):
         values.update(config_from_yaml(args.config_file))
+        SearchConfig(**values).validate(args.config_file)   # so a bad flag below is blamed on the flag
     names = {f.name for f in fields(SearchConfig)}
     values.update({k: v for k, v in vars(args).items() if k in names})
     cfg = SearchConfig(**values)
-    cfg.validate("command line" if not getattr(args, "config_file", None) else args.config_file)
+    cfg.validate("command line")
     try:
         result = run_search(cfg, resume=args.resume, progress=not args.quiet)
     finally:

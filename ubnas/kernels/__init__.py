@@ -43,6 +43,9 @@ def backend(impl: str, device: torch.device):
         raise ValueError(f"unknown kernel impl {impl!r} (expected one of {', '.join(IMPLS)})")
     if impl == "auto":
         impl = "triton" if torch.device(device).type == "cuda" else "reference"
+    if impl == "triton" and torch.device(device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"kernels 'triton' need CUDA tensors, got {torch.device(device).type} ones "
+                         "(use 'auto' or 'reference'; TRITON_INTERPRET=1 runs the kernels on a CPU, slowly)")
     if impl == "triton":
         from . import triton_kernels
         return triton_kernels
