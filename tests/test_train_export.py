@@ -169,6 +169,31 @@ def test_spec_that_does_not_fit_the_data(tmp_path, capsys):
     assert "input_shape" in err and "digits" in err
 
 
+def test_bad_hw_fails_before_training(tmp_path, capsys):
+    spec = write_spec(tmp_path / "arch.yaml")
+    err = one_line_error(capsys, ["train", str(spec), "--epochs", "1", "--hw", "tpu_v9",
+                                  "--out", str(tmp_path / "run"), "--quiet"])
+    assert "tpu_v9" in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("opset", [3, 17, 999])
+def test_export_refuses_an_opset_it_cannot_write(tmp_path, capsys, opset):
+    """--opset 17 goes through the exporter's conversion, which fails for this network and used
+    to leave an opset-18 file behind with exit status 0; 3 and 999 are outside onnx's range."""
+    pytest.importorskip("onnxscript")
+    onnx = pytest.importorskip("onnx")
+    spec = write_spec(tmp_path / "arch.yaml")
+    file = tmp_path / "x.onnx"
+    code = main(["export", str(spec), "--onnx", str(file), "--opset", str(opset), "--no-check"])
+    err = capsys.readouterr().err.strip()
+    if code == 0:   # a converter that can write this opset: then the file must have it
+        assert next(o.version for o in onnx.load(str(file)).opset_import if o.domain in ("", "ai.onnx")) == opset
+    else:
+        assert f"--opset {opset}" in err and len(err.splitlines()) == 1, err
+        assert not file.exists()
+
+
 def test_checkpoint_from_another_spec(trained, tmp_path, capsys):
     _, run, _ = trained
     other = write_spec(tmp_path / "other.yaml", {"cells/1/channels": 32, "classifier/in_features": 64})

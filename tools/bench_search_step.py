@@ -121,6 +121,14 @@ def main(argv=None):
     device = torch.device("cuda" if cuda else "cpu")
     batches = [int(b) for b in (args.batches or ("64,256" if cuda else "8")).split(",")]
     impls = (args.impls or ("eager,compile,fused" if cuda else "eager,fused")).split(",")
+    unknown = [i for i in impls if i not in ("eager", "compile", "fused")]
+    if unknown:
+        ap.error(f"--impls: unknown {', '.join(unknown)} (expected eager, compile, fused)")
+    for name in args.spaces.split(","):
+        try:
+            load_space(name)
+        except (ValueError, OSError) as exc:
+            ap.error(f"--spaces: {exc}")
     if cuda:
         print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  dtype {args.dtype}  "
               f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32} cudnn.benchmark={torch.backends.cudnn.benchmark}",

@@ -64,6 +64,10 @@ def main(argv=None):
     parser.add_argument("--train-epochs", type=int, default=0)
     parser.add_argument("--data", default="digits", help="data set for --train-epochs")
     args = parser.parse_args(argv)
+    for item in args.runs:
+        name = item.partition("=")[0]
+        if "=" not in item or not name or " " in name or name.startswith("-"):
+            parser.error(f"run {item!r}: expected NAME='--flag value ...' (a name without spaces, then =)")
     rows = []
     for item in args.runs:
         name, _, flags = item.partition("=")

@@ -40,26 +40,39 @@ def export_onnx(spec_path, onnx_path, weights: Optional[str] = None, check: bool
     except ImportError:
         raise ValueError("ONNX export needs the onnx extra: pip install 'ubnas[onnx]' "
                          "(onnx, onnxscript, onnxruntime)") from None
+    import onnx
+    newest = onnx.defs.onnx_opset_version()
+    if not 7 <= opset <= newest:
+        raise ValueError(f"--opset {opset}: this onnx package supports opsets 7..{newest}")
     example = torch.randn((2,) + tuple(spec.input_shape), generator=torch.Generator().manual_seed(0))
     onnx_path = Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = onnx_path.with_name(f".{onnx_path.name}.tmp")
     batch = torch.export.Dim("batch", min=1)
-    onnx_log = logging.getLogger("torch.onnx")
-    level = onnx_log.level
+    logs = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [log.level for log in logs]
     try:
         # the exporter prints its progress and logs/warns about its own internals (torchvision
-        # ops it skips, deprecations): keep the CLI to its one result line
-        onnx_log.setLevel(logging.ERROR)
+        # ops it skips, deprecations, a failed opset conversion we report below): keep the CLI
+        # to its one result line
+        for log in logs:
+            log.setLevel(logging.CRITICAL)
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(model, (example,), input_names=["input"], output_names=["logits"],
                                         dynamic_shapes=({0: batch},), opset_version=opset,
                                         dynamo=True, verbose=False, external_data=False)
             program.save(str(tmp))
+        # the exporter reports a failed opset conversion and keeps its own opset: refuse that file
+        written = next((o.version for o in onnx.load(str(tmp), load_external_data=False).opset_import
+                        if o.domain in ("", "ai.onnx")), None)
+        if written != opset:
+            raise ValueError(f"--opset {opset}: torch's ONNX exporter could not convert this network "
+                             f"to opset {opset} (it wrote {written}); try {OPSET}")
         os.replace(tmp, onnx_path)
     finally:
-        onnx_log.setLevel(level)
+        for log, level in zip(logs, levels):
+            log.setLevel(level)
         if tmp.exists():
             tmp.unlink()
     result: Dict[str, Any] = {"onnx": str(onnx_path), "spec": str(spec.origin), "weights": weights,

@@ -174,6 +174,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         saved = ckpt["config"]
         cfg = TrainConfig(**{**asdict(cfg), **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}})
     cfg.validate()
+    pick_accelerator(spec, cfg.hw)   # a bad --hw fails now, not after the training
     device = pick_device(cfg.device)
 
     # ---- data and model ---------------------------------------------------------------

@@ -26,7 +26,7 @@ def add_parser(sub):
         "calibrate", help="fit an accelerator's calibration to SCALE-Sim or measured layer latencies",
         description="Fit the free calibration parameters (cycle_scale, fold/layer overhead cycles; "
                     "bandwidth_efficiency for measured rows) with least squares on log errors, report "
-                    "RMSE/RMSPE/within +-5/10 %% on held-out rows before and after, and write the "
+                    "RMSE/RMSPE/within +-5/10 % on held-out rows before and after, and write the "
                     "calibrated accelerator YAML.")
     parser.add_argument("--hw", default="uboost", metavar="PRESET|FILE.yaml",
                         help="accelerator to calibrate (default: uboost)")

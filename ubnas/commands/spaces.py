@@ -11,6 +11,7 @@ def run(args) -> int:
     for name in space_names():
         s = load_space(name)
         ch = s.cells[0].channels
+        widths = f"{ch.min}..{ch.max}/{ch.step}"
         print(f"{name:<14} {len(s.cells):>5} {s.nodes:>5} {s.edges_per_cell:>10} {len(s.ops):>3}  "
-              f"{ch.min}..{ch.max}/{ch.step:<13} {s.description}")
+              f"{widths:<19}  {s.description}")
     return 0
