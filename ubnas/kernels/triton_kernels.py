@@ -365,12 +365,14 @@ def _dw_bwd_w_tile(dd_ptr, x_ptr, part_ptr, N, C, H, W, Ho, Wo, NK_ALL, J0, TOTA
 
 # ----------------------------------------------------------------------------- combine
 @triton.jit
-def _pool_at(x_base, oh, ow, pm, H, W, STRIDE: tl.constexpr, HAS_MAX: tl.constexpr, HAS_AVG: tl.constexpr,
-             BLOCK: tl.constexpr):
-    """(max, avg) of the 3x3 windows at output positions (oh, ow); pad 1, avg excludes padding."""
-    mx = tl.full([BLOCK], float("-inf"), tl.float32)
-    sm = tl.zeros([BLOCK], dtype=tl.float32)
-    cnt = tl.zeros([BLOCK], dtype=tl.float32)
+def _pool_at(x_base, oh, ow, pm, H, W, STRIDE: tl.constexpr, HAS_MAX: tl.constexpr, HAS_AVG: tl.constexpr):
+    """(max, argmax, avg) of the 3x3 windows at output positions (oh, ow) where pm (any shape);
+    pad 1, avg excludes padding, argmax = 3a + b of the first maximum (as PyTorch), -1 if none.
+    Results a caller does not use are dropped by the compiler."""
+    mx = tl.full(oh.shape, float("-inf"), tl.float32)
+    arg = tl.full(oh.shape, -1, tl.int32)
+    sm = tl.zeros(oh.shape, dtype=tl.float32)
+    cnt = tl.zeros(oh.shape, dtype=tl.float32)
     for a in tl.static_range(3):
         for b in tl.static_range(3):
             ih = oh * STRIDE - 1 + a
@@ -378,11 +380,13 @@ def _pool_at(x_base, oh, ow, pm, H, W, STRIDE: tl.constexpr, HAS_MAX: tl.constex
             m = pm & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             v = tl.load(x_base + ih * W + iw, mask=m, other=0.0).to(tl.float32)
             if HAS_MAX:
-                mx = tl.where(m & (v > mx), v, mx)
+                upd = m & (v > mx)
+                mx = tl.where(upd, v, mx)
+                arg = tl.where(upd, a * 3 + b, arg)
             if HAS_AVG:
                 sm += v
                 cnt += m.to(tl.float32)
-    return mx, sm / tl.maximum(cnt, 1.0)
+    return mx, arg, sm / tl.maximum(cnt, 1.0)
 
 
 @triton.autotune(_configs(), key=["C", "Ho", "Wo", "G", "STRIDE", "HAS_LIN", "HAS_MAX", "HAS_AVG", "HAS_SKIP"])
@@ -400,7 +404,7 @@ def _combine_fwd(z_ptr, mean_ptr, invstd_ptr, x_ptr, coef_ptr, y_ptr, C, H, W, H
     av = tl.zeros([BLOCK], dtype=tl.float32)
     xv = tl.zeros([BLOCK], dtype=tl.float32)
     if HAS_MAX or HAS_AVG:
-        mx, av = _pool_at(x_base, p // Wo, p % Wo, pm, H, W, STRIDE, HAS_MAX, HAS_AVG, BLOCK)
+        mx, _, av = _pool_at(x_base, p // Wo, p % Wo, pm, H, W, STRIDE, HAS_MAX, HAS_AVG)
         mx = tl.where(pm, mx, 0.0)
     if HAS_SKIP:
         xv = tl.load(x_base + p, mask=pm, other=0.0).to(tl.float32)
@@ -451,7 +455,7 @@ def _combine_red(g_ptr, z_ptr, mean_ptr, invstd_ptr, x_ptr, part_ptr, N, C, H, W
                 a_g += gv
                 a_gz += gv * (zv - mean) * inv
             if HAS_MAX or HAS_AVG:
-                mx, av = _pool_at(x_base, p // Wo, p % Wo, pm, H, W, STRIDE, HAS_MAX, HAS_AVG, BLOCK)
+                mx, _, av = _pool_at(x_base, p // Wo, p % Wo, pm, H, W, STRIDE, HAS_MAX, HAS_AVG)
                 if HAS_MAX:
                     a_mx += gv * tl.where(pm, mx, 0.0)
                 if HAS_AVG:
@@ -519,18 +523,8 @@ def _pool_bwd(g_ptr, x_ptr, coef_ptr, dx_ptr, C, H, W, Ho, Wo, G,
         w0 = tl.maximum(ow * STRIDE - 1, 0)
         w1 = tl.minimum(ow * STRIDE + 1, W - 1)
         w_avg = tl.where(m, 1.0 / tl.maximum((h1 - h0 + 1) * (w1 - w0 + 1), 1).to(tl.float32), 0.0)
-    if HAS_MAX:
-        best = tl.full([16, BLOCK], float("-inf"), tl.float32)
-        arg = tl.full([16, BLOCK], -1, tl.int32)
-        for a2 in tl.static_range(3):
-            for b2 in tl.static_range(3):
-                jh = oh * STRIDE - 1 + a2
-                jw = ow * STRIDE - 1 + b2
-                mj = m & (jh >= 0) & (jh < H) & (jw >= 0) & (jw < W)
-                v = tl.load(x_base + jh * W + jw, mask=mj, other=0.0).to(tl.float32)
-                upd = mj & (v > best)
-                best = tl.where(upd, v, best)
-                arg = tl.where(upd, a2 * 3 + b2, arg)
+    if HAS_MAX:   # argmax of each candidate's window on the [16, BLOCK] grid (avg weights need no loads)
+        _, arg, _ = _pool_at(x_base, oh, ow, m, H, W, STRIDE, True, False)
         w_max = tl.where(m & (arg == q[:, None]), 1.0, 0.0)
     for g in range(G):
         g_base = g_ptr + ((n * G + g) * C + c).to(tl.int64) * Ho * Wo
