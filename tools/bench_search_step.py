@@ -124,9 +124,10 @@ def main(argv=None):
     unknown = [i for i in impls if i not in ("eager", "compile", "fused")]
     if unknown:
         ap.error(f"--impls: unknown {', '.join(unknown)} (expected eager, compile, fused)")
+    spaces = {}
     for name in args.spaces.split(","):
         try:
-            load_space(name)
+            spaces[name] = load_space(name)
         except (ValueError, OSError) as exc:
             ap.error(f"--spaces: {exc}")
     if cuda:
@@ -137,8 +138,7 @@ def main(argv=None):
         print("no CUDA: fused = PyTorch reference backend vs eager on CPU, small batch, no memory figures",
               flush=True)
     rows = []
-    for space_name in args.spaces.split(","):
-        space = load_space(space_name)
+    for space_name, space in spaces.items():
         torch.manual_seed(args.seed)
         base = Supernet(space, (3, 32, 32), 10)
         for b in batches:

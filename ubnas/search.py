@@ -142,21 +142,21 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
     checkpoint = None
+    rank, world = dist.world()
+    main = rank == 0                 # only rank 0 writes files and prints
+    progress = progress and main
     if resume and ckpt_path.exists():
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         saved = SearchConfig(**checkpoint["config"])   # a resumed run keeps its own config
         default = SearchConfig()   # options set away from their default and from the saved value
         changed = [f.name for f in fields(SearchConfig)
                    if getattr(cfg, f.name) not in (getattr(saved, f.name), getattr(default, f.name))]
-        if changed and dist.world()[0] == 0:
+        if changed:
             _say(f"note: resuming {ckpt_path} with its saved config; ignored: {', '.join(changed)}", progress)
         cfg = saved
-    elif resume and dist.world()[0] == 0:
+    elif resume:
         _say(f"note: no {ckpt_path} to resume; starting a new search", progress)
     cfg.validate()
-    rank, world = dist.world()
-    main = rank == 0                 # only rank 0 writes files and prints
-    progress = progress and main
     check_sync = bool(os.environ.get("UBNAS_CHECK_SYNC")) and world > 1
     if main:
         out.mkdir(parents=True, exist_ok=True)
