@@ -104,6 +104,16 @@ def test_resume_gives_the_same_weights(trained, tmp_path):
     assert resumed.metrics["test_acc"] == full.metrics["test_acc"]
 
 
+def test_notes_say_what_happens_to_the_checkpoint(tmp_path, capsys):
+    spec = write_spec(tmp_path / "arch.yaml")
+    out = tmp_path / "run"
+    train(config(spec, out, epochs=1), resume=True)     # nothing to resume: a new run, and it says so
+    assert f"no {out / 'checkpoint.pt'} to resume; starting a new run" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["history"][-1]["epoch"] == 1
+    train(config(spec, out, epochs=1))                  # a checkpoint there and no --resume: overwritten
+    assert "checkpoint.pt exists; starting over" in capsys.readouterr().out
+
+
 def test_onecycle_and_label_smoothing_run(tmp_path):
     spec = write_spec(tmp_path / "arch.yaml")
     from ubnas.train import lr_at

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -27,3 +28,16 @@ def atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def resume_note(ckpt_path: Path, resume: bool) -> Optional[str]:
+    """What a run tells the user about ``ckpt_path`` before it starts, or None when all is as asked.
+
+    ``--resume`` with no checkpoint starts a new run (so a job restarted by a scheduler can always
+    pass it); no ``--resume`` with a checkpoint starts over, overwriting it.
+    """
+    if resume and not ckpt_path.exists():
+        return f"note: no {ckpt_path} to resume; starting a new run"
+    if not resume and ckpt_path.exists():
+        return f"note: {ckpt_path} exists; starting over (pass --resume to continue it)"
+    return None

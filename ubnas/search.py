@@ -31,7 +31,7 @@ from .channels import ChannelAllocator
 from .cost import COST_MODELS, WIDTH_COSTS, supernet_cost
 from .data import batches, load_dataset, search_split
 from .kernels import backend as kernel_backend
-from .runtime import atomic_torch_save, pick_device
+from .runtime import atomic_torch_save, pick_device, resume_note
 from .space import load_space
 from .supernet import RELAXATIONS, Supernet
 
@@ -154,8 +154,9 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
         if changed:
             _say(f"note: resuming {ckpt_path} with its saved config; ignored: {', '.join(changed)}", progress)
         cfg = saved
-    elif resume:
-        _say(f"note: no {ckpt_path} to resume; starting a new search", progress)
+    note = resume_note(ckpt_path, resume)
+    if note:
+        _say(note, progress)
     cfg.validate()
     check_sync = bool(os.environ.get("UBNAS_CHECK_SYNC")) and world > 1
     if main:

@@ -26,7 +26,7 @@ from hwmodels.yamlio import atomic_write_text
 
 from .build import build_network
 from .data import augment_crop_flip, batches, load_dataset
-from .runtime import atomic_torch_save, pick_device
+from .runtime import atomic_torch_save, pick_device, resume_note
 from .spec import ArchSpec, load_spec
 
 SCHEDULES = ("cosine", "onecycle")
@@ -167,9 +167,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     ckpt = None
-    if resume:
-        if not ckpt_path.exists():
-            raise ValueError(f"{ckpt_path}: no checkpoint to resume from (drop --resume to start)")
+    note = resume_note(ckpt_path, resume)
+    if resume and ckpt_path.exists():
         ckpt = read_checkpoint(ckpt_path, spec)
         saved = ckpt["config"]
         cfg = TrainConfig(**{**asdict(cfg), **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}})
@@ -208,11 +207,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         gen.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
     out.mkdir(parents=True, exist_ok=True)
-    if progress and ckpt is None and ckpt_path.exists():
-        from tqdm import tqdm
-        tqdm.write(f"note: {ckpt_path} exists; starting over (pass --resume to continue it)")
     if progress:
         from tqdm import tqdm
+        if note:
+            tqdm.write(note)
         n_params = sum(p.numel() for p in model.parameters())
         tqdm.write(f"train {spec.origin} ({n_params:,} parameters) on {cfg.data} ({len(train_y)} train / "
                    f"{len(test_y)} test) for {cfg.epochs} epochs on {device}"

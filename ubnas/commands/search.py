@@ -29,7 +29,7 @@ def add_parser(sub):
     p.add_argument("--config", dest="config_file", metavar="RUN.yaml",
                    help="YAML file of the options above (command-line flags win)")
     p.add_argument("--resume", action="store_true", default=False,
-                   help="continue from OUT/checkpoint.pt with its saved config")
+                   help="continue from OUT/checkpoint.pt with its saved config (a new run if there is none)")
     p.add_argument("--quiet", action="store_true", default=False, help="no progress bar")
     return p
 

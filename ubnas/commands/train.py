@@ -14,7 +14,7 @@ def add_parser(sub):
     parser.add_argument("--epochs", type=int, default=30, metavar="N", help="epochs (default 30)")
     parser.add_argument("--out", required=True, metavar="DIR", help="run directory")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT/checkpoint.pt (its schedule options win)")
+                        help="continue from OUT/checkpoint.pt, its schedule options win (a new run if there is none)")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="default 64")
     parser.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
