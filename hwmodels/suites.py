@@ -99,13 +99,23 @@ def simulated_lines(layer, rows, cols, dataflow):
     return cd(g.k, rows) * cd(g.m, cols) * (2 * rows + cols + g.n - 2)
 
 
+def _one_or_pair(pair):
+    """A square (h, w) pair as one int, as the CSV column holds it; otherwise the [h, w] list, so
+    that no two layers share a row (or a SCALE-Sim cache key)."""
+    return int(pair[0]) if pair[0] == pair[1] else [int(pair[0]), int(pair[1])]
+
+
 def layer_fields(layer):
-    """The layer columns of the CSV (a linear layer reads as a 1x1 conv on a 1x1 map)."""
+    """The layer columns of the CSV (a linear layer reads as a 1x1 conv on a 1x1 map).
+
+    stride, padding and dilation are one int when square; a non-square one is an [h, w] list,
+    which the CSV cannot hold (``read_layers_csv`` refuses it with the file and line)."""
     if isinstance(layer, LinearLayer):
         return dict(kind="linear", in_h=1, in_w=1, in_channels=layer.in_features,
                     out_channels=layer.out_features, kernel_h=1, kernel_w=1, stride=1, padding=0,
                     dilation=1, groups=1, batch=layer.batch)
     return dict(kind=layer.kind, in_h=layer.in_h, in_w=layer.in_w, in_channels=layer.in_channels,
                 out_channels=layer.out_channels, kernel_h=layer.kernel_h, kernel_w=layer.kernel_w,
-                stride=layer.stride[0], padding=layer.padding[0], dilation=layer.dilation[0],
+                stride=_one_or_pair(layer.stride), padding=_one_or_pair(layer.padding),
+                dilation=_one_or_pair(layer.dilation),
                 groups=layer.groups, batch=layer.batch)

@@ -5,12 +5,14 @@ Synthetic rows come straight from hwmodels.exact with a hand-set Calibration (pl
 come only from tests/data/scalesim_reference.csv through the cache: no simulation.
 """
 import csv
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from hwmodels import Accelerator, Calibration, layer_cost, load_accelerator
+from hwmodels import Accelerator, Calibration, ConvLayer, layer_cost, load_accelerator
 from hwmodels import calibrate as cal
 from hwmodels.accelerator import HardwareConfigError, save_accelerator
 from hwmodels.suites import layer_fields, suite_layers
@@ -229,8 +231,32 @@ def test_scalesim_reference_through_cache_only(tmp_path, monkeypatch, capsys):
 
 def test_cache_key_ignores_names_and_includes_version():
     a = suite_layers("cifar", 0)[0]
-    import dataclasses
     b = dataclasses.replace(a, name="renamed")
     assert cal.cache_key(a, 8, 8, "ws", "3.0.0") == cal.cache_key(b, 8, 8, "ws", "3.0.0")
     assert cal.cache_key(a, 8, 8, "ws", "3.0.0") != cal.cache_key(a, 8, 8, "os", "3.0.0")
     assert cal.cache_key(a, 8, 8, "ws", "3.0.0") != cal.cache_key(a, 8, 8, "ws", "3.1.0")
+
+
+def test_cache_key_tells_apart_layers_that_differ_in_one_side_only():
+    """Padding, stride or dilation that differ only in their width used to share a cache entry,
+    so calibration fitted against the cycles of a different layer."""
+    base = ConvLayer("c", 6, 6, 3, 5, 3, 3, stride=(1, 1), padding=(1, 1), dilation=(1, 1))
+    keys = {cal.cache_key(base, 4, 4, "ws", "3.0.0")}
+    for field, pair in (("padding", (1, 0)), ("stride", (1, 2)), ("dilation", (1, 2))):
+        keys.add(cal.cache_key(dataclasses.replace(base, **{field: pair}), 4, 4, "ws", "3.0.0"))
+    assert len(keys) == 4
+    # a square layer keeps the one-int key that caches written before this fix hold
+    assert json.loads(cal.cache_key(base, 4, 4, "ws", "3.0.0"))["layer"]["padding"] == 1
+
+
+def test_scalesim_rows_of_one_sided_padding_are_its_own(tmp_path):
+    """Two convs that differ only in their width padding each get their own SCALE-Sim cycles."""
+    pytest.importorskip("scalesim")
+    acc = Accelerator("a", 4, 4, dataflow="ws")
+    layers = [ConvLayer("pad11", 6, 6, 3, 5, 3, 3, padding=(1, 1)),
+              ConvLayer("pad10", 6, 6, 3, 5, 3, 3, padding=(1, 0))]
+    rows = cal.scalesim_rows(layers, acc, cache_path=tmp_path / "cache.json", progress=False).rows
+    for layer, row in zip(layers, rows):
+        fresh = cal.scalesim_rows([layer], acc, cache_path=tmp_path / f"{layer.name}.json", progress=False)
+        assert row.cycles == fresh.rows[0].cycles
+    assert rows[0].cycles != rows[1].cycles
