@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Dict, Optional, Union
 
 import yaml
@@ -61,15 +64,17 @@ class Accelerator:
     calibration: Calibration = field(default_factory=Calibration)
     source: str = ""
 
+    def __post_init__(self):
+        validate(self, origin=f"accelerator {self.name!r}")   # a bad one fails here, not as a division by 0
+
     @property
     def pes(self) -> int:
         """Multiply-accumulate cells over all arrays."""
         return self.array_rows * self.array_cols * self.num_arrays
 
     def replace(self, **changes) -> "Accelerator":
-        acc = dataclasses.replace(self, **changes)
-        validate(acc, origin="override")
-        return acc
+        """A copy with ``changes``, validated like any other."""
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,21 +90,33 @@ _CAL_FIELDS = {f.name for f in dataclasses.fields(Calibration)}
 
 
 def validate(acc: Accelerator, origin: str = "<accelerator>") -> None:
-    """Raise HardwareConfigError naming ``origin`` and the offending key."""
-    for key in ("array_rows", "array_cols", "num_arrays", "clock_hz",
-                "bandwidth_bytes_per_s", "onchip_bytes", "bytes_per_element"):
+    """Raise HardwareConfigError naming ``origin`` and the offending key (``acc``: anything with the
+    Accelerator attributes)."""
+    for key, kind in _FIELDS.items():
         value = getattr(acc, key)
-        if not value > 0:
-            raise HardwareConfigError(f"{origin}: key '{key}' must be a positive number, got {value!r}")
+        if kind is str:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                or not value > 0:
+            raise HardwareConfigError(f"{origin}: key '{key}' must be a positive finite number, got {value!r}")
+        if kind is int and value != int(value):
+            raise HardwareConfigError(f"{origin}: key '{key}' expected an integer, got {value!r}")
     if acc.dataflow not in DATAFLOWS:
         raise HardwareConfigError(
             f"{origin}: key 'dataflow' must be one of {', '.join(DATAFLOWS)}, got {acc.dataflow!r}")
     cal = acc.calibration
+    for key in _CAL_FIELDS:
+        value = getattr(cal, key)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise HardwareConfigError(f"{origin}: key 'calibration.{key}' expected a finite number, got {value!r}")
     if not 0 < cal.bandwidth_efficiency <= 1:
         raise HardwareConfigError(
             f"{origin}: key 'calibration.bandwidth_efficiency' must be in (0, 1], got {cal.bandwidth_efficiency!r}")
     if not cal.cycle_scale > 0:
         raise HardwareConfigError(f"{origin}: key 'calibration.cycle_scale' must be > 0, got {cal.cycle_scale!r}")
+    for key in ("fold_overhead_cycles", "layer_overhead_cycles"):
+        if getattr(cal, key) < 0:
+            raise HardwareConfigError(f"{origin}: key 'calibration.{key}' must be >= 0, got {getattr(cal, key)!r}")
 
 
 def _coerce(value: Any, kind: type, key: str, origin: str):
@@ -113,6 +130,8 @@ def _coerce(value: Any, kind: type, key: str, origin: str):
         number = float(value)
     except (TypeError, ValueError):
         raise HardwareConfigError(f"{origin}: key '{key}' expected a {kind.__name__}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise HardwareConfigError(f"{origin}: key '{key}' expected a finite {kind.__name__}, got {value!r}")
     if kind is int:
         if number != int(number):
             raise HardwareConfigError(f"{origin}: key '{key}' expected an integer, got {value!r}")
@@ -143,9 +162,10 @@ def from_dict(data: Dict[str, Any], origin: str = "<dict>", name: Optional[str] 
     kwargs["calibration"] = Calibration(**{k: _coerce(v, float, f"calibration.{k}", origin) for k, v in cal.items()})
     kwargs["name"] = str(data.get("name") or name or "custom")
     kwargs["source"] = str(data.get("source", ""))
-    acc = Accelerator(**kwargs)
-    validate(acc, origin)
-    return acc
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(Accelerator) if f.name not in kwargs}
+    validate(SimpleNamespace(**defaults, **kwargs), origin)   # errors name the file, then build
+    return Accelerator(**kwargs)
 
 
 def preset_names():

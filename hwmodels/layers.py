@@ -16,12 +16,35 @@ Pair = Tuple[int, int]
 IntOrPair = Union[int, Pair]
 
 
+def _whole(value, name: str) -> int:
+    """``value`` as an int; a fraction (2.5) or a non-number is a ValueError naming ``name``."""
+    try:
+        whole = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if isinstance(value, bool) or whole != value:
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return whole
+
+
 def _pair(value: IntOrPair, name: str) -> Pair:
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(f"{name} must be an int or a pair, got {value!r}")
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
+        return _whole(value[0], name), _whole(value[1], name)
+    return _whole(value, name), _whole(value, name)
+
+
+def _counts_at_least_one(layer, attrs) -> None:
+    """Each of ``attrs`` becomes an int >= 1, or a ValueError naming the layer and the field."""
+    for attr in attrs:
+        try:
+            value = _whole(getattr(layer, attr), attr)
+        except ValueError as exc:
+            raise ValueError(f"layer {layer.name!r}: {exc}") from None
+        if value < 1:
+            raise ValueError(f"layer {layer.name!r}: {attr} must be >= 1, got {value}")
+        object.__setattr__(layer, attr, value)
 
 
 @dataclass(frozen=True)
@@ -60,18 +83,19 @@ class ConvLayer:
     kind: str = field(default="conv", init=False)
 
     def __post_init__(self):
-        for attr in ("stride", "padding", "dilation"):
-            object.__setattr__(self, attr, _pair(getattr(self, attr), attr))
+        _counts_at_least_one(self, ("in_h", "in_w", "in_channels", "out_channels", "kernel_h", "kernel_w",
+                                    "groups", "batch"))
         problems = []
-        for attr in ("in_h", "in_w", "in_channels", "out_channels", "kernel_h",
-                     "kernel_w", "groups", "batch"):
-            if int(getattr(self, attr)) < 1:
-                problems.append(f"{attr} must be >= 1, got {getattr(self, attr)}")
+        for attr in ("stride", "padding", "dilation"):
+            try:
+                object.__setattr__(self, attr, _pair(getattr(self, attr), attr))
+            except ValueError as exc:
+                raise ValueError(f"layer {self.name!r}: {exc}") from None
         if min(self.stride) < 1 or min(self.dilation) < 1:
             problems.append("stride and dilation must be >= 1")
         if min(self.padding) < 0:
             problems.append("padding must be >= 0")
-        if self.groups >= 1 and (self.in_channels % self.groups or self.out_channels % self.groups):
+        if (self.in_channels % self.groups or self.out_channels % self.groups):
             problems.append(f"in_channels ({self.in_channels}) and out_channels "
                             f"({self.out_channels}) must be divisible by groups ({self.groups})")
         if not problems and (self.out_h < 1 or self.out_w < 1):
@@ -123,9 +147,7 @@ class LinearLayer:
     kind: str = field(default="linear", init=False)
 
     def __post_init__(self):
-        for attr in ("in_features", "out_features", "batch"):
-            if int(getattr(self, attr)) < 1:
-                raise ValueError(f"layer {self.name!r}: {attr} must be >= 1, got {getattr(self, attr)}")
+        _counts_at_least_one(self, ("in_features", "out_features", "batch"))
 
     def lower(self) -> Gemm:
         return Gemm(m=self.batch, k=self.in_features, n=self.out_features)
@@ -152,9 +174,7 @@ class GemmLayer:
     kind: str = field(default="gemm", init=False)
 
     def __post_init__(self):
-        for attr in ("m", "k", "n", "repeats"):
-            if int(getattr(self, attr)) < 1:
-                raise ValueError(f"layer {self.name!r}: {attr} must be >= 1, got {getattr(self, attr)}")
+        _counts_at_least_one(self, ("m", "k", "n", "repeats"))
 
     def lower(self) -> Gemm:
         return Gemm(self.m, self.k, self.n, self.repeats)

@@ -11,13 +11,32 @@ import yaml
 PathLike = Union[str, os.PathLike]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain PyYAML keeps the last one,
+    so a typo'd duplicate silently overrides the value above it)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: PathLike, error: Type[Exception] = ValueError, text: Optional[str] = None) -> Any:
-    """Parse the YAML file ``path`` (or ``text`` read from it); a syntax error becomes
-    ``error("FILE: line L column C: invalid YAML (problem)")``."""
+    """Parse the YAML file ``path`` (or ``text`` read from it); a syntax error, a key given twice
+    in one mapping or an unreadable file becomes ``error("FILE: line L column C: invalid YAML (problem)")``
+    (``error("FILE: cannot read (reason)")``)."""
     if text is None:
-        text = Path(path).read_text()
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise error(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}:" if mark else ""

@@ -48,6 +48,10 @@ def test_good_file_loads(tmp_path):
     ({"dataflow": "rs"}, "dataflow"),                     # unknown dataflow
     ({"calibration": {"cycle_scale": 0}}, "calibration.cycle_scale"),
     ({"calibration": {"fold_overhead": 1}}, "calibration.fold_overhead"),
+    ({"array_rows": float("inf")}, "array_rows"),         # not finite
+    ({"clock_hz": float("nan")}, "clock_hz"),
+    ({"calibration": {"layer_overhead_cycles": float("nan")}}, "calibration.layer_overhead_cycles"),
+    ({"calibration": {"fold_overhead_cycles": -5}}, "calibration.fold_overhead_cycles"),   # negative overhead
 ])
 def test_bad_values_name_file_and_key(tmp_path, change, key):
     data = dict(GOOD)
@@ -72,6 +76,28 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         load_accelerator("no_such_preset")
     with pytest.raises(HardwareConfigError, match="expected a mapping"):
         load_accelerator(write(tmp_path, "- 1\n- 2\n", "list.yaml"))
+
+
+def test_duplicate_key_and_directory_name_the_file(tmp_path):
+    text = yaml.safe_dump(GOOD) + "array_rows: 64\n"     # the second value used to win silently
+    with pytest.raises(HardwareConfigError, match="'array_rows' appears twice") as info:
+        load_accelerator(write(tmp_path, text))
+    assert str(tmp_path / "hw.yaml") in str(info.value)
+    with pytest.raises(HardwareConfigError, match="cannot read"):
+        load_accelerator(tmp_path)
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"array_rows": 0}, "array_rows"), ({"array_rows": -4}, "array_rows"), ({"num_arrays": 0}, "num_arrays"),
+    ({"array_cols": 2.5}, "array_cols"), ({"bandwidth_bytes_per_s": 0}, "bandwidth_bytes_per_s"),
+    ({"clock_hz": float("inf")}, "clock_hz"),
+    ({"calibration": Calibration(layer_overhead_cycles=-1e9)}, "calibration.layer_overhead_cycles"),
+])
+def test_direct_construction_validates(change, key):
+    """Built in code, not from YAML: a zero array used to surface as a ZeroDivisionError in
+    layer_cost, and a negative one as negative cycles."""
+    with pytest.raises(HardwareConfigError, match=f"accelerator 't': key '{key}'"):
+        Accelerator(**{**GOOD, **change})
 
 
 def test_is_a_value_error():

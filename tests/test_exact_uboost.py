@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hwmodels import Accelerator, ConvLayer, LinearLayer, layer_cost
+from hwmodels import Accelerator, ConvLayer, GemmLayer, LinearLayer, layer_cost
 
 ACC = Accelerator("uboost-128", 128, 128)
 
@@ -86,6 +86,16 @@ def test_lowering_bad_layers():
         ConvLayer("c", 8, 8, 6, 4, 3, 3, groups=4)
     with pytest.raises(ValueError, match="in_channels must be >= 1"):
         ConvLayer("c", 8, 8, 0, 4, 3, 3)
+    # a fraction would make out_h and the MAC count fractions, not an error
+    with pytest.raises(ValueError, match="in_h must be an integer, got 2.5"):
+        ConvLayer("c", 2.5, 8, 4, 4, 3, 3)
+    with pytest.raises(ValueError, match="stride must be an integer"):
+        ConvLayer("c", 8, 8, 4, 4, 3, 3, stride=(1, 1.5))
+    with pytest.raises(ValueError, match="m must be an integer"):
+        GemmLayer("g", 1.5, 2, 2)
+    with pytest.raises(ValueError, match="in_features must be >= 1"):
+        LinearLayer("l", 0, 3)
+    assert ConvLayer("c", 8.0, 8, 4, 4, 3, 3).in_h == 8 and isinstance(ConvLayer("c", 8.0, 8, 4, 4, 3, 3).in_h, int)
 
 
 def test_depthwise_is_one_column():
