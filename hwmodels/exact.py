@@ -100,7 +100,7 @@ def offchip_elements(layer: Layer, acc: Accelerator) -> int:
     row_folds, col_folds, _ = fold_geometry(gemm, acc.array_rows, acc.array_cols, acc.dataflow)
     if acc.dataflow == "ws":      # inputs stream once per column fold of weights
         inputs *= col_folds
-    elif acc.dataflow == "os":    # weights stream once per row fold of outputs
+    elif acc.dataflow == "os":    # a row fold's inputs (R x K) stay on chip; weights stream once per row fold
         weights *= row_folds
     else:                         # is: weights stream once per column fold of inputs
         weights *= col_folds
