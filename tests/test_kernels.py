@@ -196,6 +196,47 @@ def test_triton_mixed_edge_vs_eager_float64(ops, stride, fold, train, tiled, no_
     check("running_var", e.bn.running_var, e64.bn.running_var, 1e-5)
 
 
+def test_triton_reductions_over_several_images_and_pixel_blocks(no_tf32, monkeypatch):
+    """The per-split loops over images and pixel blocks (on a GPU every split holds many images and
+    planes span many blocks; the interpreter's tiny shapes give one of each unless forced)."""
+    from ubnas.kernels import triton_kernels
+    monkeypatch.setattr(triton_kernels, "_splits", lambda n, per, target=1024: min(n, 2))   # 3 images: 2 + 1
+    edges, twins = _edge_group(DARTS, 3, 1, 2, DEV)
+    x = _x(n=3, c=3, h=9, dtype=torch.float32, device=DEV).requires_grad_()   # 81 pixels: 2 blocks of 64
+    probs = torch.softmax(torch.randn(2, len(DARTS), device=DEV), 1).detach().requires_grad_()
+    _check_group(edges, twins, x, probs, "triton", 1e-5)
+
+
+def test_triton_max_pool_propagates_nan_and_routes_inf_windows_as_pytorch():
+    """NaN wins a max-pool window and an all -inf window sends its gradient to its first tap,
+    as F.max_pool2d does (float64 eager reference)."""
+    e = MixedEdge(["max_pool_3x3", "none"], 2, 1)
+    x = torch.randn(1, 2, 6, 5, dtype=torch.float64)
+    x[0, 0, 1, 1] = x[0, 0, 4, 3] = float("nan")
+    x[0, 1, :3, :3] = float("-inf")   # the window at output (0, 0) of channel 1 is all -inf
+    p = torch.tensor([0.7, 0.3], dtype=torch.float64)
+    x64, x32 = x.clone().requires_grad_(), x.float().to(DEV).requires_grad_()
+    y64 = e.double().forward_eager(x64, p)
+    y = mixed_edge(e.float().to(DEV), x32, p.float().to(DEV), impl="triton")
+    torch.testing.assert_close(y.double().cpu(), y64, equal_nan=True)
+    g = torch.randn_like(y64)
+    y64.backward(g)
+    y.backward(g.float().to(DEV))
+    torch.testing.assert_close(x32.grad.double().cpu(), x64.grad, equal_nan=True)
+    assert y64.isnan().any() and x64.grad[0, 1, 0, 0] != 0   # the cases above were exercised
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_fused_bn_refuses_one_value_per_channel_as_eager(impl):
+    e = MixedEdge(UBOOST, 3, 1).to(DEV).train()
+    x, p = torch.randn(1, 3, 1, 1, device=DEV), torch.softmax(torch.randn(len(UBOOST), device=DEV), 0)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        mixed_edge(e, x, p, impl=impl)
+    assert not e.bn.num_batches_tracked and not e.bn.running_mean.any()   # no statistics taken
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        e.forward_eager(x, p)
+
+
 def _edge_group(ops, c, stride, n_edges, device, dtype=torch.float32):
     """(edges on device in dtype, float64 CPU twins with the same weights and BN buffers)."""
     edges, twins = [], []
@@ -341,6 +382,9 @@ def test_only_none_and_dispatch(monkeypatch):
     y = mixed_edge(e, x, torch.ones(1, dtype=torch.float64), impl="reference")
     assert y.shape == (2, 3, 3, 3) and not y.any()
     assert backend("auto", torch.device("cpu")) is R
+    assert backend("auto", torch.device("cuda")) is T   # choosing needs no GPU, only the device type
+    monkeypatch.setenv("UBNAS_KERNELS", "reference")
+    assert backend("triton", torch.device("cuda")) is R
     monkeypatch.setenv("UBNAS_KERNELS", "triton")
     assert backend("reference", torch.device(DEV)) is T   # CPU: through the interpreter
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)   # Triton on CPU tensors without the interpreter
@@ -450,7 +494,7 @@ def test_gradcheck_fused(ops, stride, train, fold, fast, c):  # noqa: PLR0913
     names = [n for n, _ in e.named_parameters()]
 
     def f(x, logits, *ws):
-        for (n, _), w in zip(e.named_parameters(), ws):
+        for n, w in zip(names, ws):
             mod = e.get_submodule(n.rsplit(".", 1)[0])
             setattr(mod, n.rsplit(".", 1)[1], w)
         return mixed_edge(e, x, torch.softmax(logits, 0), impl="reference", fold=fold)

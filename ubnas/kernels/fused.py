@@ -262,13 +262,16 @@ def _bn_stats(bns, z: torch.Tensor):
         mean = torch.cat([b.running_mean for b in bns]) if len(bns) > 1 else bn.running_mean
         var = torch.cat([b.running_var for b in bns]) if len(bns) > 1 else bn.running_var
         return mean.to(acc), torch.rsqrt(var.to(acc) + bn.eps), False
+    if bn.training and z.numel() == z.shape[1]:   # as F.batch_norm: no batch statistics from one value
+        raise ValueError("Expected more than 1 value per channel when training, got input size "
+                         f"{tuple(z.shape)}")
     var, mean = torch.var_mean(z.to(acc), dim=(0, 2, 3), unbiased=False)
     if bn.training and bn.track_running_stats and bn.running_mean is not None:
         with torch.no_grad():
             m = z.numel() // z.shape[1]
             c = z.shape[1] // len(bns)
             means = mean.to(bn.running_mean.dtype).split(c)
-            vars_ = (var * (m / max(m - 1, 1))).to(bn.running_var.dtype).split(c)
+            vars_ = (var * (m / (m - 1))).to(bn.running_var.dtype).split(c)
             torch._foreach_add_([b.num_batches_tracked for b in bns], 1)
             if bn.momentum is None:   # cumulative average: each BN's own count
                 for b, mu, v in zip(bns, means, vars_):

@@ -367,7 +367,8 @@ def _dw_bwd_w_tile(dd_ptr, x_ptr, part_ptr, N, C, H, W, Ho, Wo, NK_ALL, J0, TOTA
 @triton.jit
 def _pool_at(x_base, oh, ow, pm, H, W, STRIDE: tl.constexpr, HAS_MAX: tl.constexpr, HAS_AVG: tl.constexpr):
     """(max, argmax, avg) of the 3x3 windows at output positions (oh, ow) where pm (any shape);
-    pad 1, avg excludes padding, argmax = 3a + b of the first maximum (as PyTorch), -1 if none.
+    pad 1, avg excludes padding, argmax = 3a + b as PyTorch picks it (the first maximum, the
+    last NaN, the first in-bounds tap of an all -inf window), -1 if none.
     Results a caller does not use are dropped by the compiler."""
     mx = tl.full(oh.shape, float("-inf"), tl.float32)
     arg = tl.full(oh.shape, -1, tl.int32)
@@ -380,7 +381,7 @@ def _pool_at(x_base, oh, ow, pm, H, W, STRIDE: tl.constexpr, HAS_MAX: tl.constex
             m = pm & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             v = tl.load(x_base + ih * W + iw, mask=m, other=0.0).to(tl.float32)
             if HAS_MAX:
-                upd = m & (v > mx)
+                upd = m & ((v > mx) | (v != v) | (arg < 0))   # NaN propagates, as in PyTorch
                 mx = tl.where(upd, v, mx)
                 arg = tl.where(upd, a * 3 + b, arg)
             if HAS_AVG:
