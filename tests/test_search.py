@@ -86,14 +86,15 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
 
 def test_malformed_space_names_file_and_key(tmp_path):
     good = yaml.safe_load(open(load_space.__globals__["SPACE_DIR"] / "tiny.yaml"))
-    cases = {
-        "ops": (["conv_3x3", "conv_9x9"], "ops[1]"),
-        "nodes": ("two", "nodes"),
-        "channels": ({"init": 300, "step": 8, "candidates": 4, "min": 16, "max": 192}, "channels.init"),
-    }
-    for key, (value, where) in cases.items():
+    cases = [
+        ("ops", ["conv_3x3", "conv_9x9"], "ops[1]"),
+        ("ops", ["none"], "key 'ops' needs an op other than 'none'"),   # no edge would carry data
+        ("nodes", "two", "nodes"),
+        ("channels", {"init": 300, "step": 8, "candidates": 4, "min": 16, "max": 192}, "channels.init"),
+    ]
+    for i, (key, value, where) in enumerate(cases):
         bad = dict(good, **{key: value})
-        path = tmp_path / f"bad_{key}.yaml"
+        path = tmp_path / f"bad_{i}_{key}.yaml"
         path.write_text(yaml.safe_dump(bad))
         with pytest.raises(SpaceError) as err:
             load_space(str(path))
@@ -158,6 +159,26 @@ def test_triton_kernels_on_a_cpu_is_a_one_line_error(tmp_path, capsys, monkeypat
                  "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "kernels 'triton' need CUDA tensors" in err and len(err.splitlines()) == 1, err
+
+
+def test_a_refused_search_leaves_the_run_directory_as_it_was(tmp_path, capsys, monkeypatch):
+    """Settings are checked (device, kernels, data, accelerator, space) before config.yaml is written:
+    a refused run must not relabel the arch.yaml and checkpoint of the run already in OUT."""
+    from ubnas.cli import main
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("hw: my_npu\n")
+    (run / "checkpoint.pt").write_text("")
+    refused = [["--kernels", "triton", "--device", "cpu"], ["--data", "cifar10", "--data-dir", str(tmp_path)],
+               ["--hw", str(tmp_path / "missing.yaml")]]
+    for flags in refused:
+        assert main(["search", *flags, "--out", str(run), "--quiet"]) == 2, flags
+        assert (run / "config.yaml").read_text() == "hw: my_npu\n", flags
+        assert "exists; starting over" in capsys.readouterr().out   # notes print under --quiet too
+    (tmp_path / "afile").write_text("")
+    assert main(["search", "--out", str(tmp_path / "afile"), "--quiet"]) == 2
+    assert "afile: exists and is not a directory" in capsys.readouterr().err
 
 
 def test_atomic_write_text_gives_the_mode_open_would(tmp_path):

@@ -110,8 +110,13 @@ def test_notes_say_what_happens_to_the_checkpoint(tmp_path, capsys):
     train(config(spec, out, epochs=1), resume=True)     # nothing to resume: a new run, and it says so
     assert f"no {out / 'checkpoint.pt'} to resume; starting a new run" in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text())["history"][-1]["epoch"] == 1
-    train(config(spec, out, epochs=1))                  # a checkpoint there and no --resume: overwritten
-    assert "checkpoint.pt exists; starting over" in capsys.readouterr().out
+    train(config(spec, out, epochs=1), progress=False)  # a checkpoint there and no --resume: overwritten;
+    assert "checkpoint.pt exists; starting over" in capsys.readouterr().out   # --quiet hides bars, not notes
+    train(config(spec, out, epochs=1, lr=0.3, seed=0), resume=True, progress=False)
+    assert "with its saved schedule; ignored: lr\n" in capsys.readouterr().out   # seed 0 is the saved value
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError, match="--out .*afile: exists and is not a directory"):
+        train(config(spec, tmp_path / "afile", epochs=1), progress=False)
 
 
 def test_onecycle_and_label_smoothing_run(tmp_path):

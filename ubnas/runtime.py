@@ -22,6 +22,24 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def make_run_dir(path: Path) -> Path:
+    """Create the run directory ``path`` (and its parents); an error names ``--out`` and the path."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ValueError(f"--out {path}: exists and is not a directory") from None
+    except OSError as exc:
+        raise ValueError(f"--out {path}: cannot create the run directory ({exc.strerror})") from None
+    return path
+
+
+def say(message: str) -> None:
+    """A note for the user: printed even with --quiet (which hides progress only), above any bar."""
+    from tqdm import tqdm
+    tqdm.write(message)
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     """torch.save to a temp file, then rename: a crash never leaves half a checkpoint."""
     path = Path(path)

@@ -31,7 +31,7 @@ from .channels import ChannelAllocator
 from .cost import COST_MODELS, WIDTH_COSTS, supernet_cost
 from .data import batches, load_dataset, search_split
 from .kernels import backend as kernel_backend
-from .runtime import atomic_torch_save, pick_device, resume_note
+from .runtime import atomic_torch_save, make_run_dir, pick_device, resume_note, say
 from .space import load_space
 from .supernet import RELAXATIONS, Supernet
 
@@ -151,17 +151,16 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
         default = SearchConfig()   # options set away from their default and from the saved value
         changed = [f.name for f in fields(SearchConfig)
                    if getattr(cfg, f.name) not in (getattr(saved, f.name), getattr(default, f.name))]
-        if changed:
-            _say(f"note: resuming {ckpt_path} with its saved config; ignored: {', '.join(changed)}", progress)
+        if changed and main:
+            say(f"note: resuming {ckpt_path} with its saved config; ignored: {', '.join(changed)}")
         cfg = saved
     note = resume_note(ckpt_path, resume)
-    if note:
-        _say(note, progress)
+    if note and main:
+        say(note)
     cfg.validate()
     check_sync = bool(os.environ.get("UBNAS_CHECK_SYNC")) and world > 1
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+        make_run_dir(out)
     device = pick_device(cfg.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -185,6 +184,8 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     net.set_impl(cfg.kernels)
     if cfg.kernels != "eager":
         kernel_backend(cfg.kernels, device)   # a backend this device cannot run fails here, not mid-epoch
+    if main:   # only now: a run refused above leaves the config of the run in OUT as it was
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     dist.broadcast_module(net)
 
     def cost_of(arch):

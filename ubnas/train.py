@@ -26,7 +26,7 @@ from hwmodels.yamlio import atomic_write_text
 
 from .build import build_network
 from .data import augment_crop_flip, batches, load_dataset
-from .runtime import atomic_torch_save, pick_device, resume_note
+from .runtime import atomic_torch_save, make_run_dir, pick_device, resume_note, say
 from .spec import ArchSpec, load_spec
 
 SCHEDULES = ("cosine", "onecycle")
@@ -168,12 +168,20 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     ckpt_path = out / CHECKPOINT
     ckpt = None
     note = resume_note(ckpt_path, resume)
+    if note:
+        say(note)
     if resume and ckpt_path.exists():
         ckpt = read_checkpoint(ckpt_path, spec)
         saved = ckpt["config"]
+        default = TrainConfig(spec=cfg.spec)   # options set away from their default and the saved value
+        ignored = [k for k in TRAJECTORY_KEYS
+                   if k in saved and getattr(cfg, k) not in (saved[k], getattr(default, k))]
+        if ignored:
+            say(f"note: resuming {ckpt_path} with its saved schedule; ignored: {', '.join(ignored)}")
         cfg = TrainConfig(**{**asdict(cfg), **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}})
     cfg.validate()
     pick_accelerator(spec, cfg.hw)   # a bad --hw fails now, not after the training
+    make_run_dir(out)
     device = pick_device(cfg.device)
 
     # ---- data and model ---------------------------------------------------------------
@@ -206,11 +214,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         history = list(ckpt["history"])
         gen.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
-    out.mkdir(parents=True, exist_ok=True)
     if progress:
         from tqdm import tqdm
-        if note:
-            tqdm.write(note)
         n_params = sum(p.numel() for p in model.parameters())
         tqdm.write(f"train {spec.origin} ({n_params:,} parameters) on {cfg.data} ({len(train_y)} train / "
                    f"{len(test_y)} test) for {cfg.epochs} epochs on {device}"

@@ -30,7 +30,7 @@ def add_parser(sub):
                    help="YAML file of the options above (command-line flags win)")
     p.add_argument("--resume", action="store_true", default=False,
                    help="continue from OUT/checkpoint.pt with its saved config (a new run if there is none)")
-    p.add_argument("--quiet", action="store_true", default=False, help="no progress bar")
+    p.add_argument("--quiet", action="store_true", default=False, help="no progress bar or per-epoch lines (notes still print)")
     return p
 
 
