@@ -223,7 +223,13 @@ def measured_rows(path: Union[str, os.PathLike], acc: Accelerator) -> ReferenceS
                                           f"got '{text}'")
             return value
 
-        if row.get("measured_cycles", ""):
+        if row.get("measured_cycles", "") and row.get("measured_seconds", ""):
+            cycles, from_seconds = number("measured_cycles"), number("measured_seconds") * acc.clock_hz
+            if abs(cycles - from_seconds) > 0.01 * cycles:   # which one to trust is the user's call
+                raise HardwareConfigError(
+                    f"{where}: 'measured_cycles' {cycles:g} and 'measured_seconds' x clock_hz "
+                    f"{from_seconds:g} disagree by more than 1 % (give one, or check clock_hz)")
+        elif row.get("measured_cycles", ""):
             cycles = number("measured_cycles")
         elif row.get("measured_seconds", ""):
             cycles = number("measured_seconds") * acc.clock_hz

@@ -1,7 +1,8 @@
 """Read a network's layers from a CSV file (one layer per row).
 
 Header (order free, extra columns ignored -- the calibration tool appends
-measured columns):
+measured columns -- unless a name is a near miss of a layer column, such as
+``strides``, which is an error rather than a silently defaulted field):
 
     name,kind,in_h,in_w,in_channels,out_channels,kernel_h,kernel_w,stride,padding,dilation,groups,batch
 
@@ -17,6 +18,7 @@ skipped.  Every problem raises ``HardwareConfigError`` with one line
 from __future__ import annotations
 
 import csv
+import difflib
 import os
 from typing import Dict, List, Optional, Union
 
@@ -93,6 +95,21 @@ def _parse_row(row: _Row, default_batch: int) -> Layer:
         row.fail(str(exc))
 
 
+COLUMNS = ALWAYS + CONV_ONLY + tuple(DEFAULTS) + ("batch",)
+
+
+def _refuse_near_misses(header: List[str], where: str) -> None:
+    """Extra columns are ignored, so a misspelt optional column (``strides``) would silently take its
+    default; refuse an unknown column that is one or two letters off a layer column."""
+    for column in header:
+        if column in COLUMNS or column.startswith("measured_"):
+            continue
+        close = difflib.get_close_matches(column, COLUMNS, n=1, cutoff=0.8)
+        if close:
+            raise HardwareConfigError(f"{where}: unknown column '{column}' (did you mean '{close[0]}'? "
+                                      f"layer columns: {','.join(COLUMNS)})")
+
+
 def read_layers_csv(path: Union[str, os.PathLike], default_batch: int = 1) -> List[Layer]:
     """Layers of ``path`` in file order; raises HardwareConfigError on any bad row."""
     if int(default_batch) < 1:
@@ -119,6 +136,7 @@ def read_layers_csv(path: Union[str, os.PathLike], default_batch: int = 1) -> Li
             raise HardwareConfigError(
                 f"{path}:{header_line}: missing required column '{column}' in the header "
                 f"(got {','.join(header)})")
+    _refuse_near_misses(header, f"{path}:{header_line}")
     layers: List[Layer] = []
     for (line_no, _), values in zip(numbered[1:], rows[1:]):
         where = f"{path}:{line_no}"

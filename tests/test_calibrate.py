@@ -150,6 +150,8 @@ HEADER = ",".join(LAYER_COLUMNS)
     (HEADER + ",measured_cycles,measured_utilization", [GOOD + ",100,1.5"],
      r"bad\.csv:2: column 'measured_utilization' expected a positive number and <= 1"),
     ("name,kind,in_channels,measured_cycles", ["fc,linear,64,100"], r"bad\.csv:1: missing required column 'out_channels'"),
+    (HEADER + ",measured_cycles,measured_seconds", [GOOD + ",100,1e-7", GOOD + ",100,5e-7"],   # 1 GHz clock
+     r"bad\.csv:3: 'measured_cycles' 100 and 'measured_seconds' x clock_hz 500 disagree"),
 ])
 def test_bad_measured_csv_is_one_line_error(tmp_path, header, rows, match):
     path = _bad_csv(tmp_path, header, rows)

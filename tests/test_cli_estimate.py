@@ -75,6 +75,9 @@ BAD_CSV = [  # rows, header, expected line number, text the message must contain
      "missing required column 'out_channels'"),
     (["c1,conv,32,32,3,64,3,3,1,1.5,1,1,1"], HEADER, 2, "column 'padding' expected an integer >= 0"),
     (["fc,linear,7,,64,10,,,,,,,"], HEADER, 2, "column 'in_h' expected empty or 1"),
+    # a misspelt optional column would silently default (stride 1), so it is refused
+    (["c1,conv,32,32,3,64,3,3,2"], "name,kind,in_h,in_w,in_channels,out_channels,kernel_h,kernel_w,strides", 1,
+     "unknown column 'strides' (did you mean 'stride'?"),
 ]
 
 

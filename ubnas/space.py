@@ -111,6 +111,8 @@ def parse_space(data: Any, origin: str) -> SearchSpace:
             raise SpaceError(f"{origin}: key 'ops[{i}]' unknown op {op!r} (expected one of {', '.join(OPS)})")
     if len(set(ops)) != len(ops) or not ops:
         raise SpaceError(f"{origin}: key 'ops' must list distinct ops, got {ops}")
+    if all(op == "none" for op in ops):   # a network of zero edges has nothing to search or train
+        raise SpaceError(f"{origin}: key 'ops' needs an op other than 'none', got {ops}")
     stem = _need(data, "stem", dict, origin)
     stem_kernel = _need(stem, "kernel", int, origin, "stem.")
     stem_channels = _channels(_need(stem, "channels", dict, origin, "stem."), origin, "stem.channels.")
