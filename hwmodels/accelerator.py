@@ -185,6 +185,26 @@ def load_accelerator(name_or_path: Union[str, os.PathLike]) -> Accelerator:
     return from_dict(data, origin=str(path), name=path.stem)
 
 
+def calibrated_mode(name_or_path: Union[str, os.PathLike]) -> Optional[str]:
+    """The cost model (``systolic`` or ``uboost``) an accelerator YAML's calibration was fitted for
+    (its ``fit_report.mode``), or None for a preset or an uncalibrated file."""
+    path = Path(name_or_path)
+    if not path.suffix or not path.is_file():
+        return None
+    report = read_yaml(path, HardwareConfigError).get("fit_report")
+    mode = report.get("mode") if isinstance(report, dict) else None
+    return mode if isinstance(mode, str) else None
+
+
+def mode_mismatch_note(name_or_path: Union[str, os.PathLike], mode: str) -> Optional[str]:
+    """A note when ``name_or_path`` was calibrated for another cost model than ``mode``, else None."""
+    fitted = calibrated_mode(name_or_path)
+    if fitted is None or fitted == mode:
+        return None
+    return (f"note: {name_or_path} was calibrated for the {fitted} model; its calibration block is "
+            f"applied to the {mode} model here, where it was not fitted")
+
+
 def save_accelerator(acc: Accelerator, path: Union[str, os.PathLike], extra: Optional[Dict[str, Any]] = None) -> None:
     """Write ``acc`` (plus ``extra`` keys such as fit_report/provenance) as YAML, atomically."""
     data = acc.to_dict()

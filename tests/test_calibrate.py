@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from hwmodels import Accelerator, Calibration, ConvLayer, layer_cost, load_accelerator
 from hwmodels import calibrate as cal
@@ -191,9 +192,13 @@ def test_cli_end_to_end_on_measured_csv(synthetic, tmp_path, capsys):
     assert "RMSPE %" in printed and "within +-10 %" in printed and "bandwidth_efficiency" in printed
     loaded = load_accelerator(out)
     assert loaded.calibration.cycle_scale == pytest.approx(1.3, rel=0.03)
-    # usable wherever a preset is
+    # another accelerator than its base: named after its file; the base's name stays in provenance
+    assert loaded.name == "calibrated" and yaml.safe_load(out.read_text())["provenance"]["calibrated_from"] == "synthetic"
+    # usable wherever a preset is; used with the model it was not fitted for, it says so
     assert main(["estimate", "--model", "resnet18-cifar", "--hw", str(out), "--json"]) == 0
-    capsys.readouterr()
+    assert "note:" not in capsys.readouterr().err
+    assert main(["estimate", "--model", "resnet18-cifar", "--hw", str(out), "--model-mode", "uboost"]) == 0
+    assert "calibrated for the systolic model" in capsys.readouterr().err
     try:
         import matplotlib  # noqa: F401
     except ImportError:

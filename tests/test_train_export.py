@@ -1,4 +1,5 @@
 """ubnas train / export / report: training works, resume is exact, ONNX round trip, one-line errors."""
+import argparse
 import json
 import os
 import subprocess
@@ -86,6 +87,26 @@ def test_train_digits_above_chance(trained):
     assert metrics["spec_hash"] == load_spec(spec).arch_hash()
     assert [row["epoch"] for row in metrics["history"]] == [1, 2]
     assert (run / "checkpoint.pt").is_file() and not list(run.glob(".*tmp"))
+
+
+def test_metrics_use_the_accelerator_the_spec_records(tmp_path, capsys):
+    """A search on a YAML accelerator (calibrated or custom) records its whole definition in the
+    spec, so train costs the network on it, not on a preset of the same or no name."""
+    from hwmodels import Accelerator, Calibration, estimate
+    from ubnas.build import build_network
+    npu = Accelerator("my_npu", 8, 8, dataflow="os", calibration=Calibration(fold_overhead_cycles=7.0))
+    spec = write_spec(tmp_path / "arch.yaml", {"provenance/accelerator": "my_npu",
+                                               "provenance/accelerator_config": npu.to_dict()})
+    train(config(spec, tmp_path / "run", epochs=1), progress=False)
+    hw = json.loads((tmp_path / "run" / "metrics.json").read_text())["hardware"]
+    expected = estimate(build_network(load_spec(spec)), load_spec(spec).input_shape, npu)
+    assert hw["accelerator"] == "my_npu" and hw["accelerator_from"] == "spec provenance"
+    assert hw["cycles"] == pytest.approx(expected.cycles) and hw["accelerator_config"]["array_rows"] == 8
+    # a name alone that is no preset: the default, and a note that says so
+    spec = write_spec(tmp_path / "old.yaml", {"provenance/accelerator": "my_npu"})
+    train(config(spec, tmp_path / "old", epochs=1), progress=False)
+    assert "searched on 'my_npu', which is no preset" in capsys.readouterr().out
+    assert json.loads((tmp_path / "old" / "metrics.json").read_text())["hardware"]["accelerator"] == "uboost"
 
 
 def test_resume_gives_the_same_weights(trained, tmp_path):
@@ -209,6 +230,14 @@ def test_export_refuses_an_opset_it_cannot_write(tmp_path, capsys, opset):
         assert not file.exists()
 
 
+def test_export_to_an_unwritable_place_names_the_option(tmp_path, capsys):
+    pytest.importorskip("onnxscript")
+    spec = write_spec(tmp_path / "arch.yaml")
+    (tmp_path / "a_file").write_text("")
+    err = one_line_error(capsys, ["export", str(spec), "--onnx", str(tmp_path / "a_file" / "x.onnx")])
+    assert err.startswith(f"ubnas: error: --onnx {tmp_path / 'a_file' / 'x.onnx'}: cannot write there"), err
+
+
 def test_checkpoint_from_another_spec(trained, tmp_path, capsys):
     _, run, _ = trained
     other = write_spec(tmp_path / "other.yaml", {"cells/1/channels": 32, "classifier/in_features": 64})
@@ -227,9 +256,27 @@ def test_checkpoint_from_another_spec(trained, tmp_path, capsys):
     err = one_line_error(capsys, ["export", str(other), "--weights", str(tmp_path / "junk.pt"),
                                   "--onnx", str(tmp_path / "x.onnx")])
     assert "junk.pt" in err
+    torch.save({"model": {}, "spec_hash": argparse.Namespace()}, tmp_path / "objects.pt")   # a pickled object
+    err = one_line_error(capsys, ["export", str(other), "--weights", str(tmp_path / "objects.pt"),
+                                  "--onnx", str(tmp_path / "x.onnx")])
+    assert "Python objects beyond tensors" in err and "weights_only" not in err   # no advice to unpickle
 
 
 # -- report ---------------------------------------------------------------------------------------
+def test_report_costs_a_run_on_the_accelerator_its_spec_records(tmp_path):
+    from hwmodels import Accelerator
+    from ubnas.report import load_run
+    npu = Accelerator("my_npu", 8, 8, dataflow="os")
+    for name, provenance in (("full", {"provenance/accelerator": "my_npu",
+                                       "provenance/accelerator_config": npu.to_dict()}),
+                             ("name_only", {"provenance/accelerator": "my_npu"})):
+        (tmp_path / name).mkdir()   # a search directory without config.yaml
+        write_spec(tmp_path / name / "arch.yaml", provenance)
+    assert load_run(tmp_path / "full").cost.accelerator == npu
+    run = load_run(tmp_path / "name_only")
+    assert run.cost.accelerator.name == "uboost" and any("'my_npu' is no preset" in n for n in run.notes)
+
+
 def test_report_over_search_and_train_runs(trained, tmp_path, capsys):
     spec, run, _ = trained
     search = tmp_path / "search"

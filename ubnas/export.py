@@ -46,8 +46,12 @@ def export_onnx(spec_path, onnx_path, weights: Optional[str] = None, check: bool
         raise ValueError(f"--opset {opset}: this onnx package supports opsets 7..{newest}")
     example = torch.randn((2,) + tuple(spec.input_shape), generator=torch.Generator().manual_seed(0))
     onnx_path = Path(onnx_path)
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = onnx_path.with_name(f".{onnx_path.name}.tmp")
+    try:   # the folder must take our temp file: say so before the minutes of exporting
+        onnx_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.touch()
+    except OSError as exc:
+        raise ValueError(f"--onnx {onnx_path}: cannot write there ({exc.strerror})") from None
     batch = torch.export.Dim("batch", min=1)
     logs = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
     levels = [log.level for log in logs]

@@ -97,16 +97,24 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
     return data
 
 
-def _accelerator(names: Sequence[Any], override: Optional[str]):
+def _accelerator(candidates: Sequence[Any], override: Optional[str], notes: List[str]):
+    """--hw if given, else the first candidate that loads: an accelerator definition (dict), a
+    preset name or a YAML path; else uboost, with a note (a name alone cannot be costed)."""
     from hwmodels import load_accelerator, preset_names
+    from hwmodels.accelerator import from_dict
     if override:
         return load_accelerator(override)
-    for name in names:
-        if isinstance(name, str) and (name in preset_names() or Path(name).is_file()):
-            try:
-                return load_accelerator(name)
-            except ValueError:
-                continue
+    for c in candidates:
+        try:
+            if isinstance(c, dict):
+                return from_dict(c, origin="recorded accelerator")
+            if isinstance(c, str) and (c in preset_names() or Path(c).is_file()):
+                return load_accelerator(c)
+        except ValueError:
+            continue
+    named = [c for c in candidates if isinstance(c, str)]
+    if named:
+        notes.append(f"accelerator {named[0]!r} is no preset and not recorded in the run: costed on uboost")
     return load_accelerator("uboost")
 
 
@@ -133,7 +141,8 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None) -> Run:
             run.spec_path = Path(spec_file)
         elif spec_file:
             run.notes.append(f"spec {spec_file} not found: per-layer costs omitted")
-        acc_names = [(metrics.get("hardware") or {}).get("accelerator")]
+        hardware = metrics.get("hardware") or {}
+        acc_names = [hardware.get("accelerator_config"), hardware.get("accelerator")]
     elif (path / "arch.yaml").is_file() or (path / "search_log.csv").is_file():
         run = Run(path, name, "search")
         if (path / "config.yaml").is_file():
@@ -153,7 +162,10 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None) -> Run:
                          f"`ubnas search` or metrics.json from `ubnas train`)")
     if run.spec_path is not None:
         run.spec = load_spec(run.spec_path)
-        acc = _accelerator(acc_names + [run.spec.provenance.get("accelerator")], hw)
+        provenance = run.spec.provenance   # what the search used wins over a config.yaml that may have moved on
+        first = [] if run.kind == "train" else [provenance.get("accelerator_config")]
+        acc = _accelerator(first + acc_names + [provenance.get("accelerator_config"), provenance.get("accelerator")],
+                           hw, run.notes)
         from hwmodels import estimate
         model = build_network(run.spec)
         run.cost = estimate(model, run.spec.input_shape, acc)

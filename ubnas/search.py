@@ -24,6 +24,8 @@ import torch.nn.functional as F
 import yaml
 
 from hwmodels import load_accelerator
+from hwmodels.accelerator import mode_mismatch_note
+from hwmodels.exact import MODES
 from hwmodels.yamlio import atomic_write_text, read_yaml
 
 from . import distributed as dist
@@ -174,6 +176,9 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
         xa, ya = xa[rank:len(ya) // world * world:world], ya[rank:len(ya) // world * world:world]
     xw, yw, xa, ya = (t.to(device) for t in (xw, yw, xa, ya))
     acc = load_accelerator(cfg.hw)
+    mismatch = mode_mismatch_note(cfg.hw, cfg.cost_model) if cfg.cost_model in MODES else None
+    if mismatch and main:
+        say(mismatch)
     net = Supernet(load_space(cfg.space), data.input_shape, data.num_classes, cfg.channels)
     allocator = ChannelAllocator(dict(net.widths.items()), net.channel_bindings(), cfg.seed)
     if checkpoint is not None:   # restore window shapes before loading tensors into them
@@ -343,6 +348,8 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path) -> Path:
         "lambda_latency": cfg.lambda_latency, "beta_utilization": cfg.beta_utilization,
         "target_latency_us": cfg.target_latency_us, "cost_model": cfg.cost_model,
         "data": cfg.data, "epochs": cfg.epochs, "accelerator": acc.name,
+        # the whole definition: a YAML accelerator (often a calibrated preset) is rebuilt from the spec
+        "accelerator_config": acc.to_dict(),
         "final_val_acc": history[-1]["val_acc"] if history else None,
         "smooth_cost": {"latency_us": float(smooth["seconds"]) * 1e6,
                         "utilization": float(smooth["utilization"])},

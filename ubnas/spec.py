@@ -246,6 +246,23 @@ def spec_from_dict(data: Any, origin: str = "<spec>") -> ArchSpec:
     return ArchSpec(shape, num_classes, stem_kernel, stem_channels, cells, dict(provenance), origin)
 
 
+def searched_accelerator(spec: ArchSpec):
+    """The accelerator the search costed ``spec`` on, or None when the spec cannot say.
+
+    ``provenance.accelerator_config`` (the whole definition, calibration included: a calibrated or
+    custom YAML need not be at hand) wins; older specs name a preset in ``provenance.accelerator``.
+    """
+    from hwmodels import load_accelerator, preset_names
+    from hwmodels.accelerator import from_dict
+    config = spec.provenance.get("accelerator_config")
+    if config is not None:
+        return from_dict(config, origin=f"{spec.origin}: provenance.accelerator_config")
+    name = spec.provenance.get("accelerator")
+    if isinstance(name, str) and name in preset_names():
+        return load_accelerator(name)
+    return None
+
+
 # -- files ---------------------------------------------------------------------------------
 def load_spec(path: Union[str, os.PathLike]) -> ArchSpec:
     """Read and validate a spec file; every problem is a one-line :class:`SpecError`."""

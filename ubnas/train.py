@@ -27,7 +27,7 @@ from hwmodels.yamlio import atomic_write_text
 from .build import build_network
 from .data import augment_crop_flip, batches, load_dataset
 from .runtime import atomic_torch_save, make_run_dir, pick_device, resume_note, say
-from .spec import ArchSpec, load_spec
+from .spec import ArchSpec, load_spec, searched_accelerator
 
 SCHEDULES = ("cosine", "onecycle")
 CHECKPOINT = "checkpoint.pt"
@@ -104,8 +104,10 @@ def read_checkpoint(path, spec: ArchSpec) -> dict:
     except FileNotFoundError:
         raise ValueError(f"{path}: no such checkpoint") from None
     except Exception as exc:   # pickle / zip errors from a file that is not a torch checkpoint
-        raise ValueError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if "weights_only" in str(exc) or "Weights only" in str(exc):   # not torch's advice to unpickle it
+            reason = "it holds Python objects beyond tensors, which ubnas never unpickles"
+        raise ValueError(f"{path}: not a readable torch checkpoint ({reason})") from None
     if not isinstance(ckpt, dict) or "spec_hash" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path}: not a checkpoint written by `ubnas train` (no architecture hash); "
                          f"search checkpoints hold a supernet, not an exported network")
@@ -128,13 +130,14 @@ def load_weights(model: torch.nn.Module, path, spec: ArchSpec) -> dict:
 
 
 def pick_accelerator(spec: ArchSpec, hw: Optional[str]):
-    """(Accelerator, why): --hw if given, else the spec's accelerator if it is a preset, else uboost."""
-    from hwmodels import load_accelerator, preset_names
+    """(Accelerator, why): --hw if given, else the one the search used (``searched_accelerator``),
+    else uboost."""
+    from hwmodels import load_accelerator
     if hw:
         return load_accelerator(hw), "--hw"
-    name = spec.provenance.get("accelerator")
-    if isinstance(name, str) and name in preset_names():
-        return load_accelerator(name), "spec provenance"
+    acc = searched_accelerator(spec)
+    if acc is not None:
+        return acc, "spec provenance"
     return load_accelerator("uboost"), "default"
 
 
@@ -144,7 +147,8 @@ def hardware_metrics(model: torch.nn.Module, spec: ArchSpec, hw: Optional[str]) 
     was_training = model.training
     cost = estimate(model, spec.input_shape, acc)
     model.train(was_training)
-    return {"accelerator": acc.name, "accelerator_from": why, "batch": 1, "model": "systolic",
+    return {"accelerator": acc.name, "accelerator_from": why, "accelerator_config": acc.to_dict(),
+            "batch": 1, "model": "systolic",
             "macs": int(cost.macs), "cycles": float(cost.cycles), "latency_us": cost.seconds * 1e6,
             "utilization": cost.utilization}
 
@@ -180,7 +184,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             say(f"note: resuming {ckpt_path} with its saved schedule; ignored: {', '.join(ignored)}")
         cfg = TrainConfig(**{**asdict(cfg), **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}})
     cfg.validate()
-    pick_accelerator(spec, cfg.hw)   # a bad --hw fails now, not after the training
+    acc, why = pick_accelerator(spec, cfg.hw)   # a bad --hw fails now, not after the training
+    if why == "default" and spec.provenance.get("accelerator"):
+        say(f"note: {spec.origin} was searched on {spec.provenance['accelerator']!r}, which is no preset and "
+            f"the spec does not define; metrics.json uses {acc.name} (pass --hw)")
     make_run_dir(out)
     device = pick_device(cfg.device)
 

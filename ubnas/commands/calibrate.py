@@ -13,6 +13,7 @@ Every user error is a ValueError with one line; nothing is written on failure.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from hwmodels.accelerator import DATAFLOWS
 from hwmodels.exact import MODES
@@ -130,6 +131,9 @@ def run(args) -> int:
             holdout.rows = trim(holdout.rows)
     result = cal.calibrate(reference, acc, args.model_mode, holdout=holdout, holdout_fraction=fraction,
                            seed=seed, provenance=provenance)
+    # a calibrated copy is another accelerator: named after its file, so specs, metrics and reports
+    # tell it from the preset it came from (provenance.calibrated_from keeps that name)
+    result.accelerator = result.accelerator.replace(name=Path(args.out).stem)
     png = cal.write_calibrated(result, args.out, plot=not args.no_plot)
     sys.stdout.write(cal.format_report(result))
     print(f"wrote {args.out}" + (f" and {png}" if png else ""))

@@ -14,7 +14,7 @@ import re
 import sys
 
 from hwmodels import load_accelerator
-from hwmodels.accelerator import DATAFLOWS
+from hwmodels.accelerator import DATAFLOWS, mode_mismatch_note
 from hwmodels.exact import MODES, network_cost
 
 
@@ -113,6 +113,9 @@ def run(args) -> int:
     batch = _positive_int(args.batch, "--batch")
     acc = build_accelerator(args)
     layers = collect_layers(args, batch)
+    note = mode_mismatch_note(args.hw, args.model_mode)
+    if note:
+        print(note, file=sys.stderr)
     cost = network_cost(layers, acc, args.model_mode)
     if args.json:
         json.dump(to_json_dict(cost), sys.stdout, indent=1)

@@ -51,9 +51,13 @@ def run(args) -> int:
         return 0
     last = result.history[-1] if result.history else {}
     print(f"search done: {len(result.history)} epochs, val_acc {last.get('val_acc', float('nan')):.3f}, "
-          f"smooth latency {last.get('latency_us', float('nan')):.2f} us, "
+          f"supernet (smooth) latency {last.get('latency_us', float('nan')):.2f} us, "
           f"utilization {last.get('utilization', float('nan')):.4f}")
-    if result.spec_path:
-        print(f"architecture: {result.spec_path}")
+    if result.spec_path:   # what the user deploys: the exported network, costed exactly
+        from ..spec import load_spec
+        provenance = load_spec(result.spec_path).provenance
+        exact = provenance.get("exact_cost") or {}
+        print(f"architecture: {result.spec_path} (exact latency {exact.get('latency_us', float('nan')):.2f} us, "
+              f"utilization {exact.get('utilization', float('nan')):.4f} on {provenance.get('accelerator')})")
     print(f"run directory: {result.out_dir} (config.yaml, search_log.csv, checkpoint.pt)")
     return 0

@@ -30,7 +30,7 @@ def add_parser(sub):
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--seed", type=int, default=0, help="default 0")
     parser.add_argument("--hw", metavar="PRESET|FILE.yaml",
-                        help="accelerator for metrics.json (default: the spec's, if a preset, else uboost)")
+                        help="accelerator for metrics.json (default: the one the spec was searched on, else uboost)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines (notes still print)")
     return parser
 
