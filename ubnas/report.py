@@ -142,7 +142,7 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None) -> Run:
         elif spec_file:
             run.notes.append(f"spec {spec_file} not found: per-layer costs omitted")
         hardware = metrics.get("hardware") or {}
-        acc_names = [hardware.get("accelerator_config"), hardware.get("accelerator")]
+        recorded = [hardware.get("accelerator_config"), hardware.get("accelerator")]
     elif (path / "arch.yaml").is_file() or (path / "search_log.csv").is_file():
         run = Run(path, name, "search")
         if (path / "config.yaml").is_file():
@@ -156,16 +156,17 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None) -> Run:
         last = run.curves[-1] if run.curves else {}
         if isinstance(last.get("val_acc"), (int, float)):
             run.accuracy, run.accuracy_label = float(last["val_acc"]), "search val accuracy (supernet)"
-        acc_names = [run.config.get("hw")]
+        recorded = [run.config.get("hw")]
     else:
         raise ValueError(f"{path}: not a ubnas run directory (expected arch.yaml / search_log.csv from "
                          f"`ubnas search` or metrics.json from `ubnas train`)")
     if run.spec_path is not None:
         run.spec = load_spec(run.spec_path)
-        provenance = run.spec.provenance   # what the search used wins over a config.yaml that may have moved on
-        first = [] if run.kind == "train" else [provenance.get("accelerator_config")]
-        acc = _accelerator(first + acc_names + [provenance.get("accelerator_config"), provenance.get("accelerator")],
-                           hw, run.notes)
+        searched = [run.spec.provenance.get("accelerator_config"), run.spec.provenance.get("accelerator")]
+        # a train run: what it was measured on; a search run: the definition the search recorded wins
+        # over config.yaml's hw (a file that may have changed since), which wins over a bare name
+        candidates = (recorded + searched if run.kind == "train" else searched[:1] + recorded + searched[1:])
+        acc = _accelerator(candidates, hw, run.notes)
         from hwmodels import estimate
         model = build_network(run.spec)
         run.cost = estimate(model, run.spec.input_shape, acc)

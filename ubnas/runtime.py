@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterable, List, Mapping, Optional
 
 import torch
 
@@ -46,6 +46,12 @@ def atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def ignored_on_resume(cfg, saved: Mapping[str, Any], default, keys: Iterable[str]) -> List[str]:
+    """Options among ``keys`` that a run resumed with the checkpoint's ``saved`` values ignores: those
+    ``cfg`` sets away from both their ``default`` and the saved value."""
+    return [k for k in keys if k in saved and getattr(cfg, k) not in (saved[k], getattr(default, k))]
 
 
 def resume_note(ckpt_path: Path, resume: bool) -> Optional[str]:

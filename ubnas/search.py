@@ -33,7 +33,7 @@ from .channels import ChannelAllocator
 from .cost import COST_MODELS, WIDTH_COSTS, supernet_cost
 from .data import batches, load_dataset, search_split
 from .kernels import backend as kernel_backend
-from .runtime import atomic_torch_save, make_run_dir, pick_device, resume_note, say
+from .runtime import atomic_torch_save, ignored_on_resume, make_run_dir, pick_device, resume_note, say
 from .space import load_space
 from .supernet import RELAXATIONS, Supernet
 
@@ -150,9 +150,7 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     if resume and ckpt_path.exists():
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         saved = SearchConfig(**checkpoint["config"])   # a resumed run keeps its own config
-        default = SearchConfig()   # options set away from their default and from the saved value
-        changed = [f.name for f in fields(SearchConfig)
-                   if getattr(cfg, f.name) not in (getattr(saved, f.name), getattr(default, f.name))]
+        changed = ignored_on_resume(cfg, asdict(saved), SearchConfig(), [f.name for f in fields(SearchConfig)])
         if changed and main:
             say(f"note: resuming {ckpt_path} with its saved config; ignored: {', '.join(changed)}")
         cfg = saved
@@ -390,6 +388,6 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def _say(message: str, enabled: bool) -> None:
+    """Progress lines (epochs, reallocations): hidden by --quiet, unlike ``say``'s notes."""
     if enabled:
-        from tqdm import tqdm
-        tqdm.write(message)
+        say(message)

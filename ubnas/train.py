@@ -26,7 +26,7 @@ from hwmodels.yamlio import atomic_write_text
 
 from .build import build_network
 from .data import augment_crop_flip, batches, load_dataset
-from .runtime import atomic_torch_save, make_run_dir, pick_device, resume_note, say
+from .runtime import atomic_torch_save, ignored_on_resume, make_run_dir, pick_device, resume_note, say
 from .spec import ArchSpec, load_spec, searched_accelerator
 
 SCHEDULES = ("cosine", "onecycle")
@@ -141,9 +141,9 @@ def pick_accelerator(spec: ArchSpec, hw: Optional[str]):
     return load_accelerator("uboost"), "default"
 
 
-def hardware_metrics(model: torch.nn.Module, spec: ArchSpec, hw: Optional[str]) -> Dict[str, Any]:
+def hardware_metrics(model: torch.nn.Module, spec: ArchSpec, acc, why: str) -> Dict[str, Any]:
+    """Exact batch-1 cost of ``model`` (built from ``spec``) on ``acc``; ``why``: where acc came from."""
     from hwmodels import estimate
-    acc, why = pick_accelerator(spec, hw)
     was_training = model.training
     cost = estimate(model, spec.input_shape, acc)
     model.train(was_training)
@@ -177,14 +177,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     if resume and ckpt_path.exists():
         ckpt = read_checkpoint(ckpt_path, spec)
         saved = ckpt["config"]
-        default = TrainConfig(spec=cfg.spec)   # options set away from their default and the saved value
-        ignored = [k for k in TRAJECTORY_KEYS
-                   if k in saved and getattr(cfg, k) not in (saved[k], getattr(default, k))]
+        ignored = ignored_on_resume(cfg, saved, TrainConfig(spec=cfg.spec), TRAJECTORY_KEYS)
         if ignored:
             say(f"note: resuming {ckpt_path} with its saved schedule; ignored: {', '.join(ignored)}")
         cfg = TrainConfig(**{**asdict(cfg), **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}})
     cfg.validate()
-    acc, why = pick_accelerator(spec, cfg.hw)   # a bad --hw fails now, not after the training
+    acc, why = pick_accelerator(spec, cfg.hw)   # once, before training: a bad --hw fails now
     if why == "default" and spec.provenance.get("accelerator"):
         say(f"note: {spec.origin} was searched on {spec.provenance['accelerator']!r}, which is no preset and "
             f"the spec does not define; metrics.json uses {acc.name} (pass --hw)")
@@ -280,7 +278,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         "spec": str(spec.origin), "spec_hash": spec.arch_hash(), "data": cfg.data, "epochs": cfg.epochs,
         "test_acc": test_acc, "test_loss": test_loss,
         "params": sum(p.numel() for p in model.parameters()),
-        "hardware": hardware_metrics(model.cpu(), spec, cfg.hw),
+        "hardware": hardware_metrics(model.cpu(), spec, acc, why),
         "config": asdict(cfg), "history": history, "train_seconds": time.time() - t_start,
         "search_provenance": spec.provenance,
     }
