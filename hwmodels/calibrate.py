@@ -29,7 +29,6 @@ Every user error is a ``HardwareConfigError`` (a ValueError) with one line.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime as _dt
 import io
@@ -47,7 +46,7 @@ from .accelerator import (Accelerator, Calibration, HardwareConfigError, atomic_
                           save_accelerator)
 from .exact import MODES, layer_cost
 from .layers import GemmLayer, Layer
-from .layers_csv import read_layers_csv
+from .layers_csv import read_layer_table
 from .suites import layer_fields, simulated_lines
 
 DEFAULT_CACHE = Path("~/.cache/ubnas/scalesim.json")
@@ -129,25 +128,25 @@ def import_scalesim_csv(csv_path: Union[str, os.PathLike],
 
     Returns the number of rows read.
     """
-    layers = read_layers_csv(csv_path)
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-        records = list(csv.DictReader(handle))
+    table = read_layer_table(csv_path)
     need = ("array_rows", "array_cols", "dataflow", "scalesim_compute_cycles", "scalesim_total_cycles")
-    if records and any(c not in records[0] for c in need):
-        missing = [c for c in need if c not in records[0]]
-        raise HardwareConfigError(f"{csv_path}:1: missing column '{missing[0]}' (not a SCALE-Sim suite CSV)")
+    missing = [c for c in need if c not in table.header]
+    if missing:
+        raise HardwareConfigError(f"{table.header_where}: missing column '{missing[0]}' "
+                                  f"(not a SCALE-Sim suite CSV)")
     cache = load_cache(cache_path)
-    for index, (layer, record) in enumerate(zip(layers, records), start=2):
+    for row in table.rows:
+        layer, record = row.layer, row.values
         try:
             rows, cols = int(record["array_rows"]), int(record["array_cols"])
             compute, total = int(record["scalesim_compute_cycles"]), int(record["scalesim_total_cycles"])
         except ValueError:
-            raise HardwareConfigError(f"{csv_path}:{index}: expected integer array and cycle columns") from None
+            raise HardwareConfigError(f"{row.where}: expected integer array and cycle columns") from None
         key = cache_key(layer, rows, cols, record["dataflow"].strip(), SCALESIM_VERSION)
         cache[key] = {"compute_cycles": compute, "total_cycles": total,
                       "stall_cycles": total - compute, "gemms": _gemms(layer)}
     save_cache(cache_path, cache)
-    return len(records)
+    return len(table.rows)
 
 
 def scalesim_rows(layers: Sequence[Layer], acc: Accelerator, cache_path=DEFAULT_CACHE,
@@ -196,20 +195,13 @@ def scalesim_rows(layers: Sequence[Layer], acc: Accelerator, cache_path=DEFAULT_
 # ----------------------------------------------------------------------------- measured CSV
 def measured_rows(path: Union[str, os.PathLike], acc: Accelerator) -> ReferenceSet:
     """Reference rows of a measured CSV (layer CSV + measured_cycles|measured_seconds)."""
-    layers = read_layers_csv(path)   # layer columns: FILE:LINE errors of their own
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        numbered = [(i, line) for i, line in enumerate(handle, start=1)
-                    if line.strip() and not line.lstrip().startswith("#")]
-    records = list(csv.reader(line for _, line in numbered))
-    header = [h.strip().lower() for h in records[0]]
-    header_line = numbered[0][0]
-    if "measured_cycles" not in header and "measured_seconds" not in header:
-        raise HardwareConfigError(f"{path}:{header_line}: missing column 'measured_cycles' or "
-                                  f"'measured_seconds' in the header (got {','.join(header)})")
+    table = read_layer_table(path)   # layer columns: FILE:LINE errors of their own
+    if "measured_cycles" not in table.header and "measured_seconds" not in table.header:
+        raise HardwareConfigError(f"{table.header_where}: missing column 'measured_cycles' or "
+                                  f"'measured_seconds' in the header (got {','.join(table.header)})")
     out = []
-    for layer, (line_no, _), values in zip(layers, numbered[1:], records[1:]):
-        row = dict(zip(header, (v.strip() for v in values)))
-        where = f"{path}:{line_no}"
+    for entry in table.rows:
+        layer, row, where = entry.layer, entry.values, entry.where
 
         def number(column, upper=None):
             text = row.get(column, "")

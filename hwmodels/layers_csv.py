@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import difflib
 import os
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Union
 
 from .accelerator import HardwareConfigError
@@ -110,8 +111,28 @@ def _refuse_near_misses(header: List[str], where: str) -> None:
                                       f"layer columns: {','.join(COLUMNS)})")
 
 
-def read_layers_csv(path: Union[str, os.PathLike], default_batch: int = 1) -> List[Layer]:
-    """Layers of ``path`` in file order; raises HardwareConfigError on any bad row."""
+@dataclass(frozen=True)
+class LayerRow:
+    """A parsed data row: its layer, its location ``FILE:LINE`` and its raw cells (stripped, keyed by
+    the lower-cased header), so callers that read extra columns keep row and layer together."""
+
+    layer: Layer
+    where: str
+    values: Dict[str, str]
+
+
+@dataclass(frozen=True)
+class LayerTable:
+    """A layer CSV: its header (lower-cased), where the header is (``FILE:LINE``) and its data rows."""
+
+    header: List[str]
+    header_where: str
+    rows: List[LayerRow]
+
+
+def read_layer_table(path: Union[str, os.PathLike], default_batch: int = 1) -> LayerTable:
+    """Every data row of ``path`` in file order (blank and ``#`` lines skipped); raises
+    HardwareConfigError on any bad row."""
     if int(default_batch) < 1:
         raise HardwareConfigError(f"{path}: default batch must be >= 1, got {default_batch}")
     try:
@@ -137,13 +158,18 @@ def read_layers_csv(path: Union[str, os.PathLike], default_batch: int = 1) -> Li
                 f"{path}:{header_line}: missing required column '{column}' in the header "
                 f"(got {','.join(header)})")
     _refuse_near_misses(header, f"{path}:{header_line}")
-    layers: List[Layer] = []
+    out: List[LayerRow] = []
     for (line_no, _), values in zip(numbered[1:], rows[1:]):
         where = f"{path}:{line_no}"
         if len(values) > len(header):
             raise HardwareConfigError(f"{where}: {len(values)} fields but the header has {len(header)}")
-        row = _Row(where, dict(zip(header, values)), header)
-        layers.append(_parse_row(row, int(default_batch)))
-    if not layers:
+        cells = {h: (values[i].strip() if i < len(values) else "") for i, h in enumerate(header)}
+        out.append(LayerRow(_parse_row(_Row(where, cells, header), int(default_batch)), where, cells))
+    if not out:
         raise HardwareConfigError(f"{path}:{header_line}: no layer rows after the header")
-    return layers
+    return LayerTable(header, f"{path}:{header_line}", out)
+
+
+def read_layers_csv(path: Union[str, os.PathLike], default_batch: int = 1) -> List[Layer]:
+    """Layers of ``path`` in file order; raises HardwareConfigError on any bad row."""
+    return [row.layer for row in read_layer_table(path, default_batch).rows]

@@ -236,6 +236,25 @@ def test_scalesim_reference_through_cache_only(tmp_path, monkeypatch, capsys):
     assert exact.layer_overhead_cycles == pytest.approx(0, abs=1e-6)
 
 
+def test_scalesim_import_keeps_each_row_with_its_cycles_past_skipped_lines(tmp_path):
+    # A commented-out run and a blank line: every later row must still cache its own cycles.
+    lines = REFERENCE_CSV.read_text().splitlines()
+    edited = [lines[0], lines[1], "# " + lines[2], "", *lines[3:8]]
+    path = tmp_path / "edited.csv"
+    path.write_text("\n".join(edited) + "\n")
+    cache = tmp_path / "cache.json"
+    assert cal.import_scalesim_csv(path, cache) == 6
+    cached = json.loads(cache.read_text())
+    kept = [r for r in csv.DictReader(edited[:1] + edited[1:2] + edited[4:])]
+    assert len(kept) == 6 and len(cached) == len({(tuple(r[c] for c in LAYER_COLUMNS[1:]),
+                                                    r["array_rows"], r["dataflow"]) for r in kept})
+    for r in kept:
+        layer = ConvLayer(r["name"], **{c: int(r[c]) for c in LAYER_COLUMNS[2:]})
+        key = cal.cache_key(layer, int(r["array_rows"]), int(r["array_cols"]), r["dataflow"],
+                            cal.SCALESIM_VERSION)
+        assert cached[key]["total_cycles"] == int(r["scalesim_total_cycles"]), r["name"]
+
+
 def test_cache_key_ignores_names_and_includes_version():
     a = suite_layers("cifar", 0)[0]
     b = dataclasses.replace(a, name="renamed")
