@@ -41,8 +41,9 @@ _BUILTINS_DONE = False
 def register_layer_handler(module_type: type, fn: Handler) -> None:
     """Cost modules of ``module_type`` (and subclasses) with ``fn``.
 
-    ``fn(module, inputs, output, batch)`` gets the module, its positional input
-    tuple, its output and the estimate's batch, and returns a list of
+    ``fn(module, inputs, output, batch)`` gets the module, its input tuple (the
+    positional arguments; for a call with keywords only, such as
+    ``linear(input=x)``, the keyword values in call order), its output and the estimate's batch, and returns a list of
     ``ConvLayer``/``LinearLayer``/``GemmLayer`` (empty: no array cycles).  Set
     each layer's ``name`` to anything; it is replaced by the module path
     (``path`` for one layer, ``path.0``, ``path.1`` ... for several).
@@ -154,7 +155,8 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
     calls: Dict[str, int] = {}
 
     def make_hook(path: str, fn: Handler):
-        def hook(mod, inputs, output):
+        def hook(mod, args, kwargs, output):
+            inputs = args if args else tuple(kwargs.values())
             calls[path] = calls.get(path, 0) + 1
             name = path or type(mod).__name__
             if calls[path] > 1:
@@ -164,7 +166,7 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
 
     modes = {name: sub.training for name, sub in module.named_modules()}
     called_unknown: List[str] = []
-    hooks = [sub.register_forward_hook(make_hook(path, fn)) for path, (sub, fn) in handled.items()]
+    hooks = [sub.register_forward_hook(make_hook(path, fn), with_kwargs=True) for path, (sub, fn) in handled.items()]
     hooks += [sub.register_forward_pre_hook(lambda mod, inputs, path=path: called_unknown.append(path))
               for path, sub in unknown.items()]
     try:

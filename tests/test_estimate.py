@@ -77,6 +77,19 @@ def test_same_padding_and_shared_module():
         assert layer.lower().macs == 9 * 7 * 4 * 4 * 4 * 4
 
 
+def test_modules_called_with_keyword_inputs():
+    class Keywords(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 6, 3, stride=2), nn.Linear(6 * 4 * 3, 5)
+
+        def forward(self, x):
+            return self.fc(input=self.conv(input=x).flatten(1))
+
+    layers = trace_layers(Keywords(), (3, 9, 8), batch=2)
+    assert layers == [ConvLayer("conv", 9, 8, 3, 6, 3, 3, stride=2, batch=2), LinearLayer("fc", 72, 5, batch=2)]
+
+
 def test_resnet18_cifar_macs_and_layers():
     layers = trace_layers(get_model("resnet18-cifar"), (3, 32, 32))
     cost = network_cost(layers, ACC)
