@@ -6,8 +6,10 @@ may be soft (float tensors that carry gradients).  Only the ceilings change:
 * ``sigmoid``: ceil(x / d) ~ sum_k sigmoid((x - k*d - 1/2) / t).  Each step sits
   half-way between the integer counts k*d and k*d + 1, so at integer counts the
   value is within ~2*sigmoid(-1/(2t)) of the exact ceiling (t in elements).
-  Only the steps within a few ``window`` tiles of x are evaluated; the ones
-  below are counted as 1, so any tile count works without overflow.
+  Only the steps within ``window`` = 3 + ceil(10 t / d) steps of x are
+  evaluated (wide enough that the ones left out are within sigmoid(-10) ~ 5e-5
+  of 0 or 1, so the window moving with x leaves no visible jump); the ones below
+  are counted as 1, so any tile count works without overflow.
 * ``straight_through``: forward is the exact staircase (the loss reports true
   cycles), backward is the sigmoid surrogate's derivative.
 
@@ -17,6 +19,7 @@ surrogates here avoid all three.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, Sequence
 
@@ -34,8 +37,11 @@ def hard_ceil_div(x: torch.Tensor, d: float) -> torch.Tensor:
     return torch.clamp(torch.floor((x - 0.5) / d) + 1, min=0)
 
 
-def sigmoid_ceil_div(x: torch.Tensor, d: float, temperature: float, window: int = 3) -> torch.Tensor:
+def sigmoid_ceil_div(x: torch.Tensor, d: float, temperature: float) -> torch.Tensor:
     """Smooth ceil(x / d): steps of width ``temperature`` (elements) centred at k*d + 1/2."""
+    if not temperature > 0:
+        raise ValueError(f"surrogate temperature must be > 0, got {temperature}")
+    window = 3 + math.ceil(10 * temperature / d)
     last = torch.floor((x.detach() - 0.5) / d)                      # index of the last step <= x
     offsets = torch.arange(-window + 1, window + 1, device=x.device, dtype=x.dtype)
     ks = last.unsqueeze(-1) + offsets                              # (..., 2*window) nearby steps

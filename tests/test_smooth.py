@@ -46,6 +46,22 @@ def test_sigmoid_surrogate_has_no_overflow_and_no_offset():
     assert torch.allclose(value, expected, atol=1e-3)
 
 
+@pytest.mark.parametrize("d, t", [(2, 1.0), (4, 4.0), (1, 1.0), (128, 1.0)])
+def test_sigmoid_surrogate_equals_the_untruncated_sum_of_steps(d, t):
+    # A soft temperature next to a small step (the fold-rounds ceiling over 2 or 4 arrays): the
+    # evaluated window moves with x, and must do so without a jump against the sum over all steps.
+    x = torch.linspace(0.0, 30.0 * d, 6001, dtype=torch.float64)
+    ks = torch.arange(0, 40, dtype=torch.float64)
+    full = torch.sigmoid((x[:, None] - ks * d - 0.5) / t).sum(1)
+    assert (sigmoid_ceil_div(x, d, t) - full).abs().max() < 1e-3
+
+
+def test_sigmoid_surrogate_refuses_a_temperature_that_is_not_positive():
+    for t in (0.0, -1.0):
+        with pytest.raises(ValueError, match="temperature must be > 0"):
+            sigmoid_ceil_div(torch.ones(3), 8, t)
+
+
 @pytest.mark.parametrize("preset", ["uboost", "tpu_v3", "edge_16x16"])
 @pytest.mark.parametrize("dataflow", ["ws", "os", "is"])
 @pytest.mark.parametrize("mode", ["uboost", "systolic"])
