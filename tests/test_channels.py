@@ -1,4 +1,5 @@
 """Channel windows: masks and soft widths vs brute force; reallocation keeps the function."""
+import pytest
 import torch
 
 from ubnas.channels import ChannelAllocator, Width, plan_move, resize_dim
@@ -56,6 +57,54 @@ def test_plan_moves_respect_bounds():
         w.logits.copy_(torch.tensor([0, 6.0, 0, 0]))
     event, lo, step, count = plan_move(w)
     assert event == "narrow" and step == 4 and lo >= w.min and lo + (count - 1) * step <= w.max
+
+
+def _with_logits(width, values):
+    with torch.no_grad():
+        width.logits.copy_(torch.tensor(values, dtype=torch.float32))
+    return width
+
+
+def test_windows_do_not_move_without_mass_on_an_edge():
+    w = make_width(init=24, lo=8, hi=64)                                   # 24..48, room both ways
+    assert plan_move(_with_logits(w, [0, 0, 0, 0])) is None               # uniform: no evidence
+    assert plan_move(_with_logits(w, [1e-6, 0, 0, 0])) is None            # a favourite by noise
+    assert plan_move(_with_logits(w, [0, 0, 0, 1e-6])) is None
+    assert plan_move(_with_logits(w, [0.7, 0.7, 0, 0])) is None           # tied with its neighbour
+    assert plan_move(_with_logits(w, [0.7, 0, 0, 0]))[0] == "shift_down"  # p = 0.41 >= 1.5 / 4
+    assert plan_move(_with_logits(w, [0, 0, 0, 0.7]))[0] == "grow"
+
+
+def test_a_move_does_not_trigger_itself_again():
+    for logits, event in (([1.0, 0, 0, 0], "shift_down"), ([0, 0, 0, 1.0], "grow")):
+        w = _with_logits(make_width(init=32, lo=8, hi=96), logits)
+        opt = torch.optim.Adam([w.logits], lr=0.1)
+        w.logits.grad = torch.tensor([-1.0, 0.5, 0.5, 0.0])
+        opt.step()
+        old = dict(zip(w.candidates, w.logits.tolist()))
+        old_avg = dict(zip(w.candidates, opt.state[w.logits]["exp_avg"].tolist()))
+        alloc = ChannelAllocator({"w": w}, [])
+        assert [e["event"] for e in alloc.step([opt], 0)] == [event]
+        mean = sum(old.values()) / len(old)
+        for width, logit, avg in zip(w.candidates, w.logits.tolist(), opt.state[w.logits]["exp_avg"].tolist()):
+            assert logit == pytest.approx(old.get(width, mean))               # new width: mean logit
+            assert avg == pytest.approx(old_avg.get(width, 0.0))              # and no Adam history
+        assert alloc.step([opt], 1) == []                                      # no new evidence, no move
+
+
+@pytest.mark.parametrize("init, lo, hi, best", [(24, 21, 200, 1), (24, 8, 75, 5), (40, 33, 91, 3), (24, 24, 72, 1)])
+def test_narrowing_keeps_the_peak_width_within_bounds(init, lo, hi, best):
+    w = Width("w", ChannelSpec(init, 8, 7, lo, hi))
+    logits = [0.0] * 7
+    logits[best] = 6.0
+    event, new_lo, step, count = plan_move(_with_logits(w, logits))
+    peak = init + best * 8
+    new = [new_lo + j * step for j in range(count)]
+    assert (event, step, count) == ("narrow", 4, 7)
+    assert peak in new and lo <= new[0] and new[-1] <= hi
+    # as centred as the bounds allow: the brute-force best of every window through the peak
+    fits = [a for a in range(7) if lo <= peak - a * 4 and peak + (6 - a) * 4 <= hi]
+    assert new.index(peak) == min(fits, key=lambda a: abs(a - 3))
 
 
 def _net():

@@ -14,7 +14,7 @@ def test_torchrun_two_ranks_stay_in_sync(tmp_path):
     env = dict(os.environ, UBNAS_CHECK_SYNC="1", UBNAS_DIST_BACKEND="gloo")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "ubnas", "search", "--epochs", "2", "--max-steps-per-epoch", "2", "--realloc-every", "1",
-           "--batch-size", "32", "--out", str(out), "--quiet"]
+           "--batch-size", "32", "--stage", "joint", "--arch-lr", "0.3", "--out", str(out), "--quiet"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     # rank 0 checked a checksum of every architecture parameter against rank 1 after each step

@@ -7,13 +7,17 @@ M = sum_j p_j m_j (m_j = first w_j channels) and the cost sees the soft width
 sum_j p_j w_j.
 
 The allocator moves windows between architecture steps:
-* mass piled on the top candidate -> shift the window up one step (new
+* mass piled on the top candidate (the strict favourite, holding at least
+  ``edge_mass`` of the probability) -> shift the window up one step (new
   filters initialised, consumers' new input slices zero so the network's
   function is unchanged, logits and optimizer state extended);
-* mass on the bottom candidate -> shift down one step, freeing the top filters;
-* a peaked distribution in the middle -> halve the step around the peak.
-min/max always hold, and every decision depends only on the logits, so it is
-deterministic for a seed.
+* the same on the bottom candidate -> shift down one step, freeing the top filters;
+* a peaked distribution in the middle -> halve the step around the peak, which
+  stays a candidate.
+A candidate the window gains starts at the mean of the old logits with no
+Adam history, so it is not the favourite and a move does not re-trigger
+itself without new evidence.  min/max always hold, and every decision depends
+only on the logits, so it is deterministic for a seed.
 """
 from __future__ import annotations
 
@@ -116,11 +120,17 @@ def resize_dim(tensor: torch.Tensor, dim: int, old: int, new: int, blocks: int, 
     return kept.reshape(shape[:dim] + [blocks * new] + shape[dim + 1:]).contiguous()
 
 
-def _shift_logits(values: torch.Tensor, old: List[int], new: List[int]) -> torch.Tensor:
-    """Carry a per-candidate vector to new candidates: same width keeps its value,
-    others take the value of the nearest old width (linear interpolation inside)."""
-    result = np.interp(new, old, values.detach().cpu().double().numpy())
+def _shift_logits(values: torch.Tensor, old: List[int], new: List[int], outside: float) -> torch.Tensor:
+    """Carry a per-candidate vector to new candidates: same width keeps its value, widths between
+    two old ones interpolate linearly, widths beyond the old range take ``outside``."""
+    result = np.interp(new, old, values.detach().cpu().double().numpy(), left=outside, right=outside)
     return torch.tensor(result, dtype=values.dtype, device=values.device)
+
+
+def edge_mass(count: int) -> float:
+    """Probability the top or bottom of ``count`` candidates needs to move the window: 1.5x its
+    uniform share, at most 0.6 (the narrowing peak) -- 0.6 for 2, 0.375 for 4, 0.1875 for 8."""
+    return min(0.6, 1.5 / count)
 
 
 def plan_move(width: Width, peak: float = 0.6) -> Optional[Tuple[str, int, int, int]]:
@@ -129,17 +139,21 @@ def plan_move(width: Width, peak: float = 0.6) -> Optional[Tuple[str, int, int, 
         return None
     probs = torch.softmax(width.logits.detach().double(), 0)
     best = int(probs.argmax())
+    top_p = float(probs[best])
+    unique = int((probs == probs[best]).sum()) == 1
     lo, step, count = width.lo, width.step, width.count
-    if best == count - 1 and width.top + step <= width.max:
+    piled = unique and top_p >= edge_mass(count)
+    if piled and best == count - 1 and width.top + step <= width.max:
         return ("grow", lo + step, step, count)
-    if best == 0 and lo - step >= width.min:
+    if piled and best == 0 and lo - step >= width.min:
         return ("shift_down", lo - step, step, count)
-    if 0 < best < count - 1 and float(probs[best]) >= peak and step // 2 >= width.min_step and step % 2 == 0:
+    if 0 < best < count - 1 and top_p >= peak and step // 2 >= width.min_step and step % 2 == 0:
         new_step = step // 2
         centre = lo + best * step
-        new_lo = max(width.min, centre - (count // 2) * new_step)
-        new_lo = min(new_lo, width.max - (count - 1) * new_step)
-        return ("narrow", new_lo, new_step, count)
+        # the peak stays on the new grid: ``below`` candidates under it, as centred as min/max allow
+        below = min(count // 2, (centre - width.min) // new_step)
+        below = max(below, count - 1 - (width.max - centre) // new_step)
+        return ("narrow", centre - below * new_step, new_step, count)
     return None
 
 
@@ -182,11 +196,12 @@ class ChannelAllocator:
                 self._resize_tensor(binding, old_top, new_top, optimizers)
         # 2. logits and their optimizer state follow the candidates
         old_logits = width.logits
-        new_logits = nn.Parameter(_shift_logits(old_logits.data, old_candidates, new_candidates))
+        mean = float(old_logits.detach().double().mean())
+        new_logits = nn.Parameter(_shift_logits(old_logits.data, old_candidates, new_candidates, mean))
         width.lo, width.step, width.count = lo, step, count
         width.logits = new_logits
         self._swap_state(optimizers, old_logits, new_logits,
-                         lambda t: _shift_logits(t, old_candidates, new_candidates) if t.dim() == 1 else t)
+                         lambda t: _shift_logits(t, old_candidates, new_candidates, 0.0) if t.dim() == 1 else t)
 
     def _resize_tensor(self, binding: Binding, old: int, new: int, optimizers) -> None:
         module, attr = binding.module, binding.attr
