@@ -17,9 +17,28 @@ def test_torchrun_two_ranks_stay_in_sync(tmp_path):
            "--batch-size", "32", "--stage", "joint", "--arch-lr", "0.3", "--out", str(out), "--quiet"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    # rank 0 checked a checksum of every architecture parameter against rank 1 after each step
-    assert "architecture parameters identical on 2 ranks after all 4 steps" in result.stdout
+    # rank 0 checked a checksum of every weight and architecture parameter against rank 1 after each step
+    assert "weights and architecture parameters identical on 2 ranks after all 4 steps" in result.stdout
     assert result.stdout.count("search done") == 1          # only rank 0 reports and writes
     assert sorted(p.name for p in out.iterdir()) == ["arch.yaml", "checkpoint.pt", "config.yaml", "search_log.csv"]
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["realloc_log"], "the run should have moved at least one window (decided on rank 0)"
+
+
+def _mean_worker(rank, port, path):
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from ubnas import distributed as dist
+    assert dist.world("cpu") == (rank, 2)
+    means = dist.mean_over_ranks([float(rank), 2.0 * rank + 1, -3.0])
+    torch.save({"means": means, "backend": torch.distributed.get_backend()}, f"{path}.{rank}")
+    dist.shutdown()
+
+
+def test_logged_metrics_are_the_mean_over_ranks_on_gloo(tmp_path):
+    # each rank averages its own shard; the log takes the mean of the ranks' figures
+    torch.multiprocessing.spawn(_mean_worker, args=(29531, str(tmp_path / "r")), nprocs=2)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"r.{rank}", weights_only=True)
+        assert got["backend"] == "gloo"          # --device cpu takes gloo even where CUDA exists
+        assert got["means"] == [0.5, 2.0, -3.0]  # (0 + 1) / 2, (1 + 3) / 2, (-3 - 3) / 2

@@ -89,6 +89,29 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
         assert from_dict(spec_a["provenance"]["accelerator_config"]) == load_accelerator(_small(tmp_path, "x").hw)
 
 
+@pytest.mark.parametrize("stage, epochs", [("op", 2), ("staged", 1)])
+def test_a_run_that_ends_in_the_op_stage_exports_the_widths_it_trained(tmp_path, stage, epochs, capsys):
+    # op stage: every width is held at its window's top and its logits get no gradient
+    result = run_search(_small(tmp_path, "op", stage=stage, epochs=epochs), progress=False)
+    spec = yaml.safe_load(result.spec_path.read_text())
+    windows = torch.load(result.out_dir / "checkpoint.pt", weights_only=True)["windows"]
+    tops = {name: lo + (count - 1) * step for name, (lo, step, count) in windows.items()}
+    assert spec["stem"]["channels"] == tops["stem"]
+    assert [c["channels"] for c in spec["cells"]] == [tops[f"cell{i}"] for i in range(len(spec["cells"]))]
+    assert "widths were not searched" in capsys.readouterr().out
+
+
+def test_resuming_on_another_number_of_processes_says_the_result_will_differ(tmp_path, monkeypatch, capsys):
+    cfg = _small(tmp_path, "ws", epochs=2)
+    run_search(cfg, progress=False, stop_after_epoch=1)
+    assert torch.load(tmp_path / "ws" / "checkpoint.pt", weights_only=True)["world_size"] == 1
+    capsys.readouterr()
+    # as rank 0 of 2 (no process group: collectives are no-ops, the data is still sharded)
+    monkeypatch.setattr("ubnas.distributed.world", lambda device="auto": (0, 2))
+    run_search(cfg, resume=True, progress=False)
+    assert "written by 1 process(es) and resumes on 2" in capsys.readouterr().out
+
+
 def test_malformed_space_names_file_and_key(tmp_path):
     good = yaml.safe_load(open(load_space.__globals__["SPACE_DIR"] / "tiny.yaml"))
     cases = [

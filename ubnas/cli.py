@@ -46,7 +46,9 @@ def main(argv=None) -> int:
         # UBNAS_DEBUG=1 shows the traceback for bug reports.
         if os.environ.get("UBNAS_DEBUG"):
             raise
-        print(f"ubnas: error: {exc}", file=sys.stderr)
+        # under torchrun every rank may hit the same error: say which rank speaks
+        rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "0"
+        print(f"ubnas: error{f' (rank {rank})' if rank != '0' else ''}: {exc}", file=sys.stderr)
         return 2
 
 

@@ -13,13 +13,18 @@ import torch
 import torch.distributed as dist
 
 
-def world() -> tuple:
-    """(rank, world_size); initialises the process group when launched by torchrun."""
+def world(device: str = "auto") -> tuple:
+    """(rank, world_size); initialises the process group when launched by torchrun.
+
+    device: the run's ``--device``; nccl serves CUDA tensors only, so ``cpu`` takes gloo even
+    where a GPU is present (as does ``UBNAS_DIST_BACKEND=gloo``).
+    """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return 0, 1
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("UBNAS_DIST_BACKEND") != "gloo" else "gloo"
+        cuda = torch.cuda.is_available() and device != "cpu"
+        backend = "nccl" if cuda and os.environ.get("UBNAS_DIST_BACKEND") != "gloo" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
@@ -66,6 +71,16 @@ def broadcast_object(obj: Any) -> Any:
     box: List[Any] = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def mean_over_ranks(values: List[float]) -> List[float]:
+    """Each value averaged over the ranks (one collective; the values themselves without torchrun)."""
+    if not active():
+        return list(values)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    flat = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(flat)
+    return (flat / dist.get_world_size()).tolist()
 
 
 def assert_same(tensors: Iterable[torch.Tensor], what: str) -> None:

@@ -144,8 +144,7 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
     checkpoint = None
-    rank, world = dist.world()
-    main = rank == 0                 # only rank 0 writes files and prints
+    main = dist.rank() == 0          # only rank 0 writes files and prints
     progress = progress and main
     if resume and ckpt_path.exists():
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -158,6 +157,11 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     if note and main:
         say(note)
     cfg.validate()
+    rank, world = dist.world(cfg.device)
+    if checkpoint is not None and checkpoint.get("world_size", 1) != world and main:
+        say(f"note: {ckpt_path} was written by {checkpoint.get('world_size', 1)} process(es) and resumes on "
+            f"{world}: the data shards and the effective batch change, so the result will differ from "
+            f"an uninterrupted run")
     check_sync = bool(os.environ.get("UBNAS_CHECK_SYNC")) and world > 1
     if main:
         make_run_dir(out)
@@ -277,8 +281,9 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
                 for event in events:
                     _say(f"  realloc {event['width']}: {event['event']} {event['before']} -> {event['after']}",
                          progress)
-            if check_sync:
-                dist.assert_same(net.arch_parameters(), f"architecture parameters at step {arch_steps}")
+            if check_sync:   # BN running statistics differ per shard until the epoch's end, by design
+                dist.assert_same(list(net.weight_parameters()) + list(net.arch_parameters()),
+                                 f"weights and architecture parameters at step {arch_steps}")
             sums["loss"] += loss.item()
             sums["acc"] += float((logits.argmax(1) == yb).float().mean())
             sums["val_loss"] += val_loss.item()
@@ -294,9 +299,10 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
         with torch.no_grad():
             cost = cost_of(net.sample("softmax", hard_ops=hard_ops))
         n = max(1, sums["n"])
+        # every rank saw its own shard: log the mean over ranks (equal shards, equal step counts)
+        means = dist.mean_over_ranks([sums[k] / n for k in ("loss", "acc", "val_loss", "val_acc")])
         row = {"epoch": epoch + 1, "stage": stage, "tau": round(tau, 5), "lr": round(lr, 6),
-               "train_loss": sums["loss"] / n, "train_acc": sums["acc"] / n,
-               "val_loss": sums["val_loss"] / n, "val_acc": sums["val_acc"] / n,
+               "train_loss": means[0], "train_acc": means[1], "val_loss": means[2], "val_acc": means[3],
                "latency_us": float(cost["seconds"]) * 1e6, "utilization": float(cost["utilization"]),
                "mu": mu, "seconds": time.time() - t0, "steps": sums["n"],
                "widths": json.dumps({k: w.candidates for k, w in net.widths.items()})}
@@ -304,28 +310,33 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
             row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         history.append(row)
         dist.broadcast_module(net)   # BN running statistics differ per shard: take rank 0's
-        if not main:
-            continue
-        _write_log(out / "search_log.csv", history)
-        atomic_torch_save({
-            "config": asdict(cfg), "epoch": epoch + 1, "arch_steps": arch_steps, "mu": mu,
-            "latency_ref": latency_ref, "model": net.state_dict(),
-            "windows": {k: [w.lo, w.step, w.count] for k, w in net.widths.items()},
-            "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
-            "data_gen": data_gen.get_state(), "gumbel_gen": gumbel_gen.get_state(),
-            "alloc_gen": allocator.generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "history": history, "realloc_log": allocator.log,
-        }, ckpt_path)
-        _say(f"epoch {epoch + 1}: loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} "
-             f"val_acc {row['val_acc']:.3f} latency {row['latency_us']:.2f} us "
-             f"utilization {row['utilization']:.4f} ({row['seconds']:.1f} s)", progress)
+        if main:
+            _write_log(out / "search_log.csv", history)
+            atomic_torch_save({
+                "config": asdict(cfg), "epoch": epoch + 1, "arch_steps": arch_steps, "mu": mu,
+                "latency_ref": latency_ref, "model": net.state_dict(), "world_size": world,
+                "windows": {k: [w.lo, w.step, w.count] for k, w in net.widths.items()},
+                "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
+                "data_gen": data_gen.get_state(), "gumbel_gen": gumbel_gen.get_state(),
+                "alloc_gen": allocator.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "history": history, "realloc_log": allocator.log,
+            }, ckpt_path)
+            _say(f"epoch {epoch + 1}: loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} "
+                 f"val_acc {row['val_acc']:.3f} latency {row['latency_us']:.2f} us "
+                 f"utilization {row['utilization']:.4f} ({row['seconds']:.1f} s)", progress)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
             return SearchResult(out, history, None, allocator.log)
 
+    # A run that ends in the op stage never searched its widths (their logits are untouched):
+    # export the width its ops were trained and costed at, the window's top.
+    widths_searched = stage_at(cfg, cfg.epochs - 1) != "op"
     for w in net.widths.values():
-        w.forced = None
+        w.forced = None if widths_searched else w.top
+    if not widths_searched and main:
+        say("note: the run ended in the op stage, so widths were not searched; arch.yaml takes each "
+            "window's top width, at which the ops were trained")
     if check_sync:
-        _say(f"sync check: architecture parameters identical on {world} ranks after all {arch_steps} steps", main)
+        _say(f"sync check: weights and architecture parameters identical on {world} ranks after all {arch_steps} steps", main)
     spec_path = export_spec(net, cfg, acc, history, cost_of, data, out) if main else None
     dist.barrier()
     return SearchResult(out, history, spec_path, allocator.log)
