@@ -89,13 +89,16 @@ def scalesim_version() -> str:
         return SCALESIM_VERSION
 
 
+def _shape(layer: Layer) -> dict:
+    """What a layer computes, without its name."""
+    if isinstance(layer, GemmLayer):
+        return {"kind": "gemm", "m": layer.m, "k": layer.k, "n": layer.n, "repeats": layer.repeats}
+    return layer_fields(layer)
+
+
 def cache_key(layer: Layer, rows: int, cols: int, dataflow: str, version: str) -> str:
     """JSON key of one SCALE-Sim run: layer fields (not its name), array, dataflow, version."""
-    if isinstance(layer, GemmLayer):
-        fields = {"kind": "gemm", "m": layer.m, "k": layer.k, "n": layer.n, "repeats": layer.repeats}
-    else:
-        fields = layer_fields(layer)
-    return json.dumps({"layer": fields, "array": [int(rows), int(cols)], "dataflow": dataflow,
+    return json.dumps({"layer": _shape(layer), "array": [int(rows), int(cols)], "dataflow": dataflow,
                        "scalesim": version, "bandwidth": "calc"}, sort_keys=True)
 
 
@@ -362,10 +365,16 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
     if mode == "uboost":   # the paper's model has no memory bound: nothing for the efficiency to act on
         free = COMPUTE_PARAMS
     model_acc = acc if measured else acc.replace(num_arrays=1)   # SCALE-Sim simulates one array
+    overlap = 0
     if holdout is not None:
-        train, held = list(reference.rows), list(holdout.rows)
+        # a layer that is also fitted is not held out (e.g. --suite cifar --holdout-suite mixed)
+        fitted = {json.dumps(_shape(r.layer), sort_keys=True) for r in reference.rows}
+        train = list(reference.rows)
+        held = [r for r in holdout.rows if json.dumps(_shape(r.layer), sort_keys=True) not in fitted]
+        overlap = len(holdout.rows) - len(held)
         if not held:
-            raise HardwareConfigError(f"{holdout.source}: no held-out rows")
+            raise HardwareConfigError(f"{holdout.source}: no held-out rows" + (
+                f" (all {overlap} are layers of the training set {reference.source})" if overlap else ""))
     else:
         train, held = split_rows(reference.rows, holdout_fraction, seed)
     if len(train) < len(free) or not held:
@@ -395,7 +404,9 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
     fit_report = {
         "mode": mode, "free_parameters": list(free), "parameters": parameters,
         "n_train": len(train), "n_holdout": len(held),
-        "holdout": "separate set" if holdout is not None else f"seeded split {holdout_fraction:g}",
+        "holdout": (f"separate set ({overlap} of its rows left out: same layer as a training row)"
+                    if overlap else "separate set") if holdout is not None
+        else f"seeded split {holdout_fraction:g}",
         "before": m_before, "after": m_after, "train_after": m_train,
         "optimizer": {"success": bool(result.success), "cost": float(result.cost),
                       "nfev": int(result.nfev), "message": str(result.message)},

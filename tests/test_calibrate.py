@@ -131,6 +131,20 @@ def test_separate_holdout_file(tmp_path):
     assert result.metrics_after["rmspe_pct"] < result.metrics_before["rmspe_pct"]
 
 
+def test_a_separate_holdout_leaves_out_layers_of_the_training_set(tmp_path):
+    acc = _acc()
+    cifar, imagenet = suite_layers("cifar", 0), suite_layers("imagenet", 0)
+    fit_csv = _write_measured(tmp_path / "fit.csv", cifar, acc, seed=1)
+    renamed = [dataclasses.replace(layer, name=f"again_{layer.name}") for layer in cifar[:5]]
+    hold_csv = _write_measured(tmp_path / "hold.csv", imagenet + renamed, acc, seed=2)
+    result = cal.calibrate(cal.measured_rows(fit_csv, acc), acc, "systolic",
+                           holdout=cal.measured_rows(hold_csv, acc))
+    assert result.fit_report["n_holdout"] == len(imagenet)   # the 5 fitted layers, renamed, are out
+    assert "5 of its rows left out" in result.fit_report["holdout"]
+    with pytest.raises(HardwareConfigError, match="no held-out rows .all 41 are layers of the training"):
+        cal.calibrate(cal.measured_rows(fit_csv, acc), acc, "systolic", holdout=cal.measured_rows(fit_csv, acc))
+
+
 def _bad_csv(tmp_path, header, rows):
     path = tmp_path / "bad.csv"
     path.write_text("\n".join([header] + rows) + "\n")
