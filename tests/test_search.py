@@ -261,3 +261,59 @@ def test_expected_width_cost_equals_brute_force_enumeration():
     assert abs(float(got["cycles"]) - cycles) < 1e-9 * cycles
     assert abs(float(got["macs"]) - macs) < 1e-9 * macs
     assert abs(float(got["utilization"]) - macs / (cycles * acc.pes)) < 1e-12
+
+
+def test_starting_over_removes_the_last_runs_results(tmp_path):
+    run_search(_small(tmp_path, "run", epochs=1), progress=False)
+    assert (tmp_path / "run" / "arch.yaml").exists()
+    # a new run into the same directory, interrupted before it exports
+    run_search(_small(tmp_path, "run", epochs=3, hw="edge_32x32"), progress=False, stop_after_epoch=1)
+    assert not (tmp_path / "run" / "arch.yaml").exists()   # the old network must not pass for this run's
+    log = (tmp_path / "run" / "search_log.csv").read_text().splitlines()
+    assert len(log) == 2                                     # header and this run's one epoch
+
+
+def test_search_refuses_checkpoints_it_did_not_write(tmp_path, capsys):
+    from ubnas.cli import main
+    run = tmp_path / "train_run"
+    run.mkdir()
+    torch.save({"spec_hash": "abc", "model": {}}, run / "checkpoint.pt")   # what `ubnas train` writes
+    before = (run / "checkpoint.pt").read_bytes()
+    for flags in ([], ["--resume"]):
+        assert main(["search", "--out", str(run), "--quiet", *flags]) == 2
+        err = capsys.readouterr().err
+        assert "not a checkpoint written by `ubnas search`" in err and "Traceback" not in err
+        assert (run / "checkpoint.pt").read_bytes() == before and sorted(os.listdir(run)) == ["checkpoint.pt"]
+    (run / "checkpoint.pt").write_bytes(before[: len(before) // 2])        # truncated by a crash
+    assert main(["search", "--out", str(run), "--quiet", "--resume"]) == 2
+    assert "not a readable torch checkpoint" in capsys.readouterr().err
+
+
+def test_resume_takes_where_it_runs_from_the_command_line(tmp_path, capsys):
+    cfg = _small(tmp_path, "gpu_run", epochs=2, kernels="eager")
+    run_search(cfg, progress=False, stop_after_epoch=1)
+    path = tmp_path / "gpu_run" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["device"] = "cuda"                 # as if searched on a GPU machine
+    ckpt["config"]["out"] = "/elsewhere/run"          # and the run directory moved since
+    torch.save(ckpt, path)
+    capsys.readouterr()
+    resumed = run_search(_small(tmp_path, "gpu_run", epochs=2, device="cpu", kernels="reference",
+                                lambda_latency=9.0), resume=True, progress=False)
+    assert resumed.spec_path == tmp_path / "gpu_run" / "arch.yaml"
+    saved = yaml.safe_load((tmp_path / "gpu_run" / "config.yaml").read_text())
+    assert (saved["device"], saved["kernels"], saved["out"]) == ("cpu", "reference", str(tmp_path / "gpu_run"))
+    assert saved["lambda_latency"] == 0.5                                  # the trajectory is the checkpoint's
+    assert "ignored: lambda_latency" in capsys.readouterr().out
+
+
+def test_exported_exact_cost_is_at_the_search_hardware_batch(tmp_path):
+    from hwmodels import estimate
+    from ubnas.build import build_network
+    from ubnas.spec import load_spec
+    result = run_search(_small(tmp_path, "hb", epochs=1, hw_batch=8), progress=False)
+    spec = load_spec(result.spec_path)
+    exact = spec.provenance["exact_cost"]
+    assert exact["batch"] == 8 and spec.provenance["hw_batch"] == 8
+    want = estimate(build_network(spec), (1, 8, 8), load_accelerator("uboost"), batch=8)
+    assert exact["latency_us"] == pytest.approx(want.seconds * 1e6)

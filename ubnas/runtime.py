@@ -48,6 +48,19 @@ def atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def load_checkpoint(path: Path) -> Any:
+    """``torch.load`` of a ubnas checkpoint (tensors only); a file it cannot read is a one-line ValueError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such checkpoint") from None
+    except Exception as exc:   # pickle / zip errors from a truncated file or one that is not a checkpoint
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if "weights_only" in str(exc) or "Weights only" in str(exc):   # not torch's advice to unpickle it
+            reason = "it holds Python objects beyond tensors, which ubnas never unpickles"
+        raise ValueError(f"{path}: not a readable torch checkpoint ({reason})") from None
+
+
 def ignored_on_resume(cfg, saved: Mapping[str, Any], default, keys: Iterable[str]) -> List[str]:
     """Options among ``keys`` that a run resumed with the checkpoint's ``saved`` values ignores: those
     ``cfg`` sets away from both their ``default`` and the saved value."""

@@ -33,11 +33,16 @@ from .channels import ChannelAllocator
 from .cost import COST_MODELS, WIDTH_COSTS, supernet_cost
 from .data import batches, load_dataset, search_split
 from .kernels import backend as kernel_backend
-from .runtime import atomic_torch_save, ignored_on_resume, make_run_dir, pick_device, resume_note, say
+from .runtime import (atomic_torch_save, ignored_on_resume, load_checkpoint, make_run_dir, pick_device,
+                      resume_note, say)
 from .space import load_space
 from .supernet import RELAXATIONS, Supernet
 
 STAGES = ("staged", "joint", "op", "channel")
+# Options that say where and on what a run executes, not what it computes: --resume takes those
+# given on its command line (a GPU run resumes on a CPU, a data set that moved is found; the run
+# directory is always the one resumed), everything else from the checkpoint.
+PLACEMENT_KEYS = ("out", "device", "data_dir", "kernels")
 
 
 @dataclass
@@ -146,10 +151,16 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     checkpoint = None
     main = dist.rank() == 0          # only rank 0 writes files and prints
     progress = progress and main
-    if resume and ckpt_path.exists():
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        saved = SearchConfig(**checkpoint["config"])   # a resumed run keeps its own config
-        changed = ignored_on_resume(cfg, asdict(saved), SearchConfig(), [f.name for f in fields(SearchConfig)])
+    if ckpt_path.exists():
+        found = read_search_checkpoint(ckpt_path, resume)
+        checkpoint = found if resume else None
+    if checkpoint is not None:
+        # a resumed run keeps its own trajectory; where and on what it runs is this invocation's
+        here = {k: getattr(cfg, k) for k in PLACEMENT_KEYS
+                if k == "out" or getattr(cfg, k) != getattr(SearchConfig, k)}   # given on this command line
+        saved = SearchConfig(**{**checkpoint["config"], **here})
+        trajectory = [f.name for f in fields(SearchConfig) if f.name not in PLACEMENT_KEYS]
+        changed = ignored_on_resume(cfg, asdict(saved), SearchConfig(), trajectory)
         if changed and main:
             say(f"note: resuming {ckpt_path} with its saved config; ignored: {', '.join(changed)}")
         cfg = saved
@@ -192,6 +203,9 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     if cfg.kernels != "eager":
         kernel_backend(cfg.kernels, device)   # a backend this device cannot run fails here, not mid-epoch
     if main:   # only now: a run refused above leaves the config of the run in OUT as it was
+        if checkpoint is None:   # starting over: the last run's results must not pass for this run's
+            for stale in ("arch.yaml", "search_log.csv"):
+                (out / stale).unlink(missing_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     dist.broadcast_module(net)
 
@@ -342,6 +356,26 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     return SearchResult(out, history, spec_path, allocator.log)
 
 
+def read_search_checkpoint(path: Path, resume: bool) -> Optional[dict]:
+    """The search checkpoint at ``path``.  Another kind of checkpoint is refused either way (starting
+    over would overwrite it); an unreadable one is refused on --resume and left to be overwritten
+    otherwise (None)."""
+    try:
+        ckpt = load_checkpoint(path)
+    except ValueError:
+        if resume:
+            raise
+        return None
+    if not isinstance(ckpt, dict) or "arch_steps" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"{path}: not a checkpoint written by `ubnas search` (a `ubnas train` run?); "
+                         f"choose another --out")
+    unknown = set(ckpt["config"]) - {f.name for f in fields(SearchConfig)}
+    if unknown and resume:
+        raise ValueError(f"{path}: saved config has unknown option(s) {', '.join(sorted(unknown))} "
+                         f"(written by another ubnas version?)")
+    return ckpt
+
+
 def export_spec(net, cfg, acc, history, cost_of, data, out: Path) -> Path:
     """Derive the discrete network, cost it exactly, and write DIR/arch.yaml."""
     from hwmodels import estimate
@@ -356,7 +390,7 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path) -> Path:
         "search_space": cfg.space, "seed": cfg.seed, "stage": cfg.stage, "channels": cfg.channels,
         "lambda_latency": cfg.lambda_latency, "beta_utilization": cfg.beta_utilization,
         "target_latency_us": cfg.target_latency_us, "cost_model": cfg.cost_model,
-        "data": cfg.data, "epochs": cfg.epochs, "accelerator": acc.name,
+        "data": cfg.data, "epochs": cfg.epochs, "accelerator": acc.name, "hw_batch": cfg.hw_batch,
         # the whole definition: a YAML accelerator (often a calibrated preset) is rebuilt from the spec
         "accelerator_config": acc.to_dict(),
         "final_val_acc": history[-1]["val_acc"] if history else None,
@@ -372,7 +406,7 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path) -> Path:
                                           "utilization": float(discrete["utilization"])}
     exact = estimate(build_network(spec), tuple(data.input_shape), acc, batch=cfg.hw_batch)
     provenance["exact_cost"] = {"latency_us": exact.seconds * 1e6, "utilization": exact.utilization,
-                                "macs": int(exact.macs), "model": "systolic"}
+                                "macs": int(exact.macs), "model": "systolic", "batch": cfg.hw_batch}
     # supernet expectation (all ops, all edges) vs the exported network, and the surrogate alone
     provenance["smooth_vs_exact_latency_gap"] = (
         provenance["smooth_cost"]["latency_us"] / provenance["exact_cost"]["latency_us"] - 1)

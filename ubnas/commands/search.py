@@ -58,6 +58,7 @@ def run(args) -> int:
         provenance = load_spec(result.spec_path).provenance
         exact = provenance.get("exact_cost") or {}
         print(f"architecture: {result.spec_path} (exact latency {exact.get('latency_us', float('nan')):.2f} us, "
-              f"utilization {exact.get('utilization', float('nan')):.4f} on {provenance.get('accelerator')})")
+              f"utilization {exact.get('utilization', float('nan')):.4f} on {provenance.get('accelerator')}"
+              + (f", batch {exact['batch']}" if exact.get("batch", 1) != 1 else "") + ")")
     print(f"run directory: {result.out_dir} (config.yaml, search_log.csv, checkpoint.pt)")
     return 0
