@@ -177,7 +177,15 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
         x = (torch.rand((int(batch),) + shape, generator=gen) + 0.5).to(device=device, dtype=dtype)
         module.eval()
         with torch.no_grad():
-            module(x)
+            try:
+                module(x)
+            except RuntimeError as exc:
+                if "can't allocate memory" in str(exc) or type(exc).__name__ == "OutOfMemoryError":
+                    raise
+                # a shape the network cannot take (e.g. 1 channel into a 3-channel stem)
+                raise ValueError(f"{type(module).__name__} does not run on input {tuple(x.shape)} "
+                                 f"(batch x {'x'.join(map(str, shape))}): "
+                                 f"{str(exc).splitlines()[0]}") from None
     finally:
         for h in hooks:
             h.remove()

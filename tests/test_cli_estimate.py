@@ -116,6 +116,7 @@ def test_bad_csv_is_one_line_with_file_and_line(tmp_path, capsys, rows, header, 
     (["--model", "resnet18-cifar", "--model-mode", "fast"], "--model-mode"),
     (["--model", "resnet18-cifar", "--batch", "0"], "--batch"),
     (["--model", "resnet18-cifar", "--input", "3x32"], "--input"),
+    (["--model", "resnet18-cifar", "--input", "1x32x32"], "does not run on input (1, 1, 32, 32)"),
     (["--model", "alexnet"], "alexnet"),
     ([], "exactly one"),
     (["--model", "resnet18-cifar", "--layers", "x.csv"], "exactly one"),
@@ -154,3 +155,35 @@ def test_spec_file(tmp_path, capsys):
     assert data["total"]["cycles"] == pytest.approx(want.cycles) and data["total"]["macs"] == want.macs
     code, out, err = run_main(capsys, path, "--input", "3x8x8")
     assert code != 0 and "disagrees" in err
+
+
+def test_spec_without_hw_is_estimated_on_the_accelerator_it_was_searched_on(tmp_path, capsys):
+    import torch
+    from hwmodels import estimate
+    from ubnas.build import build_network
+    from ubnas.space import load_space
+    from ubnas.spec import derive_spec, load_spec, save_spec
+    from ubnas.supernet import Supernet
+    torch.manual_seed(0)
+    searched = load_accelerator("edge_32x32").replace(name="my_npu", array_rows=24, dataflow="os")
+    net = Supernet(load_space("tiny"), (1, 8, 8), 10)
+    path = tmp_path / "arch.yaml"
+    save_spec(derive_spec(net, {"accelerator": "my_npu", "accelerator_config": searched.to_dict()}), path)
+    code, out, err = run_main(capsys, path, "--json")
+    assert code == 0 and "accelerator my_npu, the one" in err, err
+    spec = load_spec(path)
+    want = estimate(build_network(spec), spec.input_shape, searched)
+    assert json.loads(out)["total"]["cycles"] == pytest.approx(want.cycles)
+    code, out, err = run_main(capsys, path, "--json", "--hw", "uboost")   # --hw still chooses
+    assert json.loads(out)["total"]["cycles"] == pytest.approx(
+        estimate(build_network(spec), spec.input_shape, load_accelerator("uboost")).cycles)
+
+
+def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
+
+    def exhausted(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 4000000000000 bytes.")
+    monkeypatch.setattr("ubnas.commands.estimate.network_cost", exhausted)
+    code, out, err = run_main(capsys, "--model", "resnet18-cifar")
+    assert code == 2 and err.startswith("ubnas: error: out of memory") and len(err.splitlines()) == 1, err

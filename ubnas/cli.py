@@ -41,6 +41,16 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("ubnas: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        # Running out of memory is the user's sizes, not a bug: say so in one line.  Any other
+        # RuntimeError is a bug and keeps its traceback.
+        if type(exc).__name__ != "OutOfMemoryError" and "can't allocate memory" not in str(exc):
+            raise
+        if os.environ.get("UBNAS_DEBUG"):
+            raise
+        print(f"ubnas: error: out of memory ({str(exc).splitlines()[0][:200]}); check the network's "
+              f"sizes, --batch or --batch-size", file=sys.stderr)
+        return 2
     except (ValueError, OSError, ImportError) as exc:
         # User-facing errors are one line (file, key/row, what was expected);
         # UBNAS_DEBUG=1 shows the traceback for bug reports.

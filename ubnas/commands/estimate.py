@@ -28,8 +28,9 @@ def add_parser(sub):
     parser.add_argument("--model", metavar="NAME",
                         help="built-in network (resnet18-cifar, mobilenetv2-cifar)")
     parser.add_argument("--layers", metavar="FILE.csv", help="layer CSV (hwmodels.layers_csv format)")
-    parser.add_argument("--hw", default="uboost", metavar="PRESET|FILE.yaml",
-                        help="accelerator preset name or YAML file (default: uboost)")
+    parser.add_argument("--hw", metavar="PRESET|FILE.yaml",
+                        help="accelerator preset name or YAML file (default: the accelerator a SPEC "
+                             "was searched on, else uboost)")
     parser.add_argument("--array", metavar="ROWSxCOLS", help="override the array size, e.g. 64x64")
     parser.add_argument("--num-arrays", metavar="N", help="override the number of arrays")
     parser.add_argument("--dataflow", metavar="|".join(DATAFLOWS), help="override the dataflow")
@@ -56,10 +57,14 @@ def parse_dims(text: str, option: str, count: int, example: str):
     return tuple(int(p) for p in parts)
 
 
-def build_accelerator(args):
-    """The --hw accelerator with --array/--num-arrays/--dataflow applied (validated).
-    Shared by ``ubnas estimate`` and ``ubnas calibrate``."""
-    acc = load_accelerator(args.hw)
+def build_accelerator(args, default=None):
+    """The --hw accelerator (``default`` or the uboost preset when --hw is not given) with
+    --array/--num-arrays/--dataflow applied (validated).  Shared by ``ubnas estimate`` and
+    ``ubnas calibrate``."""
+    if args.hw is not None:
+        acc = load_accelerator(args.hw)
+    else:
+        acc = default if default is not None else load_accelerator("uboost")
     changes = {}
     if args.array is not None:
         changes["array_rows"], changes["array_cols"] = parse_dims(args.array, "--array", 2, "128x128")
@@ -106,14 +111,27 @@ def collect_layers(args, batch: int):
     return trace_layers(module, shape, batch=batch)
 
 
+def _searched_on(args):
+    """For a SPEC without --hw: the accelerator it was searched on (as ``train`` and ``report`` take
+    it; a calibrated or custom one travels in the spec), with a note naming it; else None."""
+    if args.hw is not None or not args.spec or args.model or args.layers:
+        return None
+    from ubnas.spec import load_spec, searched_accelerator
+    acc = searched_accelerator(load_spec(args.spec))
+    if acc is not None:
+        print(f"note: accelerator {acc.name}, the one {args.spec} was searched on (--hw to choose another)",
+              file=sys.stderr)
+    return acc
+
+
 def run(args) -> int:
     from hwmodels.report import format_table, to_json_dict
     if args.model_mode not in MODES:
         raise ValueError(f"--model-mode: expected one of {', '.join(MODES)}, got {args.model_mode!r}")
     batch = _positive_int(args.batch, "--batch")
-    acc = build_accelerator(args)
+    acc = build_accelerator(args, _searched_on(args))
     layers = collect_layers(args, batch)
-    note = mode_mismatch_note(args.hw, args.model_mode)
+    note = mode_mismatch_note(args.hw, args.model_mode) if args.hw is not None else None
     if note:
         print(note, file=sys.stderr)
     cost = network_cost(layers, acc, args.model_mode)
