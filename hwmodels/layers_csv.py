@@ -140,9 +140,11 @@ def read_layer_table(path: Union[str, os.PathLike], default_batch: int = 1) -> L
     except OSError as exc:
         raise HardwareConfigError(f"{path}: cannot read layer CSV ({exc.strerror or exc})") from None
     with handle:
-        lines = ((i, line) for i, line in enumerate(handle, start=1)
-                 if line.strip() and not line.lstrip().startswith("#"))
-        numbered = list(lines)
+        try:
+            numbered = [(i, line) for i, line in enumerate(handle, start=1)
+                        if line.strip() and not line.lstrip().startswith("#")]
+        except UnicodeDecodeError as exc:
+            raise HardwareConfigError(f"{path}: not a UTF-8 text CSV ({exc.reason})") from None
     if not numbered:
         raise HardwareConfigError(f"{path}:1: empty layer CSV (expected a header row: "
                                   f"{','.join(ALWAYS + CONV_ONLY + tuple(DEFAULTS))},batch)")

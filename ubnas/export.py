@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from .build import build_network
+from .runtime import check_output_file
 from .spec import load_spec
 from .train import load_weights
 
@@ -45,13 +46,8 @@ def export_onnx(spec_path, onnx_path, weights: Optional[str] = None, check: bool
     if not 7 <= opset <= newest:
         raise ValueError(f"--opset {opset}: this onnx package supports opsets 7..{newest}")
     example = torch.randn((2,) + tuple(spec.input_shape), generator=torch.Generator().manual_seed(0))
-    onnx_path = Path(onnx_path)
+    onnx_path = check_output_file(onnx_path, "--onnx")   # before the minutes of exporting
     tmp = onnx_path.with_name(f".{onnx_path.name}.tmp")
-    try:   # the folder must take our temp file: say so before the minutes of exporting
-        onnx_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.touch()
-    except OSError as exc:
-        raise ValueError(f"--onnx {onnx_path}: cannot write there ({exc.strerror})") from None
     batch = torch.export.Dim("batch", min=1)
     logs = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
     levels = [log.level for log in logs]

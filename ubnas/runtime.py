@@ -34,6 +34,26 @@ def make_run_dir(path: Path) -> Path:
     return path
 
 
+def check_output_file(path, option: str) -> Path:
+    """``path`` as an output file for ``option``, checked before any long work: it names a file
+    (not a folder), its folder exists or can be made, and takes the temp file an atomic write needs.
+    Every failure is a one-line ValueError naming the option."""
+    text = str(path)
+    path = Path(path)
+    if not text.strip() or text.endswith(("/", os.sep)) or path.name in ("", ".", ".."):
+        raise ValueError(f"{option} {text!r}: expected a file name")
+    if path.is_dir():
+        raise ValueError(f"{option} {path}: is a directory (expected a file name)")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.touch()
+        tmp.unlink()
+    except OSError as exc:
+        raise ValueError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
+    return path
+
+
 def say(message: str) -> None:
     """A note for the user: printed even with --quiet (which hides progress only), above any bar."""
     from tqdm import tqdm

@@ -19,6 +19,7 @@ from hwmodels.accelerator import DATAFLOWS
 from hwmodels.exact import MODES
 from hwmodels.suites import SUITES
 
+from ..runtime import check_output_file
 from .estimate import _positive_int, build_accelerator
 
 
@@ -86,6 +87,7 @@ def run(args) -> int:
         raise ValueError("calibrate: give at most one of --holdout FILE.csv and --holdout-suite NAME")
     if not str(args.out).lower().endswith((".yaml", ".yml")):
         raise ValueError(f"--out: expected a .yaml file, got {args.out!r}")
+    check_output_file(args.out, "--out")   # before the fit (and any SCALE-Sim runs)
     acc = build_accelerator(args)
     cache = args.cache or cal.DEFAULT_CACHE
     trim = (lambda rows: rows[:max_layers]) if max_layers else (lambda rows: rows)
