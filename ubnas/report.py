@@ -8,6 +8,10 @@ the network built from its spec) and its curves; across runs, accuracy against
 latency with the Pareto front.  REPORT_DIR/report.md always; PNG figures when
 matplotlib is importable.
 
+A train run's metrics.json and spec are read by ``ubnas.trained_run``: a spec
+edited, moved or deleted since training leaves the figures metrics.json
+recorded, with a note.
+
 search_log.csv is read by column name: any of epoch, train_loss, train_acc,
 val_loss, val_acc, latency_us, utilization that are present are used, extra
 columns are ignored.
@@ -15,15 +19,15 @@ columns are ignored.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-
 from hwmodels.yamlio import atomic_write_text, read_yaml
+
+from .trained_run import read_metrics, trained_spec
 
 CURVE_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                  "latency_us", "utilization")
@@ -128,20 +132,16 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None) -> Run:
         raise ValueError(f"{path}: no such run directory")
     name = name or path.resolve().name
     if (path / "metrics.json").is_file():
-        try:
-            metrics = json.loads((path / "metrics.json").read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path / 'metrics.json'}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+        metrics = read_metrics(path / "metrics.json")
         run = Run(path, name, "train", config=dict(metrics.get("config") or {}), metrics=metrics,
                   curves=list(metrics.get("history") or []))
         run.accuracy, run.accuracy_label = metrics.get("test_acc"), "test accuracy (trained)"
         run.params = metrics.get("params")
-        spec_file = metrics.get("spec")
-        if spec_file and Path(spec_file).is_file():
-            run.spec_path = Path(spec_file)
-        elif spec_file:
-            run.notes.append(f"spec {spec_file} not found: per-layer costs omitted")
+        run.spec_path, run.spec = trained_spec(metrics, path, run.config, run.notes)
         hardware = metrics.get("hardware") or {}
+        if run.spec is None and hw:
+            run.notes.append(f"--hw {hw} not applied to this run (no spec to cost): its figures are on "
+                             f"{hardware.get('accelerator') or 'the accelerator metrics.json records'}")
         recorded = [hardware.get("accelerator_config"), hardware.get("accelerator")]
     elif (path / "arch.yaml").is_file() or (path / "search_log.csv").is_file():
         run = Run(path, name, "search")
@@ -151,6 +151,7 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None) -> Run:
             run.curves = read_log(path / "search_log.csv")
         if (path / "arch.yaml").is_file():
             run.spec_path = path / "arch.yaml"
+            run.spec = load_spec(run.spec_path)
         else:
             run.notes.append("no arch.yaml yet (search unfinished?): exported network omitted")
         last = run.curves[-1] if run.curves else {}
@@ -160,8 +161,7 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None) -> Run:
     else:
         raise ValueError(f"{path}: not a ubnas run directory (expected arch.yaml / search_log.csv from "
                          f"`ubnas search` or metrics.json from `ubnas train`)")
-    if run.spec_path is not None:
-        run.spec = load_spec(run.spec_path)
+    if run.spec is not None:
         searched = [run.spec.provenance.get("accelerator_config"), run.spec.provenance.get("accelerator")]
         # a train run: what it was measured on; a search run: the definition the search recorded wins
         # over config.yaml's hw (a file that may have changed since), which wins over a bare name
@@ -266,9 +266,15 @@ def run_markdown(run: Run, figures: Dict[str, str]) -> List[str]:
             out += [f"Supernet's smooth cost at export (arch.yaml provenance): "
                     f"{_fmt(smooth.get('latency_us'))} us, utilization "
                     f"{_fmt(100 * smooth['utilization']) if 'utilization' in smooth else '-'} %.", ""]
-    elif run.latency_us is not None:
-        out += [f"Exported network: latency **{run.latency_us:.2f} us**, utilization "
-                f"**{100 * run.utilization:.2f} %** (from metrics.json).", ""]
+    elif run.latency_us is not None or run.utilization is not None:
+        # the spec is not usable (see the notes): what `ubnas train` measured on the trained network
+        hw = run.metrics.get("hardware") or {}
+        on = f" on {hw['accelerator']}" if hw.get("accelerator") else ""
+        lat = "-" if run.latency_us is None else f"{run.latency_us:.2f} us"
+        util = "-" if run.utilization is None else f"{100 * run.utilization:.2f} %"
+        macs = f", {hw['macs']:,} MACs" if hw.get("macs") is not None else ""
+        out += [f"Exported network{on} (from metrics.json): latency **{lat}**, utilization **{util}**"
+                f"{macs}, {_fmt(run.params)} parameters.", ""]
     if run.spec is not None:
         out += [f"Stem: {run.spec.stem_channels} channels, kernel {run.spec.stem_kernel}.", ""]
         cells = []
@@ -292,8 +298,8 @@ def run_markdown(run: Run, figures: Dict[str, str]) -> List[str]:
 
 def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, Any]:
     """REPORT_DIR/report.md (+ PNGs when matplotlib is importable); returns the files written."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from .runtime import make_run_dir
+    out_dir = make_run_dir(Path(out_dir))     # an --out that is a file: a message naming --out, not errno 17
     figures: Dict[str, Dict[str, str]] = {r.name: {} for r in runs}
     pngs: List[str] = []
     plot_note = ""

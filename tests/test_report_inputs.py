@@ -1,0 +1,190 @@
+"""ubnas report on inputs that are not as `ubnas train` left them: a spec edited, moved or looked up
+from another directory (the report must show what metrics.json recorded, never another network's
+cost), malformed metrics.json files and an --out that is a file (one-line errors, no tracebacks)."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from ubnas.cli import main
+from ubnas.report import load_run
+from ubnas.train import TrainConfig, train
+
+# a tiny network for the shipped digits (1 x 8 x 8, 10 classes): one epoch takes well under a second
+TINY = {
+    "ubnas_spec": 1, "input_shape": [1, 8, 8], "num_classes": 10,
+    "stem": {"kernel": 3, "channels": 8},
+    "cells": [{"reduce": False, "pool_after": True, "channels": 8, "nodes": [
+        [{"from": 0, "op": "conv_3x3"}, {"from": 1, "op": "skip_connect"}]]}],
+    "classifier": {"in_features": 8},
+    "provenance": {"search_space": "handmade", "accelerator": "uboost"},
+}
+# the same cells 4x wider: a different network with a different cost
+WIDE = {**TINY, "stem": {"kernel": 3, "channels": 32},
+        "cells": [{**TINY["cells"][0], "channels": 32}], "classifier": {"in_features": 32}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convolutions: one intra-op thread is faster, and much faster on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def train_tiny(workdir, spec="arch.yaml", out="runs/tr"):
+    """`ubnas train SPEC --out OUT` run in ``workdir`` with relative paths, as a user types it; returns
+    the run directory and the metrics.json it wrote (the reference figures)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / spec).write_text(yaml.safe_dump(TINY, sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(workdir)
+        train(TrainConfig(spec=spec, out=out, data="digits", epochs=1, batch_size=128, seed=0,
+                          device="cpu"), progress=False)
+    run = workdir / out
+    return run, json.loads((run / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("trained"))
+
+
+def report_text(run, out, *extra):
+    assert main(["report", str(run), "--out", str(out), "--no-plots", *extra]) == 0
+    return (out / "report.md").read_text()
+
+
+def one_line_error(capsys, argv):
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+# -- which spec a train run is reported with -------------------------------------------------------
+def test_report_from_another_directory_finds_the_trained_spec(trained, tmp_path, monkeypatch):
+    """metrics.json records 'arch.yaml' relative to where train ran; the report runs elsewhere, where
+    an unrelated arch.yaml lies: it must cost the trained spec (metrics.json's figures), not that one."""
+    run, metrics = trained
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "arch.yaml").write_text(yaml.safe_dump(WIDE))
+    monkeypatch.chdir(elsewhere)
+    loaded = load_run(run)
+    assert loaded.spec is not None and loaded.cost is not None
+    assert loaded.spec_path.resolve() == (run.parent.parent / "arch.yaml").resolve()
+    assert loaded.latency_us == pytest.approx(metrics["hardware"]["latency_us"])
+    assert loaded.cost.macs == metrics["hardware"]["macs"]
+    assert loaded.utilization == pytest.approx(metrics["hardware"]["utilization"])
+    assert not loaded.notes
+
+
+def test_report_with_an_edited_spec_shows_the_recorded_figures(tmp_path, monkeypatch):
+    """The bug: the spec widened after training was costed under the run's name, with the old
+    parameter count and no note.  The report must show metrics.json's figures and say why."""
+    run, metrics = train_tiny(tmp_path / "work")
+    (tmp_path / "work" / "arch.yaml").write_text(yaml.safe_dump(WIDE))    # edited after training
+    monkeypatch.chdir(tmp_path / "work")
+    loaded = load_run("runs/tr")
+    assert loaded.cost is None and loaded.spec is None
+    hw = metrics["hardware"]
+    assert loaded.latency_us == hw["latency_us"] and loaded.utilization == hw["utilization"]
+    assert loaded.params == metrics["params"]
+    assert any("is not the network this run trained" in n and metrics["spec_hash"] in n for n in loaded.notes)
+    text = report_text("runs/tr", tmp_path / "rep")
+    assert f"latency **{hw['latency_us']:.2f} us**" in text
+    assert f"{hw['macs']:,} MACs" in text and f"{metrics['params']:,} parameters" in text
+    assert "is not the network this run trained" in text
+    assert "Stem: 32 channels" not in text           # nothing of the edited network is shown
+    # --hw cannot be applied without the trained spec: the report says so instead of costing WIDE
+    text = report_text("runs/tr", tmp_path / "rep_hw", "--hw", "tpu_v3")
+    assert f"latency **{hw['latency_us']:.2f} us**" in text and "--hw tpu_v3 not applied" in text
+
+
+def test_report_with_the_spec_deleted_uses_no_other_file_of_that_name(tmp_path, monkeypatch):
+    """The trained spec is gone; the current directory holds another arch.yaml (the name metrics.json
+    records): the report must not cost that one as this run's network."""
+    run, metrics = train_tiny(tmp_path / "work")
+    (tmp_path / "work" / "arch.yaml").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "arch.yaml").write_text(yaml.safe_dump(WIDE))
+    monkeypatch.chdir(elsewhere)
+    loaded = load_run(run)
+    assert loaded.cost is None and loaded.spec is None
+    assert loaded.latency_us == metrics["hardware"]["latency_us"]
+    assert any("is not the network this run trained" in n for n in loaded.notes)
+    text = report_text(run, tmp_path / "rep")
+    assert f"latency **{metrics['hardware']['latency_us']:.2f} us**" in text
+    (elsewhere / "arch.yaml").unlink()                # nowhere at all: the note says where it looked
+    loaded = load_run(run)
+    assert loaded.latency_us == metrics["hardware"]["latency_us"]
+    assert any("not found (looked in" in n and str(tmp_path / "work" / "arch.yaml") in n for n in loaded.notes)
+
+
+def test_report_finds_a_spec_moved_next_to_its_run(tmp_path, monkeypatch):
+    """A run directory copied elsewhere with its spec beside it (no longer under the train cwd)."""
+    run, metrics = train_tiny(tmp_path / "work", out="tr")
+    moved = tmp_path / "archive" / "tr"
+    moved.parent.mkdir()
+    run.rename(moved)
+    (tmp_path / "work" / "arch.yaml").rename(moved / "arch.yaml")
+    monkeypatch.chdir(tmp_path)
+    loaded = load_run(moved)
+    assert loaded.cost is not None and loaded.spec_path.resolve() == (moved / "arch.yaml").resolve()
+    assert loaded.latency_us == pytest.approx(metrics["hardware"]["latency_us"])
+
+
+# -- metrics.json that ubnas train did not write ---------------------------------------------------
+@pytest.mark.parametrize("content, key", [
+    ([1, 2], "JSON object"),
+    ({"history": [1, 2]}, "history[0]"),
+    ({"history": "abc"}, "history"),
+    ({"spec": 5}, "spec"),
+    ({"spec_hash": 5, "spec": "a.yaml"}, "spec_hash"),
+    ({"test_acc": "0.9"}, "test_acc"),
+    ({"test_acc": 90.0}, "test_acc"),                # a percentage: would read 9000 %
+    ({"config": "lr=0.1"}, "config"),
+    ({"params": "many"}, "params"),
+    ({"hardware": [7.5]}, "hardware"),
+    ({"hardware": {"latency_us": "fast"}}, "hardware.latency_us"),
+    ({"hardware": {"utilization": True}}, "hardware.utilization"),
+    ({"hardware": {"macs": 1.5}}, "hardware.macs"),
+])
+def test_report_malformed_metrics_is_a_one_line_error(tmp_path, capsys, content, key):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps(content))
+    err = one_line_error(capsys, ["report", str(run), "--out", str(tmp_path / "rep"), "--no-plots"])
+    assert err.startswith("ubnas: error: ") and str(run / "metrics.json") in err and key in err, err
+    assert "expected" in err
+
+
+def test_report_hand_written_metrics_are_shown_as_recorded(tmp_path):
+    """A metrics.json with figures only (no spec): they are the report's figures, '-' where absent."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({
+        "test_acc": 0.875, "params": 1234,
+        "hardware": {"accelerator": "my_npu", "latency_us": 3.25, "utilization": 0.5, "macs": 98765}}))
+    text = report_text(run, tmp_path / "rep")
+    assert "| run | train | 87.5 | 3.25 | 50 | 1,234 | my_npu | yes |" in text
+    assert "latency **3.25 us**, utilization **50.00 %**, 98,765 MACs, 1,234 parameters" in text
+    (run / "metrics.json").write_text(json.dumps({"test_acc": 0.875, "hardware": {"latency_us": 3.25}}))
+    text = report_text(run, tmp_path / "rep")              # no utilization recorded: '-', not a crash
+    assert "latency **3.25 us**, utilization **-**" in text
+
+
+# -- --out ------------------------------------------------------------------------------------------
+def test_report_out_is_a_file_names_out(trained, tmp_path, capsys):
+    run, _ = trained
+    target = tmp_path / "arch.yaml"
+    target.write_text("keep me\n")
+    err = one_line_error(capsys, ["report", str(run), "--out", str(target), "--no-plots"])
+    assert f"--out {target}: exists and is not a directory" in err
+    assert target.read_text() == "keep me\n"
