@@ -317,3 +317,15 @@ def test_exported_exact_cost_is_at_the_search_hardware_batch(tmp_path):
     assert exact["batch"] == 8 and spec.provenance["hw_batch"] == 8
     want = estimate(build_network(spec), (1, 8, 8), load_accelerator("uboost"), batch=8)
     assert exact["latency_us"] == pytest.approx(want.seconds * 1e6)
+
+
+def test_resume_names_a_flag_set_to_its_default_that_the_checkpoint_overrides(tmp_path, capsys):
+    from ubnas.cli import main
+    run_search(_small(tmp_path, "run", epochs=2, lambda_latency=0.5), progress=False, stop_after_epoch=1)
+    capsys.readouterr()
+    default = SearchConfig().lambda_latency
+    assert main(["search", "--out", str(tmp_path / "run"), "--resume", "--quiet",
+                 "--lambda-latency", str(default)]) == 0
+    assert "ignored: lambda_latency" in capsys.readouterr().out
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["lambda_latency"] == 0.5

@@ -81,9 +81,14 @@ def load_checkpoint(path: Path) -> Any:
         raise ValueError(f"{path}: not a readable torch checkpoint ({reason})") from None
 
 
-def ignored_on_resume(cfg, saved: Mapping[str, Any], default, keys: Iterable[str]) -> List[str]:
+def ignored_on_resume(cfg, saved: Mapping[str, Any], default, keys: Iterable[str],
+                      given: Optional[Iterable[str]] = None) -> List[str]:
     """Options among ``keys`` that a run resumed with the checkpoint's ``saved`` values ignores: those
-    ``cfg`` sets away from both their ``default`` and the saved value."""
+    ``given`` (set on the command line or in --config) with a value other than the saved one; without
+    ``given``, those ``cfg`` sets away from both their ``default`` and the saved value."""
+    if given is not None:
+        given = set(given)
+        return [k for k in keys if k in given and k in saved and getattr(cfg, k) != saved[k]]
     return [k for k in keys if k in saved and getattr(cfg, k) not in (saved[k], getattr(default, k))]
 
 

@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -144,8 +144,12 @@ def stage_at(cfg: SearchConfig, epoch: int) -> str:
 
 
 def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
-               stop_after_epoch: Optional[int] = None) -> SearchResult:
-    """Run (or resume) a search; ``stop_after_epoch`` simulates an interruption (tests)."""
+               stop_after_epoch: Optional[int] = None, given: Optional[Iterable[str]] = None) -> SearchResult:
+    """Run (or resume) a search; ``stop_after_epoch`` simulates an interruption (tests).
+
+    given: the options the user set (flags, --config keys); on --resume those that differ from the
+    checkpoint's are named, and of PLACEMENT_KEYS only those are taken (None: the ones away from
+    their defaults)."""
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
     checkpoint = None
@@ -156,11 +160,12 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
         checkpoint = found if resume else None
     if checkpoint is not None:
         # a resumed run keeps its own trajectory; where and on what it runs is this invocation's
-        here = {k: getattr(cfg, k) for k in PLACEMENT_KEYS
-                if k == "out" or getattr(cfg, k) != getattr(SearchConfig, k)}   # given on this command line
+        set_here = set(given) if given is not None else {
+            k for k in PLACEMENT_KEYS if getattr(cfg, k) != getattr(SearchConfig, k)}
+        here = {k: getattr(cfg, k) for k in PLACEMENT_KEYS if k == "out" or k in set_here}
         saved = SearchConfig(**{**checkpoint["config"], **here})
         trajectory = [f.name for f in fields(SearchConfig) if f.name not in PLACEMENT_KEYS]
-        changed = ignored_on_resume(cfg, asdict(saved), SearchConfig(), trajectory)
+        changed = ignored_on_resume(cfg, asdict(saved), SearchConfig(), trajectory, given)
         if changed and main:
             say(f"note: resuming {ckpt_path} with its saved config; ignored: {', '.join(changed)}")
         cfg = saved

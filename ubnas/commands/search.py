@@ -40,11 +40,11 @@ def run(args) -> int:
         values.update(config_from_yaml(args.config_file))
         SearchConfig(**values).validate(args.config_file)   # so a bad flag below is blamed on the flag
     names = {f.name for f in fields(SearchConfig)}
-    values.update({k: v for k, v in vars(args).items() if k in names})
+    values.update({k: v for k, v in vars(args).items() if k in names})   # only flags given (SUPPRESS)
     cfg = SearchConfig(**values)
     cfg.validate("command line")
     try:
-        result = run_search(cfg, resume=args.resume, progress=not args.quiet)
+        result = run_search(cfg, resume=args.resume, progress=not args.quiet, given=set(values))
     finally:
         distributed.shutdown()
     if distributed.rank() != 0:   # the group is shut down: don't ask it (that would re-join)
