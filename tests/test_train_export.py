@@ -1,6 +1,7 @@
 """ubnas train / export / report: training works, resume is exact, ONNX round trip, one-line errors."""
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -153,6 +154,97 @@ def test_onecycle_and_label_smoothing_run(tmp_path):
     assert code == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["config"]["weight_decay"] == 1e-4 and metrics["hardware"]["accelerator"] == "uboost"
+
+
+def test_a_run_that_starts_over_removes_the_old_metrics(trained, tmp_path, capsys):
+    """metrics.json is written at the end only: a restarted run interrupted before then must not
+    leave the previous run's result to pass for its own; a refused run changes nothing."""
+    import shutil
+    spec, run, _ = trained
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    one_line_error(capsys, ["train", str(spec), "--out", str(out), "--epochs", "1", "--lr", "inf", "--quiet"])
+    one_line_error(capsys, ["train", str(spec), "--out", str(out), "--epochs", "1", "--hw", "tpu_v9", "--quiet"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    train(config(spec, out, epochs=3), progress=False, stop_after_epoch=1)
+    assert not (out / "metrics.json").exists()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+def test_train_refuses_to_overwrite_a_search_checkpoint(tmp_path, capsys):
+    """A search run directory: starting over would overwrite the search checkpoint, so the search
+    could no longer be resumed; --resume cannot use it either.  Nothing is written."""
+    spec = write_spec(tmp_path / "arch.yaml")
+    out = tmp_path / "search"
+    out.mkdir()
+    torch.save({"config": {"space": "tiny"}, "epoch": 1, "arch_steps": 10, "mu": 0.0, "model": {},
+                "windows": {"cell0": [8, 8, 4]}, "w_opt": {}, "a_opt": {}}, out / "checkpoint.pt")
+    before = (out / "checkpoint.pt").read_bytes()
+    for extra in ([], ["--resume"]):
+        err = one_line_error(capsys, ["train", str(spec), "--out", str(out), "--epochs", "1", "--quiet", *extra])
+        assert str(out / "checkpoint.pt") in err and "search checkpoint" in err and "another --out" in err
+        assert "starting over" not in capsys.readouterr().out
+    assert (out / "checkpoint.pt").read_bytes() == before and [p.name for p in out.iterdir()] == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("flag,value", [("--lr", "inf"), ("--lr", "nan"), ("--momentum", "5"),
+                                        ("--momentum", "1"), ("--momentum", "-1"), ("--weight-decay", "nan"),
+                                        ("--weight-decay", "inf"), ("--grad-clip", "nan"), ("--grad-clip", "-1")])
+def test_values_that_make_training_diverge_are_refused(tmp_path, capsys, flag, value):
+    spec = write_spec(tmp_path / "arch.yaml")
+    err = one_line_error(capsys, ["train", str(spec), "--out", str(tmp_path / "run"), "--epochs", "1",
+                                  "--quiet", flag, value])
+    assert err.startswith(f"ubnas: error: {flag}: expected"), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_grad_clip_zero_still_means_no_clipping(tmp_path):
+    config(tmp_path / "arch.yaml", tmp_path / "run", grad_clip=0.0, momentum=0.0, weight_decay=0.0).validate()
+
+
+@pytest.mark.parametrize("blow_up", ["epoch 2", "last step of epoch 1"])
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, blow_up):
+    """An infinite learning rate from one step on makes the weights (and then the loss) NaN: the
+    run stops with an error that says where and suggests a lower --lr, writes no metrics.json, and
+    the checkpoint on disk holds finite weights of the last finished epoch."""
+    import ubnas.train as train_module
+    real_lr_at = train_module.lr_at
+    spec = write_spec(tmp_path / "arch.yaml")
+    out = tmp_path / "run"
+
+    def lr_at(step, total, cfg):
+        steps_per_epoch = total // cfg.epochs
+        first_bad = steps_per_epoch + 2 if blow_up == "epoch 2" else steps_per_epoch - 1
+        return math.inf if step >= first_bad else real_lr_at(step, total, cfg)
+
+    monkeypatch.setattr(train_module, "lr_at", lr_at)
+    with pytest.raises(ValueError, match="training diverged") as info:   # the CLI prints it on one line
+        train(config(spec, out, epochs=3), progress=False)
+    message = str(info.value)
+    assert "training diverged" in message and "lower --lr" in message
+    assert "metrics.json" not in [p.name for p in out.iterdir()]
+    if blow_up == "epoch 2":
+        # step 3 of epoch 2 makes the weights NaN, so step 4's loss is NaN
+        assert "epoch 2/3, step 4/" in message and f"{out / 'checkpoint.pt'} keeps epoch 1" in message
+        ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+        assert ckpt["epoch"] == 1 and all(torch.isfinite(t).all() for t in ckpt["model"].values()
+                                          if t.is_floating_point())
+    else:   # NaN weights after the last step of epoch 1, with a finite loss all epoch: never saved
+        assert "epoch 1/3" in message and "no checkpoint of this run was written" in message
+        assert not (out / "checkpoint.pt").exists()
+
+
+def test_train_seconds_count_every_invocation_of_a_resumed_run(trained, tmp_path):
+    spec, _, _ = trained
+    out = tmp_path / "run"
+    train(config(spec, out), progress=False, stop_after_epoch=1)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt["history"][0]["seconds"] = 1000.0     # as if the first invocation's epoch had been slow
+    torch.save(ckpt, out / "checkpoint.pt")
+    metrics = train(config(spec, out), resume=True, progress=False).metrics
+    assert metrics["train_seconds"] >= 1000.0 + metrics["history"][1]["seconds"]
+    assert json.loads((out / "metrics.json").read_text())["train_seconds"] == metrics["train_seconds"]
 
 
 # -- ONNX ---------------------------------------------------------------------------------------

@@ -8,7 +8,10 @@ generator's and torch's RNG states, the spec's architecture hash), so
 ``--resume`` continues to the same weights as an uninterrupted run (CPU, same
 seed).  At the end DIR/metrics.json holds the test accuracy, the parameter
 count, and the MACs, latency and utilization of the network on an
-accelerator (``hwmodels.estimate``, batch 1).
+accelerator (``hwmodels.estimate``, batch 1).  A run with epochs still to
+train removes an older metrics.json first, so the file only ever describes a
+finished run; a run whose loss or weights turn non-finite stops with an error
+and leaves the last good checkpoint.
 """
 from __future__ import annotations
 
@@ -26,12 +29,17 @@ from hwmodels.yamlio import atomic_write_text
 
 from .build import build_network
 from .data import augment_crop_flip, batches, load_dataset
-from .runtime import atomic_torch_save, ignored_on_resume, make_run_dir, pick_device, resume_note, say
+from .runtime import (atomic_torch_save, ignored_on_resume, load_checkpoint, make_run_dir, pick_device,
+                      resume_note, say)
 from .spec import ArchSpec, load_spec, searched_accelerator
 
 SCHEDULES = ("cosine", "onecycle")
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
+# files train writes only when a run finishes: any already there while epochs remain are stale
+END_OF_RUN_FILES = (METRICS,)
+# keys only a `ubnas search` checkpoint holds (a supernet's state), never a train one
+SEARCH_CHECKPOINT_KEYS = ("arch_steps", "windows", "a_opt")
 # options a resumed run takes from its checkpoint: they shape the trajectory
 TRAJECTORY_KEYS = ("data", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule",
                    "label_smoothing", "grad_clip", "augment", "seed")
@@ -57,17 +65,28 @@ class TrainConfig:
     hw: Optional[str] = None            # None: the spec's accelerator if a preset, else uboost
 
     def validate(self) -> None:
+        """One-line errors naming the flag.  The float checks are written so that NaN fails them
+        (every comparison with NaN is false): an inf or NaN lr, weight decay or clip norm, or a
+        momentum >= 1, trains to NaN weights and used to finish with exit status 0."""
         if self.schedule not in SCHEDULES:
             raise ValueError(f"--schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         for key in ("epochs", "batch_size"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"--{key.replace('_', '-')}: expected a positive integer, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise ValueError(f"--lr: expected a positive learning rate, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr: expected a finite positive learning rate, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"--momentum: expected a value in [0, 1), got {self.momentum}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"--label-smoothing: expected a value in [0, 1), got {self.label_smoothing}")
-        if self.weight_decay < 0:
-            raise ValueError(f"--weight-decay: expected >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"--weight-decay: expected a finite value >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):   # 0 is documented as "off"
+            raise ValueError(f"--grad-clip: expected a finite norm > 0, or 0 for no clipping, got {self.grad_clip}")
+
+
+class TrainingDiverged(ValueError):
+    """The training loss or the weights became non-finite (a ValueError: the CLI prints one line)."""
 
 
 @dataclass
@@ -96,18 +115,32 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return b + (a - b) * 0.5 * (1 + math.cos(math.pi * u))
 
 
+def is_search_checkpoint(ckpt) -> bool:
+    """Whether a loaded checkpoint is a `ubnas search` one (a supernet, its windows and optimizers)."""
+    return (isinstance(ckpt, dict) and "spec_hash" not in ckpt
+            and any(key in ckpt for key in SEARCH_CHECKPOINT_KEYS))
+
+
+def refuse_search_checkpoint(path: Path) -> None:
+    """A one-line ValueError when ``path`` holds a search checkpoint: training into that run
+    directory would overwrite it (starting over) or cannot use it (--resume), and the search
+    could no longer be resumed.  A missing or unreadable file passes: there is nothing to keep."""
+    if not path.is_file():
+        return
+    try:
+        ckpt = load_checkpoint(path)
+    except ValueError:
+        return
+    if is_search_checkpoint(ckpt):
+        raise ValueError(f"{path}: holds a search checkpoint (`ubnas search`), which training there would "
+                         f"overwrite, and the search could not be resumed; choose another --out, "
+                         f"e.g. {path.parent / 'train'}")
+
+
 def read_checkpoint(path, spec: ArchSpec) -> dict:
     """A train checkpoint for ``spec``; anything else is a one-line ValueError."""
     path = str(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such checkpoint") from None
-    except Exception as exc:   # pickle / zip errors from a file that is not a torch checkpoint
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        if "weights_only" in str(exc) or "Weights only" in str(exc):   # not torch's advice to unpickle it
-            reason = "it holds Python objects beyond tensors, which ubnas never unpickles"
-        raise ValueError(f"{path}: not a readable torch checkpoint ({reason})") from None
+    ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or "spec_hash" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path}: not a checkpoint written by `ubnas train` (no architecture hash); "
                          f"search checkpoints hold a supernet, not an exported network")
@@ -164,6 +197,31 @@ def evaluate(model, x, y, batch_size: int = 512):
     return loss / len(y), correct / len(y)
 
 
+def remove_stale_results(out: Path) -> None:
+    """Delete the files of ``END_OF_RUN_FILES`` from ``out``: with epochs still to train, they
+    belong to an earlier run, and a run interrupted now would leave them to pass for its own
+    (``ubnas report`` reads metrics.json)."""
+    for name in END_OF_RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+def _all_finite(model: torch.nn.Module) -> bool:
+    """Whether every floating-point weight and buffer (BN statistics too) of ``model`` is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+
+
+def _diverged(what: str, where: str, cfg: TrainConfig, ckpt_path: Path, last_good: int) -> TrainingDiverged:
+    """The error for a run whose ``what`` turned non-finite at ``where`` (epoch and step); the
+    checkpoint on disk is left as it was (``last_good``: its epoch, 0 when this run wrote none)."""
+    if last_good:
+        kept = f"{ckpt_path} keeps epoch {last_good}"
+    else:   # a run that started over may leave the earlier run's checkpoint, which --resume would take up
+        kept = "no checkpoint of this run was written" + (
+            f" ({ckpt_path} is the earlier run's)" if ckpt_path.exists() else "")
+    return TrainingDiverged(f"training diverged: {what} at {where} (--lr {cfg.lr:g}); {kept}; "
+                            f"start over with a lower --lr (--resume keeps the saved one)")
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
           stop_after_epoch: Optional[int] = None) -> TrainResult:
     """Train (or resume); ``stop_after_epoch`` simulates an interrupted run (tests)."""
@@ -171,6 +229,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     ckpt = None
+    refuse_search_checkpoint(ckpt_path)   # before the note that it will be overwritten
     note = resume_note(ckpt_path, resume)
     if note:
         say(note)
@@ -219,6 +278,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         history = list(ckpt["history"])
         gen.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
+    if start_epoch < cfg.epochs:   # everything is validated and loaded: the directory may change now
+        remove_stale_results(out)
     if progress:
         from tqdm import tqdm
         n_params = sum(p.numel() for p in model.parameters())
@@ -227,12 +288,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                    + (f", resuming after epoch {start_epoch}" if ckpt is not None else ""))
 
     # ---- the loop -----------------------------------------------------------------------
-    t_start = time.time()
+    last_good = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
         bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress)
-        for xb, yb in batches(train_x, train_y, cfg.batch_size, shuffle=True, generator=gen):
+        for i, (xb, yb) in enumerate(batches(train_x, train_y, cfg.batch_size, shuffle=True, generator=gen)):
             if augment:
                 xb = augment_crop_flip(xb, 4, gen)
             lr = lr_at(step, total_steps, cfg)
@@ -240,13 +301,19 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                 group["lr"] = lr
             logits = model(xb)
             loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):   # before the step: the weights stay as they were
+                if bar is not None:
+                    bar.close()
+                raise _diverged(f"the training loss is {loss_value}", f"epoch {epoch + 1}/{cfg.epochs}, "
+                                f"step {i + 1}/{steps_per_epoch}", cfg, ckpt_path, last_good)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             step += 1
-            loss_sum += float(loss.detach()) * len(yb)
+            loss_sum += loss_value * len(yb)
             correct += int((logits.argmax(1) == yb).sum())
             seen += len(yb)
             if bar is not None:
@@ -254,6 +321,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                 bar.update(1)
         if bar is not None:
             bar.close()
+        if not _all_finite(model):   # the epoch's last step can blow up the weights: never save those
+            raise _diverged("the weights became non-finite", f"epoch {epoch + 1}/{cfg.epochs}, "
+                            f"step {steps_per_epoch}/{steps_per_epoch}", cfg, ckpt_path, last_good)
         test_loss, test_acc = evaluate(model, test_x, test_y)
         row = {"epoch": epoch + 1, "lr": lr_at(step - 1, total_steps, cfg), "train_loss": loss_sum / seen,
                "train_acc": correct / seen, "test_loss": test_loss, "test_acc": test_acc,
@@ -265,6 +335,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             "scheduler": {"schedule": cfg.schedule, "step": step, "total_steps": total_steps},
             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
         }, ckpt_path)
+        last_good = epoch + 1
         if progress:
             from tqdm import tqdm
             tqdm.write(f"epoch {epoch + 1}: train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} "
@@ -279,7 +350,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         "test_acc": test_acc, "test_loss": test_loss,
         "params": sum(p.numel() for p in model.parameters()),
         "hardware": hardware_metrics(model.cpu(), spec, acc, why),
-        "config": asdict(cfg), "history": history, "train_seconds": time.time() - t_start,
+        # all invocations of a resumed run: the per-epoch times the checkpoint carried over
+        "config": asdict(cfg), "history": history,
+        "train_seconds": sum(row.get("seconds", 0.0) for row in history),
         "search_provenance": spec.provenance,
     }
     model.to(device)
