@@ -160,6 +160,8 @@ def from_dict(data: Dict[str, Any], origin: str = "<dict>", name: Optional[str] 
         raise HardwareConfigError(
             f"{origin}: unknown key 'calibration.{bad[0]}' (expected one of {', '.join(sorted(_CAL_FIELDS))})")
     kwargs["calibration"] = Calibration(**{k: _coerce(v, float, f"calibration.{k}", origin) for k, v in cal.items()})
+    if data.get("name") is not None and not isinstance(data["name"], str):
+        raise HardwareConfigError(f"{origin}: key 'name' expected a string, got {data['name']!r}")
     kwargs["name"] = str(data.get("name") or name or "custom")
     kwargs["source"] = str(data.get("source", ""))
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()

@@ -145,6 +145,24 @@ def test_a_separate_holdout_leaves_out_layers_of_the_training_set(tmp_path):
         cal.calibrate(cal.measured_rows(fit_csv, acc), acc, "systolic", holdout=cal.measured_rows(fit_csv, acc))
 
 
+def test_a_fit_that_worsens_the_held_out_error_is_flagged(tmp_path):
+    acc = _acc()
+    fit_csv = _write_measured(tmp_path / "fit.csv", suite_layers("cifar", 0), acc, truth=Calibration(), seed=1)
+    rows = fit_csv.read_text().splitlines()
+    for i in range(1, len(rows), 3):   # a third of the rows in nanoseconds instead of cycles, say
+        *cells, value = rows[i].split(",")
+        rows[i] = ",".join(cells + [repr(float(value) * 1e3)])
+    fit_csv.write_text("\n".join(rows) + "\n")
+    hold_csv = _write_measured(tmp_path / "hold.csv", suite_layers("imagenet", 0), acc, truth=Calibration(), seed=2)
+    result = cal.calibrate(cal.measured_rows(fit_csv, acc), acc, "systolic", holdout=cal.measured_rows(hold_csv, acc))
+    assert result.metrics_after["rmspe_pct"] > result.metrics_before["rmspe_pct"]
+    assert "warning: the fit made the held-out RMSPE worse" in cal.format_report(result)
+    true_csv = _write_measured(tmp_path / "true.csv", suite_layers("imagenet", 0), acc, seed=3)   # TRUE != neutral
+    clean = cal.calibrate(cal.measured_rows(true_csv, acc), acc, "systolic", seed=0)
+    assert clean.metrics_after["rmspe_pct"] < clean.metrics_before["rmspe_pct"]
+    assert "warning" not in cal.format_report(clean)
+
+
 def _bad_csv(tmp_path, header, rows):
     path = tmp_path / "bad.csv"
     path.write_text("\n".join([header] + rows) + "\n")

@@ -158,7 +158,8 @@ def test_cli_bad_inputs_exit_nonzero_without_traceback(tmp_path):
 @pytest.mark.parametrize("key,value", [("tau0", 0.0), ("tau_decay", 0.0), ("grad_clip", -1.0),
                                        ("weight_lr", -1.0), ("arch_lr", 0.0), ("weight_momentum", 1.0),
                                        ("max_steps_per_epoch", 0), ("max_steps_per_epoch", -3),
-                                       ("weight_decay", -1e-4), ("temperature", 0.0)])
+                                       ("weight_decay", -1e-4), ("temperature", 0.0), ("tau0", float("inf")),
+                                       ("arch_lr", float("nan")), ("lambda_latency", float("inf"))])
 def test_search_config_rejects_values_that_break_the_search(key, value):
     """Each of these ran before (NaN losses, gradient ascent, zero steps) and exported an arch."""
     SearchConfig().validate()

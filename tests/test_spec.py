@@ -130,6 +130,7 @@ BAD = [
     ("ubnas_spec", 2, "key 'ubnas_spec' is 2; this ubnas reads version 1, upgrade ubnas"),
     ("ubnas_spec", _DELETE, "missing key 'ubnas_spec'"),
     ("ubnas_spec", "one", "key 'ubnas_spec' expected 1"),
+    ("ubnas_spec", 1.0, "key 'ubnas_spec' expected 1"),
     ("cells/1/nodes/0/1/op", "conv_7x7", "key 'cells[1].nodes[0][1].op' unknown op 'conv_7x7'"),
     ("cells/0/nodes/1/0/from", 3, "key 'cells[0].nodes[1][0].from' expected a state in 0..2"),
     ("cells/0/nodes/0/0/from", -1, "key 'cells[0].nodes[0][0].from' expected a state in 0..1"),

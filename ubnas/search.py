@@ -98,11 +98,13 @@ class SearchConfig:
                 raise ValueError(f"{origin}: key '{key}' must be >= 1, got {value!r}")
         # rates and scales that a sign error turns into a silently wrong search (NaN, ascent)
         for key in ("tau0", "tau_decay", "temperature", "weight_lr", "arch_lr", "grad_clip"):
-            if not float(getattr(self, key)) > 0:
-                raise ValueError(f"{origin}: key '{key}' must be > 0, got {getattr(self, key)!r}")
+            value = float(getattr(self, key))
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{origin}: key '{key}' must be finite and > 0, got {getattr(self, key)!r}")
         for key in ("weight_decay", "arch_weight_decay", "dual_lr", "lambda_latency", "beta_utilization"):
-            if not float(getattr(self, key)) >= 0:
-                raise ValueError(f"{origin}: key '{key}' must be >= 0, got {getattr(self, key)!r}")
+            value = float(getattr(self, key))
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{origin}: key '{key}' must be finite and >= 0, got {getattr(self, key)!r}")
         if not 0 <= self.weight_momentum < 1:
             raise ValueError(f"{origin}: key 'weight_momentum' must be in [0, 1), got {self.weight_momentum!r}")
         if self.target_latency_us is not None and self.target_latency_us <= 0:

@@ -161,7 +161,7 @@ def spec_from_dict(data: Any, origin: str = "<spec>") -> ArchSpec:
     if isinstance(version, int) and not isinstance(version, bool) and version > SPEC_VERSION:
         raise SpecError(f"{origin}: key 'ubnas_spec' is {version}; this ubnas reads version "
                         f"{SPEC_VERSION}, upgrade ubnas")
-    if version != SPEC_VERSION or isinstance(version, bool):
+    if version != SPEC_VERSION or not isinstance(version, int) or isinstance(version, bool):   # not 1.0
         _fail(origin, "ubnas_spec", f"expected {SPEC_VERSION}, got {version!r}")
     _mapping(data, origin, "", TOP_KEYS, TOP_KEYS[:-1])
 
