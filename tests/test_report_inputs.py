@@ -4,7 +4,6 @@ cost), malformed metrics.json files and an --out that is a file (one-line errors
 import json
 
 import pytest
-import torch
 import yaml
 
 from ubnas.cli import main
@@ -25,13 +24,7 @@ WIDE = {**TINY, "stem": {"kernel": 3, "channels": 32},
         "cells": [{**TINY["cells"][0], "channels": 32}], "classifier": {"in_features": 32}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions: one intra-op thread is faster, and much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def train_tiny(workdir, spec="arch.yaml", out="runs/tr"):
