@@ -135,6 +135,18 @@ def test_notes_say_what_happens_to_the_checkpoint(tmp_path, capsys):
         train(config(spec, tmp_path / "afile", epochs=1), progress=False)
 
 
+def test_resume_names_a_flag_set_to_its_default_that_the_checkpoint_overrides(tmp_path, capsys):
+    spec = write_spec(tmp_path / "arch.yaml")
+    out = tmp_path / "run"
+    train(config(spec, out, epochs=2, lr=0.3), progress=False, stop_after_epoch=1)
+    capsys.readouterr()
+    default_lr = TrainConfig(spec="x").lr
+    assert main(["train", str(spec), "--out", str(out), "--resume", "--quiet", "--epochs", "2",
+                 "--lr", str(default_lr), "--device", "cpu"]) == 0
+    assert "ignored: lr" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["config"]["lr"] == 0.3
+
+
 def test_onecycle_and_label_smoothing_run(tmp_path):
     spec = write_spec(tmp_path / "arch.yaml")
     from ubnas.train import lr_at

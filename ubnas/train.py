@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -223,8 +223,11 @@ def _diverged(what: str, where: str, cfg: TrainConfig, ckpt_path: Path, last_goo
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
-          stop_after_epoch: Optional[int] = None) -> TrainResult:
-    """Train (or resume); ``stop_after_epoch`` simulates an interrupted run (tests)."""
+          stop_after_epoch: Optional[int] = None, given: Optional[Iterable[str]] = None) -> TrainResult:
+    """Train (or resume); ``stop_after_epoch`` simulates an interrupted run (tests).
+
+    given: the options the user set; on --resume those of TRAJECTORY_KEYS that differ from the
+    checkpoint's are named (None: the ones away from their defaults)."""
     spec = load_spec(cfg.spec)
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
@@ -236,7 +239,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     if resume and ckpt_path.exists():
         ckpt = read_checkpoint(ckpt_path, spec)
         saved = ckpt["config"]
-        ignored = ignored_on_resume(cfg, saved, TrainConfig(spec=cfg.spec), TRAJECTORY_KEYS)
+        ignored = ignored_on_resume(cfg, saved, TrainConfig(spec=cfg.spec), TRAJECTORY_KEYS, given)
         if ignored:
             say(f"note: resuming {ckpt_path} with its saved schedule; ignored: {', '.join(ignored)}")
         cfg = TrainConfig(**{**asdict(cfg), **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}})
