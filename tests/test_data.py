@@ -91,6 +91,23 @@ def test_cifar_errors(tmp_path):
         D.load_dataset("cifar10", data_dir=str(tmp_path / "c"))
 
 
+@pytest.mark.parametrize("field, value, message", [
+    (b"labels", [12, 0, 1, 2], "labels must be 0..9, got 0..12"),
+    (b"labels", [-1, 0, 1, 2], "labels must be 0..9, got -1..2"),
+    (b"data", np.full((4, 3072), 300, dtype=np.int64), "pixels are int64, expected uint8"),
+])
+def test_cifar_batch_with_values_out_of_range_names_the_file(tmp_path, field, value, message):
+    _write_fake_cifar(tmp_path)
+    path = tmp_path / "data_batch_2"
+    with open(path, "rb") as fh:
+        batch = pickle.load(fh)
+    batch[field] = value
+    with open(path, "wb") as fh:
+        pickle.dump(batch, fh)
+    with pytest.raises(D.DataError, match=f"{path}.*{message}"):
+        D.load_dataset("cifar10", data_dir=str(tmp_path))
+
+
 def test_unknown_dataset_lists_names():
     with pytest.raises(D.DataError) as e:
         D.load_dataset("mnist")

@@ -119,6 +119,11 @@ def test_malformed_space_names_file_and_key(tmp_path):
         ("ops", ["none"], "key 'ops' needs an op other than 'none'"),   # no edge would carry data
         ("nodes", "two", "nodes"),
         ("channels", {"init": 300, "step": 8, "candidates": 4, "min": 16, "max": 192}, "channels.init"),
+        ("channels", {**good["channels"], "dynamic": "false"}, "channels.dynamic' expected true or false"),
+        ("stem", {**good["stem"], "kernel": 4}, "stem.kernel' expected an odd kernel size"),
+        ("stem", {**good["stem"], "kernal": 3}, "unknown key 'stem.kernal'"),
+        ("opps", good["ops"], "unknown key 'opps'"),
+        ("ops", [["conv_3x3"]], "ops[0]"),
     ]
     for i, (key, value, where) in enumerate(cases):
         bad = dict(good, **{key: value})

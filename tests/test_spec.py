@@ -200,7 +200,9 @@ def test_estimate_cli_good_spec(tmp_path, derived):
 # -- the registry's hardware layers agree with the modules -----------------------------------------
 @pytest.mark.parametrize("space,shape,preset,seeds", [("tiny", (1, 8, 8), "uboost", 3),
                                                       ("tiny", (3, 16, 16), "edge_16x16", 2),
-                                                      ("darts_cifar", (3, 16, 16), "tpu_v3", 1)])
+                                                      ("darts_cifar", (3, 16, 16), "tpu_v3", 1),
+                                                      # reduce cells on odd maps (30 -> 15 -> 8): sizes round up
+                                                      ("darts_cifar", (3, 30, 30), "uboost", 1)])
 def test_supernet_cost_matches_built_network(space, shape, preset, seeds):
     hwmodels = pytest.importorskip("hwmodels")
     if not callable(getattr(hwmodels, "estimate", None)):
@@ -229,3 +231,10 @@ def test_provenance_added_after_derive_reaches_the_file(tmp_path):
     loaded = load_spec(tmp_path / "arch.yaml").provenance
     assert loaded["exact_cost"] == {"latency_us": 7.25} and loaded["seed"] == 3
     assert loaded["search_space"] == "tiny"
+
+
+def test_an_input_the_space_cannot_join_is_a_one_line_error():
+    # uboost_cifar max-pools after every cell: 15 -> 7 on one input, stride 2 from 15 -> 8 on the other
+    from ubnas.supernet import Supernet
+    with pytest.raises(ValueError, match="input 30x30 does not fit space uboost_cifar: cell 2 gets maps 15x15 and 7x7"):
+        Supernet(load_space("uboost_cifar"), (3, 30, 30), 10)

@@ -70,13 +70,12 @@ def supernet_layers(net: Supernet, arch: ArchSample, batch: int = 1,
     add([soft_conv(h, w, c_in, w_stem, k, 1, k // 2, batch=batch)], p_stem)
     for cell in net.cells:
         s0, s1 = cell.sources
-        h1, w1 = h // s1.scale, w // s1.scale
-        h0, w0 = h // s0.scale, w // s0.scale
+        (h1, w1), (h0, w0) = s1.size, s0.size   # real sizes: a reduce cell on an odd map rounds up
         for (src, hh, ww, stride) in ((s0, h0, w0, s1.scale // s0.scale), (s1, h1, w1, 1)):
             cin, cout, weight = pair(src.width, src.blocks, cell.width_name)
             add([soft_conv(hh, ww, cin, cout, 1, stride, batch=batch)], weight)
         c, p_c = values(cell.width_name)
-        out_h, out_w = (h1 // 2, w1 // 2) if cell.reduce else (h1, w1)
+        out_h, out_w = ((h1 - 1) // 2 + 1, (w1 - 1) // 2 + 1) if cell.reduce else (h1, w1)
         probs = arch.ops[cell.cell_type]
         e = 0
         for i in range(cell.nodes):

@@ -92,10 +92,15 @@ def _read_cifar_batch(path: str) -> tuple:
     try:
         with open(path, "rb") as f:
             d = pickle.load(f, encoding="bytes")
-        data = np.asarray(d.get(b"data", d.get("data")), dtype=np.uint8)
+        raw = np.asarray(d.get(b"data", d.get("data")))
+        if raw.dtype != np.uint8:   # a cast would wrap 300 to 44 without a word
+            raise ValueError(f"pixels are {raw.dtype}, expected uint8")
+        data = raw
         labels = np.asarray(d.get(b"labels", d.get("labels")), dtype=np.int64)
         if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
             raise ValueError(f"data {data.shape}, labels {labels.shape}")
+        if labels.size and (labels.min() < 0 or labels.max() > 9):
+            raise ValueError(f"labels must be 0..9, got {labels.min()}..{labels.max()}")
     except Exception as e:  # truncated/corrupt pickle, wrong keys or shapes
         raise DataError(f"corrupt CIFAR-10 batch {path}: {type(e).__name__}: {e}") from e
     # each 3072 row is the 1024 R values, then G, then B, each plane row-major 32x32

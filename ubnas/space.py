@@ -63,6 +63,9 @@ class SearchSpace:
         return sum(2 + i for i in range(self.nodes))
 
 
+TOP_KEYS = {"ubnas_space", "name", "description", "source", "nodes", "ops", "stem", "channels", "cells"}
+
+
 def _need(data: dict, key: str, kind, origin: str, where: str = ""):
     path = f"{where}{key}"
     if key not in data:
@@ -88,7 +91,10 @@ def _channels(data: Any, origin: str, where: str) -> ChannelSpec:
     for key, value in values.items():
         if value < 1:
             raise SpaceError(f"{origin}: key '{where}{key}' must be >= 1, got {value}")
-    spec = ChannelSpec(dynamic=bool(data.get("dynamic", True)), **values)
+    dynamic = data.get("dynamic", True)
+    if not isinstance(dynamic, bool):   # bool("false") is True
+        raise SpaceError(f"{origin}: key '{where}dynamic' expected true or false, got {dynamic!r}")
+    spec = ChannelSpec(dynamic=dynamic, **values)
     if not spec.min <= spec.init or spec.widths[-1] > spec.max:
         raise SpaceError(f"{origin}: key '{where}init' window {spec.widths[0]}..{spec.widths[-1]} "
                          f"must lie within min..max = {spec.min}..{spec.max}")
@@ -99,6 +105,9 @@ def parse_space(data: Any, origin: str) -> SearchSpace:
     """Validate a YAML mapping into a SearchSpace (``origin`` names the file in errors)."""
     if not isinstance(data, dict):
         raise SpaceError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
+    unknown = sorted(set(data) - TOP_KEYS)
+    if unknown:   # a misspelt key ('opps') would otherwise be dropped without a word
+        raise SpaceError(f"{origin}: unknown key '{unknown[0]}' (expected {', '.join(sorted(TOP_KEYS))})")
     version = data.get("ubnas_space", 1)
     if version != 1:
         raise SpaceError(f"{origin}: key 'ubnas_space' expected 1, got {version!r}")
@@ -107,14 +116,19 @@ def parse_space(data: Any, origin: str) -> SearchSpace:
         raise SpaceError(f"{origin}: key 'nodes' must be >= 1, got {nodes}")
     ops = _need(data, "ops", list, origin)
     for i, op in enumerate(ops):
-        if op not in OPS:
+        if not isinstance(op, str) or op not in OPS:
             raise SpaceError(f"{origin}: key 'ops[{i}]' unknown op {op!r} (expected one of {', '.join(OPS)})")
     if len(set(ops)) != len(ops) or not ops:
         raise SpaceError(f"{origin}: key 'ops' must list distinct ops, got {ops}")
     if all(op == "none" for op in ops):   # a network of zero edges has nothing to search or train
         raise SpaceError(f"{origin}: key 'ops' needs an op other than 'none', got {ops}")
     stem = _need(data, "stem", dict, origin)
+    unknown = sorted(set(stem) - {"kernel", "channels"})
+    if unknown:
+        raise SpaceError(f"{origin}: unknown key 'stem.{unknown[0]}' (expected channels, kernel)")
     stem_kernel = _need(stem, "kernel", int, origin, "stem.")
+    if stem_kernel < 1 or stem_kernel % 2 == 0:   # 'same' padding k // 2 keeps the map size only for odd k
+        raise SpaceError(f"{origin}: key 'stem.kernel' expected an odd kernel size >= 1, got {stem_kernel}")
     stem_channels = _channels(_need(stem, "channels", dict, origin, "stem."), origin, "stem.channels.")
     default = _channels(data["channels"], origin, "channels.") if "channels" in data else None
     cells = []

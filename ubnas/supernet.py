@@ -114,11 +114,18 @@ class Preprocess(nn.Module):
 
 @dataclass
 class Source:
-    """What feeds a cell input: width name, blocks (nodes concatenated), scale (downsampling)."""
+    """What feeds a cell input: width name, blocks (nodes concatenated), scale (downsampling) and
+    map size (height, width) in pixels."""
 
     width: str
     blocks: int
     scale: int
+    size: Tuple[int, int]
+
+
+def _strided(n: int, stride: int) -> int:
+    """Output size of a stride-``stride`` conv with 'same' padding (a reduce cell's edges)."""
+    return (n - 1) // stride + 1
 
 
 class SearchCell(nn.Module):
@@ -195,13 +202,22 @@ class Supernet(nn.Module):
         k = space.stem_kernel
         self.stem = nn.Conv2d(input_shape[0], self.widths["stem"].top, k, padding=k // 2, bias=False)
         self.stem_bn = nn.BatchNorm2d(self.widths["stem"].top)
-        stem = Source("stem", 1, 1)
+        stem = Source("stem", 1, 1, (input_shape[1], input_shape[2]))
         s0, s1 = stem, stem
         self.cells = nn.ModuleList()
         for i, cell in enumerate(space.cells):
+            # a cell joins its two inputs after a stride s1.scale // s0.scale: odd sizes may not meet
+            stride = s1.scale // s0.scale
+            if tuple(_strided(n, stride) for n in s0.size) != s1.size or min(s1.size) < 1:
+                raise ValueError(
+                    f"input {input_shape[1]}x{input_shape[2]} does not fit space {space.name}: cell {i} "
+                    f"gets maps {s0.size[0]}x{s0.size[1]} and {s1.size[0]}x{s1.size[1]} (use an input "
+                    f"whose sides divide by {s1.scale} and stay >= 1)")
             self.cells.append(SearchCell(space, i, s0, s1, self.widths))
             scale = s1.scale * (2 if cell.reduce else 1) * (2 if cell.pool_after else 1)
-            s0, s1 = s1, Source(f"cell{i}", space.nodes, scale)
+            size = tuple(_strided(n, 2) for n in s1.size) if cell.reduce else s1.size
+            size = tuple(n // 2 for n in size) if cell.pool_after else size
+            s0, s1 = s1, Source(f"cell{i}", space.nodes, scale, size)
         self.last = s1
         self.classifier = nn.Linear(self.widths[s1.width].top * s1.blocks, num_classes)
 
