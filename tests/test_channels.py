@@ -75,21 +75,31 @@ def test_windows_do_not_move_without_mass_on_an_edge():
     assert plan_move(_with_logits(w, [0, 0, 0, 0.7]))[0] == "grow"
 
 
-def test_a_move_does_not_trigger_itself_again():
-    for logits, event in (([1.0, 0, 0, 0], "shift_down"), ([0, 0, 0, 1.0], "grow")):
-        w = _with_logits(make_width(init=32, lo=8, hi=96), logits)
-        opt = torch.optim.Adam([w.logits], lr=0.1)
-        w.logits.grad = torch.tensor([-1.0, 0.5, 0.5, 0.0])
-        opt.step()
-        old = dict(zip(w.candidates, w.logits.tolist()))
-        old_avg = dict(zip(w.candidates, opt.state[w.logits]["exp_avg"].tolist()))
-        alloc = ChannelAllocator({"w": w}, [])
-        assert [e["event"] for e in alloc.step([opt], 0)] == [event]
-        mean = sum(old.values()) / len(old)
-        for width, logit, avg in zip(w.candidates, w.logits.tolist(), opt.state[w.logits]["exp_avg"].tolist()):
-            assert logit == pytest.approx(old.get(width, mean))               # new width: mean logit
-            assert avg == pytest.approx(old_avg.get(width, 0.0))              # and no Adam history
-        assert alloc.step([opt], 1) == []                                      # no new evidence, no move
+@pytest.mark.parametrize("count", [2, 3, 4])
+@pytest.mark.parametrize("edge", ["bottom", "top"])
+def test_a_move_does_not_trigger_the_next_without_new_evidence(count, edge):
+    logits = [0.0] * count
+    logits[0 if edge == "bottom" else -1] = 3.0
+    w = _with_logits(Width("w", ChannelSpec(64, 8, count, 8, 256)), logits)
+    opt = torch.optim.Adam([w.logits], lr=0.1)
+    w.logits.grad = torch.linspace(-1.0, 1.0, count) * (1 if edge == "bottom" else -1)
+    opt.step()
+    old = dict(zip(w.candidates, w.logits.tolist()))
+    old_avg = dict(zip(w.candidates, opt.state[w.logits]["exp_avg"].tolist()))
+    alloc = ChannelAllocator({"w": w}, [])
+    assert [e["event"] for e in alloc.step([opt], 0)] == ["shift_down" if edge == "bottom" else "grow"]
+    nearest = min(old) if edge == "bottom" else max(old)     # the edge the new candidate grew from
+    for width, logit, avg in zip(w.candidates, w.logits.tolist(), opt.state[w.logits]["exp_avg"].tolist()):
+        assert logit == pytest.approx(old.get(width, old[nearest]))   # kept, or a copy of the edge
+        assert avg == pytest.approx(old_avg.get(width, old_avg[nearest]))
+    for check in range(1, 6):                                  # no gradient between checks: no move
+        assert alloc.step([opt], check) == [], (count, edge, check)
+
+
+def test_a_window_of_one_candidate_never_moves():
+    w = Width("w", ChannelSpec(64, 8, 1, 8, 256))
+    assert plan_move(w) is None                               # p = 1 always: not evidence
+    assert ChannelAllocator({"w": w}, []).step([], 0) == []
 
 
 @pytest.mark.parametrize("init, lo, hi, best", [(24, 21, 200, 1), (24, 8, 75, 5), (40, 33, 91, 3), (24, 24, 72, 1)])

@@ -14,10 +14,13 @@ The allocator moves windows between architecture steps:
 * the same on the bottom candidate -> shift down one step, freeing the top filters;
 * a peaked distribution in the middle -> halve the step around the peak, which
   stays a candidate.
-A candidate the window gains starts at the mean of the old logits with no
-Adam history, so it is not the favourite and a move does not re-trigger
-itself without new evidence.  min/max always hold, and every decision depends
-only on the logits, so it is deterministic for a seed.
+A candidate the window gains beyond its old range starts as a copy of the
+edge candidate next to it (logit and Adam moments), so the two tie: no
+candidate is the strict favourite until new gradients say which, and a move
+never triggers the next on its own (nor does a window of 2 swing back and
+forth).  Candidates a narrowing adds between old ones interpolate.  A window
+of one candidate never moves.  min/max always hold, and every decision
+depends only on the logits, so it is deterministic for a seed.
 """
 from __future__ import annotations
 
@@ -120,10 +123,10 @@ def resize_dim(tensor: torch.Tensor, dim: int, old: int, new: int, blocks: int, 
     return kept.reshape(shape[:dim] + [blocks * new] + shape[dim + 1:]).contiguous()
 
 
-def _shift_logits(values: torch.Tensor, old: List[int], new: List[int], outside: float) -> torch.Tensor:
+def _shift_logits(values: torch.Tensor, old: List[int], new: List[int]) -> torch.Tensor:
     """Carry a per-candidate vector to new candidates: same width keeps its value, widths between
-    two old ones interpolate linearly, widths beyond the old range take ``outside``."""
-    result = np.interp(new, old, values.detach().cpu().double().numpy(), left=outside, right=outside)
+    two old ones interpolate linearly, widths beyond the old range copy the nearest old edge."""
+    result = np.interp(new, old, values.detach().cpu().double().numpy())
     return torch.tensor(result, dtype=values.dtype, device=values.device)
 
 
@@ -135,7 +138,7 @@ def edge_mass(count: int) -> float:
 
 def plan_move(width: Width, peak: float = 0.6) -> Optional[Tuple[str, int, int, int]]:
     """Decide a window move from the logits: (event, lo, step, count) or None."""
-    if not width.dynamic:
+    if not width.dynamic or width.count < 2:   # one candidate: p = 1 always, which is no evidence
         return None
     probs = torch.softmax(width.logits.detach().double(), 0)
     best = int(probs.argmax())
@@ -196,12 +199,11 @@ class ChannelAllocator:
                 self._resize_tensor(binding, old_top, new_top, optimizers)
         # 2. logits and their optimizer state follow the candidates
         old_logits = width.logits
-        mean = float(old_logits.detach().double().mean())
-        new_logits = nn.Parameter(_shift_logits(old_logits.data, old_candidates, new_candidates, mean))
+        new_logits = nn.Parameter(_shift_logits(old_logits.data, old_candidates, new_candidates))
         width.lo, width.step, width.count = lo, step, count
         width.logits = new_logits
         self._swap_state(optimizers, old_logits, new_logits,
-                         lambda t: _shift_logits(t, old_candidates, new_candidates, 0.0) if t.dim() == 1 else t)
+                         lambda t: _shift_logits(t, old_candidates, new_candidates) if t.dim() == 1 else t)
 
     def _resize_tensor(self, binding: Binding, old: int, new: int, optimizers) -> None:
         module, attr = binding.module, binding.attr
