@@ -38,6 +38,10 @@ _HANDLERS: Dict[type, Handler] = {}
 _BUILTINS_DONE = False
 
 
+class _HandlerFailed(Exception):
+    """Carries a RuntimeError raised by a layer handler past the forward's input-error handling."""
+
+
 def register_layer_handler(module_type: type, fn: Handler) -> None:
     """Cost modules of ``module_type`` (and subclasses) with ``fn``.
 
@@ -161,7 +165,10 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
             name = path or type(mod).__name__
             if calls[path] > 1:
                 name = f"{name}#{calls[path]}"
-            traced.extend(_rename(list(fn(mod, inputs, output, int(batch))), name))
+            try:
+                traced.extend(_rename(list(fn(mod, inputs, output, int(batch))), name))
+            except RuntimeError as exc:   # a handler's bug, not the input's: keep it apart below
+                raise _HandlerFailed() from exc
         return hook
 
     modes = {name: sub.training for name, sub in module.named_modules()}
@@ -179,6 +186,8 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
         with torch.no_grad():
             try:
                 module(x)
+            except _HandlerFailed as failed:
+                raise failed.__cause__ from None
             except RuntimeError as exc:
                 if "can't allocate memory" in str(exc) or type(exc).__name__ == "OutOfMemoryError":
                     raise

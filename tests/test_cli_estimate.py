@@ -187,3 +187,15 @@ def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr("ubnas.commands.estimate.network_cost", exhausted)
     code, out, err = run_main(capsys, "--model", "resnet18-cifar")
     assert code == 2 and err.startswith("ubnas: error: out of memory") and len(err.splitlines()) == 1, err
+
+
+def test_spec_searched_on_an_unknown_accelerator_says_uboost_is_used(tmp_path, capsys):
+    import torch
+    from ubnas.space import load_space
+    from ubnas.spec import derive_spec, save_spec
+    from ubnas.supernet import Supernet
+    torch.manual_seed(0)
+    path = tmp_path / "arch.yaml"
+    save_spec(derive_spec(Supernet(load_space("tiny"), (1, 8, 8), 10), {"accelerator": "lab_npu"}), path)
+    code, out, err = run_main(capsys, path)
+    assert code == 0 and "searched on 'lab_npu', which is neither a preset" in err and "using uboost" in err

@@ -159,3 +159,23 @@ def test_unused_unknown_module_is_not_an_error():
 
     layers = trace_layers(WithAux(), (8,), batch=2)
     assert [(l.name, l.batch) for l in layers] == [("fc", 2)]
+
+
+def test_a_failing_layer_handler_keeps_its_own_error():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return x * self.weight[0]
+
+    def broken(module, inputs, output, batch):
+        raise RuntimeError("bug in the handler")
+    hwmodels.estimate.register_layer_handler(Odd, broken)
+    try:
+        with pytest.raises(RuntimeError, match="bug in the handler"):   # not 'does not run on input'
+            trace_layers(Odd(), (3,))
+    finally:
+        from hwmodels.estimate import _HANDLERS
+        _HANDLERS.pop(Odd, None)
