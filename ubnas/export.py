@@ -14,7 +14,6 @@ import io
 import logging
 import os
 import warnings
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
