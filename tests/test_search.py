@@ -277,6 +277,16 @@ def test_starting_over_removes_the_last_runs_results(tmp_path):
     assert not (tmp_path / "run" / "arch.yaml").exists()   # the old network must not pass for this run's
     log = (tmp_path / "run" / "search_log.csv").read_text().splitlines()
     assert len(log) == 2                                     # header and this run's one epoch
+    # interrupted again before its first checkpoint: nothing of the earlier runs is left to --resume
+    import ubnas.search
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ubnas.search, "_write_log", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_search(_small(tmp_path, "run", epochs=3, hw="edge_16x16"), progress=False)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml"]
 
 
 def test_search_refuses_checkpoints_it_did_not_write(tmp_path, capsys):

@@ -176,6 +176,16 @@ def test_a_run_that_starts_over_removes_the_old_metrics(trained, tmp_path, capsy
     train(config(spec, out, epochs=3), progress=False, stop_after_epoch=1)
     assert not (out / "metrics.json").exists()
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    # interrupted in the first epoch of yet another restart: the old checkpoint must not stay to --resume
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    import ubnas.train
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ubnas.train, "evaluate", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(config(spec, out, epochs=3, lr=0.02), progress=False)
+    assert not (out / "checkpoint.pt").exists()
 
 
 def test_train_refuses_to_overwrite_a_search_checkpoint(tmp_path, capsys):

@@ -210,8 +210,8 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     if cfg.kernels != "eager":
         kernel_backend(cfg.kernels, device)   # a backend this device cannot run fails here, not mid-epoch
     if main:   # only now: a run refused above leaves the config of the run in OUT as it was
-        if checkpoint is None:   # starting over: the last run's results must not pass for this run's
-            for stale in ("arch.yaml", "search_log.csv"):
+        if checkpoint is None:   # starting over: the last run's files must not pass for this run's
+            for stale in ("arch.yaml", "search_log.csv", "checkpoint.pt"):   # nor be resumed under its config
                 (out / stale).unlink(missing_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     dist.broadcast_module(net)

@@ -283,6 +283,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         torch.set_rng_state(ckpt["torch_rng"])
     if start_epoch < cfg.epochs:   # everything is validated and loaded: the directory may change now
         remove_stale_results(out)
+    if ckpt is None:   # starting over: an interrupted first epoch must not leave the old run to --resume
+        ckpt_path.unlink(missing_ok=True)
     if progress:
         from tqdm import tqdm
         n_params = sum(p.numel() for p in model.parameters())
