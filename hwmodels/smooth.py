@@ -8,8 +8,9 @@ may be soft (float tensors that carry gradients).  Only the ceilings change:
   value is within ~2*sigmoid(-1/(2t)) of the exact ceiling (t in elements).
   Only the steps within ``window`` = 3 + ceil(10 t / d) steps of x are
   evaluated (wide enough that the ones left out are within sigmoid(-10) ~ 5e-5
-  of 0 or 1, so the window moving with x leaves no visible jump); the ones below
-  are counted as 1, so any tile count works without overflow.
+  of 0 or 1, so the window moving with x leaves no visible jump; at most
+  MAX_WINDOW); the ones below are counted as 1, so any tile count works
+  without overflow.
 * ``straight_through``: forward is the exact staircase (the loss reports true
   cycles), backward is the sigmoid surrogate's derivative.
 
@@ -30,6 +31,7 @@ from .exact import MODES, fill_cycles
 from .layers import Layer
 
 SURROGATES = ("sigmoid", "straight_through")
+MAX_WINDOW = 1024   # steps evaluated either side of x by the sigmoid ceiling
 
 
 def hard_ceil_div(x: torch.Tensor, d: float) -> torch.Tensor:
@@ -41,7 +43,8 @@ def sigmoid_ceil_div(x: torch.Tensor, d: float, temperature: float) -> torch.Ten
     """Smooth ceil(x / d): steps of width ``temperature`` (elements) centred at k*d + 1/2."""
     if not temperature > 0:
         raise ValueError(f"surrogate temperature must be > 0, got {temperature}")
-    window = 3 + math.ceil(10 * temperature / d)
+    # capped: a temperature beyond ~100 steps is no ceiling any more, and must not exhaust memory
+    window = min(3 + math.ceil(10 * temperature / d), MAX_WINDOW)
     last = torch.floor((x.detach() - 0.5) / d)                      # index of the last step <= x
     offsets = torch.arange(-window + 1, window + 1, device=x.device, dtype=x.dtype)
     ks = last.unsqueeze(-1) + offsets                              # (..., 2*window) nearby steps
