@@ -9,8 +9,9 @@ may be soft (float tensors that carry gradients).  Only the ceilings change:
   Only the steps within ``window`` = 3 + ceil(10 t / d) steps of x are
   evaluated (wide enough that the ones left out are within sigmoid(-10) ~ 5e-5
   of 0 or 1, so the window moving with x leaves no visible jump; at most
-  MAX_WINDOW); the ones below are counted as 1, so any tile count works
-  without overflow.
+  MAX_WINDOW, which only binds past t / d ~ 100, where the steps no longer
+  make a ceiling and the truncation does show as jumps); the ones below are
+  counted as 1, so any tile count works without overflow.
 * ``straight_through``: forward is the exact staircase (the loss reports true
   cycles), backward is the sigmoid surrogate's derivative.
 

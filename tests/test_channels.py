@@ -96,6 +96,19 @@ def test_a_move_does_not_trigger_the_next_without_new_evidence(count, edge):
         assert alloc.step([opt], check) == [], (count, edge, check)
 
 
+def test_a_narrowing_does_not_narrow_again_without_new_evidence():
+    w = _with_logits(Width("w", ChannelSpec(64, 8, 4, 8, 256)), [0.0, 3.0, 0.5, 0.0])   # peak 72, p = 0.84
+    old = dict(zip(w.candidates, w.logits.tolist()))
+    alloc = ChannelAllocator({"w": w}, [])
+    assert [e["event"] for e in alloc.step([], 0)] == ["narrow"]
+    assert w.step == 4 and 72 in w.candidates
+    for width, logit in zip(w.candidates, w.logits.tolist()):
+        below, above = max(c for c in old if c <= width), min(c for c in old if c >= width)
+        assert logit == max(old[below], old[above])   # a width between two old ones: the likelier's
+    for check in range(1, 6):
+        assert alloc.step([], check) == []
+
+
 def test_a_window_of_one_candidate_never_moves():
     w = Width("w", ChannelSpec(64, 8, 1, 8, 256))
     assert plan_move(w) is None                               # p = 1 always: not evidence

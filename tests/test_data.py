@@ -94,7 +94,7 @@ def test_cifar_errors(tmp_path):
 @pytest.mark.parametrize("field, value, message", [
     (b"labels", [12, 0, 1, 2], "labels must be 0..9, got 0..12"),
     (b"labels", [-1, 0, 1, 2], "labels must be 0..9, got -1..2"),
-    (b"data", np.full((4, 3072), 300, dtype=np.int64), "pixels are int64, expected uint8"),
+    (b"data", np.full((4, 3072), 300, dtype=np.int64), "pixels are int64, expected integers in 0..255"),
 ])
 def test_cifar_batch_with_values_out_of_range_names_the_file(tmp_path, field, value, message):
     _write_fake_cifar(tmp_path)
@@ -106,6 +106,18 @@ def test_cifar_batch_with_values_out_of_range_names_the_file(tmp_path, field, va
         pickle.dump(batch, fh)
     with pytest.raises(D.DataError, match=f"{path}.*{message}"):
         D.load_dataset("cifar10", data_dir=str(tmp_path))
+
+
+def test_cifar_batch_with_integer_pixels_in_range_loads_as_uint8(tmp_path):
+    written = _write_fake_cifar(tmp_path)
+    path = tmp_path / "test_batch"
+    with open(path, "rb") as fh:
+        batch = pickle.load(fh)
+    batch[b"data"] = batch[b"data"].astype(np.int64)
+    with open(path, "wb") as fh:
+        pickle.dump(batch, fh)
+    x, y = D._read_cifar_batch(str(path))
+    assert x.dtype == np.uint8 and np.array_equal(x.reshape(len(y), -1), written["test_batch"][0])
 
 
 def test_unknown_dataset_lists_names():

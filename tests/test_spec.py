@@ -238,3 +238,18 @@ def test_an_input_the_space_cannot_join_is_a_one_line_error():
     from ubnas.supernet import Supernet
     with pytest.raises(ValueError, match="input 30x30 does not fit space uboost_cifar: cell 2 gets maps 15x15 and 7x7"):
         Supernet(load_space("uboost_cifar"), (3, 30, 30), 10)
+
+
+def test_a_last_cell_that_pools_its_map_away_is_refused_before_the_run_starts(tmp_path, capsys):
+    from ubnas.cli import main
+    good = yaml.safe_load(open(load_space.__globals__["SPACE_DIR"] / "tiny.yaml"))
+    space = dict(good, cells=[{"pool_after": True}] * 4)        # digits 8 -> 4 -> 2 -> 1 -> 0
+    path = tmp_path / "four_pools.yaml"
+    path.write_text(yaml.safe_dump(space))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_text("an earlier run's")
+    assert main(["search", "--space", str(path), "--out", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cell 3 shrinks its 1x1 maps to nothing" in err and "Traceback" not in err
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]   # nothing deleted

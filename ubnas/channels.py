@@ -14,12 +14,12 @@ The allocator moves windows between architecture steps:
 * the same on the bottom candidate -> shift down one step, freeing the top filters;
 * a peaked distribution in the middle -> halve the step around the peak, which
   stays a candidate.
-A candidate the window gains beyond its old range starts as a copy of the
-edge candidate next to it (logit and Adam moments), so the two tie: no
-candidate is the strict favourite until new gradients say which, and a move
-never triggers the next on its own (nor does a window of 2 swing back and
-forth).  Candidates a narrowing adds between old ones interpolate.  A window
-of one candidate never moves.  min/max always hold, and every decision
+A candidate the window gains starts as a copy of an old one next to it
+(logit and Adam moments: beyond the old range the edge, between two old
+widths the more probable), so it ties with the candidate it came from: no
+new strict favourite and no peak that narrows again until new gradients say
+so, and a move never triggers the next on its own (nor does a window of 2
+swing back and forth).  A window of one candidate never moves.  min/max always hold, and every decision
 depends only on the logits, so it is deterministic for a seed.
 """
 from __future__ import annotations
@@ -123,11 +123,26 @@ def resize_dim(tensor: torch.Tensor, dim: int, old: int, new: int, blocks: int, 
     return kept.reshape(shape[:dim] + [blocks * new] + shape[dim + 1:]).contiguous()
 
 
-def _shift_logits(values: torch.Tensor, old: List[int], new: List[int]) -> torch.Tensor:
-    """Carry a per-candidate vector to new candidates: same width keeps its value, widths between
-    two old ones interpolate linearly, widths beyond the old range copy the nearest old edge."""
-    result = np.interp(new, old, values.detach().cpu().double().numpy())
-    return torch.tensor(result, dtype=values.dtype, device=values.device)
+def carry_index(logits: torch.Tensor, old: List[int], new: List[int]) -> List[int]:
+    """For each new candidate, the old candidate whose logit and optimizer state it takes: the same
+    width; beyond the old range, the nearest edge; between two old widths, the more probable one.
+    A gained candidate thus ties with the candidate it grew from and a move never makes a new
+    strict favourite (nor a peak that narrows again) without new gradients."""
+    values = logits.detach().cpu().tolist()
+    index = []
+    for width in new:
+        upper = int(np.searchsorted(old, width))   # first old width >= width
+        if upper < len(old) and old[upper] == width:
+            index.append(upper)
+        elif upper == 0 or upper == len(old):
+            index.append(min(upper, len(old) - 1))
+        else:
+            index.append(upper if values[upper] > values[upper - 1] else upper - 1)
+    return index
+
+
+def _carry(values: torch.Tensor, index: List[int]) -> torch.Tensor:
+    return values[torch.tensor(index, device=values.device)].clone()
 
 
 def edge_mass(count: int) -> float:
@@ -199,11 +214,12 @@ class ChannelAllocator:
                 self._resize_tensor(binding, old_top, new_top, optimizers)
         # 2. logits and their optimizer state follow the candidates
         old_logits = width.logits
-        new_logits = nn.Parameter(_shift_logits(old_logits.data, old_candidates, new_candidates))
+        index = carry_index(old_logits, old_candidates, new_candidates)
+        new_logits = nn.Parameter(_carry(old_logits.data, index))
         width.lo, width.step, width.count = lo, step, count
         width.logits = new_logits
         self._swap_state(optimizers, old_logits, new_logits,
-                         lambda t: _shift_logits(t, old_candidates, new_candidates) if t.dim() == 1 else t)
+                         lambda t: _carry(t, index) if t.dim() == 1 else t)
 
     def _resize_tensor(self, binding: Binding, old: int, new: int, optimizers) -> None:
         module, attr = binding.module, binding.attr

@@ -92,10 +92,13 @@ def _read_cifar_batch(path: str) -> tuple:
     try:
         with open(path, "rb") as f:
             d = pickle.load(f, encoding="bytes")
+        if b"data" not in d and "data" not in d:
+            raise ValueError("missing key 'data'")
         raw = np.asarray(d.get(b"data", d.get("data")))
         if raw.dtype != np.uint8:   # a cast would wrap 300 to 44 without a word
-            raise ValueError(f"pixels are {raw.dtype}, expected uint8")
-        data = raw
+            if raw.dtype.kind not in "iu" or (raw.size and (raw.min() < 0 or raw.max() > 255)):
+                raise ValueError(f"pixels are {raw.dtype}, expected integers in 0..255")
+        data = raw.astype(np.uint8)
         labels = np.asarray(d.get(b"labels", d.get("labels")), dtype=np.int64)
         if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
             raise ValueError(f"data {data.shape}, labels {labels.shape}")

@@ -217,6 +217,10 @@ class Supernet(nn.Module):
             scale = s1.scale * (2 if cell.reduce else 1) * (2 if cell.pool_after else 1)
             size = tuple(_strided(n, 2) for n in s1.size) if cell.reduce else s1.size
             size = tuple(n // 2 for n in size) if cell.pool_after else size
+            if min(size) < 1:   # the last cell too: a 2x2 pool on a 1x1 map leaves nothing
+                raise ValueError(f"input {input_shape[1]}x{input_shape[2]} does not fit space {space.name}: "
+                                 f"cell {i} shrinks its {s1.size[0]}x{s1.size[1]} maps to nothing "
+                                 f"(use a larger input or fewer reduce / pool_after cells)")
             s0, s1 = s1, Source(f"cell{i}", space.nodes, scale, size)
         self.last = s1
         self.classifier = nn.Linear(self.widths[s1.width].top * s1.blocks, num_classes)

@@ -215,9 +215,8 @@ def _diverged(what: str, where: str, cfg: TrainConfig, ckpt_path: Path, last_goo
     checkpoint on disk is left as it was (``last_good``: its epoch, 0 when this run wrote none)."""
     if last_good:
         kept = f"{ckpt_path} keeps epoch {last_good}"
-    else:   # a run that started over may leave the earlier run's checkpoint, which --resume would take up
-        kept = "no checkpoint of this run was written" + (
-            f" ({ckpt_path} is the earlier run's)" if ckpt_path.exists() else "")
+    else:   # starting over removed any earlier checkpoint
+        kept = "no checkpoint of this run was written"
     return TrainingDiverged(f"training diverged: {what} at {where} (--lr {cfg.lr:g}); {kept}; "
                             f"start over with a lower --lr (--resume keeps the saved one)")
 
