@@ -1,6 +1,7 @@
 """Two-process search under torchrun (gloo on CPU): ranks stay identical, one spec."""
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -8,11 +9,18 @@ import pytest
 import torch
 
 
+def _free_port() -> int:
+    """A port nobody listens on now: fixed ports collide when two test runs share the machine."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.skipif(shutil.which("torchrun") is None and sys.platform != "linux", reason="needs torchrun")
 def test_torchrun_two_ranks_stay_in_sync(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, UBNAS_CHECK_SYNC="1", UBNAS_DIST_BACKEND="gloo")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            "-m", "ubnas", "search", "--epochs", "2", "--max-steps-per-epoch", "2", "--realloc-every", "1",
            "--batch-size", "32", "--stage", "joint", "--arch-lr", "0.3", "--out", str(out), "--quiet"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -37,7 +45,7 @@ def _mean_worker(rank, port, path):
 
 def test_logged_metrics_are_the_mean_over_ranks_on_gloo(tmp_path):
     # each rank averages its own shard; the log takes the mean of the ranks' figures
-    torch.multiprocessing.spawn(_mean_worker, args=(29531, str(tmp_path / "r")), nprocs=2)
+    torch.multiprocessing.spawn(_mean_worker, args=(_free_port(), str(tmp_path / "r")), nprocs=2)
     for rank in range(2):
         got = torch.load(tmp_path / f"r.{rank}", weights_only=True)
         assert got["backend"] == "gloo"          # --device cpu takes gloo even where CUDA exists
