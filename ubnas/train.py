@@ -121,26 +121,33 @@ def is_search_checkpoint(ckpt) -> bool:
             and any(key in ckpt for key in SEARCH_CHECKPOINT_KEYS))
 
 
-def refuse_search_checkpoint(path: Path) -> None:
-    """A one-line ValueError when ``path`` holds a search checkpoint: training into that run
-    directory would overwrite it (starting over) or cannot use it (--resume), and the search
-    could no longer be resumed.  A missing or unreadable file passes: there is nothing to keep."""
+def existing_checkpoint(path: Path, resume: bool):
+    """What ``path`` holds, loaded once, or None when there is nothing (or, starting over, nothing
+    readable) to keep.  A search checkpoint is a one-line ValueError either way: training into that
+    run directory would overwrite it (starting over) or cannot use it (--resume), and the search
+    could no longer be resumed.  An unreadable file is one on --resume."""
     if not path.is_file():
-        return
+        return None
     try:
         ckpt = load_checkpoint(path)
     except ValueError:
-        return
+        if resume:
+            raise
+        return None
     if is_search_checkpoint(ckpt):
         raise ValueError(f"{path}: holds a search checkpoint (`ubnas search`), which training there would "
                          f"overwrite, and the search could not be resumed; choose another --out, "
                          f"e.g. {path.parent / 'train'}")
+    return ckpt
 
 
 def read_checkpoint(path, spec: ArchSpec) -> dict:
     """A train checkpoint for ``spec``; anything else is a one-line ValueError."""
-    path = str(path)
-    ckpt = load_checkpoint(path)
+    return _train_checkpoint(load_checkpoint(path), path, spec)
+
+
+def _train_checkpoint(ckpt, path, spec: ArchSpec) -> dict:
+    """``ckpt`` (loaded from ``path``) if it is a train checkpoint for ``spec``, else a one-line ValueError."""
     if not isinstance(ckpt, dict) or "spec_hash" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path}: not a checkpoint written by `ubnas train` (no architecture hash); "
                          f"search checkpoints hold a supernet, not an exported network")
@@ -231,12 +238,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     ckpt = None
-    refuse_search_checkpoint(ckpt_path)   # before the note that it will be overwritten
+    found = existing_checkpoint(ckpt_path, resume)   # before the note that it will be overwritten
     note = resume_note(ckpt_path, resume)
     if note:
         say(note)
-    if resume and ckpt_path.exists():
-        ckpt = read_checkpoint(ckpt_path, spec)
+    if resume and found is not None:
+        ckpt = _train_checkpoint(found, ckpt_path, spec)
         saved = ckpt["config"]
         ignored = ignored_on_resume(cfg, saved, TrainConfig(spec=cfg.spec), TRAJECTORY_KEYS, given)
         if ignored:
