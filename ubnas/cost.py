@@ -21,6 +21,7 @@ from hwmodels import Accelerator
 from hwmodels.smooth import SoftLayers, network_cost_torch, soft_conv, soft_linear
 
 from .ops import hw_layers
+from .spec import strided_size
 from .supernet import ArchSample, Supernet
 
 COST_MODELS = ("systolic", "uboost", "flops", "roofline")
@@ -75,7 +76,7 @@ def supernet_layers(net: Supernet, arch: ArchSample, batch: int = 1,
             cin, cout, weight = pair(src.width, src.blocks, cell.width_name)
             add([soft_conv(hh, ww, cin, cout, 1, stride, batch=batch)], weight)
         c, p_c = values(cell.width_name)
-        out_h, out_w = ((h1 - 1) // 2 + 1, (w1 - 1) // 2 + 1) if cell.reduce else (h1, w1)
+        out_h, out_w = (strided_size(h1, 2), strided_size(w1, 2)) if cell.reduce else (h1, w1)
         probs = arch.ops[cell.cell_type]
         e = 0
         for i in range(cell.nodes):

@@ -139,11 +139,13 @@ def _bool(data: dict, key: str, origin: str, path: str) -> bool:
     return value
 
 
-def _pooled(size: int) -> int:
+def pooled_size(size: int) -> int:
+    """Map side after the 2x2 max-pool of a ``pool_after`` cell."""
     return size // 2
 
 
-def _strided(size: int, stride: int) -> int:
+def strided_size(size: int, stride: int) -> int:
+    """Map side after a 'same'-padded op of ``stride`` (a reduce cell's edges, a 1x1 preprocessing conv)."""
     return (size - 1) // stride + 1
 
 
@@ -216,18 +218,18 @@ def spec_from_dict(data: Any, origin: str = "<spec>") -> ArchSpec:
             nodes.append(tuple(edges))
         # the map sizes must chain: s0's 1x1 conv strides by the resolution ratio s1/s0
         ratio = s1[2] // s0[2]
-        if (_strided(s0[0], ratio), _strided(s0[1], ratio)) != s1[:2]:
+        if (strided_size(s0[0], ratio), strided_size(s0[1], ratio)) != s1[:2]:
             _fail(origin, path, f"inputs of {s0[0]}x{s0[1]} and {s1[0]}x{s1[1]} do not differ by the "
                                 f"stride {ratio} (odd map sizes before a pool); use an input size "
                                 f"divisible by the total downsampling")
         ch, cw = s1[0], s1[1]
         if reduce:
-            ch, cw = _strided(ch, 2), _strided(cw, 2)
+            ch, cw = strided_size(ch, 2), strided_size(cw, 2)
         if pool_after:
             if min(ch, cw) < 2:
                 _fail(origin, f"{path}.pool_after", f"needs a map of at least 2x2 for the 2x2 max-pool, "
                                                     f"the cell's output is {ch}x{cw}")
-            ch, cw = _pooled(ch), _pooled(cw)
+            ch, cw = pooled_size(ch), pooled_size(cw)
         scale = s1[2] * (2 if reduce else 1) * (2 if pool_after else 1)
         s0, s1 = s1, (ch, cw, scale)
         cells.append(CellArch(channels, tuple(nodes), reduce, pool_after))

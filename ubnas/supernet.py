@@ -20,6 +20,7 @@ from .channels import Binding, Width
 from .kernels import group_edges, mixed_edge, mixed_edges
 from .ops import LinearBranch, effective, get_op, pool_forward
 from .space import SearchSpace
+from .spec import pooled_size, strided_size
 
 RELAXATIONS = ("softmax", "gumbel")
 
@@ -123,11 +124,6 @@ class Source:
     size: Tuple[int, int]
 
 
-def _strided(n: int, stride: int) -> int:
-    """Output size of a stride-``stride`` conv with 'same' padding (a reduce cell's edges)."""
-    return (n - 1) // stride + 1
-
-
 class SearchCell(nn.Module):
     def __init__(self, space: SearchSpace, index: int, s0: Source, s1: Source, widths: Dict[str, Width]):
         super().__init__()
@@ -208,15 +204,15 @@ class Supernet(nn.Module):
         for i, cell in enumerate(space.cells):
             # a cell joins its two inputs after a stride s1.scale // s0.scale: odd sizes may not meet
             stride = s1.scale // s0.scale
-            if tuple(_strided(n, stride) for n in s0.size) != s1.size or min(s1.size) < 1:
+            if tuple(strided_size(n, stride) for n in s0.size) != s1.size:
                 raise ValueError(
                     f"input {input_shape[1]}x{input_shape[2]} does not fit space {space.name}: cell {i} "
                     f"gets maps {s0.size[0]}x{s0.size[1]} and {s1.size[0]}x{s1.size[1]} (use an input "
                     f"whose sides divide by {s1.scale} and stay >= 1)")
             self.cells.append(SearchCell(space, i, s0, s1, self.widths))
             scale = s1.scale * (2 if cell.reduce else 1) * (2 if cell.pool_after else 1)
-            size = tuple(_strided(n, 2) for n in s1.size) if cell.reduce else s1.size
-            size = tuple(n // 2 for n in size) if cell.pool_after else size
+            size = tuple(strided_size(n, 2) for n in s1.size) if cell.reduce else s1.size
+            size = tuple(pooled_size(n) for n in size) if cell.pool_after else size
             if min(size) < 1:   # the last cell too: a 2x2 pool on a 1x1 map leaves nothing
                 raise ValueError(f"input {input_shape[1]}x{input_shape[2]} does not fit space {space.name}: "
                                  f"cell {i} shrinks its {s1.size[0]}x{s1.size[1]} maps to nothing "
