@@ -38,6 +38,12 @@ _HANDLERS: Dict[type, Handler] = {}
 _BUILTINS_DONE = False
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch running out of memory (CPU allocator or CUDA): the sizes asked for,
+    not a bug."""
+    return type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc)
+
+
 class _HandlerFailed(Exception):
     """Carries a RuntimeError raised by a layer handler past the forward's input-error handling."""
 
@@ -189,7 +195,7 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
             except _HandlerFailed as failed:
                 raise failed.__cause__ from None
             except RuntimeError as exc:
-                if "can't allocate memory" in str(exc) or type(exc).__name__ == "OutOfMemoryError":
+                if is_out_of_memory(exc):
                     raise
                 # a shape the network cannot take (e.g. 1 channel into a 3-channel stem)
                 raise ValueError(f"{type(module).__name__} does not run on input {tuple(x.shape)} "

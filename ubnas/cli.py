@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     except RuntimeError as exc:
         # Running out of memory is the user's sizes, not a bug: say so in one line.  Any other
         # RuntimeError is a bug and keeps its traceback.
-        if type(exc).__name__ != "OutOfMemoryError" and "can't allocate memory" not in str(exc):
+        from hwmodels.estimate import is_out_of_memory
+        if not is_out_of_memory(exc):
             raise
         if os.environ.get("UBNAS_DEBUG"):
             raise
@@ -57,8 +58,8 @@ def main(argv=None) -> int:
         if os.environ.get("UBNAS_DEBUG"):
             raise
         # under torchrun every rank may hit the same error: say which rank speaks
-        rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "0"
-        print(f"ubnas: error{f' (rank {rank})' if rank != '0' else ''}: {exc}", file=sys.stderr)
+        from .distributed import rank
+        print(f"ubnas: error{f' (rank {rank()})' if rank() else ''}: {exc}", file=sys.stderr)
         return 2
 
 
