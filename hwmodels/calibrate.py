@@ -96,6 +96,11 @@ def _shape(layer: Layer) -> dict:
     return layer_fields(layer)
 
 
+def _layer_key(layer: Layer) -> str:
+    """A layer's identity for comparing sets of rows: what it computes, not its name."""
+    return json.dumps(_shape(layer), sort_keys=True)
+
+
 def cache_key(layer: Layer, rows: int, cols: int, dataflow: str, version: str) -> str:
     """JSON key of one SCALE-Sim run: layer fields (not its name), array, dataflow, version."""
     return json.dumps({"layer": _shape(layer), "array": [int(rows), int(cols)], "dataflow": dataflow,
@@ -368,9 +373,9 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
     overlap = 0
     if holdout is not None:
         # a layer that is also fitted is not held out (e.g. --suite cifar --holdout-suite mixed)
-        fitted = {json.dumps(_shape(r.layer), sort_keys=True) for r in reference.rows}
+        fitted = {_layer_key(r.layer) for r in reference.rows}
         train = list(reference.rows)
-        held = [r for r in holdout.rows if json.dumps(_shape(r.layer), sort_keys=True) not in fitted]
+        held = [r for r in holdout.rows if _layer_key(r.layer) not in fitted]
         overlap = len(holdout.rows) - len(held)
         if not held:
             raise HardwareConfigError(f"{holdout.source}: no held-out rows" + (
