@@ -81,6 +81,20 @@ def load_checkpoint(path: Path) -> Any:
         raise ValueError(f"{path}: not a readable torch checkpoint ({reason})") from None
 
 
+def existing_checkpoint(path: Path, resume: bool) -> Any:
+    """What the run directory's checkpoint ``path`` holds (``load_checkpoint``), or None when there is
+    none, or when it is unreadable and the run starts over (it will be overwritten); unreadable on
+    --resume is the one-line error.  Callers check that it is their own kind."""
+    if not Path(path).exists():
+        return None
+    try:
+        return load_checkpoint(path)
+    except ValueError:
+        if resume:
+            raise
+        return None
+
+
 def ignored_on_resume(cfg, saved: Mapping[str, Any], default, keys: Iterable[str],
                       given: Optional[Iterable[str]] = None) -> List[str]:
     """Options among ``keys`` that a run resumed with the checkpoint's ``saved`` values ignores: those

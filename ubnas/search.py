@@ -33,7 +33,7 @@ from .channels import ChannelAllocator
 from .cost import COST_MODELS, WIDTH_COSTS, supernet_cost
 from .data import batches, load_dataset, search_split
 from .kernels import backend as kernel_backend
-from .runtime import (atomic_torch_save, ignored_on_resume, load_checkpoint, make_run_dir, pick_device,
+from .runtime import (atomic_torch_save, existing_checkpoint, ignored_on_resume, make_run_dir, pick_device,
                       resume_note, say)
 from .space import load_space
 from .supernet import RELAXATIONS, Supernet
@@ -154,12 +154,10 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     their defaults)."""
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
-    checkpoint = None
     main = dist.rank() == 0          # only rank 0 writes files and prints
     progress = progress and main
-    if ckpt_path.exists():
-        found = read_search_checkpoint(ckpt_path, resume)
-        checkpoint = found if resume else None
+    found = read_search_checkpoint(ckpt_path, resume)   # refuses another command's checkpoint
+    checkpoint = found if resume else None
     if checkpoint is not None:
         # a resumed run keeps its own trajectory; where and on what it runs is this invocation's
         set_here = set(given) if given is not None else {
@@ -367,11 +365,8 @@ def read_search_checkpoint(path: Path, resume: bool) -> Optional[dict]:
     """The search checkpoint at ``path``.  Another kind of checkpoint is refused either way (starting
     over would overwrite it); an unreadable one is refused on --resume and left to be overwritten
     otherwise (None)."""
-    try:
-        ckpt = load_checkpoint(path)
-    except ValueError:
-        if resume:
-            raise
+    ckpt = existing_checkpoint(path, resume)
+    if ckpt is None:
         return None
     if not isinstance(ckpt, dict) or "arch_steps" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path}: not a checkpoint written by `ubnas search` (a `ubnas train` run?); "

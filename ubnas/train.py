@@ -29,8 +29,8 @@ from hwmodels.yamlio import atomic_write_text
 
 from .build import build_network
 from .data import augment_crop_flip, batches, load_dataset
-from .runtime import (atomic_torch_save, ignored_on_resume, load_checkpoint, make_run_dir, pick_device,
-                      resume_note, say)
+from .runtime import (atomic_torch_save, existing_checkpoint, ignored_on_resume, load_checkpoint, make_run_dir,
+                      pick_device, resume_note, say)
 from .spec import ArchSpec, load_spec, searched_accelerator
 
 SCHEDULES = ("cosine", "onecycle")
@@ -121,19 +121,11 @@ def is_search_checkpoint(ckpt) -> bool:
             and any(key in ckpt for key in SEARCH_CHECKPOINT_KEYS))
 
 
-def existing_checkpoint(path: Path, resume: bool):
-    """What ``path`` holds, loaded once, or None when there is nothing (or, starting over, nothing
-    readable) to keep.  A search checkpoint is a one-line ValueError either way: training into that
-    run directory would overwrite it (starting over) or cannot use it (--resume), and the search
-    could no longer be resumed.  An unreadable file is one on --resume."""
-    if not path.is_file():
-        return None
-    try:
-        ckpt = load_checkpoint(path)
-    except ValueError:
-        if resume:
-            raise
-        return None
+def existing_train_checkpoint(path: Path, resume: bool):
+    """``runtime.existing_checkpoint`` (loaded once), refusing a search checkpoint either way:
+    training into that run directory would overwrite it (starting over) or cannot use it
+    (--resume), and the search could no longer be resumed."""
+    ckpt = existing_checkpoint(path, resume)
     if is_search_checkpoint(ckpt):
         raise ValueError(f"{path}: holds a search checkpoint (`ubnas search`), which training there would "
                          f"overwrite, and the search could not be resumed; choose another --out, "
@@ -238,7 +230,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     ckpt = None
-    found = existing_checkpoint(ckpt_path, resume)   # before the note that it will be overwritten
+    found = existing_train_checkpoint(ckpt_path, resume)   # before the note that it will be overwritten
     note = resume_note(ckpt_path, resume)
     if note:
         say(note)
