@@ -198,16 +198,31 @@ def test_estimate_cli_good_spec(tmp_path, derived):
 
 
 # -- the registry's hardware layers agree with the modules -----------------------------------------
-@pytest.mark.parametrize("space,shape,preset,seeds", [("tiny", (1, 8, 8), "uboost", 3),
-                                                      ("tiny", (3, 16, 16), "edge_16x16", 2),
-                                                      ("darts_cifar", (3, 16, 16), "tpu_v3", 1),
-                                                      # reduce cells on odd maps (30 -> 15 -> 8): sizes round up
-                                                      ("darts_cifar", (3, 30, 30), "uboost", 1)])
-def test_supernet_cost_matches_built_network(space, shape, preset, seeds):
-    hwmodels = pytest.importorskip("hwmodels")
-    if not callable(getattr(hwmodels, "estimate", None)):
-        pytest.skip("hwmodels.estimate not available yet")
-    from ubnas.cost import supernet_cost
+def _layer_rows(layers, weights=None):
+    """The layers as sorted rows of their fields, each with its weight (weight-0 layers left out)."""
+    from hwmodels.smooth import SoftLayers
+    names = list(SoftLayers.__dataclass_fields__)
+    rows = []
+    for i in range(len(layers.m)):
+        weight = 1.0 if weights is None else float(weights[i])
+        if weight != 0:
+            rows.append(tuple(round(float(getattr(layers, f)[i]), 6) for f in names) + (weight,))
+    return sorted(rows)
+
+
+@pytest.mark.parametrize("space,shape,preset,seeds,batch", [("tiny", (1, 8, 8), "uboost", 3, 1),
+                                                            ("tiny", (3, 16, 16), "edge_16x16", 2, 3),
+                                                            ("uboost_cifar", (3, 16, 16), "tpu_v3", 1, 2),
+                                                            ("darts_cifar", (3, 16, 16), "tpu_v3", 1, 1),
+                                                            # reduce cells on odd maps (30 -> 15 -> 8): sizes round up
+                                                            ("darts_cifar", (3, 30, 30), "uboost", 1, 2)])
+def test_supernet_cost_matches_built_network(space, shape, preset, seeds, batch):
+    """Layer by layer (shapes, batch) and in total, the search cost of the exported sample is the
+    cost hwmodels traces from the built module."""
+    from hwmodels import estimate
+    from hwmodels.estimate import trace_layers
+    from hwmodels.smooth import from_layers
+    from ubnas.cost import supernet_cost, supernet_layers
     acc = load_accelerator(preset)
     for seed in range(seeds):
         net = random_supernet(seed, space, shape)
@@ -216,11 +231,93 @@ def test_supernet_cost_matches_built_network(space, shape, preset, seeds):
                 w.logits.normal_()
         spec = derive_spec(net, {})
         arch = discrete_sample(net, spec)
-        smooth = supernet_cost(net, arch, acc, "systolic")
-        exact = hwmodels.estimate(build_network(spec), spec.input_shape, acc)
+        layers, weights = supernet_layers(net, arch, batch)
+        module = build_network(spec)
+        assert _layer_rows(layers, weights) == _layer_rows(from_layers(trace_layers(module, spec.input_shape, batch)))
+        smooth = supernet_cost(net, arch, acc, "systolic", batch=batch)
+        exact = estimate(module, spec.input_shape, acc, batch=batch)
         assert float(smooth["macs"]) == pytest.approx(exact.macs, rel=1e-6)
         assert float(smooth["cycles"]) == pytest.approx(exact.cycles, rel=1e-6)
         assert float(smooth["utilization"]) == pytest.approx(exact.utilization, rel=1e-6)
+
+
+def _live(net, source):
+    """Indices of the live channels of a cell input in the supernet: the first w channels of each
+    of its blocks (block b spans channels b * top .. (b + 1) * top - 1)."""
+    width = net.widths[source.width]
+    return torch.cat([torch.arange(b * width.top, b * width.top + width.forced) for b in range(source.blocks)])
+
+
+def _copy_supernet_weights(net, spec, module):
+    """Load the supernet's weights of the exported sample into the built network, slicing every
+    tensor to the exported widths; written from the two modules' definitions, not from build's code."""
+    def bn(dst, src, rows):
+        dst.running_mean.copy_(src.running_mean[rows])
+        dst.running_var.copy_(src.running_var[rows])
+        if src.affine:
+            dst.weight.copy_(src.weight[rows])
+            dst.bias.copy_(src.bias[rows])
+        else:   # the supernet's affine-free BN is an affine BN with weight 1 and bias 0
+            dst.weight.fill_(1.0)
+            dst.bias.fill_(0.0)
+
+    w_stem = net.widths["stem"].forced
+    module.stem.weight.copy_(net.stem.weight[:w_stem])
+    bn(module.stem_bn, net.stem_bn, slice(0, w_stem))
+    for cell, arch, built in zip(net.cells, spec.cells, module.cells):
+        c = net.widths[cell.width_name].forced
+        for pre, mine, source in ((cell.pre0, built.pre0, cell.sources[0]), (cell.pre1, built.pre1, cell.sources[1])):
+            mine.conv.weight.copy_(pre.weight[:c][:, _live(net, source)])
+            bn(mine.bn, pre.bn, slice(0, c))
+        built_edges = iter(built.edges)     # the kept edges, node by node, in the spec's order
+        for i, node in enumerate(arch.nodes):
+            for kept in node:
+                op = next(built_edges)
+                edge = cell.edges[i * (i + 3) // 2 + kept.source]    # node i's edges read states 0 .. i + 1
+                if kept.op not in edge.branches:    # pool, skip, zero: no weights
+                    continue
+                branch = edge.branches[kept.op]
+                if branch.op.separable:
+                    op.branch.dw_weight.copy_(branch.dw_weight[:c])
+                    op.branch.pw_weight.copy_(branch.pw_weight[:c, :c])
+                else:
+                    op.branch.weight.copy_(branch.weight[:c, :c])
+                bn(op.bn, edge.bn, slice(0, c))
+    module.classifier.weight.copy_(net.classifier.weight[:, _live(net, net.last)])
+    module.classifier.bias.copy_(net.classifier.bias)
+
+
+@pytest.mark.parametrize("space,shape,seeds", [("tiny", (1, 8, 8), 3), ("uboost_cifar", (3, 8, 8), 1),
+                                               ("darts_cifar", (3, 16, 16), 1)])
+@pytest.mark.parametrize("train", [False, True])
+def test_built_network_computes_what_the_supernet_computes_for_the_exported_sample(space, shape, seeds, train):
+    """With the supernet's weights sliced to the exported widths, the built network's outputs are
+    the supernet's under discrete_sample (float64; BN statistics random, so each BN's wiring counts)."""
+    for seed in range(seeds):
+        net = random_supernet(seed, space, shape).double()
+        with torch.no_grad():
+            for w in net.widths.values():
+                w.logits.normal_()
+            for m in net.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.normal_()
+                    m.running_var.uniform_(0.5, 2.0)
+                    if m.affine:
+                        m.weight.normal_()
+                        m.bias.normal_()
+        spec = derive_spec(net, {})
+        arch = discrete_sample(net, spec)
+        assert any(net.widths[n].forced < net.widths[n].top for n in net.widths), "no width below its top"
+        module = build_network(spec).double()
+        with torch.no_grad():
+            _copy_supernet_weights(net, spec, module)
+        net.train(train)
+        module.train(train)
+        x = torch.randn(3, *shape, dtype=torch.float64)
+        with torch.no_grad():
+            want = net(x, arch)
+            got = module(x)
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
 def test_provenance_added_after_derive_reaches_the_file(tmp_path):
