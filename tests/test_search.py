@@ -345,3 +345,25 @@ def test_resume_names_a_flag_set_to_its_default_that_the_checkpoint_overrides(tm
     assert "ignored: lambda_latency" in capsys.readouterr().out
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["lambda_latency"] == 0.5
+
+
+def test_the_hardware_terms_pull_the_architecture_their_way(tmp_path):
+    """Against the same run without them (same seed, data and steps): a latency weight lowers the
+    latency, a utilization weight raises the utilization, and a hard target under the reachable
+    latency raises mu by dual ascent while one far above it leaves the run as it was."""
+    base = dict(stage="joint", arch_lr=0.3, epochs=2, max_steps_per_epoch=4, realloc_every=1000,
+                lambda_latency=0.0, beta_utilization=0.0)
+
+    def last(name, **overrides):
+        return run_search(_small(tmp_path, name, **{**base, **overrides}), progress=False).history
+
+    plain = last("plain")
+    assert last("lam", lambda_latency=20.0)[-1]["latency_us"] < 0.8 * plain[-1]["latency_us"]
+    assert last("beta", beta_utilization=20.0)[-1]["utilization"] > 1.2 * plain[-1]["utilization"]
+    target = 0.5 * plain[0]["latency_us"]
+    tight = last("tight", target_latency_us=target)
+    assert 0 < tight[0]["mu"] < tight[1]["mu"]          # the constraint is violated at every step
+    assert tight[-1]["latency_us"] < plain[-1]["latency_us"]
+    loose = last("loose", target_latency_us=1e6 * plain[0]["latency_us"])
+    assert [row["mu"] for row in loose] == [0.0, 0.0]
+    assert [row["latency_us"] for row in loose] == [row["latency_us"] for row in plain]
