@@ -1,6 +1,5 @@
 """Two-process search under torchrun (gloo on CPU): ranks stay identical, one spec."""
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and sys.platform != "linux", reason="needs torchrun")
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
 def test_torchrun_two_ranks_stay_in_sync(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, UBNAS_CHECK_SYNC="1", UBNAS_DIST_BACKEND="gloo")
@@ -50,3 +49,38 @@ def test_logged_metrics_are_the_mean_over_ranks_on_gloo(tmp_path):
         got = torch.load(tmp_path / f"r.{rank}", weights_only=True)
         assert got["backend"] == "gloo"          # --device cpu takes gloo even where CUDA exists
         assert got["means"] == [0.5, 2.0, -3.0]  # (0 + 1) / 2, (1 + 3) / 2, (-3 - 3) / 2
+
+
+def _grads_worker(rank, port, path):
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from ubnas import distributed as dist
+    dist.world("cpu")
+    a, b, c = (torch.nn.Parameter(torch.zeros(shape, dtype=torch.float64)) for shape in ((2, 3), (4,), (1,)))
+    a.grad = torch.arange(6, dtype=torch.float64).view(2, 3) * (rank + 1)     # rank 0: x, rank 1: 2x
+    b.grad = torch.full((4,), 10.0 * rank, dtype=torch.float64)
+    # c has no gradient on either rank: skipped, not zero-filled
+    dist.all_reduce_grads([a, b, c])
+    torch.save({"a": a.grad, "b": b.grad, "c": c.grad}, f"{path}.{rank}")
+    dist.shutdown()
+
+
+def test_gradients_are_averaged_over_ranks(tmp_path):
+    torch.multiprocessing.spawn(_grads_worker, args=(_free_port(), str(tmp_path / "g")), nprocs=2)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"g.{rank}", weights_only=True)
+        torch.testing.assert_close(got["a"], 1.5 * torch.arange(6, dtype=torch.float64).view(2, 3))  # (x + 2x) / 2
+        torch.testing.assert_close(got["b"], torch.full((4,), 5.0, dtype=torch.float64))             # (0 + 10) / 2
+        assert got["c"] is None
+
+
+def test_ranks_read_disjoint_equal_shards():
+    from ubnas.distributed import shard
+    x, y = torch.arange(11).view(11, 1) * 10, torch.arange(11)
+    parts = [shard(x, y, rank, 3) for rank in range(3)]
+    assert [len(py) for _, py in parts] == [3, 3, 3]          # equal shards keep the ranks in step
+    seen = torch.cat([py for _, py in parts])
+    assert len(set(seen.tolist())) == 9                       # disjoint
+    for px, py in parts:
+        assert torch.equal(px.view(-1), py * 10)              # rows stay with their labels
+    assert shard(x, y, 0, 1)[1].tolist() == list(range(11))   # one process keeps everything

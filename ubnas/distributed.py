@@ -7,7 +7,7 @@ wrap time) do not allow.  The effect is DDP's: every rank sees the mean gradient
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, List
+from typing import Any, Iterable, List, Tuple
 
 import torch
 import torch.distributed as dist
@@ -54,6 +54,15 @@ def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def shard(x: torch.Tensor, y: torch.Tensor, rank: int, world: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Rank ``rank``'s share of (x, y) (N, ...) / (N,): every world-th row from row ``rank``, cut to
+    N // world rows on every rank, so the ranks take equal numbers of steps."""
+    if world == 1:
+        return x, y
+    end = len(y) // world * world
+    return x[rank:end:world], y[rank:end:world]
 
 
 def broadcast_module(module: torch.nn.Module) -> None:

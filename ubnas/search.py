@@ -189,9 +189,8 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     torch.manual_seed(cfg.seed)
     data = load_dataset(cfg.data, cfg.data_dir, seed=cfg.seed)
     (xw, yw), (xa, ya) = search_split(data.train_x, data.train_y, cfg.split, seed=cfg.seed)
-    if world > 1:   # shard both halves; equal shard sizes keep the ranks in step
-        xw, yw = xw[rank:len(yw) // world * world:world], yw[rank:len(yw) // world * world:world]
-        xa, ya = xa[rank:len(ya) // world * world:world], ya[rank:len(ya) // world * world:world]
+    xw, yw = dist.shard(xw, yw, rank, world)
+    xa, ya = dist.shard(xa, ya, rank, world)
     xw, yw, xa, ya = (t.to(device) for t in (xw, yw, xa, ya))
     acc = load_accelerator(cfg.hw)
     mismatch = mode_mismatch_note(cfg.hw, cfg.cost_model) if cfg.cost_model in MODES else None
