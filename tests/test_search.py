@@ -367,3 +367,31 @@ def test_the_hardware_terms_pull_the_architecture_their_way(tmp_path):
     loose = last("loose", target_latency_us=1e6 * plain[0]["latency_us"])
     assert [row["mu"] for row in loose] == [0.0, 0.0]
     assert [row["latency_us"] for row in loose] == [row["latency_us"] for row in plain]
+
+
+def test_flops_and_roofline_cost_models_by_their_definitions():
+    """flops: cycles = MACs / PEs; roofline: per layer max(MACs / PEs, bytes moved / bandwidth x clock),
+    from the layers traced off the built network, on a bandwidth that makes some layers memory-bound."""
+    from hwmodels.estimate import trace_layers
+    from ubnas.build import build_network
+    from ubnas.spec import derive_spec, discrete_sample
+    torch.manual_seed(0)
+    net = Supernet(load_space("tiny"), (1, 8, 8), 10)
+    spec = derive_spec(net, {})
+    arch = discrete_sample(net, spec)
+    layers = trace_layers(build_network(spec), spec.input_shape)
+    base = load_accelerator("edge_16x16")
+    macs = [layer.lower().macs for layer in layers]
+    moved = [(l.input_elements() + l.weight_elements() + l.output_elements()) * base.bytes_per_element for l in layers]
+    intensity = sorted(m / b for m, b in zip(macs, moved))   # MACs per byte
+    # bandwidth at which the layers of median intensity are balanced: some above, some below
+    acc = base.replace(bandwidth_bytes_per_s=base.pes * base.clock_hz / intensity[len(intensity) // 2])
+    compute = [m / acc.pes for m in macs]
+    memory = [b / acc.bandwidth_bytes_per_s * acc.clock_hz for b in moved]
+    assert any(c > m for c, m in zip(compute, memory)) and any(c < m for c, m in zip(compute, memory))
+    flops = supernet_cost(net, arch, acc, "flops")
+    assert float(flops["cycles"]) == pytest.approx(sum(compute), rel=1e-9)
+    assert float(flops["utilization"]) == pytest.approx(1.0)
+    roofline = supernet_cost(net, arch, acc, "roofline")
+    assert float(roofline["cycles"]) == pytest.approx(sum(max(c, m) for c, m in zip(compute, memory)), rel=1e-9)
+    assert float(roofline["seconds"]) == pytest.approx(float(roofline["cycles"]) / acc.clock_hz)

@@ -1,6 +1,7 @@
 """hwmodels.smooth against the exact model: values, gradient signs, ranking."""
 import math
 import random
+import zlib
 
 import pytest
 import torch
@@ -67,7 +68,7 @@ def test_sigmoid_surrogate_refuses_a_temperature_that_is_not_positive():
 @pytest.mark.parametrize("mode", ["uboost", "systolic"])
 def test_smooth_equals_exact_at_integer_counts(preset, dataflow, mode):
     acc = load_accelerator(preset).replace(dataflow=dataflow)
-    layers = random_layers(120, seed=hash((preset, dataflow, mode)) % 1000)
+    layers = random_layers(120, seed=zlib.crc32(f"{preset}-{dataflow}-{mode}".encode()) % 1000)   # same every run
     exact = torch.tensor([layer_cost(l, acc, mode).cycles for l in layers], dtype=torch.float64)
     soft = from_layers(layers)
     st = network_cost_torch(soft, acc, mode, "straight_through")["cycles"]
