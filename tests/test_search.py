@@ -238,18 +238,12 @@ def test_one_hot_ops_run_only_the_chosen_op_and_match_the_mixture(impl):
     assert torch.allclose(net(x, hard), net(x, soft), atol=1e-10)
 
 
-def test_expected_width_cost_equals_brute_force_enumeration():
-    """E[cost] over independent width choices, enumerated combination by combination."""
+def _expected_cost_by_enumeration(net, acc):
+    """(E[cycles], E[macs]) over independent width choices, combination by combination, and the
+    same from supernet_cost's 'expected' width cost, as functions of one softmax sample."""
     import itertools
 
-    torch.manual_seed(1)
-    net = Supernet(load_space("tiny"), (1, 8, 8), 10).double()
-    for w in net.widths.values():
-        with torch.no_grad():
-            w.logits.copy_(torch.randn(w.count))
-    acc = load_accelerator("edge_16x16")
     arch = net.sample("softmax")
-    arch = type(arch)({k: v.double() for k, v in arch.ops.items()}, {k: v.double() for k, v in arch.widths.items()})
     got = supernet_cost(net, arch, acc, "systolic", width_cost="expected")
     names = list(net.widths)
     cycles = macs = 0.0
@@ -257,16 +251,41 @@ def test_expected_width_cost_equals_brute_force_enumeration():
         weight = 1.0
         for n, j in zip(names, combo):
             net.widths[n].forced = net.widths[n].candidates[j]
-            weight *= float(arch.widths[n][j].detach())
+            weight = weight * arch.widths[n][j]
         c = supernet_cost(net, arch, acc, "systolic", width_cost="soft")
-        cycles += weight * float(c["cycles"].detach())
-        macs += weight * float(c["macs"].detach())
+        cycles = cycles + weight * c["cycles"]
+        macs = macs + weight * c["macs"]
     for w in net.widths.values():
         w.forced = None
-    got = {k: v.detach() for k, v in got.items()}
-    assert abs(float(got["cycles"]) - cycles) < 1e-9 * cycles
-    assert abs(float(got["macs"]) - macs) < 1e-9 * macs
-    assert abs(float(got["utilization"]) - macs / (cycles * acc.pes)) < 1e-12
+    return got, cycles, macs
+
+
+def test_expected_width_cost_equals_brute_force_enumeration():
+    """E[cost] over independent width choices, enumerated combination by combination: values
+    and gradients, before and after a window moves (the cost's layer table follows it)."""
+    from ubnas.channels import ChannelAllocator
+
+    torch.manual_seed(1)
+    net = Supernet(load_space("tiny"), (1, 8, 8), 10).double()
+    for w in net.widths.values():
+        with torch.no_grad():
+            w.logits.copy_(torch.randn(w.count))
+    acc = load_accelerator("edge_16x16")
+    for moved in (False, True):
+        if moved:   # cell0's window one step up and one candidate wider, right after a cost
+            supernet_cost(net, net.sample("softmax"), acc, "systolic", width_cost="expected")
+            cell0 = net.widths["cell0"]
+            ChannelAllocator(dict(net.widths.items()), net.channel_bindings(), 0).apply(
+                "cell0", cell0.lo + cell0.step, cell0.step, cell0.count + 1, [])
+        got, cycles, macs = _expected_cost_by_enumeration(net, acc)
+        c, m = float(cycles.detach()), float(macs.detach())
+        assert abs(float(got["cycles"].detach()) - c) < 1e-9 * c
+        assert abs(float(got["macs"].detach()) - m) < 1e-9 * m
+        assert abs(float(got["utilization"].detach()) - m / (c * acc.pes)) < 1e-12
+        params = net.arch_parameters()
+        want = torch.autograd.grad(cycles, params, retain_graph=True)
+        for g, w in zip(torch.autograd.grad(got["cycles"], params), want):
+            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9 * c)
 
 
 def test_starting_over_removes_the_last_runs_results(tmp_path):
