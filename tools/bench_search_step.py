@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
 """Time one full search step of a supernet: eager MixedOp vs torch.compile vs the fused kernels.
 
-A step = weight step (forward on a batch with a Gumbel sample held fixed,
-cross-entropy, backward to the weights, SGD) + architecture step (forward on
-another batch, cross-entropy, backward to ``net.arch_parameters()`` with the
-weights frozen, Adam), as ``ubnas search`` runs it.  All variants start from the same
-weights and run side by side in one process.  On CUDA: CUDA events, warm-up,
-median of ``--repeats`` steps, ``torch.cuda.max_memory_allocated`` (reset
-between variants).  Without CUDA the fused path runs its PyTorch reference
-backend against eager on a small batch (no memory figures).
+The step is ``ubnas.search.search_step``, the function ``ubnas search`` runs, with its
+default options: weight step (forward on a batch with a Gumbel sample held fixed,
+cross-entropy, backward to the weights, gradient clipping, SGD) + architecture step
+(forward on another batch with the weights frozen, cross-entropy plus the hardware
+cost on the ``uboost`` accelerator, backward to the architecture parameters, Adam).
+``--stage joint`` (default) mixes ops and widths; ``op`` fixes the widths at their
+tops (U-Boost's first stage); in ``channel`` every edge runs its one op, the same code
+for every variant.  All variants start from the same weights, data and Gumbel noise
+and run side by side in one process.  On CUDA: CUDA events, warm-up, median of
+``--repeats`` steps, ``torch.cuda.max_memory_allocated`` (reset between variants).
+Without CUDA the fused path runs its PyTorch reference backend against eager on a
+small batch (no memory figures).  Exit status 1 when a variant fails or its loss is
+not finite.
 
     PYTHONPATH=. python3 tools/bench_search_step.py --spaces uboost_cifar,darts_cifar --batches 64,256
 """
@@ -22,35 +27,34 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
+from hwmodels import load_accelerator
+from ubnas.search import SearchConfig, cost_function, make_optimizers, search_step
 from ubnas.space import load_space
 from ubnas.supernet import Supernet
 
+IMPLS = ("eager", "compile", "fused")
 
-def make_step(net, model, batches, dtype, tau=1.0):
-    w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.01, momentum=0.9, weight_decay=3e-4)
-    arch = net.arch_parameters()
-    a_opt = torch.optim.Adam(arch, lr=3e-4, betas=(0.5, 0.999))
-    (x1, y1), (x2, y2) = batches
-    dev = x1.device.type
-    amp = dict(device_type=dev, dtype=torch.bfloat16, enabled=dtype == "bf16")
 
-    def step():   # as in ubnas.search: sample fixed in the weight step, weights frozen in the arch step
-        with torch.no_grad():
-            sample = net.sample("gumbel", tau)
-        with torch.autocast(**amp):
-            loss = F.cross_entropy(model(x1, sample), y1)
-        w_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        w_opt.step()
-        with net.frozen_weights():
-            with torch.autocast(**amp):
-                loss = F.cross_entropy(model(x2, net.sample("gumbel", tau)), y2)
-            a_opt.zero_grad(set_to_none=True)
-            loss.backward()
-        a_opt.step()
-        return loss
+def make_step(net, model, batches, dtype="fp32", stage="joint", seed=0):
+    """A closure that runs one ``search_step`` of ``net`` (forward through ``model``) on
+    ``batches`` = [(x, y) weight batch, (x, y) architecture batch] and returns the
+    architecture step's validation loss; ``ubnas search``'s default options, first epoch."""
+    cfg = SearchConfig(stage=stage)
+    w_opt, a_opt = make_optimizers(net, cfg)
+    cost_of = cost_function(net, load_accelerator(cfg.hw), cfg)
+    for w in net.widths.values():   # as run_search does per stage
+        w.forced = w.top if stage == "op" else None
+    with torch.no_grad():
+        latency_ref = float(cost_of(net.sample("softmax"))["seconds"])
+    generator = torch.Generator().manual_seed(seed + 2)   # every variant draws the same Gumbel noise
+    def forward(x, arch):   # bf16: the network's forward under autocast; the hardware cost stays in fp32
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            return model(x, arch)
+
+    def step():
+        return search_step(net, batches[0], batches[1], w_opt, a_opt, cost_of, cfg, cfg.tau0, latency_ref,
+                           0.0, generator, stage == "channel", forward).val_loss
     return step
 
 
@@ -63,12 +67,14 @@ def profile_step(step, label):
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
 
 
-def run_variant(base, impl, batches, dtype, warmup, repeats, device, prof=False):
+def run_variant(base, impl, batches, dtype, stage, warmup, repeats, device, prof=False):
     net = copy.deepcopy(base).to(device)
     if impl == "fused":
         net.set_impl("auto")
+    if impl == "compile":
+        torch._dynamo.reset()   # a fresh static-shape graph, not one made dynamic by an earlier batch size
     model = torch.compile(net) if impl == "compile" else net
-    step = make_step(net, model, batches, dtype)
+    step = make_step(net, model, batches, dtype, stage)
     cuda = device.type == "cuda"
     t0 = time.perf_counter()
     for _ in range(warmup):
@@ -106,24 +112,29 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spaces", default="uboost_cifar,darts_cifar")
     ap.add_argument("--batches", default=None, help="comma list (default 64,256 on CUDA, 8 on CPU)")
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--repeats", type=int, default=10, help="timed steps per variant (median reported)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, autotuning)")
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: the network's forward under bf16 autocast (not an option of ubnas search)")
+    ap.add_argument("--stage", choices=("joint", "op", "channel"), default="joint",
+                    help="which search stage's step (default joint: ops and widths mixed)")
     ap.add_argument("--impls", default=None, help="comma list of eager,compile,fused "
                                                   "(default all on CUDA, eager,fused on CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-cudnn-benchmark", action="store_true",
-                    help="leave torch.backends.cudnn.benchmark off (DARTS' search code turns it on)")
+                    help="leave torch.backends.cudnn.benchmark off (ubnas search turns it on on CUDA)")
     ap.add_argument("--profile", action="store_true", help="print the top CUDA kernels of one step per variant")
     args = ap.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0:
+        ap.error("--repeats must be >= 1 and --warmup >= 0")
     cuda = torch.cuda.is_available()
     torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
     device = torch.device("cuda" if cuda else "cpu")
     batches = [int(b) for b in (args.batches or ("64,256" if cuda else "8")).split(",")]
     impls = (args.impls or ("eager,compile,fused" if cuda else "eager,fused")).split(",")
-    unknown = [i for i in impls if i not in ("eager", "compile", "fused")]
+    unknown = [i for i in impls if i not in IMPLS]
     if unknown:
-        ap.error(f"--impls: unknown {', '.join(unknown)} (expected eager, compile, fused)")
+        ap.error(f"--impls: unknown {', '.join(unknown)} (expected {', '.join(IMPLS)})")
     spaces = {}
     for name in args.spaces.split(","):
         try:
@@ -132,12 +143,12 @@ def main(argv=None):
             ap.error(f"--spaces: {exc}")
     if cuda:
         print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  dtype {args.dtype}  "
-              f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32} cudnn.benchmark={torch.backends.cudnn.benchmark}",
-              flush=True)
+              f"stage {args.stage}  cudnn.allow_tf32={torch.backends.cudnn.allow_tf32} "
+              f"cudnn.benchmark={torch.backends.cudnn.benchmark}", flush=True)
     else:
-        print("no CUDA: fused = PyTorch reference backend vs eager on CPU, small batch, no memory figures",
-              flush=True)
-    rows = []
+        print(f"no CUDA: fused = PyTorch reference backend vs eager on CPU, small batch, no memory figures; "
+              f"stage {args.stage}", flush=True)
+    rows, failed = [], 0
     for space_name, space in spaces.items():
         torch.manual_seed(args.seed)
         base = Supernet(space, (3, 32, 32), 10)
@@ -145,30 +156,35 @@ def main(argv=None):
             g = torch.Generator().manual_seed(args.seed + b)
             data = [(torch.randn(b, 3, 32, 32, generator=g).to(device),
                      torch.randint(0, 10, (b,), generator=g).to(device)) for _ in range(2)]
-            ref = None
             for impl in impls:
                 try:
-                    med, best, peak, warm, ok = run_variant(base, impl, data, args.dtype, args.warmup,
+                    med, best, peak, warm, ok = run_variant(base, impl, data, args.dtype, args.stage, args.warmup,
                                                             args.repeats, device, args.profile)
-                except Exception as exc:  # report and go on (e.g. a compile failure)
+                except Exception as exc:  # report and go on (e.g. a compile failure), but fail at the end
                     print(f"{space_name} b={b} {impl}: FAILED {type(exc).__name__}: {exc}"[:400], flush=True)
+                    failed += 1
                     torch.cuda.empty_cache() if cuda else None
                     continue
-                if impl == "eager":
-                    ref = (med, peak)
-                rows.append((space_name, b, impl, med, best, peak, warm, ok, ref))
-                print(f"{space_name} b={b} {impl}: {med:.2f} ms/step (min {best:.2f}), peak {peak:.0f} MiB, "
+                failed += not ok
+                rows.append((space_name, b, impl, med, peak))
+                memory = f"peak {peak:.0f} MiB, " if cuda else ""
+                print(f"{space_name} b={b} {impl}: {med:.2f} ms/step (min {best:.2f}), {memory}"
                       f"warm-up {warm:.1f} s, finite={ok}", flush=True)
     print()
     head = f"{'space':14s} {'batch':>5s} {'impl':8s} {'ms/step':>9s} {'peak MiB':>9s} {'speedup':>8s} {'mem ratio':>9s}"
     print(head)
     print("-" * len(head))
-    for space_name, b, impl, med, best, peak, warm, ok, ref in rows:
-        sp = f"{ref[0] / med:.2f}x" if ref else "-"
-        mr = f"{ref[1] / peak:.2f}x" if ref and cuda else "-"
-        print(f"{space_name:14s} {b:5d} {impl:8s} {med:9.2f} {peak:9.0f} {sp:>8s} {mr:>9s}")
-    print("speedup / mem ratio: eager over the variant (higher is better)")
-    return 0
+    eager = {(space_name, b): (med, peak) for space_name, b, impl, med, peak in rows if impl == "eager"}
+    for space_name, b, impl, med, peak in rows:
+        ref = eager.get((space_name, b))
+        speedup = f"{ref[0] / med:.2f}x" if ref else "-"
+        mem_ratio = f"{ref[1] / peak:.2f}x" if ref and cuda else "-"
+        peak_text = f"{peak:9.0f}" if cuda else f"{'-':>9s}"
+        print(f"{space_name:14s} {b:5d} {impl:8s} {med:9.2f} {peak_text} {speedup:>8s} {mem_ratio:>9s}")
+    print("speedup / mem ratio: eager over the variant, measured in this run (higher is better)")
+    if failed:
+        print(f"{failed} variant(s) failed or gave a non-finite loss", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ would issue them:
   ``--backend reference``: each call of a fused primitive counts once instead;
 * optimizer steps are left out (on CUDA they are foreach ops, a few launches).
 
-The step is the one of ``tools/bench_search_step.py`` (weight step + architecture
-step) on 8x8 images: the counts do not depend on the image or batch size.
+The step is ``ubnas.search.search_step`` as ``tools/bench_search_step.py`` runs it (weight
+step + architecture step with the hardware cost, ``ubnas search``'s defaults, joint stage)
+on 8x8 images: the counts do not depend on the image or batch size.  ``cost`` counts
+the hardware cost's share apart (its forward and backward; the same for both variants).
 ``host ms`` is the median time of that step here, with the kernels stubbed under
 ``--backend triton``: for darts_cifar's narrow layers mostly host-side cost
 (Python, dispatcher, autograd), the part of a launch-bound GPU step the CPU pays;
@@ -73,7 +75,7 @@ def count_step(net, batches, counter_box, repeats=5):
 
     host ms: median wall time of ``repeats`` uncounted steps; with ``--backend triton`` the
     launches are stubbed, so on tiny tensors it approximates the host-side cost per step."""
-    step = make_step(net, net, batches, "fp32")
+    step = make_step(net, net, batches)
     step()
     times = []
     for _ in range(repeats):
@@ -108,6 +110,30 @@ def _counted(fn, name, box):
         finally:
             counter.paused -= 1
     return wrapped
+
+
+def count_cost(net, batches, repeats=5):
+    """(aten ops, host ms) of the hardware cost alone, forward and backward, as the step runs it."""
+    from hwmodels import load_accelerator
+    from ubnas.search import SearchConfig, cost_function
+    cfg = SearchConfig(stage="joint")
+    cost_of = cost_function(net, load_accelerator(cfg.hw), cfg)
+
+    def cost_step():
+        with net.frozen_weights():
+            arch = net.sample(cfg.relaxation, cfg.tau0)
+            cost = cost_of(arch)
+            (cost["seconds"] - cost["utilization"]).backward()
+    cost_step()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        cost_step()
+        times.append(1e3 * (time.perf_counter() - t))
+    counter = OpCounter()
+    with counter:
+        cost_step()
+    return counter.ops, statistics.median(times)
 
 
 def instrument(backend: str, box):
@@ -157,6 +183,9 @@ def main(argv=None):
                   f"{ratio:>11s} {host_ms:8.1f}", flush=True)
             for name, n in (ops + calls).most_common(args.top):
                 print(f"{'':22s}{n:6d}  {name}")
+        ops, host_ms = count_cost(copy.deepcopy(base), batches)
+        print(f"{space_name:14s} {'cost':6s} {sum(ops.values()):9d} {0:8d} {sum(ops.values()):7d} {'(in both)':>11s} "
+              f"{host_ms:8.1f}", flush=True)
     return 0
 
 

@@ -184,6 +184,8 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     device = pick_device(cfg.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":   # fixed batch shapes: let cuDNN pick its fastest convolutions (as DARTS does)
+        torch.backends.cudnn.benchmark = True
 
     # ---- data, model, hardware ------------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -213,14 +215,8 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
         atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     dist.broadcast_module(net)
 
-    def cost_of(arch):
-        return supernet_cost(net, arch, acc, cfg.cost_model, cfg.surrogate, cfg.temperature, cfg.hw_batch,
-                             cfg.width_cost)
-
-    w_opt = torch.optim.SGD(net.weight_parameters(), lr=cfg.weight_lr, momentum=cfg.weight_momentum,
-                            weight_decay=cfg.weight_decay)
-    a_opt = torch.optim.Adam(net.arch_parameters(), lr=cfg.arch_lr, betas=(0.5, 0.999),
-                             weight_decay=cfg.arch_weight_decay)
+    cost_of = cost_function(net, acc, cfg)
+    w_opt, a_opt = make_optimizers(net, cfg)
     data_gen = torch.Generator().manual_seed(cfg.seed + 1)
     gumbel_gen = torch.Generator().manual_seed(cfg.seed + 2)
     start_epoch, arch_steps, mu, history = 0, 0, 0.0, []
@@ -262,34 +258,11 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
         for step, ((xb, yb), (xv, yv)) in enumerate(zip(weight_batches, arch_batches)):
             if step >= steps_per_epoch:
                 break
-            # weight step: architecture sampled but held fixed
-            with torch.no_grad():
-                arch = net.sample(cfg.relaxation, tau, gumbel_gen, hard_ops)
-            logits = net(xb, arch)
-            loss = F.cross_entropy(logits, yb)
-            w_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            dist.all_reduce_grads(net.weight_parameters())
-            torch.nn.utils.clip_grad_norm_(net.weight_parameters(), cfg.grad_clip)
-            w_opt.step()
-            # architecture step on the other half, with the hardware cost (no weight gradients)
-            with net.frozen_weights():
-                arch = net.sample(cfg.relaxation, tau, gumbel_gen, hard_ops)
-                val_logits = net(xv, arch)
-                val_loss = F.cross_entropy(val_logits, yv)
-                cost = cost_of(arch)
-                ratio = cost["seconds"] / (cfg.target_latency_us * 1e-6) if cfg.target_latency_us else None
-                if ratio is not None:
-                    arch_loss = val_loss + mu * F.relu(ratio - 1)
-                else:
-                    arch_loss = (val_loss + cfg.lambda_latency * cost["seconds"] / latency_ref
-                                 - cfg.beta_utilization * cost["utilization"])
-                a_opt.zero_grad(set_to_none=True)
-                arch_loss.backward()
-            dist.all_reduce_grads(net.arch_parameters())
-            a_opt.step()
-            if ratio is not None:   # dual ascent on the latency constraint, rank 0's ratio everywhere
-                mu = max(0.0, mu + cfg.dual_lr * (float(dist.broadcast_object(float(ratio.detach()))) - 1))
+            taken = search_step(net, (xb, yb), (xv, yv), w_opt, a_opt, cost_of, cfg, tau, latency_ref, mu,
+                                gumbel_gen, hard_ops)
+            if taken.latency_ratio is not None:   # dual ascent on the latency constraint, rank 0's ratio everywhere
+                ratio = float(dist.broadcast_object(float(taken.latency_ratio.detach())))
+                mu = max(0.0, mu + cfg.dual_lr * (ratio - 1))
             arch_steps += 1
             if stage != "op" and arch_steps % cfg.realloc_every == 0:
                 # decided on rank 0, applied everywhere, rank 0's new tensors broadcast
@@ -302,15 +275,15 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
             if check_sync:   # BN running statistics differ per shard until the epoch's end, by design
                 dist.assert_same(list(net.weight_parameters()) + list(net.arch_parameters()),
                                  f"weights and architecture parameters at step {arch_steps}")
-            sums["loss"] += loss.item()
-            sums["acc"] += float((logits.argmax(1) == yb).float().mean())
-            sums["val_loss"] += val_loss.item()
-            sums["val_acc"] += float((val_logits.argmax(1) == yv).float().mean())
+            sums["loss"] += taken.loss.item()
+            sums["acc"] += float((taken.logits.argmax(1) == yb).float().mean())
+            sums["val_loss"] += taken.val_loss.item()
+            sums["val_acc"] += float((taken.val_logits.argmax(1) == yv).float().mean())
             sums["n"] += 1
             if bar is not None:
-                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{sums['acc'] / sums['n']:.3f}",
-                                lat_us=f"{float(cost['seconds'].detach()) * 1e6:.1f}",
-                                util=f"{float(cost['utilization'].detach()):.3f}")
+                bar.set_postfix(loss=f"{taken.loss.item():.3f}", acc=f"{sums['acc'] / sums['n']:.3f}",
+                                lat_us=f"{float(taken.cost['seconds'].detach()) * 1e6:.1f}",
+                                util=f"{float(taken.cost['utilization'].detach()):.3f}")
                 bar.update(1)
         if bar is not None:
             bar.close()
@@ -358,6 +331,77 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     spec_path = export_spec(net, cfg, acc, history, cost_of, data, out) if main else None
     dist.barrier()
     return SearchResult(out, history, spec_path, allocator.log)
+
+
+def cost_function(net: Supernet, acc, cfg: SearchConfig):
+    """arch -> the supernet's hardware cost (``ubnas.cost.supernet_cost``) under cfg's cost options."""
+    def cost_of(arch):
+        return supernet_cost(net, arch, acc, cfg.cost_model, cfg.surrogate, cfg.temperature, cfg.hw_batch,
+                             cfg.width_cost)
+    return cost_of
+
+
+def make_optimizers(net: Supernet, cfg: SearchConfig):
+    """(SGD over the weights, Adam over the architecture parameters), as DESIGN section 3 says."""
+    w_opt = torch.optim.SGD(net.weight_parameters(), lr=cfg.weight_lr, momentum=cfg.weight_momentum,
+                            weight_decay=cfg.weight_decay)
+    a_opt = torch.optim.Adam(net.arch_parameters(), lr=cfg.arch_lr, betas=(0.5, 0.999),
+                             weight_decay=cfg.arch_weight_decay)
+    return w_opt, a_opt
+
+
+@dataclass
+class StepResult:
+    """One search step's figures: the weight step's loss and logits, the architecture step's
+    validation loss, logits and hardware cost, and its latency / target (None without a target)."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    val_loss: torch.Tensor
+    val_logits: torch.Tensor
+    cost: Dict[str, torch.Tensor]
+    latency_ratio: Optional[torch.Tensor]
+
+
+def search_step(net: Supernet, batch, val_batch, w_opt, a_opt, cost_of, cfg: SearchConfig, tau: float,
+                latency_ref: float, mu: float, generator: torch.Generator, hard_ops: bool = False,
+                model=None) -> StepResult:
+    """One first-order bilevel step, as ``ubnas search`` runs it (the benchmarks time this function).
+
+    Weight step on ``batch`` (x (B, C, H, W), labels (B,)): an architecture sampled without
+    gradients and held fixed, cross-entropy, gradients averaged over ranks and clipped, SGD.
+    Architecture step on ``val_batch``: weights frozen, a fresh sample, cross-entropy plus the
+    hardware term (lambda * latency / latency_ref - beta * utilization, or mu * relu(latency / T - 1)
+    with a target T), Adam.  ``model`` runs the forward passes (default ``net``; a benchmark may
+    pass ``torch.compile(net)``); mu's dual ascent is the caller's.
+    """
+    model = net if model is None else model
+    (xb, yb), (xv, yv) = batch, val_batch
+    with torch.no_grad():
+        arch = net.sample(cfg.relaxation, tau, generator, hard_ops)
+    logits = model(xb, arch)
+    loss = F.cross_entropy(logits, yb)
+    w_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    dist.all_reduce_grads(net.weight_parameters())
+    torch.nn.utils.clip_grad_norm_(net.weight_parameters(), cfg.grad_clip)
+    w_opt.step()
+    with net.frozen_weights():   # no weight gradients in the architecture step
+        arch = net.sample(cfg.relaxation, tau, generator, hard_ops)
+        val_logits = model(xv, arch)
+        val_loss = F.cross_entropy(val_logits, yv)
+        cost = cost_of(arch)
+        ratio = cost["seconds"] / (cfg.target_latency_us * 1e-6) if cfg.target_latency_us else None
+        if ratio is not None:
+            arch_loss = val_loss + mu * F.relu(ratio - 1)
+        else:
+            arch_loss = (val_loss + cfg.lambda_latency * cost["seconds"] / latency_ref
+                         - cfg.beta_utilization * cost["utilization"])
+        a_opt.zero_grad(set_to_none=True)
+        arch_loss.backward()
+    dist.all_reduce_grads(net.arch_parameters())
+    a_opt.step()
+    return StepResult(loss, logits, val_loss, val_logits, cost, ratio)
 
 
 def read_search_checkpoint(path: Path, resume: bool) -> Optional[dict]:
