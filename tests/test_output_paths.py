@@ -54,3 +54,43 @@ def test_a_binary_layer_csv_names_the_file(tmp_path, capsys):
     path.write_bytes(b"name,kind\n\xff\xfe\x00garbage\n")
     err = _error(capsys, ["estimate", "--layers", str(path)])
     assert f"{path}: not a UTF-8 text CSV" in err
+
+
+def test_a_checkpoint_write_that_fails_keeps_the_last_checkpoint_and_no_temp_file(tmp_path, monkeypatch):
+    """A disk that fills up mid-write: torch.save raises after writing part of the temp file."""
+    from ubnas.runtime import atomic_torch_save
+    path = tmp_path / "checkpoint.pt"
+    atomic_torch_save({"epoch": 1}, path)
+    real_save = torch.save
+
+    def save_then_fail(obj, target):
+        real_save(obj, target)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2071616 vs 2071512")
+    monkeypatch.setattr(torch, "save", save_then_fail)
+    with pytest.raises(ValueError, match=r"checkpoint.pt: cannot write the checkpoint \(\[enforce fail"):
+        atomic_torch_save({"epoch": 2}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+
+
+def test_search_and_train_refuse_an_out_that_takes_no_files_or_is_empty(tmp_path, spec_path, capsys, monkeypatch):
+    import pathlib
+    real_touch = pathlib.Path.touch
+
+    def no_room(self, *args, **kwargs):   # a read-only mount (root ignores chmod, so simulate it)
+        if self.name == ".ubnas_write_check.tmp":
+            raise PermissionError(13, "Permission denied")
+        return real_touch(self, *args, **kwargs)
+    with monkeypatch.context() as mp:
+        mp.setattr(pathlib.Path, "touch", no_room)
+        err = _error(capsys, ["search", "--out", str(tmp_path / "s"), "--epochs", "1", "--quiet"])
+        assert err == f"ubnas: error: --out {tmp_path / 's'}: cannot write in the run directory (Permission denied)"
+        err = _error(capsys, ["train", str(spec_path), "--out", str(tmp_path / "t"), "--epochs", "1", "--quiet"])
+        assert err == f"ubnas: error: --out {tmp_path / 't'}: cannot write in the run directory (Permission denied)"
+    assert _error(capsys, ["search", "--out", "", "--quiet"]).endswith("key 'out' expected a run directory, got ''")
+    assert "--out" in _error(capsys, ["train", str(spec_path), "--out", " ", "--quiet"])
+
+
+def test_a_text_file_given_as_weights_is_no_torch_checkpoint(tmp_path, spec_path, capsys):
+    err = _error(capsys, ["export", str(spec_path), "--weights", str(spec_path), "--onnx", str(tmp_path / "x.onnx")])
+    assert err.endswith("not a torch checkpoint (torch.save writes a zip archive; this file is not one)"), err

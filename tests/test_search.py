@@ -11,7 +11,7 @@ from hwmodels import load_accelerator
 from ubnas.cost import COST_MODELS, supernet_cost
 from ubnas.ops import OPS, DiscreteOp
 from ubnas.search import SearchConfig, run_search
-from ubnas.space import SpaceError, load_space, space_names
+from ubnas.space import SPACE_DIR, SpaceError, load_space, space_names
 from ubnas.supernet import MixedEdge, Supernet
 
 
@@ -113,7 +113,7 @@ def test_resuming_on_another_number_of_processes_says_the_result_will_differ(tmp
 
 
 def test_malformed_space_names_file_and_key(tmp_path):
-    good = yaml.safe_load(open(load_space.__globals__["SPACE_DIR"] / "tiny.yaml"))
+    good = yaml.safe_load(open(SPACE_DIR / "tiny.yaml"))
     cases = [
         ("ops", ["conv_3x3", "conv_9x9"], "ops[1]"),
         ("ops", ["none"], "key 'ops' needs an op other than 'none'"),   # no edge would carry data
@@ -209,7 +209,10 @@ def test_a_refused_search_leaves_the_run_directory_as_it_was(tmp_path, capsys, m
     for flags in refused:
         assert main(["search", *flags, "--out", str(run), "--quiet"]) == 2, flags
         assert (run / "config.yaml").read_text() == "hw: my_npu\n", flags
-        assert "exists; starting over" in capsys.readouterr().out   # notes print under --quiet too
+        assert "starting over" not in capsys.readouterr().out   # no note of a start-over that does not happen
+    # nor does a refused run leave an empty run directory behind
+    assert main(["search", "--hw", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "new"), "--quiet"]) == 2
+    assert not (tmp_path / "new").exists()
     (tmp_path / "afile").write_text("")
     assert main(["search", "--out", str(tmp_path / "afile"), "--quiet"]) == 2
     assert "afile: exists and is not a directory" in capsys.readouterr().err
@@ -302,7 +305,7 @@ def test_starting_over_removes_the_last_runs_results(tmp_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ubnas.search, "_write_log", interrupted)
+        mp.setattr(ubnas.search, "atomic_torch_save", interrupted)   # killed while writing its first checkpoint
         with pytest.raises(KeyboardInterrupt):
             run_search(_small(tmp_path, "run", epochs=3, hw="edge_16x16"), progress=False)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml"]
@@ -414,3 +417,51 @@ def test_flops_and_roofline_cost_models_by_their_definitions():
     roofline = supernet_cost(net, arch, acc, "roofline")
     assert float(roofline["cycles"]) == pytest.approx(sum(max(c, m) for c, m in zip(compute, memory)), rel=1e-9)
     assert float(roofline["seconds"]) == pytest.approx(float(roofline["cycles"]) / acc.clock_hz)
+
+
+def test_resume_keeps_the_space_and_accelerator_it_started_with(tmp_path, capsys):
+    """The checkpoint holds the space and accelerator definitions: files edited (or gone) since
+    do not change the resumed run, and a note says so."""
+    space = tmp_path / "space.yaml"
+    space.write_text((SPACE_DIR / "tiny.yaml").read_text())
+    hw = tmp_path / "npu.yaml"
+    hw.write_text("array_rows: 16\narray_cols: 16\nclock_hz: 1.0e9\nbandwidth_bytes_per_s: 1.0e10\n")
+    opts = dict(space=str(space), hw=str(hw), stage="joint", arch_lr=0.3)
+    full = run_search(_small(tmp_path, "full", **opts), progress=False)
+    run_search(_small(tmp_path, "part", **opts), progress=False, stop_after_epoch=2)
+    data = yaml.safe_load(space.read_text())
+    data["ops"] = list(data["ops"]) + ["avg_pool_3x3"]    # would change the supernet's shapes
+    space.write_text(yaml.safe_dump(data))
+    hw.write_text("array_rows: 4\narray_cols: 4\nclock_hz: 1.0e9\nbandwidth_bytes_per_s: 1.0e10\n")
+    capsys.readouterr()
+    resumed = run_search(_small(tmp_path, "part", **opts), resume=True, progress=False)
+    out = capsys.readouterr().out
+    assert f"search space {space} changed since" in out and f"accelerator {hw} changed since" in out
+    assert "resuming" in out and "after epoch 2 of 3" in out
+    assert yaml.safe_load(full.spec_path.read_text())["cells"] == yaml.safe_load(resumed.spec_path.read_text())["cells"]
+    assert [r["latency_us"] for r in full.history] == [r["latency_us"] for r in resumed.history]
+    space.unlink()   # gone altogether: the saved definition still resumes (a finished run re-exports)
+    run_search(_small(tmp_path, "part", **opts), resume=True, progress=False)
+    assert f"search space {space} is gone since" in capsys.readouterr().out
+
+
+def test_resuming_a_checkpoint_that_lacks_keys_is_a_one_line_error(tmp_path, capsys):
+    from ubnas.cli import main
+    run_search(_small(tmp_path, "run", epochs=2), progress=False, stop_after_epoch=1)
+    path = tmp_path / "run" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["alloc_gen"]
+    torch.save(ckpt, path)
+    assert main(["search", "--out", str(tmp_path / "run"), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"ubnas: error: {path}: checkpoint lacks alloc_gen (written by another ubnas version?); "
+                   f"start over without --resume")
+
+
+def test_the_exported_smooth_cost_is_the_logged_one(tmp_path):
+    """After a channel stage the log costs the chosen ops (one-hot); so does arch.yaml's smooth_cost."""
+    result = run_search(_small(tmp_path, "run", epochs=2), progress=False)   # staged: op, then channel
+    assert [r["stage"] for r in result.history] == ["op", "channel"]
+    smooth = yaml.safe_load(result.spec_path.read_text())["provenance"]["smooth_cost"]
+    assert smooth["latency_us"] == pytest.approx(result.history[-1]["latency_us"], rel=1e-6)
+    assert smooth["utilization"] == pytest.approx(result.history[-1]["utilization"], rel=1e-6)

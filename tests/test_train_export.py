@@ -104,6 +104,18 @@ def test_metrics_use_the_accelerator_the_spec_records(tmp_path, capsys):
     assert json.loads((tmp_path / "old" / "metrics.json").read_text())["hardware"]["accelerator"] == "uboost"
 
 
+def test_resuming_a_checkpoint_that_lacks_keys_is_a_one_line_error(trained, tmp_path, capsys):
+    spec, _, _ = trained
+    out = tmp_path / "old"
+    train(config(spec, out), progress=False, stop_after_epoch=1)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    del ckpt["generator"]
+    torch.save(ckpt, out / "checkpoint.pt")
+    err = one_line_error(capsys, ["train", str(spec), "--out", str(out), "--resume", "--quiet"])
+    assert err == (f"ubnas: error: {out / 'checkpoint.pt'}: checkpoint lacks generator (written by another "
+                   f"ubnas version?); start over without --resume")
+
+
 def test_resume_gives_the_same_weights(trained, tmp_path):
     spec, _, full = trained
     out = tmp_path / "resumed"

@@ -23,7 +23,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def make_run_dir(path: Path) -> Path:
-    """Create the run directory ``path`` (and its parents); an error names ``--out`` and the path."""
+    """Create the run directory ``path`` (and its parents) and check that it takes files; an error
+    names ``--out`` and the path."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -31,6 +32,12 @@ def make_run_dir(path: Path) -> Path:
         raise ValueError(f"--out {path}: exists and is not a directory") from None
     except OSError as exc:
         raise ValueError(f"--out {path}: cannot create the run directory ({exc.strerror})") from None
+    probe = path / ".ubnas_write_check.tmp"
+    try:   # before any long work: a directory that takes no files would fail at the first checkpoint
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"--out {path}: cannot write in the run directory ({exc.strerror or exc})") from None
     return path
 
 
@@ -61,15 +68,31 @@ def say(message: str) -> None:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save to a temp file, then rename: a crash never leaves half a checkpoint."""
+    """torch.save to a temp file, then rename: a crash never leaves half a checkpoint.  A failed write
+    (disk full, permissions) removes the temp file, keeps the previous checkpoint and is a one-line
+    ValueError naming the path."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:   # torch reports write failures as RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise ValueError(f"{path}: cannot write the checkpoint ({reason}); the previous one, if any, "
+                         f"is kept") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: Path) -> Any:
     """``torch.load`` of a ubnas checkpoint (tensors only); a file it cannot read is a one-line ValueError."""
+    if Path(path).is_file():   # torch.save has written zip archives since 1.6: a text file is no checkpoint
+        with open(path, "rb") as handle:
+            if handle.read(2) != b"PK":
+                raise ValueError(f"{path}: not a torch checkpoint (torch.save writes a zip archive; "
+                                 f"this file is not one)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import yaml
 
 from hwmodels import load_accelerator
-from hwmodels.accelerator import mode_mismatch_note
+from hwmodels.accelerator import from_dict, mode_mismatch_note
 from hwmodels.exact import MODES
 from hwmodels.yamlio import atomic_write_text, read_yaml
 
@@ -35,7 +35,7 @@ from .data import batches, load_dataset, search_split
 from .kernels import backend as kernel_backend
 from .runtime import (atomic_torch_save, existing_checkpoint, ignored_on_resume, make_run_dir, pick_device,
                       resume_note, say)
-from .space import load_space
+from .space import parse_space, read_space_data
 from .supernet import RELAXATIONS, Supernet
 
 STAGES = ("staged", "joint", "op", "channel")
@@ -43,6 +43,10 @@ STAGES = ("staged", "joint", "op", "channel")
 # given on its command line (a GPU run resumes on a CPU, a data set that moved is found; the run
 # directory is always the one resumed), everything else from the checkpoint.
 PLACEMENT_KEYS = ("out", "device", "data_dir", "kernels")
+# what --resume needs of a search checkpoint (space_data, accelerator_config and world_size are newer:
+# a checkpoint without them resumes with the files named in its config, on one process)
+CHECKPOINT_KEYS = ("config", "epoch", "arch_steps", "mu", "latency_ref", "model", "windows", "w_opt", "a_opt",
+                   "data_gen", "gumbel_gen", "alloc_gen", "torch_rng", "history", "realloc_log")
 
 
 @dataclass
@@ -107,6 +111,8 @@ class SearchConfig:
                 raise ValueError(f"{origin}: key '{key}' must be finite and >= 0, got {getattr(self, key)!r}")
         if not 0 <= self.weight_momentum < 1:
             raise ValueError(f"{origin}: key 'weight_momentum' must be in [0, 1), got {self.weight_momentum!r}")
+        if not isinstance(self.out, str) or not self.out.strip():
+            raise ValueError(f"{origin}: key 'out' expected a run directory, got {self.out!r}")
         if self.target_latency_us is not None and self.target_latency_us <= 0:
             raise ValueError(f"{origin}: key 'target_latency_us' must be > 0, got {self.target_latency_us}")
 
@@ -169,9 +175,6 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
         if changed and main:
             say(f"note: resuming {ckpt_path} with its saved config; ignored: {', '.join(changed)}")
         cfg = saved
-    note = resume_note(ckpt_path, resume)
-    if note and main:
-        say(note)
     cfg.validate()
     rank, world = dist.world(cfg.device)
     if checkpoint is not None and checkpoint.get("world_size", 1) != world and main:
@@ -179,8 +182,6 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
             f"{world}: the data shards and the effective batch change, so the result will differ from "
             f"an uninterrupted run")
     check_sync = bool(os.environ.get("UBNAS_CHECK_SYNC")) and world > 1
-    if main:
-        make_run_dir(out)
     device = pick_device(cfg.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -194,11 +195,11 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     xw, yw = dist.shard(xw, yw, rank, world)
     xa, ya = dist.shard(xa, ya, rank, world)
     xw, yw, xa, ya = (t.to(device) for t in (xw, yw, xa, ya))
-    acc = load_accelerator(cfg.hw)
+    space_data, acc = run_definitions(cfg, checkpoint, ckpt_path, main)
     mismatch = mode_mismatch_note(cfg.hw, cfg.cost_model) if cfg.cost_model in MODES else None
     if mismatch and main:
         say(mismatch)
-    net = Supernet(load_space(cfg.space), data.input_shape, data.num_classes, cfg.channels)
+    net = Supernet(parse_space(*space_data), data.input_shape, data.num_classes, cfg.channels)
     allocator = ChannelAllocator(dict(net.widths.items()), net.channel_bindings(), cfg.seed)
     if checkpoint is not None:   # restore window shapes before loading tensors into them
         for name, (lo, step, count) in checkpoint["windows"].items():
@@ -208,7 +209,13 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     net.set_impl(cfg.kernels)
     if cfg.kernels != "eager":
         kernel_backend(cfg.kernels, device)   # a backend this device cannot run fails here, not mid-epoch
-    if main:   # only now: a run refused above leaves the config of the run in OUT as it was
+    if main:   # only now: a run refused above leaves OUT as it was
+        note = resume_note(ckpt_path, resume)
+        if note:
+            say(note)
+        if checkpoint is not None:
+            say(f"resuming {ckpt_path} after epoch {checkpoint['epoch']} of {cfg.epochs}")
+        make_run_dir(out)
         if checkpoint is None:   # starting over: the last run's files must not pass for this run's
             for stale in ("arch.yaml", "search_log.csv", "checkpoint.pt"):   # nor be resumed under its config
                 (out / stale).unlink(missing_ok=True)
@@ -283,7 +290,7 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
             if bar is not None:
                 bar.set_postfix(loss=f"{taken.loss.item():.3f}", acc=f"{sums['acc'] / sums['n']:.3f}",
                                 lat_us=f"{float(taken.cost['seconds'].detach()) * 1e6:.1f}",
-                                util=f"{float(taken.cost['utilization'].detach()):.3f}")
+                                util=f"{100 * float(taken.cost['utilization'].detach()):.2f}%")
                 bar.update(1)
         if bar is not None:
             bar.close()
@@ -301,20 +308,21 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
             row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         history.append(row)
         dist.broadcast_module(net)   # BN running statistics differ per shard: take rank 0's
-        if main:
-            _write_log(out / "search_log.csv", history)
+        if main:   # the checkpoint first: a log never lists an epoch that no checkpoint holds
             atomic_torch_save({
                 "config": asdict(cfg), "epoch": epoch + 1, "arch_steps": arch_steps, "mu": mu,
                 "latency_ref": latency_ref, "model": net.state_dict(), "world_size": world,
+                "space_data": space_data[0], "accelerator_config": acc.to_dict(),
                 "windows": {k: [w.lo, w.step, w.count] for k, w in net.widths.items()},
                 "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
                 "data_gen": data_gen.get_state(), "gumbel_gen": gumbel_gen.get_state(),
                 "alloc_gen": allocator.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "history": history, "realloc_log": allocator.log,
             }, ckpt_path)
+            _write_log(out / "search_log.csv", history)
             _say(f"epoch {epoch + 1}: loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} "
                  f"val_acc {row['val_acc']:.3f} latency {row['latency_us']:.2f} us "
-                 f"utilization {row['utilization']:.4f} ({row['seconds']:.1f} s)", progress)
+                 f"utilization {100 * row['utilization']:.2f} % ({row['seconds']:.1f} s)", progress)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
             return SearchResult(out, history, None, allocator.log)
 
@@ -418,7 +426,40 @@ def read_search_checkpoint(path: Path, resume: bool) -> Optional[dict]:
     if unknown and resume:
         raise ValueError(f"{path}: saved config has unknown option(s) {', '.join(sorted(unknown))} "
                          f"(written by another ubnas version?)")
+    missing = [key for key in CHECKPOINT_KEYS if key not in ckpt]
+    if missing and resume:
+        raise ValueError(f"{path}: checkpoint lacks {', '.join(missing)} (written by another ubnas version?); "
+                         f"start over without --resume")
     return ckpt
+
+
+def run_definitions(cfg: SearchConfig, checkpoint: Optional[dict], ckpt_path: Path, main: bool):
+    """((search space YAML data, its origin), Accelerator) of the run: from cfg.space and cfg.hw, or on
+    --resume the definitions saved in the checkpoint, so that a file edited (or removed) since does
+    not change the run's trajectory (a note says so)."""
+    saved_space = checkpoint.get("space_data") if checkpoint is not None else None
+    saved_acc = checkpoint.get("accelerator_config") if checkpoint is not None else None
+    if saved_space is None:
+        space = read_space_data(cfg.space)
+    else:
+        try:
+            current = read_space_data(cfg.space)[0]
+        except ValueError:
+            current = None
+        if current != saved_space and main:
+            say(f"note: search space {cfg.space} {'is gone' if current is None else 'changed'} since "
+                f"{ckpt_path} was written; resuming with the definition saved in it")
+        space = (saved_space, f"{ckpt_path} (space_data)")
+    if saved_acc is None:
+        return space, load_accelerator(cfg.hw)
+    try:
+        current_acc = load_accelerator(cfg.hw).to_dict()
+    except ValueError:
+        current_acc = None
+    if current_acc != saved_acc and main:
+        say(f"note: accelerator {cfg.hw} {'is gone' if current_acc is None else 'changed'} since {ckpt_path} "
+            f"was written; resuming with the definition saved in it")
+    return space, from_dict(saved_acc, origin=f"{ckpt_path} (accelerator_config)", name=saved_acc.get("name"))
 
 
 def export_spec(net, cfg, acc, history, cost_of, data, out: Path) -> Path:
@@ -429,8 +470,8 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path) -> Path:
     from .spec import derive_spec, discrete_sample, save_spec
 
     net.eval()
-    with torch.no_grad():
-        smooth = cost_of(net.sample("softmax"))
+    with torch.no_grad():   # as the log's last row: ops chosen (one-hot) after a channel stage
+        smooth = cost_of(net.sample("softmax", hard_ops=stage_at(cfg, cfg.epochs - 1) == "channel"))
     provenance = {
         "search_space": cfg.space, "seed": cfg.seed, "stage": cfg.stage, "channels": cfg.channels,
         "lambda_latency": cfg.lambda_latency, "beta_utilization": cfg.beta_utilization,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from hwmodels.yamlio import read_yaml
 
@@ -157,11 +157,16 @@ def space_names() -> List[str]:
     return sorted(p.stem for p in SPACE_DIR.glob("*.yaml"))
 
 
-def load_space(name_or_path: str) -> SearchSpace:
-    """Load a shipped space by name (``tiny``) or a YAML file path."""
+def read_space_data(name_or_path: str) -> Tuple[Any, str]:
+    """(the YAML data, its path) of a shipped space by name (``tiny``) or of a YAML file path."""
     path = Path(name_or_path)
     if not path.suffix and (SPACE_DIR / f"{name_or_path}.yaml").exists():
         path = SPACE_DIR / f"{name_or_path}.yaml"
     elif not path.exists():
         raise SpaceError(f"{name_or_path}: no such search space or file (shipped: {', '.join(space_names())})")
-    return parse_space(read_yaml(path, SpaceError), str(path))
+    return read_yaml(path, SpaceError), str(path)
+
+
+def load_space(name_or_path: str) -> SearchSpace:
+    """Load a shipped space by name (``tiny``) or a YAML file path."""
+    return parse_space(*read_space_data(name_or_path))

@@ -83,6 +83,12 @@ class TrainConfig:
             raise ValueError(f"--weight-decay: expected a finite value >= 0, got {self.weight_decay}")
         if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):   # 0 is documented as "off"
             raise ValueError(f"--grad-clip: expected a finite norm > 0, or 0 for no clipping, got {self.grad_clip}")
+        if not str(self.out).strip():   # Path("") is the current directory, whose files a start-over removes
+            raise ValueError(f"--out: expected a run directory, got {self.out!r}")
+
+
+# what --resume needs of a train checkpoint (load_weights needs only 'model')
+RESUME_KEYS = ("config", "model", "optimizer", "scheduler", "epoch", "history", "generator", "torch_rng")
 
 
 class TrainingDiverged(ValueError):
@@ -236,6 +242,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         say(note)
     if resume and found is not None:
         ckpt = _train_checkpoint(found, ckpt_path, spec)
+        missing = [key for key in RESUME_KEYS if key not in ckpt]
+        if missing:
+            raise ValueError(f"{ckpt_path}: checkpoint lacks {', '.join(missing)} (written by another ubnas "
+                             f"version?); start over without --resume")
         saved = ckpt["config"]
         ignored = ignored_on_resume(cfg, saved, TrainConfig(spec=cfg.spec), TRAJECTORY_KEYS, given)
         if ignored:

@@ -52,13 +52,13 @@ def run(args) -> int:
     last = result.history[-1] if result.history else {}
     print(f"search done: {len(result.history)} epochs, val_acc {last.get('val_acc', float('nan')):.3f}, "
           f"supernet (smooth) latency {last.get('latency_us', float('nan')):.2f} us, "
-          f"utilization {last.get('utilization', float('nan')):.4f}")
+          f"utilization {100 * last.get('utilization', float('nan')):.2f} %")
     if result.spec_path:   # what the user deploys: the exported network, costed exactly
         from ..spec import load_spec
         provenance = load_spec(result.spec_path).provenance
         exact = provenance.get("exact_cost") or {}
         print(f"architecture: {result.spec_path} (exact latency {exact.get('latency_us', float('nan')):.2f} us, "
-              f"utilization {exact.get('utilization', float('nan')):.4f} on {provenance.get('accelerator')}"
+              f"utilization {100 * exact.get('utilization', float('nan')):.2f} % on {provenance.get('accelerator')}"
               + (f", batch {exact['batch']}" if exact.get("batch", 1) != 1 else "") + ")")
     print(f"run directory: {result.out_dir} (config.yaml, search_log.csv, checkpoint.pt)")
     return 0
