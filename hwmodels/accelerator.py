@@ -119,9 +119,14 @@ def validate(acc: Accelerator, origin: str = "<accelerator>") -> None:
             raise HardwareConfigError(f"{origin}: key 'calibration.{key}' must be >= 0, got {getattr(cal, key)!r}")
 
 
+_KIND_NAMES = {int: "integer", float: "number", str: "string"}
+
+
 def _coerce(value: Any, kind: type, key: str, origin: str):
+    noun = _KIND_NAMES[kind]
+    what = f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
     if isinstance(value, bool) or value is None:
-        raise HardwareConfigError(f"{origin}: key '{key}' expected {kind.__name__}, got {value!r}")
+        raise HardwareConfigError(f"{origin}: key '{key}' expected {what}, got {value!r}")
     if kind is str:
         if not isinstance(value, str):
             raise HardwareConfigError(f"{origin}: key '{key}' expected a string, got {value!r}")
@@ -129,9 +134,9 @@ def _coerce(value: Any, kind: type, key: str, origin: str):
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise HardwareConfigError(f"{origin}: key '{key}' expected a {kind.__name__}, got {value!r}") from None
+        raise HardwareConfigError(f"{origin}: key '{key}' expected {what}, got {value!r}") from None
     if not math.isfinite(number):
-        raise HardwareConfigError(f"{origin}: key '{key}' expected a finite {kind.__name__}, got {value!r}")
+        raise HardwareConfigError(f"{origin}: key '{key}' expected a finite {noun}, got {value!r}")
     if kind is int:
         if number != int(number):
             raise HardwareConfigError(f"{origin}: key '{key}' expected an integer, got {value!r}")

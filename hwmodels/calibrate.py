@@ -448,7 +448,8 @@ def format_report(result: CalibrationResult) -> str:
     lines.append(f"{'parameter':<22}{'before':>14}{'after':>14}")
     for name, values in result.fit_report["parameters"].items():
         lines.append(f"{name:<22}{values['before']:>14.4g}{values['after']:>14.4g}")
-    if ma["rmspe_pct"] > mb["rmspe_pct"]:   # the YAML is still written: the user decides
+    # the YAML is still written: the user decides; differences under 0.005 points (rounding) are no worse
+    if ma["rmspe_pct"] > mb["rmspe_pct"] + 5e-3:
         pinned = [n for n, v in result.fit_report["parameters"].items()
                   if any(math.isclose(v["after"], b, rel_tol=1e-6, abs_tol=1e-9) for b in v["bounds"])]
         lines.append(f"warning: the fit made the held-out RMSPE worse ({mb['rmspe_pct']:.2f} % -> "

@@ -126,3 +126,14 @@ def test_replace_validates():
         acc.replace(dataflow="xy")
     with pytest.raises(HardwareConfigError, match="'num_arrays'"):
         dataclasses.replace(acc, num_arrays=1).replace(num_arrays=0)
+
+
+@pytest.mark.parametrize("key, value, expected", [("array_rows", "x", "expected an integer, got 'x'"),
+                                                  ("array_rows", float("nan"), "expected a finite integer, got nan"),
+                                                  ("clock_hz", True, "expected a number, got True"),
+                                                  ("dataflow", 3, "expected a string, got 3")])
+def test_a_wrong_type_is_named_in_plain_words(tmp_path, key, value, expected):
+    path = write(tmp_path, {**GOOD, key: value})
+    with pytest.raises(HardwareConfigError) as info:
+        load_accelerator(path)
+    assert str(info.value) == f"{path}: key '{key}' {expected}"
