@@ -7,8 +7,12 @@ cut to --layers (default 50).  Timed, median over --repeats runs:
 * ``hwmodels.exact.network_cost``                  (target: < 1 ms for 50 layers)
 * ``hwmodels.smooth.network_cost_torch`` forward and forward+backward, when
   ``hwmodels.smooth`` is there (soft m/k/n tensors that require grad)
-* ``hwmodels.scalesim.run_scalesim`` on the first --scalesim-layers layers,
-  when SCALE-Sim is importable, scaled to the full list, with the ratio.
+* ``hwmodels.scalesim.run_scalesim`` on the first --scalesim-layers layers, when
+  SCALE-Sim is importable: one run per layer, each timed once; the measured total and
+  per-layer times are reported as they are, next to each layer's simulated lines
+  (``hwmodels.suites.simulated_lines``).  SCALE-Sim's time follows each layer's simulated
+  lines plus a fixed cost per run, not the layer count, so it is not extrapolated to the
+  whole list; the ratio compares it with the exact model on the same layers.
 
 Usage: python tools/bench_hwmodel.py [--hw uboost] [--mode systolic] [--repeats 200]
 """
@@ -43,18 +47,39 @@ def network_layers(count: int):
     return layers[:count]
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 would divide by zero or leave nothing to time)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def main(argv=None) -> int:
+    from hwmodels.exact import MODES
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hw", default="uboost")
-    parser.add_argument("--mode", default="systolic")
-    parser.add_argument("--layers", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=200)
-    parser.add_argument("--scalesim-layers", type=int, default=5)
+    parser.add_argument("--hw", default="uboost", help="accelerator preset or YAML file (default uboost)")
+    parser.add_argument("--mode", choices=MODES, default="systolic",
+                        help="hwmodels.exact cost model mode timed (default systolic)")
+    parser.add_argument("--layers", type=positive_int, default=50,
+                        help="layers of the timed network: resnet18-cifar's, then mobilenetv2-cifar's (default 50)")
+    parser.add_argument("--repeats", type=positive_int, default=200,
+                        help="timed runs of each analytical model; the median is reported (default 200)")
+    parser.add_argument("--scalesim-layers", type=positive_int, default=5,
+                        help="SCALE-Sim simulates the first N of the layers, each once (default 5; slow: "
+                             "minutes per layer)")
     args = parser.parse_args(argv)
 
     from hwmodels import load_accelerator
+    from hwmodels.accelerator import HardwareConfigError
     from hwmodels.exact import network_cost
-    acc = load_accelerator(args.hw)
+    try:
+        acc = load_accelerator(args.hw)
+    except HardwareConfigError as exc:
+        parser.error(f"--hw: {exc}")
     layers = network_layers(args.layers)
     rows = []
 
@@ -87,15 +112,22 @@ def main(argv=None) -> int:
     else:
         print("hwmodels.smooth not available: smooth timings left out")
 
-    scalesim_ratio = None
+    scalesim = None
     if importlib.util.find_spec("scalesim") is not None:
         from hwmodels.scalesim import run_scalesim
+        from hwmodels.suites import simulated_lines
         subset = layers[:args.scalesim_layers]
-        start = time.perf_counter()
-        run_scalesim(subset, acc)
-        sim_s = (time.perf_counter() - start) * len(layers) / len(subset)
-        rows.append((f"scalesim ({len(subset)} layers, scaled)", sim_s, ""))
-        scalesim_ratio = sim_s / exact_s
+        per_layer = []
+        for layer in subset:   # each layer timed on its own: the times differ widely
+            start = time.perf_counter()
+            run_scalesim([layer], acc)
+            per_layer.append((layer.name, time.perf_counter() - start,
+                              simulated_lines(layer, acc.array_rows, acc.array_cols, acc.dataflow)))
+        sim_s = sum(t for _, t, _ in per_layer)
+        exact_subset_s = median_seconds(lambda: network_cost(subset, acc, args.mode), args.repeats)
+        rows.append((f"exact.network_cost ({len(subset)} layers)", exact_subset_s, ""))
+        rows.append((f"scalesim ({len(subset)} layers, measured)", sim_s, ""))
+        scalesim = (per_layer, sim_s, exact_subset_s)
     else:
         print("scalesim not importable: SCALE-Sim timing left out")
 
@@ -104,8 +136,16 @@ def main(argv=None) -> int:
     print(f"{'model':<34} {'time us':>12} {'< 1 ms':>7}")
     for name, seconds, under in rows:
         print(f"{name:<34} {seconds * 1e6:>12.1f} {under:>7}")
-    if scalesim_ratio is not None:
-        print(f"scalesim / exact: {scalesim_ratio:,.0f}x")
+    if scalesim is not None:
+        per_layer, sim_s, exact_subset_s = scalesim
+        lines = sum(n for _, _, n in per_layer)
+        print(f"scalesim: measured on the first {len(per_layer)} layers, one run each, not extrapolated to "
+              f"{len(layers)} layers (its time follows the simulated lines, not the layer count); "
+              f"{sim_s / len(per_layer):.1f} s per layer on average, {lines / sim_s:,.0f} simulated lines/s")
+        print(f"{'  layer':<36} {'seconds':>9} {'simulated lines':>16}")
+        for name, seconds, n in per_layer:
+            print(f"  {name:<34} {seconds:>9.2f} {n:>16,}")
+        print(f"scalesim / exact on the same {len(per_layer)} layers: {sim_s / exact_subset_s:,.0f}x")
     return 0
 
 
