@@ -5,8 +5,10 @@
 
 Suites: ``cifar`` (32/16/8 maps), ``imagenet`` (224 stem, 56..7 maps, MobileNet
 depthwise/pointwise, FC) and ``mixed`` (both).  SCALE-Sim is slow (a Python loop over
-every cycle of every layer, ~3000 cycles/s), so (layer, array, dataflow) runs whose
-stall-free length exceeds ``--max-lines`` cycles are skipped and listed on stderr.
+every cycle of every layer: measured on one CPU core, 1,500 to 9,000 simulated cycles/s per
+process, the fewer the larger the array and the shorter the run, as each run also pays a
+fixed ~0.3 s; the summary on stderr prints this run's rate), so (layer, array, dataflow) runs
+whose stall-free length exceeds ``--max-lines`` cycles are skipped and listed on stderr.
 The CSV is the independent reference for hwmodels' analytical cycle model.
 """
 from __future__ import annotations
@@ -21,9 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hwmodels.accelerator import Accelerator  # noqa: E402
+from hwmodels.accelerator import DATAFLOWS, Accelerator  # noqa: E402
 from hwmodels.suites import layer_fields, simulated_lines  # noqa: E402
 from hwmodels.suites import suite_parts as suite_layers  # noqa: E402  [(part, layer)], as before
+from ubnas.commands.estimate import parse_dims  # noqa: E402
 
 COLUMNS = ["suite", "name", "kind", "in_h", "in_w", "in_channels", "out_channels", "kernel_h",
            "kernel_w", "stride", "padding", "dilation", "groups", "batch", "array_rows",
@@ -42,55 +45,66 @@ def _run_job(job):
     return row, time.time() - start
 
 
-def parse_arrays(text):
-    out = []
-    for item in text.split(","):
-        rows, _, cols = item.strip().lower().partition("x")
-        out.append((int(rows), int(cols or rows)))
-    return out
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--suite", choices=["cifar", "imagenet", "mixed"], default="mixed")
-    parser.add_argument("--arrays", default="8x8,32x32,128x128,16x64", help="RxC list")
-    parser.add_argument("--dataflows", default="ws,os", help="subset of ws,os,is")
+    parser.add_argument("--arrays", default="8x8,32x32,128x128,16x64",
+                        help="comma list of array sizes ROWSxCOLS (default 8x8,32x32,128x128,16x64)")
+    parser.add_argument("--dataflows", default="ws,os", help="comma list, a subset of ws,os,is (default ws,os)")
     parser.add_argument("--out", required=True, help="CSV to write")
     parser.add_argument("--max-layers", type=int, default=None, help="first N layers per suite")
     parser.add_argument("--max-lines", type=int, default=60000,
                         help="skip runs longer than this many simulated cycles per group")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="parallel SCALE-Sim processes (default: the CPU count)")
     args = parser.parse_args(argv)
+    # every option checked before the Pool starts: a typo is one line, not a worker's traceback
+    try:
+        arrays = [parse_dims(item, "--arrays", 2, "32x32") for item in args.arrays.split(",")]
+    except ValueError as exc:
+        parser.error(str(exc))
+    dataflows = [d.strip() for d in args.dataflows.split(",")]
+    unknown = [d for d in dataflows if d not in DATAFLOWS]
+    if unknown:
+        parser.error(f"--dataflows: expected a comma list of {', '.join(DATAFLOWS)}, got {args.dataflows!r}")
+    if args.max_layers is not None and args.max_layers < 1:
+        parser.error(f"--max-layers must be >= 1, got {args.max_layers}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     from tqdm import tqdm
 
     layers = suite_layers(args.suite, args.seed)
     if args.max_layers:
         layers = [item for part in dict.fromkeys(s for s, _ in layers)
                   for item in [x for x in layers if x[0] == part][:args.max_layers]]
-    dataflows = [d.strip() for d in args.dataflows.split(",") if d.strip()]
     jobs, skipped = [], []
     for suite, layer in layers:
-        for rows, cols in parse_arrays(args.arrays):
+        for rows, cols in arrays:
             for df in dataflows:
                 lines = simulated_lines(layer, rows, cols, df)
                 (jobs if lines <= args.max_lines else skipped).append((suite, layer, rows, cols, df))
     jobs.sort(key=lambda j: -simulated_lines(*j[1:]))  # longest first: better packing
-    results, start = [], time.time()
-    with Pool(max(1, args.jobs)) as pool:
+    results, start, busy = [], time.time(), 0.0
+    with Pool(args.jobs) as pool:
         for row, seconds in tqdm(pool.imap_unordered(_run_job, jobs), total=len(jobs), unit="run"):
             results.append(row)
+            busy += seconds
     order = {(s, l.name): i for i, (s, l) in enumerate(layers)}
-    arrays = {a: i for i, a in enumerate(parse_arrays(args.arrays))}
-    results.sort(key=lambda r: (order[(r["suite"], r["name"])], arrays[(r["array_rows"], r["array_cols"])],
+    array_order = {a: i for i, a in enumerate(arrays)}
+    results.sort(key=lambda r: (order[(r["suite"], r["name"])], array_order[(r["array_rows"], r["array_cols"])],
                                 dataflows.index(r["dataflow"])))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(results)
+    lines = sum(simulated_lines(*job[1:]) for job in jobs)
     print(f"wrote {len(results)} rows to {args.out} in {time.time() - start:.0f} s; skipped "
           f"{len(skipped)} runs over --max-lines {args.max_lines}", file=sys.stderr)
+    if busy > 0:
+        print(f"SCALE-Sim stepped {lines / busy:,.0f} simulated cycles/s per process here "
+              f"({lines:,} cycles in {busy:.0f} process-seconds)", file=sys.stderr)
     for suite, layer, rows, cols, df in skipped:
         print(f"  skipped {suite}/{layer.name} on {rows}x{cols} {df}: "
               f"{simulated_lines(layer, rows, cols, df)} cycles", file=sys.stderr)
