@@ -1,9 +1,13 @@
-"""Run several searches side by side and print one table (widths, exact cost, accuracy, time, memory).
+r"""Run several searches side by side and print one table (widths, exact cost, accuracy, time, memory).
 
 Each run is ``NAME=--flag value --flag value`` (flags of ``ubnas search``); every run
 gets ``--out OUT/NAME``. Each search runs in its own process so its peak resident
 memory (ru_maxrss) is its own; with ``--train-epochs N`` the exported spec is then
-trained from scratch with ``ubnas train`` and its test accuracy reported.
+trained from scratch with ``ubnas train`` on the data set the search used (its
+config.yaml's data and data_dir; --data / --data-dir override) and its test accuracy
+reported.  s_per_epoch and s_per_step are both taken over the epochs after the first
+(epoch 1 carries compilation, autotuning and cuDNN's algorithm search; a one-epoch run
+uses it); first_epoch_s is epoch 1's seconds.
 
     python tools/compare_runs.py --out runs/effect \
         'util=--beta-utilization 1 --lambda-latency 0.2' \
@@ -36,11 +40,19 @@ def run_child(cmd):
     return proc.returncode, time.time() - start, usage.ru_maxrss / 1024
 
 
+def search_data(run_dir: Path):
+    """(data set, data dir) the search in ``run_dir`` used: its config.yaml, else arch.yaml's provenance."""
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    provenance = yaml.safe_load((run_dir / "arch.yaml").read_text()).get("provenance", {})
+    return config.get("data") or provenance.get("data") or "digits", config.get("data_dir")
+
+
 def summarize(name, run_dir: Path, wall, rss, test_acc):
     spec = yaml.safe_load((run_dir / "arch.yaml").read_text())
     prov = spec["provenance"]
     with open(run_dir / "search_log.csv") as handle:
         log = list(csv.DictReader(handle))
+    steady = log[1:] or log
     widths = [spec["stem"]["channels"]] + [c["channels"] for c in spec["cells"]]
     ops = sorted({e["op"] for c in spec["cells"] for node in c["nodes"] for e in node})
     return {
@@ -50,8 +62,10 @@ def summarize(name, run_dir: Path, wall, rss, test_acc):
         "exact_utilization": prov["exact_cost"]["utilization"],
         "smooth_latency_us": prov["smooth_cost"]["latency_us"],
         "smooth_exact_gap": prov["smooth_vs_exact_latency_gap"],
-        "s_per_epoch": sum(float(r["seconds"]) for r in log) / len(log),
-        "s_per_step": sum(float(r["seconds"]) for r in log[1:] or log) / sum(int(r["steps"]) for r in log[1:] or log),
+        # both over the epochs after the first (its warm-up is first_epoch_s), or epoch 1 alone
+        "s_per_epoch": sum(float(r["seconds"]) for r in steady) / len(steady),
+        "s_per_step": sum(float(r["seconds"]) for r in steady) / sum(int(r["steps"]) for r in steady),
+        "first_epoch_s": float(log[0]["seconds"]),
         "wall_s": wall, "peak_rss_mb": rss,
         "peak_gpu_mb": max((float(r["peak_mem_mb"]) for r in log if r.get("peak_mem_mb")), default=None),
     }
@@ -60,10 +74,16 @@ def summarize(name, run_dir: Path, wall, rss, test_acc):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="NAME=FLAGS for ubnas search")
-    parser.add_argument("--out", default="runs/compare")
-    parser.add_argument("--train-epochs", type=int, default=0)
-    parser.add_argument("--data", default="digits", help="data set for --train-epochs")
+    parser.add_argument("--out", default="runs/compare", help="parent of the run directories (default runs/compare)")
+    parser.add_argument("--train-epochs", type=int, default=0,
+                        help="then train each exported spec for N epochs and report its test accuracy (default 0: no)")
+    parser.add_argument("--data", default=None,
+                        help="data set for --train-epochs (default: the one the search used)")
+    parser.add_argument("--data-dir", default=None,
+                        help="data directory for --train-epochs (default: the one the search used)")
     args = parser.parse_args(argv)
+    if args.train_epochs < 0:
+        parser.error(f"--train-epochs must be >= 0, got {args.train_epochs}")
     for item in args.runs:
         name = item.partition("=")[0]
         if "=" not in item or not name or " " in name or name.startswith("-"):
@@ -80,7 +100,10 @@ def main(argv=None):
         test_acc = None
         if args.train_epochs:
             train_dir = run_dir / "train"
-            tcmd = [sys.executable, "-m", "ubnas", "train", str(run_dir / "arch.yaml"), "--data", args.data,
+            data, data_dir = search_data(run_dir)
+            data, data_dir = args.data or data, args.data_dir or data_dir
+            tcmd = [sys.executable, "-m", "ubnas", "train", str(run_dir / "arch.yaml"), "--data", data,
+                    *(["--data-dir", data_dir] if data_dir else []),
                     "--epochs", str(args.train_epochs), "--out", str(train_dir)]
             print("$", " ".join(shlex.quote(c) for c in tcmd[1:]), flush=True)
             if run_child(tcmd)[0] != 0:
@@ -91,6 +114,8 @@ def main(argv=None):
     print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for row in rows:
         print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+    print("\ns_per_epoch, s_per_step: over the epochs after the first (epoch 1 alone for a one-epoch run); "
+          "first_epoch_s: epoch 1, with its warm-up")
 
 
 if __name__ == "__main__":
