@@ -163,6 +163,11 @@ def main(argv=None):
         os.environ["TRITON_INTERPRET"] = "1"
     box = {}
     instrument(args.backend, box)
+    if args.backend == "triton":
+        print("host ms is not a like-for-like time: eager runs its CPU convolutions, fused's Triton kernels "
+              "are stubbed (counted, never run), so fused's is host overhead only")
+    else:
+        print("host ms: both variants compute on the CPU (fused: the PyTorch reference kernels)")
     print(f"{'space':14s} {'impl':6s} {'aten ops':>9s} {'kernels':>8s} {'total':>7s} {'eager/fused':>11s} "
           f"{'host ms':>8s}")
     for space_name in args.spaces.split(","):
