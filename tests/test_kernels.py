@@ -227,6 +227,38 @@ def test_triton_max_pool_propagates_nan_and_routes_inf_windows_as_pytorch():
     assert y64.isnan().any() and x64.grad[0, 1, 0, 0] != 0   # the cases above were exercised
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # the interpreter's numpy, on NaN
+@pytest.mark.parametrize("impl,tiled", [("reference", "0"), ("triton", "0"), ("triton", "1")])
+@pytest.mark.parametrize("train", [True, False])
+def test_nan_input_through_depthwise_relu_as_eager(impl, tiled, train, monkeypatch):
+    """relu(NaN) is NaN: one NaN in x gives eager's NaN pattern (and values elsewhere) in the output,
+    the BN running stats, the weight gradients and dL/dp of sep_conv, on the depthwise path (gathers
+    and tiles: relu on load in forward and dL/dw).  Left out: dL/dx (at the NaN torch's relu passes
+    the gradient, the fused relu mask x > 0 stops it) and dL/dp of 'none' (eager 0, fused NaN: the
+    closed form multiplies the NaN dL/dcoef by M's zero column)."""
+    monkeypatch.setenv("UBNAS_DW_TILED", tiled)
+    e, e64 = _edge_pair(["sep_conv_3x3", "none"], 2, 1, DEV)   # no full conv: the depthwise pass
+    e.train(train)
+    e64.train(train)
+    x64 = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    x64[0, 1, 2, 3] = float("nan")
+    p64 = torch.tensor([0.6, 0.4], dtype=torch.float64, requires_grad=True)
+    p = p64.detach().float().to(DEV).requires_grad_()
+    y64 = e64.forward_eager(x64, p64)
+    y = mixed_edge(e, x64.float().to(DEV), p, impl=impl)
+    g = torch.randn_like(y64)
+    grads = torch.autograd.grad(y, [p] + list(e.parameters()), g.float().to(DEV))
+    grads64 = torch.autograd.grad(y64, [p64] + list(e64.parameters()), g)
+    close = dict(rtol=1e-4, atol=1e-5, equal_nan=True)
+    torch.testing.assert_close(y.double().cpu(), y64, **close)
+    names = ["probs[sep_conv_3x3]"] + [n for n, _ in e.named_parameters()]
+    for name, a, b in zip(names, [grads[0][:1]] + list(grads[1:]), [grads64[0][:1]] + list(grads64[1:])):
+        torch.testing.assert_close(a.double().cpu(), b, **close, msg=f"d{name}")
+    for name in ("running_mean", "running_var"):
+        torch.testing.assert_close(getattr(e.bn, name).double().cpu(), getattr(e64.bn, name), **close, msg=name)
+    assert y64.isnan().any() and (train or not y64.isnan().all())   # eval: the NaN stays local
+
+
 @pytest.mark.parametrize("impl", ["reference", "triton"])
 def test_fused_bn_refuses_one_value_per_channel_as_eager(impl):
     e = MixedEdge(UBOOST, 3, 1).to(DEV).train()

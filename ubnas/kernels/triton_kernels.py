@@ -76,6 +76,12 @@ def _jit(fn):
 
 # ----------------------------------------------------------------------------- depthwise
 @triton.jit
+def _relu(x):
+    """relu(x) with NaN kept, as torch.relu (a plain tl.maximum(x, 0.0) maps NaN to 0)."""
+    return tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def _spec_row(spec_ptr, j):
     """Kernel j of the spec table (``_spec_tensor``): (k, dilation, weight offset, padding)."""
     k = tl.load(spec_ptr + 3 * j)
@@ -102,7 +108,7 @@ def _dw_fwd(x_ptr, w_ptr, spec_ptr, d_ptr, C, H, W, Ho, Wo, NK,
         ih = oh[None, :] * STRIDE + ((t // k) * dil - pad)[:, None]
         iw = ow[None, :] * STRIDE + ((t % k) * dil - pad)[:, None]
         m = tm[:, None] & pm[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        xv = tl.maximum(tl.load(x_base + ih * W + iw, mask=m, other=0.0).to(tl.float32), 0.0)
+        xv = _relu(tl.load(x_base + ih * W + iw, mask=m, other=0.0).to(tl.float32))
         wv = tl.load(w_ptr + w_off + c * k * k + t, mask=tm, other=0.0).to(tl.float32)
         acc = tl.sum(xv * wv[:, None], axis=0)
         d_base = d_ptr + ((n * NK + j) * C + c).to(tl.int64) * Ho * Wo
@@ -179,7 +185,7 @@ def _dw_fwd_one(x_base, w_base, d_base, oh, ow, om, H, W, Wo, K: tl.constexpr, D
         for b in tl.static_range(K):
             iw = ow * STRIDE + (b * DIL - DIL * (K - 1) // 2)       # [1, BLOCK_W]
             xv = tl.load(row + iw, mask=rm & (iw >= 0) & (iw < W), other=0.0).to(tl.float32)
-            acc += tl.maximum(xv, 0.0) * tl.load(w_base + a * K + b).to(tl.float32)
+            acc += _relu(xv) * tl.load(w_base + a * K + b).to(tl.float32)
     tl.store(d_base + oh * Wo + ow, acc.to(d_base.dtype.element_ty), mask=om)
 
 
@@ -299,7 +305,7 @@ def _dw_bwd_w(dd_ptr, x_ptr, spec_ptr, part_ptr, N, C, H, W, Ho, Wo, NK, TOTAL, 
             ih = (p // Wo)[None, :] * STRIDE + dh
             iw = (p % Wo)[None, :] * STRIDE + dw
             m = tm[:, None] & pm[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            xv = tl.maximum(tl.load(x_base + ih * W + iw, mask=m, other=0.0).to(tl.float32), 0.0)
+            xv = _relu(tl.load(x_base + ih * W + iw, mask=m, other=0.0).to(tl.float32))
             acc += xv * gv[None, :]
     res = tl.sum(acc, axis=1)
     tl.store(part_ptr + s * TOTAL + w_off + c * k * k + t, res, mask=tm)
@@ -310,7 +316,7 @@ def _wtap(row, ow, rm, gv, W, b: tl.constexpr, K: tl.constexpr, DIL: tl.constexp
     """relu(x[ih, ow*S + b*DIL - pad]) * dd[oh, ow] on one tile (row = x row pointers of the tap row)."""
     iw = ow * STRIDE + (b * DIL - DIL * (K - 1) // 2)
     xv = tl.load(row + iw, mask=rm & (iw >= 0) & (iw < W), other=0.0).to(tl.float32)
-    return tl.maximum(xv, 0.0) * gv
+    return _relu(xv) * gv
 
 
 @triton.autotune(_tile_configs(), key=["C", "Ho", "Wo", "N_PER", "K", "DIL", "STRIDE"])
