@@ -564,6 +564,65 @@ def test_reference_partial_grads_match_eager(ops):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
+class _Spy:
+    """A kernel backend that records the names of its functions as they run."""
+
+    def __init__(self, K):
+        self.K, self.calls = K, []
+
+    def __getattr__(self, name):
+        fn = getattr(self.K, name)
+
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            return fn(*args, **kwargs)
+        return call
+
+
+@pytest.mark.parametrize("wrt", ["x", "weights and probs"])
+def test_backward_computes_only_what_is_asked_for(wrt, monkeypatch):
+    """Without dL/dx, FusedEdge.backward returns dx None and runs neither the pool/skip nor the
+    depthwise dL/dx kernel; without weight or probs gradients it recomputes neither relu(x) nor
+    the depthwise pass and runs no dL/dw kernel.  The gradients asked for equal eager's."""
+    from ubnas.kernels.fused import fused_mixed_edge
+    ops = ["conv_3x3", "dil_conv_5x5", "max_pool_3x3", "skip_connect", "none"]   # full conv, depthwise, pool, skip
+    e = MixedEdge(ops, 3, 1).double()
+    ref = copy.deepcopy(e)
+    for q in list(e.parameters()) + list(ref.parameters()):
+        q.requires_grad_(wrt != "x")
+    x = _x(c=3, h=5).requires_grad_(wrt == "x")
+    p = torch.softmax(torch.randn(len(ops), dtype=torch.float64), 0).requires_grad_(wrt != "x")
+    K = _Spy(R)
+    y = fused_mixed_edge(e, x, p, K, fold=True)
+    g = torch.randn_like(y)
+    relus = []
+    with monkeypatch.context() as m, torch.no_grad():   # FusedEdge.backward, as autograd calls it
+        m.setattr(torch, "relu", lambda t, _relu=torch.relu: relus.append(1) or _relu(t))
+        del K.calls[:]
+        dx = y.grad_fn.apply(g)[0]
+    if wrt == "x":
+        assert not {"dw_forward", "dw_backward_weight"} & set(K.calls) and not relus, (K.calls, len(relus))
+    else:
+        assert dx is None and not {"pool_skip_backward", "dw_backward_input"} & set(K.calls), K.calls
+    inputs, ref_inputs = ([x], [x]) if wrt == "x" else ([p] + list(e.parameters()), [p] + list(ref.parameters()))
+    for a, b in zip(torch.autograd.grad(y, inputs, g), torch.autograd.grad(ref.forward_eager(x, p), ref_inputs, g)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_double_backward_raises():
+    """FusedEdge's backward is closed form and not itself differentiable (once_differentiable):
+    differentiating the gradient again raises instead of returning wrong numbers.  autograd.grad
+    finds x and p unreachable from the gradient; backward() names once_differentiable."""
+    e = MixedEdge(TINY, 2, 1).double()
+    x = _x(c=2, h=4).requires_grad_()
+    p = torch.softmax(torch.randn(len(TINY), dtype=torch.float64), 0).requires_grad_()
+    gx, gp = torch.autograd.grad(mixed_edge(e, x, p, impl="reference").square().sum(), [x, p], create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(gx.square().sum() + gp.sum(), [x, p])
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        (gx.square().sum() + gp.sum()).backward()
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("shape", [(2, 3, 7, 5), (1, 2, 1, 1), (3, 4, 8, 9)])
 def test_max_pool3_equals_max_pool2d(stride, shape):

@@ -19,7 +19,8 @@ every raw weight and to p in closed form.  The search is bound by host-side
 launches on the DARTS space (NOTES.md), and leaving the composition to autograd
 cost ~90 dispatched ops per edge and step; the closed form needs about a third.
 It saves x, z, the (C,) BN statistics and weight-sized tensors only; relu(x)
-and dwstack are recomputed in backward.
+and dwstack are recomputed in backward when a weight or p gradient is asked for,
+and backward computes only the gradients asked for (``needs_input_grad``).
 
 One call serves a group of G edges that read the same x (the edges leaving a
 cell state, up to 4 in a DARTS cell): the superkernels are stacked along the
@@ -35,6 +36,7 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .reference import dw_offsets, out_size
 
@@ -284,9 +286,59 @@ def _bn_stats(bns, z: torch.Tensor):
     return mean, torch.rsqrt(var + bn.eps), True
 
 
+def _shape_only(shape, dtype, device) -> torch.Tensor:
+    """A tensor of ``shape`` without storage: the input of a conv whose backward only needs its shape."""
+    return torch.empty(1, dtype=dtype, device=device).expand(shape)
+
+
+def _conv_backward(dz, inp, w, stride: int, pad: int, groups: int, need_in: bool, need_w: bool):
+    """(dL/d inp, dL/dw) of z = conv2d(inp, w), each None when not asked for (inp's values are only
+    read for dL/dw)."""
+    if not (need_in or need_w):
+        return None, None
+    d_in, d_w, _ = torch.ops.aten.convolution_backward(
+        dz, inp, w, None, [stride, stride], [pad, pad], [1, 1], False, [0, 0], groups, [need_in, need_w, False])
+    return d_in, d_w
+
+
+def _linear_backward(ctx, dz, x, w_full, w_dw, w_pw, extra, need_x: bool, need_w: bool, need_weights: bool):
+    """Through z = conv(relu(x), W_super) + PW_cat @ dwstack(relu(x)): (dx + extra, dL/dW_super,
+    dL/dw_dw, dL/dPW_cat), each None when not asked for (dx: need_x, dL/dw_dw: need_weights, the
+    others: need_w).  relu(x) and dwstack are recomputed only for the weight gradients."""
+    plan, s, cd, K = ctx.plan, ctx.stride, ctx.cd, ctx.K
+    lin = d_full = d_dw = d_pw = None
+    if w_full is not None:
+        r = torch.relu(x).to(cd) if need_w else _shape_only(x.shape, cd, x.device)
+        lin, d_full = _conv_backward(dz, r, w_full.to(cd), s, plan.size // 2, 1, need_x, need_w)
+        del r
+        if d_full is not None:
+            d_full = d_full.to(w_full.dtype)
+    if w_dw is None:
+        dx = None
+        if need_x:
+            dx = torch.where(x > 0, lin.to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
+            dx = dx if extra is None else dx + extra
+        return dx, d_full, None, None
+    spec = plan.spec * ctx.groups
+    if need_w:
+        d = K.dw_forward(x, w_dw, spec, s, cd)
+    else:
+        d = _shape_only((x.shape[0], len(spec) * x.shape[1], *dz.shape[2:]), cd, x.device)
+    need_dd = need_x or need_weights
+    dd, d_pw = _conv_backward(dz, d, w_pw.to(cd)[:, :, None, None], 1, 0, ctx.groups, need_dd, need_w)
+    del d
+    if d_pw is not None:
+        d_pw = d_pw.view(w_pw.shape).to(w_pw.dtype)
+    if need_weights:
+        d_dw = K.dw_backward_weight(dd, x, spec, s).to(w_dw.dtype)
+    dx = K.dw_backward_input(dd, x, w_dw, spec, s, lin=lin, extra=extra) if need_x else None
+    return dx, d_full, d_dw, d_pw
+
+
 class FusedEdge(torch.autograd.Function):
     """The G edges of a group (same input x, plan, stride): y (N, G*C, Ho, Wo) = fused edges(x);
-    probs (G, n_ops); bns the edges' BNs; K the kernel backend (reference or triton_kernels)."""
+    probs (G, n_ops); bns the edges' BNs; K the kernel backend (reference or triton_kernels).
+    Differentiable once: the backward is closed-form, a double backward raises."""
 
     @staticmethod
     def forward(ctx, x, probs, plan: EdgePlan, stride: int, cd: torch.dtype, bns, K, *weights):
@@ -307,59 +359,36 @@ class FusedEdge(torch.autograd.Function):
             if z is not None:
                 mean, invstd, batch = _bn_stats(bns, z)
             y = K.combine_forward(z, mean, invstd, x, coef, s, plan.flags)
-        ctx.plan, ctx.stride, ctx.cd, ctx.K, ctx.batch = plan, stride, cd, K, batch
+        ctx.plan, ctx.stride, ctx.cd, ctx.K, ctx.batch, ctx.groups = plan, stride, cd, K, batch, groups
         ctx.save_for_backward(x, probs, w_full, w_dw, w_pw, pw_cat, p_dw, coef, z, mean, invstd, *weights)
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
         x, probs, w_full, w_dw, w_pw, pw_cat, p_dw, coef, z, mean, invstd, *weights = ctx.saved_tensors
-        plan, s, cd, K = ctx.plan, ctx.stride, ctx.cd, ctx.K
-        groups = probs.shape[0]
-        spec = plan.spec * groups
-        need_probs = ctx.needs_input_grad[1]
+        plan, s, K = ctx.plan, ctx.stride, ctx.K
+        need_x, need_probs = ctx.needs_input_grad[:2]
         need_weights = any(ctx.needs_input_grad[7:])   # off in an architecture step with frozen weights
         need_w = need_probs or need_weights            # dL/dp needs dL/dW_super and dL/dPW_cat
         g = g.contiguous()
-        d_full = d_dw = d_pw = None
         with torch.autocast(x.device.type, enabled=False):
             sums = K.combine_reduce(g, z, mean, invstd, x, s, plan.flags)
-            d_coef = sums.view(groups, -1, 5)[:, :, 1:].sum(1).to(coef.dtype)   # (G, 4)
-            extra = K.pool_skip_backward(g, x, coef, s, plan.flags) if any(plan.flags) else None
-            if z is None:
-                dx = extra if extra is not None else torch.zeros_like(x)
-            else:
+            d_coef = sums.view(ctx.groups, -1, 5)[:, :, 1:].sum(1).to(coef.dtype)   # (G, 4)
+            extra = K.pool_skip_backward(g, x, coef, s, plan.flags) if need_x and any(plan.flags) else None
+            dx, d_full, d_dw, d_pw = extra, None, None, None
+            if z is not None:
                 dz = K.bn_backward(g, z, mean, invstd, sums, coef, ctx.batch)
-                lin = None
-                if w_full is not None:
-                    p = plan.size // 2
-                    lin, d_full, _ = torch.ops.aten.convolution_backward(
-                        dz, torch.relu(x).to(cd), w_full.to(cd), None, [s, s], [p, p], [1, 1], False, [0, 0], 1,
-                        [True, need_w, False])
-                if w_dw is not None:
-                    d = K.dw_forward(x, w_dw, spec, s, cd)
-                    dd, d_pw, _ = torch.ops.aten.convolution_backward(
-                        dz, d, w_pw.to(cd)[:, :, None, None], None, [1, 1], [0, 0], [1, 1], False, [0, 0], groups,
-                        [True, need_w, False])
-                    del d
-                    if need_w:
-                        d_pw = d_pw.view(w_pw.shape).to(w_pw.dtype)
-                        if need_weights:
-                            d_dw = K.dw_backward_weight(dd, x, spec, s).to(w_dw.dtype)
-                    dx = K.dw_backward_input(dd, x, w_dw, spec, s, lin=lin, extra=extra)
-                else:
-                    dx = torch.where(x > 0, lin.to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
-                    if extra is not None:
-                        dx = dx + extra
-            if d_full is not None:
-                d_full = d_full.to(w_full.dtype)
+                dx, d_full, d_dw, d_pw = _linear_backward(ctx, dz, x, w_full, w_dw, w_pw, extra,
+                                                          need_x, need_w, need_weights)
+            if need_x and dx is None:
+                dx = torch.zeros_like(x)
             if need_w and z is not None:
                 d_probs, grads = weight_grads(plan, probs, weights, pw_cat, p_dw, d_full, d_dw, d_pw, d_coef,
                                               need_probs, need_weights)
-            else:
-                d_probs, grads = None, [None] * len(weights)
-                if need_probs:   # no linear op: only the pool/skip/none coefficients
-                    d_probs = _coef_grad(plan, d_coef, probs)
+            else:   # no linear op: dL/dp only through the pool/skip/none coefficients
+                d_probs = _coef_grad(plan, d_coef, probs) if need_probs else None
+                grads = [None] * len(weights)
         return (dx, d_probs, None, None, None, None, None, *grads)
 
 
