@@ -14,6 +14,7 @@ are tiny and odd so the interpreter stays fast.
 import copy
 import os
 import random
+import re
 
 import torch
 
@@ -317,6 +318,17 @@ def test_reference_edge_group_matches_eager(ops, stride, train, groups):
     x = _x(c=4, h=7, w=6, masked=True).requires_grad_()
     probs = torch.softmax(torch.randn(groups, len(ops), dtype=torch.float64), 1).requires_grad_()
     _check_group(edges, twins, x, probs, "reference", 1e-12)
+
+
+@pytest.mark.parametrize("setting,value", [("eps", 1e-3), ("momentum", 0.3), ("momentum", None),
+                                           ("training", False), ("track_running_stats", False)])
+def test_edge_group_refuses_bns_with_different_settings(setting, value):
+    """A group's BN statistics follow one BN's eps, momentum, mode: a group whose BNs differ raises."""
+    edges, _ = _edge_group(["sep_conv_3x3", "max_pool_3x3", "none"], 3, 1, 2, "cpu", torch.float64)
+    setattr(edges[1].bn, setting, value)
+    probs = torch.softmax(torch.randn(2, 3, dtype=torch.float64), 1)
+    with pytest.raises(ValueError, match=re.escape(f"edge 1 has {setting}={value!r}")):
+        mixed_edges(edges, _x(c=3, h=5), probs, impl="reference")
 
 
 @pytest.mark.parametrize("ops,stride", [(DARTS, 2), (UBOOST, 1)])

@@ -254,9 +254,25 @@ def weight_grads(plan: EdgePlan, probs, weights, pw_cat, p_dw, d_full, d_dw, d_p
     return d_probs, grads
 
 
+BN_SETTINGS = ("eps", "momentum", "training", "track_running_stats")
+
+
+def check_group_bns(bns) -> None:
+    """Raise ValueError unless the BNs of an edge group share ``BN_SETTINGS``: ``_bn_stats`` takes
+    the group's statistics with the first BN's settings."""
+    first = bns[0]
+    for i, bn in enumerate(bns[1:], 1):
+        diff = [f"{a}={getattr(bn, a)!r} (edge 0: {getattr(first, a)!r})"
+                for a in BN_SETTINGS if getattr(bn, a) != getattr(first, a)]
+        if diff:
+            raise ValueError(f"the BNs of an edge group must share {', '.join(BN_SETTINGS)}; edge {i} has "
+                             f"{', '.join(diff)} (UBNAS_EDGE_GROUPS=0 runs the edges one by one)")
+
+
 def _bn_stats(bns, z: torch.Tensor):
-    """(mean, invstd, batch_stats) as float32 (G*C,) for the G edges' BNs (edge e's channels
-    [e*C, (e+1)*C) of z), updating their running stats exactly as F.batch_norm."""
+    """(mean, invstd, batch_stats), mean/invstd (G*C,) float32 (float64 for float64 z), for the G
+    edges' BNs (edge e's channels [e*C, (e+1)*C) of z), updating their running stats exactly as
+    F.batch_norm.  The BNs share their settings (``check_group_bns``)."""
     bn = bns[0]
     batch = bn.training or bn.running_mean is None
     acc = torch.float64 if z.dtype == torch.float64 else torch.float32
@@ -405,10 +421,13 @@ def fused_mixed_edges(edges, x: torch.Tensor, probs: torch.Tensor, K, fold: Opti
     if not plan.size and not plan.dws and not any(plan.flags):   # only 'none'
         shape = (x.shape[0], x.shape[1], out_size(x.shape[2], s), out_size(x.shape[3], s))
         return [x.new_zeros(shape) for _ in edges]
+    bns = tuple(e.bn for e in edges)
+    if groups > 1:
+        check_group_bns(bns)
     dev = x.device.type
     cd = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
     weights = [w for e in edges for w in plan.weights(e)]
-    y = FusedEdge.apply(x, probs, plan, s, cd, tuple(e.bn for e in edges), K, *weights)
+    y = FusedEdge.apply(x, probs, plan, s, cd, bns, K, *weights)
     if groups == 1:
         return [y]
     return list(y.view(y.shape[0], groups, -1, y.shape[2], y.shape[3]).unbind(1))
