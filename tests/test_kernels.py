@@ -261,12 +261,17 @@ def test_nan_input_through_depthwise_relu_as_eager(impl, tiled, train, monkeypat
 
 
 @pytest.mark.parametrize("impl", ["reference", "triton"])
-def test_fused_bn_refuses_one_value_per_channel_as_eager(impl):
+@pytest.mark.parametrize("tracked", [True, False])   # False: eval without running stats takes batch stats
+def test_fused_bn_refuses_one_value_per_channel_as_eager(impl, tracked):
     e = MixedEdge(UBOOST, 3, 1).to(DEV).train()
+    if not tracked:
+        e.bn = torch.nn.BatchNorm2d(3, affine=False, track_running_stats=False).to(DEV)
+        e.eval()
     x, p = torch.randn(1, 3, 1, 1, device=DEV), torch.softmax(torch.randn(len(UBOOST), device=DEV), 0)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         mixed_edge(e, x, p, impl=impl)
-    assert not e.bn.num_batches_tracked and not e.bn.running_mean.any()   # no statistics taken
+    if tracked:
+        assert not e.bn.num_batches_tracked and not e.bn.running_mean.any()   # no statistics taken
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         e.forward_eager(x, p)
 

@@ -280,9 +280,9 @@ def _bn_stats(bns, z: torch.Tensor):
         mean = torch.cat([b.running_mean for b in bns]) if len(bns) > 1 else bn.running_mean
         var = torch.cat([b.running_var for b in bns]) if len(bns) > 1 else bn.running_var
         return mean.to(acc), torch.rsqrt(var.to(acc) + bn.eps), False
-    if bn.training and z.numel() == z.shape[1]:   # as F.batch_norm: no batch statistics from one value
-        raise ValueError("Expected more than 1 value per channel when training, got input size "
-                         f"{tuple(z.shape)}")
+    if z.numel() == z.shape[1]:   # as F.batch_norm (also in eval without running stats): not from one value
+        raise ValueError("Expected more than 1 value per channel for batch statistics (training, or no "
+                         f"running statistics), got input size {tuple(z.shape)}")
     var, mean = torch.var_mean(z.to(acc), dim=(0, 2, 3), unbiased=False)
     if bn.training and bn.track_running_stats and bn.running_mean is not None:
         with torch.no_grad():
