@@ -448,6 +448,32 @@ def test_only_none_and_dispatch(monkeypatch):
         backend("cudnn", torch.device("cpu"))
 
 
+def test_env_switches_accept_clear_spellings_and_refuse_others(monkeypatch):
+    """UBNAS_EDGE_GROUPS, UBNAS_AUTOTUNE, UBNAS_DW_TILED take 1/0, true/false, on/off, yes/no in any
+    case (UBNAS_DW_TILED also io), UBNAS_KERNELS reference/triton; anything else raises, naming the
+    variable, its value and the accepted spellings."""
+    from ubnas.kernels import group_edges
+    for name, read, default in [("UBNAS_EDGE_GROUPS", group_edges, True), ("UBNAS_AUTOTUNE", T.autotune, True),
+                                ("UBNAS_DW_TILED", T.tiled, False)]:
+        monkeypatch.delenv(name, raising=False)
+        assert read() is default, name
+        for value, on in [("1", True), ("true", True), ("On", True), (" YES ", True),
+                          ("0", False), ("false", False), ("OFF", False), ("No", False), ("", default)]:
+            monkeypatch.setenv(name, value)
+            assert read() is on, (name, value)
+        for value in ("2", "enabled", "tru"):
+            monkeypatch.setenv(name, value)
+            with pytest.raises(ValueError, match=rf"{name}='{value}'.*1, true, on, yes, 0, false, off, no"):
+                read()
+    monkeypatch.setenv("UBNAS_DW_TILED", "IO")
+    assert T.tiled() and not T.tiled(weight=True)
+    monkeypatch.setenv("UBNAS_KERNELS", " Reference ")
+    assert backend("triton", torch.device("cuda")) is R
+    monkeypatch.setenv("UBNAS_KERNELS", "torch")
+    with pytest.raises(ValueError, match="UBNAS_KERNELS='torch'.*reference, triton"):
+        backend("auto", torch.device("cpu"))
+
+
 def test_supernet_set_impl_reference_matches_eager():
     from ubnas.supernet import Supernet
     net = Supernet(load_space("tiny"), (1, 8, 8), 10).double()

@@ -14,12 +14,15 @@ as one group (one set of launches for all of them).
 
 The environment variable ``UBNAS_KERNELS=reference|triton`` forces either;
 ``UBNAS_EDGE_GROUPS=0`` makes the supernet call the fused path edge by edge.
+On/off variables (these and ``triton_kernels``' UBNAS_DW_TILED, UBNAS_AUTOTUNE)
+take 1/0, true/false, on/off, yes/no in any case and raise ValueError on
+anything else (``env_setting``).
 Triton is imported only when a Triton path is taken.
 """
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -28,17 +31,27 @@ from .fused import FusedEdge, compose, edge_plan, fused_mixed_edge, fused_mixed_
 
 IMPLS = ("reference", "triton", "auto")
 
-__all__ = ["mixed_edge", "mixed_edges", "group_edges", "backend", "IMPLS", "FusedEdge", "compose", "edge_plan",
-           "reference"]
+__all__ = ["mixed_edge", "mixed_edges", "group_edges", "backend", "env_setting", "SWITCH", "IMPLS", "FusedEdge",
+           "compose", "edge_plan", "reference"]
+
+# the spellings of an on/off environment variable
+SWITCH = {**dict.fromkeys(("1", "true", "on", "yes"), True), **dict.fromkeys(("0", "false", "off", "no"), False)}
+
+
+def env_setting(name: str, accepted: Dict[str, Any], default: Any) -> Any:
+    """``accepted[value]`` for the environment variable ``name`` (stripped, any case), ``default`` when
+    unset or empty; ValueError naming the variable, its value and the accepted ones for anything else."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() not in accepted:
+        raise ValueError(f"{name}={raw!r} is not understood: use one of {', '.join(accepted)} (any case)")
+    return accepted[raw.lower()]
 
 
 def backend(impl: str, device: torch.device):
     """The kernel module for ``impl`` on ``device`` (after the UBNAS_KERNELS override)."""
-    forced = os.environ.get("UBNAS_KERNELS", "").strip().lower()
-    if forced:
-        if forced not in ("reference", "triton"):
-            raise ValueError(f"UBNAS_KERNELS must be 'reference' or 'triton', got {forced!r}")
-        impl = forced
+    impl = env_setting("UBNAS_KERNELS", {"reference": "reference", "triton": "triton"}, impl)
     if impl not in IMPLS:
         raise ValueError(f"unknown kernel impl {impl!r} (expected one of {', '.join(IMPLS)})")
     if impl == "auto":
@@ -63,8 +76,9 @@ def mixed_edge(edge, x: torch.Tensor, probs: torch.Tensor, impl: str = "auto",
 
 
 def group_edges() -> bool:
-    """UBNAS_EDGE_GROUPS (default 1): the supernet runs the edges leaving a cell state as one group."""
-    return os.environ.get("UBNAS_EDGE_GROUPS", "1").strip() != "0"
+    """UBNAS_EDGE_GROUPS (an on/off switch, default on): the supernet runs the edges leaving a cell
+    state as one group."""
+    return env_setting("UBNAS_EDGE_GROUPS", SWITCH, True)
 
 
 def mixed_edges(edges, x: torch.Tensor, probs: torch.Tensor, impl: str = "auto",

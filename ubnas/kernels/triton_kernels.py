@@ -36,22 +36,29 @@ import torch
 import triton
 import triton.language as tl
 
+from . import SWITCH, env_setting
 from .reference import Spec, dw_offsets, out_size
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def tiled(weight: bool = False) -> bool:
-    """UBNAS_DW_TILED: "1" runs the 2-D tile depthwise kernels (_dw_fwd_tile, _dw_bwd_in_tile, _dw_bwd_w_tile)
-    instead of the (TAPS, BLOCK) gathers (_dw_fwd, _dw_bwd_in, _dw_bwd_w); "io" the tile kernels for forward
-    and dL/dx only.  Off by default until timed on a GPU (NOTES.md)."""
-    v = os.environ.get("UBNAS_DW_TILED", "0").strip().lower()
-    return v == "1" or (v == "io" and not weight)
+    """UBNAS_DW_TILED (an on/off switch, or "io"): on runs the 2-D tile depthwise kernels (_dw_fwd_tile,
+    _dw_bwd_in_tile, _dw_bwd_w_tile) instead of the (TAPS, BLOCK) gathers (_dw_fwd, _dw_bwd_in, _dw_bwd_w);
+    "io" the tile kernels for forward and dL/dx only.  Off by default until the CUDA correctness run of
+    the test suite with UBNAS_DW_TILED=1 is done (NOTES.md)."""
+    v = env_setting("UBNAS_DW_TILED", {**SWITCH, "io": "io"}, False)
+    return v is True or (v == "io" and not weight)
 
 
-# UBNAS_AUTOTUNE=0 (read at import): one configuration per kernel, so a GPU correctness
-# run compiles each specialisation once instead of benchmarking every configuration.
-AUTOTUNE = os.environ.get("UBNAS_AUTOTUNE", "1").strip() != "0"
+def autotune() -> bool:
+    """UBNAS_AUTOTUNE (an on/off switch, default on; read at import): off gives one configuration per
+    kernel, so a GPU correctness run compiles each specialisation once instead of benchmarking every
+    configuration."""
+    return env_setting("UBNAS_AUTOTUNE", SWITCH, True)
+
+
+AUTOTUNE = autotune()
 
 
 def _configs(blocks=(256, 1024), warps=(4,)):
