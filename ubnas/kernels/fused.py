@@ -11,7 +11,8 @@ For an edge with probabilities p (n_ops,) and input x (N, C, H, W):
   exact, and free in FLOPs since the S x S conv runs anyway.
 * ``dwstack`` (N, NK*C, Ho, Wo): the remaining separable ops' depthwise convs
   in one multi-kernel pass; ``PW_cat`` (C, NK*C) = [p_1 PW_1 | p_2 PW_2 | ...].
-* ``coef`` (4,) = M @ p = [P_lin, p_max, p_avg, p_skip], M a fixed 0/1 matrix.
+* ``coef`` = M @ p = [P_lin, p_max, p_avg, p_skip], M (4, n_ops) a fixed 0/1 matrix; for a group
+  of G edges (below) p is (G, n_ops) and coef (G, 4), one row per edge.
 
 ``FusedEdge`` composes these weight-sized tensors itself and, in backward, maps
 the gradients of W_super, the packed depthwise weights, PW_cat and coef back to

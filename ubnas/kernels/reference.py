@@ -9,8 +9,9 @@ Shapes (NCHW, contiguous): x (N, C, H, W) is the edge input; outputs are
   concatenated in spec order, so packing is one cat and unpacking views).
 * ``d`` = stacked depthwise outputs (N, NK*C, Ho, Wo): channel j*C + c holds
   op j's depthwise conv of relu(x) channel c.
-* ``z`` = pre-BN linear sum (N, C, Ho, Wo); ``mean``/``invstd`` (C,) float32 its
-  BN statistics; ``coef`` (4,) = [P_lin, p_max, p_avg, p_skip] (0 where absent).
+* ``z`` = pre-BN linear sum (N, C, Ho, Wo); ``mean``/``invstd`` (C,) its BN
+  statistics, float32 (float64 when z is float64: ``fused._bn_stats``);
+  ``coef`` (4,) = [P_lin, p_max, p_avg, p_skip] (0 where absent).
 * ``flags`` = (has_max, has_avg, has_skip); skip only exists at stride 1.
 * Edge groups: G edges that read the same x (a cell state feeds up to 4) run as
   one call with ``coef`` (G, 4) and z, y, g (N, G*C, Ho, Wo), edge e's channels
