@@ -203,9 +203,13 @@ def calibrated_mode(name_or_path: Union[str, os.PathLike]) -> Optional[str]:
     return mode if isinstance(mode, str) else None
 
 
-def mode_mismatch_note(name_or_path: Union[str, os.PathLike], mode: str) -> Optional[str]:
-    """A note when ``name_or_path`` was calibrated for another cost model than ``mode``, else None."""
-    fitted = calibrated_mode(name_or_path)
+def mode_mismatch_note(name_or_path: Union[str, os.PathLike], mode: str,
+                       fitted: Union[str, None, bool] = False) -> Optional[str]:
+    """A note when ``name_or_path`` was calibrated for another cost model than ``mode``, else None.
+    ``fitted``: the mode its calibration was fitted for, when already known (None: uncalibrated);
+    by default read from the file (``calibrated_mode``)."""
+    if fitted is False:
+        fitted = calibrated_mode(name_or_path)
     if fitted is None or fitted == mode:
         return None
     return (f"note: {name_or_path} was calibrated for the {fitted} model; its calibration block is "

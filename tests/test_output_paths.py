@@ -72,6 +72,14 @@ def test_a_checkpoint_write_that_fails_keeps_the_last_checkpoint_and_no_temp_fil
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
     assert torch.load(path, weights_only=True) == {"epoch": 1}
 
+    def save_a_bug(obj, target):   # not a write failure: keeps its traceback (and no temp file either)
+        real_save(obj, target)
+        raise RuntimeError()
+    monkeypatch.setattr(torch, "save", save_a_bug)
+    with pytest.raises(RuntimeError):
+        atomic_torch_save({"epoch": 3}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
 
 def test_search_and_train_refuse_an_out_that_takes_no_files_or_is_empty(tmp_path, spec_path, capsys, monkeypatch):
     import pathlib
@@ -93,4 +101,4 @@ def test_search_and_train_refuse_an_out_that_takes_no_files_or_is_empty(tmp_path
 
 def test_a_text_file_given_as_weights_is_no_torch_checkpoint(tmp_path, spec_path, capsys):
     err = _error(capsys, ["export", str(spec_path), "--weights", str(spec_path), "--onnx", str(tmp_path / "x.onnx")])
-    assert err.endswith("not a torch checkpoint (torch.save writes a zip archive; this file is not one)"), err
+    assert err.endswith("not a torch checkpoint (neither the zip archive torch.save writes nor a pickle)"), err

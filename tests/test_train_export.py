@@ -323,6 +323,7 @@ def test_spec_that_does_not_fit_the_data(tmp_path, capsys):
     spec = write_spec(tmp_path / "arch.yaml", {"input_shape": [3, 8, 8]})
     err = one_line_error(capsys, ["train", str(spec), "--epochs", "1", "--out", str(tmp_path / "run")])
     assert "input_shape" in err and "digits" in err
+    assert not (tmp_path / "run").exists()   # a refused run leaves no empty run directory
 
 
 def test_bad_hw_fails_before_training(tmp_path, capsys):

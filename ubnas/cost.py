@@ -51,9 +51,9 @@ class LayerTable:
     out_slot: torch.Tensor    # (L,) long
     factor: torch.Tensor      # (L, 3) long
 
-    def to(self, like: torch.Tensor) -> "LayerTable":
-        return LayerTable(self.coef.to(like), self.in_scale.to(like), self.in_slot.to(like.device),
-                          self.out_slot.to(like.device), self.factor.to(like.device))
+    def to(self, device: torch.device, dtype: torch.dtype) -> "LayerTable":
+        return LayerTable(self.coef.to(device, dtype), self.in_scale.to(device, dtype), self.in_slot.to(device),
+                          self.out_slot.to(device), self.factor.to(device))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -170,14 +170,15 @@ def layer_table(net: Supernet, batch: int, width_cost: str, like: torch.Tensor) 
     """``build_layer_table``, cached per supernet and window state, on ``like``'s device and dtype."""
     tables = _TABLES.setdefault(net, {})
     key = (batch, _window_state(net, width_cost))
-    if key not in tables:
-        if len(tables) >= 4:   # windows that moved rarely come back: keep the latest few states
-            tables.pop(next(iter(tables)))
-        tables[key] = {"float64": build_layer_table(net, batch, width_cost)}
-    placed = tables[key]
-    where = (like.device, like.dtype)
-    if where not in placed:
-        placed[where] = placed["float64"].to(like)
+    with torch.inference_mode(False):   # a table first built under inference_mode must serve autograd later
+        if key not in tables:
+            if len(tables) >= 4:   # windows that moved rarely come back: keep the latest few states
+                tables.pop(next(iter(tables)))
+            tables[key] = {"float64": build_layer_table(net, batch, width_cost)}
+        placed = tables[key]
+        where = (like.device, like.dtype)
+        if where not in placed:
+            placed[where] = placed["float64"].to(device=like.device, dtype=like.dtype)
     return placed[where]
 
 

@@ -76,27 +76,37 @@ def atomic_torch_save(obj, path: Path) -> None:
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:   # torch reports write failures as RuntimeError
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        if not _is_write_failure(exc):   # a bug (say, an object torch cannot save) keeps its traceback
+            raise
+        reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"{path}: cannot write the checkpoint ({reason}); the previous one, if any, "
                          f"is kept") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    """An OSError, or the RuntimeError torch's zip writer raises when the file cannot be written
+    (disk full, permissions)."""
+    if isinstance(exc, OSError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        sign in text for sign in ("PytorchStreamWriter", "inline_container", "file write failed", "open file failed"))
 
 
 def load_checkpoint(path: Path) -> Any:
     """``torch.load`` of a ubnas checkpoint (tensors only); a file it cannot read is a one-line ValueError."""
-    if Path(path).is_file():   # torch.save has written zip archives since 1.6: a text file is no checkpoint
-        with open(path, "rb") as handle:
-            if handle.read(2) != b"PK":
-                raise ValueError(f"{path}: not a torch checkpoint (torch.save writes a zip archive; "
-                                 f"this file is not one)")
     try:
+        with open(path, "rb") as handle:   # a zip archive (torch.save since 1.6) or a legacy pickle
+            if handle.read(2)[:1] not in (b"P", b"\x80"):
+                raise ValueError(f"{path}: not a torch checkpoint (neither the zip archive torch.save "
+                                 f"writes nor a pickle)")
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such checkpoint") from None
+    except ValueError:
+        raise
     except Exception as exc:   # pickle / zip errors from a truncated file or one that is not a checkpoint
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         if "weights_only" in str(exc) or "Weights only" in str(exc):   # not torch's advice to unpickle it

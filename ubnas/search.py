@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import yaml
 
 from hwmodels import load_accelerator
-from hwmodels.accelerator import from_dict, mode_mismatch_note
+from hwmodels.accelerator import calibrated_mode, from_dict, mode_mismatch_note
 from hwmodels.exact import MODES
 from hwmodels.yamlio import atomic_write_text, read_yaml
 
@@ -35,7 +35,7 @@ from .data import batches, load_dataset, search_split
 from .kernels import backend as kernel_backend
 from .runtime import (atomic_torch_save, existing_checkpoint, ignored_on_resume, make_run_dir, pick_device,
                       resume_note, say)
-from .space import parse_space, read_space_data
+from .space import read_space_text, space_from_text
 from .supernet import RELAXATIONS, Supernet
 
 STAGES = ("staged", "joint", "op", "channel")
@@ -43,7 +43,7 @@ STAGES = ("staged", "joint", "op", "channel")
 # given on its command line (a GPU run resumes on a CPU, a data set that moved is found; the run
 # directory is always the one resumed), everything else from the checkpoint.
 PLACEMENT_KEYS = ("out", "device", "data_dir", "kernels")
-# what --resume needs of a search checkpoint (space_data, accelerator_config and world_size are newer:
+# what --resume needs of a search checkpoint (space_yaml, accelerator_config and world_size are newer:
 # a checkpoint without them resumes with the files named in its config, on one process)
 CHECKPOINT_KEYS = ("config", "epoch", "arch_steps", "mu", "latency_ref", "model", "windows", "w_opt", "a_opt",
                    "data_gen", "gumbel_gen", "alloc_gen", "torch_rng", "history", "realloc_log")
@@ -195,11 +195,13 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     xw, yw = dist.shard(xw, yw, rank, world)
     xa, ya = dist.shard(xa, ya, rank, world)
     xw, yw, xa, ya = (t.to(device) for t in (xw, yw, xa, ya))
-    space_data, acc = run_definitions(cfg, checkpoint, ckpt_path, main)
-    mismatch = mode_mismatch_note(cfg.hw, cfg.cost_model) if cfg.cost_model in MODES else None
+    defs = run_definitions(cfg, checkpoint, ckpt_path, main)
+    acc = defs.accelerator
+    mismatch = mode_mismatch_note(cfg.hw, cfg.cost_model, defs.fit_mode) if cfg.cost_model in MODES else None
     if mismatch and main:
         say(mismatch)
-    net = Supernet(parse_space(*space_data), data.input_shape, data.num_classes, cfg.channels)
+    net = Supernet(space_from_text(defs.space_yaml, defs.space_origin), data.input_shape, data.num_classes,
+                   cfg.channels)
     allocator = ChannelAllocator(dict(net.widths.items()), net.channel_bindings(), cfg.seed)
     if checkpoint is not None:   # restore window shapes before loading tensors into them
         for name, (lo, step, count) in checkpoint["windows"].items():
@@ -312,7 +314,8 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
             atomic_torch_save({
                 "config": asdict(cfg), "epoch": epoch + 1, "arch_steps": arch_steps, "mu": mu,
                 "latency_ref": latency_ref, "model": net.state_dict(), "world_size": world,
-                "space_data": space_data[0], "accelerator_config": acc.to_dict(),
+                "space_yaml": defs.space_yaml, "space_origin": defs.space_origin,
+                "accelerator_config": acc.to_dict(), "accelerator_fit_mode": defs.fit_mode,
                 "windows": {k: [w.lo, w.step, w.count] for k, w in net.widths.items()},
                 "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
                 "data_gen": data_gen.get_state(), "gumbel_gen": gumbel_gen.get_state(),
@@ -433,33 +436,42 @@ def read_search_checkpoint(path: Path, resume: bool) -> Optional[dict]:
     return ckpt
 
 
-def run_definitions(cfg: SearchConfig, checkpoint: Optional[dict], ckpt_path: Path, main: bool):
-    """((search space YAML data, its origin), Accelerator) of the run: from cfg.space and cfg.hw, or on
-    --resume the definitions saved in the checkpoint, so that a file edited (or removed) since does
-    not change the run's trajectory (a note says so)."""
-    saved_space = checkpoint.get("space_data") if checkpoint is not None else None
-    saved_acc = checkpoint.get("accelerator_config") if checkpoint is not None else None
-    if saved_space is None:
-        space = read_space_data(cfg.space)
-    else:
-        try:
-            current = read_space_data(cfg.space)[0]
-        except ValueError:
-            current = None
-        if current != saved_space and main:
-            say(f"note: search space {cfg.space} {'is gone' if current is None else 'changed'} since "
-                f"{ckpt_path} was written; resuming with the definition saved in it")
-        space = (saved_space, f"{ckpt_path} (space_data)")
-    if saved_acc is None:
-        return space, load_accelerator(cfg.hw)
+@dataclass
+class RunDefinitions:
+    """What a run searches and costs on: the search space's YAML text (and the file it came from),
+    the accelerator, and the cost model its calibration was fitted for (None: not calibrated)."""
+
+    space_yaml: str
+    space_origin: str
+    accelerator: Any
+    fit_mode: Optional[str]
+
+
+def run_definitions(cfg: SearchConfig, checkpoint: Optional[dict], ckpt_path: Path, main: bool) -> RunDefinitions:
+    """The definitions of cfg.space and cfg.hw, or on --resume those saved in the checkpoint, so that
+    a file edited, broken or removed since does not change the run's trajectory (a note says so).
+    A checkpoint from before they were saved resumes with the files."""
+    saved = checkpoint if checkpoint is not None and "space_yaml" in checkpoint else None
+    if saved is None:
+        text, origin = read_space_text(cfg.space)
+        return RunDefinitions(text, origin, load_accelerator(cfg.hw), calibrated_mode(cfg.hw))
     try:
-        current_acc = load_accelerator(cfg.hw).to_dict()
+        same = read_space_text(cfg.space)[0] == saved["space_yaml"]
     except ValueError:
-        current_acc = None
-    if current_acc != saved_acc and main:
-        say(f"note: accelerator {cfg.hw} {'is gone' if current_acc is None else 'changed'} since {ckpt_path} "
-            f"was written; resuming with the definition saved in it")
-    return space, from_dict(saved_acc, origin=f"{ckpt_path} (accelerator_config)", name=saved_acc.get("name"))
+        same = False
+    if not same and main:
+        say(f"note: search space {cfg.space} changed or cannot be read since {ckpt_path} was written; "
+            f"resuming with the definition saved in it")
+    try:
+        same = load_accelerator(cfg.hw).to_dict() == saved["accelerator_config"]
+    except ValueError:
+        same = False
+    if not same and main:
+        say(f"note: accelerator {cfg.hw} changed or cannot be read since {ckpt_path} was written; "
+            f"resuming with the definition saved in it")
+    acc = from_dict(saved["accelerator_config"], origin=f"{ckpt_path} (accelerator_config)",
+                    name=saved["accelerator_config"].get("name"))
+    return RunDefinitions(saved["space_yaml"], saved["space_origin"], acc, saved.get("accelerator_fit_mode"))
 
 
 def export_spec(net, cfg, acc, history, cost_of, data, out: Path) -> Path:
@@ -493,7 +505,8 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path) -> Path:
     exact = estimate(build_network(spec), tuple(data.input_shape), acc, batch=cfg.hw_batch)
     provenance["exact_cost"] = {"latency_us": exact.seconds * 1e6, "utilization": exact.utilization,
                                 "macs": int(exact.macs), "model": "systolic", "batch": cfg.hw_batch}
-    # supernet expectation (all ops, all edges) vs the exported network, and the surrogate alone
+    # the supernet's cost as the last epoch ran it (op mixture, or the chosen ops after a channel
+    # stage) vs the exported network, and the surrogate alone
     provenance["smooth_vs_exact_latency_gap"] = (
         provenance["smooth_cost"]["latency_us"] / provenance["exact_cost"]["latency_us"] - 1)
     provenance["discrete_smooth_vs_exact_latency_gap"] = (

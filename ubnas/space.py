@@ -157,16 +157,24 @@ def space_names() -> List[str]:
     return sorted(p.stem for p in SPACE_DIR.glob("*.yaml"))
 
 
-def read_space_data(name_or_path: str) -> Tuple[Any, str]:
-    """(the YAML data, its path) of a shipped space by name (``tiny``) or of a YAML file path."""
+def read_space_text(name_or_path: str) -> Tuple[str, str]:
+    """(the YAML text, its path) of a shipped space by name (``tiny``) or of a YAML file path."""
     path = Path(name_or_path)
     if not path.suffix and (SPACE_DIR / f"{name_or_path}.yaml").exists():
         path = SPACE_DIR / f"{name_or_path}.yaml"
     elif not path.exists():
         raise SpaceError(f"{name_or_path}: no such search space or file (shipped: {', '.join(space_names())})")
-    return read_yaml(path, SpaceError), str(path)
+    try:
+        return path.read_text(), str(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpaceError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def space_from_text(text: str, origin: str) -> SearchSpace:
+    """The SearchSpace of YAML ``text`` read from ``origin`` (named in errors, and the space's default name)."""
+    return parse_space(read_yaml(origin, SpaceError, text=text), origin)
 
 
 def load_space(name_or_path: str) -> SearchSpace:
     """Load a shipped space by name (``tiny``) or a YAML file path."""
-    return parse_space(*read_space_data(name_or_path))
+    return space_from_text(*read_space_text(name_or_path))

@@ -256,7 +256,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     if why == "default" and spec.provenance.get("accelerator"):
         say(f"note: {spec.origin} was searched on {spec.provenance['accelerator']!r}, which is no preset and "
             f"the spec does not define; metrics.json uses {acc.name} (pass --hw)")
-    make_run_dir(out)
     device = pick_device(cfg.device)
 
     # ---- data and model ---------------------------------------------------------------
@@ -267,6 +266,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     if data.num_classes != spec.num_classes:
         raise ValueError(f"{spec.origin}: key 'num_classes' is {spec.num_classes} but data set "
                          f"{cfg.data} has {data.num_classes} classes")
+    make_run_dir(out)   # only now: a refused run leaves no empty directory behind
     augment = cfg.augment if cfg.augment is not None else cfg.data == "cifar10"
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
