@@ -54,12 +54,18 @@ def measure(args, impl: str, stage: str, out: Path) -> dict:
     cuda = args.device.startswith("cuda")
     gc.collect()
     if cuda:   # run_search reports torch.cuda.max_memory_allocated: this run's peak, not the process's
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        device = torch.device(args.device)
+        with torch.cuda.device(device):
+            torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     notes = io.StringIO()
     start = time.perf_counter()
-    with contextlib.redirect_stderr(notes), contextlib.redirect_stdout(notes):   # run_search's notes (tqdm.write)
-        result = run_search(cfg, progress=False)
+    try:
+        with contextlib.redirect_stderr(notes), contextlib.redirect_stdout(notes):   # run_search's notes
+            result = run_search(cfg, progress=False)
+    except BaseException:   # what the run said before it failed belongs with its traceback
+        sys.stderr.write(notes.getvalue())
+        raise
     wall = time.perf_counter() - start
     first, second = result.history[0], result.history[1]
     s_per_step = second["seconds"] / second["steps"]
