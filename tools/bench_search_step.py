@@ -29,7 +29,7 @@ import time
 import torch
 
 from hwmodels import load_accelerator
-from ubnas.search import SearchConfig, cost_function, make_optimizers, search_step
+from ubnas.search import SearchConfig, cost_function, enter_stage, make_optimizers, search_step
 from ubnas.space import load_space
 from ubnas.supernet import Supernet
 
@@ -43,8 +43,7 @@ def make_step(net, model, batches, dtype="fp32", stage="joint", seed=0):
     cfg = SearchConfig(stage=stage)
     w_opt, a_opt = make_optimizers(net, cfg)
     cost_of = cost_function(net, load_accelerator(cfg.hw), cfg)
-    for w in net.widths.values():   # as run_search does per stage
-        w.forced = w.top if stage == "op" else None
+    hard_ops = enter_stage(net, stage)   # as run_search does per stage
     with torch.no_grad():
         latency_ref = float(cost_of(net.sample("softmax"))["seconds"])
     generator = torch.Generator().manual_seed(seed + 2)   # every variant draws the same Gumbel noise
@@ -54,7 +53,7 @@ def make_step(net, model, batches, dtype="fp32", stage="joint", seed=0):
 
     def step():
         return search_step(net, batches[0], batches[1], w_opt, a_opt, cost_of, cfg, cfg.tau0, latency_ref,
-                           0.0, generator, stage == "channel", forward).val_loss
+                           0.0, generator, hard_ops, forward).val_loss
     return step
 
 

@@ -76,12 +76,7 @@ def count_step(net, batches, counter_box, repeats=5):
     host ms: median wall time of ``repeats`` uncounted steps; with ``--backend triton`` the
     launches are stubbed, so on tiny tensors it approximates the host-side cost per step."""
     step = make_step(net, net, batches)
-    step()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        times.append(1e3 * (time.perf_counter() - t))
+    host_ms = median_host_ms(step, repeats)
     counter = OpCounter()
     hooks = []
     hooks.append(register_optimizer_step_pre_hook(lambda *a: setattr(counter, "paused", counter.paused + 1)))
@@ -94,7 +89,18 @@ def count_step(net, batches, counter_box, repeats=5):
         for h in hooks:
             h.remove()
         counter_box["counter"] = None
-    return counter.ops, counter_box["calls"], statistics.median(times)
+    return counter.ops, counter_box["calls"], host_ms
+
+
+def median_host_ms(fn, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` (ms), after one uncounted warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - t))
+    return statistics.median(times)
 
 
 def _counted(fn, name, box):
@@ -124,16 +130,11 @@ def count_cost(net, batches, repeats=5):
             arch = net.sample(cfg.relaxation, cfg.tau0)
             cost = cost_of(arch)
             (cost["seconds"] - cost["utilization"]).backward()
-    cost_step()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        cost_step()
-        times.append(1e3 * (time.perf_counter() - t))
+    host_ms = median_host_ms(cost_step, repeats)
     counter = OpCounter()
     with counter:
         cost_step()
-    return counter.ops, statistics.median(times)
+    return counter.ops, host_ms
 
 
 def instrument(backend: str, box):

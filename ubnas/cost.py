@@ -109,10 +109,11 @@ def build_layer_table(net: Supernet, batch: int, width_cost: str) -> LayerTable:
         op_offset[cell_type], p_next = p_next, p_next + logits.numel()
     w_next = 0
     for name, width in net.widths.items():
-        k = width.count if _expanded(width, width_cost) else 1
+        expanded = _expanded(width, width_cost)
+        k = width.count if expanded else 1
         w_slots[name] = list(range(w_next, w_next + k))
         w_next += k
-        if _expanded(width, width_cost):
+        if expanded:
             p_slots[name] = list(range(p_next, p_next + k))
             p_next += k
     one = p_next   # the constant 1 at the end of the flat probabilities

@@ -151,6 +151,15 @@ def stage_at(cfg: SearchConfig, epoch: int) -> str:
     return cfg.stage
 
 
+def enter_stage(net: Supernet, stage: str) -> bool:
+    """Set up ``net`` for a step of ``stage`` ('op', 'channel' or 'joint'): in the op stage every
+    width is fixed at its window's top.  Returns hard_ops: the channel stage runs each edge's
+    chosen op alone."""
+    for w in net.widths.values():
+        w.forced = w.top if stage == "op" else None
+    return stage == "channel"
+
+
 def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
                stop_after_epoch: Optional[int] = None, given: Optional[Iterable[str]] = None) -> SearchResult:
     """Run (or resume) a search; ``stop_after_epoch`` simulates an interruption (tests).
@@ -256,9 +265,7 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
         lr = 0.5 * cfg.weight_lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
         for group in w_opt.param_groups:
             group["lr"] = lr
-        for w in net.widths.values():   # op stage: every width fixed at its window's top
-            w.forced = w.top if stage == "op" else None
-        hard_ops = stage == "channel"
+        hard_ops = enter_stage(net, stage)
         net.train()
         sums = {"loss": 0.0, "acc": 0.0, "val_loss": 0.0, "val_acc": 0.0, "n": 0}
         weight_batches = batches(xw, yw, cfg.batch_size, True, data_gen)
