@@ -49,7 +49,9 @@ class LayerCost:
 
     utilization = macs / (cycles * PEs) over all arrays.  ``lost`` splits the
     idle PE-cycles (cycles * PEs - macs) into partial_tiles, fill_drain,
-    idle_arrays, memory_stall and overhead.
+    idle_arrays, memory_stall and overhead.  The first four count the array's
+    geometry before calibration; overhead is the rest (calibration terms and
+    rounding), negative when a cycle_scale < 1 takes cycles off that count.
     """
 
     name: str
