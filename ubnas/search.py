@@ -6,6 +6,7 @@ checkpoint every epoch -> export the spec.
 
 loss_arch = CE + lambda * latency / latency_ref - beta * utilization, or with a
 hard target T: CE + mu * relu(latency / T - 1) with mu raised by dual ascent.
+The options live in ``search_config``, what a resume reads back in ``search_resume``.
 """
 from __future__ import annotations
 
@@ -15,129 +16,38 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 import torch
 import torch.nn.functional as F
 import yaml
 
-from hwmodels import load_accelerator
-from hwmodels.accelerator import calibrated_mode, from_dict, mode_mismatch_note
+from hwmodels.accelerator import mode_mismatch_note
 from hwmodels.exact import MODES
-from hwmodels.yamlio import atomic_write_text, read_yaml
+from hwmodels.yamlio import atomic_write_text
 
 from . import distributed as dist
 from .channels import ChannelAllocator
-from .cost import COST_MODELS, WIDTH_COSTS, supernet_cost
+from .cost import supernet_cost
 from .data import batches, load_dataset, search_split
 from .kernels import backend as kernel_backend
-from .runtime import (atomic_torch_save, existing_checkpoint, ignored_on_resume, make_run_dir, pick_device,
-                      resume_note, say)
-from .space import read_space_text, space_from_text
-from .supernet import RELAXATIONS, Supernet
+from .runtime import atomic_torch_save, make_run_dir, pick_device, resume_note, say
+from .search_config import STAGES, SearchConfig, config_from_yaml
+from .search_resume import read_search_checkpoint, resumed_config, run_definitions
+from .space import space_from_text
+from .supernet import Supernet
 
-STAGES = ("staged", "joint", "op", "channel")
-# Options that say where and on what a run executes, not what it computes: --resume takes those
-# given on its command line (a GPU run resumes on a CPU, a data set that moved is found; the run
-# directory is always the one resumed), everything else from the checkpoint.
-PLACEMENT_KEYS = ("out", "device", "data_dir", "kernels")
-# what --resume needs of a search checkpoint (space_yaml, accelerator_config and world_size are newer:
-# a checkpoint without them resumes with the files named in its config, on one process)
-CHECKPOINT_KEYS = ("config", "epoch", "arch_steps", "mu", "latency_ref", "model", "windows", "w_opt", "a_opt",
-                   "data_gen", "gumbel_gen", "alloc_gen", "torch_rng", "history", "realloc_log")
-
-
-@dataclass
-class SearchConfig:
-    """Every option of ``ubnas search`` (CLI flags and --config YAML keys)."""
-
-    space: str = "tiny"
-    hw: str = "uboost"
-    data: str = "digits"
-    data_dir: Optional[str] = None
-    epochs: int = 8
-    batch_size: int = 64
-    lambda_latency: float = 0.2
-    beta_utilization: float = 1.0
-    target_latency_us: Optional[float] = None
-    cost_model: str = "systolic"
-    surrogate: str = "straight_through"
-    temperature: float = 1.0
-    hw_batch: int = 1
-    width_cost: str = "expected"
-    channels: str = "dynamic"
-    stage: str = "staged"
-    relaxation: str = "gumbel"
-    tau0: float = 1.0
-    tau_decay: float = 0.95
-    weight_lr: float = 0.05
-    weight_momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    arch_lr: float = 3e-3
-    arch_weight_decay: float = 1e-3
-    dual_lr: float = 0.5
-    split: str = "half"
-    realloc_every: int = 4
-    kernels: str = "auto"
-    seed: int = 0
-    device: str = "auto"
-    out: str = "runs/search"
-    max_steps_per_epoch: Optional[int] = None
-
-    def validate(self, origin: str = "config") -> None:
-        choices = {"cost_model": COST_MODELS, "channels": ("dynamic", "fixed"), "stage": STAGES,
-                   "relaxation": RELAXATIONS, "surrogate": ("sigmoid", "straight_through"),
-                   "split": ("half", "80_20"), "width_cost": WIDTH_COSTS,
-                   "kernels": ("eager", "reference", "triton", "auto")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"{origin}: key '{key}' expected one of {', '.join(allowed)}, "
-                                 f"got {getattr(self, key)!r}")
-        for key in ("epochs", "batch_size", "realloc_every", "hw_batch", "max_steps_per_epoch"):
-            value = getattr(self, key)
-            if value is not None and int(value) < 1:
-                raise ValueError(f"{origin}: key '{key}' must be >= 1, got {value!r}")
-        # rates and scales that a sign error turns into a silently wrong search (NaN, ascent)
-        for key in ("tau0", "tau_decay", "temperature", "weight_lr", "arch_lr", "grad_clip"):
-            value = float(getattr(self, key))
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{origin}: key '{key}' must be finite and > 0, got {getattr(self, key)!r}")
-        for key in ("weight_decay", "arch_weight_decay", "dual_lr", "lambda_latency", "beta_utilization"):
-            value = float(getattr(self, key))
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{origin}: key '{key}' must be finite and >= 0, got {getattr(self, key)!r}")
-        if not 0 <= self.weight_momentum < 1:
-            raise ValueError(f"{origin}: key 'weight_momentum' must be in [0, 1), got {self.weight_momentum!r}")
-        if not isinstance(self.out, str) or not self.out.strip():
-            raise ValueError(f"{origin}: key 'out' expected a run directory, got {self.out!r}")
-        if self.target_latency_us is not None and self.target_latency_us <= 0:
-            raise ValueError(f"{origin}: key 'target_latency_us' must be > 0, got {self.target_latency_us}")
-
-
-def config_from_yaml(path: str) -> Dict[str, Any]:
-    """Read a RUN.yaml of SearchConfig keys; unknown keys and wrong types are one-line errors."""
-    data = read_yaml(path) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of search options, got {type(data).__name__}")
-    types = {f.name: f.type for f in fields(SearchConfig)}
-    for key, value in data.items():
-        if key not in types:
-            raise ValueError(f"{path}: unknown key '{key}' (expected one of {', '.join(types)})")
-        want = types[key].replace("Optional[", "").rstrip("]")
-        ok = (value is None and "Optional" in types[key]) or \
-            (want == "int" and isinstance(value, int) and not isinstance(value, bool)) or \
-            (want == "float" and isinstance(value, (int, float)) and not isinstance(value, bool)) or \
-            (want == "str" and isinstance(value, str))
-        if not ok:
-            raise ValueError(f"{path}: key '{key}' expected {want}, got {value!r}")
-    return data
+__all__ = ["STAGES", "SearchConfig", "SearchResult", "config_from_yaml", "cost_function", "enter_stage",
+           "export_spec", "make_optimizers", "run_search", "search_step", "stage_at"]
 
 
 @dataclass
 class SearchResult:
+    """What a search leaves: its run directory, the per-epoch log rows, the exported spec (None when
+    interrupted, or on ranks other than 0) and the channel reallocations."""
+
     out_dir: Path
     history: List[dict] = field(default_factory=list)
     spec_path: Optional[Path] = None
@@ -173,17 +83,8 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     progress = progress and main
     found = read_search_checkpoint(ckpt_path, resume)   # refuses another command's checkpoint
     checkpoint = found if resume else None
-    if checkpoint is not None:
-        # a resumed run keeps its own trajectory; where and on what it runs is this invocation's
-        set_here = set(given) if given is not None else {
-            k for k in PLACEMENT_KEYS if getattr(cfg, k) != getattr(SearchConfig, k)}
-        here = {k: getattr(cfg, k) for k in PLACEMENT_KEYS if k == "out" or k in set_here}
-        saved = SearchConfig(**{**checkpoint["config"], **here})
-        trajectory = [f.name for f in fields(SearchConfig) if f.name not in PLACEMENT_KEYS]
-        changed = ignored_on_resume(cfg, asdict(saved), SearchConfig(), trajectory, given)
-        if changed and main:
-            say(f"note: resuming {ckpt_path} with its saved config; ignored: {', '.join(changed)}")
-        cfg = saved
+    if checkpoint is not None:   # a resumed run keeps its own trajectory
+        cfg = resumed_config(cfg, checkpoint, given, ckpt_path, main)
     cfg.validate()
     rank, world = dist.world(cfg.device)
     if checkpoint is not None and checkpoint.get("world_size", 1) != world and main:
@@ -420,65 +321,6 @@ def search_step(net: Supernet, batch, val_batch, w_opt, a_opt, cost_of, cfg: Sea
     dist.all_reduce_grads(net.arch_parameters())
     a_opt.step()
     return StepResult(loss, logits, val_loss, val_logits, cost, ratio)
-
-
-def read_search_checkpoint(path: Path, resume: bool) -> Optional[dict]:
-    """The search checkpoint at ``path``.  Another kind of checkpoint is refused either way (starting
-    over would overwrite it); an unreadable one is refused on --resume and left to be overwritten
-    otherwise (None)."""
-    ckpt = existing_checkpoint(path, resume)
-    if ckpt is None:
-        return None
-    if not isinstance(ckpt, dict) or "arch_steps" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{path}: not a checkpoint written by `ubnas search` (a `ubnas train` run?); "
-                         f"choose another --out")
-    unknown = set(ckpt["config"]) - {f.name for f in fields(SearchConfig)}
-    if unknown and resume:
-        raise ValueError(f"{path}: saved config has unknown option(s) {', '.join(sorted(unknown))} "
-                         f"(written by another ubnas version?)")
-    missing = [key for key in CHECKPOINT_KEYS if key not in ckpt]
-    if missing and resume:
-        raise ValueError(f"{path}: checkpoint lacks {', '.join(missing)} (written by another ubnas version?); "
-                         f"start over without --resume")
-    return ckpt
-
-
-@dataclass
-class RunDefinitions:
-    """What a run searches and costs on: the search space's YAML text (and the file it came from),
-    the accelerator, and the cost model its calibration was fitted for (None: not calibrated)."""
-
-    space_yaml: str
-    space_origin: str
-    accelerator: Any
-    fit_mode: Optional[str]
-
-
-def run_definitions(cfg: SearchConfig, checkpoint: Optional[dict], ckpt_path: Path, main: bool) -> RunDefinitions:
-    """The definitions of cfg.space and cfg.hw, or on --resume those saved in the checkpoint, so that
-    a file edited, broken or removed since does not change the run's trajectory (a note says so).
-    A checkpoint from before they were saved resumes with the files."""
-    saved = checkpoint if checkpoint is not None and "space_yaml" in checkpoint else None
-    if saved is None:
-        text, origin = read_space_text(cfg.space)
-        return RunDefinitions(text, origin, load_accelerator(cfg.hw), calibrated_mode(cfg.hw))
-    try:
-        same = read_space_text(cfg.space)[0] == saved["space_yaml"]
-    except ValueError:
-        same = False
-    if not same and main:
-        say(f"note: search space {cfg.space} changed or cannot be read since {ckpt_path} was written; "
-            f"resuming with the definition saved in it")
-    try:
-        same = load_accelerator(cfg.hw).to_dict() == saved["accelerator_config"]
-    except ValueError:
-        same = False
-    if not same and main:
-        say(f"note: accelerator {cfg.hw} changed or cannot be read since {ckpt_path} was written; "
-            f"resuming with the definition saved in it")
-    acc = from_dict(saved["accelerator_config"], origin=f"{ckpt_path} (accelerator_config)",
-                    name=saved["accelerator_config"].get("name"))
-    return RunDefinitions(saved["space_yaml"], saved["space_origin"], acc, saved.get("accelerator_fit_mode"))
 
 
 def export_spec(net, cfg, acc, history, cost_of, data, out: Path) -> Path:

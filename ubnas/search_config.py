@@ -1,0 +1,100 @@
+"""The options of ``ubnas search``: ``SearchConfig`` (CLI flags and --config YAML keys), their checks,
+and the reading of a --config file."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Optional
+
+from hwmodels.yamlio import read_yaml
+
+from .cost import COST_MODELS, WIDTH_COSTS
+from .supernet import RELAXATIONS
+
+STAGES = ("staged", "joint", "op", "channel")
+
+@dataclass
+class SearchConfig:
+    """Every option of ``ubnas search`` (CLI flags and --config YAML keys)."""
+
+    space: str = "tiny"
+    hw: str = "uboost"
+    data: str = "digits"
+    data_dir: Optional[str] = None
+    epochs: int = 8
+    batch_size: int = 64
+    lambda_latency: float = 0.2
+    beta_utilization: float = 1.0
+    target_latency_us: Optional[float] = None
+    cost_model: str = "systolic"
+    surrogate: str = "straight_through"
+    temperature: float = 1.0
+    hw_batch: int = 1
+    width_cost: str = "expected"
+    channels: str = "dynamic"
+    stage: str = "staged"
+    relaxation: str = "gumbel"
+    tau0: float = 1.0
+    tau_decay: float = 0.95
+    weight_lr: float = 0.05
+    weight_momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_lr: float = 3e-3
+    arch_weight_decay: float = 1e-3
+    dual_lr: float = 0.5
+    split: str = "half"
+    realloc_every: int = 4
+    kernels: str = "auto"
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs/search"
+    max_steps_per_epoch: Optional[int] = None
+
+    def validate(self, origin: str = "config") -> None:
+        choices = {"cost_model": COST_MODELS, "channels": ("dynamic", "fixed"), "stage": STAGES,
+                   "relaxation": RELAXATIONS, "surrogate": ("sigmoid", "straight_through"),
+                   "split": ("half", "80_20"), "width_cost": WIDTH_COSTS,
+                   "kernels": ("eager", "reference", "triton", "auto")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{origin}: key '{key}' expected one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, key)!r}")
+        for key in ("epochs", "batch_size", "realloc_every", "hw_batch", "max_steps_per_epoch"):
+            value = getattr(self, key)
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{origin}: key '{key}' must be >= 1, got {value!r}")
+        # rates and scales that a sign error turns into a silently wrong search (NaN, ascent)
+        for key in ("tau0", "tau_decay", "temperature", "weight_lr", "arch_lr", "grad_clip"):
+            value = float(getattr(self, key))
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{origin}: key '{key}' must be finite and > 0, got {getattr(self, key)!r}")
+        for key in ("weight_decay", "arch_weight_decay", "dual_lr", "lambda_latency", "beta_utilization"):
+            value = float(getattr(self, key))
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{origin}: key '{key}' must be finite and >= 0, got {getattr(self, key)!r}")
+        if not 0 <= self.weight_momentum < 1:
+            raise ValueError(f"{origin}: key 'weight_momentum' must be in [0, 1), got {self.weight_momentum!r}")
+        if not isinstance(self.out, str) or not self.out.strip():
+            raise ValueError(f"{origin}: key 'out' expected a run directory, got {self.out!r}")
+        if self.target_latency_us is not None and self.target_latency_us <= 0:
+            raise ValueError(f"{origin}: key 'target_latency_us' must be > 0, got {self.target_latency_us}")
+
+
+def config_from_yaml(path: str) -> Dict[str, Any]:
+    """Read a RUN.yaml of SearchConfig keys; unknown keys and wrong types are one-line errors."""
+    data = read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of search options, got {type(data).__name__}")
+    types = {f.name: f.type for f in fields(SearchConfig)}
+    for key, value in data.items():
+        if key not in types:
+            raise ValueError(f"{path}: unknown key '{key}' (expected one of {', '.join(types)})")
+        want = types[key].replace("Optional[", "").rstrip("]")
+        ok = (value is None and "Optional" in types[key]) or \
+            (want == "int" and isinstance(value, int) and not isinstance(value, bool)) or \
+            (want == "float" and isinstance(value, (int, float)) and not isinstance(value, bool)) or \
+            (want == "str" and isinstance(value, str))
+        if not ok:
+            raise ValueError(f"{path}: key '{key}' expected {want}, got {value!r}")
+    return data
