@@ -1,4 +1,5 @@
 """Ops, spaces, supernet cost gradients, resume equivalence and bad-input errors."""
+import math
 import os
 import subprocess
 import sys
@@ -239,6 +240,59 @@ def test_one_hot_ops_run_only_the_chosen_op_and_match_the_mixture(impl):
     hard = net.sample("softmax", hard_ops=True)
     soft = type(hard)(hard.ops, hard.widths, hard_ops=False)
     assert torch.allclose(net(x, hard), net(x, soft), atol=1e-10)
+
+
+def _darts_cell_by_hand(logits, op_names, nodes):
+    """{(edge, op)} of DARTS' derived cell, by plain loops: per node the 2 incoming edges whose
+    best op other than 'none' has the largest softmax probability (ties: lower edge first)."""
+    kept, e = set(), 0
+    for i in range(nodes):
+        ranked = []
+        for x in range(e, e + 2 + i):
+            row = [math.exp(v) for v in logits[x].tolist()]
+            total = sum(row)
+            best = max((row[k] / total, -k) for k, name in enumerate(op_names) if name != "none")
+            ranked.append((-best[0], x, -best[1]))
+        kept |= {(x, k) for _, x, k in sorted(ranked)[:2]}
+        e += 2 + i
+    return kept
+
+
+@pytest.mark.parametrize("impl", ["eager", "reference"])
+def test_the_channel_stage_runs_the_cell_that_is_exported(impl):
+    """hard_ops samples DARTS' derived cell (2 edges per node), the cell derive_spec exports: an
+    edge it drops does not reach the output, whatever its best op."""
+    from ubnas.spec import derive_spec
+
+    torch.manual_seed(3)
+    space = load_space("tiny")
+    net = Supernet(space, (1, 8, 8), 10).double()
+    net.set_impl(impl)
+    with torch.no_grad():
+        for logits in net.op_logits.values():
+            logits.copy_(2 * torch.randn_like(logits))
+            logits[:, space.ops.index("none")] = -10.0   # no edge is dropped by choosing 'none'
+    hard = net.sample("softmax", hard_ops=True)
+    spec = derive_spec(net)
+    for cell, arch in zip(net.cells, spec.cells):
+        want = _darts_cell_by_hand(net.op_logits[cell.cell_type], space.ops, space.nodes)
+        got = {tuple(ix) for ix in hard.ops[cell.cell_type].nonzero().tolist()}
+        assert got == want
+        assert (hard.ops[cell.cell_type].sum(-1) <= 1).all()
+        exported, e = set(), 0
+        for i, node in enumerate(arch.nodes):
+            exported |= {(e + edge.source, space.ops.index(edge.op)) for edge in node}
+            e += 2 + i
+        assert exported == want
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    before = net(x, hard)
+    cell = net.cells[0]
+    dropped = [x_ for x_ in range(space.edges_per_cell) if not hard.ops[cell.cell_type][x_].any()]
+    assert dropped   # node 1 has 3 incoming edges
+    with torch.no_grad():
+        for p in cell.edges[dropped[0]].parameters():
+            p.add_(1.0)
+    assert torch.equal(net(x, hard), before)
 
 
 def _expected_cost_by_enumeration(net, acc):

@@ -345,21 +345,18 @@ def derive_spec(net, provenance: Dict[str, Any] | None = None) -> ArchSpec:
     non-'none' op, from the op logits shared by the cells of one type; widths
     are each ``Width.chosen()``.
     """
-    import torch
+    from .supernet import derived_ops
 
     space = net.space
-    costly = [k for k, name in enumerate(space.ops) if name != "none"]
-    if not costly:
+    if all(name == "none" for name in space.ops):
         raise ValueError(f"search space {space.name!r} has only the 'none' op: nothing to export")
     cells = []
     for cell in net.cells:
-        probs = torch.softmax(net.op_logits[cell.cell_type].detach().double(), dim=-1)[:, costly]
-        strength, best = probs.max(dim=-1)
+        probs = derived_ops(net.op_logits[cell.cell_type], space.ops, cell.nodes)
         nodes, e = [], 0
         for i in range(cell.nodes):
-            incoming = list(range(e, e + 2 + i))        # edge e + j comes from state j
-            keep = sorted(incoming, key=lambda x: (-float(strength[x]), x))[:2]
-            nodes.append(tuple(EdgeSpec(x - e, space.ops[costly[int(best[x])]]) for x in sorted(keep)))
+            kept = [x for x in range(e, e + 2 + i) if probs[x].any()]   # edge e + j comes from state j
+            nodes.append(tuple(EdgeSpec(x - e, space.ops[int(probs[x].argmax())]) for x in kept))
             e += 2 + i
         cells.append(CellArch(int(net.widths[cell.width_name].chosen()), tuple(nodes),
                               bool(cell.reduce), bool(cell.pool_after)))

@@ -23,14 +23,37 @@ from .space import SearchSpace
 from .spec import pooled_size, strided_size
 
 RELAXATIONS = ("softmax", "gumbel")
+EDGES_KEPT = 2   # incoming edges per node in the derived cell (DARTS)
+
+
+def derived_ops(logits: torch.Tensor, op_names: List[str], nodes: int) -> torch.Tensor:
+    """The discrete cell of one cell type as op probabilities (edges, n_ops): per node the
+    EDGES_KEPT strongest incoming edges (strength: the largest softmax probability over the ops
+    other than 'none'; ties to the lower edge), each one-hot at its strongest op other than
+    'none'; the other edges' rows are zero.  DARTS' derivation: the channel stage searches
+    widths on this cell and ``spec.derive_spec`` exports it."""
+    costly = [k for k, name in enumerate(op_names) if name != "none"]
+    if not costly:
+        raise ValueError("the search space has only the 'none' op: no cell to derive")
+    probs = torch.softmax(logits.detach().double(), dim=-1)[:, costly]
+    strength, best = probs.max(dim=-1)
+    out = torch.zeros(logits.shape, dtype=logits.dtype, device=logits.device)
+    e = 0
+    for i in range(nodes):
+        incoming = range(e, e + 2 + i)        # edge e + j comes from state j
+        for x in sorted(incoming, key=lambda x: (-float(strength[x]), x))[:EDGES_KEPT]:
+            out[x, costly[int(best[x])]] = 1.0
+        e += 2 + i
+    return out
 
 
 @dataclass
 class ArchSample:
     """Probabilities for one step: ops[cell_type] (edges, n_ops), widths[name] (K,).
 
-    hard_ops: the op probabilities are one-hot (channel stage), so each edge runs
-    only its chosen op.
+    hard_ops: the op probabilities are one-hot or zero (channel stage: the derived cell,
+    ``derived_ops``), so each kept edge runs only its chosen op and a zero row's edge is
+    not run at all.
     """
 
     ops: Dict[str, torch.Tensor]
@@ -149,7 +172,10 @@ class SearchCell(nn.Module):
     def forward(self, s0, s1, op_probs: torch.Tensor, mask: torch.Tensor, hard_ops: bool = False):
         m = mask.view(1, -1, 1, 1)
         states = [self.pre0(s0) * m, self.pre1(s1) * m]
-        chosen = op_probs.argmax(-1).tolist() if hard_ops else None
+        chosen = None
+        if hard_ops:   # the op of each kept edge; None for an edge the derived cell drops
+            kept = (op_probs != 0).any(-1).tolist()
+            chosen = [k if keep else None for k, keep in zip(op_probs.argmax(-1).tolist(), kept)]
         rows = op_probs.unbind(0)   # one backward op per cell, where op_probs[e] costs one per edge
         nodes: List[Optional[torch.Tensor]] = [None] * self.nodes
         # state by state: the edges leaving a state run together (one fused call on the
@@ -158,7 +184,8 @@ class SearchCell(nn.Module):
             targets = self.out_edges(j)
             ys = self._run_edges(states[j], [e for _, e in targets], rows, chosen)
             for (i, _), y in zip(targets, ys):
-                nodes[i] = y if nodes[i] is None else nodes[i] + y
+                if y is not None:
+                    nodes[i] = y if nodes[i] is None else nodes[i] + y
             if j >= 1:
                 states.append(nodes[j - 1] * m)
         out = torch.cat(states[2:], dim=1)
@@ -167,8 +194,8 @@ class SearchCell(nn.Module):
     def _run_edges(self, x, index, rows, chosen):
         """The outputs of edges ``index`` (all reading x): one fused call, or edge by edge."""
         edges = [self.edges[e] for e in index]
-        if chosen is not None:   # one-hot ops: each edge runs its op alone
-            return [edge(x, rows[e], chosen[e]) for edge, e in zip(edges, index)]
+        if chosen is not None:   # one-hot ops: each kept edge runs its op alone
+            return [None if chosen[e] is None else edge(x, rows[e], chosen[e]) for edge, e in zip(edges, index)]
         impl = edges[0].impl
         if impl == "eager" or len(edges) == 1 or not group_edges():
             return [edge(x, rows[e]) for edge, e in zip(edges, index)]
@@ -261,8 +288,8 @@ class Supernet(nn.Module):
 
         ops = {}
         for t, logits in self.op_logits.items():
-            if hard_ops:  # channel stage: the chosen op per edge, as a one-hot
-                ops[t] = F.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits)
+            if hard_ops:  # channel stage: the cell that will be exported
+                ops[t] = derived_ops(logits, self.space.ops, self.space.nodes)
             else:
                 ops[t] = relax(logits)
         return ArchSample(ops, {n: relax(w.logits) for n, w in self.widths.items()}, hard_ops)
