@@ -293,6 +293,24 @@ def test_onnx_round_trip(trained, tmp_path, capsys):
     assert got.shape == (5, 10) and abs(got - expected).max() <= 1e-4
 
 
+def test_an_onnx_file_that_fails_the_check_is_not_written(tmp_path, capsys, monkeypatch):
+    """A failed onnxruntime comparison leaves the last good file as it was (and no temp file)."""
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    import ubnas.export
+
+    spec = write_spec(tmp_path / "arch.yaml")
+    file = tmp_path / "net.onnx"
+    assert main(["export", str(spec), "--onnx", str(file)]) == 0
+    good = file.read_bytes()
+    capsys.readouterr()
+    monkeypatch.setattr(ubnas.export, "TOLERANCE", -1.0)   # no difference passes
+    err = one_line_error(capsys, ["export", str(spec), "--onnx", str(file)])
+    assert str(file) in err and "differs from PyTorch's" in err and "not written" in err
+    assert file.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arch.yaml", "net.onnx"]
+
+
 # -- bad inputs: non-zero exit, one line, no traceback ---------------------------------------------
 def test_spec_from_a_newer_version(tmp_path):
     spec = write_spec(tmp_path / "arch.yaml", {"ubnas_spec": 2})

@@ -68,28 +68,36 @@ def export_onnx(spec_path, onnx_path, weights: Optional[str] = None, check: bool
         if written != opset:
             raise ValueError(f"--opset {opset}: torch's ONNX exporter could not convert this network "
                              f"to opset {opset} (it wrote {written}); try {OPSET}")
+        result = _checked_against_torch(model, spec, tmp, check, onnx_path)   # a file that fails it is not kept
+        result.update(onnx=str(onnx_path), weights=weights, opset=opset)
         os.replace(tmp, onnx_path)
     finally:
         for log, level in zip(logs, levels):
             log.setLevel(level)
         if tmp.exists():
             tmp.unlink()
-    result: Dict[str, Any] = {"onnx": str(onnx_path), "spec": str(spec.origin), "weights": weights,
-                              "opset": opset, "input_shape": ["batch", *spec.input_shape],
+    return result
+
+
+def _checked_against_torch(model, spec, onnx_file, check: bool, name) -> Dict[str, Any]:
+    """Run ``onnx_file`` in onnxruntime (when installed and ``check``) on a seeded batch of 3 and
+    compare with ``model``; ValueError when the max abs difference exceeds TOLERANCE."""
+    result: Dict[str, Any] = {"spec": str(spec.origin), "input_shape": ["batch", *spec.input_shape],
                               "checked": False}
-    if check:
-        try:
-            import onnxruntime
-        except ImportError:
-            return result
-        x = torch.randn((3,) + tuple(spec.input_shape), generator=torch.Generator().manual_seed(1))
-        with torch.no_grad():
-            expected = model(x).numpy()
-        session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-        diff = float(abs(got - expected).max())
-        result.update(checked=True, max_abs_diff=diff, tolerance=TOLERANCE)
-        if not diff <= TOLERANCE:
-            raise ValueError(f"{onnx_path}: onnxruntime's output differs from PyTorch's by {diff:.3g} "
-                             f"(max abs, tolerance {TOLERANCE:g})")
+    if not check:
+        return result
+    try:
+        import onnxruntime
+    except ImportError:
+        return result
+    x = torch.randn((3,) + tuple(spec.input_shape), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    diff = float(abs(got - expected).max())
+    result.update(checked=True, max_abs_diff=diff, tolerance=TOLERANCE)
+    if not diff <= TOLERANCE:
+        raise ValueError(f"{name}: onnxruntime's output differs from PyTorch's by {diff:.3g} (max abs, tolerance "
+                         f"{TOLERANCE:g}); not written")
     return result
