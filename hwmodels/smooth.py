@@ -3,9 +3,16 @@
 The same equations evaluated in torch on batches of layers whose channel counts
 may be soft (float tensors that carry gradients).  Only the ceilings change:
 
-* ``sigmoid``: ceil(x / d) ~ sum_k sigmoid((x - k*d - 1/2) / t).  Each step sits
-  half-way between the integer counts k*d and k*d + 1, so at integer counts the
-  value is within ~2*sigmoid(-1/(2t)) of the exact ceiling (t in elements).
+* ``sigmoid``: ceil(x / d) ~ first(x) + sum_{k>=1} sigmoid((x - k*d - 1/2) / t),
+  t the temperature in elements.  The k = 0 step, first(x), is exactly 1 for
+  x >= 1 (a layer of one channel or more has at least one tile) and a
+  rescaled sigmoid from 0 at x = 0 to 1 at x = 1 below that.  Every other
+  step sits half-way between the integer counts k*d and k*d + 1, so at an
+  integer count x the value is off by the tails of the steps next to it,
+  sigmoid(-|x - k*d - 1/2| / t) each: up to sigmoid(-1/(2t)) = 0.38, 0.27,
+  0.12, 0.007 at t = 1, 0.5, 0.25, 0.1 for x = k*d or k*d + 1 (too many
+  tiles at a multiple of d, too few one past it), and at most twice that
+  where d is so small that two steps are near.
   Only the steps within ``window`` = 3 + ceil(10 t / d) steps of x are
   evaluated (wide enough that the ones left out are within sigmoid(-10) ~ 5e-5
   of 0 or 1, so the window moving with x leaves no visible jump; at most
@@ -16,8 +23,13 @@ may be soft (float tensors that carry gradients).  Only the ceilings change:
   cycles), backward is the sigmoid surrogate's derivative.
 
 U-Boost's surrogate put each step ~0.125 tiles above the integer, read
-values below 1 for x < 0.25 tiles and overflowed past 300 tiles; both
-surrogates here avoid all three.
+values below 1 for x < 0.25 tiles and overflowed past 300 tiles.  Neither
+surrogate here overflows or reads below 1 tile for x >= 1 element.
+``straight_through``'s forward is exact; ``sigmoid``'s steps are centred
+between the integers rather than offset, but at a finite temperature its
+values at integer counts still carry the blur above (a layer whose width is
+a multiple of the array side reads sigmoid(-1/(2t)) tiles too many), so
+its cost converges to the exact one only as t -> 0.
 """
 from __future__ import annotations
 
@@ -36,12 +48,28 @@ MAX_WINDOW = 1024   # steps evaluated either side of x by the sigmoid ceiling
 
 
 def hard_ceil_div(x: torch.Tensor, d: float) -> torch.Tensor:
-    """Number of steps k*d + 1/2 <= x (k >= 0): equals ceil(x / d) at integer x >= 1."""
+    """Number of steps k*d + 1/2 <= x (k >= 0): equals ceil(x / d) at integer x >= 0."""
     return torch.clamp(torch.floor((x - 0.5) / d) + 1, min=0)
 
 
+def _first_step(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The k = 0 step of the sigmoid ceiling: exactly 0 for x <= 0 and exactly 1 for x >= 1
+    (any layer with one channel or more has at least one tile), and in between the sigmoid
+    centred at 1/2 rescaled to run from 0 to 1, so a count below one element still has a
+    gradient towards it."""
+    half = 0.5 / temperature
+    # sigmoid(half) - sigmoid(-half) = tanh(half / 2); sigmoid(-half) = (1 - tanh(half / 2)) / 2
+    span = math.tanh(half / 2)
+    ramp = (torch.sigmoid((x - 0.5) / temperature) - (1 - span) / 2) / span
+    ramp = torch.clamp(ramp, 0.0, 1.0)
+    return torch.where(x >= 1, torch.ones_like(ramp), ramp)
+
+
 def sigmoid_ceil_div(x: torch.Tensor, d: float, temperature: float) -> torch.Tensor:
-    """Smooth ceil(x / d): steps of width ``temperature`` (elements) centred at k*d + 1/2."""
+    """Smooth ceil(x / d) of a count ``x`` (elements, any shape; returns the same shape).
+
+    Steps k >= 1 are sigmoids of width ``temperature`` (elements) centred at k*d + 1/2; the
+    k = 0 step is ``_first_step`` (exactly 1 once x >= 1)."""
     if not temperature > 0:
         raise ValueError(f"surrogate temperature must be > 0, got {temperature}")
     # capped: a temperature beyond ~100 steps is no ceiling any more, and must not exhaust memory
@@ -49,10 +77,10 @@ def sigmoid_ceil_div(x: torch.Tensor, d: float, temperature: float) -> torch.Ten
     last = torch.floor((x.detach() - 0.5) / d)                      # index of the last step <= x
     offsets = torch.arange(-window + 1, window + 1, device=x.device, dtype=x.dtype)
     ks = last.unsqueeze(-1) + offsets                              # (..., 2*window) nearby steps
-    first = torch.clamp(last - window + 1, min=0)                  # steps below: fully on
+    below = torch.clamp(last - window, min=0)                      # steps 1 .. last-window: fully on
     steps = torch.sigmoid((x.unsqueeze(-1) - ks * d - 0.5) / temperature)
-    steps = torch.where(ks >= 0, steps, torch.zeros_like(steps))
-    return first + steps.sum(-1)
+    steps = torch.where(ks >= 1, steps, torch.zeros_like(steps))  # k = 0 is _first_step
+    return _first_step(x, temperature) + below + steps.sum(-1)
 
 
 def soft_ceil_div(x: torch.Tensor, d: float, surrogate: str = "straight_through",

@@ -51,10 +51,43 @@ def test_sigmoid_surrogate_has_no_overflow_and_no_offset():
 def test_sigmoid_surrogate_equals_the_untruncated_sum_of_steps(d, t):
     # A soft temperature next to a small step (the fold-rounds ceiling over 2 or 4 arrays): the
     # evaluated window moves with x, and must do so without a jump against the sum over all steps.
+    # The k = 0 step is 1 from one element on (below, the sigmoid rescaled to run 0 -> 1 on [0, 1]).
     x = torch.linspace(0.0, 30.0 * d, 6001, dtype=torch.float64)
-    ks = torch.arange(0, 40, dtype=torch.float64)
-    full = torch.sigmoid((x[:, None] - ks * d - 0.5) / t).sum(1)
+    ks = torch.arange(1, 40, dtype=torch.float64)
+    lo, hi = 1 / (1 + math.exp(0.5 / t)), 1 / (1 + math.exp(-0.5 / t))
+    first = torch.where(x >= 1, torch.ones_like(x), (torch.sigmoid((x - 0.5) / t) - lo) / (hi - lo))
+    full = first + torch.sigmoid((x[:, None] - ks * d - 0.5) / t).sum(1)
     assert (sigmoid_ceil_div(x, d, t) - full).abs().max() < 1e-3
+
+
+def test_sigmoid_surrogate_first_tile_is_whole_from_one_element():
+    # ceil(x / 128) = 1 for 1 <= x <= 128.  At t = 1 the old k = 0 step, centred at 1/2, read
+    # sigmoid(0.5) = 0.62 at x = 1.  Now 1 exactly; what is left near 128 is the k = 1 step's tail,
+    # sigmoid((x - 128.5) / t): sigmoid(-1.5) = 0.182 at 127, sigmoid(-0.5) = 0.378 at 128,
+    # sigmoid(0.5) = 0.622 at 129 (so 1.182, 1.378, 1.622), the blur of temperature 1.
+    x = torch.tensor([1.0, 2.0, 64.0, 127.0, 128.0, 129.0], dtype=torch.float64, requires_grad=True)
+    value = sigmoid_ceil_div(x, 128, 1.0)
+    s = lambda z: 1 / (1 + math.exp(-z))
+    expected = [1.0, 1.0, 1.0, 1 + s(-1.5), 1 + s(-0.5), 1 + s(0.5)]
+    assert value[0].item() == 1.0
+    assert value.tolist() == pytest.approx(expected, abs=1e-12)
+    # gradient: flat on the first tile, the k = 1 step's slope s'(z) / t = s(z)(1 - s(z)) near 128
+    (grad,) = torch.autograd.grad(value.sum(), x)
+    slope = lambda z: s(z) * (1 - s(z))
+    assert grad.tolist() == pytest.approx([0.0, 0.0, 0.0, slope(-1.5), slope(-0.5), slope(0.5)], abs=1e-12)
+    for t in (0.1, 0.5, 1.0, 4.0):   # never below 1 tile from one element on, at any temperature
+        xs = torch.arange(1.0, 300.0, dtype=torch.float64)
+        assert (sigmoid_ceil_div(xs, 8, t) >= 1.0).all() and (sigmoid_ceil_div(xs, 128, t) >= 1.0).all()
+
+
+def test_sigmoid_surrogate_counts_a_depthwise_layer_whole_at_temperature_one():
+    # 3x3 depthwise, 32 channels, 8x8 output: 32 GEMMs of M = 64, K = 9, N = 1; on one 128 x 128
+    # array in uboost mode each takes ceil(9/128) * ceil(1/128) = 1 tile of 64 rows: 32 * 64 = 2048
+    # cycles.  The old first step read 0.62 * 0.62 of a tile, 38 % of the true cycles.
+    acc = load_accelerator("uboost")
+    dw = ConvLayer("dw", 8, 8, 32, 32, 3, 3, padding=1, groups=32)
+    got = network_cost_torch(from_layers([dw]), acc, "uboost", "sigmoid", temperature=1.0)["cycles"]
+    assert float(got) == pytest.approx(2048.0, rel=1e-12)
 
 
 def test_sigmoid_surrogate_refuses_a_temperature_that_is_not_positive():
