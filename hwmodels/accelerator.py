@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import yaml
 
@@ -157,7 +157,9 @@ def from_dict(data: Dict[str, Any], origin: str = "<dict>", name: Optional[str] 
         if key not in data:
             raise HardwareConfigError(f"{origin}: missing key '{key}'")
     kwargs: Dict[str, Any] = {k: _coerce(data[k], t, k, origin) for k, t in _FIELDS.items() if k in data}
-    cal = data.get("calibration") or {}
+    cal = data.get("calibration")
+    if cal is None:               # absent, or 'calibration:' with nothing under it
+        cal = {}
     if not isinstance(cal, dict):
         raise HardwareConfigError(f"{origin}: key 'calibration' expected a mapping, got {cal!r}")
     bad = sorted(set(cal) - _CAL_FIELDS)
@@ -180,25 +182,42 @@ def preset_names():
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def load_accelerator(name_or_path: Union[str, os.PathLike]) -> Accelerator:
-    """Load a preset by name (``uboost``, ``tpu_v2``, ...) or a YAML file path."""
-    path = Path(name_or_path)
-    if not path.suffix and (PRESET_DIR / f"{path.name}.yaml").exists():
-        path = PRESET_DIR / f"{path.name}.yaml"
-    elif not path.exists():
+def _resolve(name_or_path: Union[str, os.PathLike]) -> Tuple[Path, bool]:
+    """(path, is_preset) of an accelerator argument: an existing file or directory first (so a
+    user's file named like a preset is that file); otherwise, when the argument has no directory
+    part, the shipped preset of that name; otherwise a one-line HardwareConfigError."""
+    text = os.fspath(name_or_path)
+    path = Path(text)
+    if text and path.exists():
+        return path, False
+    bare = bool(text) and not os.path.dirname(text) and os.sep not in text \
+        and (os.altsep is None or os.altsep not in text)
+    if bare and (PRESET_DIR / f"{text}.yaml").is_file():
+        return PRESET_DIR / f"{text}.yaml", True
+    if bare:
         raise HardwareConfigError(
-            f"{name_or_path}: no such preset or file (presets: {', '.join(preset_names())})")
+            f"{text or '<empty>'}: no such preset or file (presets: {', '.join(preset_names())})")
+    raise HardwareConfigError(
+        f"{text}: no such file (a preset is named without a directory: {', '.join(preset_names())})")
+
+
+def load_accelerator(name_or_path: Union[str, os.PathLike]) -> Accelerator:
+    """Load a YAML file, or a preset (``uboost``, ``tpu_v2``, ...) by a name without a directory
+    part when no file of that name exists."""
+    path, _ = _resolve(name_or_path)
     data = read_yaml(path, HardwareConfigError)
     return from_dict(data, origin=str(path), name=path.stem)
 
 
 def calibrated_mode(name_or_path: Union[str, os.PathLike]) -> Optional[str]:
     """The cost model (``systolic`` or ``uboost``) an accelerator YAML's calibration was fitted for
-    (its ``fit_report.mode``), or None for a preset or an uncalibrated file."""
-    path = Path(name_or_path)
-    if not path.suffix or not path.is_file():
+    (its ``fit_report.mode``), or None for a preset or an uncalibrated file.  The argument is
+    resolved as ``load_accelerator`` resolves it; one it cannot load is a HardwareConfigError."""
+    path, preset = _resolve(name_or_path)
+    if preset:
         return None
-    report = read_yaml(path, HardwareConfigError).get("fit_report")
+    data = read_yaml(path, HardwareConfigError)
+    report = data.get("fit_report") if isinstance(data, dict) else None
     mode = report.get("mode") if isinstance(report, dict) else None
     return mode if isinstance(mode, str) else None
 

@@ -137,3 +137,52 @@ def test_a_wrong_type_is_named_in_plain_words(tmp_path, key, value, expected):
     with pytest.raises(HardwareConfigError) as info:
         load_accelerator(path)
     assert str(info.value) == f"{path}: key '{key}' {expected}"
+
+
+def test_a_path_is_never_taken_for_a_preset_name(tmp_path, monkeypatch):
+    # '/.../nonexistent/tpu_v4' used to load the tpu_v4 preset because it had no suffix
+    missing = tmp_path / "nonexistent" / "tpu_v4"
+    with pytest.raises(HardwareConfigError, match="no such file") as info:
+        load_accelerator(missing)
+    assert str(missing) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(HardwareConfigError, match="no such file"):
+        load_accelerator("./nonexistent/tpu_v4")
+    # a user's file named like a preset, in another directory or in the working directory, is that file
+    mine = write(tmp_path, {**GOOD, "name": "mine"}, name="tpu_v4")
+    assert load_accelerator(mine).name == "mine" and load_accelerator(str(mine)).array_rows == 16
+    monkeypatch.chdir(tmp_path)
+    assert load_accelerator("tpu_v4").name == "mine"
+    # a bare name with no such file is the preset (tpu_v4: 128 x 128 MXUs, 4 per core)
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")
+    preset = load_accelerator("tpu_v4")
+    assert (preset.array_rows, preset.array_cols, preset.num_arrays) == (128, 128, 4)
+
+
+def test_calibrated_mode_resolves_like_load_accelerator(tmp_path, monkeypatch):
+    from hwmodels.accelerator import calibrated_mode
+    # a calibrated file without a suffix used to read as uncalibrated (None)
+    fitted = write(tmp_path, {**GOOD, "fit_report": {"mode": "uboost"}}, name="tpu_v4")
+    assert calibrated_mode(fitted) == "uboost"
+    monkeypatch.chdir(tmp_path)
+    assert calibrated_mode("tpu_v4") == "uboost"          # the file, as load_accelerator takes it
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")
+    assert calibrated_mode("tpu_v4") is None              # the preset: never calibrated
+    with pytest.raises(HardwareConfigError, match="no such file"):
+        calibrated_mode(tmp_path / "nonexistent" / "tpu_v4")
+
+
+@pytest.mark.parametrize("text, shown", [("calibration: []\n", "[]"), ("calibration: 0\n", "0"),
+                                         ("calibration: ''\n", "''"), ("calibration: [1]\n", "[1]")])
+def test_calibration_that_is_not_a_mapping_names_file_and_key(tmp_path, text, shown):
+    # '[]', 0 and '' are falsy and used to load as no calibration at all
+    path = write(tmp_path, yaml.safe_dump(GOOD) + text)
+    with pytest.raises(HardwareConfigError) as info:
+        load_accelerator(path)
+    assert str(info.value) == f"{path}: key 'calibration' expected a mapping, got {shown}"
+
+
+def test_an_empty_calibration_key_is_no_calibration(tmp_path):
+    acc = load_accelerator(write(tmp_path, yaml.safe_dump(GOOD) + "calibration:\n"))
+    assert acc.calibration == Calibration()
