@@ -165,7 +165,9 @@ def test_cli_bad_inputs_exit_nonzero_without_traceback(tmp_path):
                                        ("weight_lr", -1.0), ("arch_lr", 0.0), ("weight_momentum", 1.0),
                                        ("max_steps_per_epoch", 0), ("max_steps_per_epoch", -3),
                                        ("weight_decay", -1e-4), ("temperature", 0.0), ("tau0", float("inf")),
-                                       ("arch_lr", float("nan")), ("lambda_latency", float("inf"))])
+                                       ("arch_lr", float("nan")), ("lambda_latency", float("inf")),
+                                       ("target_latency_us", float("nan")), ("target_latency_us", float("inf")),
+                                       ("seed", -1), ("seed", 10**23)])
 def test_search_config_rejects_values_that_break_the_search(key, value):
     """Each of these ran before (NaN losses, gradient ascent, zero steps) and exported an arch."""
     SearchConfig().validate()
@@ -181,7 +183,7 @@ def test_cli_blames_the_flag_or_the_file_that_holds_the_bad_value(tmp_path, caps
     out = ["--out", str(tmp_path / "run"), "--quiet"]
     assert main(["search", "--config", str(good), "--epochs", "-1", *out]) == 2
     err = capsys.readouterr().err
-    assert "command line: key 'epochs'" in err and str(good) not in err, err
+    assert "--epochs must be >= 1" in err and str(good) not in err, err
     assert main(["search", "--config", str(bad), *out]) == 2
     assert f"{bad}: key 'epochs'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
@@ -240,6 +242,41 @@ def test_one_hot_ops_run_only_the_chosen_op_and_match_the_mixture(impl):
     hard = net.sample("softmax", hard_ops=True)
     soft = type(hard)(hard.ops, hard.widths, hard_ops=False)
     assert torch.allclose(net(x, hard), net(x, soft), atol=1e-10)
+
+
+@pytest.mark.parametrize("first_bad_epoch", [1, 2])
+def test_a_diverging_search_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, first_bad_epoch):
+    """Weights driven to inf (a huge lr from one epoch on) stop the search with one error that
+    says where; no arch.yaml is written and the checkpoint on disk is the last finite epoch."""
+    import ubnas.search as search_module
+    real_step = search_module.search_step
+
+    def step(net, batch, val_batch, w_opt, a_opt, *args, **kwargs):
+        if len(w_opt.state) and w_opt.param_groups[0]["lr"] < 1 and epochs_done() >= first_bad_epoch - 1:
+            for group in w_opt.param_groups:
+                group["lr"] = 1e38   # clipped gradients of norm <= 5: weights reach inf
+        return real_step(net, batch, val_batch, w_opt, a_opt, *args, **kwargs)
+
+    out = tmp_path / "run"
+
+    def epochs_done():
+        path = out / "checkpoint.pt"
+        return torch.load(path, weights_only=False)["epoch"] if path.exists() else 0
+
+    monkeypatch.setattr(search_module, "search_step", step)
+    cfg = SearchConfig(epochs=3, max_steps_per_epoch=3, batch_size=16, out=str(out), kernels="eager")
+    with pytest.raises(ValueError, match="search diverged") as info:
+        run_search(cfg, progress=False)
+    message = str(info.value)
+    assert f"epoch {first_bad_epoch}/3" in message and "lower --weight-lr" in message
+    assert not (out / "arch.yaml").exists()
+    if first_bad_epoch == 1:
+        assert "no checkpoint was written" in message and not (out / "checkpoint.pt").exists()
+    else:
+        assert f"{out / 'checkpoint.pt'} keeps epoch 1" in message
+        ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+        assert ckpt["epoch"] == 1
+        assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
 
 
 def _darts_cell_by_hand(logits, op_names, nodes):

@@ -43,6 +43,10 @@ __all__ = ["STAGES", "SearchConfig", "SearchResult", "config_from_yaml", "cost_f
            "export_spec", "make_optimizers", "run_search", "search_step", "stage_at"]
 
 
+class SearchDiverged(ValueError):
+    """A loss or the latency became non-finite (a ValueError: the CLI prints one line)."""
+
+
 @dataclass
 class SearchResult:
     """What a search leaves: its run directory, the per-epoch log rows, the exported spec (None when
@@ -177,6 +181,17 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
                 break
             taken = search_step(net, (xb, yb), (xv, yv), w_opt, a_opt, cost_of, cfg, tau, latency_ref, mu,
                                 gumbel_gen, hard_ops)
+            losses = {"training loss": taken.loss.item(), "validation loss": taken.val_loss.item(),
+                      "latency": float(taken.cost["seconds"].detach())}
+            # all ranks stop together (a NaN on one rank reaches all weights through the all-reduce)
+            means = dict(zip(losses, dist.mean_over_ranks(list(losses.values()))))
+            bad = [f"the {name} is {value}" for name, value in means.items() if not math.isfinite(value)]
+            if bad:   # the weights or logits are lost; the checkpoint on disk is the last good epoch
+                if bar is not None:
+                    bar.close()
+                kept = f"{ckpt_path} keeps epoch {epoch}" if epoch > 0 else "no checkpoint was written"
+                raise SearchDiverged(f"search diverged: {', '.join(bad)} at epoch {epoch + 1}/{cfg.epochs}, "
+                                     f"step {step + 1}; {kept}; start over with lower --weight-lr / --arch-lr")
             if taken.latency_ratio is not None:   # dual ascent on the latency constraint, rank 0's ratio everywhere
                 ratio = float(dist.broadcast_object(float(taken.latency_ratio.detach())))
                 mu = max(0.0, mu + cfg.dual_lr * (ratio - 1))
@@ -192,9 +207,9 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
             if check_sync:   # BN running statistics differ per shard until the epoch's end, by design
                 dist.assert_same(list(net.weight_parameters()) + list(net.arch_parameters()),
                                  f"weights and architecture parameters at step {arch_steps}")
-            sums["loss"] += taken.loss.item()
+            sums["loss"] += losses["training loss"]
             sums["acc"] += float((taken.logits.argmax(1) == yb).float().mean())
-            sums["val_loss"] += taken.val_loss.item()
+            sums["val_loss"] += losses["validation loss"]
             sums["val_acc"] += float((taken.val_logits.argmax(1) == yv).float().mean())
             sums["n"] += 1
             if bar is not None:
@@ -218,6 +233,12 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
             row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         history.append(row)
         dist.broadcast_module(net)   # BN running statistics differ per shard: take rank 0's
+        if not all(bool(torch.isfinite(t).all()) for t in net.state_dict().values() if t.is_floating_point()):
+            # the last step's update overflowed although its losses were finite: save nothing
+            kept = f"{ckpt_path} keeps epoch {epoch}" if epoch > 0 else "no checkpoint was written"
+            raise SearchDiverged(f"search diverged: the weights or architecture parameters are not finite "
+                                 f"after epoch {epoch + 1}/{cfg.epochs}; {kept}; start over with lower "
+                                 f"--weight-lr / --arch-lr")
         if main:   # the checkpoint first: a log never lists an epoch that no checkpoint holds
             atomic_torch_save({
                 "config": asdict(cfg), "epoch": epoch + 1, "arch_steps": arch_steps, "mu": mu,

@@ -12,6 +12,7 @@ from .cost import COST_MODELS, WIDTH_COSTS
 from .supernet import RELAXATIONS
 
 STAGES = ("staged", "joint", "op", "channel")
+MAX_SEED = 2**62   # torch seeds are 64-bit, and the run seeds its generators with seed + 1, + 2
 
 @dataclass
 class SearchConfig:
@@ -52,33 +53,41 @@ class SearchConfig:
     max_steps_per_epoch: Optional[int] = None
 
     def validate(self, origin: str = "config") -> None:
+        """One-line ValueError for a value that would break the search; ``origin`` is the --config
+        file's path, or "command line" (then the error names the flag)."""
+        def where(key: str) -> str:
+            return f"--{key.replace('_', '-')}" if origin == "command line" else f"{origin}: key '{key}'"
+
         choices = {"cost_model": COST_MODELS, "channels": ("dynamic", "fixed"), "stage": STAGES,
                    "relaxation": RELAXATIONS, "surrogate": ("sigmoid", "straight_through"),
                    "split": ("half", "80_20"), "width_cost": WIDTH_COSTS,
                    "kernels": ("eager", "reference", "triton", "auto")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
-                raise ValueError(f"{origin}: key '{key}' expected one of {', '.join(allowed)}, "
+                raise ValueError(f"{where(key)} expected one of {', '.join(allowed)}, "
                                  f"got {getattr(self, key)!r}")
         for key in ("epochs", "batch_size", "realloc_every", "hw_batch", "max_steps_per_epoch"):
             value = getattr(self, key)
             if value is not None and int(value) < 1:
-                raise ValueError(f"{origin}: key '{key}' must be >= 1, got {value!r}")
+                raise ValueError(f"{where(key)} must be >= 1, got {value!r}")
         # rates and scales that a sign error turns into a silently wrong search (NaN, ascent)
         for key in ("tau0", "tau_decay", "temperature", "weight_lr", "arch_lr", "grad_clip"):
             value = float(getattr(self, key))
             if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{origin}: key '{key}' must be finite and > 0, got {getattr(self, key)!r}")
+                raise ValueError(f"{where(key)} must be finite and > 0, got {getattr(self, key)!r}")
         for key in ("weight_decay", "arch_weight_decay", "dual_lr", "lambda_latency", "beta_utilization"):
             value = float(getattr(self, key))
             if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{origin}: key '{key}' must be finite and >= 0, got {getattr(self, key)!r}")
+                raise ValueError(f"{where(key)} must be finite and >= 0, got {getattr(self, key)!r}")
         if not 0 <= self.weight_momentum < 1:
-            raise ValueError(f"{origin}: key 'weight_momentum' must be in [0, 1), got {self.weight_momentum!r}")
+            raise ValueError(f"{where('weight_momentum')} must be in [0, 1), got {self.weight_momentum!r}")
         if not isinstance(self.out, str) or not self.out.strip():
-            raise ValueError(f"{origin}: key 'out' expected a run directory, got {self.out!r}")
-        if self.target_latency_us is not None and self.target_latency_us <= 0:
-            raise ValueError(f"{origin}: key 'target_latency_us' must be > 0, got {self.target_latency_us}")
+            raise ValueError(f"{where('out')} expected a run directory, got {self.out!r}")
+        if self.target_latency_us is not None and not (math.isfinite(self.target_latency_us)
+                                                       and self.target_latency_us > 0):
+            raise ValueError(f"{where('target_latency_us')} must be finite and > 0, got {self.target_latency_us}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"{where('seed')} must be in [0, {MAX_SEED}], got {self.seed}")
 
 
 def config_from_yaml(path: str) -> Dict[str, Any]:
