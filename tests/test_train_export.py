@@ -159,6 +159,31 @@ def test_resume_names_a_flag_set_to_its_default_that_the_checkpoint_overrides(tm
     assert json.loads((out / "metrics.json").read_text())["config"]["lr"] == 0.3
 
 
+def test_resume_keeps_the_data_dir_and_accelerator_of_the_first_run(tmp_path, capsys):
+    """--resume without --data-dir or --hw runs on the first invocation's data and hardware."""
+    import pickle
+
+    import numpy as np
+
+    from ubnas.data import CIFAR_FILES
+    cifar = tmp_path / "cifar"
+    cifar.mkdir()
+    rng = np.random.default_rng(0)
+    for name in CIFAR_FILES:   # 4 random images per batch file, in the python-pickle format
+        with open(cifar / name, "wb") as fh:
+            pickle.dump({b"labels": [int(v) for v in rng.integers(0, 10, 4)],
+                         b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8)}, fh)
+    spec = write_spec(tmp_path / "arch.yaml", {"input_shape": [3, 32, 32]})
+    out = tmp_path / "run"
+    first = TrainConfig(spec=str(spec), out=str(out), data="cifar10", data_dir=str(cifar), epochs=2,
+                        device="cpu", hw="uboost")   # the spec was searched on edge_32x32
+    train(first, progress=False, stop_after_epoch=1)
+    assert main(["train", str(spec), "--out", str(out), "--resume", "--quiet"]) == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["data_dir"] == str(cifar) and metrics["hardware"]["accelerator"] == "uboost"
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2]
+
+
 def test_onecycle_and_label_smoothing_run(tmp_path):
     spec = write_spec(tmp_path / "arch.yaml")
     from ubnas.train import lr_at
@@ -218,7 +243,8 @@ def test_train_refuses_to_overwrite_a_search_checkpoint(tmp_path, capsys):
 
 @pytest.mark.parametrize("flag,value", [("--lr", "inf"), ("--lr", "nan"), ("--momentum", "5"),
                                         ("--momentum", "1"), ("--momentum", "-1"), ("--weight-decay", "nan"),
-                                        ("--weight-decay", "inf"), ("--grad-clip", "nan"), ("--grad-clip", "-1")])
+                                        ("--weight-decay", "inf"), ("--grad-clip", "nan"), ("--grad-clip", "-1"),
+                                        ("--seed", "-1"), ("--seed", "99999999999999999999999")])
 def test_values_that_make_training_diverge_are_refused(tmp_path, capsys, flag, value):
     spec = write_spec(tmp_path / "arch.yaml")
     err = one_line_error(capsys, ["train", str(spec), "--out", str(tmp_path / "run"), "--epochs", "1",

@@ -76,7 +76,7 @@ def _cifar_dir(data_dir: str | None) -> str:
     hint = (f"expected CIFAR-10 python batches {', '.join(CIFAR_FILES)} "
             f"(cifar-10-python.tar.gz from {CIFAR_URL}, extracted)")
     if data_dir is None:
-        raise DataError(f"cifar10 needs data_dir: {hint}")
+        raise DataError(f"cifar10 needs --data-dir: {hint}")
     if not os.path.isdir(data_dir):
         raise DataError(f"CIFAR-10 directory not found: {data_dir}; {hint}")
     sub = os.path.join(data_dir, "cifar-10-batches-py")

@@ -43,6 +43,8 @@ SEARCH_CHECKPOINT_KEYS = ("arch_steps", "windows", "a_opt")
 # options a resumed run takes from its checkpoint: they shape the trajectory
 TRAJECTORY_KEYS = ("data", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule",
                    "label_smoothing", "grad_clip", "augment", "seed")
+# options a resumed run takes from its checkpoint unless given again: where and on what it runs
+PLACEMENT_KEYS = ("data_dir", "device", "hw")
 
 
 @dataclass
@@ -83,6 +85,8 @@ class TrainConfig:
             raise ValueError(f"--weight-decay: expected a finite value >= 0, got {self.weight_decay}")
         if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):   # 0 is documented as "off"
             raise ValueError(f"--grad-clip: expected a finite norm > 0, or 0 for no clipping, got {self.grad_clip}")
+        if not 0 <= self.seed <= 2**62:   # torch seeds are 64-bit
+            raise ValueError(f"--seed: expected an integer in [0, 2**62], got {self.seed}")
         if not str(self.out).strip():   # Path("") is the current directory, whose files a start-over removes
             raise ValueError(f"--out: expected a run directory, got {self.out!r}")
 
@@ -250,7 +254,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         ignored = ignored_on_resume(cfg, saved, TrainConfig(spec=cfg.spec), TRAJECTORY_KEYS, given)
         if ignored:
             say(f"note: resuming {ckpt_path} with its saved schedule; ignored: {', '.join(ignored)}")
-        cfg = TrainConfig(**{**asdict(cfg), **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}})
+        # where and on what it runs: this invocation's if given, else the first run's (a CIFAR run
+        # resumed without --data-dir finds its data)
+        here = set(given) if given is not None else {
+            k for k in PLACEMENT_KEYS if getattr(cfg, k) != getattr(TrainConfig(spec=cfg.spec), k)}
+        kept = {k: saved[k] for k in PLACEMENT_KEYS if k not in here and k in saved}
+        cfg = TrainConfig(**{**asdict(cfg), **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}, **kept})
     cfg.validate()
     acc, why = pick_accelerator(spec, cfg.hw)   # once, before training: a bad --hw fails now
     if why == "default" and spec.provenance.get("accelerator"):
