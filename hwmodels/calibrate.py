@@ -180,7 +180,9 @@ def scalesim_rows(layers: Sequence[Layer], acc: Accelerator, cache_path=DEFAULT_
         elif key not in {k for k, _ in todo}:
             todo.append((key, layer))
     if todo:
-        from .scalesim import run_scalesim
+        from .scalesim import _topology_row, run_scalesim
+        for _, layer in todo:   # every layer checked before the first (slow) simulation
+            _topology_row(layer)
         iterator = todo
         if progress:
             from tqdm import tqdm

@@ -14,10 +14,14 @@ How layers are represented (SCALE-Sim has no padding, groups, dilation or batch)
 * groups g > 1 (depthwise included): g identical convs of in_channels/g inputs and
   out_channels/g filters -- what SCALE-Sim's own "DP" topology expansion does.  One
   group is simulated and its cycles are multiplied by g (= the sum over the g runs).
-* conv with batch > 1, LinearLayer, GemmLayer: a GEMM-mode row (M, N, K) with
-  M = batch*out_h*out_w (resp. batch), K = window, N = outputs.  Compute cycles
-  depend only on (M, K, N); GEMM mode does not model im2col reuse in memory.
-* dilation > 1 or unequal strides: ValueError (no faithful SCALE-Sim form).
+* conv with batch > 1, dilation > 1 or unequal strides (SCALE-Sim's conv rows
+  have none of these), LinearLayer, GemmLayer: a GEMM-mode row (M, N, K) with
+  M = batch*out_h*out_w (resp. batch), K = window (per group), N = outputs (per
+  group), once per group.  Compute cycles depend only on (M, K, N): on SCALE-Sim
+  3.0.0 a GEMM row and a conv row with the same (M, K, N) give the same compute
+  cycles (checked for ws, os and is on 4x4, 4x8 and 8x4 arrays with dilated,
+  unequal-stride and grouped convs, tests/test_cal_scalesim_rows.py); GEMM mode
+  does not model im2col reuse in memory, which only the memory side would see.
 
 Stall-free compute cycles (large SRAM, CALC bandwidth mode), with F = folds:
   ws: ceil(K/R)*ceil(N/C)*(2R + C + M - 2) - 1
@@ -68,14 +72,10 @@ def _import_scalesim():
 def _topology_row(layer):
     """Return (gemm_mode, csv_row, groups) for one layer of hwmodels.layers."""
     if isinstance(layer, ConvLayer):
-        if layer.dilation != (1, 1):
-            raise ValueError(f"layer {layer.name!r}: SCALE-Sim has no dilated convolution; pass "
-                             "GemmLayer(name, **vars(layer.lower())) to simulate its GEMM instead")
-        if layer.stride[0] != layer.stride[1]:
-            raise ValueError(f"layer {layer.name!r}: SCALE-Sim conv topologies take one stride "
-                             f"for both axes, got {layer.stride}")
         g = layer.groups
-        if layer.batch > 1:  # SCALE-Sim 3.0.0 hard-codes batch 1: stream B*Ho*Wo rows
+        # SCALE-Sim 3.0.0's conv rows have batch 1, no dilation and one stride for both axes:
+        # otherwise simulate the conv's GEMM (B*Ho*Wo rows), which has the same compute cycles
+        if layer.batch > 1 or layer.dilation != (1, 1) or layer.stride[0] != layer.stride[1]:
             gemm = layer.lower()
             return True, f"L,{gemm.m},{gemm.n},{gemm.k},", g
         # Padded ifmap, cropped to the rows/cols the conv reads: SCALE-Sim's ofmap is
