@@ -145,6 +145,8 @@ BAD = [
     ("cells", [], "key 'cells' expected a non-empty list"),
     ("stem/kernel", 4, "key 'stem.kernel' expected an odd kernel size"),
     ("input_shape", [1, 2, 2], "key 'cells[1].pool_after' needs a map of at least 2x2"),
+    # 9 -> 4 after cell 0's pool; cell 1's s0 (9x9) through its stride-2 1x1 conv is 5x5, not 4x4
+    ("input_shape", [1, 9, 9], "inputs of 9x9 and 4x4 do not differ by the stride 2"),
 ]
 
 
