@@ -4,8 +4,10 @@ Two modes:
 
 ``uboost``  U-Boost NAS's weight-stationary model, kept as the baseline: the
             K x N weight matrix is cut into ceil(K/R) x ceil(N/C) tiles, each
-            streams M rows; cycles = ceil(K/R) * ceil(N/C) * M.  No fill/drain,
-            no weight loading, no memory bound.
+            streams M rows; cycles = ceil(K/R) * ceil(N/C) * M on one R x C
+            array, utilization = MACs / (cycles * R * C).  No fill/drain, no
+            weight loading, no memory bound, and one array: num_arrays and
+            the dataflow are ignored (``mode_pes`` is R * C).
 ``systolic`` the fold structure a cycle-level simulator (SCALE-Sim) counts per
             dataflow.  A fold maps an R x C block of the stationary operand on
             the array and streams T rows through it; it costs
@@ -43,11 +45,20 @@ from .layers import Gemm, Layer
 MODES = ("uboost", "systolic")
 
 
+def mode_pes(acc: Accelerator, mode: str) -> int:
+    """PEs a mode's utilization divides by: R * C of one array for 'uboost' (U-Boost's model
+    knows one array), R * C * num_arrays for 'systolic'.  Unknown mode: ValueError."""
+    if mode not in MODES:
+        raise ValueError(f"unknown model mode {mode!r} (expected one of {', '.join(MODES)})")
+    return acc.array_rows * acc.array_cols if mode == "uboost" else acc.pes
+
+
 @dataclass
 class LayerCost:
     """Cost of one layer. Cycles are array clock cycles; seconds = cycles / clock_hz.
 
-    utilization = macs / (cycles * PEs) over all arrays.  ``lost`` splits the
+    utilization = macs / (cycles * PEs), PEs = ``mode_pes(acc, mode)``: all arrays in
+    'systolic', one array (R * C) in 'uboost'.  ``lost`` splits the
     idle PE-cycles (cycles * PEs - macs) into partial_tiles, fill_drain,
     idle_arrays, memory_stall and overhead.  The first four count the array's
     geometry before calibration; overhead is the rest (calibration terms and
@@ -111,12 +122,11 @@ def offchip_elements(layer: Layer, acc: Accelerator) -> int:
 
 def layer_cost(layer: Layer, acc: Accelerator, mode: str = "systolic") -> LayerCost:
     """Exact cost of ``layer`` on ``acc`` in ``mode`` ('uboost' or 'systolic')."""
-    if mode not in MODES:
-        raise ValueError(f"unknown model mode {mode!r} (expected one of {', '.join(MODES)})")
+    pes = mode_pes(acc, mode)           # validates mode
     gemm = layer.lower()
-    rows, cols, arrays = acc.array_rows, acc.array_cols, acc.num_arrays
+    rows, cols = acc.array_rows, acc.array_cols
+    arrays = 1 if mode == "uboost" else acc.num_arrays
     cal = acc.calibration
-    pes = acc.pes
     macs = gemm.macs
     if mode == "uboost":
         # Paper's model: weight-stationary tiles, M rows each, nothing else.
@@ -154,7 +164,7 @@ def layer_cost(layer: Layer, acc: Accelerator, mode: str = "systolic") -> LayerC
 
 @dataclass
 class NetworkCost:
-    """Per-layer costs and totals; utilization = total MACs / (total cycles * PEs)."""
+    """Per-layer costs and totals; utilization = total MACs / (total cycles * mode_pes(accelerator, mode))."""
 
     layers: List[LayerCost]
     accelerator: Accelerator
@@ -179,7 +189,7 @@ class NetworkCost:
     @property
     def utilization(self) -> float:
         cycles = self.cycles
-        return self.macs / (cycles * self.accelerator.pes) if cycles > 0 else 0.0
+        return self.macs / (cycles * mode_pes(self.accelerator, self.mode)) if cycles > 0 else 0.0
 
     def total(self) -> dict:
         return {"cycles": self.cycles, "compute_cycles": self.compute_cycles,

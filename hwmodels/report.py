@@ -2,8 +2,9 @@
 
 ``format_table`` prints one row per layer: name, kind, GEMM shape M/K/N (with
 ``xG`` for G repeated GEMMs, e.g. depthwise), cycles, latency in microseconds,
-utilization in percent (MACs / (cycles * PEs)), MACs and the dominant cause of
-idle PE-cycles, then the totals.  ``to_json_dict`` is ``NetworkCost.as_dict``
+utilization in percent (MACs / (cycles * PEs), PEs those of one array in the
+``uboost`` mode, of all arrays in ``systolic``: ``exact.mode_pes``), MACs and
+the dominant cause of idle PE-cycles, then the totals.  ``to_json_dict`` is ``NetworkCost.as_dict``
 (the one source of truth) checked to be JSON-serialisable.
 """
 from __future__ import annotations
@@ -62,7 +63,8 @@ def format_table(net_cost: NetworkCost) -> str:
     rule = "-" * len(line(header))
     title = (f"{acc.name}: {acc.num_arrays} x {acc.array_rows}x{acc.array_cols} {acc.dataflow} "
              f"@ {acc.clock_hz / 1e6:g} MHz, {acc.bandwidth_bytes_per_s / 1e9:g} GB/s; "
-             f"model {net_cost.mode}")
+             f"model {net_cost.mode}"
+             + (" (one array)" if net_cost.mode == "uboost" and acc.num_arrays > 1 else ""))
     out = [title, line(header), rule] + [line(r) for r in rows[:-1]] + [rule, line(rows[-1])]
     out.append(f"total: latency {total['seconds'] * 1e6:.3f} us, utilization "
                f"{100 * total['utilization']:.2f} %, {total['macs']:,} MACs, "

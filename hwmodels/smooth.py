@@ -40,7 +40,7 @@ from typing import Dict, Sequence
 import torch
 
 from .accelerator import Accelerator
-from .exact import MODES, fill_cycles
+from .exact import MODES, fill_cycles, mode_pes
 from .layers import Layer
 
 SURROGATES = ("sigmoid", "straight_through")
@@ -190,7 +190,8 @@ def network_cost_torch(layers: SoftLayers, acc: Accelerator, mode: str = "systol
 
     Returns tensors: ``cycles`` and ``compute_cycles`` (L,) per layer, and
     scalars ``total_cycles``, ``seconds``, ``macs``, ``utilization`` (= total
-    MACs / (total cycles * PEs), the network's true figure).
+    MACs / (total cycles * ``mode_pes(acc, mode)``): all arrays' PEs in 'systolic', one
+    array's in 'uboost', as in ``hwmodels.exact``).
     """
     if mode not in MODES:
         raise ValueError(f"unknown model mode {mode!r} (expected one of {', '.join(MODES)})")
@@ -207,8 +208,8 @@ def network_cost_torch(layers: SoftLayers, acc: Accelerator, mode: str = "systol
     else:
         a, b, streamed = ceil(k, rows), ceil(m, cols), n
     folds = a * b * layers.repeats
-    # Fold rounds over several arrays: a ceiling of its own (none with one array).
-    rounds = folds if acc.num_arrays == 1 else ceil(folds, acc.num_arrays)
+    # Fold rounds over several arrays: a ceiling of its own (none with one array; uboost knows one).
+    rounds = folds if mode == "uboost" or acc.num_arrays == 1 else ceil(folds, acc.num_arrays)
     fill = 0 if mode == "uboost" else fill_cycles(rows, cols, acc.dataflow)
     compute = cal.cycle_scale * rounds * (streamed + fill + cal.fold_overhead_cycles)
     cycles = compute
@@ -231,4 +232,4 @@ def network_cost_torch(layers: SoftLayers, acc: Accelerator, mode: str = "systol
     macs = layers.macs.sum()
     return {"cycles": cycles, "compute_cycles": compute, "total_cycles": total,
             "seconds": total / acc.clock_hz, "macs": macs,
-            "utilization": macs / (total * acc.pes)}
+            "utilization": macs / (total * mode_pes(acc, mode))}

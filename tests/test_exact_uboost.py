@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hwmodels import Accelerator, ConvLayer, GemmLayer, LinearLayer, layer_cost
+from hwmodels import Accelerator, ConvLayer, GemmLayer, LinearLayer, layer_cost, network_cost
+from hwmodels.exact import mode_pes
+from hwmodels.smooth import from_layers, network_cost_torch
 
 ACC = Accelerator("uboost-128", 128, 128)
 
@@ -35,10 +37,52 @@ def test_paper_cycle_count():
 
 
 def test_uboost_ignores_fill_arrays_memory():
-    slow = Accelerator("slow", 128, 128, bandwidth_bytes_per_s=1.0)
+    # 3x3 conv 128 -> 128 on a 16x16 map: K = 9*128 = 1152, N = 128, M = 256.
+    # uboost: 9 x 1 tiles of 256 rows = 2304 cycles on ONE array, whatever num_arrays says;
+    # utilization = 256*1152*128 / (2304 * 128*128) = 1.0 (the other arrays are not counted).
+    slow = Accelerator("slow", 128, 128, num_arrays=4, bandwidth_bytes_per_s=1.0)
     layer = ConvLayer("c", 16, 16, 128, 128, 3, 3, padding=1)
-    assert layer_cost(layer, slow, mode="uboost").cycles == 2304
+    cost = layer_cost(layer, slow, mode="uboost")
+    assert cost.cycles == 2304 and cost.compute_cycles == 2304 and cost.memory_cycles == 0
+    assert cost.utilization == pytest.approx(1.0)
+    assert cost.lost["idle_arrays"] == 0 and abs(cost.lost["overhead"]) < 1e-6
+    assert sum(cost.lost.values()) == pytest.approx(cost.cycles * 128 * 128 - cost.macs, abs=1e-6)
+    net = network_cost([layer, layer], slow, mode="uboost")
+    assert net.utilization == pytest.approx(1.0)
+    # systolic shares the 9 folds over 4 arrays (3 rounds of 2*128 + 128 + 256 - 2 = 638 cycles),
+    # but 1 byte/s of bandwidth makes it memory-bound far beyond that
+    assert layer_cost(layer, slow, mode="systolic").compute_cycles == 3 * 638
     assert layer_cost(layer, slow, mode="systolic").cycles > 1e6
+
+
+def test_mode_pes():
+    acc = Accelerator("four", 64, 32, num_arrays=4)
+    assert mode_pes(acc, "uboost") == 64 * 32
+    assert mode_pes(acc, "systolic") == 64 * 32 * 4
+    with pytest.raises(ValueError, match="unknown model mode"):
+        mode_pes(acc, "roofline")
+
+
+def test_uboost_smooth_twin_counts_one_array():
+    # same layer and 4-array machine as above: smooth cycles 2304, utilization 1.0
+    slow = Accelerator("slow", 128, 128, num_arrays=4, bandwidth_bytes_per_s=1.0)
+    layer = ConvLayer("c", 16, 16, 128, 128, 3, 3, padding=1)
+    for surrogate, t in (("straight_through", 1.0), ("sigmoid", 0.02)):   # sigmoid(-25) ~ 1e-11
+        out = network_cost_torch(from_layers([layer]), slow, "uboost", surrogate, t)
+        assert float(out["total_cycles"]) == pytest.approx(2304, rel=1e-6)
+        assert float(out["utilization"]) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_uboost_rows_cut_k_and_columns_cut_n_on_a_rectangular_array():
+    # 64 rows x 32 columns: K = 200 -> ceil(200/64) = 4 row tiles, N = 40 -> ceil(40/32) = 2
+    # column tiles: 8 tiles x M = 10 rows = 80 cycles (rows and columns swapped: 7 x 1 = 70).
+    # utilization = 10*200*40 / (80 * 64*32) = 80000 / 163840 = 0.48828125
+    acc = Accelerator("tall", 64, 32)
+    cost = layer_cost(GemmLayer("g", 10, 200, 40), acc, mode="uboost")
+    assert (cost.folds, cost.cycles) == (8, 80)
+    assert cost.utilization == 0.48828125
+    out = network_cost_torch(from_layers([GemmLayer("g", 10, 200, 40)]), acc, "uboost", "straight_through")
+    assert float(out["total_cycles"]) == 80
 
 
 CASES = [  # (in_h, in_w, cin, cout, kh, kw, stride, padding, dilation, groups, batch)
