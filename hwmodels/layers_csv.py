@@ -1,8 +1,10 @@
 """Read a network's layers from a CSV file (one layer per row).
 
-Header (order free, extra columns ignored -- the calibration tool appends
-measured columns -- unless a name is a near miss of a layer column, such as
-``strides``, which is an error rather than a silently defaulted field):
+Header (order free, each column once, extra columns ignored -- the calibration
+tool appends measured columns -- unless a name is a near miss of a layer column
+or of measured_cycles/measured_seconds/measured_utilization, such as ``strides``
+or ``measured_utilisation``, which is an error rather than a silently defaulted
+field):
 
     name,kind,in_h,in_w,in_channels,out_channels,kernel_h,kernel_w,stride,padding,dilation,groups,batch
 
@@ -13,7 +15,8 @@ or empty (defaults 1, 0, 1, 1 and ``default_batch``).  For linear rows
 in_channels/out_channels are the in/out features and in_h, in_w, kernel_h,
 kernel_w may be empty or 1.  Blank lines and lines starting with ``#`` are
 skipped.  Every problem raises ``HardwareConfigError`` with one line
-``FILE:LINE: ...``.
+``FILE:LINE: ...``, LINE being the first line of the row (a quoted cell may
+span lines).
 """
 from __future__ import annotations
 
@@ -97,18 +100,27 @@ def _parse_row(row: _Row, default_batch: int) -> Layer:
 
 
 COLUMNS = ALWAYS + CONV_ONLY + tuple(DEFAULTS) + ("batch",)
+# the columns hwmodels.calibrate reads from a measured CSV: a near miss of one is refused as well
+MEASURED_COLUMNS = ("measured_cycles", "measured_seconds", "measured_utilization")
 
 
 def _refuse_near_misses(header: List[str], where: str) -> None:
-    """Extra columns are ignored, so a misspelt optional column (``strides``) would silently take its
-    default; refuse an unknown column that is one or two letters off a layer column."""
-    for column in header:
-        if column in COLUMNS or column.startswith("measured_"):
+    """Extra columns are ignored, so a misspelt optional column (``strides``, ``measured_utilisation``)
+    would silently take its default; refuse an unknown column that is one or two letters off a layer
+    column or a measured column, and a column named twice (one of the two would be ignored)."""
+    known = COLUMNS + MEASURED_COLUMNS
+    for index, column in enumerate(header):
+        if column in header[:index]:
+            raise HardwareConfigError(f"{where}: column '{column}' appears twice in the header "
+                                      f"(expected each column once)")
+        if column in known:
             continue
-        close = difflib.get_close_matches(column, COLUMNS, n=1, cutoff=0.8)
+        close = difflib.get_close_matches(column, known, n=1, cutoff=0.8)
         if close:
+            kind = "measured" if close[0] in MEASURED_COLUMNS else "layer"
+            names = MEASURED_COLUMNS if kind == "measured" else COLUMNS
             raise HardwareConfigError(f"{where}: unknown column '{column}' (did you mean '{close[0]}'? "
-                                      f"layer columns: {','.join(COLUMNS)})")
+                                      f"{kind} columns: {','.join(names)})")
 
 
 @dataclass(frozen=True)
@@ -139,19 +151,28 @@ def read_layer_table(path: Union[str, os.PathLike], default_batch: int = 1) -> L
         handle = open(path, newline="", encoding="utf-8-sig")   # tolerate a spreadsheet BOM
     except OSError as exc:
         raise HardwareConfigError(f"{path}: cannot read layer CSV ({exc.strerror or exc})") from None
+    # (first line, cells) of every record; a quoted cell may span lines, so a record's line is
+    # counted by the reader (line_num: lines read so far), not by splitting the file into lines
+    numbered = []
     with handle:
+        reader = csv.reader(handle)
+        first = 1
         try:
-            numbered = [(i, line) for i, line in enumerate(handle, start=1)
-                        if line.strip() and not line.lstrip().startswith("#")]
+            for values in reader:
+                line_no, first = first, reader.line_num + 1
+                if not any(v.strip() for v in values) and len(values) <= 1:   # blank line
+                    continue
+                if values[0].lstrip().startswith("#"):
+                    continue
+                numbered.append((line_no, values))
         except UnicodeDecodeError as exc:
             raise HardwareConfigError(f"{path}: not a UTF-8 text CSV ({exc.reason})") from None
+        except csv.Error as exc:
+            raise HardwareConfigError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
     if not numbered:
         raise HardwareConfigError(f"{path}:1: empty layer CSV (expected a header row: "
                                   f"{','.join(ALWAYS + CONV_ONLY + tuple(DEFAULTS))},batch)")
-    try:
-        rows = list(csv.reader(line for _, line in numbered))
-    except csv.Error as exc:
-        raise HardwareConfigError(f"{path}: malformed CSV ({exc})") from None
+    rows = [values for _, values in numbered]
     header_line = numbered[0][0]
     header = [h.strip().lower() for h in rows[0]]
     for column in ALWAYS:

@@ -1,0 +1,103 @@
+"""hwmodels.layers_csv on headers and rows that used to be read wrong without a word: a misspelt
+measured column, a column named twice, a quoted cell spanning lines, a row with extra fields."""
+import pytest
+
+from hwmodels import calibrate as cal
+from hwmodels.accelerator import Accelerator, HardwareConfigError
+from hwmodels.layers_csv import read_layer_table, read_layers_csv
+from ubnas.cli import main
+
+HEADER = "name,kind,in_h,in_w,in_channels,out_channels,kernel_h,kernel_w,stride,padding,dilation,groups,batch"
+FC = "fc,linear,1,1,64,10,1,1,1,0,1,1,1"
+
+
+def _write(tmp_path, text, name="t.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _error(path, read=read_layer_table):
+    with pytest.raises(HardwareConfigError) as info:
+        read(path)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("column, meant", [("measured_utilisation", "measured_utilization"),
+                                           ("measured_cycle", "measured_cycles"),
+                                           ("Measured_Secs", "measured_seconds")])
+def test_a_misspelt_measured_column_is_refused(tmp_path, column, meant):
+    """measured_utilisation was skipped as 'some measured_ column': the utilization was silently
+    not compared.  The header is line 2 (after a comment)."""
+    path = _write(tmp_path, f"# measured on the board\n{HEADER},measured_cycles,{column}\n{FC},100,0.5\n")
+    message = _error(path)
+    assert message.startswith(f"{path}:2: unknown column '{column.lower()}'"), message
+    assert f"did you mean '{meant}'" in message
+
+
+def test_misspelt_measured_column_through_calibrate_cli(tmp_path, capsys):
+    path = _write(tmp_path, f"{HEADER},measured_cycles,measured_utilisation\n" + f"{FC},100,0.5\n" * 8)
+    out = tmp_path / "o.yaml"
+    assert main(["calibrate", "--reference", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{path}:1: unknown column 'measured_utilisation'" in err
+    assert not out.exists()
+
+
+def test_other_extra_columns_are_still_ignored(tmp_path):
+    # the SCALE-Sim suite CSV's own columns, and a note column, are no near misses
+    path = _write(tmp_path, f"suite,{HEADER},array_rows,array_cols,dataflow,scalesim_compute_cycles,"
+                            f"scalesim_total_cycles,measured_by,note\ncifar,{FC},8,8,ws,5,5,me,hi\n")
+    assert [layer.name for layer in read_layers_csv(path)] == ["fc"]
+
+
+@pytest.mark.parametrize("header, row", [
+    # the second 'stride' (1) used to win silently over the first (2)
+    (HEADER.replace("batch", "stride"), "c,conv,9,9,3,4,3,3,2,0,1,1,1"),
+    (f"{HEADER},measured_cycles,MEASURED_CYCLES", f"{FC},100,200"),
+])
+def test_a_column_named_twice_is_refused(tmp_path, header, row):
+    path = _write(tmp_path, f"{header}\n{row}\n")
+    message = _error(path)
+    repeated = header.split(",")[-1].lower()
+    assert message.startswith(f"{path}:1: column '{repeated}' appears twice in the header"), message
+
+
+def test_line_numbers_count_the_lines_of_a_quoted_multiline_cell(tmp_path):
+    """Line 1 header, lines 2-3 one row whose quoted name spans two lines, line 4 a good row,
+    line 5 a bad row: the error names line 5 (it used to name line 4)."""
+    text = (f"{HEADER}\n"
+            '"conv\nwith a note",conv,8,8,3,4,3,3,1,1,1,1,1\n'
+            f"{FC}\n"
+            "bad,conv,8,8,3,4,3,3,0,1,1,1,1\n")
+    path = _write(tmp_path, text)
+    message = _error(path)
+    assert message.startswith(f"{path}:5: column 'stride' expected an integer >= 1, got '0'"), message
+    table = read_layer_table(_write(tmp_path, "\n".join(text.splitlines()[:4]) + "\n", "ok.csv"))
+    assert [row.where.rsplit(":", 1)[1] for row in table.rows] == ["2", "4"]
+    assert table.rows[0].layer.name == "conv\nwith a note"
+
+
+def test_line_numbers_of_measured_rows_after_a_multiline_cell(tmp_path):
+    """The measured-CSV reader takes its FILE:LINE from the layer reader: header line 1, a row
+    on lines 2-3, a row on line 4 whose measured_cycles is 'abc'."""
+    text = (f"{HEADER},measured_cycles\n"
+            f'"fc\nA",linear,1,1,64,10,1,1,1,0,1,1,1,100\n'
+            f"{FC},abc\n")
+    path = _write(tmp_path, text)
+    with pytest.raises(HardwareConfigError, match=r"t\.csv:4: column 'measured_cycles' expected"):
+        cal.measured_rows(path, Accelerator("a", 8, 8))
+
+
+def test_a_row_with_more_fields_than_the_header_is_refused(tmp_path):
+    # 13 header columns; line 3 has a 14th field (a shifted or extra value)
+    path = _write(tmp_path, f"{HEADER}\n{FC}\n{FC},7\n")
+    assert _error(path).startswith(f"{path}:3: 14 fields but the header has 13")
+
+
+def test_blank_and_comment_lines_keep_their_numbers(tmp_path):
+    # line 1 comment, 2 blank, 3 header, 4 whitespace only, 5 comment, 6 good, 7 bad
+    path = _write(tmp_path, f"# layers\n\n{HEADER}\n   \n  # skipped\n{FC}\nfc2,linear,1,1,0,10,1,1,1,0,1,1,1\n")
+    assert _error(path).startswith(f"{path}:7: column 'in_channels' expected an integer >= 1")
