@@ -42,7 +42,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .accelerator import (Accelerator, Calibration, HardwareConfigError, atomic_write_text,
+from .accelerator import (DATAFLOWS, Accelerator, Calibration, HardwareConfigError, atomic_write_text,
                           save_accelerator)
 from .exact import MODES, layer_cost
 from .layers import GemmLayer, Layer
@@ -150,7 +150,15 @@ def import_scalesim_csv(csv_path: Union[str, os.PathLike],
             compute, total = int(record["scalesim_compute_cycles"]), int(record["scalesim_total_cycles"])
         except ValueError:
             raise HardwareConfigError(f"{row.where}: expected integer array and cycle columns") from None
-        key = cache_key(layer, rows, cols, record["dataflow"].strip(), SCALESIM_VERSION)
+        for column, value in (("array_rows", rows), ("array_cols", cols)):
+            if value < 1:
+                raise HardwareConfigError(f"{row.where}: column '{column}' expected an integer >= 1, "
+                                          f"got '{record[column]}'")
+        dataflow = record["dataflow"]   # as run: a 'WS' would be cached under a key never looked up
+        if dataflow not in DATAFLOWS:
+            raise HardwareConfigError(f"{row.where}: column 'dataflow' expected one of "
+                                      f"{', '.join(DATAFLOWS)}, got '{dataflow}'")
+        key = cache_key(layer, rows, cols, dataflow, SCALESIM_VERSION)
         cache[key] = {"compute_cycles": compute, "total_cycles": total,
                       "stall_cycles": total - compute, "gemms": _gemms(layer)}
     save_cache(cache_path, cache)

@@ -1,0 +1,38 @@
+"""import_scalesim_csv refuses runs it could never look up: an unknown dataflow, an empty array."""
+import pytest
+
+from hwmodels import calibrate as cal
+from hwmodels.accelerator import HardwareConfigError
+
+HEADER = ("suite,name,kind,in_h,in_w,in_channels,out_channels,kernel_h,kernel_w,stride,padding,"
+          "dilation,groups,batch,array_rows,array_cols,dataflow,scalesim_compute_cycles,scalesim_total_cycles")
+# 8x8 ws: 3x3 conv 3 -> 16 on a padded 32x32 map, the first row of tests/data/scalesim_reference.csv
+GOOD = "cifar,stem3x3_3to16,conv,32,32,3,16,3,3,1,1,1,1,1,8,8,ws,8367,8367"
+
+
+@pytest.mark.parametrize("bad, match", [
+    (GOOD.replace(",ws,", ",WS,"), "column 'dataflow' expected one of ws, os, is, got 'WS'"),
+    (GOOD.replace(",ws,", ",rs,"), "column 'dataflow' expected one of ws, os, is, got 'rs'"),
+    (GOOD.replace(",8,8,ws,", ",0,8,ws,"), "column 'array_rows' expected an integer >= 1, got '0'"),
+    (GOOD.replace(",8,8,ws,", ",8,-4,ws,"), "column 'array_cols' expected an integer >= 1, got '-4'"),
+])
+def test_bad_run_is_refused_with_file_and_line(tmp_path, bad, match):
+    path = tmp_path / "runs.csv"
+    path.write_text(f"{HEADER}\n{GOOD}\n{bad}\n")   # the bad run is line 3
+    cache = tmp_path / "cache.json"
+    with pytest.raises(HardwareConfigError) as info:
+        cal.import_scalesim_csv(path, cache)
+    assert str(info.value) == f"{path}:3: {match}"
+    assert not cache.exists()   # nothing cached from a file with a bad row
+
+
+def test_good_run_is_cached_under_the_key_calibration_looks_up(tmp_path):
+    path = tmp_path / "runs.csv"
+    path.write_text(f"{HEADER}\n{GOOD}\n")
+    cache = tmp_path / "cache.json"
+    assert cal.import_scalesim_csv(path, cache) == 1
+    from hwmodels import Accelerator, ConvLayer
+    layer = ConvLayer("any name", 32, 32, 3, 16, 3, 3, padding=1)
+    rows = cal.scalesim_rows([layer], Accelerator("a", 8, 8, dataflow="ws"), cache, max_sim_cycles=0,
+                             progress=False).rows
+    assert [r.cycles for r in rows] == [8367 + 1]   # SCALE-Sim's last cycle index + 1, one GEMM
