@@ -41,7 +41,7 @@ import torch
 
 from .accelerator import Accelerator
 from .exact import MODES, fill_cycles, mode_pes
-from .layers import Layer
+from .layers import ConvLayer, Layer
 
 SURROGATES = ("sigmoid", "straight_through")
 MAX_WINDOW = 1024   # steps evaluated either side of x by the sigmoid ceiling
@@ -145,10 +145,15 @@ def _t(value, like: torch.Tensor) -> torch.Tensor:
 def soft_conv(in_h: int, in_w: int, in_channels, out_channels, kernel: int = 1, stride: int = 1,
               padding: int = 0, dilation: int = 1, depthwise: bool = False, batch: int = 1) -> SoftLayers:
     """A conv with (possibly soft) channel counts; tensors of counts (L,) give L variants of it.
-    depthwise: groups = in_channels = out_channels."""
-    span = dilation * (kernel - 1) + 1
-    out_h = (in_h + 2 * padding - span) // stride + 1
-    out_w = (in_w + 2 * padding - span) // stride + 1
+
+    in_h, in_w: input map (elements); kernel: kernel x kernel; stride, padding, dilation:
+    ints, both axes; depthwise: groups = in_channels = out_channels.  The geometry is checked
+    as ``ConvLayer`` checks it: a ValueError, not negative sizes or a division by zero."""
+    # channels stand in as 1: only the (integer) geometry is checked here
+    shape = ConvLayer("soft_conv", in_h, in_w, 1, 1, kernel, kernel, stride, padding, dilation,
+                      batch=batch)
+    kernel, batch = shape.kernel_h, shape.batch
+    in_h, in_w, out_h, out_w = shape.in_h, shape.in_w, shape.out_h, shape.out_w
     like = _like(in_channels, out_channels)
     cin, cout = _t(in_channels, like), _t(out_channels, like)
     m = _t(batch * out_h * out_w, cin)

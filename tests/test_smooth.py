@@ -163,3 +163,22 @@ def test_layers_follow_the_device_of_soft_widths():
                    soft_linear(width, 10)):
         for name in layers.__dataclass_fields__:
             assert getattr(layers, name).device.type == "meta", name
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(kernel=5), "does not fit the 2x2 input"),          # out_h = (2 - 5) // 1 + 1 = -2 used to pass
+    (dict(kernel=3, stride=0), "stride and dilation must be >= 1"),   # was a ZeroDivisionError
+    (dict(kernel=3, dilation=0), "stride and dilation must be >= 1"),
+    (dict(kernel=1, padding=-1), "padding must be >= 0"),
+    (dict(kernel=2.5), "kernel_h must be an integer"),
+    (dict(kernel=1, batch=0), "batch must be >= 1"),
+])
+def test_soft_conv_checks_its_geometry_like_conv_layer(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        soft_conv(2, 2, 3, 8, **kwargs)
+
+
+def test_soft_conv_geometry_by_hand():
+    # 9 x 7 input, 3x3 kernel, stride 2, padding 1: out = (9 + 2 - 3) // 2 + 1 = 5 by (7 + 2 - 3) // 2 + 1 = 4
+    layers = soft_conv(9, 7, 3, 8, kernel=3, stride=2, padding=1, batch=2)
+    assert layers.m.tolist() == [2 * 5 * 4] and layers.k.tolist() == [27] and layers.n.tolist() == [8]
