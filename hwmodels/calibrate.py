@@ -44,7 +44,7 @@ import numpy as np
 
 from .accelerator import (DATAFLOWS, Accelerator, Calibration, HardwareConfigError, atomic_write_text,
                           save_accelerator)
-from .exact import MODES, layer_cost
+from .exact import MODES, layer_cost, mode_pes
 from .layers import GemmLayer, Layer
 from .layers_csv import read_layer_table
 from .suites import layer_fields, simulated_lines
@@ -254,17 +254,24 @@ def measured_rows(path: Union[str, os.PathLike], acc: Accelerator) -> ReferenceS
 # ----------------------------------------------------------------------------- model + fit
 class _Model:
     """Vectorised model of ``rows`` on ``acc``: the parts of hwmodels.exact that do not
-    depend on the calibration are computed once with a neutral Calibration."""
+    depend on the calibration are computed once with a neutral Calibration.  As in
+    hwmodels.exact, 'uboost' models one array (rounds = folds, utilization over R * C)
+    and 'systolic' shares folds across num_arrays (utilization over all PEs)."""
 
     def __init__(self, rows: Sequence[ReferenceRow], acc: Accelerator, mode: str, with_memory: bool):
         neutral = acc.replace(calibration=Calibration())
         costs = [layer_cost(r.layer, neutral, mode) for r in rows]
+        arrays = 1 if mode == "uboost" else acc.num_arrays
         self.base = np.array([c.compute_cycles for c in costs], dtype=float)      # rounds * fold cycles
-        self.rounds = np.array([math.ceil(c.folds / acc.num_arrays) for c in costs], dtype=float)
+        self.rounds = np.array([math.ceil(c.folds / arrays) for c in costs], dtype=float)
         self.memory = np.array([c.memory_cycles for c in costs], dtype=float)     # at efficiency 1
         self.macs = np.array([c.macs for c in costs], dtype=float)
         self.with_memory = with_memory and mode == "systolic"
-        self.pes = acc.pes
+        self.pes = mode_pes(acc, mode)
+
+    def utilization(self, predicted: np.ndarray) -> np.ndarray:
+        """MACs / (cycles * the PEs the mode counts), as hwmodels.exact reports it."""
+        return self.macs / (np.asarray(predicted, float) * self.pes)
 
     def predict(self, cal: Calibration) -> np.ndarray:
         compute = cal.cycle_scale * (self.base + self.rounds * cal.fold_overhead_cycles)
@@ -412,7 +419,7 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
         idx = np.array([i for i, _ in utils])
         ref_u = np.array([u for _, u in utils])
         for pred, target in ((pred_before, m_before), (pred_after, m_after)):
-            util = hold_model.macs[idx] / (pred[idx] * model_acc.pes)
+            util = hold_model.utilization(pred)[idx]
             target["utilization_mean_abs_pp"] = float(100 * np.mean(np.abs(util - ref_u)))
     parameters = {n: {"before": float(getattr(acc.calibration, n)), "after": float(getattr(fitted_cal, n)),
                       "bounds": list(BOUNDS[n])} for n in free}
