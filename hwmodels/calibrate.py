@@ -20,7 +20,8 @@ Reference rows are layers with a reference cycle count, from either
   bandwidth_efficiency is free as well, bounded to (0, 1].
 
 ``calibrate`` fits the free parameters with ``scipy.optimize.least_squares`` on
-log residuals log(predicted / reference) of a seeded training split and reports
+log residuals log(predicted / reference) of a seeded training split (of the
+distinct layers: a repeated layer is never both fitted and held out) and reports
 nn-Meter's metrics (RMSE, RMSPE, mean and worst |error| %, share within +-5 % and
 +-10 %) before and after on the held-out rows, which may instead be a different
 suite or file.  ``write_calibrated`` writes the YAML (with ``fit_report`` and
@@ -311,13 +312,20 @@ class CalibrationResult:
 
 
 def split_rows(rows: Sequence[ReferenceRow], fraction: float, seed: int):
-    """(train, holdout): a seeded shuffle, ``fraction`` of the rows held out (at least one)."""
+    """(train, holdout): a seeded shuffle of the distinct layers (``_layer_key``), ``fraction`` of
+    them held out (at least one).  A layer that occurs several times (networks repeat layers)
+    goes to one side with all its rows, so no held-out layer is also a training layer.  Rows keep
+    their order on each side."""
     if not 0 < fraction < 1:
         raise HardwareConfigError(f"--holdout-fraction: expected a number in (0, 1), got {fraction!r}")
-    order = np.random.default_rng(seed).permutation(len(rows))
-    n_hold = max(1, int(round(fraction * len(rows)))) if len(rows) > 1 else 0
-    hold = sorted(order[:n_hold].tolist())
-    train = sorted(order[n_hold:].tolist())
+    groups: Dict[str, List[int]] = {}
+    for index, row in enumerate(rows):
+        groups.setdefault(_layer_key(row.layer), []).append(index)
+    members = list(groups.values())
+    order = np.random.default_rng(seed).permutation(len(members))
+    n_hold = max(1, int(round(fraction * len(members)))) if len(members) > 1 else 0
+    hold = sorted(i for g in order[:n_hold] for i in members[g])
+    train = sorted(i for g in order[n_hold:] for i in members[g])
     return [rows[i] for i in train], [rows[i] for i in hold]
 
 
@@ -388,6 +396,7 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
         free = COMPUTE_PARAMS
     model_acc = acc if measured else acc.replace(num_arrays=1)   # SCALE-Sim simulates one array
     overlap = 0
+    distinct = len({_layer_key(r.layer) for r in reference.rows})
     if holdout is not None:
         # a layer that is also fitted is not held out (e.g. --suite cifar --holdout-suite mixed)
         fitted = {_layer_key(r.layer) for r in reference.rows}
@@ -428,7 +437,8 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
         "n_train": len(train), "n_holdout": len(held),
         "holdout": (f"separate set ({overlap} of its rows left out: same layer as a training row)"
                     if overlap else "separate set") if holdout is not None
-        else f"seeded split {holdout_fraction:g}",
+        else (f"seeded split {holdout_fraction:g} of {distinct} distinct layers (all rows of a layer on "
+              f"one side: no held-out layer is a training layer)"),
         "before": m_before, "after": m_after, "train_after": m_train,
         "optimizer": {"success": bool(result.success), "cost": float(result.cost),
                       "nfev": int(result.nfev), "message": str(result.message)},

@@ -42,7 +42,8 @@ def add_parser(sub):
     parser.add_argument("--holdout", metavar="FILE.csv",
                         help="test on this file (layer CSV for scalesim, measured CSV otherwise)")
     parser.add_argument("--holdout-fraction", default="0.3", metavar="F",
-                        help="share of rows held out when no separate holdout is given (default 0.3)")
+                        help="share of the distinct layers held out (a repeated layer with all its rows) "
+                             "when no separate holdout is given (default 0.3)")
     parser.add_argument("--model-mode", default="systolic", metavar="|".join(MODES),
                         help="model to calibrate: systolic (default) or uboost")
     parser.add_argument("--array", metavar="ROWSxCOLS", help="override the array size, e.g. 32x32")
