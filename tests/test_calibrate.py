@@ -243,7 +243,7 @@ def test_cli_end_to_end_on_measured_csv(synthetic, tmp_path, capsys):
 
 def test_scalesim_reference_through_cache_only(tmp_path, monkeypatch, capsys):
     cache = tmp_path / "cache.json"
-    assert cal.import_scalesim_csv(REFERENCE_CSV, cache) == 422
+    assert cal.import_scalesim_csv(REFERENCE_CSV, cache) == 422 + 169   # ws and os runs, then is runs
 
     def no_simulation(*args, **kwargs):
         raise AssertionError("SCALE-Sim must not run: every row comes from the cache")
