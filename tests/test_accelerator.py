@@ -52,6 +52,8 @@ def test_good_file_loads(tmp_path):
     ({"clock_hz": float("nan")}, "clock_hz"),
     ({"calibration": {"layer_overhead_cycles": float("nan")}}, "calibration.layer_overhead_cycles"),
     ({"calibration": {"fold_overhead_cycles": -5}}, "calibration.fold_overhead_cycles"),   # negative overhead
+    ({"calibration": {"bandwidth_efficiency": 1.5}}, "calibration.bandwidth_efficiency"),  # over the peak
+    ({"calibration": {"bandwidth_efficiency": 0}}, "calibration.bandwidth_efficiency"),
     ({"name": [1, 2]}, "name"),                           # a name that is not a string
 ])
 def test_bad_values_name_file_and_key(tmp_path, change, key):

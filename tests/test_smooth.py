@@ -182,3 +182,11 @@ def test_soft_conv_geometry_by_hand():
     # 9 x 7 input, 3x3 kernel, stride 2, padding 1: out = (9 + 2 - 3) // 2 + 1 = 5 by (7 + 2 - 3) // 2 + 1 = 4
     layers = soft_conv(9, 7, 3, 8, kernel=3, stride=2, padding=1, batch=2)
     assert layers.m.tolist() == [2 * 5 * 4] and layers.k.tolist() == [27] and layers.n.tolist() == [8]
+
+
+def test_hard_ceil_div_steps_half_way_between_counts():
+    # steps at k*d + 1/2 (where the sigmoid's are), not at k*d: for d = 128 at 0.5, 128.5, 256.5
+    x = torch.tensor([0.0, 0.4, 0.6, 1.0, 128.0, 128.4, 128.6, 256.4, 256.6], dtype=torch.float64)
+    assert hard_ceil_div(x, 128).tolist() == [0, 0, 1, 1, 1, 1, 2, 2, 3]
+    # the straight-through forward is this staircase at soft counts too
+    assert soft_ceil_div(x, 128, "straight_through").tolist() == [0, 0, 1, 1, 1, 1, 2, 2, 3]
