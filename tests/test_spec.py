@@ -91,6 +91,12 @@ def test_lazy_build_and_light_import(tmp_path, derived):
     code = ("import sys, ubnas; assert 'torch' not in sys.modules, 'import ubnas pulled in torch'; "
             f"m = ubnas.build({str(path)!r}); import ubnas.build as b; m2 = ubnas.build({str(path)!r}); "
             "print(type(m).__name__, type(m2).__name__)")
+    # `from ubnas import build` is the module whatever was imported before (it was a function until
+    # ubnas.build had been imported somewhere)
+    first = ("from ubnas import build; assert callable(build); "
+             f"print(type(build.build_network(build.load_spec({str(path)!r}))).__name__)")
+    out2 = subprocess.run([sys.executable, "-c", first], capture_output=True, text=True, cwd=ROOT)
+    assert out2.returncode == 0 and out2.stdout.split() == ["Network"], out2.stderr
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["Network", "Network"]

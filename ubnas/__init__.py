@@ -2,10 +2,11 @@
 __version__ = "0.1.0"
 
 
-def build(spec_or_path):
-    """Build the plain ``nn.Module`` of an architecture spec (an ArchSpec or a YAML path).
-
-    Imports torch only when called, so ``import ubnas`` stays light.
-    """
-    from .build import build as _build
-    return _build(spec_or_path)
+def __getattr__(name):
+    """``ubnas.build`` is the module ``ubnas.build``, imported on first use so that ``import ubnas``
+    stays light (no torch).  The module is callable: ``ubnas.build(spec_or_path)`` builds the plain
+    ``nn.Module`` of an architecture spec (an ArchSpec or a YAML path)."""
+    if name == "build":
+        import importlib
+        return importlib.import_module(".build", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

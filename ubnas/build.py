@@ -144,9 +144,8 @@ else:
 
 
 class _CallableModule(types.ModuleType):
-    """Importing ``ubnas.build`` binds the package attribute ``ubnas.build`` to this
-    module, replacing the lazy function ``ubnas.build(spec)``; calling the module
-    keeps that spelling working."""
+    """``ubnas.build`` is this module (the package imports it on first use); calling it,
+    ``ubnas.build(spec_or_path)``, builds the network."""
 
     def __call__(self, spec_or_path):
         return build(spec_or_path)
