@@ -218,13 +218,16 @@ def _layer_rows(layers, weights=None):
     return sorted(rows)
 
 
-@pytest.mark.parametrize("space,shape,preset,seeds,batch", [("tiny", (1, 8, 8), "uboost", 3, 1),
-                                                            ("tiny", (3, 16, 16), "edge_16x16", 2, 3),
-                                                            ("uboost_cifar", (3, 16, 16), "tpu_v3", 1, 2),
-                                                            ("darts_cifar", (3, 16, 16), "tpu_v3", 1, 1),
-                                                            # reduce cells on odd maps (30 -> 15 -> 8): sizes round up
-                                                            ("darts_cifar", (3, 30, 30), "uboost", 1, 2)])
-def test_supernet_cost_matches_built_network(space, shape, preset, seeds, batch):
+@pytest.mark.parametrize("space,shape,preset,seeds,batch,mode", [
+    ("tiny", (1, 8, 8), "uboost", 3, 1, "systolic"),
+    ("tiny", (3, 16, 16), "edge_16x16", 2, 3, "systolic"),
+    ("uboost_cifar", (3, 16, 16), "tpu_v3", 1, 2, "systolic"),
+    ("darts_cifar", (3, 16, 16), "tpu_v3", 1, 1, "systolic"),
+    # reduce cells on odd maps (30 -> 15 -> 8): sizes round up
+    ("darts_cifar", (3, 30, 30), "uboost", 1, 2, "systolic"),
+    # U-Boost's model knows one array: utilization over R x C, not the 4 arrays of tpu_v4
+    ("tiny", (3, 16, 16), "tpu_v4", 1, 2, "uboost")])
+def test_supernet_cost_matches_built_network(space, shape, preset, seeds, batch, mode):
     """Layer by layer (shapes, batch) and in total, the search cost of the exported sample is the
     cost hwmodels traces from the built module."""
     from hwmodels import estimate
@@ -242,8 +245,8 @@ def test_supernet_cost_matches_built_network(space, shape, preset, seeds, batch)
         layers, weights = supernet_layers(net, arch, batch)
         module = build_network(spec)
         assert _layer_rows(layers, weights) == _layer_rows(from_layers(trace_layers(module, spec.input_shape, batch)))
-        smooth = supernet_cost(net, arch, acc, "systolic", batch=batch)
-        exact = estimate(module, spec.input_shape, acc, batch=batch)
+        smooth = supernet_cost(net, arch, acc, mode, batch=batch)
+        exact = estimate(module, spec.input_shape, acc, batch=batch, mode=mode)
         assert float(smooth["macs"]) == pytest.approx(exact.macs, rel=1e-6)
         assert float(smooth["cycles"]) == pytest.approx(exact.cycles, rel=1e-6)
         assert float(smooth["utilization"]) == pytest.approx(exact.utilization, rel=1e-6)

@@ -21,6 +21,7 @@ from typing import Dict, Tuple
 import torch
 
 from hwmodels import Accelerator
+from hwmodels.exact import MODES, mode_pes
 from hwmodels.smooth import SoftLayers, network_cost_torch, soft_conv, soft_linear
 
 from .ops import hw_layers
@@ -237,5 +238,6 @@ def supernet_cost(net: Supernet, arch: ArchSample, acc: Accelerator, model: str 
             cycles = torch.maximum(cycles, memory)
     total_cycles = (weights * cycles).sum()
     total_macs = (weights * macs).sum()
+    pes = mode_pes(acc, model) if model in MODES else acc.pes   # U-Boost's model knows one array
     return {"cycles": total_cycles, "seconds": total_cycles / acc.clock_hz, "macs": total_macs,
-            "utilization": total_macs / (total_cycles * acc.pes)}
+            "utilization": total_macs / (total_cycles * pes)}
