@@ -279,6 +279,18 @@ def test_a_diverging_search_stops_and_keeps_the_last_good_checkpoint(tmp_path, m
         assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
 
 
+def test_the_80_20_split_trains_on_the_whole_weight_split_each_epoch(tmp_path):
+    """An epoch is one pass over the weight split (ceil(n_w / batch) steps); the smaller
+    architecture split is reshuffled when it runs out instead of ending the epoch early."""
+    from ubnas.data import load_dataset
+    n = len(load_dataset("digits", None, seed=0).train_y)
+    n_weight = round(0.8 * n)
+    cfg = SearchConfig(epochs=1, batch_size=128, split="80_20", stage="joint", kernels="eager",
+                       out=str(tmp_path / "run"))
+    result = run_search(cfg, progress=False)
+    assert result.history[0]["steps"] == math.ceil(n_weight / 128) > math.ceil((n - n_weight) / 128)
+
+
 def _darts_cell_by_hand(logits, op_names, nodes):
     """{(edge, op)} of DARTS' derived cell, by plain loops: per node the 2 incoming edges whose
     best op other than 'none' has the largest softmax probability (ties: lower edge first)."""

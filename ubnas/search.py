@@ -174,7 +174,7 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
         net.train()
         sums = {"loss": 0.0, "acc": 0.0, "val_loss": 0.0, "val_acc": 0.0, "n": 0}
         weight_batches = batches(xw, yw, cfg.batch_size, True, data_gen)
-        arch_batches = batches(xa, ya, cfg.batch_size, True, data_gen)
+        arch_batches = _passes(lambda: batches(xa, ya, cfg.batch_size, True, data_gen))
         bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs} [{stage}]", progress)
         for step, ((xb, yb), (xv, yv)) in enumerate(zip(weight_batches, arch_batches)):
             if step >= steps_per_epoch:
@@ -384,6 +384,13 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path) -> Path:
     path = out / "arch.yaml"
     save_spec(spec, path)
     return path
+
+
+def _passes(make_pass):
+    """Endless batches: a new pass (``make_pass()``, freshly shuffled) whenever one ends, so a
+    smaller architecture split (80_20: a quarter of the weight split) lasts the whole epoch."""
+    while True:
+        yield from make_pass()
 
 
 def _write_log(path: Path, history: List[dict]) -> None:
