@@ -6,6 +6,8 @@ from ubnas.channels import ChannelAllocator, Width, plan_move, resize_dim
 from ubnas.space import ChannelSpec, load_space
 from ubnas.supernet import Supernet
 
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny convolutions: one thread is faster
+
 
 def make_width(init=16, step=8, candidates=4, lo=8, hi=64):
     return Width("w", ChannelSpec(init, step, candidates, lo, hi))
@@ -184,3 +186,145 @@ def test_reallocation_is_deterministic_for_a_seed():
         alloc.step([], 0, {n: ("grow", w.lo + w.step, w.step, w.count) for n, w in net.widths.items()})
         results.append(torch.cat([p.detach().flatten() for p in net.weight_parameters()]))
     assert torch.equal(results[0], results[1])
+
+
+# ---- bounds off the candidate grid ---------------------------------------------------------
+
+@pytest.mark.parametrize("lo, hi, grows, shifts", [
+    (12, 44, False, False),   # window 16..40: 48 > 44 and 8 < 12 although 40 < 44 and 16 > 12
+    (9, 47, False, False),
+    (8, 48, True, True),      # on the grid: both moves fit exactly
+    (15, 41, False, False),
+])
+def test_moves_respect_bounds_off_the_candidate_grid(lo, hi, grows, shifts):
+    w = make_width(init=16, step=8, candidates=4, lo=lo, hi=hi)    # 16, 24, 32, 40
+    top_move = plan_move(_with_logits(w, [0, 0, 0, 5.0]))
+    bottom_move = plan_move(_with_logits(w, [5.0, 0, 0, 0]))
+    assert (top_move is not None) == grows and (bottom_move is not None) == shifts
+    if grows:
+        assert top_move == ("grow", 24, 8, 4)
+    if shifts:
+        assert bottom_move == ("shift_down", 8, 8, 4)
+
+
+@pytest.mark.parametrize("lo, hi, final_top, final_lo", [(13, 61, 56, 16), (3, 100, 96, 8), (16, 199, 192, 16)])
+def test_windows_pushed_to_an_edge_stop_at_the_last_width_within_bounds(lo, hi, final_top, final_lo):
+    """Mass piled on the top (then the bottom) step after step: the window walks until the next
+    step would cross max (min), by hand: 16 + 8k <= hi, 16 - 8k >= lo."""
+    w = Width("w", ChannelSpec(16, 8, 4, lo, hi))   # 16..40
+    alloc = ChannelAllocator({"w": w}, [])
+    for check in range(40):
+        _with_logits(w, [0, 0, 0, 5.0])
+        alloc.step([], check)
+        assert lo <= w.lo and w.top <= hi
+    assert w.top == final_top
+    for check in range(40):
+        _with_logits(w, [5.0, 0, 0, 0])
+        alloc.step([], check)
+        assert lo <= w.lo and w.top <= hi
+    assert w.lo == final_lo
+
+
+# ---- how new slices start ------------------------------------------------------------------
+
+def test_new_filters_start_random_with_the_tensors_scale():
+    g = torch.Generator().manual_seed(0)
+    t = 0.5 * torch.randn(64, 32, generator=g)
+    grown = resize_dim(t, 0, 64, 96, 1, "random", torch.Generator().manual_seed(1))
+    assert torch.equal(grown[:64], t)
+    new = grown[64:]
+    assert (new != 0).all()                                  # no dead (zero) filters
+    assert float(new.std()) == pytest.approx(float(t.std()), rel=0.1)
+    assert abs(float(new.mean())) < 0.05
+    assert not torch.equal(new[:16], new[16:])               # independent draws, not copies
+
+
+def _grow_all(net, optimizers=()):
+    alloc = ChannelAllocator(dict(net.widths.items()), net.channel_bindings(), seed=0)
+    alloc.step(list(optimizers), 0, {n: ("grow", w.lo + w.step, w.step, w.count) for n, w in net.widths.items()})
+    for w in net.widths.values():
+        assert w.top == 96
+        w.forced = 96
+
+
+def test_grown_channels_are_not_dead():
+    """New filters initialised and the consumers' new input slices zero: the first backward
+    reaches every new input slice (a zero filter feeding a zero slice would stay zero forever)."""
+    net = _net().train()
+    consumers = [(b.module, b.attr, b.dim, b.blocks) for b in net.channel_bindings()
+                 if b.init == "zero" and b.attr.endswith("weight")]
+    assert len(consumers) > 10
+    _grow_all(net)
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    torch.nn.functional.cross_entropy(net(x), torch.tensor([0, 1, 2, 3])).backward()
+    for module, attr, dim, blocks in consumers:
+        grad = getattr(module, attr).grad
+        assert grad is not None
+        for blk in range(blocks):
+            new = grad.narrow(dim, blk * 96 + 88, 8)
+            assert new.abs().amax() > 0, (type(module).__name__, attr, blk)
+
+
+def _old_positions(dims, shape, old_w, new_w):
+    """By hand, per bound (dim, blocks): the new indices of the old entries (each block's first
+    old_w), and a mask of the entries that are new (in a grown slice along any bound dim)."""
+    kept_idx, fresh = {}, torch.zeros(shape, dtype=torch.bool)
+    for dim, blocks in dims:
+        kept_idx[dim] = torch.tensor([blk * new_w + c for blk in range(blocks) for c in range(old_w)])
+        along = torch.ones(shape[dim], dtype=torch.bool)
+        along[kept_idx[dim]] = False
+        view = [1] * len(shape)
+        view[dim] = shape[dim]
+        fresh |= along.view(view).expand(shape)
+    return kept_idx, fresh
+
+
+@pytest.mark.parametrize("name", ["stem", "cell0", "cell1"])
+def test_momentum_buffers_of_new_slices_start_at_zero(name):
+    """SGD momentum of a grown parameter: old entries kept where they were, every new entry 0."""
+    net = _net().train()
+    opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9)
+    x = torch.randn(3, 1, 8, 8)
+    torch.nn.functional.cross_entropy(net(x), torch.tensor([0, 1, 2])).backward()
+    opt.step()
+    dims = {}   # parameter -> its (dim, blocks) bound to this width (a cell's convs: both dims)
+    for b in net.channel_bindings():
+        p = getattr(b.module, b.attr)
+        if b.width == name and isinstance(p, torch.nn.Parameter):
+            dims.setdefault((b.module, b.attr), []).append((b.dim, b.blocks))
+    assert any(len(d) == 2 for d in dims.values()) == (name != "stem")
+    before = {key: opt.state[getattr(*key)]["momentum_buffer"].clone() for key in dims}
+    assert all(buf.abs().amax() > 0 for buf in before.values())
+    w = net.widths[name]
+    ChannelAllocator(dict(net.widths.items()), net.channel_bindings()).step(
+        [opt], 0, {name: ("grow", w.lo + w.step, w.step, w.count)})
+    assert w.top == 96
+    for key, bound in dims.items():
+        param = getattr(*key)
+        buf = opt.state[param]["momentum_buffer"]
+        assert buf.shape == param.shape
+        kept_idx, fresh = _old_positions(bound, buf.shape, 88, 96)
+        kept = buf
+        for dim, idx in kept_idx.items():
+            kept = kept.index_select(dim, idx)
+        assert torch.equal(kept, before[key]), key[1]
+        assert fresh.any() and torch.equal(buf[fresh], torch.zeros_like(buf[fresh])), key[1]
+
+
+def test_new_batchnorm_channels_start_as_a_fresh_batchnorm():
+    """Running mean 0 and var 1, scale 1 and shift 0 (torch's own BatchNorm init); old statistics kept."""
+    net = _net().train()
+    with torch.no_grad():
+        net(torch.randn(4, 1, 8, 8) * 3 + 1)      # the old channels' statistics move off 0 / 1
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    before = {id(m): {k: v.detach().clone() for k, v in m.state_dict().items() if v.dim() == 1} for m in bns}
+    assert all(not torch.equal(m.running_var, torch.ones_like(m.running_var)) for m in bns)
+    _grow_all(net)
+    fresh = torch.nn.BatchNorm2d(8)
+    for m in bns:
+        assert m.num_features == 96
+        for key, old in before[id(m)].items():
+            new = getattr(m, key).detach()
+            assert new.shape == (96,), key
+            assert torch.equal(new[:88], old), key
+            assert torch.equal(new[88:], getattr(fresh, key).detach()), (key, m)
