@@ -79,7 +79,7 @@ def test_cifar_errors(tmp_path):
         D.load_dataset("cifar10", data_dir=str(missing))
     assert "data_batch_1" in str(e.value) and "test_batch" in str(e.value)
     assert isinstance(e.value, ValueError)
-    with pytest.raises(D.DataError, match="data_dir"):
+    with pytest.raises(D.DataError, match="needs --data-dir"):
         D.load_dataset("cifar10")
     _write_fake_cifar(tmp_path / "c")
     os.remove(tmp_path / "c" / "data_batch_3")
