@@ -167,7 +167,7 @@ def test_cli_bad_inputs_exit_nonzero_without_traceback(tmp_path):
                                        ("weight_decay", -1e-4), ("temperature", 0.0), ("tau0", float("inf")),
                                        ("arch_lr", float("nan")), ("lambda_latency", float("inf")),
                                        ("target_latency_us", float("nan")), ("target_latency_us", float("inf")),
-                                       ("seed", -1), ("seed", 10**23)])
+                                       ("seed", -1), ("seed", 10**23), ("tau_decay", 5.0)])
 def test_search_config_rejects_values_that_break_the_search(key, value):
     """Each of these ran before (NaN losses, gradient ascent, zero steps) and exported an arch."""
     SearchConfig().validate()

@@ -79,6 +79,8 @@ class SearchConfig:
             value = float(getattr(self, key))
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{where(key)} must be finite and >= 0, got {getattr(self, key)!r}")
+        if not self.tau_decay <= 1:   # > 1 heats the relaxation up every epoch instead of annealing it
+            raise ValueError(f"{where('tau_decay')} must be in (0, 1], got {self.tau_decay!r}")
         if not 0 <= self.weight_momentum < 1:
             raise ValueError(f"{where('weight_momentum')} must be in [0, 1), got {self.weight_momentum!r}")
         if not isinstance(self.out, str) or not self.out.strip():
