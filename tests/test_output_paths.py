@@ -1,4 +1,6 @@
 """Output paths and unreadable inputs are refused up front, in one line naming the option or file."""
+import os
+
 import pytest
 import torch
 
@@ -102,3 +104,43 @@ def test_search_and_train_refuse_an_out_that_takes_no_files_or_is_empty(tmp_path
 def test_a_text_file_given_as_weights_is_no_torch_checkpoint(tmp_path, spec_path, capsys):
     err = _error(capsys, ["export", str(spec_path), "--weights", str(spec_path), "--onnx", str(tmp_path / "x.onnx")])
     assert err.endswith("not a torch checkpoint (neither the zip archive torch.save writes nor a pickle)"), err
+
+
+def test_a_tilde_in_a_config_file_or_a_quoted_flag_is_the_home_directory(tmp_path, monkeypatch, capsys):
+    """out: ~/run in a --config file writes under $HOME, not into a directory named '~'."""
+    from ubnas.cli import main
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.yaml").write_text("out: ~/run\nepochs: 1\nmax_steps_per_epoch: 1\n")
+    assert main(["search", "--config", "run.yaml", "--quiet", "--kernels", "eager"]) == 0
+    assert (home / "run" / "arch.yaml").exists() and not (tmp_path / "~").exists()
+    err = _error(capsys, ["search", "--data", "cifar10", "--data-dir", "~/nowhere", "--out", str(tmp_path / "r2"),
+                          "--quiet"])
+    assert f"CIFAR-10 directory not found: {home / 'nowhere'}" in err
+
+
+def test_interrupts_and_closed_pipes(tmp_path):
+    """A reader that leaves (| head) is no error; Ctrl-C says how to continue, on its own line."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ubnas", "estimate", "--model", "resnet18-cifar", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()   # before it writes: its output meets a closed pipe
+    assert proc.wait(timeout=120) == 0
+    assert proc.stderr.read() == b""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "ubnas", "search", "--out", str(out), "--epochs", "50",
+                             "--kernels", "eager"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.time() + 120
+    while not (out / "config.yaml").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 130
+    assert "\nubnas: interrupted; the run directory keeps the last finished epoch: rerun the same command " \
+           "with --resume" in err

@@ -38,9 +38,16 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except KeyboardInterrupt:
-        print("ubnas: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:   # on a line of its own (a progress bar may be open)
+        resumable = args.command in ("search", "train")
+        print("\nubnas: interrupted" + ("; the run directory keeps the last finished epoch: rerun the "
+                                         "same command with --resume to continue" if resumable else ""),
+              file=sys.stderr)
         return 130
+    except BrokenPipeError:   # `ubnas presets | head -1`: the reader left, nothing went wrong
+        # stdout is unusable: point it at devnull so the interpreter's final flush stays quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except RuntimeError as exc:
         # Running out of memory is the user's sizes, not a bug: say so in one line.  Any other
         # RuntimeError is a bug and keeps its traceback.

@@ -22,6 +22,14 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def expand_home(values: dict, keys: Iterable[str]) -> dict:
+    """``values`` with a leading ``~`` of each path in ``keys`` expanded to the home directory, as
+    a shell does for an unquoted flag: a --config file or a quoted flag would otherwise read a
+    directory named '~' (and --out would create one)."""
+    return {k: os.path.expanduser(v) if k in keys and isinstance(v, str) and v.startswith("~") else v
+            for k, v in values.items()}
+
+
 def make_run_dir(path: Path) -> Path:
     """Create the run directory ``path`` (and its parents) and check that it takes files; an error
     names ``--out`` and the path."""

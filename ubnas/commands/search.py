@@ -3,6 +3,7 @@ import argparse
 from dataclasses import fields
 
 from .. import distributed
+from ..runtime import expand_home
 from ..search import SearchConfig, config_from_yaml, run_search
 
 
@@ -41,6 +42,7 @@ def run(args) -> int:
         SearchConfig(**values).validate(args.config_file)   # so a bad flag below is blamed on the flag
     names = {f.name for f in fields(SearchConfig)}
     values.update({k: v for k, v in vars(args).items() if k in names})   # only flags given (SUPPRESS)
+    values = expand_home(values, ("space", "hw", "data_dir", "out"))
     cfg = SearchConfig(**values)
     cfg.validate("command line")
     try:

@@ -41,11 +41,12 @@ def add_parser(sub):
 def run(args) -> int:
     from dataclasses import fields
 
+    from ubnas.runtime import expand_home
     from ubnas.train import TrainConfig, train
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     if "augment" in given:
         given["augment"] = {"auto": None, "on": True, "off": False}[given["augment"]]
-    cfg = TrainConfig(**given)
+    cfg = TrainConfig(**expand_home(given, ("spec", "out", "data_dir", "hw")))
     quiet = getattr(args, "quiet", False)
     result = train(cfg, resume=getattr(args, "resume", False), progress=not quiet, given=set(given))
     if quiet:
