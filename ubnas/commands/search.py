@@ -21,6 +21,19 @@ def add_parser(sub):
         "stage": "staged (ops, then widths) | joint | op | channel",
         "kernels": "mixed-edge implementation: eager | reference | triton | auto",
         "out": "run directory (config.yaml, search_log.csv, checkpoint.pt, arch.yaml)",
+        "epochs": "search epochs (staged: the first half searches ops, the second widths)",
+        "batch_size": "images per weight and per architecture step",
+        "surrogate": "straight_through (exact cost forward, smooth gradient) | sigmoid (smooth staircase)",
+        "temperature": "width of the smooth ceiling's steps, in channels",
+        "hw_batch": "batch size the hardware cost is taken at",
+        "width_cost": "expected (every candidate width) | soft (the expected width only)",
+        "relaxation": "gumbel (Gumbel-softmax samples) | softmax",
+        "tau0": "initial softmax temperature", "tau_decay": "temperature factor per epoch, in (0, 1]",
+        "weight_lr": "SGD learning rate of the weights (cosine schedule)", "arch_lr": "Adam learning rate of the "
+        "architecture logits", "dual_lr": "step of the latency multiplier (with --target-latency-us)",
+        "split": "half (DARTS' 50/50 weight/architecture split) | 80_20",
+        "realloc_every": "architecture steps between channel-window checks",
+        "device": "auto | cpu | cuda", "max_steps_per_epoch": "cap on steps per epoch (quick runs)",
     }
     for f in fields(SearchConfig):
         flag = "--" + f.name.replace("_", "-")
