@@ -394,14 +394,17 @@ def test_expected_width_cost_equals_brute_force_enumeration():
             torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9 * c)
 
 
-def test_starting_over_removes_the_last_runs_results(tmp_path):
+def test_starting_over_sets_the_last_runs_results_aside(tmp_path):
     run_search(_small(tmp_path, "run", epochs=1), progress=False)
-    assert (tmp_path / "run" / "arch.yaml").exists()
+    finished = {name: (tmp_path / "run" / name).read_bytes()
+                for name in ("arch.yaml", "search_log.csv", "checkpoint.pt", "config.yaml")}
     # a new run into the same directory, interrupted before it exports
     run_search(_small(tmp_path, "run", epochs=3, hw="edge_32x32"), progress=False, stop_after_epoch=1)
     assert not (tmp_path / "run" / "arch.yaml").exists()   # the old network must not pass for this run's
     log = (tmp_path / "run" / "search_log.csv").read_text().splitlines()
     assert len(log) == 2                                     # header and this run's one epoch
+    # the finished run is not lost: its files, byte for byte, in run/previous
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run" / "previous").iterdir()} == finished
     # interrupted again before its first checkpoint: nothing of the earlier runs is left to --resume
     import ubnas.search
 
@@ -411,7 +414,9 @@ def test_starting_over_removes_the_last_runs_results(tmp_path):
         mp.setattr(ubnas.search, "atomic_torch_save", interrupted)   # killed while writing its first checkpoint
         with pytest.raises(KeyboardInterrupt):
             run_search(_small(tmp_path, "run", epochs=3, hw="edge_16x16"), progress=False)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml", "previous"]
+    assert sorted(p.name for p in (tmp_path / "run" / "previous").iterdir()) == [
+        "checkpoint.pt", "config.yaml", "search_log.csv"]   # the interrupted second run's, replacing the first's
 
 
 def test_search_refuses_checkpoints_it_did_not_write(tmp_path, capsys):

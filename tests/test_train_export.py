@@ -138,8 +138,10 @@ def test_notes_say_what_happens_to_the_checkpoint(tmp_path, capsys):
     train(config(spec, out, epochs=1), resume=True)     # nothing to resume: a new run, and it says so
     assert f"no {out / 'checkpoint.pt'} to resume; starting a new run" in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text())["history"][-1]["epoch"] == 1
-    train(config(spec, out, epochs=1), progress=False)  # a checkpoint there and no --resume: overwritten;
+    finished = {name: (out / name).read_bytes() for name in ("checkpoint.pt", "metrics.json")}
+    train(config(spec, out, epochs=1), progress=False)  # a checkpoint there and no --resume: set aside;
     assert "checkpoint.pt exists; starting over" in capsys.readouterr().out   # --quiet hides bars, not notes
+    assert {p.name: p.read_bytes() for p in (out / "previous").iterdir()} == finished
     train(config(spec, out, epochs=1, lr=0.3, seed=0), resume=True, progress=False)
     assert "with its saved schedule; ignored: lr\n" in capsys.readouterr().out   # seed 0 is the saved value
     (tmp_path / "afile").write_text("")

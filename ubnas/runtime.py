@@ -147,6 +147,26 @@ def ignored_on_resume(cfg, saved: Mapping[str, Any], default, keys: Iterable[str
     return [k for k in keys if k in saved and getattr(cfg, k) not in (saved[k], getattr(default, k))]
 
 
+PREVIOUS = "previous"   # where a run started over in the same directory keeps the last run's files
+
+
+def set_aside(out: Path, names: Iterable[str]) -> List[str]:
+    """Move the files ``names`` that exist in ``out`` into ``out/previous/`` (replacing what an
+    earlier start-over left there), so that starting over neither deletes a finished run nor
+    lets its files pass for the new run's.  Returns the names moved."""
+    present = [name for name in names if (out / name).is_file()]
+    if not present:
+        return []
+    keep = out / PREVIOUS
+    keep.mkdir(exist_ok=True)
+    for old in keep.iterdir():
+        if old.is_file():
+            old.unlink()
+    for name in present:
+        os.replace(out / name, keep / name)
+    return present
+
+
 def resume_note(ckpt_path: Path, resume: bool) -> Optional[str]:
     """What a run tells the user about ``ckpt_path`` before it starts, or None when all is as asked.
 
@@ -156,5 +176,6 @@ def resume_note(ckpt_path: Path, resume: bool) -> Optional[str]:
     if resume and not ckpt_path.exists():
         return f"note: no {ckpt_path} to resume; starting a new run"
     if not resume and ckpt_path.exists():
-        return f"note: {ckpt_path} exists; starting over (pass --resume to continue it)"
+        return (f"note: {ckpt_path} exists; starting over, the last run's files move to "
+                f"{ckpt_path.parent / PREVIOUS} (pass --resume to continue it)")
     return None

@@ -33,7 +33,7 @@ from .channels import ChannelAllocator
 from .cost import supernet_cost
 from .data import batches, load_dataset, search_split
 from .kernels import backend as kernel_backend
-from .runtime import atomic_torch_save, make_run_dir, pick_device, resume_note, say
+from .runtime import atomic_torch_save, make_run_dir, pick_device, resume_note, say, set_aside
 from .search_config import STAGES, SearchConfig, config_from_yaml
 from .search_resume import read_search_checkpoint, resumed_config, run_definitions
 from .space import space_from_text
@@ -133,8 +133,8 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
             say(f"resuming {ckpt_path} after epoch {checkpoint['epoch']} of {cfg.epochs}")
         make_run_dir(out)
         if checkpoint is None:   # starting over: the last run's files must not pass for this run's
-            for stale in ("arch.yaml", "search_log.csv", "checkpoint.pt"):   # nor be resumed under its config
-                (out / stale).unlink(missing_ok=True)
+            # nor be resumed under its config; they are kept in OUT/previous, not deleted
+            set_aside(out, ("arch.yaml", "search_log.csv", "checkpoint.pt", "config.yaml"))
         atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     dist.broadcast_module(net)
 

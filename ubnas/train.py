@@ -30,7 +30,7 @@ from hwmodels.yamlio import atomic_write_text
 from .build import build_network
 from .data import augment_crop_flip, batches, load_dataset
 from .runtime import (atomic_torch_save, existing_checkpoint, ignored_on_resume, load_checkpoint, make_run_dir,
-                      pick_device, resume_note, say)
+                      pick_device, resume_note, say, set_aside)
 from .spec import ArchSpec, load_spec, searched_accelerator
 
 SCHEDULES = ("cosine", "onecycle")
@@ -298,10 +298,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         history = list(ckpt["history"])
         gen.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
-    if start_epoch < cfg.epochs:   # everything is validated and loaded: the directory may change now
+    if ckpt is None:   # starting over: an interrupted first epoch must not leave the old run to --resume;
+        set_aside(out, (CHECKPOINT, METRICS))   # its files are kept in OUT/previous, not deleted
+    elif start_epoch < cfg.epochs:   # everything is validated and loaded: the directory may change now
         remove_stale_results(out)
-    if ckpt is None:   # starting over: an interrupted first epoch must not leave the old run to --resume
-        ckpt_path.unlink(missing_ok=True)
     if progress:
         from tqdm import tqdm
         n_params = sum(p.numel() for p in model.parameters())
