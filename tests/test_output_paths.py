@@ -144,3 +144,21 @@ def test_interrupts_and_closed_pipes(tmp_path):
     assert proc.returncode == 130
     assert "\nubnas: interrupted; the run directory keeps the last finished epoch: rerun the same command " \
            "with --resume" in err
+
+
+def test_a_second_run_into_a_directory_being_written_is_refused(tmp_path, spec_path, capsys):
+    """A live process's lock in OUT refuses search and train (OUT untouched); a dead one's is taken over."""
+    import subprocess
+    import sys
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".ubnas.lock").write_text(f"{os.getppid()}\n")   # a process that runs: pytest's parent
+    for argv in (["search", "--out", str(out), "--epochs", "1", "--max-steps-per-epoch", "1", "--quiet"],
+                 ["train", str(spec_path), "--out", str(out), "--epochs", "1", "--quiet"]):
+        err = _error(capsys, argv)
+        assert f"another ubnas run (pid {os.getppid()}) is writing there" in err, err
+        assert sorted(p.name for p in out.iterdir()) == [".ubnas.lock"]
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / ".ubnas.lock").write_text(gone.stdout)   # that process has exited
+    assert main(["search", "--out", str(out), "--epochs", "1", "--max-steps-per-epoch", "1", "--quiet"]) == 0
+    assert not (out / ".ubnas.lock").exists() and (out / "arch.yaml").exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Optional
 
@@ -28,6 +29,46 @@ def expand_home(values: dict, keys: Iterable[str]) -> dict:
     directory named '~' (and --out would create one)."""
     return {k: os.path.expanduser(v) if k in keys and isinstance(v, str) and v.startswith("~") else v
             for k, v in values.items()}
+
+
+LOCK = ".ubnas.lock"   # in a run directory while a run writes it: this process's pid
+
+
+@contextmanager
+def run_lock(out: Path):
+    """Hold ``out/.ubnas.lock`` while this process writes ``out``: a second run into the same
+    directory is refused in one line instead of interleaving its files with the first's.  A lock
+    whose process no longer runs on this machine (killed) is taken over."""
+    path = out / LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid > 0 and pid != os.getpid() and _running(pid):
+                raise ValueError(f"--out {out}: another ubnas run (pid {pid}) is writing there; wait for it "
+                                 f"or choose another --out (remove {path} if that process is gone)") from None
+            path.unlink(missing_ok=True)   # stale: its process was killed
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's live process
+        return True
+    return True
 
 
 def make_run_dir(path: Path) -> Path:

@@ -10,6 +10,7 @@ The options live in ``search_config``, what a resume reads back in ``search_resu
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -33,7 +34,7 @@ from .channels import ChannelAllocator
 from .cost import supernet_cost
 from .data import batches, load_dataset, search_split
 from .kernels import backend as kernel_backend
-from .runtime import atomic_torch_save, make_run_dir, pick_device, resume_note, say, set_aside
+from .runtime import atomic_torch_save, make_run_dir, pick_device, resume_note, run_lock, say, set_aside
 from .search_config import STAGES, SearchConfig, config_from_yaml
 from .search_resume import read_search_checkpoint, resumed_config, run_definitions
 from .space import space_from_text
@@ -81,6 +82,12 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     given: the options the user set (flags, --config keys); on --resume those that differ from the
     checkpoint's are named, and of PLACEMENT_KEYS only those are taken (None: the ones away from
     their defaults)."""
+    with contextlib.ExitStack() as held:   # the run directory's lock, once taken, until the run ends
+        return _run_search(cfg, resume, progress, stop_after_epoch, given, held)
+
+
+def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoch: Optional[int],
+                given: Optional[Iterable[str]], held: contextlib.ExitStack) -> SearchResult:
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
     main = dist.rank() == 0          # only rank 0 writes files and prints
@@ -126,12 +133,13 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True,
     if cfg.kernels != "eager":
         kernel_backend(cfg.kernels, device)   # a backend this device cannot run fails here, not mid-epoch
     if main:   # only now: a run refused above leaves OUT as it was
+        make_run_dir(out)
+        held.enter_context(run_lock(out))   # before anything in OUT changes, or is said to
         note = resume_note(ckpt_path, resume)
         if note:
             say(note)
         if checkpoint is not None:
             say(f"resuming {ckpt_path} after epoch {checkpoint['epoch']} of {cfg.epochs}")
-        make_run_dir(out)
         if checkpoint is None:   # starting over: the last run's files must not pass for this run's
             # nor be resumed under its config; they are kept in OUT/previous, not deleted
             set_aside(out, ("arch.yaml", "search_log.csv", "checkpoint.pt", "config.yaml"))

@@ -15,6 +15,7 @@ and leaves the last good checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -30,7 +31,7 @@ from hwmodels.yamlio import atomic_write_text
 from .build import build_network
 from .data import augment_crop_flip, batches, load_dataset
 from .runtime import (atomic_torch_save, existing_checkpoint, ignored_on_resume, load_checkpoint, make_run_dir,
-                      pick_device, resume_note, say, set_aside)
+                      pick_device, resume_note, run_lock, say, set_aside)
 from .spec import ArchSpec, load_spec, searched_accelerator
 
 SCHEDULES = ("cosine", "onecycle")
@@ -236,6 +237,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
 
     given: the options the user set; on --resume those of TRAJECTORY_KEYS that differ from the
     checkpoint's are named (None: the ones away from their defaults)."""
+    with contextlib.ExitStack() as held:   # the run directory's lock, once taken, until the run ends
+        return _train(cfg, resume, progress, stop_after_epoch, given, held)
+
+
+def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Optional[int],
+           given: Optional[Iterable[str]], held: contextlib.ExitStack) -> TrainResult:
     spec = load_spec(cfg.spec)
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
@@ -276,6 +283,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         raise ValueError(f"{spec.origin}: key 'num_classes' is {spec.num_classes} but data set "
                          f"{cfg.data} has {data.num_classes} classes")
     make_run_dir(out)   # only now: a refused run leaves no empty directory behind
+    held.enter_context(run_lock(out))   # before anything in OUT changes
     augment = cfg.augment if cfg.augment is not None else cfg.data == "cifar10"
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
