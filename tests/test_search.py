@@ -291,6 +291,20 @@ def test_the_80_20_split_trains_on_the_whole_weight_split_each_epoch(tmp_path):
     assert result.history[0]["steps"] == math.ceil(n_weight / 128) > math.ceil((n - n_weight) / 128)
 
 
+def test_notes_for_options_that_do_not_do_what_they_seem(tmp_path, capsys):
+    """--data-dir with the digits set, and an accelerator calibrated for the uboost model whose
+    calibration then serves arch.yaml's systolic exact cost: each gets a note."""
+    from hwmodels.accelerator import save_accelerator
+    hw = tmp_path / "cal.yaml"
+    save_accelerator(load_accelerator("edge_32x32"), hw, extra={"fit_report": {"mode": "uboost"}})
+    cfg = SearchConfig(epochs=1, max_steps_per_epoch=1, batch_size=16, kernels="eager", data_dir=str(tmp_path),
+                       hw=str(hw), cost_model="uboost", out=str(tmp_path / "run"))
+    run_search(cfg, progress=False)
+    out = capsys.readouterr().out
+    assert f"note: --data-dir is read only with --data cifar10; digits ignores {tmp_path}" in out
+    assert f"note: {hw} was calibrated for the uboost model; arch.yaml's exact cost uses the systolic" in out
+
+
 def _darts_cell_by_hand(logits, op_names, nodes):
     """{(edge, op)} of DARTS' derived cell, by plain loops: per node the 2 incoming edges whose
     best op other than 'none' has the largest softmax probability (ties: lower edge first)."""

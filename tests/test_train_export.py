@@ -331,7 +331,7 @@ def test_an_onnx_file_that_fails_the_check_is_not_written(tmp_path, capsys, monk
     file = tmp_path / "net.onnx"
     assert main(["export", str(spec), "--onnx", str(file)]) == 0
     good = file.read_bytes()
-    capsys.readouterr()
+    assert "warning: the exported network is untrained" in capsys.readouterr().err   # no --weights
     monkeypatch.setattr(ubnas.export, "TOLERANCE", -1.0)   # no difference passes
     err = one_line_error(capsys, ["export", str(spec), "--onnx", str(file)])
     assert str(file) in err and "differs from PyTorch's" in err and "not written" in err

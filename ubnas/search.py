@@ -112,6 +112,8 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     # ---- data, model, hardware ------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     data = load_dataset(cfg.data, cfg.data_dir, seed=cfg.seed)
+    if cfg.data_dir is not None and cfg.data != "cifar10" and main:
+        say(f"note: --data-dir is read only with --data cifar10; {cfg.data} ignores {cfg.data_dir}")
     (xw, yw), (xa, ya) = search_split(data.train_x, data.train_y, cfg.split, seed=cfg.seed)
     xw, yw = dist.shard(xw, yw, rank, world)
     xa, ya = dist.shard(xa, ya, rank, world)
@@ -276,6 +278,9 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
             "window's top width, at which the ops were trained")
     if check_sync:
         _say(f"sync check: weights and architecture parameters identical on {world} ranks after all {arch_steps} steps", main)
+    if main and defs.fit_mode not in (None, "systolic"):   # the exported network is costed in systolic mode
+        say(f"note: {cfg.hw} was calibrated for the {defs.fit_mode} model; arch.yaml's exact cost uses the "
+            f"systolic model with that calibration, where it was not fitted")
     spec_path = export_spec(net, cfg, acc, history, cost_of, data, out) if main else None
     dist.barrier()
     return SearchResult(out, history, spec_path, allocator.log)

@@ -1,6 +1,8 @@
 """``ubnas export``: write an architecture (optionally with trained weights) as ONNX."""
 from __future__ import annotations
 
+import sys
+
 
 def add_parser(sub):
     parser = sub.add_parser(
@@ -27,4 +29,7 @@ def run(args) -> int:
     else:
         check = "not checked (onnxruntime not installed)"
     print(f"wrote {result['onnx']} ({weights}); {check}")
+    if not result["weights"]:   # a valid file of an untrained network: easy to deploy by mistake
+        print("warning: the exported network is untrained; pass --weights RUN/checkpoint.pt of `ubnas train`",
+              file=sys.stderr)
     return 0
