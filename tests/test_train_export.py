@@ -186,6 +186,16 @@ def test_resume_keeps_the_data_dir_and_accelerator_of_the_first_run(tmp_path, ca
     assert [row["epoch"] for row in metrics["history"]] == [1, 2]
 
 
+def test_train_defaults_to_the_data_set_the_spec_was_searched_on(tmp_path, capsys):
+    spec = write_spec(tmp_path / "arch.yaml", {"input_shape": [3, 32, 32], "provenance/data": "synthetic"})
+    assert main(["train", str(spec), "--out", str(tmp_path / "run"), "--epochs", "1", "--quiet"]) == 0
+    assert "note: training on synthetic, the data set" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["data"] == "synthetic"
+    # --data given: taken as given (digits images are 1x8x8, so the spec's shape is refused)
+    err = one_line_error(capsys, ["train", str(spec), "--out", str(tmp_path / "r2"), "--data", "digits", "--quiet"])
+    assert "data set digits has images of [1, 8, 8]" in err
+
+
 def test_onecycle_and_label_smoothing_run(tmp_path):
     spec = write_spec(tmp_path / "arch.yaml")
     from ubnas.train import lr_at

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from hwmodels.yamlio import atomic_write_text
 
 from .build import build_network
-from .data import augment_crop_flip, batches, load_dataset
+from .data import DATASETS, augment_crop_flip, batches, load_dataset
 from .runtime import (atomic_torch_save, existing_checkpoint, ignored_on_resume, load_checkpoint, make_run_dir,
                       pick_device, resume_note, run_lock, say, set_aside)
 from .spec import ArchSpec, load_spec, searched_accelerator
@@ -267,6 +267,11 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
             k for k in PLACEMENT_KEYS if getattr(cfg, k) != getattr(TrainConfig(spec=cfg.spec), k)}
         kept = {k: saved[k] for k in PLACEMENT_KEYS if k not in here and k in saved}
         cfg = TrainConfig(**{**asdict(cfg), **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}, **kept})
+    searched_on = spec.provenance.get("data")
+    data_given = "data" in given if given is not None else cfg.data != TrainConfig(spec=cfg.spec).data
+    if ckpt is None and not data_given and searched_on in DATASETS and searched_on != cfg.data:
+        say(f"note: training on {searched_on}, the data set {spec.origin} was searched on (pass --data to change)")
+        cfg = TrainConfig(**{**asdict(cfg), "data": searched_on})
     cfg.validate()
     acc, why = pick_accelerator(spec, cfg.hw)   # once, before training: a bad --hw fails now
     if why == "default" and spec.provenance.get("accelerator"):
