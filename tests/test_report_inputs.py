@@ -181,3 +181,21 @@ def test_report_out_is_a_file_names_out(trained, tmp_path, capsys):
     err = one_line_error(capsys, ["report", str(run), "--out", str(target), "--no-plots"])
     assert f"--out {target}: exists and is not a directory" in err
     assert target.read_text() == "keep me\n"
+
+
+def test_pareto_fronts_compare_only_accuracies_of_one_kind():
+    """A supernet's search val accuracy never dominates a trained network's test accuracy."""
+    from pathlib import Path
+
+    from ubnas.report import Run, pareto_front
+
+    def run(name, kind, accuracy, latency_us):
+        label = "search val accuracy (supernet)" if kind == "search" else "test accuracy (trained)"
+        return Run(Path(name), name, kind, accuracy=accuracy, accuracy_label=label,
+                   metrics={"hardware": {"latency_us": latency_us}})
+    runs = [run("s_fast", "search", 0.99, 10.0), run("s_slow", "search", 0.98, 12.0),
+            run("t_fast", "train", 0.95, 20.0), run("t_slow", "train", 0.90, 30.0),
+            run("t_best", "train", 0.97, 40.0)]
+    # by hand: among searches s_fast beats s_slow; among trained runs t_fast beats t_slow, t_best is
+    # the most accurate
+    assert [r.name for r in pareto_front(runs)] == ["s_fast", "t_fast", "t_best"]

@@ -196,15 +196,18 @@ def load_runs(paths: Sequence, hw: Optional[str] = None) -> List[Run]:
 
 
 def pareto_front(runs: Sequence[Run]) -> List[Run]:
-    """Runs no other run beats on both accuracy (higher) and latency (lower)."""
+    """Runs no other run with the same kind of accuracy beats on both accuracy (higher) and
+    latency (lower): a supernet's search val accuracy and a trained network's test accuracy are
+    not comparable, so each kind has its own front.  Sorted by kind, then latency."""
     points = [r for r in runs if r.accuracy is not None and r.latency_us is not None]
     front = []
     for r in points:
-        dominated = any((o.accuracy >= r.accuracy and o.latency_us <= r.latency_us)
+        dominated = any(o.accuracy_label == r.accuracy_label
+                        and (o.accuracy >= r.accuracy and o.latency_us <= r.latency_us)
                         and (o.accuracy > r.accuracy or o.latency_us < r.latency_us) for o in points)
         if not dominated:
             front.append(r)
-    return sorted(front, key=lambda r: r.latency_us)
+    return sorted(front, key=lambda r: (r.accuracy_label, r.latency_us))
 
 
 # -- markdown ----------------------------------------------------------------------------------
@@ -449,9 +452,13 @@ def pareto_figure(plt, runs: Sequence[Run], front: Sequence[Run], out_dir: Path)
             for r in pts:
                 ax.annotate(r.name, (r.latency_us, 100 * r.accuracy), textcoords="offset points",
                             xytext=(4, 4), fontsize=7)
-    if len(front) > 1:
-        ax.step([r.latency_us for r in front], [100 * r.accuracy for r in front], where="post",
-                color="gray", ls="--", lw=1, label="Pareto front", zorder=2)
+    labelled = False
+    for kind in sorted({r.accuracy_label for r in front}):   # one front per kind of accuracy
+        line = [r for r in front if r.accuracy_label == kind]
+        if len(line) > 1:
+            ax.step([r.latency_us for r in line], [100 * r.accuracy for r in line], where="post",
+                    color="gray", ls="--", lw=1, label=None if labelled else "Pareto fronts", zorder=2)
+            labelled = True
     ax.margins(0.12)
     ax.set_xlabel("latency (us, exact, batch 1)")
     ax.set_ylabel("accuracy (%)")
