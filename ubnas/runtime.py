@@ -23,6 +23,22 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+MAX_SEED = 2**62   # torch seeds are 64-bit, and runs seed their generators with seed + 1, + 2
+
+
+def all_finite(module: torch.nn.Module) -> bool:
+    """Whether every floating-point weight and buffer (BN statistics too) of ``module`` is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
+
+
+def options_given(cfg, default, keys: Iterable[str], given: Optional[Iterable[str]]) -> set:
+    """Of ``keys``, the options the user set: those in ``given`` (flags and --config keys), or,
+    without it, those whose value in ``cfg`` differs from ``default``'s."""
+    if given is not None:
+        return set(given) & set(keys)
+    return {k for k in keys if getattr(cfg, k) != getattr(default, k)}
+
+
 def expand_home(values: dict, keys: Iterable[str]) -> dict:
     """``values`` with a leading ``~`` of each path in ``keys`` expanded to the home directory, as
     a shell does for an unquoted flag: a --config file or a quoted flag would otherwise read a

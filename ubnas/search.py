@@ -34,7 +34,7 @@ from .channels import ChannelAllocator
 from .cost import supernet_cost
 from .data import batches, load_dataset, search_split
 from .kernels import backend as kernel_backend
-from .runtime import atomic_torch_save, make_run_dir, pick_device, resume_note, run_lock, say, set_aside
+from .runtime import all_finite, atomic_torch_save, make_run_dir, pick_device, resume_note, run_lock, say, set_aside
 from .search_config import STAGES, SearchConfig, config_from_yaml
 from .search_resume import read_search_checkpoint, resumed_config, run_definitions
 from .space import space_from_text
@@ -46,6 +46,14 @@ __all__ = ["STAGES", "SearchConfig", "SearchResult", "config_from_yaml", "cost_f
 
 class SearchDiverged(ValueError):
     """A loss or the latency became non-finite (a ValueError: the CLI prints one line)."""
+
+
+def _diverged(what: str, where: str, ckpt_path: Path, epochs_saved: int) -> SearchDiverged:
+    """The error for a search whose ``what`` turned non-finite ``where``; nothing is saved after it,
+    so the checkpoint on disk holds ``epochs_saved`` epochs (0: none was written)."""
+    kept = f"{ckpt_path} keeps epoch {epochs_saved}" if epochs_saved else "no checkpoint was written"
+    return SearchDiverged(f"search diverged: {what} {where}; {kept}; start over with lower --weight-lr / "
+                          f"--arch-lr")
 
 
 @dataclass
@@ -199,9 +207,8 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
             if bad:   # the weights or logits are lost; the checkpoint on disk is the last good epoch
                 if bar is not None:
                     bar.close()
-                kept = f"{ckpt_path} keeps epoch {epoch}" if epoch > 0 else "no checkpoint was written"
-                raise SearchDiverged(f"search diverged: {', '.join(bad)} at epoch {epoch + 1}/{cfg.epochs}, "
-                                     f"step {step + 1}; {kept}; start over with lower --weight-lr / --arch-lr")
+                raise _diverged(", ".join(bad), f"at epoch {epoch + 1}/{cfg.epochs}, step {step + 1}", ckpt_path,
+                                epoch)
             if taken.latency_ratio is not None:   # dual ascent on the latency constraint, rank 0's ratio everywhere
                 ratio = float(dist.broadcast_object(float(taken.latency_ratio.detach())))
                 mu = max(0.0, mu + cfg.dual_lr * (ratio - 1))
@@ -223,8 +230,8 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
             sums["val_acc"] += float((taken.val_logits.argmax(1) == yv).float().mean())
             sums["n"] += 1
             if bar is not None:
-                bar.set_postfix(loss=f"{taken.loss.item():.3f}", acc=f"{sums['acc'] / sums['n']:.3f}",
-                                lat_us=f"{float(taken.cost['seconds'].detach()) * 1e6:.1f}",
+                bar.set_postfix(loss=f"{losses['training loss']:.3f}", acc=f"{sums['acc'] / sums['n']:.3f}",
+                                lat_us=f"{losses['latency'] * 1e6:.1f}",
                                 util=f"{100 * float(taken.cost['utilization'].detach()):.2f}%")
                 bar.update(1)
         if bar is not None:
@@ -243,12 +250,9 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
             row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         history.append(row)
         dist.broadcast_module(net)   # BN running statistics differ per shard: take rank 0's
-        if not all(bool(torch.isfinite(t).all()) for t in net.state_dict().values() if t.is_floating_point()):
-            # the last step's update overflowed although its losses were finite: save nothing
-            kept = f"{ckpt_path} keeps epoch {epoch}" if epoch > 0 else "no checkpoint was written"
-            raise SearchDiverged(f"search diverged: the weights or architecture parameters are not finite "
-                                 f"after epoch {epoch + 1}/{cfg.epochs}; {kept}; start over with lower "
-                                 f"--weight-lr / --arch-lr")
+        if not all_finite(net):   # the last step's update overflowed although its losses were finite
+            raise _diverged("the weights or architecture parameters are not finite",
+                            f"after epoch {epoch + 1}/{cfg.epochs}", ckpt_path, epoch)
         if main:   # the checkpoint first: a log never lists an epoch that no checkpoint holds
             atomic_torch_save({
                 "config": asdict(cfg), "epoch": epoch + 1, "arch_steps": arch_steps, "mu": mu,

@@ -9,10 +9,11 @@ from typing import Any, Dict, Optional
 from hwmodels.yamlio import read_yaml
 
 from .cost import COST_MODELS, WIDTH_COSTS
+from .runtime import MAX_SEED
 from .supernet import RELAXATIONS
 
 STAGES = ("staged", "joint", "op", "channel")
-MAX_SEED = 2**62   # torch seeds are 64-bit, and the run seeds its generators with seed + 1, + 2
+
 
 @dataclass
 class SearchConfig:

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Optional
 from hwmodels import load_accelerator
 from hwmodels.accelerator import calibrated_mode, from_dict
 
-from .runtime import existing_checkpoint, ignored_on_resume, say
+from .runtime import existing_checkpoint, ignored_on_resume, options_given, say
 from .search_config import SearchConfig
 from .space import read_space_text
 
@@ -29,8 +29,7 @@ def resumed_config(cfg: SearchConfig, checkpoint: dict, given: Optional[Iterable
     """The checkpoint's config, with where and on what the run executes (PLACEMENT_KEYS) taken from
     this invocation: those in ``given`` (the options the user set; None: those away from their
     defaults), and always ``out``.  Options given that differ from the checkpoint's are named in a note."""
-    set_here = set(given) if given is not None else {
-        k for k in PLACEMENT_KEYS if getattr(cfg, k) != getattr(SearchConfig, k)}
+    set_here = options_given(cfg, SearchConfig(), PLACEMENT_KEYS, given)
     here = {k: getattr(cfg, k) for k in PLACEMENT_KEYS if k == "out" or k in set_here}
     saved = SearchConfig(**{**checkpoint["config"], **here})
     trajectory = [f.name for f in fields(SearchConfig) if f.name not in PLACEMENT_KEYS]

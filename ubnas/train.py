@@ -30,8 +30,9 @@ from hwmodels.yamlio import atomic_write_text
 
 from .build import build_network
 from .data import DATASETS, augment_crop_flip, batches, load_dataset
-from .runtime import (atomic_torch_save, existing_checkpoint, ignored_on_resume, load_checkpoint, make_run_dir,
-                      pick_device, resume_note, run_lock, say, set_aside)
+from .runtime import (MAX_SEED, all_finite, atomic_torch_save, existing_checkpoint, ignored_on_resume,
+                      load_checkpoint, make_run_dir, options_given, pick_device, resume_note, run_lock, say,
+                      set_aside)
 from .spec import ArchSpec, load_spec, searched_accelerator
 
 SCHEDULES = ("cosine", "onecycle")
@@ -86,8 +87,8 @@ class TrainConfig:
             raise ValueError(f"--weight-decay: expected a finite value >= 0, got {self.weight_decay}")
         if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):   # 0 is documented as "off"
             raise ValueError(f"--grad-clip: expected a finite norm > 0, or 0 for no clipping, got {self.grad_clip}")
-        if not 0 <= self.seed <= 2**62:   # torch seeds are 64-bit
-            raise ValueError(f"--seed: expected an integer in [0, 2**62], got {self.seed}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"--seed: expected an integer in [0, {MAX_SEED}], got {self.seed}")
         if not str(self.out).strip():   # Path("") is the current directory, whose files a start-over removes
             raise ValueError(f"--out: expected a run directory, got {self.out!r}")
 
@@ -215,11 +216,6 @@ def remove_stale_results(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def _all_finite(model: torch.nn.Module) -> bool:
-    """Whether every floating-point weight and buffer (BN statistics too) of ``model`` is finite."""
-    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
-
-
 def _diverged(what: str, where: str, cfg: TrainConfig, ckpt_path: Path, last_good: int) -> TrainingDiverged:
     """The error for a run whose ``what`` turned non-finite at ``where`` (epoch and step); the
     checkpoint on disk is left as it was (``last_good``: its epoch, 0 when this run wrote none)."""
@@ -263,12 +259,11 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
             say(f"note: resuming {ckpt_path} with its saved schedule; ignored: {', '.join(ignored)}")
         # where and on what it runs: this invocation's if given, else the first run's (a CIFAR run
         # resumed without --data-dir finds its data)
-        here = set(given) if given is not None else {
-            k for k in PLACEMENT_KEYS if getattr(cfg, k) != getattr(TrainConfig(spec=cfg.spec), k)}
+        here = options_given(cfg, TrainConfig(spec=cfg.spec), PLACEMENT_KEYS, given)
         kept = {k: saved[k] for k in PLACEMENT_KEYS if k not in here and k in saved}
         cfg = TrainConfig(**{**asdict(cfg), **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}, **kept})
     searched_on = spec.provenance.get("data")
-    data_given = "data" in given if given is not None else cfg.data != TrainConfig(spec=cfg.spec).data
+    data_given = options_given(cfg, TrainConfig(spec=cfg.spec), ("data",), given)
     if ckpt is None and not data_given and searched_on in DATASETS and searched_on != cfg.data:
         say(f"note: training on {searched_on}, the data set {spec.origin} was searched on (pass --data to change)")
         cfg = TrainConfig(**{**asdict(cfg), "data": searched_on})
@@ -356,7 +351,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
                 bar.update(1)
         if bar is not None:
             bar.close()
-        if not _all_finite(model):   # the epoch's last step can blow up the weights: never save those
+        if not all_finite(model):   # the epoch's last step can blow up the weights: never save those
             raise _diverged("the weights became non-finite", f"epoch {epoch + 1}/{cfg.epochs}, "
                             f"step {steps_per_epoch}/{steps_per_epoch}", cfg, ckpt_path, last_good)
         test_loss, test_acc = evaluate(model, test_x, test_y)
