@@ -17,7 +17,7 @@ import ubnas.search
 from hwmodels import load_accelerator
 from ubnas.search import SearchConfig, cost_function, enter_stage, make_optimizers, run_search, search_step
 from ubnas.space import load_space
-from ubnas.supernet import Supernet
+from ubnas.supernet import ArchSample, Supernet
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tiny convolutions: one thread is faster
 
@@ -166,12 +166,17 @@ def test_tau_and_weight_lr_follow_their_schedules(tmp_path, monkeypatch):
 
 def test_resume_with_a_latency_target_equals_an_uninterrupted_run(tmp_path):
     """mu (the dual variable) is part of the trajectory: a resumed run must continue from it."""
-    net = Supernet(load_space("tiny"), (1, 8, 8), 10)
+    space = load_space("tiny")
+    net = Supernet(space, (1, 8, 8), 10)
     base = SearchConfig(kernels="eager")
+    # every edge 'none' and every width at its bottom: what no architecture of the space undercuts
+    floor = ArchSample({t: F.one_hot(torch.full((space.edges_per_cell,), space.ops.index("none")),
+                                     len(space.ops)).double() for t in net.op_logits},
+                       {n: F.one_hot(torch.tensor(0), w.count).double() for n, w in net.widths.items()})
     with torch.no_grad():
-        initial = float(cost_function(net, load_accelerator(base.hw), base)(net.sample("softmax"))["seconds"])
+        initial = float(cost_function(net, load_accelerator(base.hw), base)(floor)["seconds"])
 
-    def cfg(name):
+    def cfg(name):   # a target below every network: violated at every step
         return SearchConfig(epochs=3, max_steps_per_epoch=3, batch_size=16, stage="joint", arch_lr=0.05,
                             target_latency_us=0.5 * initial * 1e6, kernels="eager", out=str(tmp_path / name))
 

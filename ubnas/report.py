@@ -13,7 +13,7 @@ edited, moved or deleted since training leaves the figures metrics.json
 recorded, with a note.
 
 search_log.csv is read by column name: any of epoch, train_loss, train_acc,
-val_loss, val_acc, latency_us, utilization that are present are used, extra
+val_loss, val_acc, latency_us, derived_latency_us, utilization that are present are used, extra
 columns are ignored.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from hwmodels.yamlio import atomic_write_text, read_yaml
 from .trained_run import read_metrics, trained_spec
 
 CURVE_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                 "latency_us", "utilization")
+                 "latency_us", "derived_latency_us", "utilization")
 MAX_TABLE_ROWS = 12
 
 
@@ -380,7 +380,7 @@ def run_figures(plt, run: Run, out_dir: Path) -> Dict[str, str]:
     held_out = "val" if run.kind == "search" else "test"
     panels = [("loss", [("train_loss", "train"), (f"{held_out}_loss", held_out)]),
               ("accuracy", [("train_acc", "train"), (f"{held_out}_acc", held_out)]),
-              ("latency (us, smooth cost)", [("latency_us", None)]),
+              ("latency (us, smooth cost)", [("latency_us", "supernet"), ("derived_latency_us", "derived")]),
               ("utilization (smooth cost)", [("utilization", None)])]
     panels = [(title, [(k, label) for k, label in keys if _series(run.curves, k)[0]])
               for title, keys in panels]

@@ -294,6 +294,15 @@ class Supernet(nn.Module):
                 ops[t] = relax(logits)
         return ArchSample(ops, {n: relax(w.logits) for n, w in self.widths.items()}, hard_ops)
 
+    def derived_sample(self) -> ArchSample:
+        """The network ``spec.derive_spec`` would export now, as probabilities: each cell type's
+        ``derived_ops`` and every width one-hot at its most probable candidate (a forced width
+        overrides it, as in ``Width.chosen``); no gradients."""
+        widths = {n: F.one_hot(w.logits.detach().argmax(), w.count).to(w.logits.dtype)
+                  for n, w in self.widths.items()}
+        ops = {t: derived_ops(logits, self.space.ops, self.space.nodes) for t, logits in self.op_logits.items()}
+        return ArchSample(ops, widths, True)
+
     def forward(self, x: torch.Tensor, arch: Optional[ArchSample] = None) -> torch.Tensor:
         arch = arch or self.sample()
         stem_mask = self.widths["stem"].mask(arch.widths["stem"]).view(1, -1, 1, 1)

@@ -1,0 +1,125 @@
+"""The hard latency target bounds the network the search would export (DESIGN.md section 3).
+
+Supernet.derived_sample is costed against hwmodels.estimate on the network derive_spec builds;
+search.target_seconds has the derived value and the relaxed supernet's gradient, and the arch step's
+hinge (and the ratio the dual ascent reads) uses it.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hwmodels import estimate, load_accelerator
+from ubnas.build import build_network
+from ubnas.cost import supernet_cost
+from ubnas.search import SearchConfig, cost_function, make_optimizers, search_step, target_seconds
+from ubnas.space import load_space
+from ubnas.spec import derive_spec
+from ubnas.supernet import Supernet
+
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny convolutions: one thread is faster
+
+ACC = load_accelerator("uboost")
+
+
+def _random_net(seed):
+    torch.manual_seed(seed)
+    space = load_space("tiny")
+    net = Supernet(space, (1, 8, 8), 10).double()
+    with torch.no_grad():
+        for logits in net.op_logits.values():
+            logits.copy_(2 * torch.randn_like(logits))
+        for w in net.widths.values():
+            w.logits.copy_(2 * torch.randn_like(w.logits))
+    return net
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("op_stage", [False, True])
+def test_derived_sample_costs_the_network_that_derive_spec_exports(seed, op_stage):
+    """Exact (straight-through) cost of derived_sample == hwmodels.estimate of build_network(derive_spec),
+    with the widths at their most probable candidate, or forced to the window top (the op stage)."""
+    net = _random_net(seed)
+    if op_stage:
+        for w in net.widths.values():
+            w.forced = w.top
+    if not op_stage:   # random logits: not every width at its window's bottom (the zero-logit argmax)
+        assert any(w.chosen() != w.lo for w in net.widths.values())
+    for batch in (1, 4):
+        with torch.no_grad():
+            got = supernet_cost(net, net.derived_sample(), ACC, "systolic", "straight_through", batch=batch)
+        want = estimate(build_network(derive_spec(net)), (1, 8, 8), ACC, batch=batch)
+        assert float(got["seconds"]) == pytest.approx(want.seconds, rel=1e-9)
+        assert float(got["utilization"]) == pytest.approx(want.utilization, rel=1e-9)
+
+
+def test_target_seconds_is_the_derived_value_with_the_relaxed_gradient():
+    net = _random_net(6)
+    cfg = SearchConfig(kernels="eager")
+    cost_of = cost_function(net, ACC, cfg)
+    relaxed = cost_of(net.sample("softmax"))["seconds"]
+    got = target_seconds(relaxed, net, cost_of)
+    derived = float(cost_of(net.derived_sample())["seconds"])
+    assert float(got.detach()) == pytest.approx(derived, rel=1e-12)
+    assert abs(float(relaxed.detach()) / derived - 1) > 0.2   # the check above tells the two apart
+    params = net.arch_parameters()
+    grads = torch.autograd.grad(got, params, retain_graph=True, allow_unused=True)
+    want = torch.autograd.grad(cost_of(net.sample("softmax"))["seconds"], params, allow_unused=True)
+    for g, w in zip(grads, want):
+        assert (g is None) == (w is None)
+        if w is not None:
+            torch.testing.assert_close(g, w, rtol=1e-12, atol=0)
+    assert any(w is not None and w.abs().max() > 0 for w in want)
+
+
+def test_the_arch_step_hinges_on_the_derived_latency():
+    """mu * relu(derived / T - 1) with the relaxed gradient, the arch gradient by hand: a target under
+    the derived latency adds mu / T * dlatency_relaxed; one between derived and relaxed latency adds it
+    only when the derived latency is the larger."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(5)
+    xb, yb = torch.randn(6, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 10, (6,), generator=g)
+    xv, yv = torch.randn(6, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 10, (6,), generator=g)
+    net0 = _random_net(6)
+    with torch.no_grad():
+        cost_of0 = cost_function(net0, ACC, SearchConfig(kernels="eager"))
+        derived = float(cost_of0(net0.derived_sample())["seconds"])
+        relaxed = float(cost_of0(net0.sample("softmax"))["seconds"])
+    assert abs(relaxed / derived - 1) > 0.2
+    mu, tau = 2.0, 1.0
+    # between the two, only the derived latency decides (the relaxed one would decide the other way)
+    for target_s, active in ((0.5 * derived, True), (0.5 * (derived + relaxed), derived > relaxed)):
+        net = _random_net(6)
+        net.load_state_dict(net0.state_dict())
+        cfg = SearchConfig(kernels="eager", relaxation="softmax", target_latency_us=target_s * 1e6, arch_lr=0.0)
+        cost_of = cost_function(net, ACC, cfg)
+        w_opt, a_opt = make_optimizers(net, cfg)
+        taken = search_step(net, (xb, yb), (xv, yv), w_opt, a_opt, cost_of, cfg, tau, 1.0, mu,
+                            torch.Generator().manual_seed(0))
+        got = [p.grad.clone() for p in net.arch_parameters()]
+        # by hand at the stepped weights (arch_lr 0: the logits did not move)
+        arch = net.sample("softmax", tau)
+        ce = F.cross_entropy(net(xv, arch), yv)
+        hw = cost_of(arch)["seconds"] * (mu / target_s if active else 0.0)
+        want = torch.autograd.grad(ce + hw, net.arch_parameters(), allow_unused=True)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b, rtol=1e-7, atol=1e-12)
+        assert float(taken.latency_ratio.detach()) == pytest.approx(derived / target_s, rel=1e-9)
+
+
+def test_an_exported_network_above_the_target_gets_a_note(tmp_path, capsys):
+    """A target no network of the space meets (the stem and classifier alone cost more): the export
+    names its latency and the target; a target far above every network gets no note."""
+    from ubnas.search import run_search
+    from ubnas.spec import load_spec
+
+    def run(name, target_us):
+        result = run_search(SearchConfig(out=str(tmp_path / name), epochs=1, max_steps_per_epoch=1,
+                                         batch_size=16, target_latency_us=target_us), progress=False)
+        return load_spec(result.spec_path).provenance, capsys.readouterr().out
+
+    provenance, out = run("tight", 1e-3)
+    found = provenance["smooth_cost_discrete"]["latency_us"]
+    assert found > 1e-3
+    assert f"latency ({found:.2f} us under the systolic cost model) is above --target-latency-us 0.001" in out
+    _, out = run("loose", 1e6)
+    assert "above --target-latency-us" not in out
