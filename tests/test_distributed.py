@@ -84,3 +84,84 @@ def test_ranks_read_disjoint_equal_shards():
     for px, py in parts:
         assert torch.equal(px.view(-1), py * 10)              # rows stay with their labels
     assert shard(x, y, 0, 1)[1].tolist() == list(range(11))   # one process keeps everything
+
+
+def _rank0_worker(rank, port, path):
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from ubnas import distributed as dist
+    dist.world("cpu")
+    calls = []
+
+    def works():
+        calls.append(rank)
+        return "written"
+
+    def refuses():
+        calls.append(rank)
+        raise ValueError("--out /x: refused")
+
+    outcome = [dist.on_rank0(works)]
+    try:
+        dist.on_rank0(refuses)
+    except ValueError as exc:
+        outcome.append(str(exc))
+    outcome.append(dist.on_rank0(works))   # the group is still usable after a shared refusal
+    torch.save({"outcome": outcome, "calls": calls}, f"{path}.{rank}")
+    dist.shutdown()
+
+
+def test_an_error_on_rank_0_stops_every_rank_with_its_message(tmp_path):
+    """on_rank0 runs the function on rank 0 only; its ValueError is raised on rank 0 as is and on
+    the others quoted, instead of leaving them in a collective rank 0 never reaches."""
+    torch.multiprocessing.spawn(_rank0_worker, args=(_free_port(), str(tmp_path / "r")), nprocs=2)
+    r0, r1 = (torch.load(tmp_path / f"r.{rank}", weights_only=True) for rank in range(2))
+    assert r0["calls"] == [0, 0, 0] and r1["calls"] == []
+    assert r0["outcome"] == ["written", "--out /x: refused", "written"]
+    assert r1["outcome"] == [None, "rank 0 stopped: --out /x: refused", None]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
+def test_torchrun_search_refused_on_rank_0_ends_with_one_line_per_rank(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        (out / ".ubnas.lock").write_text(f"{holder.pid}\n")   # a live process writes there
+        env = dict(os.environ, UBNAS_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "-m", "ubnas", "search", "--epochs", "1", "--max-steps-per-epoch", "1",
+               "--out", str(out), "--quiet"]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        holder.kill()
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ubnas: error")]
+    assert len(errors) == 2 and all("another ubnas run" in line for line in errors), result.stderr[-3000:]
+    assert any(line.startswith("ubnas: error (rank 1): rank 0 stopped: --out") for line in errors)
+    # no rank's traceback (torchrun's launcher still prints its own ChildFailedError report)
+    assert "[rank" not in result.stderr and "Connection closed" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".ubnas.lock"]
+
+
+def test_train_refuses_to_run_under_torchrun(tmp_path, monkeypatch, capsys):
+    """Every rank would train the whole network alone into the same run directory."""
+    from ubnas.cli import main
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", str(tmp_path / "arch.yaml"), "--out", str(tmp_path / "t")]) == 2
+    assert "ubnas train runs in one process: launch it without torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+
+
+def test_an_interrupted_rank_other_than_0_says_nothing(monkeypatch, capsys):
+    import ubnas.commands.search
+    from ubnas.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ubnas.commands.search, "run_search", interrupted)
+    for rank, says in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["search", "--out", "unused", "--quiet"]) == 130
+        assert ("ubnas: interrupted" in capsys.readouterr().err) == says

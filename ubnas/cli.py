@@ -39,6 +39,9 @@ def main(argv=None) -> int:
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:   # on a line of its own (a progress bar may be open)
+        from .distributed import rank
+        if rank():   # under torchrun every rank is interrupted: rank 0 says it once
+            return 130
         resumable = args.command in ("search", "train")
         print("\nubnas: interrupted" + ("; the run directory keeps the last finished epoch: rerun the "
                                          "same command with --resume to continue" if resumable else ""),

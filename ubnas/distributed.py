@@ -7,7 +7,7 @@ wrap time) do not allow.  The effect is DDP's: every rank sees the mean gradient
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, List, Tuple
+from typing import Any, Callable, Iterable, List, Tuple
 
 import torch
 import torch.distributed as dist
@@ -82,6 +82,28 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
+def on_rank0(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0 only (files, locks), its outcome shared: its result on rank 0 (None elsewhere).
+
+    A ValueError or OSError there (a refused run directory, a full disk) is raised on every rank,
+    on the others as a ValueError quoting it, so no rank is left waiting in a collective that rank
+    0 never reaches (which gloo reports as a long 'Connection closed by peer' traceback)."""
+    result, error = None, None
+    if rank() == 0:
+        try:
+            result = fn()
+        except (ValueError, OSError) as exc:
+            error = exc
+    # the common case costs one small all-reduce; the message travels only when there is one
+    failed = mean_over_ranks([float(error is not None)])[0] > 0
+    message = broadcast_object(None if error is None else str(error)) if failed else None
+    if error is not None:
+        raise error
+    if message is not None:
+        raise ValueError(f"rank 0 stopped: {message}")
+    return result
+
+
 def mean_over_ranks(values: List[float]) -> List[float]:
     """Each value averaged over the ranks (one collective; the values themselves without torchrun)."""
     if not active():
@@ -109,5 +131,8 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    """Leave the group once every rank is done: a source rank may return from a gloo broadcast
+    before the others have received it, and tearing the group down then aborts them."""
     if active():
+        dist.barrier()
         dist.destroy_process_group()

@@ -143,7 +143,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     net.set_impl(cfg.kernels)
     if cfg.kernels != "eager":
         kernel_backend(cfg.kernels, device)   # a backend this device cannot run fails here, not mid-epoch
-    if main:   # only now: a run refused above leaves OUT as it was
+    def open_run_dir():   # only now: a run refused above leaves OUT as it was
         make_run_dir(out)
         held.enter_context(run_lock(out))   # before anything in OUT changes, or is said to
         note = resume_note(ckpt_path, resume)
@@ -155,6 +155,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
             # nor be resumed under its config; they are kept in OUT/previous, not deleted
             set_aside(out, ("arch.yaml", "search_log.csv", "checkpoint.pt", "config.yaml"))
         atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    dist.on_rank0(open_run_dir)   # a refusal there stops every rank with its one-line error
     dist.broadcast_module(net)
 
     cost_of = cost_function(net, acc, cfg)
@@ -256,7 +257,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
         if not all_finite(net):   # the last step's update overflowed although its losses were finite
             raise _diverged("the weights or architecture parameters are not finite",
                             f"after epoch {epoch + 1}/{cfg.epochs}", ckpt_path, epoch)
-        if main:   # the checkpoint first: a log never lists an epoch that no checkpoint holds
+        def save_epoch():   # the checkpoint first: a log never lists an epoch that no checkpoint holds
             atomic_torch_save({
                 "config": asdict(cfg), "epoch": epoch + 1, "arch_steps": arch_steps, "mu": mu,
                 "latency_ref": latency_ref, "model": net.state_dict(), "world_size": world,
@@ -272,6 +273,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
             _say(f"epoch {epoch + 1}: loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} "
                  f"val_acc {row['val_acc']:.3f} latency {row['latency_us']:.2f} us "
                  f"utilization {100 * row['utilization']:.2f} % ({row['seconds']:.1f} s)", progress)
+        dist.on_rank0(save_epoch)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
             return SearchResult(out, history, None, allocator.log)
 
@@ -288,8 +290,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     if main and defs.fit_mode not in (None, "systolic"):   # the exported network is costed in systolic mode
         say(f"note: {cfg.hw} was calibrated for the {defs.fit_mode} model; arch.yaml's exact cost uses the "
             f"systolic model with that calibration, where it was not fitted")
-    spec_path = export_spec(net, cfg, acc, history, cost_of, data, out) if main else None
-    dist.barrier()
+    spec_path = dist.on_rank0(lambda: export_spec(net, cfg, acc, history, cost_of, data, out))
     return SearchResult(out, history, spec_path, allocator.log)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -233,6 +234,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
 
     given: the options the user set; on --resume those of TRAJECTORY_KEYS that differ from the
     checkpoint's are named (None: the ones away from their defaults)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # each rank would train alone into the same OUT
+        raise ValueError("ubnas train runs in one process: launch it without torchrun (torchrun is for "
+                         "ubnas search)")
     with contextlib.ExitStack() as held:   # the run directory's lock, once taken, until the run ends
         return _train(cfg, resume, progress, stop_after_epoch, given, held)
 
