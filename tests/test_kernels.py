@@ -387,6 +387,19 @@ def test_edge_group_bf16_autocast_as_accurate_as_eager(ops, x_dtype, impl):
         check(f"{name} (eager bf16 {rel(b, ref):.1e})", a, ref, bound)
 
 
+def test_float64_edges_stay_float64_under_autocast():
+    """Autocast does not cast float64, so eager edges inside an autocast region compute in float64;
+    the fused edges must too (they lowered to bf16: relative error 3e-3)."""
+    edges, twins = _edge_group(UBOOST, 3, 1, 2, "cpu", torch.float64)
+    x = _x(c=3, h=6, w=5, masked=True, dtype=torch.float64, device="cpu")
+    probs = torch.softmax(torch.randn(2, len(UBOOST), dtype=torch.float64), 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = mixed_edges(edges, x, probs, impl="reference")
+    for i, (y, twin) in enumerate(zip(got, twins)):
+        assert y.dtype == torch.float64
+        torch.testing.assert_close(y, twin.forward_eager(x, probs[i]), rtol=1e-10, atol=1e-12)
+
+
 # ----------------------------------------------------------------------------- (b) reference vs eager
 def _space_cases():
     cases = []

@@ -426,7 +426,9 @@ def fused_mixed_edges(edges, x: torch.Tensor, probs: torch.Tensor, K, fold: Opti
     if groups > 1:
         check_group_bns(bns)
     dev = x.device.type
-    cd = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+    # autocast leaves float64 alone (so does eager): only lower float32 / float16 / bfloat16
+    lowered = torch.is_autocast_enabled(dev) and x.dtype != torch.float64
+    cd = torch.get_autocast_dtype(dev) if lowered else x.dtype
     weights = [w for e in edges for w in plan.weights(e)]
     y = FusedEdge.apply(x, probs, plan, s, cd, bns, K, *weights)
     if groups == 1:
