@@ -433,6 +433,33 @@ def test_starting_over_sets_the_last_runs_results_aside(tmp_path):
         "checkpoint.pt", "config.yaml", "search_log.csv"]   # the interrupted second run's, replacing the first's
 
 
+def test_resume_before_the_first_checkpoint_starts_the_same_run_over(tmp_path, capsys):
+    """Killed in its first epoch, a run has only OUT/config.yaml: --resume starts that run over (its
+    options, not the defaults), and an option given on the command line still wins."""
+    import ubnas.search
+    from ubnas.cli import main
+    out = tmp_path / "run"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ubnas.search, "atomic_torch_save", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_search(_small(tmp_path, "run", epochs=2, hw="edge_32x32", lambda_latency=0.7, seed=5),
+                       progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
+    capsys.readouterr()
+    assert main(["search", "--out", str(out), "--resume", "--quiet", "--epochs", "1"]) == 0
+    said = capsys.readouterr().out
+    assert "was never written (the run stopped in its first epoch); starting it over with the options in" in said
+    assert "starting a new run" not in said
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["hw"], saved["lambda_latency"], saved["seed"], saved["max_steps_per_epoch"]) == \
+        ("edge_32x32", 0.7, 5, 2)                      # the interrupted run's options
+    assert saved["epochs"] == 1                        # the flag given now
+    assert yaml.safe_load((out / "arch.yaml").read_text())["provenance"]["accelerator"] == "edge_32x32"
+
+
 def test_search_refuses_checkpoints_it_did_not_write(tmp_path, capsys):
     from ubnas.cli import main
     run = tmp_path / "train_run"

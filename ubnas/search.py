@@ -37,7 +37,7 @@ from .data import batches, load_dataset, search_split
 from .kernels import backend as kernel_backend
 from .runtime import all_finite, atomic_torch_save, make_run_dir, pick_device, resume_note, run_lock, say, set_aside
 from .search_config import STAGES, SearchConfig, config_from_yaml
-from .search_resume import read_search_checkpoint, resumed_config, run_definitions
+from .search_resume import read_search_checkpoint, restarted_config, resumed_config, run_definitions
 from .space import space_from_text
 from .supernet import Supernet
 
@@ -105,6 +105,9 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     checkpoint = found if resume else None
     if checkpoint is not None:   # a resumed run keeps its own trajectory
         cfg = resumed_config(cfg, checkpoint, given, ckpt_path, main)
+    restart = resume and checkpoint is None and (out / "config.yaml").is_file()
+    if restart:   # stopped before its first checkpoint: the same run again, not the defaults
+        cfg = restarted_config(cfg, out / "config.yaml", given, main)
     cfg.validate()
     rank, world = dist.world(cfg.device)
     if checkpoint is not None and checkpoint.get("world_size", 1) != world and main:
@@ -146,7 +149,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     def open_run_dir():   # only now: a run refused above leaves OUT as it was
         make_run_dir(out)
         held.enter_context(run_lock(out))   # before anything in OUT changes, or is said to
-        note = resume_note(ckpt_path, resume)
+        note = None if restart else resume_note(ckpt_path, resume)
         if note:
             say(note)
         if checkpoint is not None:

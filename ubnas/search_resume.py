@@ -11,7 +11,7 @@ from hwmodels import load_accelerator
 from hwmodels.accelerator import calibrated_mode, from_dict
 
 from .runtime import existing_checkpoint, ignored_on_resume, options_given, say
-from .search_config import SearchConfig
+from .search_config import SearchConfig, config_from_yaml
 from .space import read_space_text
 
 # Options that say where and on what a run executes, not what it computes: --resume takes those
@@ -37,6 +37,21 @@ def resumed_config(cfg: SearchConfig, checkpoint: dict, given: Optional[Iterable
     if changed and main:
         say(f"note: resuming {ckpt_path} with its saved config; ignored: {', '.join(changed)}")
     return saved
+
+
+def restarted_config(cfg: SearchConfig, config_path: Path, given: Optional[Iterable[str]],
+                     main: bool) -> SearchConfig:
+    """``--resume`` where the run stopped before its first checkpoint: the run starts over with the
+    options it saved in ``config_path`` (OUT/config.yaml), those the user set now winning (``given``;
+    None: those away from their defaults), and ``out`` always this invocation's."""
+    saved = config_from_yaml(str(config_path))
+    set_here = options_given(cfg, SearchConfig(), [f.name for f in fields(SearchConfig)], given)
+    restarted = SearchConfig(**{**saved, **{k: getattr(cfg, k) for k in set_here}, "out": cfg.out})
+    restarted.validate(str(config_path))
+    if main:
+        say(f"note: {config_path.parent / 'checkpoint.pt'} was never written (the run stopped in its first "
+            f"epoch); starting it over with the options in {config_path}")
+    return restarted
 
 
 def read_search_checkpoint(path: Path, resume: bool) -> Optional[dict]:
