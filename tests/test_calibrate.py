@@ -207,6 +207,17 @@ def test_too_few_rows_errors_and_writes_nothing(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == [path]
 
 
+def test_holdout_fraction_with_given_holdout_rows_is_refused(synthetic, tmp_path, capsys):
+    """The fraction splits the reference rows; given held-out rows would silently override it."""
+    out = tmp_path / "out.yaml"
+    code = main(["calibrate", "--reference", str(synthetic), "--holdout", str(synthetic),
+                 "--holdout-fraction", "0.5", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "--holdout-fraction splits the reference rows; with --holdout or --holdout-suite" in err
+    assert not out.exists()
+
+
 def test_bad_row_through_cli_writes_nothing(tmp_path, capsys):
     path = _bad_csv(tmp_path, HEADER + ",measured_cycles", [GOOD + ",100"] * 10 + [GOOD + ",x"])
     out = tmp_path / "out.yaml"

@@ -63,6 +63,21 @@ def test_uboost_model_mode(tmp_path, capsys):
     assert json.loads(out)["total"]["cycles"] == 2304        # the paper's 9 x 256
 
 
+def test_dataflow_with_the_uboost_model_gets_a_note(tmp_path, capsys):
+    """U-Boost's equations have no dataflow: the cycles do not change with it, and the user is told;
+    the systolic model's cycles do change, without a note."""
+    path = write_csv(tmp_path, ["c,conv,16,16,100,70,3,3,1,1,1,1,4"])
+    cycles = {}
+    for mode in ("uboost", "systolic"):
+        for dataflow in ("ws", "os"):
+            code, out, err = run_main(capsys, "--layers", path, "--json", "--model-mode", mode, "--dataflow", dataflow)
+            assert code == 0, err
+            cycles[mode, dataflow] = json.loads(out)["total"]["cycles"]
+            assert ("--dataflow has no effect with --model-mode uboost" in err) == (mode == "uboost")
+    assert cycles["uboost", "ws"] == cycles["uboost", "os"]
+    assert cycles["systolic", "ws"] != cycles["systolic", "os"]
+
+
 BAD_CSV = [  # rows, header, expected line number, text the message must contain
     (["c1,conv,32,32,3,64,3,3,1,1,1,1,1", "c2,conv,32,32,3,six,3,3,1,1,1,1,1"], HEADER, 3,
      "column 'out_channels' expected an integer >= 1, got 'six'"),

@@ -460,6 +460,17 @@ def test_resume_before_the_first_checkpoint_starts_the_same_run_over(tmp_path, c
     assert yaml.safe_load((out / "arch.yaml").read_text())["provenance"]["accelerator"] == "edge_32x32"
 
 
+def test_dual_lr_without_a_target_gets_a_note(tmp_path, capsys, monkeypatch):
+    import ubnas.commands.search
+    from ubnas.cli import main
+    monkeypatch.setattr(ubnas.commands.search, "run_search", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    for extra, says in ((["--dual-lr", "3"], True), (["--dual-lr", "3", "--target-latency-us", "9"], False),
+                        ([], False)):
+        assert main(["search", "--out", str(tmp_path / "r"), *extra]) == 130
+        assert ("--dual-lr steps the multiplier of --target-latency-us; without a target it has no effect"
+                in capsys.readouterr().out) == says
+
+
 def test_search_refuses_checkpoints_it_did_not_write(tmp_path, capsys):
     from ubnas.cli import main
     run = tmp_path / "train_run"

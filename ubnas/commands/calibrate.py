@@ -41,7 +41,7 @@ def add_parser(sub):
     parser.add_argument("--holdout-suite", metavar="NAME", help="test on this suite instead of a split")
     parser.add_argument("--holdout", metavar="FILE.csv",
                         help="test on this file (layer CSV for scalesim, measured CSV otherwise)")
-    parser.add_argument("--holdout-fraction", default="0.3", metavar="F",
+    parser.add_argument("--holdout-fraction", default=None, metavar="F",
                         help="share of the distinct layers held out (a repeated layer with all its rows) "
                              "when no separate holdout is given (default 0.3)")
     parser.add_argument("--model-mode", default="systolic", metavar="|".join(MODES),
@@ -74,8 +74,11 @@ def run(args) -> int:
 
     if args.model_mode not in MODES:
         raise ValueError(f"--model-mode: expected one of {', '.join(MODES)}, got {args.model_mode!r}")
+    if args.holdout_fraction is not None and (args.holdout or args.holdout_suite):
+        raise ValueError("--holdout-fraction splits the reference rows; with --holdout or --holdout-suite the "
+                         "held-out rows are given: drop one")
     try:
-        fraction = float(args.holdout_fraction)
+        fraction = float(0.3 if args.holdout_fraction is None else args.holdout_fraction)
     except ValueError:
         raise ValueError(f"--holdout-fraction: expected a number in (0, 1), got {args.holdout_fraction!r}") from None
     if not str(args.seed).strip().isdigit():

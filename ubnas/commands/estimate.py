@@ -74,6 +74,9 @@ def build_accelerator(args, default=None):
         if args.dataflow not in DATAFLOWS:
             raise ValueError(f"--dataflow: expected one of {', '.join(DATAFLOWS)}, got {args.dataflow!r}")
         changes["dataflow"] = args.dataflow
+        if getattr(args, "model_mode", None) == "uboost":   # its equations tile weight-stationary, always
+            print("note: --dataflow has no effect with --model-mode uboost (U-Boost's equations have no "
+                  "dataflow); the systolic model (the default) uses it", file=sys.stderr)
     return acc.replace(**changes) if changes else acc
 
 

@@ -58,6 +58,8 @@ def run(args) -> int:
     values = expand_home(values, ("space", "hw", "data_dir", "out"))
     cfg = SearchConfig(**values)
     cfg.validate("command line")
+    if "dual_lr" in values and cfg.target_latency_us is None and not args.resume and distributed.rank() == 0:
+        print("note: --dual-lr steps the multiplier of --target-latency-us; without a target it has no effect")
     try:
         result = run_search(cfg, resume=args.resume, progress=not args.quiet, given=set(values))
     finally:
