@@ -22,6 +22,10 @@ case "$stage" in
   tests|bench|compile|hours) ;;
   *) echo "unknown stage $stage; $usage" >&2; exit 2 ;;
 esac
+if ! python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "gpu_check.sh needs a CUDA GPU (torch sees none); on a CPU run python -m pytest tests/test_kernels.py" >&2
+  exit 2
+fi
 out=${OUT:-gpu_check}
 mkdir -p "$out"
 export PYTHONPATH=.

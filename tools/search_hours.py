@@ -129,6 +129,9 @@ def main(argv=None) -> int:
           f"batch {args.batch_size}  <= {args.steps} steps/epoch measured  {torch.get_num_threads()} CPU threads",
           flush=True)
 
+    if not cuda and args.space != "tiny":
+        print("note: on a CPU each step of this space takes seconds and the four runs several minutes "
+              "(and GBs); a quick check: --space tiny --data digits --batch-size 16 --steps 3", flush=True)
     rows, notes = {}, []
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="search_hours_"))
     try:
