@@ -69,7 +69,8 @@ def main(argv=None) -> int:
             raise
         # under torchrun every rank may hit the same error: say which rank speaks
         from .distributed import rank
-        print(f"ubnas: error{f' (rank {rank()})' if rank() else ''}: {exc}", file=sys.stderr)
+        # one write: under torchrun the ranks share stderr, and print's separate newline interleaves
+        sys.stderr.write(f"ubnas: error{f' (rank {rank()})' if rank() else ''}: {exc}\n")
         return 2
 
 
