@@ -45,7 +45,7 @@ import numpy as np
 
 from .accelerator import (DATAFLOWS, Accelerator, Calibration, HardwareConfigError, atomic_write_text,
                           save_accelerator)
-from .exact import MODES, layer_cost, mode_pes
+from .exact import MODES, layer_cost, mode_arrays, mode_pes
 from .layers import GemmLayer, Layer
 from .layers_csv import read_layer_table
 from .suites import layer_fields, simulated_lines
@@ -262,7 +262,7 @@ class _Model:
     def __init__(self, rows: Sequence[ReferenceRow], acc: Accelerator, mode: str, with_memory: bool):
         neutral = acc.replace(calibration=Calibration())
         costs = [layer_cost(r.layer, neutral, mode) for r in rows]
-        arrays = 1 if mode == "uboost" else acc.num_arrays
+        arrays = mode_arrays(acc, mode)
         self.base = np.array([c.compute_cycles for c in costs], dtype=float)      # rounds * fold cycles
         self.rounds = np.array([math.ceil(c.folds / arrays) for c in costs], dtype=float)
         self.memory = np.array([c.memory_cycles for c in costs], dtype=float)     # at efficiency 1

@@ -45,12 +45,18 @@ from .layers import Gemm, Layer
 MODES = ("uboost", "systolic")
 
 
-def mode_pes(acc: Accelerator, mode: str) -> int:
-    """PEs a mode's utilization divides by: R * C of one array for 'uboost' (U-Boost's model
-    knows one array), R * C * num_arrays for 'systolic'.  Unknown mode: ValueError."""
+def mode_arrays(acc: Accelerator, mode: str) -> int:
+    """Arrays a mode shares folds across: one for 'uboost' (U-Boost's model knows one array),
+    num_arrays for 'systolic'.  Unknown mode: ValueError."""
     if mode not in MODES:
         raise ValueError(f"unknown model mode {mode!r} (expected one of {', '.join(MODES)})")
-    return acc.array_rows * acc.array_cols if mode == "uboost" else acc.pes
+    return 1 if mode == "uboost" else acc.num_arrays
+
+
+def mode_pes(acc: Accelerator, mode: str) -> int:
+    """PEs a mode's utilization divides by: R * C * ``mode_arrays`` (one array's for 'uboost', all
+    arrays' for 'systolic').  Unknown mode: ValueError."""
+    return acc.array_rows * acc.array_cols * mode_arrays(acc, mode)
 
 
 @dataclass
@@ -125,7 +131,7 @@ def layer_cost(layer: Layer, acc: Accelerator, mode: str = "systolic") -> LayerC
     pes = mode_pes(acc, mode)           # validates mode
     gemm = layer.lower()
     rows, cols = acc.array_rows, acc.array_cols
-    arrays = 1 if mode == "uboost" else acc.num_arrays
+    arrays = mode_arrays(acc, mode)
     cal = acc.calibration
     macs = gemm.macs
     if mode == "uboost":

@@ -40,7 +40,7 @@ from typing import Dict, Sequence
 import torch
 
 from .accelerator import Accelerator
-from .exact import MODES, fill_cycles, mode_pes
+from .exact import MODES, fill_cycles, mode_arrays, mode_pes
 from .layers import ConvLayer, Layer
 
 SURROGATES = ("sigmoid", "straight_through")
@@ -214,7 +214,8 @@ def network_cost_torch(layers: SoftLayers, acc: Accelerator, mode: str = "systol
         a, b, streamed = ceil(k, rows), ceil(m, cols), n
     folds = a * b * layers.repeats
     # Fold rounds over several arrays: a ceiling of its own (none with one array; uboost knows one).
-    rounds = folds if mode == "uboost" or acc.num_arrays == 1 else ceil(folds, acc.num_arrays)
+    arrays = mode_arrays(acc, mode)
+    rounds = folds if arrays == 1 else ceil(folds, arrays)
     fill = 0 if mode == "uboost" else fill_cycles(rows, cols, acc.dataflow)
     compute = cal.cycle_scale * rounds * (streamed + fill + cal.fold_overhead_cycles)
     cycles = compute
