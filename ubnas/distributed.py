@@ -19,7 +19,7 @@ def world(device: str = "auto") -> tuple:
     device: the run's ``--device``; nccl serves CUDA tensors only, so ``cpu`` takes gloo even
     where a GPU is present (as does ``UBNAS_DIST_BACKEND=gloo``).
     """
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = launched_processes()
     if size <= 1:
         return 0, 1
     if not dist.is_initialized():
@@ -29,6 +29,11 @@ def world(device: str = "auto") -> tuple:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size()
+
+
+def launched_processes() -> int:
+    """How many processes torchrun started (WORLD_SIZE; 1 without torchrun); never touches the group."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def rank() -> int:

@@ -367,12 +367,11 @@ def search_step(net: Supernet, batch, val_batch, w_opt, a_opt, cost_of, cfg: Sea
         val_logits = model(xv, arch)
         val_loss = F.cross_entropy(val_logits, yv)
         cost = cost_of(arch)
-        ratio = None
         if cfg.target_latency_us:
             ratio = target_seconds(cost["seconds"], net, cost_of) / (cfg.target_latency_us * 1e-6)
-        if ratio is not None:
             arch_loss = val_loss + mu * F.relu(ratio - 1)
         else:
+            ratio = None
             arch_loss = (val_loss + cfg.lambda_latency * cost["seconds"] / latency_ref
                          - cfg.beta_utilization * cost["utilization"])
         a_opt.zero_grad(set_to_none=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from hwmodels.yamlio import atomic_write_text
 
 from .build import build_network
 from .data import DATASETS, augment_crop_flip, batches, load_dataset
+from .distributed import launched_processes
 from .runtime import (MAX_SEED, all_finite, atomic_torch_save, existing_checkpoint, ignored_on_resume,
                       load_checkpoint, make_run_dir, options_given, pick_device, resume_note, run_lock, say,
                       set_aside)
@@ -234,7 +234,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
 
     given: the options the user set; on --resume those of TRAJECTORY_KEYS that differ from the
     checkpoint's are named (None: the ones away from their defaults)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # each rank would train alone into the same OUT
+    if launched_processes() > 1:   # each rank would train alone into the same OUT
         raise ValueError("ubnas train runs in one process: launch it without torchrun (torchrun is for "
                          "ubnas search)")
     with contextlib.ExitStack() as held:   # the run directory's lock, once taken, until the run ends
