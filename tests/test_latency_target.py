@@ -132,3 +132,42 @@ def test_an_exported_network_above_the_target_gets_a_note(tmp_path, capsys):
     assert len(said) == 2
     floor = float(said[1].split(" us")[0])
     assert 1e-3 < floor < found
+
+
+def test_in_an_op_stage_before_a_channel_stage_the_target_bounds_the_widths_window_bottoms():
+    """widths_later: the derived ops with every width at its window's bottom (estimate of derive_spec's
+    network with the bottoms forced), the op stage's forced tops untouched; without it, the tops."""
+    net = _random_net(3)
+    for w in net.widths.values():
+        w.forced = w.top
+    cost_of = cost_function(net, ACC, SearchConfig(kernels="eager"))
+    relaxed = cost_of(net.sample("softmax"))["seconds"]
+    later = float(target_seconds(relaxed, net, cost_of, widths_later=True).detach())
+    assert [w.forced for w in net.widths.values()] == [w.top for w in net.widths.values()]
+    now = float(target_seconds(relaxed, net, cost_of).detach())
+
+    def exported(width_of):
+        for w in net.widths.values():
+            w.forced = width_of(w)
+        return estimate(build_network(derive_spec(net)), (1, 8, 8), ACC).seconds
+
+    assert later == pytest.approx(exported(lambda w: w.lo), rel=1e-9)
+    assert now == pytest.approx(exported(lambda w: w.top), rel=1e-9)
+    assert later < 0.8 * now
+
+
+@pytest.mark.parametrize("stage, want", [("staged", [True, False]), ("op", [False, False]),
+                                         ("joint", [False, False])])
+def test_the_search_bounds_the_window_bottoms_only_in_an_op_stage_a_channel_stage_follows(
+        tmp_path, monkeypatch, stage, want):
+    import ubnas.search as search
+
+    seen = []
+
+    def spy(relaxed, net, cost_of, widths_later=False):
+        seen.append(widths_later)
+        return relaxed
+    monkeypatch.setattr(search, "target_seconds", spy)
+    search.run_search(SearchConfig(out=str(tmp_path / stage), epochs=2, max_steps_per_epoch=1, batch_size=16,
+                                   stage=stage, target_latency_us=10.0), progress=False)
+    assert seen == want
