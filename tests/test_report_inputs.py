@@ -199,3 +199,71 @@ def test_pareto_fronts_compare_only_accuracies_of_one_kind():
     # by hand: among searches s_fast beats s_slow; among trained runs t_fast beats t_slow, t_best is
     # the most accurate
     assert [r.name for r in pareto_front(runs)] == ["s_fast", "t_fast", "t_best"]
+
+
+def _hand_run(name, label, accuracy, latency_us, accelerator="uboost"):
+    from pathlib import Path
+
+    from ubnas.report import Run
+    kind = "search" if label.startswith("search") else "train"
+    return Run(Path(name), name, kind, accuracy=accuracy, accuracy_label=label,
+               metrics={"hardware": {"latency_us": latency_us, "accelerator": accelerator}})
+
+
+def test_pareto_fronts_compare_only_latencies_on_one_accelerator_and_skip_nan():
+    """A fast run on a small edge array never dominates a run on another machine; a NaN accuracy
+    (a diverged log) is on no front."""
+    from ubnas.report import SEARCH_ACCURACY, pareto_front
+    runs = [_hand_run("u_fast", SEARCH_ACCURACY, 0.90, 10.0), _hand_run("u_slow", SEARCH_ACCURACY, 0.85, 20.0),
+            _hand_run("e_slow", SEARCH_ACCURACY, 0.80, 120.0, "edge_32x32"),
+            _hand_run("u_nan", SEARCH_ACCURACY, float("nan"), 1.0)]
+    # by hand: on uboost u_fast beats u_slow; e_slow is alone on edge_32x32; u_nan has no accuracy
+    assert sorted(r.name for r in pareto_front(runs)) == ["e_slow", "u_fast"]
+
+
+def test_report_figures_of_runs_whose_names_sanitise_alike_do_not_overwrite(tmp_path):
+    """'x y' and 'x_y' both make x_y: each run keeps its own curves figure, linked from its section."""
+    pytest.importorskip("matplotlib")
+    for name, acc in (("x y", 0.25), ("x_y", 0.75)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "search_log.csv").write_text(f"epoch,train_loss,val_acc\n1,1.0,{acc}\n2,0.5,{acc}\n")
+    out = tmp_path / "rep"
+    assert main(["report", str(tmp_path / "x y"), str(tmp_path / "x_y"), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    sections = text.split("## ")[1:]
+    links = [s.split("](")[1].split(")")[0] for s in sections if "_curves.png" in s]
+    assert len(links) == 2 and len(set(links)) == 2
+    assert all((out / link).is_file() for link in links)
+
+
+def test_pareto_figure_marks_a_train_run_without_a_test_accuracy_as_a_supernet_accuracy(tmp_path, monkeypatch):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    import ubnas.report as report
+    runs = [_hand_run("searched", report.SEARCH_ACCURACY, 0.9, 10.0),
+            _hand_run("trained", report.TEST_ACCURACY, 0.8, 12.0),
+            _hand_run("no_test_acc", report.SEARCH_ACCURACY, 0.7, 14.0)]
+    runs[2].kind = "train"     # load_run falls back to the spec's supernet accuracy
+    drawn = {}
+
+    def keep(plt_, fig, out_dir, filename):
+        for collection in fig.axes[0].collections:
+            drawn[collection.get_label()] = sorted(float(x) for x, _ in collection.get_offsets())
+        plt_.close(fig)
+        return filename
+    monkeypatch.setattr(report, "_save", keep)
+    report.pareto_figure(report._pyplot(), runs, report.pareto_front(runs), tmp_path)
+    assert drawn == {"search (supernet val acc)": [10.0, 14.0], "trained (test acc)": [12.0]}
+
+
+@pytest.mark.parametrize("content, said", [(b"\xef\xbb\xbfepoch,val_acc\n1,0.5\n", None),
+                                           (b"epoch,val_acc\n1,0.5\xd0\n", "not a UTF-8 CSV")])
+def test_search_log_with_a_byte_order_mark_or_not_utf8(tmp_path, content, said):
+    from ubnas.report import read_log
+    path = tmp_path / "search_log.csv"
+    path.write_bytes(content)
+    if said is None:
+        assert read_log(path) == [{"epoch": 1, "val_acc": 0.5}]
+    else:
+        with pytest.raises(ValueError, match=f"search_log.csv: {said}"):
+            read_log(path)

@@ -32,6 +32,8 @@ from .trained_run import read_metrics, trained_spec
 CURVE_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                  "latency_us", "derived_latency_us", "utilization")
 MAX_TABLE_ROWS = 12
+SEARCH_ACCURACY = "search val accuracy (supernet)"
+TEST_ACCURACY = "test accuracy (trained)"
 
 
 @dataclass
@@ -60,6 +62,13 @@ class Run:
         return hw.get("latency_us")
 
     @property
+    def accelerator_name(self) -> Optional[str]:
+        """The accelerator the latency is on (the costed one, else what metrics.json records)."""
+        if self.cost is not None:
+            return self.cost.accelerator.name
+        return (self.metrics.get("hardware") or {}).get("accelerator")
+
+    @property
     def utilization(self) -> Optional[float]:
         if self.cost is not None:
             return self.cost.utilization
@@ -78,8 +87,8 @@ def _number(text: str):
 
 def read_log(path: Path) -> List[Dict[str, Any]]:
     """Rows of a per-epoch CSV, numbers converted; columns by name, extras kept."""
-    try:
-        with open(path, newline="") as handle:
+    try:   # utf-8-sig: a spreadsheet's byte-order mark would otherwise rename the first column
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             if not reader.fieldnames:
                 return []
@@ -92,6 +101,8 @@ def read_log(path: Path) -> List[Dict[str, Any]]:
             return rows
     except csv.Error as exc:
         raise ValueError(f"{path}: unreadable CSV ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 CSV (byte {exc.start}: {exc.reason})") from None
 
 
 def _read_yaml(path: Path) -> Dict[str, Any]:
@@ -129,13 +140,13 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None) -> Run:
 
     path = Path(path)
     if not path.is_dir():
-        raise ValueError(f"{path}: no such run directory")
+        raise ValueError(f"{path}: " + ("a file, not a run directory" if path.exists() else "no such run directory"))
     name = name or path.resolve().name
     if (path / "metrics.json").is_file():
         metrics = read_metrics(path / "metrics.json")
         run = Run(path, name, "train", config=dict(metrics.get("config") or {}), metrics=metrics,
                   curves=list(metrics.get("history") or []))
-        run.accuracy, run.accuracy_label = metrics.get("test_acc"), "test accuracy (trained)"
+        run.accuracy, run.accuracy_label = metrics.get("test_acc"), TEST_ACCURACY
         run.params = metrics.get("params")
         run.spec_path, run.spec = trained_spec(metrics, path, run.config, run.notes)
         hardware = metrics.get("hardware") or {}
@@ -156,7 +167,7 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None) -> Run:
             run.notes.append("no arch.yaml yet (search unfinished?): exported network omitted")
         last = run.curves[-1] if run.curves else {}
         if isinstance(last.get("val_acc"), (int, float)):
-            run.accuracy, run.accuracy_label = float(last["val_acc"]), "search val accuracy (supernet)"
+            run.accuracy, run.accuracy_label = float(last["val_acc"]), SEARCH_ACCURACY
         recorded = [run.config.get("hw")]
     else:
         raise ValueError(f"{path}: not a ubnas run directory (expected arch.yaml / search_log.csv from "
@@ -174,7 +185,7 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None) -> Run:
             run.params = sum(p.numel() for p in model.parameters())
         if run.accuracy is None and isinstance(run.spec.provenance.get("final_val_acc"), (int, float)):
             run.accuracy = float(run.spec.provenance["final_val_acc"])
-            run.accuracy_label = "search val accuracy (supernet)"
+            run.accuracy_label = SEARCH_ACCURACY
     return run
 
 
@@ -195,19 +206,29 @@ def load_runs(paths: Sequence, hw: Optional[str] = None) -> List[Run]:
     return runs
 
 
+def front_key(run: Run):
+    """Runs compare only within one front: a supernet's search val accuracy and a trained
+    network's test accuracy are not comparable, nor are latencies on different accelerators."""
+    return run.accuracy_label, run.accelerator_name or ""
+
+
+def _plotted(run: Run) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in (run.accuracy, run.latency_us))
+
+
 def pareto_front(runs: Sequence[Run]) -> List[Run]:
-    """Runs no other run with the same kind of accuracy beats on both accuracy (higher) and
-    latency (lower): a supernet's search val accuracy and a trained network's test accuracy are
-    not comparable, so each kind has its own front.  Sorted by kind, then latency."""
-    points = [r for r in runs if r.accuracy is not None and r.latency_us is not None]
+    """Runs no other run of the same ``front_key`` beats on both accuracy (higher) and latency
+    (lower); runs without a finite accuracy and latency are on no front.  Sorted by front, then
+    latency."""
+    points = [r for r in runs if _plotted(r)]
     front = []
     for r in points:
-        dominated = any(o.accuracy_label == r.accuracy_label
+        dominated = any(front_key(o) == front_key(r)
                         and (o.accuracy >= r.accuracy and o.latency_us <= r.latency_us)
                         and (o.accuracy > r.accuracy or o.latency_us < r.latency_us) for o in points)
         if not dominated:
             front.append(r)
-    return sorted(front, key=lambda r: (r.accuracy_label, r.latency_us))
+    return sorted(front, key=lambda r: (front_key(r), r.latency_us))
 
 
 # -- markdown ----------------------------------------------------------------------------------
@@ -304,6 +325,7 @@ def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, 
     from .runtime import make_run_dir
     out_dir = make_run_dir(Path(out_dir))     # an --out that is a file: a message naming --out, not errno 17
     figures: Dict[str, Dict[str, str]] = {r.name: {} for r in runs}
+    stems = _figure_stems(runs)
     pngs: List[str] = []
     plot_note = ""
     if plots:
@@ -312,20 +334,21 @@ def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, 
             plot_note = "No figures: matplotlib is not installed (pip install 'ubnas[plot]')."
         else:
             for run in runs:
-                figures[run.name] = run_figures(plt, run, out_dir)
+                figures[run.name] = run_figures(plt, run, out_dir, stems[run.name])
                 pngs += list(figures[run.name].values())
-            if any(r.accuracy is not None and r.latency_us is not None for r in runs):
+            if any(_plotted(r) for r in runs):
                 pngs.append(pareto_figure(plt, runs, pareto_front(runs), out_dir))
     front = pareto_front(runs)
     lines = ["# ubnas report", "", f"{len(runs)} run(s). Latency and utilization are the exact cost of "
              f"each run's exported network (hwmodels, systolic model, batch 1).", ""]
     summary = [(r.name, r.kind, None if r.accuracy is None else round(100 * r.accuracy, 2),
                 r.latency_us, None if r.utilization is None else 100 * r.utilization, r.params,
-                r.cost.accelerator.name if r.cost is not None else (r.metrics.get("hardware") or {}).get(
-                    "accelerator"), "yes" if r in front else "")
+                r.accelerator_name, "yes" if r in front else "")
                for r in runs]
     lines += _table(("run", "kind", "accuracy %", "latency us", "utilization %", "params", "accelerator",
                      "Pareto"), summary) + [""]
+    if len({front_key(r) for r in runs if _plotted(r)}) > 1:
+        lines += ["Pareto: one front per kind of accuracy and accelerator (they are not comparable).", ""]
     if "pareto.png" in [Path(p).name for p in pngs]:
         lines += ["![accuracy vs latency](pareto.png)", ""]
     if plot_note:
@@ -353,6 +376,20 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "run"
 
 
+def _figure_stems(runs: Sequence[Run]) -> Dict[str, str]:
+    """Run name -> a file-name stem no other run has ('x y' and 'x_y' both sanitise to x_y)."""
+    stems: Dict[str, str] = {}
+    taken = set()
+    for run in runs:
+        stem, n = _safe(run.name), 1
+        while stem.lower() in taken:   # lower: a case-insensitive file system would merge them too
+            n += 1
+            stem = f"{_safe(run.name)}-{n}"
+        taken.add(stem.lower())
+        stems[run.name] = stem
+    return stems
+
+
 def _save(plt, fig, out_dir: Path, filename: str) -> str:
     import os
     tmp = out_dir / f".{filename}.tmp.png"
@@ -373,10 +410,11 @@ def _series(rows: List[dict], key: str):
     return xs, ys
 
 
-def run_figures(plt, run: Run, out_dir: Path) -> Dict[str, str]:
-    """NAME_curves.png (loss, accuracy, and latency/utilization of a search) and NAME_layers.png."""
+def run_figures(plt, run: Run, out_dir: Path, stem: Optional[str] = None) -> Dict[str, str]:
+    """STEM_curves.png (loss, accuracy, and latency/utilization of a search) and STEM_layers.png
+    (STEM: the run's name made file-safe, unless given)."""
     files: Dict[str, str] = {}
-    base = _safe(run.name)
+    base = stem or _safe(run.name)
     held_out = "val" if run.kind == "search" else "test"
     panels = [("loss", [("train_loss", "train"), (f"{held_out}_loss", held_out)]),
               ("accuracy", [("train_acc", "train"), (f"{held_out}_acc", held_out)]),
@@ -442,10 +480,11 @@ def run_figures(plt, run: Run, out_dir: Path) -> Dict[str, str]:
 def pareto_figure(plt, runs: Sequence[Run], front: Sequence[Run], out_dir: Path) -> str:
     """pareto.png: accuracy against exact latency of every run, the Pareto front joined."""
     fig, ax = plt.subplots(figsize=(5.6, 4))
-    styles = {"search": ("o", "tab:blue", "search (supernet val acc)"),
-              "train": ("s", "tab:green", "trained (test acc)")}
+    # by the kind of accuracy, not of run: a train run without a test accuracy shows its supernet's
+    styles = {SEARCH_ACCURACY: ("o", "tab:blue", "search (supernet val acc)"),
+              TEST_ACCURACY: ("s", "tab:green", "trained (test acc)")}
     for kind, (marker, color, label) in styles.items():
-        pts = [r for r in runs if r.kind == kind and r.accuracy is not None and r.latency_us is not None]
+        pts = [r for r in runs if r.accuracy_label == kind and _plotted(r)]
         if pts:
             ax.scatter([r.latency_us for r in pts], [100 * r.accuracy for r in pts], marker=marker,
                        color=color, label=label, zorder=3)
@@ -453,8 +492,8 @@ def pareto_figure(plt, runs: Sequence[Run], front: Sequence[Run], out_dir: Path)
                 ax.annotate(r.name, (r.latency_us, 100 * r.accuracy), textcoords="offset points",
                             xytext=(4, 4), fontsize=7)
     labelled = False
-    for kind in sorted({r.accuracy_label for r in front}):   # one front per kind of accuracy
-        line = [r for r in front if r.accuracy_label == kind]
+    for key in sorted({front_key(r) for r in front}):   # one front per kind of accuracy and accelerator
+        line = [r for r in front if front_key(r) == key]
         if len(line) > 1:
             ax.step([r.latency_us for r in line], [100 * r.accuracy for r in line], where="post",
                     color="gray", ls="--", lw=1, label=None if labelled else "Pareto fronts", zorder=2)
