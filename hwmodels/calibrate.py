@@ -408,11 +408,15 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
                 f" (all {overlap} are layers of the training set {reference.source})" if overlap else ""))
     else:
         train, held = split_rows(reference.rows, holdout_fraction, seed)
-    if len(train) < len(free) or not held:
+    train_layers = len({_layer_key(r.layer) for r in train})
+    if train_layers < len(free) or not held:
         raise HardwareConfigError(
-            f"{reference.source}: {len(train)} training row(s) and {len(held)} held-out row(s) for "
-            f"{len(free)} free parameters ({', '.join(free)}); need at least {len(free)} training rows "
-            f"and one held-out row")
+            f"{reference.source}: {len(train)} training row(s) of {train_layers} distinct layer(s) and "
+            f"{len(held)} held-out row(s) for {len(free)} free parameters ({', '.join(free)}); need at least "
+            f"{len(free)} distinct training layers (repeats of a layer add no information) and one "
+            f"held-out row; " + ("give more layers" if holdout is not None else
+                                 "give more layers or a larger --holdout-fraction" if not held else
+                                 "give more layers or a smaller --holdout-fraction"))
     fitted_cal, result = fit(train, model_acc, mode, free, with_memory=measured)
     fitted_acc = acc.replace(calibration=fitted_cal)
     hold_model = _Model(held, model_acc, mode, with_memory=measured)
@@ -432,6 +436,8 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
             target["utilization_mean_abs_pp"] = float(100 * np.mean(np.abs(util - ref_u)))
     parameters = {n: {"before": float(getattr(acc.calibration, n)), "after": float(getattr(fitted_cal, n)),
                       "bounds": list(BOUNDS[n])} for n in free}
+    reference_over_model = float(np.median(np.concatenate(
+        [train_ref / train_model.predict(acc.calibration), held_ref / pred_before])))
     fit_report = {
         "mode": mode, "free_parameters": list(free), "parameters": parameters,
         "n_train": len(train), "n_holdout": len(held),
@@ -443,6 +449,7 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
         "optimizer": {"success": bool(result.success), "cost": float(result.cost),
                       "nfev": int(result.nfev), "message": str(result.message)},
     }
+    fit_report["warnings"] = fit_warnings(fit_report, reference_over_model, undetermined(result.jac, free))
     prov = {"reference": reference.kind, "reference_source": reference.source,
             "holdout_source": holdout.source if holdout is not None else reference.source,
             "seed": int(seed), "mode": mode, "array": f"{acc.array_rows}x{acc.array_cols}",
@@ -457,6 +464,53 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
                              pred_before, pred_after, prov, fit_report)
 
 
+# Parameters pinned at these bounds mean the model cannot explain the rows (a wrong unit, outliers);
+# no overhead (0) and full bandwidth efficiency (1) are ordinary fits.
+ORDINARY_BOUNDS = {"fold_overhead_cycles": 0.0, "layer_overhead_cycles": 0.0, "bandwidth_efficiency": 1.0}
+
+
+def undetermined(jac, free: Sequence[str]) -> List[str]:
+    """The free parameters the rows cannot pin down: a Jacobian (rows x free) column that is zero
+    (no row depends on it) or in the null space of the column-normalised Jacobian (parameters that
+    trade off exactly, e.g. fold and layer overheads when every layer has as many folds)."""
+    jac = np.asarray(jac, float)
+    norms = np.linalg.norm(jac, axis=0)
+    if not norms.any():
+        return list(free)
+    dead = norms <= 1e-9 * norms.max()
+    names = [n for n, d in zip(free, dead) if d]
+    live = [i for i, d in enumerate(dead) if not d]
+    if len(live) > 1:
+        _, sv, vt = np.linalg.svd(jac[:, live] / norms[live], full_matrices=False)
+        if sv[-1] <= 1e-6 * sv[0]:
+            names += [free[i] for i, v in zip(live, vt[-1]) if abs(v) > 0.1]
+    return [n for n in free if n in names]
+
+
+def fit_warnings(fit_report: dict, reference_over_model: float, loose: Sequence[str]) -> List[str]:
+    """What a user should check before using the fit: a reference far from the model's scale (a
+    wrong unit), parameters at an artificial bound, undetermined parameters, a worse held-out error."""
+    out = []
+    before, after = fit_report["before"]["rmspe_pct"], fit_report["after"]["rmspe_pct"]
+    if not 1 / 30 <= reference_over_model <= 30:
+        out.append(f"the reference is a median {reference_over_model:.3g}x the uncalibrated model's cycles: "
+                   f"check its unit (measured_seconds in seconds, measured_cycles in cycles of the "
+                   f"accelerator's clock)")
+    pinned = [n for n, v in fit_report["parameters"].items()
+              if any(math.isclose(v["after"], b, rel_tol=1e-6, abs_tol=1e-9) for b in v["bounds"])
+              and not math.isclose(v["after"], ORDINARY_BOUNDS.get(n, math.nan), abs_tol=1e-9)]
+    if pinned:
+        out.append(f"at the bound of their range: {', '.join(pinned)} (the model cannot explain the rows "
+                   f"within it)")
+    if loose:
+        out.append(f"these rows do not determine {', '.join(loose)} (no row depends on it, or they trade off "
+                   f"exactly): the values written are one of many equally good fits; add varied layers")
+    # differences under 0.005 points (rounding) are no worse
+    if after > before + 5e-3:
+        out.append(f"the fit made the held-out RMSPE worse ({before:.2f} % -> {after:.2f} %)")
+    return out
+
+
 # ----------------------------------------------------------------------------- output
 def format_report(result: CalibrationResult) -> str:
     """The before/after table of held-out metrics and the parameters, as text."""
@@ -465,7 +519,7 @@ def format_report(result: CalibrationResult) -> str:
              f"{result.before.dataflow}, model {result.mode}) on {result.fit_report['n_train']} rows; "
              f"held out {result.fit_report['n_holdout']} ({result.fit_report['holdout']})",
              f"{'held-out metric':<22}{'before':>14}{'after':>14}"]
-    rows = [("RMSE (cycles)", "rmse_cycles", "{:.1f}"), ("RMSPE %", "rmspe_pct", "{:.2f}"),
+    rows = [("RMSE (cycles)", "rmse_cycles", "{:.5g}"), ("RMSPE %", "rmspe_pct", "{:.2f}"),
             ("mean |error| %", "mean_abs_pct", "{:.2f}"), ("worst |error| %", "max_abs_pct", "{:.2f}"),
             ("within +-5 %", "within_5pct", "{:.1%}"), ("within +-10 %", "within_10pct", "{:.1%}"),
             ("utilization |err| pp", "utilization_mean_abs_pp", "{:.2f}")]
@@ -475,13 +529,11 @@ def format_report(result: CalibrationResult) -> str:
     lines.append(f"{'parameter':<22}{'before':>14}{'after':>14}")
     for name, values in result.fit_report["parameters"].items():
         lines.append(f"{name:<22}{values['before']:>14.4g}{values['after']:>14.4g}")
-    # the YAML is still written: the user decides; differences under 0.005 points (rounding) are no worse
-    if ma["rmspe_pct"] > mb["rmspe_pct"] + 5e-3:
-        pinned = [n for n, v in result.fit_report["parameters"].items()
-                  if any(math.isclose(v["after"], b, rel_tol=1e-6, abs_tol=1e-9) for b in v["bounds"])]
-        lines.append(f"warning: the fit made the held-out RMSPE worse ({mb['rmspe_pct']:.2f} % -> "
-                     f"{ma['rmspe_pct']:.2f} %)" + (f"; at their bounds: {', '.join(pinned)}" if pinned else "")
-                     + "; check the reference rows for outliers or a wrong unit before using this YAML")
+    # the YAML is still written: the user decides
+    warnings = result.fit_report.get("warnings") or []
+    lines += [f"warning: {w}" for w in warnings]
+    if warnings:
+        lines.append("check the reference rows for outliers or a wrong unit before using this YAML")
     return "\n".join(lines) + "\n"
 
 
@@ -531,11 +583,13 @@ def write_calibrated(result: CalibrationResult, path: Union[str, os.PathLike],
     rendering fails; the YAML is written atomically."""
     path = Path(path)
     png = render_plot(result) if plot else None
+    png_path = path.with_suffix(".png")
+    if png is not None and png_path.is_dir():   # found before the YAML is written, not after
+        raise HardwareConfigError(f"{png_path}: is a directory; the plot goes there (--no-plot, or another --out)")
     extra = {"fit_report": _plain(result.fit_report), "provenance": _plain(result.provenance)}
     save_accelerator(result.accelerator, path, extra)
     if png is None:
         return None
-    png_path = path.with_suffix(".png")
     tmp = png_path.with_name(f".{png_path.name}.tmp")
     tmp.write_bytes(png)
     os.replace(tmp, png_path)
