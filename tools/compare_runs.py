@@ -88,15 +88,17 @@ def main(argv=None):
         name = item.partition("=")[0]
         if "=" not in item or not name or " " in name or name.startswith("-"):
             parser.error(f"run {item!r}: expected NAME='--flag value ...' (a name without spaces, then =)")
-    rows = []
+    rows, failed = [], []
     for item in args.runs:
         name, _, flags = item.partition("=")
         run_dir = Path(args.out) / name
         cmd = [sys.executable, "-m", "ubnas", "search", *shlex.split(flags), "--out", str(run_dir), "--quiet"]
         print("$", " ".join(shlex.quote(c) for c in cmd[1:]), flush=True)
         code, wall, rss = run_child(cmd)
-        if code != 0:
-            raise SystemExit(f"{name}: search failed with exit code {code}")
+        if code != 0:   # the other runs' rows are still worth their minutes
+            failed.append(f"{name}: search failed with exit code {code}")
+            print(failed[-1], file=sys.stderr, flush=True)
+            continue
         test_acc = None
         if args.train_epochs:
             train_dir = run_dir / "train"
@@ -106,16 +108,21 @@ def main(argv=None):
                     *(["--data-dir", data_dir] if data_dir else []),
                     "--epochs", str(args.train_epochs), "--out", str(train_dir)]
             print("$", " ".join(shlex.quote(c) for c in tcmd[1:]), flush=True)
-            if run_child(tcmd)[0] != 0:
-                raise SystemExit(f"{name}: training failed")
-            test_acc = json.loads((train_dir / "metrics.json").read_text()).get("test_acc")
+            if run_child(tcmd)[0] == 0:
+                test_acc = json.loads((train_dir / "metrics.json").read_text()).get("test_acc")
+            else:
+                failed.append(f"{name}: training failed (its search row is kept, test_acc empty)")
+                print(failed[-1], file=sys.stderr, flush=True)
         rows.append(summarize(name, run_dir, wall, rss, test_acc))
-    keys = list(rows[0])
-    print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
-    for row in rows:
-        print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
-    print("\ns_per_epoch, s_per_step: over the epochs after the first (epoch 1 alone for a one-epoch run); "
-          "first_epoch_s: epoch 1, with its warm-up")
+    if rows:
+        keys = list(rows[0])
+        print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+        for row in rows:
+            print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+        print("\ns_per_epoch, s_per_step: over the epochs after the first (epoch 1 alone for a one-epoch run); "
+              "first_epoch_s: epoch 1, with its warm-up")
+    if failed:
+        raise SystemExit("failed: " + "; ".join(failed))
 
 
 if __name__ == "__main__":
