@@ -267,3 +267,18 @@ def test_search_log_with_a_byte_order_mark_or_not_utf8(tmp_path, content, said):
     else:
         with pytest.raises(ValueError, match=f"search_log.csv: {said}"):
             read_log(path)
+
+
+@pytest.mark.parametrize("mode, noted", [("uboost", True), ("systolic", False)])
+def test_report_with_hw_calibrated_for_the_other_model_says_so(trained, tmp_path, capsys, mode, noted):
+    """The report costs with the exact systolic model: a --hw fitted for uboost gets estimate's note."""
+    from hwmodels import load_accelerator
+    from hwmodels.accelerator import save_accelerator
+    hw = tmp_path / "cal.yaml"
+    save_accelerator(load_accelerator("uboost"), hw, {"fit_report": {"mode": mode}})
+    run, _ = trained
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(tmp_path / "rep"), "--no-plots", "--hw", str(hw)]) == 0
+    err = capsys.readouterr().err
+    assert (f"note: {hw} was calibrated for the uboost model; its calibration block is applied to the "
+            f"systolic model here" in err) == noted

@@ -18,8 +18,14 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    import sys
+
+    from hwmodels.accelerator import mode_mismatch_note
     from ubnas.report import load_runs, write_report
     runs = load_runs(args.runs, hw=args.hw)
+    note = mode_mismatch_note(args.hw, "systolic") if args.hw else None   # the report's exact model
+    if note:
+        print(note, file=sys.stderr)
     written = write_report(runs, args.out, plots=not args.no_plots)
     figures = f" and {len(written['figures'])} figure(s)" if written["figures"] else ""
     print(f"wrote {written['report']}{figures}")
