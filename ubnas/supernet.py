@@ -312,8 +312,9 @@ class Supernet(nn.Module):
         overrides it, as in ``Width.chosen``); no gradients.  ``widths_at_bottom``: every width
         one-hot at its window's bottom instead (cost it inside ``widths_released`` where widths
         are forced)."""
-        widths = {n: F.one_hot(torch.tensor(0 if widths_at_bottom else int(w.logits.detach().argmax())),
-                               w.count).to(w.logits) for n, w in self.widths.items()}
+        def index(logits):   # a tensor on logits' device: no host sync per width on a GPU
+            return torch.zeros((), dtype=torch.long, device=logits.device) if widths_at_bottom else logits.argmax()
+        widths = {n: F.one_hot(index(w.logits.detach()), w.count).to(w.logits.dtype) for n, w in self.widths.items()}
         ops = {t: derived_ops(logits, self.space.ops, self.space.nodes) for t, logits in self.op_logits.items()}
         return ArchSample(ops, widths, True)
 
