@@ -461,6 +461,18 @@ def test_only_none_and_dispatch(monkeypatch):
         backend("cudnn", torch.device("cpu"))
 
 
+def test_setup_line_names_the_kernels_auto_runs_and_the_settings(monkeypatch):
+    """A benchmark's log must tell the Triton path from a reference path forced by a stray setting."""
+    from ubnas.kernels import SETUP_ENV, setup_line
+    for name in SETUP_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert setup_line(torch.device("cuda")) == "kernels 'auto' = ubnas.kernels.triton_kernels; no UBNAS_*/TRITON_* set"
+    monkeypatch.setenv("UBNAS_KERNELS", "reference")
+    monkeypatch.setenv("UBNAS_DW_TILED", "1")
+    assert setup_line(torch.device("cuda")) == ("kernels 'auto' = ubnas.kernels.reference; UBNAS_KERNELS=reference "
+                                                "UBNAS_DW_TILED=1")
+
+
 def test_env_switches_accept_clear_spellings_and_refuse_others(monkeypatch):
     """UBNAS_EDGE_GROUPS, UBNAS_AUTOTUNE, UBNAS_DW_TILED take 1/0, true/false, on/off, yes/no in any
     case (UBNAS_DW_TILED also io), UBNAS_KERNELS reference/triton; anything else raises, naming the

@@ -29,6 +29,7 @@ import time
 import torch
 
 from hwmodels import load_accelerator
+from ubnas import kernels
 from ubnas.search import SearchConfig, cost_function, enter_stage, make_optimizers, search_step
 from ubnas.space import load_space
 from ubnas.supernet import Supernet
@@ -43,9 +44,9 @@ def make_step(net, model, batches, dtype="fp32", stage="joint", seed=0):
     cfg = SearchConfig(stage=stage)
     w_opt, a_opt = make_optimizers(net, cfg)
     cost_of = cost_function(net, load_accelerator(cfg.hw), cfg)
-    hard_ops = enter_stage(net, stage)   # as run_search does per stage
-    with torch.no_grad():
+    with torch.no_grad():   # as run_search: the initial supernet's cost, before a stage forces widths
         latency_ref = float(cost_of(net.sample("softmax"))["seconds"])
+    hard_ops = enter_stage(net, stage)   # as run_search does per stage
     generator = torch.Generator().manual_seed(seed + 2)   # every variant draws the same Gumbel noise
     def forward(x, arch):   # bf16: the network's forward under autocast; the hardware cost stays in fp32
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
@@ -107,6 +108,32 @@ def run_variant(base, impl, batches, dtype, stage, warmup, repeats, device, prof
     return statistics.median(times), min(times), peak, warm_s, ok
 
 
+def measure_all(args, spaces, batches, impls, device, rows) -> None:
+    """Every (space, batch, impl) variant; appends (space, batch, impl, ms, MiB, ok) to ``rows`` as
+    each finishes (ok None: it failed, no figures), so an interrupt keeps what was measured."""
+    cuda = device.type == "cuda"
+    for space_name, space in spaces.items():
+        torch.manual_seed(args.seed)
+        base = Supernet(space, (3, 32, 32), 10)
+        for b in batches:
+            g = torch.Generator().manual_seed(args.seed + b)
+            data = [(torch.randn(b, 3, 32, 32, generator=g).to(device),
+                     torch.randint(0, 10, (b,), generator=g).to(device)) for _ in range(2)]
+            for impl in impls:
+                try:
+                    med, best, peak, warm, ok = run_variant(base, impl, data, args.dtype, args.stage, args.warmup,
+                                                            args.repeats, device, args.profile)
+                except Exception as exc:  # report and go on (e.g. a compile failure), but fail at the end
+                    print(f"{space_name} b={b} {impl}: FAILED {type(exc).__name__}: {exc}"[:400], flush=True)
+                    rows.append((space_name, b, impl, None, None, None))
+                    torch.cuda.empty_cache() if cuda else None
+                    continue
+                rows.append((space_name, b, impl, med, peak, ok))
+                memory = f"peak {peak:.0f} MiB, " if cuda else ""
+                print(f"{space_name} b={b} {impl}: {med:.2f} ms/step (min {best:.2f}), {memory}"
+                      f"warm-up {warm:.1f} s, finite={ok}", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spaces", default="uboost_cifar,darts_cifar")
@@ -147,28 +174,15 @@ def main(argv=None):
     else:
         print(f"no CUDA: fused = PyTorch reference backend vs eager on CPU, small batch, no memory figures; "
               f"stage {args.stage}", flush=True)
+    print(kernels.setup_line(device), flush=True)
     rows, failed = [], 0
-    for space_name, space in spaces.items():
-        torch.manual_seed(args.seed)
-        base = Supernet(space, (3, 32, 32), 10)
-        for b in batches:
-            g = torch.Generator().manual_seed(args.seed + b)
-            data = [(torch.randn(b, 3, 32, 32, generator=g).to(device),
-                     torch.randint(0, 10, (b,), generator=g).to(device)) for _ in range(2)]
-            for impl in impls:
-                try:
-                    med, best, peak, warm, ok = run_variant(base, impl, data, args.dtype, args.stage, args.warmup,
-                                                            args.repeats, device, args.profile)
-                except Exception as exc:  # report and go on (e.g. a compile failure), but fail at the end
-                    print(f"{space_name} b={b} {impl}: FAILED {type(exc).__name__}: {exc}"[:400], flush=True)
-                    failed += 1
-                    torch.cuda.empty_cache() if cuda else None
-                    continue
-                failed += not ok
-                rows.append((space_name, b, impl, med, peak))
-                memory = f"peak {peak:.0f} MiB, " if cuda else ""
-                print(f"{space_name} b={b} {impl}: {med:.2f} ms/step (min {best:.2f}), {memory}"
-                      f"warm-up {warm:.1f} s, finite={ok}", flush=True)
+    try:
+        measure_all(args, spaces, batches, impls, device, rows)
+    except KeyboardInterrupt:   # timeout -s INT: the table of what was measured still prints
+        print("interrupted: the table below holds the variants measured so far", flush=True)
+        failed += 1
+    failed += sum(1 for row in rows if row[-1] is not True)
+    rows = [row[:-1] for row in rows if row[-1] is not None]
     print()
     head = f"{'space':14s} {'batch':>5s} {'impl':8s} {'ms/step':>9s} {'peak MiB':>9s} {'speedup':>8s} {'mem ratio':>9s}"
     print(head)

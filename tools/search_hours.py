@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from ubnas import kernels
 from ubnas.data import DATASETS, load_dataset
 from ubnas.search import SearchConfig, run_search, stage_at
 from ubnas.space import load_space
@@ -69,9 +70,9 @@ def measure(args, impl: str, stage: str, out: Path) -> dict:
     wall = time.perf_counter() - start
     first, second = result.history[0], result.history[1]
     s_per_step = second["seconds"] / second["steps"]
-    peaks = [row["peak_mem_mb"] for row in result.history if "peak_mem_mb" in row]
     return {"s_per_step": s_per_step, "steps": second["steps"], "warmup_s": first["seconds"] - first["steps"] * s_per_step,
-            "peak_mib": max(peaks) if peaks else None, "wall_s": wall, "history": result.history,
+            # epoch 2's peak (run_search resets it per epoch): epoch 1's holds autotuning's buffers
+            "peak_mib": second.get("peak_mem_mb"), "wall_s": wall, "history": result.history,
             "notes": [line for line in notes.getvalue().splitlines() if line.strip()]}
 
 
@@ -128,6 +129,7 @@ def main(argv=None) -> int:
     print(f"device: {where}  torch {torch.__version__}  space {args.space}  hw {args.hw}  data {args.data}  "
           f"batch {args.batch_size}  <= {args.steps} steps/epoch measured  {torch.get_num_threads()} CPU threads",
           flush=True)
+    print(kernels.setup_line(torch.device(args.device)), flush=True)
 
     if not cuda and args.space != "tiny":
         print("note: on a CPU each step of this space takes seconds and the four runs several minutes "
@@ -173,7 +175,8 @@ def main(argv=None) -> int:
           " once per run, not in the hours")
     if cuda:
         per_image = data.train_x[0].numel() * data.train_x.element_size() / 2**20
-        print(f"peak MiB: torch.cuda.max_memory_allocated over both stages' runs; it holds the "
+        print(f"peak MiB: torch.cuda.max_memory_allocated in epoch 2 (after autotuning), the larger of "
+              f"the two stages' runs; it holds the "
               f"{len(data.train_x)} training images ({len(data.train_x) * per_image:.0f} MiB); "
               f"2 x {args.train_images} images would hold {2 * args.train_images * per_image:.0f} MiB")
     if "eager" in hours and "auto" in hours:

@@ -194,6 +194,8 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
         for group in w_opt.param_groups:
             group["lr"] = lr
         hard_ops = enter_stage(net, stage)
+        if device.type == "cuda":   # the log's peak_mem_mb is this epoch's (epoch 1's holds autotuning)
+            torch.cuda.reset_peak_memory_stats(device)
         widths_later = stage == "op" and stage_at(cfg, cfg.epochs - 1) != "op"   # a channel stage follows
         net.train()
         sums = {"loss": 0.0, "acc": 0.0, "val_loss": 0.0, "val_acc": 0.0, "n": 0}

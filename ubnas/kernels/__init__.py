@@ -65,6 +65,16 @@ def backend(impl: str, device: torch.device):
     return reference
 
 
+SETUP_ENV = ("UBNAS_KERNELS", "UBNAS_DW_TILED", "UBNAS_AUTOTUNE", "UBNAS_EDGE_GROUPS", "TRITON_INTERPRET")
+
+
+def setup_line(device: torch.device) -> str:
+    """Which kernels ``impl='auto'`` runs on ``device`` and the environment that chose them, for a
+    benchmark's log (a stray UBNAS_KERNELS=reference would otherwise pass for the Triton path)."""
+    env = " ".join(f"{k}={os.environ[k]}" for k in SETUP_ENV if os.environ.get(k)) or "no UBNAS_*/TRITON_* set"
+    return f"kernels 'auto' = {backend('auto', device).__name__}; {env}"
+
+
 def mixed_edge(edge, x: torch.Tensor, probs: torch.Tensor, impl: str = "auto",
                fold: Optional[bool] = None) -> torch.Tensor:
     """Fused ``edge.forward_eager(x, probs)``: x (N, C, H, W), probs (n_ops,) -> (N, C, Ho, Wo).
