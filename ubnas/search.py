@@ -196,7 +196,6 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
         hard_ops = enter_stage(net, stage)
         if device.type == "cuda":   # the log's peak_mem_mb is this epoch's (epoch 1's holds autotuning)
             torch.cuda.reset_peak_memory_stats(device)
-        widths_later = stage == "op" and stage_at(cfg, cfg.epochs - 1) != "op"   # a channel stage follows
         net.train()
         sums = {"loss": 0.0, "acc": 0.0, "val_loss": 0.0, "val_acc": 0.0, "n": 0}
         weight_batches = batches(xw, yw, cfg.batch_size, True, data_gen)
@@ -206,7 +205,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
             if step >= steps_per_epoch:
                 break
             taken = search_step(net, (xb, yb), (xv, yv), w_opt, a_opt, cost_of, cfg, tau, latency_ref, mu,
-                                gumbel_gen, hard_ops, widths_later=widths_later)
+                                gumbel_gen, hard_ops)
             losses = {"training loss": taken.loss.item(), "validation loss": taken.val_loss.item(),
                       "latency": float(taken.cost["seconds"].detach())}
             # all ranks stop together (a NaN on one rank reaches all weights through the all-reduce)
@@ -330,40 +329,29 @@ class StepResult:
     latency_ratio: Optional[torch.Tensor]
 
 
-def target_seconds(relaxed_seconds: torch.Tensor, net: Supernet, cost_of,
-                   widths_later: bool = False) -> torch.Tensor:
+def target_seconds(relaxed_seconds: torch.Tensor, net: Supernet, cost_of) -> torch.Tensor:
     """The latency a hard target bounds: the value of the network the run would export now
     (``Supernet.derived_sample``), with the relaxed supernet's gradient (straight-through).
 
     The relaxed cost averages every edge's op mixture and is far from the derived cell's, either
     way (the README run's op stage: ~82 us against 15-27 us), so bounding it would constrain a
-    network nobody exports; the derived cost alone has no gradient.
-
-    ``widths_later`` (an op stage a channel stage follows): the derived ops with every width at
-    its window's bottom, the least the channel stage reaches without moving a window.  The op
-    stage holds the widths at their tops; bounding the derived cell there pushed every edge to
-    skip or pooling for targets the channel stage could meet by narrowing."""
+    network nobody exports; the derived cost alone has no gradient."""
     with torch.no_grad():
-        if widths_later:
-            with net.widths_released():
-                derived = cost_of(net.derived_sample(widths_at_bottom=True))["seconds"]
-        else:
-            derived = cost_of(net.derived_sample())["seconds"]
+        derived = cost_of(net.derived_sample())["seconds"]
     return relaxed_seconds + (derived - relaxed_seconds).detach()
 
 
 def search_step(net: Supernet, batch, val_batch, w_opt, a_opt, cost_of, cfg: SearchConfig, tau: float,
                 latency_ref: float, mu: float, generator: torch.Generator, hard_ops: bool = False,
-                model=None, widths_later: bool = False) -> StepResult:
+                model=None) -> StepResult:
     """One first-order bilevel step, as ``ubnas search`` runs it (the benchmarks time this function).
 
     Weight step on ``batch`` (x (B, C, H, W), labels (B,)): an architecture sampled without
     gradients and held fixed, cross-entropy, gradients averaged over ranks and clipped, SGD.
     Architecture step on ``val_batch``: weights frozen, a fresh sample, cross-entropy plus the
     hardware term (lambda * latency / latency_ref - beta * utilization, or mu * relu(latency / T - 1)
-    with a target T and ``target_seconds``' latency, ``widths_later`` passed on), Adam.  ``model``
-    runs the forward passes (default ``net``; a benchmark may pass ``torch.compile(net)``); mu's
-    dual ascent is the caller's.
+    with a target T and ``target_seconds``' latency), Adam.  ``model`` runs the forward passes (default ``net``; a benchmark may
+    pass ``torch.compile(net)``); mu's dual ascent is the caller's.
     """
     model = net if model is None else model
     (xb, yb), (xv, yv) = batch, val_batch
@@ -382,7 +370,7 @@ def search_step(net: Supernet, batch, val_batch, w_opt, a_opt, cost_of, cfg: Sea
         val_loss = F.cross_entropy(val_logits, yv)
         cost = cost_of(arch)
         if cfg.target_latency_us:
-            ratio = target_seconds(cost["seconds"], net, cost_of, widths_later) / (cfg.target_latency_us * 1e-6)
+            ratio = target_seconds(cost["seconds"], net, cost_of) / (cfg.target_latency_us * 1e-6)
             arch_loss = val_loss + mu * F.relu(ratio - 1)
         else:
             ratio = None

@@ -274,18 +274,6 @@ class Supernet(nn.Module):
             for p in weights:
                 p.requires_grad_(True)
 
-    @contextmanager
-    def widths_released(self):
-        """No width is forced inside the block (the op stage's forced tops restored on exit)."""
-        forced = {n: w.forced for n, w in self.widths.items()}
-        for w in self.widths.values():
-            w.forced = None
-        try:
-            yield
-        finally:
-            for n, w in self.widths.items():
-                w.forced = forced[n]
-
     def sample(self, relaxation: str = "softmax", tau: float = 1.0,
                generator: Optional[torch.Generator] = None, hard_ops: bool = False) -> ArchSample:
         """Op and width probabilities for one step (Gumbel noise from ``generator``)."""
@@ -306,15 +294,12 @@ class Supernet(nn.Module):
                 ops[t] = relax(logits)
         return ArchSample(ops, {n: relax(w.logits) for n, w in self.widths.items()}, hard_ops)
 
-    def derived_sample(self, widths_at_bottom: bool = False) -> ArchSample:
+    def derived_sample(self) -> ArchSample:
         """The network ``spec.derive_spec`` would export now, as probabilities: each cell type's
         ``derived_ops`` and every width one-hot at its most probable candidate (a forced width
-        overrides it, as in ``Width.chosen``); no gradients.  ``widths_at_bottom``: every width
-        one-hot at its window's bottom instead (cost it inside ``widths_released`` where widths
-        are forced)."""
-        def index(logits):   # a tensor on logits' device: no host sync per width on a GPU
-            return torch.zeros((), dtype=torch.long, device=logits.device) if widths_at_bottom else logits.argmax()
-        widths = {n: F.one_hot(index(w.logits.detach()), w.count).to(w.logits.dtype) for n, w in self.widths.items()}
+        overrides it, as in ``Width.chosen``); no gradients."""
+        widths = {n: F.one_hot(w.logits.detach().argmax(), w.count).to(w.logits.dtype)
+                  for n, w in self.widths.items()}
         ops = {t: derived_ops(logits, self.space.ops, self.space.nodes) for t, logits in self.op_logits.items()}
         return ArchSample(ops, widths, True)
 
