@@ -282,3 +282,11 @@ def test_report_with_hw_calibrated_for_the_other_model_says_so(trained, tmp_path
     err = capsys.readouterr().err
     assert (f"note: {hw} was calibrated for the uboost model; its calibration block is applied to the "
             f"systolic model here" in err) == noted
+
+
+def test_large_figures_are_printed_whole_not_in_scientific_notation(tmp_path):
+    run = tmp_path / "slow"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"test_acc": 0.5, "hardware": {"latency_us": 123456.7}}))
+    text = report_text(run, tmp_path / "rep")
+    assert "| slow | train | 50 | 123,457 |" in text

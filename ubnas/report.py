@@ -242,6 +242,8 @@ def _fmt(value, digits: int = 4) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
+        if 10 ** digits <= abs(value) < 1e15:   # 12,346 us, not 1.235e+04
+            return f"{value:,.0f}"
         return f"{value:.{digits}g}"
     return str(value)
 
