@@ -15,9 +15,12 @@ executed layer into ``hwmodels.layers`` descriptors and returns the exact
   ``fn(module, inputs, output, batch) -> list[Layer]``.  A handler registered
   for a module with children also claims its whole subtree.
 
-Only module calls are seen: tensor arithmetic written inline in ``forward``
-(``x @ w``, ``F.conv2d``) is not costed.  A module called k times yields k
-layers named ``path``, ``path#2``, ...
+Only module calls are costed.  A GEMM or convolution written inline in a
+``forward`` outside every costed module (``x @ w``, ``F.linear``, ``F.conv2d``,
+attention's ``q @ k.transpose(-2, -1)``) raises a ``ValueError`` naming the op, the
+module whose ``forward`` ran it and its MACs, rather than leaving its compute out;
+a handler registered for that module type costs it.  A module called k times
+yields k layers named ``path``, ``path#2``, ...
 """
 from __future__ import annotations
 
@@ -108,15 +111,70 @@ def _register_builtins() -> None:
         return
     from torch import nn
     builtins: Dict[type, Handler] = {nn.Conv2d: _conv2d, nn.Linear: _linear}
-    # Normalisation layers hold (affine) parameters but no GEMM; PReLU holds its slope.
+    # Normalisation layers hold (affine) parameters but no GEMM; PReLU holds its slope; an
+    # embedding is a table lookup.
     for free_type in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
                       nn.PReLU, nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout2d,
                       nn.AlphaDropout, nn.Upsample, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d,
-                      nn.ReplicationPad2d, nn.ChannelShuffle, nn.PixelShuffle):
+                      nn.ReplicationPad2d, nn.ChannelShuffle, nn.PixelShuffle, nn.Embedding, nn.EmbeddingBag):
         builtins[free_type] = _free
     for module_type, fn in builtins.items():
         _HANDLERS.setdefault(module_type, fn)
     _BUILTINS_DONE = True
+
+
+# torch functions (by __name__) that run multiply-accumulates on the array: seen outside every
+# costed module, their compute would silently be missing from the estimate
+_GEMM_FUNCTIONS = {"linear", "bilinear", "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "mv", "addmm",
+                   "addbmm", "baddbmm", "addmv", "einsum", "tensordot", "conv1d", "conv2d", "conv3d",
+                   "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "scaled_dot_product_attention"}
+
+
+def _inline_macs(name: str, args: tuple, kwargs: dict, out) -> int:
+    """Multiply-accumulates of one GEMM/convolution call from its shapes (0 where not worked out)."""
+    import torch
+    if not isinstance(out, torch.Tensor):
+        return 0
+    weight = args[1] if len(args) > 1 else kwargs.get("weight")
+    if name == "linear" and isinstance(weight, torch.Tensor):
+        return out.numel() * int(weight.shape[-1])
+    if name in ("matmul", "__matmul__", "mm", "bmm", "mv") and isinstance(args[0], torch.Tensor):
+        return out.numel() * int(args[0].shape[-1])     # every output element sums over the inner dim
+    if name in ("conv1d", "conv2d", "conv3d") and isinstance(weight, torch.Tensor):
+        return out.numel() * math.prod(int(d) for d in weight.shape[1:])
+    return 0
+
+
+def _watch_inline_gemms(found: List[Tuple[str, str, int]], inside_costed: List[int], running: List[str]):
+    """A TorchFunctionMode that records (function, module path, MACs) for every GEMM-like torch
+    function called while no costed module runs (``inside_costed[0] == 0``); ``running`` is the
+    stack of module paths whose forward is running."""
+    from torch.overrides import TorchFunctionMode
+
+    class InlineGemms(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            name = getattr(func, "__name__", "")
+            if inside_costed[0] == 0 and name in _GEMM_FUNCTIONS:
+                found.append((name, running[-1] if running else "", _inline_macs(name, args, kwargs, out)))
+            return out
+    return InlineGemms()
+
+
+def _inline_gemm_error(module: "nn.Module", found: List[Tuple[str, str, int]]) -> ValueError:
+    path = found[0][1]
+    sub = module.get_submodule(path) if path else module
+    ops = sorted({name for name, p, _ in found if p == path})
+    macs = sum(m for _, p, m in found if p == path)
+    others = len({p for _, p, _ in found}) - 1
+    return ValueError(
+        f"module '{path or '<root>'}' ({type(sub).__module__}.{type(sub).__qualname__}) computes "
+        f"{', '.join(ops)} inline in its forward" + (f" ({macs:,} MACs)" if macs else "") +
+        (f", as do {others} other module(s)" if others > 0 else "") +
+        ", outside every costed layer, so the estimate would leave it out; cost it with hwmodels.estimate."
+        f"register_layer_handler({type(sub).__name__}, fn), fn(module, inputs, output, batch) -> list of "
+        f"ConvLayer/LinearLayer/GemmLayer (its layers replace the costing of all its submodules)")
 
 
 def _handler_for(module: "nn.Module"):
@@ -179,7 +237,23 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
 
     modes = {name: sub.training for name, sub in module.named_modules()}
     called_unknown: List[str] = []
-    hooks = [sub.register_forward_hook(make_hook(path, fn), with_kwargs=True) for path, (sub, fn) in handled.items()]
+    inline: List[Tuple[str, str, int]] = []
+    inside_costed, running = [0], []
+
+    def enter(path, costed):
+        running.append(path)
+        inside_costed[0] += costed
+
+    def leave(costed):
+        running.pop()
+        inside_costed[0] -= costed
+
+    # outermost first: the stack of running modules (paths) and how deep inside costed ones
+    hooks = [sub.register_forward_pre_hook(lambda mod, inputs, path=path: enter(path, path in handled))
+             for path, sub in module.named_modules()]
+    hooks += [sub.register_forward_hook(make_hook(path, fn), with_kwargs=True) for path, (sub, fn) in handled.items()]
+    hooks += [sub.register_forward_hook(lambda mod, inputs, output, path=path: leave(path in handled))
+              for path, sub in module.named_modules()]
     hooks += [sub.register_forward_pre_hook(lambda mod, inputs, path=path: called_unknown.append(path))
               for path, sub in unknown.items()]
     try:
@@ -189,7 +263,7 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
         gen = torch.Generator().manual_seed(0)
         x = (torch.rand((int(batch),) + shape, generator=gen) + 0.5).to(device=device, dtype=dtype)
         module.eval()
-        with torch.no_grad():
+        with torch.no_grad(), _watch_inline_gemms(inline, inside_costed, running):
             try:
                 module(x)
             except _HandlerFailed as failed:
@@ -213,7 +287,10 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
             f"don't know the hardware layers of module '{path or '<root>'}' ({type(sub).__module__}."
             f"{type(sub).__qualname__}), which holds parameters; call hwmodels.estimate."
             f"register_layer_handler({type(sub).__name__}, fn) with fn(module, inputs, output, "
-            f"batch) -> list of ConvLayer/LinearLayer/GemmLayer")
+            f"batch) -> list of ConvLayer/LinearLayer/GemmLayer (its layers replace the costing of all "
+            f"its submodules)")
+    if inline:
+        raise _inline_gemm_error(module, inline)
     return traced
 
 

@@ -102,6 +102,12 @@ def _parse_row(row: _Row, default_batch: int) -> Layer:
 COLUMNS = ALWAYS + CONV_ONLY + tuple(DEFAULTS) + ("batch",)
 # the columns hwmodels.calibrate reads from a measured CSV: a near miss of one is refused as well
 MEASURED_COLUMNS = ("measured_cycles", "measured_seconds", "measured_utilization")
+# other tools' names for a layer column, too far off for the near-miss check (batch_size is 0.67
+# like batch): refused with the column meant, not ignored
+# (unless the header also has the column meant: then it is an extra column like any other)
+ALIASES = {"batch_size": "batch", "bs": "batch", "pad": "padding", "pads": "padding", "group": "groups",
+           "dilations": "dilation", "dil": "dilation", "kernel": "kernel_h", "kernel_size": "kernel_h",
+           "cin": "in_channels", "cout": "out_channels", "c_in": "in_channels", "c_out": "out_channels"}
 
 
 def _refuse_near_misses(header: List[str], where: str) -> None:
@@ -115,7 +121,10 @@ def _refuse_near_misses(header: List[str], where: str) -> None:
                                       f"(expected each column once)")
         if column in known:
             continue
-        close = difflib.get_close_matches(column, known, n=1, cutoff=0.8)
+        if column in ALIASES:
+            close = [] if ALIASES[column] in header else [ALIASES[column]]
+        else:
+            close = difflib.get_close_matches(column, known, n=1, cutoff=0.8)
         if close:
             kind = "measured" if close[0] in MEASURED_COLUMNS else "layer"
             names = MEASURED_COLUMNS if kind == "measured" else COLUMNS

@@ -101,3 +101,20 @@ def test_blank_and_comment_lines_keep_their_numbers(tmp_path):
     # line 1 comment, 2 blank, 3 header, 4 whitespace only, 5 comment, 6 good, 7 bad
     path = _write(tmp_path, f"# layers\n\n{HEADER}\n   \n  # skipped\n{FC}\nfc2,linear,1,1,0,10,1,1,1,0,1,1,1\n")
     assert _error(path).startswith(f"{path}:7: column 'in_channels' expected an integer >= 1")
+
+
+@pytest.mark.parametrize("column, meant", [("batch_size", "batch"), ("pad", "padding"), ("BS", "batch")])
+def test_another_tools_name_for_a_layer_column_is_refused(tmp_path, column, meant):
+    """batch_size and pad are too far off batch and padding for the near-miss check: the batch
+    (or padding) silently took its default, a network 8x too cheap."""
+    path = _write(tmp_path, "name,kind,in_h,in_w,in_channels,out_channels,kernel_h,kernel_w," + column +
+                  "\nc1,conv,32,32,3,64,3,3,8\n")
+    message = _error(path)
+    assert message.startswith(f"{path}:1: unknown column '{column.lower()}' (did you mean '{meant}'?"), message
+
+
+def test_an_alias_next_to_the_column_it_names_is_an_extra_column(tmp_path):
+    path = _write(tmp_path, "name,kind,in_h,in_w,in_channels,out_channels,kernel_h,kernel_w,batch,batch_size\n"
+                            "c1,conv,32,32,3,64,3,3,8,whatever\n")
+    (row,) = read_layer_table(path).rows
+    assert row.layer.batch == 8

@@ -4,6 +4,7 @@ import sys
 import pytest
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 import hwmodels
 from hwmodels import ConvLayer, GemmLayer, LinearLayer, estimate, layer_cost, load_accelerator, network_cost
@@ -179,3 +180,68 @@ def test_a_failing_layer_handler_keeps_its_own_error():
     finally:
         from hwmodels.estimate import _HANDLERS
         _HANDLERS.pop(Odd, None)
+
+
+class Attention(nn.Module):
+    """One head of self-attention with its scores written inline, as most attention code is."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):   # x (B, T, dim)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.proj((q @ k.transpose(-2, -1)).softmax(-1) @ v)
+
+
+def test_inline_attention_scores_are_refused_not_left_out():
+    """q @ k^T and attn @ v are 2 * B * T * T * dim MACs that no module call shows: the estimate
+    used to report the two Linears alone, half this block's compute missing."""
+    model = nn.Sequential(nn.Linear(6, 8), Attention(8))
+    batch, tokens, dim = 2, 5, 8
+    with pytest.raises(ValueError) as info:
+        trace_layers(model, (tokens, 6), batch=batch)
+    message = str(info.value)
+    assert "module '1' (" in message and "Attention) computes matmul inline" in message
+    assert f"({2 * batch * tokens * tokens * dim:,} MACs)" in message
+    assert "register_layer_handler(Attention, fn)" in message
+
+    def handler(module, inputs, output, batch_):   # the whole block by hand: it claims its Linears too
+        b, t, d = inputs[0].shape
+        return [LinearLayer("", d, 3 * d, batch=b * t), GemmLayer("", t, d, t, repeats=b),
+                GemmLayer("", t, t, d, repeats=b), LinearLayer("", d, d, batch=b * t)]
+    hwmodels.estimate.register_layer_handler(Attention, handler)
+    try:
+        layers = trace_layers(model, (tokens, 6), batch=batch)
+    finally:
+        sys.modules["hwmodels.estimate"]._HANDLERS.pop(Attention, None)
+    macs = sum(layer.lower().macs for layer in layers)
+    want = batch * tokens * (6 * 8 + 8 * 24 + 8 * 8) + 2 * batch * tokens * tokens * dim
+    assert [l.name for l in layers] == ["0", "1.0", "1.1", "1.2", "1.3"] and macs == want
+
+
+class FunctionalConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):   # the module's weight, but not its call: no hook sees it
+        return F.conv2d(x, self.conv.weight, padding=1)
+
+
+class ForwardCalledDirectly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(7, 3)
+
+    def forward(self, x):
+        return self.fc.forward(x)   # bypasses __call__ and its hooks
+
+
+@pytest.mark.parametrize("model, shape, op, macs", [
+    (FunctionalConv(), (3, 6, 5), "conv2d", 2 * 4 * 6 * 5 * 3 * 9),
+    (ForwardCalledDirectly(), (7,), "linear", 2 * 3 * 7)])
+def test_compute_that_bypasses_the_hooks_is_refused(model, shape, op, macs):
+    with pytest.raises(ValueError, match=rf"module '<root>' \(.*\) computes {op} inline in its forward "
+                                         rf"\({macs:,} MACs\)"):
+        trace_layers(model, shape, batch=2)
