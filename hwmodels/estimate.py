@@ -125,9 +125,32 @@ def _register_builtins() -> None:
 
 # torch functions (by __name__) that run multiply-accumulates on the array: seen outside every
 # costed module, their compute would silently be missing from the estimate
-_GEMM_FUNCTIONS = {"linear", "bilinear", "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "mv", "addmm",
-                   "addbmm", "baddbmm", "addmv", "einsum", "tensordot", "conv1d", "conv2d", "conv3d",
-                   "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "scaled_dot_product_attention"}
+_GEMM_FUNCTIONS = {"linear", "bilinear", "matmul", "__matmul__", "__rmatmul__", "linalg_matmul", "mm", "bmm",
+                   "mv", "inner", "chain_matmul", "linalg_multi_dot", "addmm", "addbmm", "baddbmm", "addmv",
+                   "addmm_", "addbmm_", "baddbmm_", "addmv_", "einsum", "tensordot", "conv1d", "conv2d",
+                   "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+                   "scaled_dot_product_attention", "multi_head_attention_forward"}
+
+
+def _einsum_summed(args: tuple):
+    """(summed letters' sizes product, equation) of an einsum call, or None when nothing is summed
+    (a transpose or an outer product: no multiply-accumulate); 0 for a product not worked out."""
+    import torch
+    equation = args[0] if args and isinstance(args[0], str) else None
+    operands = args[1:]
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    if equation is None or "..." in equation or "->" not in equation:
+        return 0
+    inputs, output = equation.replace(" ", "").split("->")
+    summed = set(inputs.replace(",", "")) - set(output)
+    if not summed:
+        return None
+    sizes = {}
+    for spec, operand in zip(inputs.split(","), operands):
+        if isinstance(operand, torch.Tensor) and len(spec) == operand.dim():
+            sizes.update({letter: int(d) for letter, d in zip(spec, operand.shape)})
+    return math.prod(sizes.get(letter, 0) for letter in summed)
 
 
 def _inline_macs(name: str, args: tuple, kwargs: dict, out) -> int:
@@ -135,11 +158,19 @@ def _inline_macs(name: str, args: tuple, kwargs: dict, out) -> int:
     import torch
     if not isinstance(out, torch.Tensor):
         return 0
+    first = args[0] if args else kwargs.get("input")
     weight = args[1] if len(args) > 1 else kwargs.get("weight")
     if name == "linear" and isinstance(weight, torch.Tensor):
         return out.numel() * int(weight.shape[-1])
-    if name in ("matmul", "__matmul__", "mm", "bmm", "mv") and isinstance(args[0], torch.Tensor):
-        return out.numel() * int(args[0].shape[-1])     # every output element sums over the inner dim
+    if name in ("matmul", "__matmul__", "linalg_matmul", "mm", "bmm", "mv") and isinstance(first, torch.Tensor):
+        return out.numel() * int(first.shape[-1])     # every output element sums over the inner dim
+    if name == "einsum":
+        return out.numel() * (_einsum_summed(args) or 0)
+    if name == "scaled_dot_product_attention" and len(args) >= 3 and isinstance(args[1], torch.Tensor):
+        # scores (..., L, S) over E, then (..., L, Ev) over S
+        query, key = args[0], args[1]
+        return (query.numel() // int(query.shape[-1])) * int(key.shape[-2]) * int(query.shape[-1]) + \
+            out.numel() * int(key.shape[-2])
     if name in ("conv1d", "conv2d", "conv3d") and isinstance(weight, torch.Tensor):
         return out.numel() * math.prod(int(d) for d in weight.shape[1:])
     return 0
@@ -156,7 +187,8 @@ def _watch_inline_gemms(found: List[Tuple[str, str, int]], inside_costed: List[i
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
             name = getattr(func, "__name__", "")
-            if inside_costed[0] == 0 and name in _GEMM_FUNCTIONS:
+            if inside_costed[0] == 0 and name in _GEMM_FUNCTIONS and not (
+                    name == "einsum" and _einsum_summed(args) is None):   # a transpose, no accumulation
                 found.append((name, running[-1] if running else "", _inline_macs(name, args, kwargs, out)))
             return out
     return InlineGemms()
@@ -248,15 +280,22 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
         running.pop()
         inside_costed[0] -= costed
 
-    # outermost first: the stack of running modules (paths) and how deep inside costed ones
-    hooks = [sub.register_forward_pre_hook(lambda mod, inputs, path=path: enter(path, path in handled))
-             for path, sub in module.named_modules()]
-    hooks += [sub.register_forward_hook(make_hook(path, fn), with_kwargs=True) for path, (sub, fn) in handled.items()]
-    hooks += [sub.register_forward_hook(lambda mod, inputs, output, path=path: leave(path in handled))
-              for path, sub in module.named_modules()]
-    hooks += [sub.register_forward_pre_hook(lambda mod, inputs, path=path: called_unknown.append(path))
-              for path, sub in unknown.items()]
+    # the stack of running modules (paths) and how deep inside costed ones: entered before any other
+    # pre-hook (spectral_norm's power iteration belongs to its module), left even when forward raises
+    # (a caught failure must not leave the count up); ScriptModules take no hooks
+    watched = [(path, sub) for path, sub in module.named_modules() if not isinstance(sub, torch.jit.ScriptModule)]
+    hooks = []
     try:
+        for path, sub in watched:
+            hooks.append(sub.register_forward_pre_hook(lambda mod, inputs, path=path: enter(path, path in handled),
+                                                       prepend=True))
+        for path, (sub, fn) in handled.items():
+            hooks.append(sub.register_forward_hook(make_hook(path, fn), with_kwargs=True))
+        for path, sub in watched:
+            hooks.append(sub.register_forward_hook(lambda mod, inputs, output, path=path: leave(path in handled),
+                                                   always_call=True))
+        for path, sub in unknown.items():
+            hooks.append(sub.register_forward_pre_hook(lambda mod, inputs, path=path: called_unknown.append(path)))
         first = next(iter(module.parameters()), None)
         dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
         device = first.device if first is not None else torch.device("cpu")

@@ -245,3 +245,53 @@ def test_compute_that_bypasses_the_hooks_is_refused(model, shape, op, macs):
     with pytest.raises(ValueError, match=rf"module '<root>' \(.*\) computes {op} inline in its forward "
                                          rf"\({macs:,} MACs\)"):
         trace_layers(model, shape, batch=2)
+
+
+class CaughtChildFailure(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(5, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        try:
+            self.a(x)   # 4 features into Linear(5, 4): raises, and the caller goes on
+        except RuntimeError:
+            pass
+        y = self.b(x)
+        return y @ y.transpose(-2, -1)
+
+
+class Inline(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+@pytest.mark.parametrize("model, shape, op, macs", [
+    (CaughtChildFailure(), (3, 4), "matmul", 2 * 3 * 3 * 4),   # a failed costed child leaves no count up
+    (Inline(lambda x: torch.matmul(input=x, other=x.transpose(-2, -1))), (3, 4), "matmul", 2 * 3 * 3 * 4),
+    (Inline(lambda x: torch.einsum("bij,bkj->bik", x, x)), (3, 4), "einsum", 2 * 3 * 3 * 4),
+    (Inline(lambda x: F.scaled_dot_product_attention(x, x, x)), (3, 4), "scaled_dot_product_attention",
+     2 * (3 * 3 * 4 + 3 * 4 * 3))])
+def test_inline_gemms_of_every_spelling_are_refused_with_their_macs(model, shape, op, macs):
+    with pytest.raises(ValueError, match=rf"computes {op} inline in its forward \({macs:,} MACs\)"):
+        trace_layers(model, shape, batch=2)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_what_the_inline_check_must_not_refuse():
+    """No accumulation (an einsum transpose), weight preprocessing in a costed module's pre-hook
+    (spectral_norm's power iteration), and a scripted child without parameters; no hook stays."""
+    def hooks(model):
+        return [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()
+                if not isinstance(m, torch.jit.ScriptModule)]
+    transpose = nn.Sequential(nn.Linear(4, 4), Inline(lambda x: torch.einsum("bij->bji", x)))
+    normed = nn.Sequential(nn.utils.spectral_norm(nn.Conv2d(3, 4, 3)))
+    scripted = nn.Sequential(nn.Linear(4, 4), torch.jit.script(nn.ReLU()))
+    for model, shape in ((transpose, (3, 4)), (normed, (3, 8, 8)), (scripted, (4,))):
+        before = hooks(model)
+        assert [l.name for l in trace_layers(model, shape)] == ["0"]
+        assert hooks(model) == before
