@@ -418,6 +418,11 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
                                  "give more layers or a larger --holdout-fraction" if not held else
                                  "give more layers or a smaller --holdout-fraction"))
     fitted_cal, result = fit(train, model_acc, mode, free, with_memory=measured)
+    at_bound = [any(math.isclose(getattr(fitted_cal, n), b, rel_tol=1e-6, abs_tol=1e-9) for b in BOUNDS[n])
+                for n in free]
+    unused, loose = undetermined(result.jac, free, at_bound)
+    if unused:   # no training row depends on them: the given values, not whichever start won
+        fitted_cal = dataclasses.replace(fitted_cal, **{n: getattr(acc.calibration, n) for n in unused})
     fitted_acc = acc.replace(calibration=fitted_cal)
     hold_model = _Model(held, model_acc, mode, with_memory=measured)
     train_model = _Model(train, model_acc, mode, with_memory=measured)
@@ -449,7 +454,8 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
         "optimizer": {"success": bool(result.success), "cost": float(result.cost),
                       "nfev": int(result.nfev), "message": str(result.message)},
     }
-    fit_report["warnings"] = fit_warnings(fit_report, reference_over_model, undetermined(result.jac, free))
+    fit_report["unused_parameters"] = list(unused)
+    fit_report["warnings"] = fit_warnings(fit_report, reference_over_model, loose)
     prov = {"reference": reference.kind, "reference_source": reference.source,
             "holdout_source": holdout.source if holdout is not None else reference.source,
             "seed": int(seed), "mode": mode, "array": f"{acc.array_rows}x{acc.array_cols}",
@@ -469,22 +475,25 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
 ORDINARY_BOUNDS = {"fold_overhead_cycles": 0.0, "layer_overhead_cycles": 0.0, "bandwidth_efficiency": 1.0}
 
 
-def undetermined(jac, free: Sequence[str]) -> List[str]:
-    """The free parameters the rows cannot pin down: a Jacobian (rows x free) column that is zero
-    (no row depends on it) or in the null space of the column-normalised Jacobian (parameters that
-    trade off exactly, e.g. fold and layer overheads when every layer has as many folds)."""
+def undetermined(jac, free: Sequence[str], at_bound: Sequence[bool] = ()) -> Tuple[List[str], List[str]]:
+    """The free parameters the rows cannot pin down, from the Jacobian (rows x free) at the fit:
+    (unused: a zero column, no row depends on it; loose: in the null space of the column-normalised
+    Jacobian, parameters that trade off exactly, e.g. fold and layer overheads when every layer has
+    as many folds).  Parameters ``at_bound`` are left out of the second: a bound makes them unique."""
     jac = np.asarray(jac, float)
     norms = np.linalg.norm(jac, axis=0)
     if not norms.any():
-        return list(free)
+        return list(free), []
     dead = norms <= 1e-9 * norms.max()
-    names = [n for n, d in zip(free, dead) if d]
-    live = [i for i, d in enumerate(dead) if not d]
+    unused = [n for n, d in zip(free, dead) if d]
+    bounded = list(at_bound) + [False] * (len(free) - len(at_bound))
+    live = [i for i, d in enumerate(dead) if not d and not bounded[i]]
+    loose = []
     if len(live) > 1:
         _, sv, vt = np.linalg.svd(jac[:, live] / norms[live], full_matrices=False)
         if sv[-1] <= 1e-6 * sv[0]:
-            names += [free[i] for i, v in zip(live, vt[-1]) if abs(v) > 0.1]
-    return [n for n in free if n in names]
+            loose = [free[i] for i, v in zip(live, vt[-1]) if abs(v) > 0.1]
+    return unused, [n for n in free if n in loose]
 
 
 def fit_warnings(fit_report: dict, reference_over_model: float, loose: Sequence[str]) -> List[str]:
@@ -519,7 +528,7 @@ def format_report(result: CalibrationResult) -> str:
              f"{result.before.dataflow}, model {result.mode}) on {result.fit_report['n_train']} rows; "
              f"held out {result.fit_report['n_holdout']} ({result.fit_report['holdout']})",
              f"{'held-out metric':<22}{'before':>14}{'after':>14}"]
-    rows = [("RMSE (cycles)", "rmse_cycles", "{:.5g}"), ("RMSPE %", "rmspe_pct", "{:.2f}"),
+    rows = [("RMSE (cycles)", "rmse_cycles", "{:,.1f}"), ("RMSPE %", "rmspe_pct", "{:.2f}"),
             ("mean |error| %", "mean_abs_pct", "{:.2f}"), ("worst |error| %", "max_abs_pct", "{:.2f}"),
             ("within +-5 %", "within_5pct", "{:.1%}"), ("within +-10 %", "within_10pct", "{:.1%}"),
             ("utilization |err| pp", "utilization_mean_abs_pp", "{:.2f}")]
@@ -530,9 +539,12 @@ def format_report(result: CalibrationResult) -> str:
     for name, values in result.fit_report["parameters"].items():
         lines.append(f"{name:<22}{values['before']:>14.4g}{values['after']:>14.4g}")
     # the YAML is still written: the user decides
+    for name in result.fit_report.get("unused_parameters") or []:
+        why = " (no layer is memory-bound)" if name == "bandwidth_efficiency" else ""
+        lines.append(f"note: no training row depends on {name}{why}: kept at {getattr(result.before.calibration, name):g}")
     warnings = result.fit_report.get("warnings") or []
     lines += [f"warning: {w}" for w in warnings]
-    if warnings:
+    if any(not w.startswith("these rows do not determine") for w in warnings):
         lines.append("check the reference rows for outliers or a wrong unit before using this YAML")
     return "\n".join(lines) + "\n"
 

@@ -384,10 +384,26 @@ def test_overheads_that_trade_off_exactly_are_reported_undetermined(tmp_path):
 def test_undetermined_parameters_by_hand():
     a, b = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, -1.0, 0.5, 0.0])
     names = ("p", "q", "r", "s")
-    assert cal.undetermined(np.stack([a, b, np.zeros(4), np.ones(4)], 1), names) == ["r"]
-    assert cal.undetermined(np.stack([a, 2 * a, b, np.ones(4)], 1), names) == ["p", "q"]
-    assert cal.undetermined(np.stack([a, b, a + b, np.ones(4)], 1), names) == ["p", "q", "r"]
-    assert cal.undetermined(np.stack([a, b, a * a, np.ones(4)], 1), names) == []
+    assert cal.undetermined(np.stack([a, b, np.zeros(4), np.ones(4)], 1), names) == (["r"], [])
+    assert cal.undetermined(np.stack([a, 2 * a, b, np.ones(4)], 1), names) == ([], ["p", "q"])
+    assert cal.undetermined(np.stack([a, b, a + b, np.ones(4)], 1), names) == ([], ["p", "q", "r"])
+    assert cal.undetermined(np.stack([a, b, a * a, np.ones(4)], 1), names) == ([], [])
+    # q pinned at a bound: p alone is determined
+    assert cal.undetermined(np.stack([a, 2 * a, b, np.ones(4)], 1), names, [False, True]) == ([], [])
+
+
+def test_a_parameter_no_row_depends_on_keeps_its_value_and_gets_a_note(tmp_path):
+    """Every layer compute-bound: the bandwidth efficiency is free in the fit, so it used to be
+    whichever start won (0.3 or 1) with an alarming warning; it keeps the given value, with a note."""
+    acc = _acc(bandwidth_bytes_per_s=1e15, onchip_bytes=2 ** 40)
+    given = acc.replace(calibration=Calibration(bandwidth_efficiency=0.7))
+    path = _write_measured(tmp_path / "compute.csv", suite_layers("mixed", 0), acc, noise=0.0)
+    result = cal.calibrate(cal.measured_rows(path, given), given, "systolic", seed=0)
+    assert result.fit_report["unused_parameters"] == ["bandwidth_efficiency"]
+    assert result.accelerator.calibration.bandwidth_efficiency == 0.7
+    text = cal.format_report(result)
+    assert "note: no training row depends on bandwidth_efficiency (no layer is memory-bound): kept at 0.7" in text
+    assert "warning" not in text and result.metrics_after["rmspe_pct"] < 1e-3
 
 
 def test_a_plot_path_that_is_a_directory_writes_nothing(synthetic, tmp_path, capsys):
