@@ -290,3 +290,17 @@ def test_large_figures_are_printed_whole_not_in_scientific_notation(tmp_path):
     (run / "metrics.json").write_text(json.dumps({"test_acc": 0.5, "hardware": {"latency_us": 123456.7}}))
     text = report_text(run, tmp_path / "rep")
     assert "| slow | train | 50 | 123,457 |" in text
+
+
+def test_run_names_stay_unique_when_a_directory_is_named_like_a_renamed_duplicate(tmp_path):
+    """A/x, B/x and C/x-2: B becomes x-2, so C must not be x-2 as well (one figure for both)."""
+    from ubnas.report import _fmt, load_runs
+    paths = []
+    for parent, name in (("A", "x"), ("B", "x"), ("C", "x-2")):
+        run = tmp_path / parent / name
+        run.mkdir(parents=True)
+        (run / "search_log.csv").write_text("epoch,val_acc\n1,0.5\n")
+        paths.append(run)
+    names = [run.name for run in load_runs(paths)]
+    assert len(set(names)) == 3 and names[:2] == ["x", "x-2"]
+    assert (_fmt(9999.7), _fmt(9999.4)) == ("10,000", "9999")

@@ -175,13 +175,13 @@ def main(argv=None):
         print(f"no CUDA: fused = PyTorch reference backend vs eager on CPU, small batch, no memory figures; "
               f"stage {args.stage}", flush=True)
     print(kernels.setup_line(device), flush=True)
-    rows, failed = [], 0
+    rows, interrupted = [], False
     try:
         measure_all(args, spaces, batches, impls, device, rows)
     except KeyboardInterrupt:   # timeout -s INT: the table of what was measured still prints
         print("interrupted: the table below holds the variants measured so far", flush=True)
-        failed += 1
-    failed += sum(1 for row in rows if row[-1] is not True)
+        interrupted = True
+    failed = sum(1 for row in rows if row[-1] is not True)
     rows = [row[:-1] for row in rows if row[-1] is not None]
     print()
     head = f"{'space':14s} {'batch':>5s} {'impl':8s} {'ms/step':>9s} {'peak MiB':>9s} {'speedup':>8s} {'mem ratio':>9s}"
@@ -197,7 +197,9 @@ def main(argv=None):
     print("speedup / mem ratio: eager over the variant, measured in this run (higher is better)")
     if failed:
         print(f"{failed} variant(s) failed or gave a non-finite loss", file=sys.stderr)
-    return 1 if failed else 0
+    if interrupted:
+        print("interrupted before every variant ran", file=sys.stderr)
+    return 1 if failed or interrupted else 0
 
 
 if __name__ == "__main__":

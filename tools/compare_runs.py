@@ -113,7 +113,11 @@ def main(argv=None):
             else:
                 failed.append(f"{name}: training failed (its search row is kept, test_acc empty)")
                 print(failed[-1], file=sys.stderr, flush=True)
-        rows.append(summarize(name, run_dir, wall, rss, test_acc))
+        try:
+            rows.append(summarize(name, run_dir, wall, rss, test_acc))
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:   # a run's files, not the others'
+            failed.append(f"{name}: could not summarise {run_dir} ({type(exc).__name__}: {exc})")
+            print(failed[-1], file=sys.stderr, flush=True)
     if rows:
         keys = list(rows[0])
         print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))

@@ -49,11 +49,13 @@ status=0
 run() {
   local log=$1 limit=$2
   shift 2
+  [ "$limit" -lt 30 ] && limit=30   # timeout 0 would mean no limit at all
   timeout -s INT -k 15 "$limit" "$@" 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
   if [ "$rc" -ne 0 ]; then
     local why=""
     [ "$rc" -eq 124 ] && why=", out of time after $limit s"
+    [ "$rc" -eq 137 ] && why=", killed 15 s after its $limit s ran out"
     echo "FAILED (exit $rc$why): $*" >&2
     [ "$status" -eq 0 ] && status=$rc
   fi
@@ -69,7 +71,7 @@ cat "$out/device.txt"
 case "$stage" in
   tests)
     # the whole log is in tests.txt; here the per-test PASSED/FAILED/ERROR lines (-rA) and the summary
-    timeout -s INT -k 15 540 env UBNAS_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider \
+    timeout -s INT -k 15 $(( 540 - SECONDS )) env UBNAS_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider \
       tests/test_kernels.py -rA > "$out/tests.txt" 2>&1
     rc=$?
     grep -iE "passed|failed|error|relerr" "$out/tests.txt" | tail -80

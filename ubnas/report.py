@@ -194,6 +194,7 @@ GENERIC_DIR_NAMES = ("train",)
 
 def load_runs(paths: Sequence, hw: Optional[str] = None) -> List[Run]:
     names: Dict[str, int] = {}
+    taken = set()
     runs = []
     for p in paths:
         resolved = Path(p).resolve()
@@ -202,6 +203,10 @@ def load_runs(paths: Sequence, hw: Optional[str] = None) -> List[Run]:
             base = f"{resolved.parent.name}/{base}"
         names[base] = names.get(base, 0) + 1
         name = base if names[base] == 1 else f"{base}-{names[base]}"
+        while name in taken:   # A/x, B/x, C/x-2: the second x must not become C's x-2
+            names[base] += 1
+            name = f"{base}-{names[base]}"
+        taken.add(name)
         runs.append(load_run(p, name, hw))
     return runs
 
@@ -242,7 +247,7 @@ def _fmt(value, digits: int = 4) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
-        if 10 ** digits <= abs(value) < 1e15:   # 12,346 us, not 1.235e+04
+        if 10 ** digits - 0.5 <= abs(value) < 1e15:   # 12,346 us and 10,000, not 1.235e+04 or 1e+04
             return f"{value:,.0f}"
         return f"{value:.{digits}g}"
     return str(value)
