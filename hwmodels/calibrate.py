@@ -418,9 +418,7 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
                                  "give more layers or a larger --holdout-fraction" if not held else
                                  "give more layers or a smaller --holdout-fraction"))
     fitted_cal, result = fit(train, model_acc, mode, free, with_memory=measured)
-    at_bound = [any(math.isclose(getattr(fitted_cal, n), b, rel_tol=1e-6, abs_tol=1e-9) for b in BOUNDS[n])
-                for n in free]
-    unused, loose = undetermined(result.jac, free, at_bound)
+    unused, loose = undetermined(result.jac, free, [_at_bound(getattr(fitted_cal, n), BOUNDS[n]) for n in free])
     if unused:   # no training row depends on them: the given values, not whichever start won
         fitted_cal = dataclasses.replace(fitted_cal, **{n: getattr(acc.calibration, n) for n in unused})
     fitted_acc = acc.replace(calibration=fitted_cal)
@@ -470,6 +468,11 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
                              pred_before, pred_after, prov, fit_report)
 
 
+def _at_bound(value: float, bounds: Sequence[float]) -> bool:
+    """Whether a fitted value sits on one of its bounds (``fit`` snaps solver noise onto them)."""
+    return any(math.isclose(value, b, rel_tol=1e-6, abs_tol=1e-9) for b in bounds)
+
+
 # Parameters pinned at these bounds mean the model cannot explain the rows (a wrong unit, outliers);
 # no overhead (0) and full bandwidth efficiency (1) are ordinary fits.
 ORDINARY_BOUNDS = {"fold_overhead_cycles": 0.0, "layer_overhead_cycles": 0.0, "bandwidth_efficiency": 1.0}
@@ -506,14 +509,14 @@ def fit_warnings(fit_report: dict, reference_over_model: float, loose: Sequence[
                    f"check its unit (measured_seconds in seconds, measured_cycles in cycles of the "
                    f"accelerator's clock)")
     pinned = [n for n, v in fit_report["parameters"].items()
-              if any(math.isclose(v["after"], b, rel_tol=1e-6, abs_tol=1e-9) for b in v["bounds"])
+              if _at_bound(v["after"], v["bounds"])
               and not math.isclose(v["after"], ORDINARY_BOUNDS.get(n, math.nan), abs_tol=1e-9)]
     if pinned:
         out.append(f"at the bound of their range: {', '.join(pinned)} (the model cannot explain the rows "
                    f"within it)")
     if loose:
-        out.append(f"these rows do not determine {', '.join(loose)} (no row depends on it, or they trade off "
-                   f"exactly): the values written are one of many equally good fits; add varied layers")
+        out.append(f"these rows do not determine {', '.join(loose)} (they trade off exactly): the values "
+                   f"written are one of many equally good fits; add varied layers")
     # differences under 0.005 points (rounding) are no worse
     if after > before + 5e-3:
         out.append(f"the fit made the held-out RMSPE worse ({before:.2f} % -> {after:.2f} %)")

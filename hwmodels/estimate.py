@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Callable, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .accelerator import Accelerator
 from .exact import NetworkCost, network_cost
@@ -133,8 +133,9 @@ _GEMM_FUNCTIONS = {"linear", "bilinear", "matmul", "__matmul__", "__rmatmul__", 
 
 
 def _einsum_summed(args: tuple):
-    """(summed letters' sizes product, equation) of an einsum call, or None when nothing is summed
-    (a transpose or an outer product: no multiply-accumulate); 0 for a product not worked out."""
+    """The product of the summed letters' sizes of an einsum call (MACs per output element), None
+    when nothing is summed (a transpose or an outer product: no multiply-accumulate), 0 when not
+    worked out (an ellipsis, an implicit output)."""
     import torch
     equation = args[0] if args and isinstance(args[0], str) else None
     operands = args[1:]
@@ -153,9 +154,13 @@ def _einsum_summed(args: tuple):
     return math.prod(sizes.get(letter, 0) for letter in summed)
 
 
-def _inline_macs(name: str, args: tuple, kwargs: dict, out) -> int:
-    """Multiply-accumulates of one GEMM/convolution call from its shapes (0 where not worked out)."""
+def _inline_macs(name: str, args: tuple, kwargs: dict, out) -> Optional[int]:
+    """Multiply-accumulates of one GEMM/convolution call from its shapes (0 where not worked out);
+    None for a call that accumulates nothing (an einsum that sums no index)."""
     import torch
+    if name == "einsum":
+        summed = _einsum_summed(args)
+        return None if summed is None else (out.numel() * summed if isinstance(out, torch.Tensor) else 0)
     if not isinstance(out, torch.Tensor):
         return 0
     first = args[0] if args else kwargs.get("input")
@@ -164,8 +169,6 @@ def _inline_macs(name: str, args: tuple, kwargs: dict, out) -> int:
         return out.numel() * int(weight.shape[-1])
     if name in ("matmul", "__matmul__", "linalg_matmul", "mm", "bmm", "mv") and isinstance(first, torch.Tensor):
         return out.numel() * int(first.shape[-1])     # every output element sums over the inner dim
-    if name == "einsum":
-        return out.numel() * (_einsum_summed(args) or 0)
     if name == "scaled_dot_product_attention" and len(args) >= 3 and isinstance(args[1], torch.Tensor):
         # scores (..., L, S) over E, then (..., L, Ev) over S
         query, key = args[0], args[1]
@@ -187,9 +190,10 @@ def _watch_inline_gemms(found: List[Tuple[str, str, int]], inside_costed: List[i
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
             name = getattr(func, "__name__", "")
-            if inside_costed[0] == 0 and name in _GEMM_FUNCTIONS and not (
-                    name == "einsum" and _einsum_summed(args) is None):   # a transpose, no accumulation
-                found.append((name, running[-1] if running else "", _inline_macs(name, args, kwargs, out)))
+            if inside_costed[0] == 0 and name in _GEMM_FUNCTIONS:
+                macs = _inline_macs(name, args, kwargs, out)
+                if macs is not None:
+                    found.append((name, running[-1] if running else "", macs))
             return out
     return InlineGemms()
 

@@ -333,6 +333,7 @@ def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, 
     out_dir = make_run_dir(Path(out_dir))     # an --out that is a file: a message naming --out, not errno 17
     figures: Dict[str, Dict[str, str]] = {r.name: {} for r in runs}
     stems = _figure_stems(runs)
+    front = pareto_front(runs)
     pngs: List[str] = []
     plot_note = ""
     if plots:
@@ -344,8 +345,7 @@ def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, 
                 figures[run.name] = run_figures(plt, run, out_dir, stems[run.name])
                 pngs += list(figures[run.name].values())
             if any(_plotted(r) for r in runs):
-                pngs.append(pareto_figure(plt, runs, pareto_front(runs), out_dir))
-    front = pareto_front(runs)
+                pngs.append(pareto_figure(plt, runs, front, out_dir))
     lines = ["# ubnas report", "", f"{len(runs)} run(s). Latency and utilization are the exact cost of "
              f"each run's exported network (hwmodels, systolic model, batch 1).", ""]
     summary = [(r.name, r.kind, None if r.accuracy is None else round(100 * r.accuracy, 2),
@@ -417,11 +417,10 @@ def _series(rows: List[dict], key: str):
     return xs, ys
 
 
-def run_figures(plt, run: Run, out_dir: Path, stem: Optional[str] = None) -> Dict[str, str]:
+def run_figures(plt, run: Run, out_dir: Path, stem: str) -> Dict[str, str]:
     """STEM_curves.png (loss, accuracy, and latency/utilization of a search) and STEM_layers.png
-    (STEM: the run's name made file-safe, unless given)."""
+    (STEM: from ``_figure_stems``, unique among the report's runs)."""
     files: Dict[str, str] = {}
-    base = stem or _safe(run.name)
     held_out = "val" if run.kind == "search" else "test"
     panels = [("loss", [("train_loss", "train"), (f"{held_out}_loss", held_out)]),
               ("accuracy", [("train_acc", "train"), (f"{held_out}_acc", held_out)]),
@@ -446,7 +445,7 @@ def run_figures(plt, run: Run, out_dir: Path, stem: Optional[str] = None) -> Dic
                 ax.legend(fontsize=8)
         fig.suptitle(f"{run.name} ({run.kind})", fontsize=11)
         fig.tight_layout()
-        files["curves"] = _save(plt, fig, out_dir, f"{base}_curves.png")
+        files["curves"] = _save(plt, fig, out_dir, f"{stem}_curves.png")
     if run.cost is not None and run.cost.layers:
         layers = run.cost.layers
         names = [c.name for c in layers]
@@ -480,7 +479,7 @@ def run_figures(plt, run: Run, out_dir: Path, stem: Optional[str] = None) -> Dic
         fig.suptitle(f"{run.name}: exported network on {a.name} ({a.array_rows}x{a.array_cols}), "
                      f"{total.seconds * 1e6:.1f} us", fontsize=10)
         fig.tight_layout()
-        files["layers"] = _save(plt, fig, out_dir, f"{base}_layers.png")
+        files["layers"] = _save(plt, fig, out_dir, f"{stem}_layers.png")
     return files
 
 
