@@ -191,6 +191,32 @@ def test_spec_without_hw_is_estimated_on_the_accelerator_it_was_searched_on(tmp_
         estimate(build_network(spec), spec.input_shape, load_accelerator("uboost")).cycles)
 
 
+def test_spec_is_estimated_at_the_batch_it_was_searched_at(tmp_path, capsys):
+    """A spec searched with --hw-batch 4 is costed at batch 4 (as its provenance.exact_cost), with a
+    note; --batch still chooses; a hand-edited hw_batch that is no positive integer is one line."""
+    import torch
+    from hwmodels import estimate
+    from ubnas.build import build_network
+    from ubnas.space import load_space
+    from ubnas.spec import derive_spec, load_spec, save_spec
+    from ubnas.supernet import Supernet
+    torch.manual_seed(0)
+    path = tmp_path / "arch.yaml"
+    save_spec(derive_spec(Supernet(load_space("tiny"), (1, 8, 8), 10), {"hw_batch": 4}), path)
+    spec = load_spec(path)
+    acc = load_accelerator("edge_16x16")
+    at = {b: estimate(build_network(spec), spec.input_shape, acc, batch=b).cycles for b in (1, 4)}
+    assert at[4] > at[1]
+    code, out, err = run_main(capsys, path, "--json", "--hw", "edge_16x16")
+    assert code == 0 and "batch 4, the one" in err, err
+    assert json.loads(out)["total"]["cycles"] == pytest.approx(at[4])
+    code, out, err = run_main(capsys, path, "--json", "--hw", "edge_16x16", "--batch", "1")
+    assert code == 0 and "batch 4" not in err and json.loads(out)["total"]["cycles"] == pytest.approx(at[1])
+    path.write_text(path.read_text().replace("hw_batch: 4", "hw_batch: four"))
+    code, out, err = run_main(capsys, path, "--hw", "edge_16x16")
+    assert code == 2 and len(err.splitlines()) == 1 and "provenance.hw_batch: expected a positive integer" in err
+
+
 def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
 
     def exhausted(*args, **kwargs):

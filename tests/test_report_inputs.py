@@ -27,11 +27,11 @@ WIDE = {**TINY, "stem": {"kernel": 3, "channels": 32},
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
-def train_tiny(workdir, spec="arch.yaml", out="runs/tr"):
+def train_tiny(workdir, spec="arch.yaml", out="runs/tr", data=TINY):
     """`ubnas train SPEC --out OUT` run in ``workdir`` with relative paths, as a user types it; returns
     the run directory and the metrics.json it wrote (the reference figures)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / spec).write_text(yaml.safe_dump(TINY, sort_keys=False))
+    (workdir / spec).write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workdir)
         train(TrainConfig(spec=spec, out=out, data="digits", epochs=1, batch_size=128, seed=0,
@@ -166,7 +166,7 @@ def test_report_hand_written_metrics_are_shown_as_recorded(tmp_path):
         "test_acc": 0.875, "params": 1234,
         "hardware": {"accelerator": "my_npu", "latency_us": 3.25, "utilization": 0.5, "macs": 98765}}))
     text = report_text(run, tmp_path / "rep")
-    assert "| run | train | 87.5 | 3.25 | 50 | 1,234 | my_npu | yes |" in text
+    assert "| run | train | 87.5 | 3.25 | 50 | 1,234 | my_npu | - | yes |" in text
     assert "latency **3.25 us**, utilization **50.00 %**, 98,765 MACs, 1,234 parameters" in text
     (run / "metrics.json").write_text(json.dumps({"test_acc": 0.875, "hardware": {"latency_us": 3.25}}))
     text = report_text(run, tmp_path / "rep")              # no utilization recorded: '-', not a crash
@@ -219,6 +219,26 @@ def test_pareto_fronts_compare_only_latencies_on_one_accelerator_and_skip_nan():
             _hand_run("u_nan", SEARCH_ACCURACY, float("nan"), 1.0)]
     # by hand: on uboost u_fast beats u_slow; e_slow is alone on edge_32x32; u_nan has no accuracy
     assert sorted(r.name for r in pareto_front(runs)) == ["e_slow", "u_fast"]
+
+
+def test_report_costs_each_run_at_its_searched_batch_and_fronts_do_not_mix_batches(tmp_path, monkeypatch):
+    """A network searched at batch 4 is reported at batch 4 (as `ubnas train` measured it) and is on
+    another front than the same network at batch 1; --hw-batch costs every run at one batch."""
+    from ubnas.report import load_runs, pareto_front
+    one, m1 = train_tiny(tmp_path / "one")
+    four, m4 = train_tiny(tmp_path / "four", data={**TINY, "provenance": {**TINY["provenance"], "hw_batch": 4}})
+    monkeypatch.chdir(tmp_path / "four")   # the train run's spec path is relative to where it ran
+    runs = load_runs([one, four])
+    assert [r.hw_batch for r in runs] == [1, 4]
+    assert [r.latency_us for r in runs] == pytest.approx([m1["hardware"]["latency_us"], m4["hardware"]["latency_us"]])
+    assert runs[1].latency_us > 1.2 * runs[0].latency_us
+    # the same accuracy, slower at batch 4: dominated only if the batches were mixed
+    assert sorted(r.name for r in pareto_front(runs)) == sorted(r.name for r in runs)
+    same = load_runs([one, four], hw_batch=4)
+    assert [r.hw_batch for r in same] == [4, 4]
+    assert same[0].latency_us == pytest.approx(same[1].latency_us)
+    text = report_text(four, tmp_path / "rep")
+    assert "exact systolic model, batch 4)" in text and "| batch |" in text
 
 
 def test_report_figures_of_runs_whose_names_sanitise_alike_do_not_overwrite(tmp_path):

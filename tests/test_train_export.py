@@ -104,6 +104,20 @@ def test_metrics_use_the_accelerator_the_spec_records(tmp_path, capsys):
     assert json.loads((tmp_path / "old" / "metrics.json").read_text())["hardware"]["accelerator"] == "uboost"
 
 
+def test_metrics_are_at_the_batch_the_search_costed_at(tmp_path):
+    """A spec searched with --hw-batch 4 gets its hardware figures at batch 4, as its search logged."""
+    from hwmodels import estimate, load_accelerator
+    from ubnas.build import build_network
+    spec = write_spec(tmp_path / "arch.yaml", {"provenance/hw_batch": 4})
+    train(config(spec, tmp_path / "run", epochs=1), progress=False)
+    hw = json.loads((tmp_path / "run" / "metrics.json").read_text())["hardware"]
+    model, shape = build_network(load_spec(spec)), load_spec(spec).input_shape
+    acc = load_accelerator("edge_32x32")   # SMALL's searched accelerator
+    at4 = estimate(model, shape, acc, batch=4)
+    assert hw["accelerator"] == "edge_32x32" and hw["batch"] == 4 and hw["cycles"] == pytest.approx(at4.cycles)
+    assert at4.cycles > estimate(model, shape, acc).cycles
+
+
 def test_resuming_a_checkpoint_that_lacks_keys_is_a_one_line_error(trained, tmp_path, capsys):
     spec, _, _ = trained
     out = tmp_path / "old"

@@ -51,6 +51,7 @@ class Run:
     accuracy: Optional[float] = None
     accuracy_label: str = ""
     cost: Any = None                            # hwmodels NetworkCost of the exported network
+    hw_batch: Optional[int] = None              # the batch its latency is at
     params: Optional[int] = None
     notes: List[str] = field(default_factory=list)
 
@@ -133,10 +134,12 @@ def _accelerator(candidates: Sequence[Any], override: Optional[str], notes: List
     return load_accelerator("uboost")
 
 
-def load_run(path, name: Optional[str] = None, hw: Optional[str] = None) -> Run:
-    """Read one run directory and cost its exported network (exact, batch 1)."""
+def load_run(path, name: Optional[str] = None, hw: Optional[str] = None,
+             hw_batch: Optional[int] = None) -> Run:
+    """Read one run directory and cost its exported network (exact systolic model) on ``hw`` (else
+    the run's own accelerator) at batch ``hw_batch`` (else the batch the search costed it at)."""
     from .build import build_network
-    from .spec import load_spec
+    from .spec import load_spec, searched_batch
 
     path = Path(path)
     if not path.is_dir():
@@ -153,6 +156,12 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None) -> Run:
         if run.spec is None and hw:
             run.notes.append(f"--hw {hw} not applied to this run (no spec to cost): its figures are on "
                              f"{hardware.get('accelerator') or 'the accelerator metrics.json records'}")
+        if run.spec is None:
+            recorded_batch = hardware.get("batch")
+            run.hw_batch = recorded_batch if isinstance(recorded_batch, int) else None   # "-": unrecorded
+            if hw_batch is not None and hw_batch != run.hw_batch:
+                run.notes.append(f"--hw-batch {hw_batch} not applied to this run (no spec to cost): its "
+                                 f"figures are at batch {_fmt(run.hw_batch)}")
         recorded = [hardware.get("accelerator_config"), hardware.get("accelerator")]
     elif (path / "arch.yaml").is_file() or (path / "search_log.csv").is_file():
         run = Run(path, name, "search")
@@ -180,7 +189,8 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None) -> Run:
         acc = _accelerator(candidates, hw, run.notes)
         from hwmodels import estimate
         model = build_network(run.spec)
-        run.cost = estimate(model, run.spec.input_shape, acc)
+        run.hw_batch = hw_batch if hw_batch is not None else searched_batch(run.spec)
+        run.cost = estimate(model, run.spec.input_shape, acc, batch=run.hw_batch)
         if run.params is None:
             run.params = sum(p.numel() for p in model.parameters())
         if run.accuracy is None and isinstance(run.spec.provenance.get("final_val_acc"), (int, float)):
@@ -192,7 +202,7 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None) -> Run:
 GENERIC_DIR_NAMES = ("train",)
 
 
-def load_runs(paths: Sequence, hw: Optional[str] = None) -> List[Run]:
+def load_runs(paths: Sequence, hw: Optional[str] = None, hw_batch: Optional[int] = None) -> List[Run]:
     names: Dict[str, int] = {}
     taken = set()
     runs = []
@@ -207,14 +217,15 @@ def load_runs(paths: Sequence, hw: Optional[str] = None) -> List[Run]:
             names[base] += 1
             name = f"{base}-{names[base]}"
         taken.add(name)
-        runs.append(load_run(p, name, hw))
+        runs.append(load_run(p, name, hw, hw_batch))
     return runs
 
 
 def front_key(run: Run):
     """Runs compare only within one front: a supernet's search val accuracy and a trained
-    network's test accuracy are not comparable, nor are latencies on different accelerators."""
-    return run.accuracy_label, run.accelerator_name or ""
+    network's test accuracy are not comparable, nor are latencies on different accelerators or
+    at different batches."""
+    return run.accuracy_label, run.accelerator_name or "", run.hw_batch or 0
 
 
 def _plotted(run: Run) -> bool:
@@ -289,7 +300,7 @@ def run_markdown(run: Run, figures: Dict[str, str]) -> List[str]:
     if run.cost is not None:
         c, a = run.cost, run.cost.accelerator
         out += [f"Exported network on {a.name} ({a.array_rows}x{a.array_cols} x{a.num_arrays}, {a.dataflow}, "
-                f"exact systolic model, batch 1): latency **{c.seconds * 1e6:.2f} us**, utilization "
+                f"exact systolic model, batch {run.hw_batch}): latency **{c.seconds * 1e6:.2f} us**, utilization "
                 f"**{100 * c.utilization:.2f} %**, {c.macs:,} MACs, {_fmt(run.params)} parameters, "
                 f"{len(c.layers)} array layers.", ""]
         smooth = (run.spec.provenance.get("smooth_cost") or {}) if run.spec is not None else {}
@@ -347,15 +358,17 @@ def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, 
             if any(_plotted(r) for r in runs):
                 pngs.append(pareto_figure(plt, runs, front, out_dir))
     lines = ["# ubnas report", "", f"{len(runs)} run(s). Latency and utilization are the exact cost of "
-             f"each run's exported network (hwmodels, systolic model, batch 1).", ""]
+             f"each run's exported network (hwmodels, systolic model) at the batch of the batch column "
+             f"(the batch its search costed it at, unless --hw-batch).", ""]
     summary = [(r.name, r.kind, None if r.accuracy is None else round(100 * r.accuracy, 2),
                 r.latency_us, None if r.utilization is None else 100 * r.utilization, r.params,
-                r.accelerator_name, "yes" if r in front else "")
+                r.accelerator_name, r.hw_batch, "yes" if r in front else "")
                for r in runs]
     lines += _table(("run", "kind", "accuracy %", "latency us", "utilization %", "params", "accelerator",
-                     "Pareto"), summary) + [""]
+                     "batch", "Pareto"), summary) + [""]
     if len({front_key(r) for r in runs if _plotted(r)}) > 1:
-        lines += ["Pareto: one front per kind of accuracy and accelerator (they are not comparable).", ""]
+        lines += ["Pareto: one front per kind of accuracy, accelerator and batch (they are not comparable).",
+                  ""]
     if "pareto.png" in [Path(p).name for p in pngs]:
         lines += ["![accuracy vs latency](pareto.png)", ""]
     if plot_note:
@@ -498,14 +511,16 @@ def pareto_figure(plt, runs: Sequence[Run], front: Sequence[Run], out_dir: Path)
                 ax.annotate(r.name, (r.latency_us, 100 * r.accuracy), textcoords="offset points",
                             xytext=(4, 4), fontsize=7)
     labelled = False
-    for key in sorted({front_key(r) for r in front}):   # one front per kind of accuracy and accelerator
+    for key in sorted({front_key(r) for r in front}):   # one front per kind of accuracy, accelerator, batch
         line = [r for r in front if front_key(r) == key]
         if len(line) > 1:
             ax.step([r.latency_us for r in line], [100 * r.accuracy for r in line], where="post",
                     color="gray", ls="--", lw=1, label=None if labelled else "Pareto fronts", zorder=2)
             labelled = True
     ax.margins(0.12)
-    ax.set_xlabel("latency (us, exact, batch 1)")
+    batches = sorted({r.hw_batch for r in runs if _plotted(r)}, key=lambda b: b or 0)
+    ax.set_xlabel("latency (us, exact, " + (f"batch {batches[0]})" if len(batches) == 1
+                                            else "each run's batch)"))
     ax.set_ylabel("accuracy (%)")
     ax.set_title("accuracy vs latency", fontsize=11)
     ax.grid(alpha=0.3)

@@ -265,6 +265,16 @@ def searched_accelerator(spec: ArchSpec):
     return None
 
 
+def searched_batch(spec: ArchSpec) -> int:
+    """The batch size the search costed ``spec`` at (``provenance.hw_batch``, the search's
+    ``--hw-batch``); 1 for a spec that does not record one.  Latency grows with it, so the
+    other commands cost a spec at this batch unless told otherwise."""
+    batch = spec.provenance.get("hw_batch", 1)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise SpecError(f"{spec.origin}: provenance.hw_batch: expected a positive integer, got {batch!r}")
+    return batch
+
+
 # -- files ---------------------------------------------------------------------------------
 def load_spec(path: Union[str, os.PathLike]) -> ArchSpec:
     """Read and validate a spec file; every problem is a one-line :class:`SpecError`."""

@@ -8,7 +8,7 @@ generator's and torch's RNG states, the spec's architecture hash), so
 ``--resume`` continues to the same weights as an uninterrupted run (CPU, same
 seed).  At the end DIR/metrics.json holds the test accuracy, the parameter
 count, and the MACs, latency and utilization of the network on an
-accelerator (``hwmodels.estimate``, batch 1).  A run with epochs still to
+accelerator (``hwmodels.estimate``, at the batch the search costed it at).  A run with epochs still to
 train removes an older metrics.json first, so the file only ever describes a
 finished run; a run whose loss or weights turn non-finite stops with an error
 and leaves the last good checkpoint.
@@ -34,7 +34,7 @@ from .distributed import launched_processes
 from .runtime import (MAX_SEED, all_finite, atomic_torch_save, existing_checkpoint, ignored_on_resume,
                       load_checkpoint, make_run_dir, options_given, pick_device, resume_note, run_lock, say,
                       set_aside)
-from .spec import ArchSpec, load_spec, searched_accelerator
+from .spec import ArchSpec, load_spec, searched_accelerator, searched_batch
 
 SCHEDULES = ("cosine", "onecycle")
 CHECKPOINT = "checkpoint.pt"
@@ -187,13 +187,15 @@ def pick_accelerator(spec: ArchSpec, hw: Optional[str]):
 
 
 def hardware_metrics(model: torch.nn.Module, spec: ArchSpec, acc, why: str) -> Dict[str, Any]:
-    """Exact batch-1 cost of ``model`` (built from ``spec``) on ``acc``; ``why``: where acc came from."""
+    """Exact cost of ``model`` (built from ``spec``) on ``acc`` at the batch the search costed it
+    at (``searched_batch``: 1 unless the search ran with --hw-batch); ``why``: where acc came from."""
     from hwmodels import estimate
     was_training = model.training
-    cost = estimate(model, spec.input_shape, acc)
+    batch = searched_batch(spec)
+    cost = estimate(model, spec.input_shape, acc, batch=batch)
     model.train(was_training)
     return {"accelerator": acc.name, "accelerator_from": why, "accelerator_config": acc.to_dict(),
-            "batch": 1, "model": "systolic",
+            "batch": batch, "model": "systolic",
             "macs": int(cost.macs), "cycles": float(cost.cycles), "latency_us": cost.seconds * 1e6,
             "utilization": cost.utilization}
 
@@ -396,7 +398,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
         from tqdm import tqdm
         tqdm.write(f"test accuracy {test_acc:.4f}; {metrics['params']:,} parameters, {hw['macs']:,} MACs, "
                    f"{hw['latency_us']:.2f} us at {100 * hw['utilization']:.2f} % utilization on "
-                   f"{hw['accelerator']}; wrote {out / METRICS}")
+                   f"{hw['accelerator']}" + (f" at batch {hw['batch']}" if hw["batch"] != 1 else "")
+                   + f"; wrote {out / METRICS}")
     return TrainResult(out, metrics, history, model)
 
 

@@ -20,7 +20,7 @@ from hwmodels.exact import MODES
 from hwmodels.suites import SUITES
 
 from ..runtime import check_output_file
-from .estimate import _positive_int, build_accelerator
+from .estimate import positive_int, build_accelerator
 
 
 def add_parser(sub):
@@ -84,8 +84,8 @@ def run(args) -> int:
     if not str(args.seed).strip().isdigit():
         raise ValueError(f"--seed: expected a non-negative integer, got {args.seed!r}")
     seed = int(args.seed)
-    max_layers = _positive_int(args.max_layers, "--max-layers") if args.max_layers is not None else None
-    max_sim = (_positive_int(args.max_sim_cycles, "--max-sim-cycles") if args.max_sim_cycles is not None
+    max_layers = positive_int(args.max_layers, "--max-layers") if args.max_layers is not None else None
+    max_sim = (positive_int(args.max_sim_cycles, "--max-sim-cycles") if args.max_sim_cycles is not None
                else cal.DEFAULT_MAX_SIM_CYCLES)
     if args.holdout and args.holdout_suite:
         raise ValueError("calibrate: give at most one of --holdout FILE.csv and --holdout-suite NAME")

@@ -36,14 +36,15 @@ def add_parser(sub):
     parser.add_argument("--dataflow", metavar="|".join(DATAFLOWS), help="override the dataflow")
     parser.add_argument("--model-mode", default="systolic", metavar="|".join(MODES),
                         help="cost model: systolic (default) or uboost (the paper's)")
-    parser.add_argument("--batch", default="1", metavar="N", help="batch size (default 1)")
+    parser.add_argument("--batch", metavar="N",
+                        help="batch size (default: the batch a SPEC was searched at, else 1)")
     parser.add_argument("--input", metavar="CxHxW",
                         help="input shape without batch (default 3x32x32; a SPEC gives its own)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
-def _positive_int(text: str, option: str) -> int:
+def positive_int(text: str, option: str) -> int:
     if not re.fullmatch(r"\s*\d+\s*", str(text)) or int(text) < 1:
         raise ValueError(f"{option}: expected a positive integer, got {text!r}")
     return int(text)
@@ -69,7 +70,7 @@ def build_accelerator(args, default=None):
     if args.array is not None:
         changes["array_rows"], changes["array_cols"] = parse_dims(args.array, "--array", 2, "128x128")
     if getattr(args, "num_arrays", None) is not None:   # calibrate has no --num-arrays
-        changes["num_arrays"] = _positive_int(args.num_arrays, "--num-arrays")
+        changes["num_arrays"] = positive_int(args.num_arrays, "--num-arrays")
     if args.dataflow is not None:
         if args.dataflow not in DATAFLOWS:
             raise ValueError(f"--dataflow: expected one of {', '.join(DATAFLOWS)}, got {args.dataflow!r}")
@@ -78,6 +79,21 @@ def build_accelerator(args, default=None):
             print("note: --dataflow has no effect with --model-mode uboost (U-Boost's equations have no "
                   "dataflow); the systolic model (the default) uses it", file=sys.stderr)
     return acc.replace(**changes) if changes else acc
+
+
+def _batch(args) -> int:
+    """--batch, else the batch a SPEC was searched at (provenance.hw_batch, with a note when it is
+    not 1), else 1."""
+    if args.batch is not None:
+        return positive_int(args.batch, "--batch")
+    if not args.spec or args.model or args.layers:
+        return 1
+    from ubnas.spec import load_spec, searched_batch
+    batch = searched_batch(load_spec(args.spec))
+    if batch != 1:
+        print(f"note: batch {batch}, the one {args.spec} was searched at (--batch to choose another)",
+              file=sys.stderr)
+    return batch
 
 
 def collect_layers(args, batch: int):
@@ -136,9 +152,8 @@ def run(args) -> int:
     from hwmodels.report import format_table, to_json_dict
     if args.model_mode not in MODES:
         raise ValueError(f"--model-mode: expected one of {', '.join(MODES)}, got {args.model_mode!r}")
-    batch = _positive_int(args.batch, "--batch")
     acc = build_accelerator(args, _searched_on(args))
-    layers = collect_layers(args, batch)
+    layers = collect_layers(args, _batch(args))
     note = mode_mismatch_note(args.hw, args.model_mode) if args.hw is not None else None
     if note:
         print(note, file=sys.stderr)

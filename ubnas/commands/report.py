@@ -13,6 +13,9 @@ def add_parser(sub):
     parser.add_argument("--out", required=True, metavar="REPORT_DIR", help="where report.md goes")
     parser.add_argument("--hw", metavar="PRESET|FILE.yaml",
                         help="cost every exported network on this accelerator (default: each run's own)")
+    parser.add_argument("--hw-batch", metavar="N",
+                        help="cost every exported network at this batch size (default: the batch each "
+                             "run's search costed it at, 1 unless it ran with --hw-batch)")
     parser.add_argument("--no-plots", action="store_true", help="Markdown only")
     return parser
 
@@ -22,7 +25,9 @@ def run(args) -> int:
 
     from hwmodels.accelerator import mode_mismatch_note
     from ubnas.report import load_runs, write_report
-    runs = load_runs(args.runs, hw=args.hw)
+    from ubnas.commands.estimate import positive_int
+    hw_batch = None if args.hw_batch is None else positive_int(args.hw_batch, "--hw-batch")
+    runs = load_runs(args.runs, hw=args.hw, hw_batch=hw_batch)
     note = mode_mismatch_note(args.hw, "systolic") if args.hw else None   # the report's exact model
     if note:
         print(note, file=sys.stderr)
