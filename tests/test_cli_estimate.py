@@ -217,6 +217,63 @@ def test_spec_is_estimated_at_the_batch_it_was_searched_at(tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1 and "provenance.hw_batch: expected a positive integer" in err
 
 
+USER_MODEL = """
+import torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self, width=16):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, stride=2, padding=1)
+        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10))
+
+    def forward(self, x):
+        return self.head(self.conv(x))
+
+def build():
+    return Net(24)
+
+def needs(width):
+    return Net(width)
+
+def not_a_network():
+    return 42
+
+net = Net(8)
+number = 3
+"""
+
+
+def test_a_network_of_the_users_own_by_module_or_file(tmp_path, capsys, monkeypatch):
+    """--model MODULE:NAME / FILE.py:NAME: a class, a builder function or an instance, costed as the
+    hand-written layers of that network; what cannot be found or built is one line."""
+    from hwmodels.exact import network_cost
+    (tmp_path / "my_nets.py").write_text(USER_MODEL)
+    acc = load_accelerator("edge_16x16")
+
+    def by_hand(width, batch=1, hw=16):   # conv 3x3/2 on hw x hw, then the classifier
+        return network_cost([ConvLayer("conv", hw, hw, 3, width, 3, 3, 2, 1, batch=batch),
+                             LinearLayer("fc", width, 10, batch=batch)], acc).cycles
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))   # the loader puts the working directory on it
+    cases = [("my_nets:Net", 16), ("my_nets:build", 24), (f"{tmp_path / 'my_nets.py'}:net", 8)]
+    for target, width in cases:
+        code, out, err = run_main(capsys, "--model", target, "--hw", "edge_16x16", "--input", "3x16x16", "--json")
+        assert code == 0, err
+        assert json.loads(out)["total"]["cycles"] == pytest.approx(by_hand(width)), target
+    code, out, err = run_main(capsys, "--model", "my_nets:build", "--hw", "edge_16x16", "--input", "3x16x16",
+                              "--batch", "3", "--json")
+    assert json.loads(out)["total"]["cycles"] == pytest.approx(by_hand(24, batch=3))
+    for target, needle in [("my_nets:needs", "needs() takes required arguments"),
+                           ("my_nets:not_a_network", "not_a_network() returned int"),
+                           ("my_nets:number", "number is of type int"),
+                           ("my_nets:missing", "my_nets has no 'missing'"),
+                           ("no_such_module_here:Net", "no module named 'no_such_module_here'"),
+                           ("absent.py:Net", "no such file absent.py"),
+                           ("my_nets.py:", "expected a built-in name or MODULE:NAME")]:
+        code, out, err = run_main(capsys, "--model", target)
+        assert code == 2 and len(err.splitlines()) == 1 and needle in err, (target, err)
+
+
 def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
 
     def exhausted(*args, **kwargs):

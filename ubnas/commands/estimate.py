@@ -2,7 +2,8 @@
 
 Exactly one network source:
     SPEC              an architecture YAML exported by the search (ubnas.spec + ubnas.build)
-    --model NAME      a built-in reference network (hwmodels.zoo)
+    --model NAME      a built-in reference network (hwmodels.zoo), or a network of the user's
+                      as MODULE:NAME or FILE.py:NAME (``load_model_target``)
     --layers FILE     a layer CSV (hwmodels.layers_csv)
 The accelerator is a preset or YAML (--hw) with optional overrides.  Every user
 error is a ValueError with a one-line message (ubnas.cli prints it).
@@ -26,7 +27,9 @@ def add_parser(sub):
     parser.add_argument("spec", nargs="?", metavar="SPEC",
                         help="architecture YAML written by the search")
     parser.add_argument("--model", metavar="NAME",
-                        help="built-in network (resnet18-cifar, mobilenetv2-cifar)")
+                        help="built-in network (resnet18-cifar, mobilenetv2-cifar), or your own as "
+                             "MODULE:NAME or FILE.py:NAME, NAME being an nn.Module or a class or "
+                             "function that builds one without arguments")
     parser.add_argument("--layers", metavar="FILE.csv", help="layer CSV (hwmodels.layers_csv format)")
     parser.add_argument("--hw", metavar="PRESET|FILE.yaml",
                         help="accelerator preset name or YAML file (default: the accelerator a SPEC "
@@ -81,6 +84,58 @@ def build_accelerator(args, default=None):
     return acc.replace(**changes) if changes else acc
 
 
+def load_model_target(target: str):
+    """The ``nn.Module`` that 'pkg.module:NAME' or 'path/to/file.py:NAME' names: NAME is a module
+    instance, or a class or function that returns one when called without arguments.  The working
+    directory is importable, as for ``python -m``.  A target that cannot be found is a one-line
+    ValueError; an error raised by the user's own code keeps its traceback."""
+    import importlib.util
+    from pathlib import Path
+
+    from torch import nn
+    where, _, name = target.rpartition(":")
+    if not where or not name.isidentifier():
+        raise ValueError(f"--model {target}: expected a built-in name or MODULE:NAME / FILE.py:NAME")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise ValueError(f"--model {target}: no such file {where}")
+        module_name = f"_ubnas_model_{path.stem}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module   # dataclasses and pickling look their module up
+        spec.loader.exec_module(module)
+    else:
+        if "" not in sys.path and "." not in sys.path:
+            sys.path.insert(0, "")
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (where == exc.name or where.startswith(exc.name + ".")):
+                raise   # the user's module imports something missing: their traceback
+            raise ValueError(f"--model {target}: no module named {exc.name!r} (run from the directory that "
+                             f"holds it, or give FILE.py:{name})") from None
+    if not hasattr(module, name):
+        raise ValueError(f"--model {target}: {where} has no {name!r}")
+    obj = getattr(module, name)
+    if not isinstance(obj, nn.Module):
+        if not callable(obj):
+            raise ValueError(f"--model {target}: {name} is of type {type(obj).__name__}, not an nn.Module "
+                             f"or something that builds one")
+        import inspect
+        try:
+            inspect.signature(obj).bind()
+        except TypeError:
+            raise ValueError(f"--model {target}: {name}() takes required arguments; name a function "
+                             f"that builds the network without any") from None
+        except ValueError:   # no signature to inspect (a builtin): let the call say
+            pass
+        obj = obj()
+        if not isinstance(obj, nn.Module):
+            raise ValueError(f"--model {target}: {name}() returned {type(obj).__name__}, not an nn.Module")
+    return obj
+
+
 def _batch(args) -> int:
     """--batch, else the batch a SPEC was searched at (provenance.hw_batch, with a note when it is
     not 1), else 1."""
@@ -111,7 +166,7 @@ def collect_layers(args, batch: int):
     if args.model:
         from hwmodels.zoo import DEFAULT_INPUT, get_model
         shape = parse_dims(args.input, "--input", 3, "3x32x32") if args.input else DEFAULT_INPUT
-        module = get_model(args.model)
+        module = load_model_target(args.model) if ":" in args.model else get_model(args.model)
     else:
         try:
             from ubnas.build import build_network   # written alongside the search
