@@ -6,7 +6,8 @@ executed layer into ``hwmodels.layers`` descriptors and returns the exact
 ``NetworkCost`` of them, in execution order:
 
 * ``nn.Conv2d``  -> ``ConvLayer`` (map size and batch from the hooked input,
-  stride/padding/dilation/groups from the module);
+  stride/padding/dilation/groups from the module); ``nn.Conv1d`` -> a ``ConvLayer``
+  on a 1 x L map;
 * ``nn.Linear``  -> ``LinearLayer`` (batch = product of the input's leading dims);
 * pooling, normalisation, activations, dropout, flatten, identity and
   containers cost no array cycles;
@@ -70,22 +71,31 @@ def register_layer_handler(module_type: type, fn: Handler) -> None:
 
 
 def _conv2d(module: "nn.Conv2d", inputs: tuple, output, batch: int) -> List[Layer]:
-    x = inputs[0]
+    return _conv(module, inputs[0], output, module.kernel_size, module.stride, module.padding, module.dilation)
+
+
+def _conv1d(module: "nn.Conv1d", inputs: tuple, output, batch: int) -> List[Layer]:
+    """A length-L sequence as a 1 x L map (kernel 1 x k): the same GEMM as im2col of the 1-D conv."""
+    pad = module.padding if isinstance(module.padding, str) else (0, module.padding[0])
+    return _conv(module, inputs[0].unsqueeze(-2), output.unsqueeze(-2), (1, module.kernel_size[0]),
+                 (1, module.stride[0]), pad, (1, module.dilation[0]))
+
+
+def _conv(module, x, output, kernel_size, stride, padding, dil) -> List[Layer]:
     b, (h, w) = (x.shape[0] if x.dim() == 4 else 1), x.shape[-2:]
-    kh, kw = module.kernel_size
-    dil = module.dilation
-    if isinstance(module.padding, str):   # 'valid' or 'same' (torch pads the extra cell right/bottom)
-        if module.padding == "valid":
+    kh, kw = kernel_size
+    if isinstance(padding, str):   # 'valid' or 'same' (torch pads the extra cell right/bottom)
+        if padding == "valid":
             pad = (0, 0)
         else:
             total = (dil[0] * (kh - 1), dil[1] * (kw - 1))
             pad = (total[0] // 2, total[1] // 2)
             h, w = h + total[0] % 2, w + total[1] % 2   # same output size and MACs, symmetric padding
     else:
-        pad = module.padding
+        pad = padding
     layer = ConvLayer("", in_h=int(h), in_w=int(w), in_channels=module.in_channels,
                       out_channels=module.out_channels, kernel_h=kh, kernel_w=kw,
-                      stride=module.stride, padding=pad, dilation=dil,
+                      stride=stride, padding=pad, dilation=dil,
                       groups=module.groups, batch=int(b))
     if tuple(output.shape[-2:]) != (layer.out_h, layer.out_w):
         raise ValueError(f"{type(module).__name__}: traced output {tuple(output.shape)} does not match "
@@ -110,7 +120,7 @@ def _register_builtins() -> None:
     if _BUILTINS_DONE:
         return
     from torch import nn
-    builtins: Dict[type, Handler] = {nn.Conv2d: _conv2d, nn.Linear: _linear}
+    builtins: Dict[type, Handler] = {nn.Conv2d: _conv2d, nn.Conv1d: _conv1d, nn.Linear: _linear}
     # Normalisation layers hold (affine) parameters but no GEMM; PReLU holds its slope; an
     # embedding is a table lookup.
     for free_type in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,

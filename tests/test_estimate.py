@@ -78,6 +78,22 @@ def test_same_padding_and_shared_module():
         assert layer.lower().macs == 9 * 7 * 4 * 4 * 4 * 4
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("conv, length, out_len", [
+    (nn.Conv1d(6, 10, 5, stride=2, padding=2, dilation=1, groups=2), 17, 9),
+    (nn.Conv1d(6, 8, 4, dilation=3, padding="same"), 13, 13),   # even kernel: torch pads unevenly
+    (nn.Conv1d(6, 6, 3, groups=6), 11, 9),
+])
+def test_conv1d_is_costed_as_its_macs(conv, length, out_len):
+    """A 1-D conv costs what its MACs say (by hand: N * C_out * L_out * C_in / groups * k), as a
+    1 x L map."""
+    for shape, batch in (((6, length), 3), ((6, length), 1)):
+        layers = trace_layers(nn.Sequential(conv, nn.ReLU()), shape, batch=batch)
+        assert len(layers) == 1 and layers[0].out_w == out_len and layers[0].out_h == 1
+        by_hand = batch * conv.out_channels * out_len * conv.in_channels // conv.groups * conv.kernel_size[0]
+        assert layers[0].lower().macs == by_hand
+
+
 def test_modules_called_with_keyword_inputs():
     class Keywords(nn.Module):
         def __init__(self):
