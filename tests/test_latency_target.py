@@ -132,3 +132,22 @@ def test_an_exported_network_above_the_target_gets_a_note(tmp_path, capsys):
     assert len(said) == 2
     floor = float(said[1].split(" us")[0])
     assert 1e-3 < floor < found
+
+
+def test_a_search_on_another_cost_model_says_what_the_target_bounded(tmp_path, capsys):
+    """`ubnas search --cost-model uboost`: the summary's exact latency is the systolic model's, so a
+    note gives the uboost model's latency of the exported network (what the target bounded), as
+    hwmodels costs that network in U-Boost's equations."""
+    from hwmodels import network_cost
+    from hwmodels.estimate import trace_layers
+    from ubnas.cli import main
+    from ubnas.spec import load_spec
+    out = tmp_path / "run"
+    assert main(["search", "--out", str(out), "--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "16",
+                 "--cost-model", "uboost", "--target-latency-us", "50", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    spec = load_spec(out / "arch.yaml")
+    uboost = network_cost(trace_layers(build_network(spec), spec.input_shape), ACC, "uboost")
+    assert (f"note: the search optimised the uboost cost model, which puts this network at "
+            f"{uboost.seconds * 1e6:.2f} us (what --target-latency-us 50 bounds)") in printed, printed
+    assert "(uboost cost model, smooth)" in printed and ", systolic model)" in printed

@@ -415,7 +415,8 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path) -> Path:
     provenance["exact_cost"] = {"latency_us": exact.seconds * 1e6, "utilization": exact.utilization,
                                 "macs": int(exact.macs), "model": "systolic", "batch": cfg.hw_batch}
     # the supernet's cost as the last epoch ran it (op mixture, or the chosen ops after a channel
-    # stage) vs the exported network, and the surrogate alone
+    # stage) vs the exported network, and the surrogate alone (with a cost model other than
+    # systolic, both gaps also hold the difference between that model and the exact one)
     provenance["smooth_vs_exact_latency_gap"] = (
         provenance["smooth_cost"]["latency_us"] / provenance["exact_cost"]["latency_us"] - 1)
     provenance["discrete_smooth_vs_exact_latency_gap"] = (

@@ -68,14 +68,19 @@ def run(args) -> int:
         return 0
     last = result.history[-1] if result.history else {}
     print(f"search done: {len(result.history)} epochs, val_acc {last.get('val_acc', float('nan')):.3f}, "
-          f"supernet (smooth) latency {last.get('latency_us', float('nan')):.2f} us, "
-          f"utilization {100 * last.get('utilization', float('nan')):.2f} %")
+          f"supernet latency {last.get('latency_us', float('nan')):.2f} us, "
+          f"utilization {100 * last.get('utilization', float('nan')):.2f} % ({cfg.cost_model} cost model, smooth)")
     if result.spec_path:   # what the user deploys: the exported network, costed exactly
         from ..spec import load_spec
         provenance = load_spec(result.spec_path).provenance
         exact = provenance.get("exact_cost") or {}
         print(f"architecture: {result.spec_path} (exact latency {exact.get('latency_us', float('nan')):.2f} us, "
               f"utilization {100 * exact.get('utilization', float('nan')):.2f} % on {provenance.get('accelerator')}"
-              + (f", batch {exact['batch']}" if exact.get("batch", 1) != 1 else "") + ")")
+              + (f", batch {exact['batch']}" if exact.get("batch", 1) != 1 else "") + ", systolic model)")
+        optimised = (provenance.get("smooth_cost_discrete") or {}).get("latency_us")
+        if cfg.cost_model != "systolic" and optimised is not None:
+            bound = f" (what --target-latency-us {cfg.target_latency_us:g} bounds)" if cfg.target_latency_us else ""
+            print(f"note: the search optimised the {cfg.cost_model} cost model, which puts this network at "
+                  f"{optimised:.2f} us{bound}; `ubnas estimate` gives the exact systolic figures")
     print(f"run directory: {result.out_dir} (config.yaml, search_log.csv, checkpoint.pt)")
     return 0
