@@ -304,6 +304,34 @@ def test_report_with_hw_calibrated_for_the_other_model_says_so(trained, tmp_path
             f"systolic model here" in err) == noted
 
 
+@pytest.mark.parametrize("mode", ["uboost", "systolic"])
+def test_a_spec_searched_on_an_accelerator_calibrated_for_uboost_says_so_everywhere(tmp_path, capsys, mode):
+    """The spec records what its accelerator's calibration was fitted for: estimate, train and report,
+    which cost with the systolic model, each say when that is another model."""
+    from hwmodels import load_accelerator
+    searched = load_accelerator("edge_32x32").replace(name="cal")
+    data = {**TINY, "provenance": {"accelerator": "cal", "accelerator_config": searched.to_dict(),
+                                   "accelerator_fit_mode": mode}}
+    run, _ = train_tiny(tmp_path, data=data)
+    said = f"arch.yaml's accelerator (cal) was calibrated for the uboost model; its calibration block is applied to"
+    assert (said in capsys.readouterr().out) == (mode == "uboost")   # train
+    spec = str(tmp_path / "arch.yaml")
+    for extra, noted in (([], mode == "uboost"), (["--model-mode", "uboost"], mode == "systolic")):
+        assert main(["estimate", spec, *extra]) == 0
+        err = capsys.readouterr().err
+        assert ("its calibration block is applied to" in err) == noted, (extra, err)
+    text = report_text(run, tmp_path / "rep")
+    assert (said in text) == (mode == "uboost")
+    text = report_text(run, tmp_path / "rep2", "--hw", "uboost")   # another accelerator: nothing to say
+    assert "calibrated for" not in text
+    from hwmodels.accelerator import save_accelerator
+    hw = tmp_path / "fitted.yaml"   # train --hw: the file's own fit_report.mode
+    save_accelerator(searched, hw, {"fit_report": {"mode": mode}})
+    train(TrainConfig(spec=spec, out=str(tmp_path / "hw_run"), data="digits", epochs=1, batch_size=128, seed=0,
+                      device="cpu", hw=str(hw)), progress=False)
+    assert (f"note: {hw} was calibrated for the uboost model" in capsys.readouterr().out) == (mode == "uboost")
+
+
 def test_large_figures_are_printed_whole_not_in_scientific_notation(tmp_path):
     run = tmp_path / "slow"
     run.mkdir()

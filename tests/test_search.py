@@ -299,10 +299,13 @@ def test_notes_for_options_that_do_not_do_what_they_seem(tmp_path, capsys):
     save_accelerator(load_accelerator("edge_32x32"), hw, extra={"fit_report": {"mode": "uboost"}})
     cfg = SearchConfig(epochs=1, max_steps_per_epoch=1, batch_size=16, kernels="eager", data_dir=str(tmp_path),
                        hw=str(hw), cost_model="uboost", out=str(tmp_path / "run"))
-    run_search(cfg, progress=False)
+    result = run_search(cfg, progress=False)
     out = capsys.readouterr().out
     assert f"note: --data-dir is read only with --data cifar10; digits ignores {tmp_path}" in out
     assert f"note: {hw} was calibrated for the uboost model; arch.yaml's exact cost uses the systolic" in out
+    # the spec keeps what the calibration was fitted for, for estimate, train and report
+    from ubnas.spec import load_spec
+    assert load_spec(result.spec_path).provenance["accelerator_fit_mode"] == "uboost"
 
 
 def _darts_cell_by_hand(logits, op_names, nodes):

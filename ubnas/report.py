@@ -139,7 +139,7 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None,
     """Read one run directory and cost its exported network (exact systolic model) on ``hw`` (else
     the run's own accelerator) at batch ``hw_batch`` (else the batch the search costed it at)."""
     from .build import build_network
-    from .spec import load_spec, searched_batch
+    from .spec import load_spec, searched_batch, searched_calibration_note
 
     path = Path(path)
     if not path.is_dir():
@@ -187,6 +187,10 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None,
         # over config.yaml's hw (a file that may have changed since), which wins over a bare name
         candidates = (recorded + searched if run.kind == "train" else searched[:1] + recorded + searched[1:])
         acc = _accelerator(candidates, hw, run.notes)
+        note = (searched_calibration_note(run.spec)
+                if hw is None and acc.to_dict() == run.spec.provenance.get("accelerator_config") else None)
+        if note:
+            run.notes.append(note.removeprefix("note: "))
         from hwmodels import estimate
         model = build_network(run.spec)
         run.hw_batch = hw_batch if hw_batch is not None else searched_batch(run.spec)

@@ -295,7 +295,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     if main and defs.fit_mode not in (None, "systolic"):   # the exported network is costed in systolic mode
         say(f"note: {cfg.hw} was calibrated for the {defs.fit_mode} model; arch.yaml's exact cost uses the "
             f"systolic model with that calibration, where it was not fitted")
-    spec_path = dist.on_rank0(lambda: export_spec(net, cfg, acc, history, cost_of, data, out))
+    spec_path = dist.on_rank0(lambda: export_spec(net, cfg, acc, history, cost_of, data, out, defs.fit_mode))
     return SearchResult(out, history, spec_path, allocator.log)
 
 
@@ -383,8 +383,10 @@ def search_step(net: Supernet, batch, val_batch, w_opt, a_opt, cost_of, cfg: Sea
     return StepResult(loss, logits, val_loss, val_logits, cost, ratio)
 
 
-def export_spec(net, cfg, acc, history, cost_of, data, out: Path) -> Path:
-    """Derive the discrete network, cost it exactly, and write DIR/arch.yaml."""
+def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Optional[str] = None) -> Path:
+    """Derive the discrete network, cost it exactly, and write DIR/arch.yaml.  ``fit_mode``: the
+    cost model acc's calibration was fitted for (None: not calibrated), kept for the commands that
+    cost the spec later."""
     from hwmodels import estimate
 
     from .build import build_network
@@ -399,7 +401,7 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path) -> Path:
         "target_latency_us": cfg.target_latency_us, "cost_model": cfg.cost_model,
         "data": cfg.data, "epochs": cfg.epochs, "accelerator": acc.name, "hw_batch": cfg.hw_batch,
         # the whole definition: a YAML accelerator (often a calibrated preset) is rebuilt from the spec
-        "accelerator_config": acc.to_dict(),
+        "accelerator_config": acc.to_dict(), "accelerator_fit_mode": fit_mode,
         "final_val_acc": history[-1]["val_acc"] if history else None,
         "smooth_cost": {"latency_us": float(smooth["seconds"]) * 1e6,
                         "utilization": float(smooth["utilization"])},

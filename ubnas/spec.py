@@ -33,7 +33,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import yaml
 
@@ -263,6 +263,16 @@ def searched_accelerator(spec: ArchSpec):
     if isinstance(name, str) and name in preset_names():
         return load_accelerator(name)
     return None
+
+
+def searched_calibration_note(spec: ArchSpec, mode: str = "systolic") -> Optional[str]:
+    """A note when the accelerator recorded in ``spec`` (``searched_accelerator``) was calibrated for
+    another cost model than ``mode`` (``provenance.accelerator_fit_mode``), else None."""
+    from hwmodels.accelerator import mode_mismatch_note
+    fitted = spec.provenance.get("accelerator_fit_mode")
+    if not isinstance(fitted, str) or spec.provenance.get("accelerator_config") is None:
+        return None
+    return mode_mismatch_note(f"{spec.origin}'s accelerator ({spec.provenance.get('accelerator')})", mode, fitted)
 
 
 def searched_batch(spec: ArchSpec) -> int:

@@ -34,7 +34,7 @@ from .distributed import launched_processes
 from .runtime import (MAX_SEED, all_finite, atomic_torch_save, existing_checkpoint, ignored_on_resume,
                       load_checkpoint, make_run_dir, options_given, pick_device, resume_note, run_lock, say,
                       set_aside)
-from .spec import ArchSpec, load_spec, searched_accelerator, searched_batch
+from .spec import ArchSpec, load_spec, searched_accelerator, searched_batch, searched_calibration_note
 
 SCHEDULES = ("cosine", "onecycle")
 CHECKPOINT = "checkpoint.pt"
@@ -278,6 +278,11 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     if why == "default" and spec.provenance.get("accelerator"):
         say(f"note: {spec.origin} was searched on {spec.provenance['accelerator']!r}, which is no preset and "
             f"the spec does not define; metrics.json uses {acc.name} (pass --hw)")
+    from hwmodels.accelerator import mode_mismatch_note
+    mismatch = (mode_mismatch_note(cfg.hw, "systolic") if why == "--hw"   # metrics.json's exact model
+                else searched_calibration_note(spec) if why == "spec provenance" else None)
+    if mismatch:
+        say(mismatch)
     device = pick_device(cfg.device)
 
     # ---- data and model ---------------------------------------------------------------

@@ -190,13 +190,16 @@ def _searched_on(args):
     it; a calibrated or custom one travels in the spec), with a note naming it; else None."""
     if args.hw is not None or not args.spec or args.model or args.layers:
         return None
-    from ubnas.spec import load_spec, searched_accelerator
+    from ubnas.spec import load_spec, searched_accelerator, searched_calibration_note
     spec = load_spec(args.spec)
     acc = searched_accelerator(spec)
     named = spec.provenance.get("accelerator")
     if acc is not None:
         print(f"note: accelerator {acc.name}, the one {args.spec} was searched on (--hw to choose another)",
               file=sys.stderr)
+        mismatch = searched_calibration_note(spec, args.model_mode)
+        if mismatch:
+            print(mismatch, file=sys.stderr)
     elif named:
         print(f"note: {args.spec} was searched on {named!r}, which is neither a preset nor recorded in the "
               f"spec; using uboost (--hw to choose another)", file=sys.stderr)
