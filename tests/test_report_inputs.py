@@ -241,6 +241,24 @@ def test_report_costs_each_run_at_its_searched_batch_and_fronts_do_not_mix_batch
     assert "exact systolic model, batch 4)" in text and "| batch |" in text
 
 
+def test_accelerators_named_alike_but_defined_apart_are_on_separate_fronts(tmp_path):
+    """A YAML named uboost with a 32x32 array is another machine than the uboost preset: its fast
+    run does not dominate the preset's, and the report says why."""
+    from hwmodels import load_accelerator
+    from ubnas.report import SEARCH_ACCURACY, pareto_front, write_report
+    preset = load_accelerator("uboost").to_dict()
+    small = load_accelerator("uboost").replace(array_rows=32, array_cols=32).to_dict()
+    runs = [_hand_run("preset_run", SEARCH_ACCURACY, 0.80, 20.0), _hand_run("small_run", SEARCH_ACCURACY, 0.90, 10.0),
+            _hand_run("preset_slow", SEARCH_ACCURACY, 0.70, 30.0)]
+    for run, config in zip(runs, (preset, small, preset)):
+        run.metrics["hardware"]["accelerator_config"] = config
+    # by hand: preset_run beats preset_slow on the preset; small_run is alone on its machine
+    assert sorted(r.name for r in pareto_front(runs)) == ["preset_run", "small_run"]
+    text = open(write_report(runs, tmp_path / "rep", plots=False)["report"]).read()
+    assert ("Accelerators of different definitions share the name 'uboost' (runs preset_run, small_run, "
+            "preset_slow)") in text
+
+
 def test_report_figures_of_runs_whose_names_sanitise_alike_do_not_overwrite(tmp_path):
     """'x y' and 'x_y' both make x_y: each run keeps its own curves figure, linked from its section."""
     pytest.importorskip("matplotlib")

@@ -19,6 +19,7 @@ columns are ignored.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -68,6 +69,16 @@ class Run:
         if self.cost is not None:
             return self.cost.accelerator.name
         return (self.metrics.get("hardware") or {}).get("accelerator")
+
+    @property
+    def accelerator_definition(self) -> str:
+        """The whole accelerator definition the latency is on, as canonical JSON ("" when unrecorded):
+        a YAML named like a preset is another machine."""
+        if self.cost is not None:
+            config = self.cost.accelerator.to_dict()
+        else:
+            config = (self.metrics.get("hardware") or {}).get("accelerator_config")
+        return json.dumps(config, sort_keys=True) if isinstance(config, dict) else ""
 
     @property
     def utilization(self) -> Optional[float]:
@@ -227,9 +238,9 @@ def load_runs(paths: Sequence, hw: Optional[str] = None, hw_batch: Optional[int]
 
 def front_key(run: Run):
     """Runs compare only within one front: a supernet's search val accuracy and a trained
-    network's test accuracy are not comparable, nor are latencies on different accelerators or
-    at different batches."""
-    return run.accuracy_label, run.accelerator_name or "", run.hw_batch or 0
+    network's test accuracy are not comparable, nor are latencies on different accelerators (by
+    definition, not name) or at different batches."""
+    return run.accuracy_label, run.accelerator_name or "", run.accelerator_definition, run.hw_batch or 0
 
 
 def _plotted(run: Run) -> bool:
@@ -373,6 +384,11 @@ def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, 
     if len({front_key(r) for r in runs if _plotted(r)}) > 1:
         lines += ["Pareto: one front per kind of accuracy, accelerator and batch (they are not comparable).",
                   ""]
+    for name in sorted({r.accelerator_name for r in runs if r.accelerator_name}):
+        named = [r for r in runs if r.accelerator_name == name and r.accelerator_definition]
+        if len({r.accelerator_definition for r in named}) > 1:
+            lines += [f"> Accelerators of different definitions share the name {name!r} (runs "
+                      f"{', '.join(r.name for r in named)}): their latencies are on separate fronts.", ""]
     if "pareto.png" in [Path(p).name for p in pngs]:
         lines += ["![accuracy vs latency](pareto.png)", ""]
     if plot_note:
