@@ -518,6 +518,19 @@ def test_exported_exact_cost_is_at_the_search_hardware_batch(tmp_path):
     assert exact["batch"] == 8 and spec.provenance["hw_batch"] == 8
     want = estimate(build_network(spec), (1, 8, 8), load_accelerator("uboost"), batch=8)
     assert exact["latency_us"] == pytest.approx(want.seconds * 1e6)
+    assert spec.provenance["arch_hash"] == spec.arch_hash()   # ubnas report tells an edited spec by it
+    # a hand edit of a width: the report keeps the exact cost of the edited network and says so
+    from ubnas.cli import main
+    path = result.spec_path
+    assert main(["report", str(result.out_dir), "--out", str(tmp_path / "rep"), "--no-plots"]) == 0
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "edited after the search" not in text
+    assert "smooth cost at export (arch.yaml provenance: systolic model, on uboost, batch 8)" in text
+    data = yaml.safe_load(path.read_text())
+    data["cells"][0]["channels"] += 8
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["report", str(result.out_dir), "--out", str(tmp_path / "rep"), "--no-plots"]) == 0
+    assert "arch.yaml was edited after the search exported it" in (tmp_path / "rep" / "report.md").read_text()
 
 
 def test_resume_names_a_flag_set_to_its_default_that_the_checkpoint_overrides(tmp_path, capsys):

@@ -183,6 +183,10 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None,
         if (path / "arch.yaml").is_file():
             run.spec_path = path / "arch.yaml"
             run.spec = load_spec(run.spec_path)
+            exported = run.spec.provenance.get("arch_hash")
+            if exported is not None and exported != run.spec.arch_hash():
+                run.notes.append("arch.yaml was edited after the search exported it: the search's accuracy "
+                                 "and smooth cost belong to the network it exported, the exact cost to this one")
         else:
             run.notes.append("no arch.yaml yet (search unfinished?): exported network omitted")
         last = run.curves[-1] if run.curves else {}
@@ -320,7 +324,11 @@ def run_markdown(run: Run, figures: Dict[str, str]) -> List[str]:
                 f"{len(c.layers)} array layers.", ""]
         smooth = (run.spec.provenance.get("smooth_cost") or {}) if run.spec is not None else {}
         if isinstance(smooth, dict) and "latency_us" in smooth:
-            out += [f"Supernet's smooth cost at export (arch.yaml provenance): "
+            prov = run.spec.provenance   # the search's model, accelerator and batch, whatever --hw says
+            on = ", ".join(([f"{prov['cost_model']} model"] if prov.get("cost_model") else [])
+                           + ([f"on {prov['accelerator']}"] if prov.get("accelerator") else [])
+                           + ([f"batch {prov['hw_batch']}"] if prov.get("hw_batch", 1) != 1 else []))
+            out += [f"Supernet's smooth cost at export (arch.yaml provenance{': ' + on if on else ''}): "
                     f"{_fmt(smooth.get('latency_us'))} us, utilization "
                     f"{_fmt(100 * smooth['utilization']) if 'utilization' in smooth else '-'} %.", ""]
     elif run.latency_us is not None or run.utilization is not None:

@@ -407,6 +407,7 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Opti
                         "utilization": float(smooth["utilization"])},
     }
     spec = derive_spec(net.cpu(), provenance)
+    provenance["arch_hash"] = spec.arch_hash()   # tells a spec edited since from the one exported
     with torch.no_grad():   # the smooth model on the derived network: the surrogate's own gap
         discrete = cost_of(discrete_sample(net, spec))
     for w in net.widths.values():
