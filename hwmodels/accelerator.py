@@ -27,7 +27,8 @@ class HardwareConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Calibration:
-    """Free parameters of the ``systolic`` model, fitted by ``hwmodels.calibrate``.
+    """Free parameters of the cost models (``hwmodels.exact`` applies them in both modes), fitted by
+    ``hwmodels.calibrate`` for one mode (the accelerator YAML's ``fit_report.mode``).
 
     fold_overhead_cycles: extra cycles per fold (controller, weight-load slack).
     layer_overhead_cycles: fixed cycles per layer (launch, drain to memory).

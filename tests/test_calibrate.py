@@ -264,7 +264,10 @@ def test_scalesim_reference_through_cache_only(tmp_path, monkeypatch, capsys):
             "--holdout-suite", "imagenet", "--array", "32x32", "--dataflow", "ws", "--model-mode",
             "uboost", "--cache", str(cache), "--no-plot", "--out", str(out)]
     assert main(args) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    # the reference does depend on the dataflow, though U-Boost's equations do not
+    assert "SCALE-Sim simulates the reference cycles at it" in captured.err and "no effect" not in captured.err
     fitted = load_accelerator(out).calibration
     # ws fill/drain + weight load per fold is 2R + C - 2 = 94 on 32x32: the paper's model
     # plus a per-fold overhead reproduces SCALE-Sim's cycle count exactly

@@ -67,7 +67,7 @@ class TrainConfig:
     augment: Optional[bool] = None      # None: crop + flip on cifar10 only
     seed: int = 0
     device: str = "auto"
-    hw: Optional[str] = None            # None: the spec's accelerator if a preset, else uboost
+    hw: Optional[str] = None            # None: the one the spec was searched on (provenance), else uboost
 
     def validate(self) -> None:
         """One-line errors naming the flag.  The float checks are written so that NaN fails them
@@ -113,9 +113,9 @@ class TrainResult:
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     """Learning rate of optimizer step ``step`` (0-based) out of ``total``.
 
-    cosine: lr * (1 + cos(pi * t)) / 2.  onecycle (PyTorch's OneCycleLR shape):
+    cosine: lr * (1 + cos(pi * t)) / 2.  onecycle (the shape of PyTorch's OneCycleLR):
     cosine warm-up from lr/25 to lr over the first 30 % of the steps, then
-    cosine annealing to lr/1e4.
+    cosine annealing to lr/1e4 (OneCycleLR's defaults end lower, at lr/2.5e5).
     """
     t = step / max(1, total)
     if cfg.schedule == "cosine":

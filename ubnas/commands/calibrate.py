@@ -93,6 +93,10 @@ def run(args) -> int:
         raise ValueError(f"--out: expected a .yaml file, got {args.out!r}")
     check_output_file(args.out, "--out")   # before the fit (and any SCALE-Sim runs)
     acc = build_accelerator(args)
+    if args.dataflow is not None and args.model_mode == "uboost":
+        print("note: U-Boost's equations have no dataflow, so --dataflow does not change the model fitted"
+              + ("; SCALE-Sim simulates the reference cycles at it" if args.reference == "scalesim" else ""),
+              file=sys.stderr)
     cache = args.cache or cal.DEFAULT_CACHE
     trim = (lambda rows: rows[:max_layers]) if max_layers else (lambda rows: rows)
     provenance = {}

@@ -78,9 +78,6 @@ def build_accelerator(args, default=None):
         if args.dataflow not in DATAFLOWS:
             raise ValueError(f"--dataflow: expected one of {', '.join(DATAFLOWS)}, got {args.dataflow!r}")
         changes["dataflow"] = args.dataflow
-        if getattr(args, "model_mode", None) == "uboost":   # its equations tile weight-stationary, always
-            print("note: --dataflow has no effect with --model-mode uboost (U-Boost's equations have no "
-                  "dataflow); the systolic model (the default) uses it", file=sys.stderr)
     return acc.replace(**changes) if changes else acc
 
 
@@ -211,6 +208,9 @@ def run(args) -> int:
     if args.model_mode not in MODES:
         raise ValueError(f"--model-mode: expected one of {', '.join(MODES)}, got {args.model_mode!r}")
     acc = build_accelerator(args, _searched_on(args))
+    if args.dataflow is not None and args.model_mode == "uboost":   # its equations tile weight-stationary
+        print("note: --dataflow has no effect with --model-mode uboost (U-Boost's equations have no "
+              "dataflow); the systolic model (the default) uses it", file=sys.stderr)
     layers = collect_layers(args, _batch(args))
     note = mode_mismatch_note(args.hw, args.model_mode) if args.hw is not None else None
     if note:

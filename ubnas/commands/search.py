@@ -33,7 +33,7 @@ def add_parser(sub):
         "architecture logits", "dual_lr": "step of the latency multiplier (with --target-latency-us)",
         "split": "half (DARTS' 50/50 weight/architecture split) | 80_20",
         "realloc_every": "architecture steps between channel-window checks",
-        "device": "auto | cpu | cuda", "max_steps_per_epoch": "cap on steps per epoch (quick runs)",
+        "device": "auto | cpu | cuda | cuda:N", "max_steps_per_epoch": "cap on steps per epoch (quick runs)",
     }
     for f in fields(SearchConfig):
         flag = "--" + f.name.replace("_", "-")

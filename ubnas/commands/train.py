@@ -12,7 +12,7 @@ def add_parser(sub):
         argument_default=argparse.SUPPRESS)   # options not given stay absent: --resume names the rest
     parser.add_argument("spec", metavar="SPEC", help="architecture YAML written by the search")
     parser.add_argument("--data", metavar="digits|cifar10|synthetic",
-                        help="data set (default: digits, shipped)")
+                        help="data set (default: the one the spec was searched on, else digits)")
     parser.add_argument("--data-dir", metavar="DIR", help="where cifar-10-batches-py lies")
     parser.add_argument("--epochs", type=int, metavar="N", help="epochs (default 30)")
     parser.add_argument("--out", required=True, metavar="DIR", help="run directory")
