@@ -350,6 +350,14 @@ def test_a_spec_searched_on_an_accelerator_calibrated_for_uboost_says_so_everywh
     assert (f"note: {hw} was calibrated for the uboost model" in capsys.readouterr().out) == (mode == "uboost")
 
 
+def test_curve_utilization_is_in_percent_as_in_the_summary(tmp_path):
+    run = tmp_path / "s"
+    run.mkdir()
+    (run / "search_log.csv").write_text("epoch,val_acc,latency_us,utilization\n1,0.5,20.0,0.0515\n")
+    text = report_text(run, tmp_path / "rep")
+    assert "| epoch | val_acc | latency_us | utilization % |" in text and "| 1 | 0.5 | 20 | 5.15 |" in text, text
+
+
 def test_large_figures_are_printed_whole_not_in_scientific_notation(tmp_path):
     run = tmp_path / "slow"
     run.mkdir()

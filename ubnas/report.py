@@ -349,7 +349,10 @@ def run_markdown(run: Run, figures: Dict[str, str]) -> List[str]:
         out += _table(("cell", "type", "channels", "nodes (op<-state)"), cells) + [""]
     if run.curves:
         cols = [c for c in CURVE_COLUMNS if any(c in row for row in run.curves)]
-        rows = [[row.get(c) for c in cols] for row in _subsample(run.curves)]
+        # utilization in % as in the summary table (the log keeps the fraction)
+        rows = [[100 * v if c == "utilization" and isinstance(v, (int, float)) else v
+                 for c, v in ((c, row.get(c)) for c in cols)] for row in _subsample(run.curves)]
+        cols = ["utilization %" if c == "utilization" else c for c in cols]
         out += [f"Curves ({len(run.curves)} epochs" + (", subsampled" if len(run.curves) > MAX_TABLE_ROWS
                                                        else "") + "):", ""]
         out += _table(cols, rows) + [""]

@@ -39,7 +39,7 @@ def add_parser(sub):
     parser.add_argument("--dataflow", metavar="|".join(DATAFLOWS), help="override the dataflow")
     parser.add_argument("--model-mode", default="systolic", metavar="|".join(MODES),
                         help="cost model: systolic (default) or uboost (the paper's)")
-    parser.add_argument("--batch", metavar="N",
+    parser.add_argument("--batch", "--hw-batch", dest="batch", metavar="N",
                         help="batch size (default: the batch a SPEC was searched at, else 1)")
     parser.add_argument("--input", metavar="CxHxW",
                         help="input shape without batch (default 3x32x32; a SPEC gives its own)")
