@@ -12,14 +12,18 @@ for every variant.  All variants start from the same weights, data and Gumbel no
 and run side by side in one process.  On CUDA: CUDA events, warm-up, median of
 ``--repeats`` steps, ``torch.cuda.max_memory_allocated`` (reset between variants).
 Without CUDA the fused path runs its PyTorch reference backend against eager on a
-small batch (no memory figures).  Exit status 1 when a variant fails or its loss is
-not finite.
+small batch (no memory figures).  The first warm-up step also checks each variant against
+eager, which starts from the same state: the relative difference of its validation loss and
+of its weight update (the clipped weight gradients through SGD), at most ``AGREE_TOL`` (that
+step runs without TF32, so fp32 rounding is all that may differ).  Exit status 1 when a
+variant fails, its loss is not finite or it disagrees with eager.
 
     PYTHONPATH=. python3 tools/bench_search_step.py --spaces uboost_cifar,darts_cifar --batches 64,256
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import statistics
@@ -35,6 +39,19 @@ from ubnas.space import load_space
 from ubnas.supernet import Supernet
 
 IMPLS = ("eager", "compile", "fused")
+# fp32 rounding leaves ~2e-4 (uboost_cifar on a CPU); a kernel 5 % off in one place leaves >= 6e-3
+AGREE_TOL = {"fp32": 3e-3, "bf16": 5e-2}
+
+
+@contextlib.contextmanager
+def no_tf32():
+    """cuDNN convolutions and matmuls in full fp32 (both default to TF32 on CUDA)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def make_step(net, model, batches, dtype="fp32", stage="joint", seed=0):
@@ -77,7 +94,13 @@ def run_variant(base, impl, batches, dtype, stage, warmup, repeats, device, prof
     step = make_step(net, model, batches, dtype, stage)
     cuda = device.type == "cuda"
     t0 = time.perf_counter()
-    for _ in range(warmup):
+    before = [p.detach().clone() for p in net.weight_parameters()]
+    with no_tf32():   # the agreement check's step (untimed, part of the warm-up)
+        first_loss = float(step())
+    update = torch.cat([(p.detach() - p0).flatten().double().cpu() for p, p0 in zip(net.weight_parameters(), before)])
+    del before   # off the device before the peak is measured
+    # on CUDA one more: cudnn.benchmark picks the TF32 algorithms before the timed steps
+    for _ in range(max(warmup - 1, 1 if cuda else 0)):
         step()
     if cuda:
         torch.cuda.synchronize()
@@ -105,12 +128,20 @@ def run_variant(base, impl, batches, dtype, stage, warmup, repeats, device, prof
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
-    return statistics.median(times), min(times), peak, warm_s, ok
+    return statistics.median(times), min(times), peak, warm_s, ok, (first_loss, update)
+
+
+def disagreement(first, reference) -> float:
+    """Largest relative difference between two variants' first steps ((val loss, weight update))."""
+    (loss, update), (ref_loss, ref_update) = first, reference
+    return max(abs(loss - ref_loss) / max(abs(ref_loss), 1e-12),
+               float((update - ref_update).norm() / ref_update.norm().clamp_min(1e-30)))
 
 
 def measure_all(args, spaces, batches, impls, device, rows) -> None:
-    """Every (space, batch, impl) variant; appends (space, batch, impl, ms, MiB, ok) to ``rows`` as
-    each finishes (ok None: it failed, no figures), so an interrupt keeps what was measured."""
+    """Every (space, batch, impl) variant; appends (space, batch, impl, ms, MiB, differs, ok) to
+    ``rows`` as each finishes (differs: vs eager's first step, None without eager; ok None: it
+    failed, no figures), so an interrupt keeps what was measured."""
     cuda = device.type == "cuda"
     for space_name, space in spaces.items():
         torch.manual_seed(args.seed)
@@ -119,19 +150,25 @@ def measure_all(args, spaces, batches, impls, device, rows) -> None:
             g = torch.Generator().manual_seed(args.seed + b)
             data = [(torch.randn(b, 3, 32, 32, generator=g).to(device),
                      torch.randint(0, 10, (b,), generator=g).to(device)) for _ in range(2)]
+            reference = None   # eager's first step at this batch, once it ran
             for impl in impls:
                 try:
-                    med, best, peak, warm, ok = run_variant(base, impl, data, args.dtype, args.stage, args.warmup,
-                                                            args.repeats, device, args.profile)
+                    med, best, peak, warm, ok, first = run_variant(base, impl, data, args.dtype, args.stage,
+                                                                   args.warmup, args.repeats, device, args.profile)
                 except Exception as exc:  # report and go on (e.g. a compile failure), but fail at the end
                     print(f"{space_name} b={b} {impl}: FAILED {type(exc).__name__}: {exc}"[:400], flush=True)
-                    rows.append((space_name, b, impl, None, None, None))
+                    rows.append((space_name, b, impl, None, None, None, None))
                     torch.cuda.empty_cache() if cuda else None
                     continue
-                rows.append((space_name, b, impl, med, peak, ok))
+                if impl == "eager":
+                    reference = first
+                differs = disagreement(first, reference) if reference is not None else None
+                agrees = differs is None or differs <= AGREE_TOL[args.dtype]
+                rows.append((space_name, b, impl, med, peak, differs, ok and agrees))
                 memory = f"peak {peak:.0f} MiB, " if cuda else ""
+                agree = "" if differs is None or impl == "eager" else f", vs eager {differs:.1e}"
                 print(f"{space_name} b={b} {impl}: {med:.2f} ms/step (min {best:.2f}), {memory}"
-                      f"warm-up {warm:.1f} s, finite={ok}", flush=True)
+                      f"warm-up {warm:.1f} s, finite={ok}{agree}{'' if agrees else ' DISAGREES'}", flush=True)
 
 
 def main(argv=None):
@@ -139,7 +176,8 @@ def main(argv=None):
     ap.add_argument("--spaces", default="uboost_cifar,darts_cifar")
     ap.add_argument("--batches", default=None, help="comma list (default 64,256 on CUDA, 8 on CPU)")
     ap.add_argument("--repeats", type=int, default=10, help="timed steps per variant (median reported)")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, autotuning)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, autotuning; "
+                                                        "the first checks against eager; 2 at least on CUDA)")
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                     help="bf16: the network's forward under bf16 autocast (not an option of ubnas search)")
     ap.add_argument("--stage", choices=("joint", "op", "channel"), default="joint",
@@ -184,19 +222,23 @@ def main(argv=None):
     failed = sum(1 for row in rows if row[-1] is not True)
     rows = [row[:-1] for row in rows if row[-1] is not None]
     print()
-    head = f"{'space':14s} {'batch':>5s} {'impl':8s} {'ms/step':>9s} {'peak MiB':>9s} {'speedup':>8s} {'mem ratio':>9s}"
+    head = (f"{'space':14s} {'batch':>5s} {'impl':8s} {'ms/step':>9s} {'peak MiB':>9s} {'speedup':>8s} "
+            f"{'mem ratio':>9s} {'vs eager':>9s}")
     print(head)
     print("-" * len(head))
-    eager = {(space_name, b): (med, peak) for space_name, b, impl, med, peak in rows if impl == "eager"}
-    for space_name, b, impl, med, peak in rows:
+    eager = {(space_name, b): (med, peak) for space_name, b, impl, med, peak, _ in rows if impl == "eager"}
+    for space_name, b, impl, med, peak, differs in rows:
         ref = eager.get((space_name, b))
         speedup = f"{ref[0] / med:.2f}x" if ref else "-"
         mem_ratio = f"{ref[1] / peak:.2f}x" if ref and cuda else "-"
         peak_text = f"{peak:9.0f}" if cuda else f"{'-':>9s}"
-        print(f"{space_name:14s} {b:5d} {impl:8s} {med:9.2f} {peak_text} {speedup:>8s} {mem_ratio:>9s}")
-    print("speedup / mem ratio: eager over the variant, measured in this run (higher is better)")
+        agree = f"{differs:9.1e}" if differs is not None and impl != "eager" else f"{'-':>9s}"
+        print(f"{space_name:14s} {b:5d} {impl:8s} {med:9.2f} {peak_text} {speedup:>8s} {mem_ratio:>9s} {agree}")
+    print("speedup / mem ratio: eager over the variant, measured in this run (higher is better); vs eager: "
+          f"relative difference of the first step's val loss and weight update, without TF32 (at most "
+          f"{AGREE_TOL[args.dtype]:g})")
     if failed:
-        print(f"{failed} variant(s) failed or gave a non-finite loss", file=sys.stderr)
+        print(f"{failed} variant(s) failed, gave a non-finite loss or disagreed with eager", file=sys.stderr)
     if interrupted:
         print("interrupted before every variant ran", file=sys.stderr)
     return 1 if failed or interrupted else 0

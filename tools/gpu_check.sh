@@ -15,7 +15,8 @@
 #                                          # shows the PASSED/FAILED/ERROR lines
 #   bash tools/gpu_check.sh bench          # search step at batch 64 and 256, uboost_cifar and
 #                                          # darts_cifar: eager vs fused with the gather
-#                                          # (UBNAS_DW_TILED=0) and 2-D tile (=1) depthwise kernels
+#                                          # (UBNAS_DW_TILED=0) and 2-D tile (=1) depthwise kernels;
+#                                          # each fused row's first step checked against eager's
 #   bash tools/gpu_check.sh compile [SPACE]  # eager, fused and torch.compile side by side in one
 #                                          # process, batch 64 and 256 (darts_cifar: 256 only, its
 #                                          # compile takes minutes); default uboost_cifar
