@@ -166,7 +166,7 @@ def test_report_hand_written_metrics_are_shown_as_recorded(tmp_path):
         "test_acc": 0.875, "params": 1234,
         "hardware": {"accelerator": "my_npu", "latency_us": 3.25, "utilization": 0.5, "macs": 98765}}))
     text = report_text(run, tmp_path / "rep")
-    assert "| run | train | 87.5 | 3.25 | 50 | 1,234 | my_npu | - | yes |" in text
+    assert "| run | train | 87.5 | 3.25 | 50 | 1,234 | my_npu | 1 | yes |" in text
     assert "latency **3.25 us**, utilization **50.00 %**, 98,765 MACs, 1,234 parameters" in text
     (run / "metrics.json").write_text(json.dumps({"test_acc": 0.875, "hardware": {"latency_us": 3.25}}))
     text = report_text(run, tmp_path / "rep")              # no utilization recorded: '-', not a crash
@@ -257,6 +257,26 @@ def test_accelerators_named_alike_but_defined_apart_are_on_separate_fronts(tmp_p
     text = open(write_report(runs, tmp_path / "rep", plots=False)["report"]).read()
     assert ("Accelerators of different definitions share the name 'uboost' (runs preset_run, small_run, "
             "preset_slow)") in text
+
+
+def test_a_run_that_records_no_definition_or_batch_shares_the_front_of_its_accelerator_name(tmp_path):
+    """Hand-written metrics.json files name the accelerator only and may leave the batch out: they
+    compare with runs costed on that accelerator at batch 1 (no name stands for two definitions)."""
+    from hwmodels import load_accelerator
+    from ubnas.report import load_runs, pareto_front
+    hardware = {"costed": {"accelerator_config": load_accelerator("uboost").to_dict(), "batch": 1,
+                           "latency_us": 9.26},
+                "hand": {"latency_us": 5.0},                  # no definition, no batch
+                "batched": {"batch": 1, "latency_us": 20.0}}
+    accuracy = {"costed": 0.31, "hand": 0.90, "batched": 0.20}
+    for name, hw in hardware.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(
+            {"test_acc": accuracy[name], "hardware": {"accelerator": "uboost", **hw}}))
+    runs = load_runs([tmp_path / name for name in hardware])
+    assert [r.hw_batch for r in runs] == [1, 1, 1]
+    # by hand: hand is both more accurate and faster than costed and batched, on the same machine
+    assert [r.name for r in pareto_front(runs)] == ["hand"]
 
 
 def test_report_figures_of_runs_whose_names_sanitise_alike_do_not_overwrite(tmp_path):

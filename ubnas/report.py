@@ -168,8 +168,9 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None,
             run.notes.append(f"--hw {hw} not applied to this run (no spec to cost): its figures are on "
                              f"{hardware.get('accelerator') or 'the accelerator metrics.json records'}")
         if run.spec is None:
-            recorded_batch = hardware.get("batch")
-            run.hw_batch = recorded_batch if isinstance(recorded_batch, int) else None   # "-": unrecorded
+            # a metrics.json that does not say: batch 1, the only one `ubnas train` used to cost at
+            recorded_batch = hardware.get("batch", 1)
+            run.hw_batch = recorded_batch if isinstance(recorded_batch, int) else None
             if hw_batch is not None and hw_batch != run.hw_batch:
                 run.notes.append(f"--hw-batch {hw_batch} not applied to this run (no spec to cost): its "
                                  f"figures are at batch {_fmt(run.hw_batch)}")
@@ -240,11 +241,26 @@ def load_runs(paths: Sequence, hw: Optional[str] = None, hw_batch: Optional[int]
     return runs
 
 
-def front_key(run: Run):
-    """Runs compare only within one front: a supernet's search val accuracy and a trained
-    network's test accuracy are not comparable, nor are latencies on different accelerators (by
-    definition, not name) or at different batches."""
-    return run.accuracy_label, run.accelerator_name or "", run.accelerator_definition, run.hw_batch or 0
+def shared_names(runs: Sequence[Run]) -> Dict[str, List[Run]]:
+    """Accelerator names that stand for different definitions among ``runs`` -> the runs on them."""
+    named: Dict[str, List[Run]] = {}
+    for r in runs:
+        if r.accelerator_name:
+            named.setdefault(r.accelerator_name, []).append(r)
+    return {name: rs for name, rs in named.items()
+            if len({r.accelerator_definition for r in rs if r.accelerator_definition}) > 1}
+
+
+def front_keys(runs: Sequence[Run]) -> Dict[int, tuple]:
+    """id(run) -> its front.  Runs compare only within one front: a supernet's search val accuracy
+    and a trained network's test accuracy are not comparable, nor are latencies on different
+    accelerators or at different batches.  Accelerators are told apart by name, and by definition
+    where one name stands for several (a YAML named like a preset); a run that records no
+    definition then stands apart."""
+    shared = shared_names(runs)
+    return {id(r): (r.accuracy_label, r.accelerator_name or "",
+                    r.accelerator_definition if r.accelerator_name in shared else "", r.hw_batch or 1)
+            for r in runs}
 
 
 def _plotted(run: Run) -> bool:
@@ -252,18 +268,19 @@ def _plotted(run: Run) -> bool:
 
 
 def pareto_front(runs: Sequence[Run]) -> List[Run]:
-    """Runs no other run of the same ``front_key`` beats on both accuracy (higher) and latency
-    (lower); runs without a finite accuracy and latency are on no front.  Sorted by front, then
-    latency."""
+    """Runs no other run of the same front (``front_keys``) beats on both accuracy (higher) and
+    latency (lower); runs without a finite accuracy and latency are on no front.  Sorted by front,
+    then latency."""
+    keys = front_keys(runs)
     points = [r for r in runs if _plotted(r)]
     front = []
     for r in points:
-        dominated = any(front_key(o) == front_key(r)
+        dominated = any(keys[id(o)] == keys[id(r)]
                         and (o.accuracy >= r.accuracy and o.latency_us <= r.latency_us)
                         and (o.accuracy > r.accuracy or o.latency_us < r.latency_us) for o in points)
         if not dominated:
             front.append(r)
-    return sorted(front, key=lambda r: (front_key(r), r.latency_us))
+    return sorted(front, key=lambda r: (keys[id(r)], r.latency_us))
 
 
 # -- markdown ----------------------------------------------------------------------------------
@@ -385,21 +402,22 @@ def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, 
                 pngs.append(pareto_figure(plt, runs, front, out_dir))
     lines = ["# ubnas report", "", f"{len(runs)} run(s). Latency and utilization are the exact cost of "
              f"each run's exported network (hwmodels, systolic model) at the batch of the batch column "
-             f"(the batch its search costed it at, unless --hw-batch).", ""]
+             f"(the batch its search costed it at, or --hw-batch).", ""]
     summary = [(r.name, r.kind, None if r.accuracy is None else round(100 * r.accuracy, 2),
                 r.latency_us, None if r.utilization is None else 100 * r.utilization, r.params,
                 r.accelerator_name, r.hw_batch, "yes" if r in front else "")
                for r in runs]
     lines += _table(("run", "kind", "accuracy %", "latency us", "utilization %", "params", "accelerator",
                      "batch", "Pareto"), summary) + [""]
-    if len({front_key(r) for r in runs if _plotted(r)}) > 1:
+    keys = front_keys(runs)
+    if len({keys[id(r)] for r in runs if _plotted(r)}) > 1:
         lines += ["Pareto: one front per kind of accuracy, accelerator and batch (they are not comparable).",
                   ""]
-    for name in sorted({r.accelerator_name for r in runs if r.accelerator_name}):
-        named = [r for r in runs if r.accelerator_name == name and r.accelerator_definition]
-        if len({r.accelerator_definition for r in named}) > 1:
-            lines += [f"> Accelerators of different definitions share the name {name!r} (runs "
-                      f"{', '.join(r.name for r in named)}): their latencies are on separate fronts.", ""]
+    for name, named in sorted(shared_names(runs).items()):
+        lines += [f"> Accelerators of different definitions share the name {name!r} (runs "
+                  f"{', '.join(r.name for r in named)}): each definition has its own front"
+                  + (", and a run that records none stands apart" if not all(r.accelerator_definition for r in named)
+                     else "") + ".", ""]
     if "pareto.png" in [Path(p).name for p in pngs]:
         lines += ["![accuracy vs latency](pareto.png)", ""]
     if plot_note:
@@ -542,8 +560,9 @@ def pareto_figure(plt, runs: Sequence[Run], front: Sequence[Run], out_dir: Path)
                 ax.annotate(r.name, (r.latency_us, 100 * r.accuracy), textcoords="offset points",
                             xytext=(4, 4), fontsize=7)
     labelled = False
-    for key in sorted({front_key(r) for r in front}):   # one front per kind of accuracy, accelerator, batch
-        line = [r for r in front if front_key(r) == key]
+    keys = front_keys(runs)
+    for key in sorted({keys[id(r)] for r in front}):   # one front per kind of accuracy, accelerator, batch
+        line = [r for r in front if keys[id(r)] == key]
         if len(line) > 1:
             ax.step([r.latency_us for r in line], [100 * r.accuracy for r in line], where="post",
                     color="gray", ls="--", lw=1, label=None if labelled else "Pareto fronts", zorder=2)
