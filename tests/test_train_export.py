@@ -118,6 +118,20 @@ def test_metrics_are_at_the_batch_the_search_costed_at(tmp_path):
     assert at4.cycles > estimate(model, shape, acc).cycles
 
 
+def test_a_bad_hw_batch_fails_before_training_and_an_edited_spec_gets_a_note(tmp_path, capsys):
+    spec = write_spec(tmp_path / "bad.yaml", {"provenance/hw_batch": 4.0})
+    with pytest.raises(ValueError, match="provenance.hw_batch: expected a positive integer, got 4.0"):
+        train(config(spec, tmp_path / "bad", epochs=1), progress=False)
+    assert not (tmp_path / "bad" / "checkpoint.pt").exists()
+    exported = load_spec(write_spec(tmp_path / "a.yaml")).arch_hash()
+    spec = write_spec(tmp_path / "edited.yaml", {"provenance/arch_hash": exported, "cells/0/channels": 24})
+    capsys.readouterr()
+    train(config(spec, tmp_path / "edited", epochs=1), progress=False)
+    assert f"note: {spec} was edited after the search exported it" in capsys.readouterr().out
+    from ubnas.report import load_run
+    assert any("was edited after the search exported it" in n for n in load_run(tmp_path / "edited").notes)
+
+
 def test_resuming_a_checkpoint_that_lacks_keys_is_a_one_line_error(trained, tmp_path, capsys):
     spec, _, _ = trained
     out = tmp_path / "old"

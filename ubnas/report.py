@@ -150,7 +150,7 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None,
     """Read one run directory and cost its exported network (exact systolic model) on ``hw`` (else
     the run's own accelerator) at batch ``hw_batch`` (else the batch the search costed it at)."""
     from .build import build_network
-    from .spec import load_spec, searched_batch, searched_calibration_note
+    from .spec import edited_since_export, load_spec, searched_batch, searched_calibration_note
 
     path = Path(path)
     if not path.is_dir():
@@ -184,10 +184,6 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None,
         if (path / "arch.yaml").is_file():
             run.spec_path = path / "arch.yaml"
             run.spec = load_spec(run.spec_path)
-            exported = run.spec.provenance.get("arch_hash")
-            if exported is not None and exported != run.spec.arch_hash():
-                run.notes.append("arch.yaml was edited after the search exported it: the search's accuracy "
-                                 "and smooth cost belong to the network it exported, the exact cost to this one")
         else:
             run.notes.append("no arch.yaml yet (search unfinished?): exported network omitted")
         last = run.curves[-1] if run.curves else {}
@@ -198,6 +194,9 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None,
         raise ValueError(f"{path}: not a ubnas run directory (expected arch.yaml / search_log.csv from "
                          f"`ubnas search` or metrics.json from `ubnas train`)")
     if run.spec is not None:
+        if edited_since_export(run.spec):
+            run.notes.append(f"{run.spec.origin} was edited after the search exported it: the search's accuracy "
+                             f"and smooth cost belong to the network it exported, the exact cost to this one")
         searched = [run.spec.provenance.get("accelerator_config"), run.spec.provenance.get("accelerator")]
         # a train run: what it was measured on; a search run: the definition the search recorded wins
         # over config.yaml's hw (a file that may have changed since), which wins over a bare name

@@ -275,6 +275,14 @@ def searched_calibration_note(spec: ArchSpec, mode: str = "systolic") -> Optiona
     return mode_mismatch_note(f"{spec.origin}'s accelerator ({spec.provenance.get('accelerator')})", mode, fitted)
 
 
+def edited_since_export(spec: ArchSpec) -> bool:
+    """Whether ``spec``'s architecture differs from the one its search exported
+    (``provenance.arch_hash``): its provenance figures (accuracy, smooth cost) are then another
+    network's.  False for specs that do not record it."""
+    exported = spec.provenance.get("arch_hash")
+    return exported is not None and exported != spec.arch_hash()
+
+
 def searched_batch(spec: ArchSpec) -> int:
     """The batch size the search costed ``spec`` at (``provenance.hw_batch``, the search's
     ``--hw-batch``); 1 for a spec that does not record one.  Latency grows with it, so the

@@ -34,7 +34,8 @@ from .distributed import launched_processes
 from .runtime import (MAX_SEED, all_finite, atomic_torch_save, existing_checkpoint, ignored_on_resume,
                       load_checkpoint, make_run_dir, options_given, pick_device, resume_note, run_lock, say,
                       set_aside)
-from .spec import ArchSpec, load_spec, searched_accelerator, searched_batch, searched_calibration_note
+from .spec import (ArchSpec, edited_since_export, load_spec, searched_accelerator, searched_batch,
+                   searched_calibration_note)
 
 SCHEDULES = ("cosine", "onecycle")
 CHECKPOINT = "checkpoint.pt"
@@ -283,6 +284,12 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
                 else searched_calibration_note(spec) if why == "spec provenance" else None)
     if mismatch:
         say(mismatch)
+    hw_batch = searched_batch(spec)   # now, not after training: a bad provenance.hw_batch fails first
+    if hw_batch != 1:
+        say(f"note: metrics.json costs the network at batch {hw_batch}, the one {spec.origin} was searched at")
+    if edited_since_export(spec):
+        say(f"note: {spec.origin} was edited after the search exported it; its provenance (search accuracy, "
+            f"costs) describes the network the search exported")
     device = pick_device(cfg.device)
 
     # ---- data and model ---------------------------------------------------------------
