@@ -239,6 +239,20 @@ def needs(width):
 def not_a_network():
     return 42
 
+def broken():
+    raise ValueError("bad width")
+
+def talkative():
+    print("building the network")
+    return Net(24)
+
+class Holder:
+    net = Net(8)
+
+def sequence():   # a 1-D network: 6 channels of length L
+    return nn.Sequential(nn.Conv1d(6, 12, 5, stride=2, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1),
+                         nn.Flatten(), nn.Linear(12, 10))
+
 net = Net(8)
 number = 3
 """
@@ -256,7 +270,8 @@ def test_a_network_of_the_users_own_by_module_or_file(tmp_path, capsys, monkeypa
                              LinearLayer("fc", width, 10, batch=batch)], acc).cycles
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))   # the loader puts the working directory on it
-    cases = [("my_nets:Net", 16), ("my_nets:build", 24), (f"{tmp_path / 'my_nets.py'}:net", 8)]
+    cases = [("my_nets:Net", 16), ("my_nets:build", 24), (f"{tmp_path / 'my_nets.py'}:net", 8),
+             ("my_nets:Holder.net", 8), ("my_nets:talkative", 24)]
     for target, width in cases:
         code, out, err = run_main(capsys, "--model", target, "--hw", "edge_16x16", "--input", "3x16x16", "--json")
         assert code == 0, err
@@ -270,9 +285,38 @@ def test_a_network_of_the_users_own_by_module_or_file(tmp_path, capsys, monkeypa
                            ("my_nets:missing", "my_nets has no 'missing'"),
                            ("no_such_module_here:Net", "no module named 'no_such_module_here'"),
                            ("absent.py:Net", "no such file absent.py"),
-                           ("my_nets.py:", "expected a built-in name or MODULE:NAME")]:
+                           ("my_nets.py:", "expected a built-in name or MODULE:NAME"),
+                           ("./my_nets:Net", "'./my_nets' is neither a module name")]:
         code, out, err = run_main(capsys, "--model", target)
         assert code == 2 and len(err.splitlines()) == 1 and needle in err, (target, err)
+
+
+def test_a_users_network_prints_imports_siblings_fails_and_runs_in_1d(tmp_path, capsys, monkeypatch):
+    """What the user's code prints goes to stderr (--json stays JSON); a FILE.py imports modules
+    beside it from any directory; an error in the user's code keeps its traceback (chained); a
+    1-D network takes --input CxL."""
+    from hwmodels.exact import network_cost
+    from ubnas.commands.estimate import UserCodeError
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "my_blocks.py").write_text(USER_MODEL)
+    (folder / "uses_sibling.py").write_text("from my_blocks import build, broken, sequence\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    target = str(folder / "uses_sibling.py")
+    code, out, err = run_main(capsys, "--model", f"{target}:build", "--input", "3x16x16", "--json")
+    assert code == 0 and json.loads(out)["layers"][0]["n"] == 24, err   # GEMM columns: out channels
+    code, out, err = run_main(capsys, "--model", f"{folder / 'my_blocks.py'}:talkative", "--json")
+    assert code == 0 and "building the network" in err and json.loads(out)["total"]["macs"] > 0
+    with pytest.raises(UserCodeError, match="broken\\(\\) raised ValueError: bad width") as raised:
+        run_main(capsys, "--model", f"{target}:broken")
+    assert isinstance(raised.value.__cause__, ValueError)
+    acc = load_accelerator("uboost")
+    code, out, err = run_main(capsys, "--model", f"{target}:sequence", "--input", "6x100", "--json")
+    assert code == 0, err
+    by_hand = network_cost([ConvLayer("c", 1, 100, 6, 12, 1, 5, (1, 2), (0, 2)), LinearLayer("fc", 12, 10)],
+                           acc).cycles   # the 1-D conv as a 1 x 100 map, kernel 1 x 5
+    assert json.loads(out)["total"]["cycles"] == pytest.approx(by_hand)
 
 
 def test_running_out_of_memory_is_one_line(capsys, monkeypatch):

@@ -10,6 +10,7 @@ error is a ValueError with a one-line message (ubnas.cli prints it).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -42,7 +43,8 @@ def add_parser(sub):
     parser.add_argument("--batch", "--hw-batch", dest="batch", metavar="N",
                         help="batch size (default: the batch a SPEC was searched at, else 1)")
     parser.add_argument("--input", metavar="CxHxW",
-                        help="input shape without batch (default 3x32x32; a SPEC gives its own)")
+                        help="input shape without batch (default 3x32x32; CxL for a 1-D network; a SPEC "
+                             "gives its own)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
@@ -81,45 +83,66 @@ def build_accelerator(args, default=None):
     return acc.replace(**changes) if changes else acc
 
 
+class UserCodeError(RuntimeError):
+    """The user's network code raised while loading or building: ``ubnas.cli`` lets a
+    RuntimeError through with its traceback, which points into their code."""
+
+
 def load_model_target(target: str):
-    """The ``nn.Module`` that 'pkg.module:NAME' or 'path/to/file.py:NAME' names: NAME is a module
-    instance, or a class or function that returns one when called without arguments.  The working
-    directory is importable, as for ``python -m``.  A target that cannot be found is a one-line
-    ValueError; an error raised by the user's own code keeps its traceback."""
+    """The ``nn.Module`` that 'pkg.module:NAME' or 'path/to/file.py:NAME' names: NAME (dotted for
+    an attribute of an attribute) is a module instance, or a class or function that returns one
+    when called without arguments.  The working directory is importable, as for ``python -m``,
+    and a FILE.py's own folder, as for ``python FILE.py``.  A target that cannot be found is a
+    one-line ValueError; an error raised by the user's code is a ``UserCodeError`` with its
+    traceback."""
     import importlib.util
+    import inspect
     from pathlib import Path
 
     from torch import nn
     where, _, name = target.rpartition(":")
-    if not where or not name.isidentifier():
+    if not where or not all(part.isidentifier() for part in name.split(".")):
         raise ValueError(f"--model {target}: expected a built-in name or MODULE:NAME / FILE.py:NAME")
     if where.endswith(".py"):
         path = Path(where)
         if not path.is_file():
             raise ValueError(f"--model {target}: no such file {where}")
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:   # its sibling modules import, as under `python FILE.py`
+            sys.path.insert(0, folder)
         module_name = f"_ubnas_model_{path.stem}"
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module   # dataclasses and pickling look their module up
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise UserCodeError(f"--model {target}: running {where} raised {type(exc).__name__}: {exc}") from exc
     else:
+        if not all(part.isidentifier() for part in where.split(".")):
+            raise ValueError(f"--model {target}: {where!r} is neither a module name (dotted, as for "
+                             f"python -m) nor a FILE.py")
         if "" not in sys.path and "." not in sys.path:
             sys.path.insert(0, "")
         try:
             module = importlib.import_module(where)
         except ModuleNotFoundError as exc:
             if exc.name is None or not (where == exc.name or where.startswith(exc.name + ".")):
-                raise   # the user's module imports something missing: their traceback
+                raise UserCodeError(f"--model {target}: importing {where} raised {type(exc).__name__}: "
+                                    f"{exc}") from exc
             raise ValueError(f"--model {target}: no module named {exc.name!r} (run from the directory that "
                              f"holds it, or give FILE.py:{name})") from None
-    if not hasattr(module, name):
-        raise ValueError(f"--model {target}: {where} has no {name!r}")
-    obj = getattr(module, name)
+        except Exception as exc:
+            raise UserCodeError(f"--model {target}: importing {where} raised {type(exc).__name__}: {exc}") from exc
+    obj = module
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"--model {target}: {where} has no {name!r}")
+        obj = getattr(obj, part)
     if not isinstance(obj, nn.Module):
         if not callable(obj):
             raise ValueError(f"--model {target}: {name} is of type {type(obj).__name__}, not an nn.Module "
                              f"or something that builds one")
-        import inspect
         try:
             inspect.signature(obj).bind()
         except TypeError:
@@ -127,7 +150,10 @@ def load_model_target(target: str):
                              f"that builds the network without any") from None
         except ValueError:   # no signature to inspect (a builtin): let the call say
             pass
-        obj = obj()
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise UserCodeError(f"--model {target}: {name}() raised {type(exc).__name__}: {exc}") from exc
         if not isinstance(obj, nn.Module):
             raise ValueError(f"--model {target}: {name}() returned {type(obj).__name__}, not an nn.Module")
     return obj
@@ -137,7 +163,7 @@ def _batch(args) -> int:
     """--batch, else the batch a SPEC was searched at (provenance.hw_batch, with a note when it is
     not 1), else 1."""
     if args.batch is not None:
-        return positive_int(args.batch, "--batch")
+        return positive_int(args.batch, "--batch (--hw-batch)")
     if not args.spec or args.model or args.layers:
         return 1
     from ubnas.spec import load_spec, searched_batch
@@ -162,7 +188,11 @@ def collect_layers(args, batch: int):
     from hwmodels.estimate import trace_layers
     if args.model:
         from hwmodels.zoo import DEFAULT_INPUT, get_model
-        shape = parse_dims(args.input, "--input", 3, "3x32x32") if args.input else DEFAULT_INPUT
+        shape = DEFAULT_INPUT
+        if args.input:   # C x L for a 1-D network (nn.Conv1d) of the user's; the built-in ones are 2-D
+            user = ":" in args.model
+            count = 2 if user and len(re.split(r"[xX×]", args.input.strip())) == 2 else 3
+            shape = parse_dims(args.input, "--input", count, "3x32x32 or 6x100" if user else "3x32x32")
         module = load_model_target(args.model) if ":" in args.model else get_model(args.model)
     else:
         try:
@@ -208,10 +238,11 @@ def run(args) -> int:
     if args.model_mode not in MODES:
         raise ValueError(f"--model-mode: expected one of {', '.join(MODES)}, got {args.model_mode!r}")
     acc = build_accelerator(args, _searched_on(args))
+    with contextlib.redirect_stdout(sys.stderr):   # what the user's network prints stays out of --json
+        layers = collect_layers(args, _batch(args))
     if args.dataflow is not None and args.model_mode == "uboost":   # its equations tile weight-stationary
         print("note: --dataflow has no effect with --model-mode uboost (U-Boost's equations have no "
               "dataflow); the systolic model (the default) uses it", file=sys.stderr)
-    layers = collect_layers(args, _batch(args))
     note = mode_mismatch_note(args.hw, args.model_mode) if args.hw is not None else None
     if note:
         print(note, file=sys.stderr)

@@ -69,7 +69,8 @@ def run(args) -> int:
     last = result.history[-1] if result.history else {}
     print(f"search done: {len(result.history)} epochs, val_acc {last.get('val_acc', float('nan')):.3f}, "
           f"supernet latency {last.get('latency_us', float('nan')):.2f} us, "
-          f"utilization {100 * last.get('utilization', float('nan')):.2f} % ({cfg.cost_model} cost model, smooth)")
+          f"utilization {100 * last.get('utilization', float('nan')):.2f} % ({cfg.cost_model} cost model, smooth"
+          + (f", batch {cfg.hw_batch}" if cfg.hw_batch != 1 else "") + ")")
     if result.spec_path:   # what the user deploys: the exported network, costed exactly
         from ..spec import load_spec
         provenance = load_spec(result.spec_path).provenance
@@ -81,6 +82,6 @@ def run(args) -> int:
         if cfg.cost_model != "systolic" and optimised is not None:
             bound = f" (what --target-latency-us {cfg.target_latency_us:g} bounds)" if cfg.target_latency_us else ""
             print(f"note: the search optimised the {cfg.cost_model} cost model, which puts this network at "
-                  f"{optimised:.2f} us{bound}; `ubnas estimate` gives the exact systolic figures")
+                  f"{optimised:.2f} us{bound}")
     print(f"run directory: {result.out_dir} (config.yaml, search_log.csv, checkpoint.pt)")
     return 0
