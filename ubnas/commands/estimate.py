@@ -159,23 +159,32 @@ def load_model_target(target: str):
     return obj
 
 
-def _batch(args) -> int:
-    """--batch, else the batch a SPEC was searched at (provenance.hw_batch, with a note when it is
-    not 1), else 1."""
+def _spec_of(args):
+    """The SPEC's ArchSpec when it is the only network source, else None (read once: the
+    accelerator, the batch and the layers all come from it)."""
+    if not args.spec or args.model or args.layers:
+        return None
+    from ubnas.spec import load_spec
+    return load_spec(args.spec)
+
+
+def _batch(args, spec) -> int:
+    """--batch, else the batch ``spec`` was searched at (provenance.hw_batch, with a note when it
+    is not 1), else 1."""
     if args.batch is not None:
         return positive_int(args.batch, "--batch (--hw-batch)")
-    if not args.spec or args.model or args.layers:
+    if spec is None:
         return 1
-    from ubnas.spec import load_spec, searched_batch
-    batch = searched_batch(load_spec(args.spec))
+    from ubnas.spec import searched_batch
+    batch = searched_batch(spec)
     if batch != 1:
         print(f"note: batch {batch}, the one {args.spec} was searched at (--batch to choose another)",
               file=sys.stderr)
     return batch
 
 
-def collect_layers(args, batch: int):
-    """The layer list of the chosen network source."""
+def collect_layers(args, batch: int, spec=None):
+    """The layer list of the chosen network source (``spec``: the SPEC, when already read)."""
     sources = [s for s in ("spec", "model", "layers") if getattr(args, s)]
     if len(sources) != 1:
         given = ", ".join("SPEC" if s == "spec" else f"--{s}" for s in sources) or "none"
@@ -188,12 +197,11 @@ def collect_layers(args, batch: int):
     from hwmodels.estimate import trace_layers
     if args.model:
         from hwmodels.zoo import DEFAULT_INPUT, get_model
-        shape = DEFAULT_INPUT
+        shape, user = DEFAULT_INPUT, ":" in args.model   # MODULE:NAME / FILE.py:NAME, else built in
         if args.input:   # C x L for a 1-D network (nn.Conv1d) of the user's; the built-in ones are 2-D
-            user = ":" in args.model
             count = 2 if user and len(re.split(r"[xX×]", args.input.strip())) == 2 else 3
             shape = parse_dims(args.input, "--input", count, "3x32x32 or 6x100" if user else "3x32x32")
-        module = load_model_target(args.model) if ":" in args.model else get_model(args.model)
+        module = load_model_target(args.model) if user else get_model(args.model)
     else:
         try:
             from ubnas.build import build_network   # written alongside the search
@@ -203,7 +211,7 @@ def collect_layers(args, batch: int):
                 raise
             raise ValueError(f"{args.spec}: architecture specs need {exc.name}, which this "
                              f"installation lacks; use --model or --layers") from None
-        spec = load_spec(args.spec)
+        spec = spec if spec is not None else load_spec(args.spec)
         module = build_network(spec)
         shape = tuple(spec.input_shape)
         if args.input is not None and parse_dims(args.input, "--input", 3, "3x32x32") != shape:
@@ -212,13 +220,13 @@ def collect_layers(args, batch: int):
     return trace_layers(module, shape, batch=batch)
 
 
-def _searched_on(args):
-    """For a SPEC without --hw: the accelerator it was searched on (as ``train`` and ``report`` take
-    it; a calibrated or custom one travels in the spec), with a note naming it; else None."""
-    if args.hw is not None or not args.spec or args.model or args.layers:
+def _searched_on(args, spec):
+    """For a ``spec`` (the SPEC) without --hw: the accelerator it was searched on (as ``train`` and
+    ``report`` take it; a calibrated or custom one travels in the spec), with a note naming it; else
+    None."""
+    if args.hw is not None or spec is None:
         return None
-    from ubnas.spec import load_spec, searched_accelerator, searched_calibration_note
-    spec = load_spec(args.spec)
+    from ubnas.spec import searched_accelerator, searched_calibration_note
     acc = searched_accelerator(spec)
     named = spec.provenance.get("accelerator")
     if acc is not None:
@@ -237,9 +245,10 @@ def run(args) -> int:
     from hwmodels.report import format_table, to_json_dict
     if args.model_mode not in MODES:
         raise ValueError(f"--model-mode: expected one of {', '.join(MODES)}, got {args.model_mode!r}")
-    acc = build_accelerator(args, _searched_on(args))
+    spec = _spec_of(args)
+    acc = build_accelerator(args, _searched_on(args, spec))
     with contextlib.redirect_stdout(sys.stderr):   # what the user's network prints stays out of --json
-        layers = collect_layers(args, _batch(args))
+        layers = collect_layers(args, _batch(args, spec), spec)
     if args.dataflow is not None and args.model_mode == "uboost":   # its equations tile weight-stationary
         print("note: --dataflow has no effect with --model-mode uboost (U-Boost's equations have no "
               "dataflow); the systolic model (the default) uses it", file=sys.stderr)
