@@ -215,12 +215,20 @@ def _inline_gemm_error(module: "nn.Module", found: List[Tuple[str, str, int]]) -
     macs = sum(m for _, p, m in found if p == path)
     others = len({p for _, p, _ in found}) - 1
     return ValueError(
-        f"module '{path or '<root>'}' ({type(sub).__module__}.{type(sub).__qualname__}) computes "
-        f"{', '.join(ops)} inline in its forward" + (f" ({macs:,} MACs)" if macs else "") +
-        (f", as do {others} other module(s)" if others > 0 else "") +
-        ", outside every costed layer, so the estimate would leave it out; cost it with hwmodels.estimate."
-        f"register_layer_handler({type(sub).__name__}, fn), fn(module, inputs, output, batch) -> list of "
-        f"ConvLayer/LinearLayer/GemmLayer (its layers replace the costing of all its submodules)")
+        f"{_module_name(path, sub)} computes {', '.join(ops)} inline in its forward"
+        + (f" ({macs:,} MACs)" if macs else "") + (f", as do {others} other module(s)" if others > 0 else "")
+        + f", outside every costed layer, so the estimate would leave it out; cost it with {_handler_hint(sub)}")
+
+
+def _module_name(path: str, sub: "nn.Module") -> str:
+    return f"module '{path or '<root>'}' ({type(sub).__module__}.{type(sub).__qualname__})"
+
+
+def _handler_hint(sub: "nn.Module") -> str:
+    """How to teach the estimator ``sub``'s type (both refusals end with it)."""
+    return (f"hwmodels.estimate.register_layer_handler({type(sub).__name__}, fn), fn(module, inputs, output, "
+            f"batch) -> list of ConvLayer/LinearLayer/GemmLayer (its layers replace the costing of all its "
+            f"submodules)")
 
 
 def _handler_for(module: "nn.Module"):
@@ -336,12 +344,8 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
     if called_unknown:
         path = called_unknown[0]
         sub = unknown[path]
-        raise ValueError(
-            f"don't know the hardware layers of module '{path or '<root>'}' ({type(sub).__module__}."
-            f"{type(sub).__qualname__}), which holds parameters; call hwmodels.estimate."
-            f"register_layer_handler({type(sub).__name__}, fn) with fn(module, inputs, output, "
-            f"batch) -> list of ConvLayer/LinearLayer/GemmLayer (its layers replace the costing of all "
-            f"its submodules)")
+        raise ValueError(f"don't know the hardware layers of {_module_name(path, sub)}, which holds "
+                         f"parameters; call {_handler_hint(sub)}")
     if inline:
         raise _inline_gemm_error(module, inline)
     return traced
