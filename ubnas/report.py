@@ -221,22 +221,26 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None,
 GENERIC_DIR_NAMES = ("train",)
 
 
+def _unique(base: str, taken: set, fold=lambda name: name) -> str:
+    """``base``, else ``base-2``, ``base-3`` ... : the first whose ``fold`` is not in ``taken``
+    (which it joins).  A/x, B/x, C/x-2: the second x must not become C's x-2."""
+    name, n = base, 1
+    while fold(name) in taken:
+        n += 1
+        name = f"{base}-{n}"
+    taken.add(fold(name))
+    return name
+
+
 def load_runs(paths: Sequence, hw: Optional[str] = None, hw_batch: Optional[int] = None) -> List[Run]:
-    names: Dict[str, int] = {}
-    taken = set()
+    taken: set = set()
     runs = []
     for p in paths:
         resolved = Path(p).resolve()
         base = resolved.name or str(p)
         if base in GENERIC_DIR_NAMES:   # runs/lam0/train (ubnas train under a search run) reads as "lam0/train"
             base = f"{resolved.parent.name}/{base}"
-        names[base] = names.get(base, 0) + 1
-        name = base if names[base] == 1 else f"{base}-{names[base]}"
-        while name in taken:   # A/x, B/x, C/x-2: the second x must not become C's x-2
-            names[base] += 1
-            name = f"{base}-{names[base]}"
-        taken.add(name)
-        runs.append(load_run(p, name, hw, hw_batch))
+        runs.append(load_run(p, _unique(base, taken), hw, hw_batch))
     return runs
 
 
@@ -446,16 +450,8 @@ def _safe(name: str) -> str:
 
 def _figure_stems(runs: Sequence[Run]) -> Dict[str, str]:
     """Run name -> a file-name stem no other run has ('x y' and 'x_y' both sanitise to x_y)."""
-    stems: Dict[str, str] = {}
-    taken = set()
-    for run in runs:
-        stem, n = _safe(run.name), 1
-        while stem.lower() in taken:   # lower: a case-insensitive file system would merge them too
-            n += 1
-            stem = f"{_safe(run.name)}-{n}"
-        taken.add(stem.lower())
-        stems[run.name] = stem
-    return stems
+    taken: set = set()   # lower case: a case-insensitive file system would merge them too
+    return {run.name: _unique(_safe(run.name), taken, str.lower) for run in runs}
 
 
 def _save(plt, fig, out_dir: Path, filename: str) -> str:
