@@ -14,7 +14,7 @@ import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-import ubnas.kernels.triton_kernels as T
+from ubnas.kernels import triton_combine as C, triton_dw_gather as G, triton_dw_tile as T
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability, e.g. 90 (H100/H200)")
@@ -42,20 +42,20 @@ def compile_kernel(kern, consts, ptr_types):
 
 tile = dict(K0=3, D0=1, K1=5, D1=1, K2=3, D2=2, K3=5, D3=2, NK=4, STRIDE=1, BLOCK_H=16, BLOCK_W=32)
 cases = [
-    ("_dw_fwd", T._dw_fwd, dict(STRIDE=1, TAPS=32, BLOCK=512), {"spec_ptr": "*i32"}),
-    ("_dw_bwd_in", T._dw_bwd_in, dict(STRIDE=2, TAPS=32, HAS_LIN=True, HAS_EXTRA=True, BLOCK=512),
+    ("_dw_fwd", G._dw_fwd, dict(STRIDE=1, TAPS=32, BLOCK=512), {"spec_ptr": "*i32"}),
+    ("_dw_bwd_in", G._dw_bwd_in, dict(STRIDE=2, TAPS=32, HAS_LIN=True, HAS_EXTRA=True, BLOCK=512),
      {"spec_ptr": "*i32"}),
-    ("_dw_bwd_w", T._dw_bwd_w, dict(STRIDE=1, TAPS=32, BLOCK=128), {"spec_ptr": "*i32"}),
+    ("_dw_bwd_w", G._dw_bwd_w, dict(STRIDE=1, TAPS=32, BLOCK=128), {"spec_ptr": "*i32"}),
     ("_dw_fwd_tile", T._dw_fwd_tile, tile, {}),
     ("_dw_bwd_in_tile", T._dw_bwd_in_tile, dict(tile, HAS_LIN=True, HAS_EXTRA=True, MASK=True), {}),
     ("_dw_bwd_w_tile", T._dw_bwd_w_tile, dict(K=5, DIL=2, STRIDE=2, BLOCK_H=16, BLOCK_W=32), {}),
-    ("_combine_fwd", T._combine_fwd, dict(STRIDE=1, HAS_LIN=True, HAS_MAX=True, HAS_AVG=True, HAS_SKIP=True,
+    ("_combine_fwd", C._combine_fwd, dict(STRIDE=1, HAS_LIN=True, HAS_MAX=True, HAS_AVG=True, HAS_SKIP=True,
                                           BLOCK=1024), {}),
-    ("_combine_red", T._combine_red, dict(STRIDE=2, HAS_LIN=True, HAS_MAX=True, HAS_AVG=True, HAS_SKIP=False,
+    ("_combine_red", C._combine_red, dict(STRIDE=2, HAS_LIN=True, HAS_MAX=True, HAS_AVG=True, HAS_SKIP=False,
                                           BLOCK=1024), {}),
-    ("_bn_bwd", T._bn_bwd, dict(BATCH=True, BLOCK=1024), {}),
-    ("_pool_bwd", T._pool_bwd, dict(STRIDE=2, HAS_MAX=True, HAS_AVG=True, HAS_SKIP=False, BLOCK=256), {}),
-    ("_pool_bwd(skip)", T._pool_bwd, dict(STRIDE=1, HAS_MAX=True, HAS_AVG=True, HAS_SKIP=True, BLOCK=256), {}),
+    ("_bn_bwd", C._bn_bwd, dict(BATCH=True, BLOCK=1024), {}),
+    ("_pool_bwd", C._pool_bwd, dict(STRIDE=2, HAS_MAX=True, HAS_AVG=True, HAS_SKIP=False, BLOCK=256), {}),
+    ("_pool_bwd(skip)", C._pool_bwd, dict(STRIDE=1, HAS_MAX=True, HAS_AVG=True, HAS_SKIP=True, BLOCK=256), {}),
 ]
 ok = True
 for name, kern, consts, ptrs in cases:

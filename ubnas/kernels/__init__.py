@@ -14,7 +14,7 @@ as one group (one set of launches for all of them).
 
 The environment variable ``UBNAS_KERNELS=reference|triton`` forces either;
 ``UBNAS_EDGE_GROUPS=0`` makes the supernet call the fused path edge by edge.
-On/off variables (these and ``triton_kernels``' UBNAS_DW_TILED, UBNAS_AUTOTUNE)
+On/off variables (these and the Triton kernels' UBNAS_DW_TILED, UBNAS_AUTOTUNE)
 take 1/0, true/false, on/off, yes/no in any case and raise ValueError on
 anything else (``env_setting``).
 Triton is imported only when a Triton path is taken.
