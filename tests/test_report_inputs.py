@@ -296,7 +296,7 @@ def test_report_figures_of_runs_whose_names_sanitise_alike_do_not_overwrite(tmp_
 
 
 def test_pareto_figure_marks_a_train_run_without_a_test_accuracy_as_a_supernet_accuracy(tmp_path, monkeypatch):
-    plt = pytest.importorskip("matplotlib.pyplot")
+    pytest.importorskip("matplotlib.pyplot")
     import ubnas.report as report
     runs = [_hand_run("searched", report.SEARCH_ACCURACY, 0.9, 10.0),
             _hand_run("trained", report.TEST_ACCURACY, 0.8, 12.0),
@@ -351,7 +351,7 @@ def test_a_spec_searched_on_an_accelerator_calibrated_for_uboost_says_so_everywh
     data = {**TINY, "provenance": {"accelerator": "cal", "accelerator_config": searched.to_dict(),
                                    "accelerator_fit_mode": mode}}
     run, _ = train_tiny(tmp_path, data=data)
-    said = f"arch.yaml's accelerator (cal) was calibrated for the uboost model; its calibration block is applied to"
+    said = "arch.yaml's accelerator (cal) was calibrated for the uboost model; its calibration block is applied to"
     assert (said in capsys.readouterr().out) == (mode == "uboost")   # train
     spec = str(tmp_path / "arch.yaml")
     for extra, noted in (([], mode == "uboost"), (["--model-mode", "uboost"], mode == "systolic")):

@@ -5,7 +5,6 @@ architecture step on the validation batch; enter_stage: widths fixed at the wind
 op stage; Supernet.sample: softmax(logits / tau); run_search: tau0 * tau_decay ** epoch and the
 cosine weight-lr schedule, resume with a hard latency target (mu kept), stage in provenance.
 """
-import copy
 import math
 
 import pytest
