@@ -1,23 +1,13 @@
-"""Fit an accelerator's ``Calibration`` to reference layer latencies.
+"""Fit an accelerator's ``Calibration`` to reference layer latencies (``hwmodels.references``).
 
-Reference rows are layers with a reference cycle count, from either
-
-* SCALE-Sim (``scalesim_rows``): each (layer, array R x C, dataflow) is simulated
-  once through ``hwmodels.scalesim`` and remembered in a JSON cache
-  (``~/.cache/ubnas/scalesim.json`` by default) keyed by the layer's fields, the
-  array, the dataflow and the SCALE-Sim version, so a re-run is instant.  The
-  reference is SCALE-Sim's stall-free compute cycles, counted as cycles: its
-  'Total Cycles' is the index of the last cycle, so one cycle per simulated GEMM
-  is added back.  SCALE-Sim 3.0.0 models one array, so the model is evaluated on
-  one array (``num_arrays`` of the written YAML is kept).  Only the compute side
-  is free: cycle_scale, fold_overhead_cycles, layer_overhead_cycles; the
-  prediction compared is compute + layer overhead (no memory bound: SCALE-Sim
-  runs in CALC mode, where reads never stall).
-* a measured CSV (``measured_rows``): the layer CSV columns of
-  ``hwmodels.layers_csv`` plus ``measured_cycles`` or ``measured_seconds``
-  (seconds x the accelerator clock), optionally ``measured_utilization``.  The
-  prediction is the full model (max(compute, memory) + layer overhead) and
-  bandwidth_efficiency is free as well, bounded to (0, 1].
+* SCALE-Sim rows (``references.scalesim_rows``): SCALE-Sim 3.0.0 models one array, so
+  the model is evaluated on one array (``num_arrays`` of the written YAML is kept).
+  Only the compute side is free: cycle_scale, fold_overhead_cycles,
+  layer_overhead_cycles; the prediction compared is compute + layer overhead (no
+  memory bound: SCALE-Sim runs in CALC mode, where reads never stall).
+* measured rows (``references.measured_rows``): the prediction is the full model
+  (max(compute, memory) + layer overhead) and bandwidth_efficiency is free as well,
+  bounded to (0, 1].
 
 ``calibrate`` fits the free parameters with ``scipy.optimize.least_squares`` on
 log residuals log(predicted / reference) of a seeded training split (of the
@@ -33,223 +23,24 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import io
-import json
 import math
 import os
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .accelerator import (DATAFLOWS, Accelerator, Calibration, HardwareConfigError, atomic_write_text,
-                          save_accelerator)
+from .accelerator import Accelerator, Calibration, HardwareConfigError, save_accelerator
 from .exact import MODES, layer_cost, mode_arrays, mode_pes
-from .layers import GemmLayer, Layer
-from .layers_csv import read_layer_table
-from .suites import layer_fields, simulated_lines
+from .references import ReferenceRow, ReferenceSet, layer_key, scalesim_version
 
-DEFAULT_CACHE = Path("~/.cache/ubnas/scalesim.json")
-SCALESIM_VERSION = "3.0.0"   # the version hwmodels.scalesim supports (the [scalesim] extra pins it)
-DEFAULT_MAX_SIM_CYCLES = 20000
 COMPUTE_PARAMS = ("cycle_scale", "fold_overhead_cycles", "layer_overhead_cycles")
 MEASURED_PARAMS = COMPUTE_PARAMS + ("bandwidth_efficiency",)
 # Physical bounds: no speed-up beyond 10x or slow-down beyond 10x, overheads >= 0,
 # bandwidth efficiency in (0, 1].
 BOUNDS = {"cycle_scale": (0.1, 10.0), "fold_overhead_cycles": (0.0, 1.0e6),
           "layer_overhead_cycles": (0.0, 1.0e8), "bandwidth_efficiency": (1.0e-3, 1.0)}
-
-
-@dataclass
-class ReferenceRow:
-    """One layer with its reference cycles; ``where`` names its origin for messages."""
-
-    layer: Layer
-    cycles: float
-    where: str
-    utilization: Optional[float] = None
-
-
-@dataclass
-class ReferenceSet:
-    """Reference rows of one kind ('scalesim' or 'measured') and where they came from."""
-
-    kind: str
-    source: str
-    rows: List[ReferenceRow]
-    skipped: List[str] = field(default_factory=list)
-
-
-# ----------------------------------------------------------------------------- SCALE-Sim
-def scalesim_version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("scalesim")
-    except Exception:  # not installed: only cached runs can be used; they are 3.0.0 runs
-        return SCALESIM_VERSION
-
-
-def _shape(layer: Layer) -> dict:
-    """What a layer computes, without its name."""
-    if isinstance(layer, GemmLayer):
-        return {"kind": "gemm", "m": layer.m, "k": layer.k, "n": layer.n, "repeats": layer.repeats}
-    return layer_fields(layer)
-
-
-def _layer_key(layer: Layer) -> str:
-    """A layer's identity for comparing sets of rows: what it computes, not its name."""
-    return json.dumps(_shape(layer), sort_keys=True)
-
-
-def cache_key(layer: Layer, rows: int, cols: int, dataflow: str, version: str) -> str:
-    """JSON key of one SCALE-Sim run: layer fields (not its name), array, dataflow, version."""
-    return json.dumps({"layer": _shape(layer), "array": [int(rows), int(cols)], "dataflow": dataflow,
-                       "scalesim": version, "bandwidth": "calc"}, sort_keys=True)
-
-
-def load_cache(path: Union[str, os.PathLike]) -> Dict[str, dict]:
-    path = Path(path).expanduser()
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise HardwareConfigError(f"{path}: unreadable SCALE-Sim cache ({exc}); delete it or pass "
-                                  f"another --cache") from None
-    if not isinstance(data, dict):
-        raise HardwareConfigError(f"{path}: SCALE-Sim cache is not a JSON object; delete it")
-    return data
-
-
-def save_cache(path: Union[str, os.PathLike], cache: Dict[str, dict]) -> None:
-    atomic_write_text(Path(path).expanduser(), json.dumps(cache, indent=0, sort_keys=True))
-
-
-def _gemms(layer: Layer) -> int:
-    """GEMMs SCALE-Sim simulates for one layer (its 'Total Cycles' is one short per GEMM)."""
-    return layer.lower().repeats
-
-
-def import_scalesim_csv(csv_path: Union[str, os.PathLike],
-                        cache_path: Union[str, os.PathLike] = DEFAULT_CACHE) -> int:
-    """Add the runs of a ``tools/scalesim_suite.py`` CSV (SCALE-Sim 3.0.0) to the cache.
-
-    Returns the number of rows read.
-    """
-    table = read_layer_table(csv_path)
-    need = ("array_rows", "array_cols", "dataflow", "scalesim_compute_cycles", "scalesim_total_cycles")
-    missing = [c for c in need if c not in table.header]
-    if missing:
-        raise HardwareConfigError(f"{table.header_where}: missing column '{missing[0]}' "
-                                  f"(not a SCALE-Sim suite CSV)")
-    cache = load_cache(cache_path)
-    for row in table.rows:
-        layer, record = row.layer, row.values
-        try:
-            rows, cols = int(record["array_rows"]), int(record["array_cols"])
-            compute, total = int(record["scalesim_compute_cycles"]), int(record["scalesim_total_cycles"])
-        except ValueError:
-            raise HardwareConfigError(f"{row.where}: expected integer array and cycle columns") from None
-        for column, value in (("array_rows", rows), ("array_cols", cols)):
-            if value < 1:
-                raise HardwareConfigError(f"{row.where}: column '{column}' expected an integer >= 1, "
-                                          f"got '{record[column]}'")
-        dataflow = record["dataflow"]   # as run: a 'WS' would be cached under a key never looked up
-        if dataflow not in DATAFLOWS:
-            raise HardwareConfigError(f"{row.where}: column 'dataflow' expected one of "
-                                      f"{', '.join(DATAFLOWS)}, got '{dataflow}'")
-        key = cache_key(layer, rows, cols, dataflow, SCALESIM_VERSION)
-        cache[key] = {"compute_cycles": compute, "total_cycles": total,
-                      "stall_cycles": total - compute, "gemms": _gemms(layer)}
-    save_cache(cache_path, cache)
-    return len(table.rows)
-
-
-def scalesim_rows(layers: Sequence[Layer], acc: Accelerator, cache_path=DEFAULT_CACHE,
-                  max_sim_cycles: Optional[int] = DEFAULT_MAX_SIM_CYCLES, source: str = "",
-                  progress: bool = True) -> ReferenceSet:
-    """Reference rows from SCALE-Sim for ``layers`` on one array of ``acc``.
-
-    Cached runs are reused; uncached runs longer than ``max_sim_cycles`` simulated
-    cycles (SCALE-Sim steps ~1,500 cycles/s) are skipped and listed in ``skipped``.
-    Each new run is added to the cache as soon as it finishes.
-    """
-    version = scalesim_version()
-    cache = load_cache(cache_path)
-    rows, cols, df = acc.array_rows, acc.array_cols, acc.dataflow
-    todo, skipped = [], []
-    for layer in layers:
-        key = cache_key(layer, rows, cols, df, version)
-        if key in cache:
-            continue
-        lines = simulated_lines(layer, rows, cols, df)
-        if max_sim_cycles is not None and lines > max_sim_cycles:
-            skipped.append(f"{layer.name} ({lines} simulated cycles)")
-        elif key not in {k for k, _ in todo}:
-            todo.append((key, layer))
-    if todo:
-        from .scalesim import _topology_row, run_scalesim
-        for _, layer in todo:   # every layer checked before the first (slow) simulation
-            _topology_row(layer)
-        iterator = todo
-        if progress:
-            from tqdm import tqdm
-            iterator = tqdm(todo, desc=f"scalesim {rows}x{cols} {df}", unit="layer", file=sys.stderr)
-        for key, layer in iterator:
-            report = run_scalesim([layer], acc)[0]
-            cache[key] = {"compute_cycles": report.compute_cycles, "total_cycles": report.total_cycles,
-                          "stall_cycles": report.stall_cycles, "gemms": _gemms(layer)}
-            save_cache(cache_path, cache)
-    out = []
-    for layer in layers:
-        entry = cache.get(cache_key(layer, rows, cols, df, version))
-        if entry is None:
-            continue
-        cycles = float(entry["compute_cycles"]) + float(entry.get("gemms", _gemms(layer)))
-        out.append(ReferenceRow(layer, cycles, f"{source or 'scalesim'}:{layer.name}"))
-    return ReferenceSet("scalesim", source, out, skipped)
-
-
-# ----------------------------------------------------------------------------- measured CSV
-def measured_rows(path: Union[str, os.PathLike], acc: Accelerator) -> ReferenceSet:
-    """Reference rows of a measured CSV (layer CSV + measured_cycles|measured_seconds)."""
-    table = read_layer_table(path)   # layer columns: FILE:LINE errors of their own
-    if "measured_cycles" not in table.header and "measured_seconds" not in table.header:
-        raise HardwareConfigError(f"{table.header_where}: missing column 'measured_cycles' or "
-                                  f"'measured_seconds' in the header (got {','.join(table.header)})")
-    out = []
-    for entry in table.rows:
-        layer, row, where = entry.layer, entry.values, entry.where
-
-        def number(column, upper=None):
-            text = row.get(column, "")
-            try:
-                value = float(text)
-            except ValueError:
-                value = float("nan")
-            if not (math.isfinite(value) and value > 0 and (upper is None or value <= upper)):
-                bound = f" and <= {upper:g}" if upper is not None else ""
-                raise HardwareConfigError(f"{where}: column '{column}' expected a positive number{bound}, "
-                                          f"got '{text}'")
-            return value
-
-        if row.get("measured_cycles", "") and row.get("measured_seconds", ""):
-            cycles, from_seconds = number("measured_cycles"), number("measured_seconds") * acc.clock_hz
-            if abs(cycles - from_seconds) > 0.01 * cycles:   # which one to trust is the user's call
-                raise HardwareConfigError(
-                    f"{where}: 'measured_cycles' {cycles:g} and 'measured_seconds' x clock_hz "
-                    f"{from_seconds:g} disagree by more than 1 % (give one, or check clock_hz)")
-        elif row.get("measured_cycles", ""):
-            cycles = number("measured_cycles")
-        elif row.get("measured_seconds", ""):
-            cycles = number("measured_seconds") * acc.clock_hz
-        else:
-            raise HardwareConfigError(f"{where}: expected a value in 'measured_cycles' or "
-                                      f"'measured_seconds', both are empty")
-        util = number("measured_utilization", upper=1.0) if row.get("measured_utilization", "") else None
-        out.append(ReferenceRow(layer, cycles, f"{where} ({layer.name})", util))
-    return ReferenceSet("measured", str(path), out)
 
 
 # ----------------------------------------------------------------------------- model + fit
@@ -320,7 +111,7 @@ def split_rows(rows: Sequence[ReferenceRow], fraction: float, seed: int):
         raise HardwareConfigError(f"--holdout-fraction: expected a number in (0, 1), got {fraction!r}")
     groups: Dict[str, List[int]] = {}
     for index, row in enumerate(rows):
-        groups.setdefault(_layer_key(row.layer), []).append(index)
+        groups.setdefault(layer_key(row.layer), []).append(index)
     members = list(groups.values())
     order = np.random.default_rng(seed).permutation(len(members))
     n_hold = max(1, int(round(fraction * len(members)))) if len(members) > 1 else 0
@@ -396,19 +187,19 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
         free = COMPUTE_PARAMS
     model_acc = acc if measured else acc.replace(num_arrays=1)   # SCALE-Sim simulates one array
     overlap = 0
-    distinct = len({_layer_key(r.layer) for r in reference.rows})
+    distinct = len({layer_key(r.layer) for r in reference.rows})
     if holdout is not None:
         # a layer that is also fitted is not held out (e.g. --suite cifar --holdout-suite mixed)
-        fitted = {_layer_key(r.layer) for r in reference.rows}
+        fitted = {layer_key(r.layer) for r in reference.rows}
         train = list(reference.rows)
-        held = [r for r in holdout.rows if _layer_key(r.layer) not in fitted]
+        held = [r for r in holdout.rows if layer_key(r.layer) not in fitted]
         overlap = len(holdout.rows) - len(held)
         if not held:
             raise HardwareConfigError(f"{holdout.source}: no held-out rows" + (
                 f" (all {overlap} are layers of the training set {reference.source})" if overlap else ""))
     else:
         train, held = split_rows(reference.rows, holdout_fraction, seed)
-    train_layers = len({_layer_key(r.layer) for r in train})
+    train_layers = len({layer_key(r.layer) for r in train})
     if train_layers < len(free) or not held:
         raise HardwareConfigError(
             f"{reference.source}: {len(train)} training row(s) of {train_layers} distinct layer(s) and "

@@ -1,7 +1,8 @@
 """import_scalesim_csv refuses runs it could never look up: an unknown dataflow, an empty array."""
 import pytest
 
-from hwmodels import calibrate as cal
+
+from hwmodels import references as refs
 from hwmodels.accelerator import HardwareConfigError
 
 HEADER = ("suite,name,kind,in_h,in_w,in_channels,out_channels,kernel_h,kernel_w,stride,padding,"
@@ -21,7 +22,7 @@ def test_bad_run_is_refused_with_file_and_line(tmp_path, bad, match):
     path.write_text(f"{HEADER}\n{GOOD}\n{bad}\n")   # the bad run is line 3
     cache = tmp_path / "cache.json"
     with pytest.raises(HardwareConfigError) as info:
-        cal.import_scalesim_csv(path, cache)
+        refs.import_scalesim_csv(path, cache)
     assert str(info.value) == f"{path}:3: {match}"
     assert not cache.exists()   # nothing cached from a file with a bad row
 
@@ -30,9 +31,9 @@ def test_good_run_is_cached_under_the_key_calibration_looks_up(tmp_path):
     path = tmp_path / "runs.csv"
     path.write_text(f"{HEADER}\n{GOOD}\n")
     cache = tmp_path / "cache.json"
-    assert cal.import_scalesim_csv(path, cache) == 1
+    assert refs.import_scalesim_csv(path, cache) == 1
     from hwmodels import Accelerator, ConvLayer
     layer = ConvLayer("any name", 32, 32, 3, 16, 3, 3, padding=1)
-    rows = cal.scalesim_rows([layer], Accelerator("a", 8, 8, dataflow="ws"), cache, max_sim_cycles=0,
+    rows = refs.scalesim_rows([layer], Accelerator("a", 8, 8, dataflow="ws"), cache, max_sim_cycles=0,
                              progress=False).rows
     assert [r.cycles for r in rows] == [8367 + 1]   # SCALE-Sim's last cycle index + 1, one GEMM

@@ -2,7 +2,8 @@
 measured column, a column named twice, a quoted cell spanning lines, a row with extra fields."""
 import pytest
 
-from hwmodels import calibrate as cal
+
+from hwmodels import references as refs
 from hwmodels.accelerator import Accelerator, HardwareConfigError
 from hwmodels.layers_csv import read_layer_table, read_layers_csv
 from ubnas.cli import main
@@ -88,7 +89,7 @@ def test_line_numbers_of_measured_rows_after_a_multiline_cell(tmp_path):
             f"{FC},abc\n")
     path = _write(tmp_path, text)
     with pytest.raises(HardwareConfigError, match=r"t\.csv:4: column 'measured_cycles' expected"):
-        cal.measured_rows(path, Accelerator("a", 8, 8))
+        refs.measured_rows(path, Accelerator("a", 8, 8))
 
 
 def test_a_row_with_more_fields_than_the_header_is_refused(tmp_path):

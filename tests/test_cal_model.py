@@ -7,6 +7,7 @@ import pytest
 
 from hwmodels import Accelerator, Calibration, layer_cost
 from hwmodels import calibrate as cal
+from hwmodels import references as refs
 from hwmodels.suites import layer_fields, suite_layers
 
 from test_calibrate import LAYER_COLUMNS, REFERENCE_CSV
@@ -27,7 +28,7 @@ def test_model_cycles_equal_exact_on_several_arrays(mode):
     """hwmodels.exact: 'systolic' shares folds across the 4 arrays (rounds = ceil(folds / 4)),
     'uboost' models one array (rounds = folds); the fold overhead is paid once per round."""
     layers = suite_layers("mixed", 0)
-    rows = [cal.ReferenceRow(layer, 1.0, layer.name) for layer in layers]
+    rows = [refs.ReferenceRow(layer, 1.0, layer.name) for layer in layers]
     model = cal._Model(rows, MULTI, mode, with_memory=True)
     assert model.predict(CAL) == pytest.approx(_exact_cycles(layers, MULTI.replace(calibration=CAL), mode),
                                                rel=1e-12)
@@ -44,7 +45,7 @@ def test_fold_overhead_is_paid_per_round_hand_count():
     the systolic layer is memory-bound, 4906.7 + 250 = 5156.7)."""
     from hwmodels import ConvLayer
     layer = ConvLayer("pw", 16, 16, 64, 96)
-    rows = [cal.ReferenceRow(layer, 1.0, "pw")]
+    rows = [refs.ReferenceRow(layer, 1.0, "pw")]
     compute_only = cal._Model(rows, MULTI, "systolic", with_memory=False)
     assert compute_only.predict(CAL) == pytest.approx([1556.5])
     assert cal._Model(rows, MULTI, "systolic", with_memory=True).predict(CAL) == pytest.approx(
@@ -73,7 +74,7 @@ def test_calibrated_model_and_its_utilization_equal_exact_on_several_arrays(tmp_
     truth = Calibration(cycle_scale=1.3, fold_overhead_cycles=17.0, layer_overhead_cycles=250.0,
                         bandwidth_efficiency=0.6 if mode == "systolic" else 1.0)
     path = _measured_with_utilization(tmp_path / "m.csv", suite_layers("mixed", 0), MULTI, mode, truth)
-    result = cal.calibrate(cal.measured_rows(path, MULTI), MULTI, mode, seed=0)
+    result = cal.calibrate(refs.measured_rows(path, MULTI), MULTI, mode, seed=0)
     held = [r.layer for r in result.holdout]
     fitted = result.accelerator
     assert result.holdout_predicted_after == pytest.approx(_exact_cycles(held, fitted, mode), rel=1e-9)
@@ -89,9 +90,9 @@ def test_scalesim_calibration_of_several_arrays_simulates_one(tmp_path):
     test_exact_vs_scalesim), so the fit leaves the calibration neutral; on 4 arrays it would be
     ~4x fast and the fit would scale it back."""
     cache = tmp_path / "cache.json"
-    cal.import_scalesim_csv(REFERENCE_CSV, cache)
+    refs.import_scalesim_csv(REFERENCE_CSV, cache)
     acc = Accelerator("tpu_like", 32, 32, num_arrays=4, dataflow="ws")
-    reference = cal.scalesim_rows(suite_layers("cifar", 0), acc.replace(num_arrays=1), cache,
+    reference = refs.scalesim_rows(suite_layers("cifar", 0), acc.replace(num_arrays=1), cache,
                                   max_sim_cycles=0, progress=False)
     assert len(reference.rows) >= 20   # the cached ones; the rest are skipped, not simulated
     result = cal.calibrate(reference, acc, "systolic", seed=0)

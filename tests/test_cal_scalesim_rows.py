@@ -105,7 +105,8 @@ def test_cli_calibrates_on_dilated_layers(tmp_path, capsys):
     pytest.importorskip("scalesim")
     import json
 
-    from hwmodels import calibrate as cal
+
+    from hwmodels import references as refs
     from hwmodels import load_accelerator
     from hwmodels.layers_csv import read_layers_csv
     from ubnas.cli import main
@@ -118,7 +119,7 @@ def test_cli_calibrates_on_dilated_layers(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     cached = json.loads(cache.read_text())
     for layer in read_layers_csv(layers_csv):
-        entry = cached[cal.cache_key(layer, 4, 4, "ws", cal.scalesim_version())]
+        entry = cached[refs.cache_key(layer, 4, 4, "ws", refs.scalesim_version())]
         assert entry["compute_cycles"] == HAND_WS_4X4[layer.name], layer.name
     # the systolic model counts these folds exactly (SCALE-Sim's count + 1): nothing to calibrate
     fitted = load_accelerator(out).calibration

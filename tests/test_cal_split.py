@@ -10,6 +10,7 @@ import pytest
 
 from hwmodels import Accelerator, Calibration, layer_cost, zoo
 from hwmodels import calibrate as cal
+from hwmodels import references as refs
 from hwmodels.estimate import trace_layers
 from hwmodels.suites import layer_fields
 
@@ -37,7 +38,7 @@ def test_resnet18_repeats_layers():
 @pytest.mark.parametrize("seed", range(12))
 def test_no_held_out_layer_is_a_training_layer(seed):
     layers = _resnet18_layers()
-    rows = [cal.ReferenceRow(layer, 100.0 + i, layer.name) for i, layer in enumerate(layers)]
+    rows = [refs.ReferenceRow(layer, 100.0 + i, layer.name) for i, layer in enumerate(layers)]
     train, held = cal.split_rows(rows, 0.3, seed)
     train_shapes = {_shape(r.layer) for r in train}
     assert not [r.layer.name for r in held if _shape(r.layer) in train_shapes]
@@ -60,7 +61,7 @@ def test_calibrate_reports_the_split_by_layer(tmp_path):
             fields = layer_fields(layer)
             writer.writerow([layer.name] + [fields[c] for c in LAYER_COLUMNS[1:]]
                             + [repr(layer_cost(layer, truth).cycles)])
-    result = cal.calibrate(cal.measured_rows(path, ACC), ACC, "systolic", seed=3)
+    result = cal.calibrate(refs.measured_rows(path, ACC), ACC, "systolic", seed=3)
     assert not {_shape(r.layer) for r in result.holdout} & {_shape(r.layer) for r in result.train}
     distinct = len({_shape(layer) for layer in layers})
     assert result.fit_report["holdout"].startswith(f"seeded split 0.3 of {distinct} distinct layers")

@@ -15,6 +15,7 @@ import yaml
 
 from hwmodels import Accelerator, Calibration, ConvLayer, layer_cost, load_accelerator
 from hwmodels import calibrate as cal
+from hwmodels import references as refs
 from hwmodels.accelerator import HardwareConfigError, save_accelerator
 from hwmodels.suites import layer_fields, suite_layers
 from ubnas.cli import main
@@ -57,7 +58,7 @@ def synthetic(tmp_path_factory):
 
 def test_recovers_known_parameters_from_noisy_measurements(synthetic):
     acc = _acc()
-    result = cal.calibrate(cal.measured_rows(synthetic, acc), acc, "systolic", seed=0)
+    result = cal.calibrate(refs.measured_rows(synthetic, acc), acc, "systolic", seed=0)
     got = result.accelerator.calibration
     assert set(result.free) == {"cycle_scale", "fold_overhead_cycles", "layer_overhead_cycles",
                                 "bandwidth_efficiency"}
@@ -76,7 +77,7 @@ def test_seconds_are_converted_with_the_clock(tmp_path):
     acc = _acc(clock_hz=5e8)
     path = _write_measured(tmp_path / "s.csv", suite_layers("cifar", 0), acc, noise=0.0,
                            column="measured_seconds")
-    rows = cal.measured_rows(path, acc).rows
+    rows = refs.measured_rows(path, acc).rows
     expected = layer_cost(rows[0].layer, acc.replace(calibration=TRUE)).cycles
     assert rows[0].cycles == pytest.approx(expected, rel=1e-9)
 
@@ -87,7 +88,7 @@ def test_uboost_mode_recovers_a_fold_overhead(tmp_path):
     acc = _acc()
     path = _write_measured(tmp_path / "u.csv", suite_layers("mixed", 0), acc, truth=truth,
                            noise=0.0, mode="uboost")
-    result = cal.calibrate(cal.measured_rows(path, acc), acc, "uboost", seed=1)
+    result = cal.calibrate(refs.measured_rows(path, acc), acc, "uboost", seed=1)
     assert "bandwidth_efficiency" not in result.free
     assert result.accelerator.calibration.fold_overhead_cycles == pytest.approx(40, abs=0.01)
     assert result.metrics_after["max_abs_pct"] < 1e-3
@@ -105,7 +106,7 @@ def test_metrics_match_hand_computation():
 
 def test_written_yaml_loads_and_reproduces_predictions(synthetic, tmp_path):
     acc = _acc()
-    result = cal.calibrate(cal.measured_rows(synthetic, acc), acc, "systolic", seed=0)
+    result = cal.calibrate(refs.measured_rows(synthetic, acc), acc, "systolic", seed=0)
     out = tmp_path / "calibrated.yaml"
     cal.write_calibrated(result, out, plot=False)
     loaded = load_accelerator(out)
@@ -124,8 +125,8 @@ def test_separate_holdout_file(tmp_path):
     acc = _acc()
     fit_csv = _write_measured(tmp_path / "fit.csv", suite_layers("cifar", 0), acc, seed=1)
     hold_csv = _write_measured(tmp_path / "hold.csv", suite_layers("imagenet", 0), acc, seed=2)
-    result = cal.calibrate(cal.measured_rows(fit_csv, acc), acc, "systolic",
-                           holdout=cal.measured_rows(hold_csv, acc))
+    result = cal.calibrate(refs.measured_rows(fit_csv, acc), acc, "systolic",
+                           holdout=refs.measured_rows(hold_csv, acc))
     assert result.fit_report["n_train"] == len(suite_layers("cifar", 0))
     assert result.fit_report["n_holdout"] == len(suite_layers("imagenet", 0))
     assert result.metrics_after["rmspe_pct"] < result.metrics_before["rmspe_pct"]
@@ -137,12 +138,12 @@ def test_a_separate_holdout_leaves_out_layers_of_the_training_set(tmp_path):
     fit_csv = _write_measured(tmp_path / "fit.csv", cifar, acc, seed=1)
     renamed = [dataclasses.replace(layer, name=f"again_{layer.name}") for layer in cifar[:5]]
     hold_csv = _write_measured(tmp_path / "hold.csv", imagenet + renamed, acc, seed=2)
-    result = cal.calibrate(cal.measured_rows(fit_csv, acc), acc, "systolic",
-                           holdout=cal.measured_rows(hold_csv, acc))
+    result = cal.calibrate(refs.measured_rows(fit_csv, acc), acc, "systolic",
+                           holdout=refs.measured_rows(hold_csv, acc))
     assert result.fit_report["n_holdout"] == len(imagenet)   # the 5 fitted layers, renamed, are out
     assert "5 of its rows left out" in result.fit_report["holdout"]
     with pytest.raises(HardwareConfigError, match="no held-out rows .all 41 are layers of the training"):
-        cal.calibrate(cal.measured_rows(fit_csv, acc), acc, "systolic", holdout=cal.measured_rows(fit_csv, acc))
+        cal.calibrate(refs.measured_rows(fit_csv, acc), acc, "systolic", holdout=refs.measured_rows(fit_csv, acc))
 
 
 def test_a_fit_that_worsens_the_held_out_error_is_flagged(tmp_path):
@@ -154,11 +155,11 @@ def test_a_fit_that_worsens_the_held_out_error_is_flagged(tmp_path):
         rows[i] = ",".join(cells + [repr(float(value) * 1e3)])
     fit_csv.write_text("\n".join(rows) + "\n")
     hold_csv = _write_measured(tmp_path / "hold.csv", suite_layers("imagenet", 0), acc, truth=Calibration(), seed=2)
-    result = cal.calibrate(cal.measured_rows(fit_csv, acc), acc, "systolic", holdout=cal.measured_rows(hold_csv, acc))
+    result = cal.calibrate(refs.measured_rows(fit_csv, acc), acc, "systolic", holdout=refs.measured_rows(hold_csv, acc))
     assert result.metrics_after["rmspe_pct"] > result.metrics_before["rmspe_pct"]
     assert "warning: the fit made the held-out RMSPE worse" in cal.format_report(result)
     true_csv = _write_measured(tmp_path / "true.csv", suite_layers("imagenet", 0), acc, seed=3)   # TRUE != neutral
-    clean = cal.calibrate(cal.measured_rows(true_csv, acc), acc, "systolic", seed=0)
+    clean = cal.calibrate(refs.measured_rows(true_csv, acc), acc, "systolic", seed=0)
     assert clean.metrics_after["rmspe_pct"] < clean.metrics_before["rmspe_pct"]
     assert "warning" not in cal.format_report(clean)
     # a reference the model already matches: before and after both ~0, apart by float rounding
@@ -192,7 +193,7 @@ HEADER = ",".join(LAYER_COLUMNS)
 def test_bad_measured_csv_is_one_line_error(tmp_path, header, rows, match):
     path = _bad_csv(tmp_path, header, rows)
     with pytest.raises(HardwareConfigError, match=match) as info:
-        cal.measured_rows(path, _acc())
+        refs.measured_rows(path, _acc())
     assert "\n" not in str(info.value)
 
 
@@ -254,7 +255,7 @@ def test_cli_end_to_end_on_measured_csv(synthetic, tmp_path, capsys):
 
 def test_scalesim_reference_through_cache_only(tmp_path, monkeypatch, capsys):
     cache = tmp_path / "cache.json"
-    assert cal.import_scalesim_csv(REFERENCE_CSV, cache) == 422 + 169   # ws and os runs, then is runs
+    assert refs.import_scalesim_csv(REFERENCE_CSV, cache) == 422 + 169   # ws and os runs, then is runs
 
     def no_simulation(*args, **kwargs):
         raise AssertionError("SCALE-Sim must not run: every row comes from the cache")
@@ -292,36 +293,36 @@ def test_scalesim_import_keeps_each_row_with_its_cycles_past_skipped_lines(tmp_p
     path = tmp_path / "edited.csv"
     path.write_text("\n".join(edited) + "\n")
     cache = tmp_path / "cache.json"
-    assert cal.import_scalesim_csv(path, cache) == 6
+    assert refs.import_scalesim_csv(path, cache) == 6
     cached = json.loads(cache.read_text())
     kept = [r for r in csv.DictReader(edited[:1] + edited[1:2] + edited[4:])]
     assert len(kept) == 6 and len(cached) == len({(tuple(r[c] for c in LAYER_COLUMNS[1:]),
                                                     r["array_rows"], r["dataflow"]) for r in kept})
     for r in kept:
         layer = ConvLayer(r["name"], **{c: int(r[c]) for c in LAYER_COLUMNS[2:]})
-        key = cal.cache_key(layer, int(r["array_rows"]), int(r["array_cols"]), r["dataflow"],
-                            cal.SCALESIM_VERSION)
+        key = refs.cache_key(layer, int(r["array_rows"]), int(r["array_cols"]), r["dataflow"],
+                            refs.SCALESIM_VERSION)
         assert cached[key]["total_cycles"] == int(r["scalesim_total_cycles"]), r["name"]
 
 
 def test_cache_key_ignores_names_and_includes_version():
     a = suite_layers("cifar", 0)[0]
     b = dataclasses.replace(a, name="renamed")
-    assert cal.cache_key(a, 8, 8, "ws", "3.0.0") == cal.cache_key(b, 8, 8, "ws", "3.0.0")
-    assert cal.cache_key(a, 8, 8, "ws", "3.0.0") != cal.cache_key(a, 8, 8, "os", "3.0.0")
-    assert cal.cache_key(a, 8, 8, "ws", "3.0.0") != cal.cache_key(a, 8, 8, "ws", "3.1.0")
+    assert refs.cache_key(a, 8, 8, "ws", "3.0.0") == refs.cache_key(b, 8, 8, "ws", "3.0.0")
+    assert refs.cache_key(a, 8, 8, "ws", "3.0.0") != refs.cache_key(a, 8, 8, "os", "3.0.0")
+    assert refs.cache_key(a, 8, 8, "ws", "3.0.0") != refs.cache_key(a, 8, 8, "ws", "3.1.0")
 
 
 def test_cache_key_tells_apart_layers_that_differ_in_one_side_only():
     """Padding, stride or dilation that differ only in their width used to share a cache entry,
     so calibration fitted against the cycles of a different layer."""
     base = ConvLayer("c", 6, 6, 3, 5, 3, 3, stride=(1, 1), padding=(1, 1), dilation=(1, 1))
-    keys = {cal.cache_key(base, 4, 4, "ws", "3.0.0")}
+    keys = {refs.cache_key(base, 4, 4, "ws", "3.0.0")}
     for field, pair in (("padding", (1, 0)), ("stride", (1, 2)), ("dilation", (1, 2))):
-        keys.add(cal.cache_key(dataclasses.replace(base, **{field: pair}), 4, 4, "ws", "3.0.0"))
+        keys.add(refs.cache_key(dataclasses.replace(base, **{field: pair}), 4, 4, "ws", "3.0.0"))
     assert len(keys) == 4
     # a square layer keeps the one-int key that caches written before this fix hold
-    assert json.loads(cal.cache_key(base, 4, 4, "ws", "3.0.0"))["layer"]["padding"] == 1
+    assert json.loads(refs.cache_key(base, 4, 4, "ws", "3.0.0"))["layer"]["padding"] == 1
 
 
 def test_scalesim_rows_of_one_sided_padding_are_its_own(tmp_path):
@@ -330,9 +331,9 @@ def test_scalesim_rows_of_one_sided_padding_are_its_own(tmp_path):
     acc = Accelerator("a", 4, 4, dataflow="ws")
     layers = [ConvLayer("pad11", 6, 6, 3, 5, 3, 3, padding=(1, 1)),
               ConvLayer("pad10", 6, 6, 3, 5, 3, 3, padding=(1, 0))]
-    rows = cal.scalesim_rows(layers, acc, cache_path=tmp_path / "cache.json", progress=False).rows
+    rows = refs.scalesim_rows(layers, acc, cache_path=tmp_path / "cache.json", progress=False).rows
     for layer, row in zip(layers, rows):
-        fresh = cal.scalesim_rows([layer], acc, cache_path=tmp_path / f"{layer.name}.json", progress=False)
+        fresh = refs.scalesim_rows([layer], acc, cache_path=tmp_path / f"{layer.name}.json", progress=False)
         assert row.cycles == fresh.rows[0].cycles
     assert rows[0].cycles != rows[1].cycles
 
@@ -345,7 +346,7 @@ def test_repeats_of_a_layer_do_not_count_towards_the_free_parameters(tmp_path, c
     hold_csv = _write_measured(tmp_path / "hold.csv", layers[3:8], acc)
     with pytest.raises(HardwareConfigError, match=r"8 training row\(s\) of 3 distinct layer\(s\) .* need at least 4 "
                                                   r"distinct training layers"):
-        cal.calibrate(cal.measured_rows(fit_csv, acc), acc, "systolic", holdout=cal.measured_rows(hold_csv, acc))
+        cal.calibrate(refs.measured_rows(fit_csv, acc), acc, "systolic", holdout=refs.measured_rows(hold_csv, acc))
     # a seeded split that leaves too few training layers says which way to move the fraction
     out = tmp_path / "out.yaml"
     assert main(["calibrate", "--reference", str(hold_csv), "--holdout-fraction", "0.9", "--out", str(out)]) == 2
@@ -362,7 +363,7 @@ def test_measured_seconds_in_milliseconds_are_flagged(tmp_path):
         *cells, value = rows[i].split(",")
         rows[i] = ",".join(cells + [repr(float(value) * 1e3)])
     path.write_text("\n".join(rows) + "\n")
-    text = cal.format_report(cal.calibrate(cal.measured_rows(path, acc), acc, "systolic", seed=0))
+    text = cal.format_report(cal.calibrate(refs.measured_rows(path, acc), acc, "systolic", seed=0))
     ratio = float(text.split("the reference is a median ")[1].split("x")[0])
     # TRUE's scale and overheads make the model ~1.3-1.6x slower; times 1000 for the unit
     assert 1000 < ratio < 2000
@@ -378,7 +379,7 @@ def test_overheads_that_trade_off_exactly_are_reported_undetermined(tmp_path):
     layers = [LinearLayer(f"fc{i}", 8 + 2 * i, 4 + 2 * i, batch=1 + i) for i in range(10)]
     assert {layer_cost(layer, acc).folds for layer in layers} == {1}
     path = _write_measured(tmp_path / "one_fold.csv", layers, acc, noise=0.0)
-    result = cal.calibrate(cal.measured_rows(path, acc), acc, "systolic", seed=0)
+    result = cal.calibrate(refs.measured_rows(path, acc), acc, "systolic", seed=0)
     said = [w for w in result.fit_report["warnings"] if w.startswith("these rows do not determine")]
     assert len(said) == 1
     assert "fold_overhead_cycles, layer_overhead_cycles" in said[0]
@@ -401,7 +402,7 @@ def test_a_parameter_no_row_depends_on_keeps_its_value_and_gets_a_note(tmp_path)
     acc = _acc(bandwidth_bytes_per_s=1e15, onchip_bytes=2 ** 40)
     given = acc.replace(calibration=Calibration(bandwidth_efficiency=0.7))
     path = _write_measured(tmp_path / "compute.csv", suite_layers("mixed", 0), acc, noise=0.0)
-    result = cal.calibrate(cal.measured_rows(path, given), given, "systolic", seed=0)
+    result = cal.calibrate(refs.measured_rows(path, given), given, "systolic", seed=0)
     assert result.fit_report["unused_parameters"] == ["bandwidth_efficiency"]
     assert result.accelerator.calibration.bandwidth_efficiency == 0.7
     text = cal.format_report(result)

@@ -70,6 +70,7 @@ def _suite(name, seed, option):
 
 def run(args) -> int:
     from hwmodels import calibrate as cal
+    from hwmodels import references as refs
     from hwmodels.layers_csv import read_layers_csv
 
     if args.model_mode not in MODES:
@@ -86,7 +87,7 @@ def run(args) -> int:
     seed = int(args.seed)
     max_layers = positive_int(args.max_layers, "--max-layers") if args.max_layers is not None else None
     max_sim = (positive_int(args.max_sim_cycles, "--max-sim-cycles") if args.max_sim_cycles is not None
-               else cal.DEFAULT_MAX_SIM_CYCLES)
+               else refs.DEFAULT_MAX_SIM_CYCLES)
     if args.holdout and args.holdout_suite:
         raise ValueError("calibrate: give at most one of --holdout FILE.csv and --holdout-suite NAME")
     if not str(args.out).lower().endswith((".yaml", ".yml")):
@@ -97,7 +98,7 @@ def run(args) -> int:
         print("note: U-Boost's equations have no dataflow, so --dataflow does not change the model fitted"
               + ("; SCALE-Sim simulates the reference cycles at it" if args.reference == "scalesim" else ""),
               file=sys.stderr)
-    cache = args.cache or cal.DEFAULT_CACHE
+    cache = args.cache or refs.DEFAULT_CACHE
     trim = (lambda rows: rows[:max_layers]) if max_layers else (lambda rows: rows)
     provenance = {}
 
@@ -105,11 +106,11 @@ def run(args) -> int:
         if args.layers and args.suite:
             raise ValueError("calibrate: give at most one of --layers FILE.csv and --suite NAME")
         if args.import_scalesim_csv:
-            count = cal.import_scalesim_csv(args.import_scalesim_csv, cache)
+            count = refs.import_scalesim_csv(args.import_scalesim_csv, cache)
             print(f"cached {count} SCALE-Sim runs from {args.import_scalesim_csv}", file=sys.stderr)
 
         def simulate(layers, source):
-            ref = cal.scalesim_rows(trim(layers), acc.replace(num_arrays=1), cache, max_sim, source)
+            ref = refs.scalesim_rows(trim(layers), acc.replace(num_arrays=1), cache, max_sim, source)
             if ref.skipped:
                 print(f"{source}: skipped {len(ref.skipped)} uncached layer(s) over --max-sim-cycles "
                       f"{max_sim}: {', '.join(ref.skipped[:5])}{' ...' if len(ref.skipped) > 5 else ''}",
@@ -134,9 +135,9 @@ def run(args) -> int:
         if args.holdout_suite:
             raise ValueError("--holdout-suite needs --reference scalesim; with measured rows use "
                              "--holdout MEASURED.csv")
-        reference = cal.measured_rows(args.reference, acc)
+        reference = refs.measured_rows(args.reference, acc)
         reference.rows = trim(reference.rows)
-        holdout = cal.measured_rows(args.holdout, acc) if args.holdout else None
+        holdout = refs.measured_rows(args.holdout, acc) if args.holdout else None
         if holdout is not None:
             holdout.rows = trim(holdout.rows)
     result = cal.calibrate(reference, acc, args.model_mode, holdout=holdout, holdout_fraction=fraction,
