@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -16,19 +17,80 @@ from ubnas.space import SPACE_DIR, SpaceError, load_space, space_names
 from ubnas.supernet import MixedEdge, Supernet
 
 
+def _conv_by_taps(x, w, stride, dilation, groups=1):
+    """Zero-padded conv (same padding) as a sum over taps of shifted inputs (numpy, float64)."""
+    n, c, h, wd = x.shape
+    k = w.shape[-1]
+    pad = dilation * (k - 1) // 2
+    ho, wo = (h - 1) // stride + 1, (wd - 1) // stride + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    out = np.zeros((n, w.shape[0], ho, wo))
+    for a in range(k):
+        for b in range(k):
+            patch = xp[:, :, a * dilation:a * dilation + stride * (ho - 1) + 1:stride,
+                       b * dilation:b * dilation + stride * (wo - 1) + 1:stride]
+            if groups == 1:
+                out += np.einsum("oi,nihw->nohw", w[:, :, a, b], patch)
+            else:   # depthwise
+                out += w[:, 0, a, b][None, :, None, None] * patch
+    return out
+
+
+def _pool_by_windows(x, kind, stride):
+    """3x3 pool, padding 1 (max over in-bounds taps; avg excludes the padding)."""
+    n, c, h, w = x.shape
+    out = np.zeros((n, c, (h - 1) // stride + 1, (w - 1) // stride + 1))
+    for i in range(out.shape[2]):
+        for j in range(out.shape[3]):
+            win = x[:, :, max(i * stride - 1, 0):i * stride + 2, max(j * stride - 1, 0):j * stride + 2]
+            out[:, :, i, j] = win.max((2, 3)) if kind == "max" else win.mean((2, 3))
+    return out
+
+
+def _op_by_hand(name, x, stride, params):
+    """What op ``name`` computes on an edge (ops.py's docstrings), from its weights: numpy float64."""
+    op = OPS[name]
+    if op.family == "skip" and stride > 1:   # resampled by a 1x1 stride-2 conv
+        op = OPS["conv_1x1"]
+    if op.family == "zero":
+        return np.zeros((x.shape[0], x.shape[1], (x.shape[2] - 1) // stride + 1, (x.shape[3] - 1) // stride + 1))
+    if op.family == "skip":
+        return x
+    if op.family == "pool":
+        return _pool_by_windows(x, op.pool, stride)
+    r = np.maximum(x, 0)
+    if op.separable:
+        z = _conv_by_taps(_conv_by_taps(r, params["dw_weight"], stride, op.dilation, groups=r.shape[1]),
+                          params["pw_weight"], 1, 1)
+    else:
+        z = _conv_by_taps(r, params["weight"], stride, op.dilation)
+    mean, var = z.mean((0, 2, 3), keepdims=True), z.var((0, 2, 3), keepdims=True)
+    return (z - mean) / np.sqrt(var + 1e-5)   # training-mode BN, no affine
+
+
 @pytest.mark.parametrize("name", sorted(OPS))
 @pytest.mark.parametrize("stride", [1, 2])
 def test_every_op_forward_backward(name, stride):
-    x = torch.randn(2, 6, 7, 7, requires_grad=True)
-    edge = MixedEdge([name], 6, stride)
-    probs = torch.ones(1, requires_grad=True)
-    y = edge(x, probs)
-    discrete = DiscreteOp(name, 6, 6, stride)
-    z = discrete(x)
-    assert y.shape == z.shape == (2, 6, (7 - 1) // stride + 1, (7 - 1) // stride + 1)
-    (y.square().sum() + z.square().sum() + 0 * x.sum()).backward()
-    if name != "none":
-        assert x.grad is not None and torch.isfinite(x.grad).all()
+    """The search form (a one-op MixedEdge at p=1) and the exported form (DiscreteOp, same weights)
+    both compute the op as written out by hand, and their gradients match finite differences."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 7, 7, dtype=torch.float64, requires_grad=True)
+    edge = MixedEdge([name], 6, stride).double()
+    discrete = DiscreteOp(name, 6, 6, stride).double()
+    if hasattr(discrete, "branch"):
+        discrete.branch.load_state_dict(edge.branches[name].state_dict())
+    params = {k: v.detach().numpy() for k, v in edge.named_parameters(prefix="")}
+    params = {k.split(".")[-1]: v for k, v in params.items()}
+    want = _op_by_hand(name, x.detach().numpy(), stride, params)
+    probs = torch.ones(1, dtype=torch.float64, requires_grad=True)
+    np.testing.assert_allclose(edge(x, probs).detach().numpy(), want, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(discrete(x).detach().numpy(), want, rtol=1e-9, atol=1e-9)
+    if name == "none":
+        return
+    assert torch.autograd.gradcheck(lambda x_, p_: edge(x_, p_), (x, probs))
+    assert torch.autograd.gradcheck(discrete, (x,))
+    discrete(x).square().sum().backward()
+    assert x.grad.abs().sum() > 0   # the output depends on x
 
 
 @pytest.mark.parametrize("space", space_names())
