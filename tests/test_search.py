@@ -303,7 +303,32 @@ def test_one_hot_ops_run_only_the_chosen_op_and_match_the_mixture(impl):
     x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
     hard = net.sample("softmax", hard_ops=True)
     soft = type(hard)(hard.ops, hard.widths, hard_ops=False)
-    assert torch.allclose(net(x, hard), net(x, soft), atol=1e-10)
+    want = net(x, soft)
+    # which branches the hard forward runs: each kept edge's chosen linear branch, once; no mixture
+    import ubnas.ops as ops_module
+    import ubnas.supernet as supernet_module
+    ran = []
+    branch_forward = ops_module.LinearBranch.forward
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a mixture ran with one-hot ops")
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(ops_module.LinearBranch, "forward", lambda self, x_: ran.append(self) or branch_forward(self, x_))
+        m.setattr(MixedEdge, "forward_eager", refuse)
+        m.setattr(supernet_module, "mixed_edge", refuse)
+        m.setattr(supernet_module, "mixed_edges", refuse)
+        got = net(x, hard)
+    expected = []
+    for cell in net.cells:
+        for e, row in enumerate(hard.ops[cell.cell_type]):
+            if row.any():
+                edge = cell.edges[e]
+                name = edge.op_names[int(row.argmax())]
+                if name in edge.branches:
+                    expected.append(edge.branches[name])
+    assert expected and sorted(map(id, ran)) == sorted(map(id, expected))
+    assert torch.allclose(got, want, atol=1e-10)
 
 
 @pytest.mark.parametrize("first_bad_epoch", [1, 2])
