@@ -24,8 +24,9 @@ def test_torchrun_two_ranks_stay_in_sync(tmp_path):
            "--batch-size", "32", "--stage", "joint", "--arch-lr", "0.3", "--out", str(out), "--quiet"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    # rank 0 checked a checksum of every weight and architecture parameter against rank 1 after each step
-    assert "weights and architecture parameters identical on 2 ranks after all 4 steps" in result.stdout
+    # the ranks compared a checksum of every weight and architecture parameter after each of the 4 steps
+    # (dist.assert_same, which raises on a difference: test_assert_same_raises_on_every_rank_when_one_differs)
+    assert "weights and architecture parameters identical on 2 ranks after each of 4 steps" in result.stdout
     assert result.stdout.count("search done") == 1          # only rank 0 reports and writes
     assert sorted(p.name for p in out.iterdir()) == ["arch.yaml", "checkpoint.pt", "config.yaml", "search_log.csv"]
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -72,6 +73,36 @@ def test_gradients_are_averaged_over_ranks(tmp_path):
         torch.testing.assert_close(got["a"], 1.5 * torch.arange(6, dtype=torch.float64).view(2, 3))  # (x + 2x) / 2
         torch.testing.assert_close(got["b"], torch.full((4,), 5.0, dtype=torch.float64))             # (0 + 10) / 2
         assert got["c"] is None
+
+
+def _same_worker(rank, port, path, perturb):
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from ubnas import distributed as dist
+    dist.world("cpu")
+    tensors = [torch.arange(6, dtype=torch.float32).view(2, 3), torch.ones(4)]
+    if perturb == "element" and rank == 1:
+        tensors[0][1, 2] += 1e-6 * tensors[0][1, 2]   # one element, by its last bits
+    if perturb == "swap" and rank == 1:
+        tensors[0][0, 1], tensors[0][1, 2] = 5.0, 1.0    # two values change places: same sum and squares
+    try:
+        dist.assert_same(tensors, "the test tensors")
+        outcome = "same"
+    except RuntimeError as exc:
+        outcome = str(exc)
+    torch.save(outcome, f"{path}.{rank}")
+    dist.shutdown()
+
+
+@pytest.mark.parametrize("perturb", ["", "element", "swap"])
+def test_assert_same_raises_on_every_rank_when_one_differs(tmp_path, perturb):
+    torch.multiprocessing.spawn(_same_worker, args=(_free_port(), str(tmp_path / "s"), perturb), nprocs=2)
+    for rank in range(2):
+        outcome = torch.load(tmp_path / f"s.{rank}", weights_only=True)
+        if perturb:
+            assert outcome.startswith("ranks disagree on the test tensors")
+        else:
+            assert outcome == "same"
 
 
 def test_ranks_read_disjoint_equal_shards():

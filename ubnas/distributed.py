@@ -120,10 +120,19 @@ def mean_over_ranks(values: List[float]) -> List[float]:
 
 
 def assert_same(tensors: Iterable[torch.Tensor], what: str) -> None:
-    """Raise if ``tensors`` differ between ranks (a checksum compared across ranks)."""
+    """Raise if ``tensors`` differ between ranks (a checksum compared across ranks).
+
+    The checksum weighs each element by its position, so values swapped between places differ too
+    (a plain sum and sum of squares would not see that)."""
     if not active():
         return
-    checksum = torch.stack([t.detach().double().sum() + (t.detach().double() ** 2).sum() for t in tensors]).sum()
+
+    def checksum_of(t: torch.Tensor) -> torch.Tensor:
+        flat = t.detach().double().flatten()
+        weight = torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64, device=flat.device)
+        return (flat * weight).sum() + (flat ** 2).sum()
+
+    checksum = torch.stack([checksum_of(t) for t in tensors]).sum()
     gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, checksum)
     if any(not torch.equal(g, gathered[0]) for g in gathered):

@@ -166,6 +166,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     data_gen = torch.Generator().manual_seed(cfg.seed + 1)
     gumbel_gen = torch.Generator().manual_seed(cfg.seed + 2)
     start_epoch, arch_steps, mu, history = 0, 0, 0.0, []
+    sync_checks = 0   # steps whose weights were compared across ranks (UBNAS_CHECK_SYNC)
     if checkpoint is None:   # the supernet's cost at initialisation makes lambda unit-free
         with torch.no_grad():
             latency_ref = float(cost_of(net.sample("softmax"))["seconds"])
@@ -231,6 +232,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
             if check_sync:   # BN running statistics differ per shard until the epoch's end, by design
                 dist.assert_same(list(net.weight_parameters()) + list(net.arch_parameters()),
                                  f"weights and architecture parameters at step {arch_steps}")
+                sync_checks += 1
             sums["loss"] += losses["training loss"]
             sums["acc"] += float((taken.logits.argmax(1) == yb).float().mean())
             sums["val_loss"] += losses["validation loss"]
@@ -291,7 +293,8 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
         say("note: the run ended in the op stage, so widths were not searched; arch.yaml takes each "
             "window's top width, at which the ops were trained")
     if check_sync:
-        _say(f"sync check: weights and architecture parameters identical on {world} ranks after all {arch_steps} steps", main)
+        _say(f"sync check: weights and architecture parameters identical on {world} ranks after each of "
+             f"{sync_checks} steps", main)
     if main and defs.fit_mode not in (None, "systolic"):   # the exported network is costed in systolic mode
         say(f"note: {cfg.hw} was calibrated for the {defs.fit_mode} model; arch.yaml's exact cost uses the "
             f"systolic model with that calibration, where it was not fitted")
