@@ -23,6 +23,23 @@ def test_digits_shipped_file_and_split():
     assert torch.equal(again.test_x, ds.test_x) and torch.equal(again.test_y, ds.test_y)
 
 
+def test_digits_are_the_uci_test_set_with_matching_labels():
+    """Without scikit-learn: the shipped file has the UCI optdigits test set's shape, value range (counts
+    of set pixels in 4x4 blocks: 0..16) and class distribution (optdigits.names: 178 182 177 183 181 182
+    181 179 174 180 for digits 0..9), and its labels belong to its images: a nearest-class-mean
+    classifier fitted on the even rows labels the odd rows far above chance (~0.1 with shuffled labels)."""
+    with np.load(D.DIGITS_FILE) as z:
+        images, labels = z["images"], z["labels"]
+    assert images.shape == (1797, 8, 8) and images.dtype == np.uint8
+    assert images.min() == 0 and images.max() == 16
+    assert np.bincount(labels, minlength=10).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    x = images.reshape(len(images), -1).astype(np.float64)
+    fit, held = np.arange(len(x)) % 2 == 0, np.arange(len(x)) % 2 == 1
+    means = np.stack([x[fit & (labels == c)].mean(0) for c in range(10)])
+    predicted = ((x[held][:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
+    assert (predicted == labels[held]).mean() > 0.85
+
+
 def test_digits_match_sklearn():
     datasets = pytest.importorskip("sklearn.datasets")
     ref = datasets.load_digits()
