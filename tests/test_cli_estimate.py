@@ -25,6 +25,9 @@ def write_csv(tmp_path, rows, header=HEADER, name="layers.csv"):
 
 
 def test_model_table():
+    # ResNet-18 on 32x32 inputs, MACs by hand: stem 3x3x3->64 on 32x32 = 1,769,472; layer1 4 convs
+    # 3x3x64->64 on 32x32 = 4 x 37,748,736; layers 2-4 each: a stride-2 3x3 conv (18,874,368), three
+    # 3x3 convs (3 x 37,748,736) and a 1x1 shortcut (2,097,152); fc 512->10 = 5,120.  Sum: 555,422,720.
     out = ubnas("--model", "resnet18-cifar", "--hw", "uboost")
     assert out.returncode == 0, out.stderr
     assert "layer4.1.conv2" in out.stdout and "TOTAL" in out.stdout and "555,422,720 MACs" in out.stdout

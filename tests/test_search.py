@@ -144,12 +144,12 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     assert a["windows"] == b["windows"]
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    if full.spec_path is not None:
-        spec_a = yaml.safe_load(full.spec_path.read_text())
-        spec_b = yaml.safe_load(resumed.spec_path.read_text())
-        assert spec_a["cells"] == spec_b["cells"] and spec_a["stem"] == spec_b["stem"]
-        from hwmodels.accelerator import from_dict   # the spec carries the whole accelerator searched on
-        assert from_dict(spec_a["provenance"]["accelerator_config"]) == load_accelerator(_small(tmp_path, "x").hw)
+    assert full.spec_path is not None and resumed.spec_path is not None
+    spec_a = yaml.safe_load(full.spec_path.read_text())
+    spec_b = yaml.safe_load(resumed.spec_path.read_text())
+    assert spec_a["cells"] == spec_b["cells"] and spec_a["stem"] == spec_b["stem"]
+    from hwmodels.accelerator import from_dict   # the spec carries the whole accelerator searched on
+    assert from_dict(spec_a["provenance"]["accelerator_config"]) == load_accelerator(_small(tmp_path, "x").hw)
 
 
 @pytest.mark.parametrize("stage, epochs", [("op", 2), ("staged", 1)])

@@ -1,4 +1,5 @@
 """ubnas.spec / ubnas.build: export -> load -> build, validation errors, cost agreement."""
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,9 @@ import yaml
 
 from hwmodels import load_accelerator
 from ubnas.build import build_network
-from ubnas.spec import SpecError, derive_spec, discrete_sample, dump_spec, load_spec, save_spec, spec_from_dict
+from ubnas.ops import LinearBranch
+from ubnas.spec import (SpecError, derive_spec, discrete_sample, dump_spec, load_spec, save_spec, searched_batch,
+                        spec_from_dict)
 from ubnas.space import load_space
 from ubnas.supernet import Supernet
 
@@ -202,7 +205,31 @@ def test_estimate_cli_good_spec(tmp_path, derived):
     out = subprocess.run([sys.executable, "-m", "ubnas", "estimate", str(file), "--hw", "uboost", "--json"],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    assert "classifier" in out.stdout
+    result = json.loads(out.stdout)
+    # MACs counted independently, by forward hooks on the rebuilt network at the spec's batch
+    net = build_network(load_spec(file)).eval()
+    counted = []
+
+    def count(module, inputs, output):
+        if isinstance(module, LinearBranch):   # convs through F.conv2d on its own weights
+            k = module.op.kernel ** 2
+            c_in = inputs[0].shape[1]
+            per_pixel = c_in * k + c_in * output.shape[1] if module.op.separable else c_in * output.shape[1] * k
+            counted.append(output[:, 0].numel() * per_pixel)
+        elif isinstance(module, torch.nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            counted.append(output.numel() * module.in_channels // module.groups * k)
+        elif isinstance(module, torch.nn.Linear):
+            counted.append(output.numel() * module.in_features)
+
+    handles = [m.register_forward_hook(count) for m in net.modules()]
+    with torch.no_grad():
+        net(torch.zeros(searched_batch(load_spec(file)), *derived.input_shape))
+    for h in handles:
+        h.remove()
+    assert result["total"]["macs"] == sum(counted) > 0
+    assert result["accelerator"]["name"] == "uboost" and result["layers"][-1]["name"] == "classifier"
+    assert result["total"]["cycles"] == pytest.approx(sum(layer["cycles"] for layer in result["layers"]))
 
 
 # -- the registry's hardware layers agree with the modules -----------------------------------------
