@@ -9,7 +9,9 @@ every cycle of every layer: measured on one CPU core, 1,500 to 9,000 simulated c
 process, the fewer the larger the array and the shorter the run, as each run also pays a
 fixed ~0.3 s; the summary on stderr prints this run's rate), so (layer, array, dataflow) runs
 whose stall-free length exceeds ``--max-lines`` cycles are skipped and listed on stderr.
-The CSV is the independent reference for hwmodels' analytical cycle model.
+The CSV is the independent reference for hwmodels' analytical cycle model.  It is replaced
+atomically at the end; a run stopped early (Ctrl-C, a failing simulation) writes the rows
+it finished to ``OUT.partial.csv`` and leaves ``--out`` as it was.
 """
 from __future__ import annotations
 
@@ -45,6 +47,16 @@ def _run_job(job):
     return row, time.time() - start
 
 
+def write_rows(path: Path, rows) -> None:
+    """The CSV at ``path``, replaced in one step (a crash leaves the old file or the new one)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--suite", choices=["cifar", "imagenet", "mixed"], default="mixed")
@@ -64,7 +76,8 @@ def main(argv=None):
         arrays = [parse_dims(item, "--arrays", 2, "32x32") for item in args.arrays.split(",")]
     except ValueError as exc:
         parser.error(str(exc))
-    dataflows = [d.strip() for d in args.dataflows.split(",")]
+    arrays = list(dict.fromkeys(arrays))   # a size or dataflow given twice is run once
+    dataflows = list(dict.fromkeys(d.strip() for d in args.dataflows.split(",")))
     unknown = [d for d in dataflows if d not in DATAFLOWS]
     if unknown:
         parser.error(f"--dataflows: expected a comma list of {', '.join(DATAFLOWS)}, got {args.dataflows!r}")
@@ -72,6 +85,17 @@ def main(argv=None):
         parser.error(f"--max-layers must be >= 1, got {args.max_layers}")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.max_lines < 1:
+        parser.error(f"--max-lines must be >= 1, got {args.max_lines}")
+    out = Path(args.out)
+    if out.is_dir():
+        parser.error(f"--out {out}: is a directory; give a CSV file name")
+    try:   # before hours of simulation, not after
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_rows(out.with_name(f".{out.name}.check"), [])
+        os.remove(out.with_name(f".{out.name}.check"))
+    except OSError as exc:
+        parser.error(f"--out {out}: cannot write there ({exc.strerror or exc})")
     from tqdm import tqdm
 
     layers = suite_layers(args.suite, args.seed)
@@ -86,19 +110,28 @@ def main(argv=None):
                 (jobs if lines <= args.max_lines else skipped).append((suite, layer, rows, cols, df))
     jobs.sort(key=lambda j: -simulated_lines(*j[1:]))  # longest first: better packing
     results, start, busy = [], time.time(), 0.0
-    with Pool(args.jobs) as pool:
-        for row, seconds in tqdm(pool.imap_unordered(_run_job, jobs), total=len(jobs), unit="run"):
-            results.append(row)
-            busy += seconds
     order = {(s, l.name): i for i, (s, l) in enumerate(layers)}
     array_order = {a: i for i, a in enumerate(arrays)}
-    results.sort(key=lambda r: (order[(r["suite"], r["name"])], array_order[(r["array_rows"], r["array_cols"])],
-                                dataflows.index(r["dataflow"])))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(results)
+
+    def in_order(rows):
+        return sorted(rows, key=lambda r: (order[(r["suite"], r["name"])],
+                                           array_order[(r["array_rows"], r["array_cols"])],
+                                           dataflows.index(r["dataflow"])))
+
+    try:
+        with Pool(args.jobs) as pool:
+            for row, seconds in tqdm(pool.imap_unordered(_run_job, jobs), total=len(jobs), unit="run"):
+                results.append(row)
+                busy += seconds
+    except BaseException as exc:   # Ctrl-C or a failing simulation: keep what finished, leave --out alone
+        partial = out.with_name(out.stem + ".partial.csv")
+        write_rows(partial, in_order(results))
+        print(f"stopped after {len(results)} of {len(jobs)} runs; the finished rows are in {partial}",
+              file=sys.stderr)
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        raise
+    write_rows(out, in_order(results))
     lines = sum(simulated_lines(*job[1:]) for job in jobs)
     print(f"wrote {len(results)} rows to {args.out} in {time.time() - start:.0f} s; skipped "
           f"{len(skipped)} runs over --max-lines {args.max_lines}", file=sys.stderr)
