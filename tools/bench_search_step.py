@@ -139,9 +139,10 @@ def disagreement(first, reference) -> float:
 
 
 def measure_all(args, spaces, batches, impls, device, rows) -> None:
-    """Every (space, batch, impl) variant; appends (space, batch, impl, ms, MiB, differs, ok) to
-    ``rows`` as each finishes (differs: vs eager's first step, None without eager; ok None: it
-    failed, no figures), so an interrupt keeps what was measured."""
+    """Every (space, batch, impl) variant; appends (space, batch, impl, ms, MiB, differs, status) to
+    ``rows`` as each finishes (differs: vs eager's first step, None without eager; status 'ok',
+    'not finite', 'DISAGREES' or 'FAILED', the last without figures), so an interrupt keeps what
+    was measured.  ``impls`` must start with eager when it holds it (the others compare with it)."""
     cuda = device.type == "cuda"
     for space_name, space in spaces.items():
         torch.manual_seed(args.seed)
@@ -157,18 +158,24 @@ def measure_all(args, spaces, batches, impls, device, rows) -> None:
                                                                    args.warmup, args.repeats, device, args.profile)
                 except Exception as exc:  # report and go on (e.g. a compile failure), but fail at the end
                     print(f"{space_name} b={b} {impl}: FAILED {type(exc).__name__}: {exc}"[:400], flush=True)
-                    rows.append((space_name, b, impl, None, None, None, None))
+                    rows.append((space_name, b, impl, None, None, None, "FAILED"))
                     torch.cuda.empty_cache() if cuda else None
                     continue
                 if impl == "eager":
                     reference = first
                 differs = disagreement(first, reference) if reference is not None else None
                 agrees = differs is None or differs <= AGREE_TOL[args.dtype]
-                rows.append((space_name, b, impl, med, peak, differs, ok and agrees))
+                status = "not finite" if not ok else "ok" if agrees else "DISAGREES"
+                rows.append((space_name, b, impl, med, peak, differs, status))
                 memory = f"peak {peak:.0f} MiB, " if cuda else ""
                 agree = "" if differs is None or impl == "eager" else f", vs eager {differs:.1e}"
                 print(f"{space_name} b={b} {impl}: {med:.2f} ms/step (min {best:.2f}), {memory}"
                       f"warm-up {warm:.1f} s, finite={ok}{agree}{'' if agrees else ' DISAGREES'}", flush=True)
+
+
+def items(text: str):
+    """The non-empty entries of a comma list ('tiny,' is one space, not a second one named '')."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def main(argv=None):
@@ -176,8 +183,9 @@ def main(argv=None):
     ap.add_argument("--spaces", default="uboost_cifar,darts_cifar")
     ap.add_argument("--batches", default=None, help="comma list (default 64,256 on CUDA, 8 on CPU)")
     ap.add_argument("--repeats", type=int, default=10, help="timed steps per variant (median reported)")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, autotuning; "
-                                                        "the first checks against eager; 2 at least on CUDA)")
+    ap.add_argument("--warmup", type=int, default=3,
+                    help="untimed steps first (compilation, autotuning); one step, the check against eager, "
+                         "runs even with 0, and at least 2 on CUDA")
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                     help="bf16: the network's forward under bf16 autocast (not an option of ubnas search)")
     ap.add_argument("--stage", choices=("joint", "op", "channel"), default="joint",
@@ -194,13 +202,24 @@ def main(argv=None):
     cuda = torch.cuda.is_available()
     torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
     device = torch.device("cuda" if cuda else "cpu")
-    batches = [int(b) for b in (args.batches or ("64,256" if cuda else "8")).split(",")]
-    impls = (args.impls or ("eager,compile,fused" if cuda else "eager,fused")).split(",")
+    try:
+        batches = [int(b) for b in items(args.batches or ("64,256" if cuda else "8"))]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        ap.error(f"--batches: expected a comma list of integers >= 1, got {args.batches!r}")
+    impls = items(args.impls or ("eager,compile,fused" if cuda else "eager,fused"))
     unknown = [i for i in impls if i not in IMPLS]
-    if unknown:
-        ap.error(f"--impls: unknown {', '.join(unknown)} (expected {', '.join(IMPLS)})")
+    if unknown or not impls:
+        ap.error(f"--impls: unknown {', '.join(unknown) or 'empty list'} (expected {', '.join(IMPLS)})")
+    if "eager" in impls:   # first: the other variants' speedup, memory ratio and agreement compare with it
+        impls = ["eager"] + [i for i in impls if i != "eager"]
+    else:
+        print("note: no eager variant, so no speedup, memory ratio or agreement check", flush=True)
+    if args.profile and not cuda:
+        print("note: --profile profiles CUDA kernels; without CUDA it does nothing", flush=True)
     spaces = {}
-    for name in args.spaces.split(","):
+    for name in items(args.spaces):
         try:
             spaces[name] = load_space(name)
         except (ValueError, OSError) as exc:
@@ -219,21 +238,25 @@ def main(argv=None):
     except KeyboardInterrupt:   # timeout -s INT: the table of what was measured still prints
         print("interrupted: the table below holds the variants measured so far", flush=True)
         interrupted = True
-    failed = sum(1 for row in rows if row[-1] is not True)
-    rows = [row[:-1] for row in rows if row[-1] is not None]
+    failed = sum(1 for row in rows if row[-1] != "ok")
     print()
     head = (f"{'space':14s} {'batch':>5s} {'impl':8s} {'ms/step':>9s} {'peak MiB':>9s} {'speedup':>8s} "
-            f"{'mem ratio':>9s} {'vs eager':>9s}")
+            f"{'mem ratio':>9s} {'vs eager':>9s}  status")
     print(head)
     print("-" * len(head))
-    eager = {(space_name, b): (med, peak) for space_name, b, impl, med, peak, _ in rows if impl == "eager"}
-    for space_name, b, impl, med, peak, differs in rows:
+    eager = {(space_name, b): (med, peak) for space_name, b, impl, med, peak, _, status in rows
+             if impl == "eager" and status != "FAILED"}
+    for space_name, b, impl, med, peak, differs, status in rows:
+        if status == "FAILED":
+            print(f"{space_name:14s} {b:5d} {impl:8s} {'-':>9s} {'-':>9s} {'-':>8s} {'-':>9s} {'-':>9s}  FAILED")
+            continue
         ref = eager.get((space_name, b))
         speedup = f"{ref[0] / med:.2f}x" if ref else "-"
         mem_ratio = f"{ref[1] / peak:.2f}x" if ref and cuda else "-"
         peak_text = f"{peak:9.0f}" if cuda else f"{'-':>9s}"
         agree = f"{differs:9.1e}" if differs is not None and impl != "eager" else f"{'-':>9s}"
-        print(f"{space_name:14s} {b:5d} {impl:8s} {med:9.2f} {peak_text} {speedup:>8s} {mem_ratio:>9s} {agree}")
+        print(f"{space_name:14s} {b:5d} {impl:8s} {med:9.2f} {peak_text} {speedup:>8s} {mem_ratio:>9s} {agree}"
+              f"  {status}")
     print("speedup / mem ratio: eager over the variant, measured in this run (higher is better); vs eager: "
           f"relative difference of the first step's val loss and weight update, without TF32 (at most "
           f"{AGREE_TOL[args.dtype]:g})")
