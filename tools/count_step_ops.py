@@ -158,6 +158,16 @@ def main(argv=None):
     ap.add_argument("--backend", choices=("triton", "reference"), default="triton")
     ap.add_argument("--top", type=int, default=0, help="also list the N most frequent ops per variant")
     args = ap.parse_args(argv)
+    if args.batch < 1 or args.top < 0:
+        ap.error(f"--batch must be >= 1 and --top >= 0, got {args.batch} and {args.top}")
+    spaces = {}
+    for name in [item.strip() for item in args.spaces.split(",") if item.strip()]:
+        try:
+            spaces[name] = load_space(name)
+        except (ValueError, OSError) as exc:
+            ap.error(f"--spaces: {exc}")
+    if not spaces:
+        ap.error("--spaces: expected a comma list of search spaces")
     if args.backend == "triton":
         if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
             raise SystemExit("--backend triton needs TRITON_INTERPRET=1 before triton is imported")
@@ -171,9 +181,9 @@ def main(argv=None):
         print("host ms: both variants compute on the CPU (fused: the PyTorch reference kernels)")
     print(f"{'space':14s} {'impl':6s} {'aten ops':>9s} {'kernels':>8s} {'total':>7s} {'eager/fused':>11s} "
           f"{'host ms':>8s}")
-    for space_name in args.spaces.split(","):
+    for space_name, space in spaces.items():
         torch.manual_seed(0)
-        base = Supernet(load_space(space_name), (3, 8, 8), 10)
+        base = Supernet(space, (3, 8, 8), 10)
         g = torch.Generator().manual_seed(0)
         batches = [(torch.randn(args.batch, 3, 8, 8, generator=g), torch.randint(0, 10, (args.batch,), generator=g))
                    for _ in range(2)]

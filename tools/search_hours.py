@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from hwmodels import load_accelerator
 from ubnas import kernels
 from ubnas.data import DATASETS, load_dataset
 from ubnas.search import SearchConfig, run_search, stage_at
@@ -115,9 +116,12 @@ def main(argv=None) -> int:
         ap.error(f"--device {args.device}: this torch sees no CUDA device")
     try:
         load_space(args.space)
+        load_accelerator(args.hw)
         data = load_dataset(args.data, args.data_dir, seed=args.seed)
-    except Exception as exc:   # unknown space, missing CIFAR-10 files: one line
+    except Exception as exc:   # unknown space or accelerator, missing CIFAR-10 files: one line
         ap.error(str(exc))
+    if args.keep and Path(args.keep).exists() and not Path(args.keep).is_dir():
+        ap.error(f"--keep {args.keep}: is a file; give a directory")
     cuda = args.device.startswith("cuda")
     if args.threads:
         torch.set_num_threads(args.threads)
