@@ -5,9 +5,10 @@ gets ``--out OUT/NAME``. Each search runs in its own process so its peak residen
 memory (ru_maxrss) is its own; with ``--train-epochs N`` the exported spec is then
 trained from scratch with ``ubnas train`` on the data set the search used (its
 config.yaml's data and data_dir; --data / --data-dir override) and its test accuracy
-reported.  s_per_epoch and s_per_step are both taken over the epochs after the first
-(epoch 1 carries compilation, autotuning and cuDNN's algorithm search; a one-epoch run
-uses it); first_epoch_s is epoch 1's seconds.
+reported.  s_per_epoch and s_per_step are given per search stage (a staged search's op
+and channel epochs cost differently), each over that stage's epochs except the run's first
+(epoch 1 carries compilation, autotuning and cuDNN's algorithm search; a stage whose only
+epoch is epoch 1 uses it); first_epoch_s is epoch 1's seconds.  Memory is in MiB.
 
     python tools/compare_runs.py --out runs/effect \
         'util=--beta-utilization 1 --lambda-latency 0.2' \
@@ -19,6 +20,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -30,6 +32,7 @@ import yaml
 
 def run_child(cmd):
     """Run ``cmd``; return (returncode, wall seconds, peak RSS in MiB of that child)."""
+    # ru_maxrss is in KiB on Linux, in bytes on macOS
     start = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = proc.stdout.read()
@@ -37,7 +40,19 @@ def run_child(cmd):
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         print(output[-2000:], file=sys.stderr)
-    return proc.returncode, time.time() - start, usage.ru_maxrss / 1024
+    return proc.returncode, time.time() - start, usage.ru_maxrss / (2 ** 20 if sys.platform == "darwin" else 1024)
+
+
+def per_stage(log):
+    """{stage: (s per epoch, s per step)} over each stage's epochs, the run's first left out where
+    the stage has others (its warm-up)."""
+    out = {}
+    for stage in dict.fromkeys(r.get("stage", "") for r in log):
+        rows = [r for r in log if r.get("stage", "") == stage]
+        steady = [r for r in rows if r is not log[0]] or rows
+        seconds = sum(float(r["seconds"]) for r in steady)
+        out[stage] = (seconds / len(steady), seconds / max(1, sum(int(r["steps"]) for r in steady)))
+    return out
 
 
 def search_data(run_dir: Path):
@@ -52,7 +67,11 @@ def summarize(name, run_dir: Path, wall, rss, test_acc):
     prov = spec["provenance"]
     with open(run_dir / "search_log.csv") as handle:
         log = list(csv.DictReader(handle))
-    steady = log[1:] or log
+    stages = per_stage(log)
+
+    def by_stage(i):
+        return ", ".join(f"{stage or 'all'} {v[i]:.4g}" for stage, v in stages.items())
+
     widths = [spec["stem"]["channels"]] + [c["channels"] for c in spec["cells"]]
     ops = sorted({e["op"] for c in spec["cells"] for node in c["nodes"] for e in node})
     return {
@@ -62,12 +81,11 @@ def summarize(name, run_dir: Path, wall, rss, test_acc):
         "exact_utilization": prov["exact_cost"]["utilization"],
         "smooth_latency_us": prov["smooth_cost"]["latency_us"],
         "smooth_exact_gap": prov["smooth_vs_exact_latency_gap"],
-        # both over the epochs after the first (its warm-up is first_epoch_s), or epoch 1 alone
-        "s_per_epoch": sum(float(r["seconds"]) for r in steady) / len(steady),
-        "s_per_step": sum(float(r["seconds"]) for r in steady) / sum(int(r["steps"]) for r in steady),
+        # per stage, over its epochs after the run's first (whose warm-up is first_epoch_s)
+        "s_per_epoch": by_stage(0), "s_per_step": by_stage(1),
         "first_epoch_s": float(log[0]["seconds"]),
-        "wall_s": wall, "peak_rss_mb": rss,
-        "peak_gpu_mb": max((float(r["peak_mem_mb"]) for r in log if r.get("peak_mem_mb")), default=None),
+        "wall_s": wall, "peak_rss_mib": rss,
+        "peak_gpu_mib": max((float(r["peak_mem_mb"]) for r in log if r.get("peak_mem_mb")), default=None),
     }
 
 
@@ -84,10 +102,19 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.train_epochs < 0:
         parser.error(f"--train-epochs must be >= 0, got {args.train_epochs}")
-    for item in args.runs:
-        name = item.partition("=")[0]
-        if "=" not in item or not name or " " in name or name.startswith("-"):
-            parser.error(f"run {item!r}: expected NAME='--flag value ...' (a name without spaces, then =)")
+    names = set()
+    for item in args.runs:   # every run checked before the first search spends its minutes
+        name, _, flags = item.partition("=")
+        if "=" not in item or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+            parser.error(f"run {item!r}: expected NAME='--flag value ...' (NAME of letters, digits, _ . -, "
+                         f"then =)")
+        if name in names:
+            parser.error(f"run name {name!r} given twice: each run needs its own directory under --out")
+        names.add(name)
+        try:
+            shlex.split(flags)
+        except ValueError as exc:
+            parser.error(f"run {name!r}: its flags do not parse ({exc}): {flags!r}")
     rows, failed = [], []
     for item in args.runs:
         name, _, flags = item.partition("=")
@@ -122,9 +149,10 @@ def main(argv=None):
         keys = list(rows[0])
         print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
         for row in rows:
-            print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
-        print("\ns_per_epoch, s_per_step: over the epochs after the first (epoch 1 alone for a one-epoch run); "
-              "first_epoch_s: epoch 1, with its warm-up")
+            print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else "-" if v is None else str(v)
+                                    for v in row.values()) + " |")
+        print("\ns_per_epoch, s_per_step: per search stage, over its epochs after the run's first (epoch 1 "
+              "alone for a stage that has no other); first_epoch_s: epoch 1, with its warm-up")
     if failed:
         raise SystemExit("failed: " + "; ".join(failed))
 
