@@ -47,15 +47,20 @@ def network_layers(count: int):
     return layers[:count]
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (0 would divide by zero or leave nothing to time)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def int_at_least(low: int):
+    """argparse type: an integer >= low."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+    return parse
+
+
+positive_int = int_at_least(1)   # 0 would divide by zero or leave nothing to time
 
 
 def main(argv=None) -> int:
@@ -68,9 +73,9 @@ def main(argv=None) -> int:
                         help="layers of the timed network: resnet18-cifar's, then mobilenetv2-cifar's (default 50)")
     parser.add_argument("--repeats", type=positive_int, default=200,
                         help="timed runs of each analytical model; the median is reported (default 200)")
-    parser.add_argument("--scalesim-layers", type=positive_int, default=5,
+    parser.add_argument("--scalesim-layers", type=int_at_least(0), default=5,
                         help="SCALE-Sim simulates the first N of the layers, each once (default 5; slow: "
-                             "minutes per layer)")
+                             "minutes per layer; 0: no SCALE-Sim)")
     args = parser.parse_args(argv)
 
     from hwmodels import load_accelerator
@@ -92,18 +97,19 @@ def main(argv=None) -> int:
         from hwmodels import smooth
         base = smooth.from_layers(layers)
 
-        def soft():
-            fields = {f: getattr(base, f).clone().requires_grad_(f in ("m", "k", "n"))
-                      for f in smooth.SoftLayers.__dataclass_fields__}
-            return smooth.SoftLayers(**fields)
+        fields = {f: getattr(base, f).clone().requires_grad_(f in ("m", "k", "n"))
+                  for f in smooth.SoftLayers.__dataclass_fields__}
+        leaves = smooth.SoftLayers(**fields)   # built once: the timing is the model's, not the copies'
 
         def forward():
             with torch.no_grad():
                 return smooth.network_cost_torch(base, acc, args.mode)
 
         def forward_backward():
-            cost = smooth.network_cost_torch(soft(), acc, args.mode)
+            cost = smooth.network_cost_torch(leaves, acc, args.mode)
             cost["total_cycles"].backward()
+            for f in ("m", "k", "n"):
+                getattr(leaves, f).grad = None
 
         rows.append(("smooth forward", median_seconds(forward, args.repeats), ""))
         rows.append(("smooth forward+backward", median_seconds(forward_backward, args.repeats), ""))
@@ -113,7 +119,9 @@ def main(argv=None) -> int:
         print("hwmodels.smooth not available: smooth timings left out")
 
     scalesim = None
-    if importlib.util.find_spec("scalesim") is not None:
+    if args.scalesim_layers == 0:
+        print("--scalesim-layers 0: SCALE-Sim timing left out")
+    elif importlib.util.find_spec("scalesim") is not None:
         from hwmodels.scalesim import run_scalesim
         from hwmodels.suites import simulated_lines
         subset = layers[:args.scalesim_layers]
