@@ -85,6 +85,8 @@ def _same_worker(rank, port, path, perturb):
         tensors[0][1, 2] += 1e-6 * tensors[0][1, 2]   # one element, by its last bits
     if perturb == "swap" and rank == 1:
         tensors[0][0, 1], tensors[0][1, 2] = 5.0, 1.0    # two values change places: same sum and squares
+    if perturb == "across" and rank == 1:
+        tensors[0][0, 0], tensors[1][0] = 1.0, 0.0       # a value moves from one tensor to the other
     try:
         dist.assert_same(tensors, "the test tensors")
         outcome = "same"
@@ -94,7 +96,7 @@ def _same_worker(rank, port, path, perturb):
     dist.shutdown()
 
 
-@pytest.mark.parametrize("perturb", ["", "element", "swap"])
+@pytest.mark.parametrize("perturb", ["", "element", "swap", "across"])
 def test_assert_same_raises_on_every_rank_when_one_differs(tmp_path, perturb):
     torch.multiprocessing.spawn(_same_worker, args=(_free_port(), str(tmp_path / "s"), perturb), nprocs=2)
     for rank in range(2):

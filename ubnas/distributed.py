@@ -122,17 +122,22 @@ def mean_over_ranks(values: List[float]) -> List[float]:
 def assert_same(tensors: Iterable[torch.Tensor], what: str) -> None:
     """Raise if ``tensors`` differ between ranks (a checksum compared across ranks).
 
-    The checksum weighs each element by its position, so values swapped between places differ too
-    (a plain sum and sum of squares would not see that)."""
+    The checksum weighs each element by its position in the whole sequence of tensors, so values
+    swapped between places, within a tensor or between two, differ too (a plain sum and sum of
+    squares would not see that)."""
     if not active():
         return
-
-    def checksum_of(t: torch.Tensor) -> torch.Tensor:
+    tensors = list(tensors)
+    total = sum(t.numel() for t in tensors)
+    checksum, offset = None, 0
+    for t in tensors:
         flat = t.detach().double().flatten()
-        weight = torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64, device=flat.device)
-        return (flat * weight).sum() + (flat ** 2).sum()
-
-    checksum = torch.stack([checksum_of(t) for t in tensors]).sum()
+        weight = 1.0 + (torch.arange(flat.numel(), dtype=torch.float64, device=flat.device) + offset) / max(total, 1)
+        part = (flat * weight).sum() + (flat ** 2).sum()
+        checksum = part if checksum is None else checksum + part
+        offset += flat.numel()
+    if checksum is None:
+        return
     gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, checksum)
     if any(not torch.equal(g, gathered[0]) for g in gathered):
