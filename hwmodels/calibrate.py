@@ -103,7 +103,7 @@ class CalibrationResult:
 
 
 def split_rows(rows: Sequence[ReferenceRow], fraction: float, seed: int):
-    """(train, holdout): a seeded shuffle of the distinct layers (``_layer_key``), ``fraction`` of
+    """(train, holdout): a seeded shuffle of the distinct layers (``references.layer_key``), ``fraction`` of
     them held out (at least one).  A layer that occurs several times (networks repeat layers)
     goes to one side with all its rows, so no held-out layer is also a training layer.  Rows keep
     their order on each side."""

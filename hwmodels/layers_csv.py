@@ -100,7 +100,7 @@ def _parse_row(row: _Row, default_batch: int) -> Layer:
 
 
 COLUMNS = ALWAYS + CONV_ONLY + tuple(DEFAULTS) + ("batch",)
-# the columns hwmodels.calibrate reads from a measured CSV: a near miss of one is refused as well
+# the columns hwmodels.references reads from a measured CSV: a near miss of one is refused as well
 MEASURED_COLUMNS = ("measured_cycles", "measured_seconds", "measured_utilization")
 # other tools' names for a layer column, too far off for the near-miss check (batch_size is 0.67
 # like batch): refused with the column meant, not ignored

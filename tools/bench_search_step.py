@@ -166,6 +166,8 @@ def measure_all(args, spaces, batches, impls, device, rows) -> None:
                 differs = disagreement(first, reference) if reference is not None else None
                 agrees = differs is None or differs <= AGREE_TOL[args.dtype]
                 status = "not finite" if not ok else "ok" if agrees else "DISAGREES"
+                if status == "ok" and differs is None and impl != "eager" and "eager" in impls:
+                    status = "unchecked"   # eager was asked for but failed: nothing to compare with
                 rows.append((space_name, b, impl, med, peak, differs, status))
                 memory = f"peak {peak:.0f} MiB, " if cuda else ""
                 agree = "" if differs is None or impl == "eager" else f", vs eager {differs:.1e}"
@@ -224,6 +226,8 @@ def main(argv=None):
             spaces[name] = load_space(name)
         except (ValueError, OSError) as exc:
             ap.error(f"--spaces: {exc}")
+    if not spaces:
+        ap.error("--spaces: expected a comma list of search spaces")
     if cuda:
         print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  dtype {args.dtype}  "
               f"stage {args.stage}  cudnn.allow_tf32={torch.backends.cudnn.allow_tf32} "
@@ -238,7 +242,7 @@ def main(argv=None):
     except KeyboardInterrupt:   # timeout -s INT: the table of what was measured still prints
         print("interrupted: the table below holds the variants measured so far", flush=True)
         interrupted = True
-    failed = sum(1 for row in rows if row[-1] != "ok")
+    failed = sum(1 for row in rows if row[-1] != "ok") + (not rows)
     print()
     head = (f"{'space':14s} {'batch':>5s} {'impl':8s} {'ms/step':>9s} {'peak MiB':>9s} {'speedup':>8s} "
             f"{'mem ratio':>9s} {'vs eager':>9s}  status")

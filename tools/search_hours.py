@@ -120,8 +120,11 @@ def main(argv=None) -> int:
         data = load_dataset(args.data, args.data_dir, seed=args.seed)
     except Exception as exc:   # unknown space or accelerator, missing CIFAR-10 files: one line
         ap.error(str(exc))
-    if args.keep and Path(args.keep).exists() and not Path(args.keep).is_dir():
-        ap.error(f"--keep {args.keep}: is a file; give a directory")
+    if args.keep:
+        try:
+            Path(args.keep).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:   # a file there or on the way, no permission
+            ap.error(f"--keep {args.keep}: cannot make that directory ({exc.strerror or exc})")
     cuda = args.device.startswith("cuda")
     if args.threads:
         torch.set_num_threads(args.threads)
