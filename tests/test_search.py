@@ -93,6 +93,15 @@ def test_every_op_forward_backward(name, stride):
     assert x.grad.abs().sum() > 0   # the output depends on x
 
 
+def test_load_spaces_reads_a_comma_list():
+    from ubnas.space import load_spaces
+    spaces = load_spaces(" tiny,,uboost_cifar,")   # empty items (a trailing comma) are not spaces
+    assert list(spaces) == ["tiny", "uboost_cifar"] and spaces["tiny"].name == "tiny"
+    for bad, said in [(",", "expected a comma list"), ("tiny,nope", "nope")]:
+        with pytest.raises(SpaceError, match=said):
+            load_spaces(bad)
+
+
 @pytest.mark.parametrize("space", space_names())
 def test_every_space_forward_backward(space):
     torch.manual_seed(0)

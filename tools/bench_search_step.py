@@ -35,7 +35,7 @@ import torch
 from hwmodels import load_accelerator
 from ubnas import kernels
 from ubnas.search import SearchConfig, cost_function, enter_stage, make_optimizers, search_step
-from ubnas.space import load_space
+from ubnas.space import load_spaces
 from ubnas.supernet import Supernet
 
 IMPLS = ("eager", "compile", "fused")
@@ -220,14 +220,10 @@ def main(argv=None):
         print("note: no eager variant, so no speedup, memory ratio or agreement check", flush=True)
     if args.profile and not cuda:
         print("note: --profile profiles CUDA kernels; without CUDA it does nothing", flush=True)
-    spaces = {}
-    for name in items(args.spaces):
-        try:
-            spaces[name] = load_space(name)
-        except (ValueError, OSError) as exc:
-            ap.error(f"--spaces: {exc}")
-    if not spaces:
-        ap.error("--spaces: expected a comma list of search spaces")
+    try:
+        spaces = load_spaces(args.spaces)
+    except ValueError as exc:
+        ap.error(f"--spaces: {exc}")
     if cuda:
         print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  dtype {args.dtype}  "
               f"stage {args.stage}  cudnn.allow_tf32={torch.backends.cudnn.allow_tf32} "

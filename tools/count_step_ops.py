@@ -44,7 +44,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_search_step import make_step  # noqa: E402
 
 from ubnas.kernels import reference as R  # noqa: E402
-from ubnas.space import load_space  # noqa: E402
+from ubnas.space import load_spaces  # noqa: E402
 from ubnas.supernet import Supernet  # noqa: E402
 
 NO_WORK = {"view", "_unsafe_view", "t", "transpose", "expand", "detach", "as_strided", "unsqueeze", "squeeze",
@@ -160,14 +160,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.batch < 1 or args.top < 0:
         ap.error(f"--batch must be >= 1 and --top >= 0, got {args.batch} and {args.top}")
-    spaces = {}
-    for name in [item.strip() for item in args.spaces.split(",") if item.strip()]:
-        try:
-            spaces[name] = load_space(name)
-        except (ValueError, OSError) as exc:
-            ap.error(f"--spaces: {exc}")
-    if not spaces:
-        ap.error("--spaces: expected a comma list of search spaces")
+    try:
+        spaces = load_spaces(args.spaces)
+    except ValueError as exc:
+        ap.error(f"--spaces: {exc}")
     if args.backend == "triton":
         if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
             raise SystemExit("--backend triton needs TRITON_INTERPRET=1 before triton is imported")

@@ -178,3 +178,19 @@ def space_from_text(text: str, origin: str) -> SearchSpace:
 def load_space(name_or_path: str) -> SearchSpace:
     """Load a shipped space by name (``tiny``) or a YAML file path."""
     return space_from_text(*read_space_text(name_or_path))
+
+
+def load_spaces(names: str) -> Dict[str, SearchSpace]:
+    """Spaces of a comma list of names or paths (empty items ignored), for the benchmarks' --spaces.
+
+    SpaceError for a missing or bad one, or an empty list."""
+    spaces = {}
+    for name in (item.strip() for item in names.split(",")):
+        if name:
+            try:
+                spaces[name] = load_space(name)
+            except OSError as exc:
+                raise SpaceError(f"{name}: {exc}") from None
+    if not spaces:
+        raise SpaceError(f"expected a comma list of search spaces, got {names!r}")
+    return spaces
