@@ -200,13 +200,15 @@ def test_triton_mixed_edge_vs_eager_float64(ops, stride, fold, train, tiled, no_
 def test_triton_reductions_over_several_images_and_pixel_blocks(no_tf32, monkeypatch):
     """The per-split loops over images and pixel blocks (on a GPU every split holds many images and
     planes span many blocks; the interpreter's tiny shapes give one of each unless forced)."""
-    from ubnas.kernels import triton_combine, triton_dw_gather, triton_dw_tile
-    for module in (triton_combine, triton_dw_gather, triton_dw_tile):   # 3 images: 2 + 1
-        monkeypatch.setattr(module, "batch_splits", lambda n, per, target=1024: min(n, 2))
+    from ubnas.kernels import triton_common
+    asked = []
+    monkeypatch.setattr(triton_common, "batch_splits",
+                        lambda n, per, target=1024: asked.append(n) or min(n, 2))   # 3 images: 2 + 1
     edges, twins = _edge_group(DARTS, 3, 1, 2, DEV)
     x = _x(n=3, c=3, h=9, dtype=torch.float32, device=DEV).requires_grad_()   # 81 pixels: 2 blocks of 64
     probs = torch.softmax(torch.randn(2, len(DARTS), device=DEV), 1).detach().requires_grad_()
     _check_group(edges, twins, x, probs, "triton", 1e-5)
+    assert asked and set(asked) == {3}   # the reductions did run in two slices
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # the interpreter's numpy, on NaN

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .reference import out_size
-from .triton_common import batch_splits, block_configs, jit_any_shape, plane_grid
+from .triton_common import batch_slices, block_configs, jit_any_shape, plane_grid
 
 
 @triton.jit
@@ -224,9 +224,7 @@ def combine_reduce(g: torch.Tensor, z: Optional[torch.Tensor], mean, invstd, x: 
     g, x = g.contiguous(), x.contiguous()
     n, c, h, wd = x.shape
     gc = g.shape[1]
-    splits = batch_splits(n, gc)
-    n_per = triton.cdiv(n, splits)
-    splits = triton.cdiv(n, n_per)
+    splits, n_per = batch_slices(n, gc)
     part = torch.empty(splits, gc, 5, dtype=torch.float32, device=x.device)
     has_lin = z is not None
     zt = z.contiguous() if has_lin else g

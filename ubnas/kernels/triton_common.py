@@ -70,3 +70,10 @@ def plane_grid(planes, pixels):
 def batch_splits(n: int, per_split_programs: int, target: int = 1024) -> int:
     """Slices to cut a batch of n images into so that a reduction launches about ``target`` programs."""
     return max(1, min(n, triton.cdiv(target, max(per_split_programs, 1))))
+
+
+def batch_slices(n: int, per_split_programs: int):
+    """(slices, images per slice) of a batch of n images for a reduction (``batch_splits``): every
+    slice holds n_per images but the last, and none is empty."""
+    n_per = triton.cdiv(n, batch_splits(n, per_split_programs))
+    return triton.cdiv(n, n_per), n_per

@@ -8,7 +8,8 @@
   relu mask and the pool/skip gradient in the same pass.
 * ``_dw_bwd_w``: dL/dw, a (TAPS, BLOCK) accumulator per (channel, kernel, batch slice).
 
-Each wrapper has the signature of its twin in ``reference`` (shapes and names there).
+Inputs arrive contiguous from ``triton_kernels``, which also allocates the forward output;
+shapes and names as in ``reference``.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import Spec, dw_offsets, out_size
-from .triton_common import batch_splits, block_configs, jit_any_shape, plane_grid, relu_keep_nan
+from .reference import Spec, dw_offsets
+from .triton_common import batch_slices, block_configs, jit_any_shape, plane_grid, relu_keep_nan
 
 
 @triton.jit
@@ -143,26 +144,21 @@ def _taps(spec: Spec) -> int:
     return triton.next_power_of_2(max(k * k for k, _ in spec))
 
 
-def dw_forward(x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int,
-               out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """Multi-kernel depthwise conv of relu(x): (N, C, H, W) -> (N, NK*C, Ho, Wo) (reference.dw_forward)."""
-    x, w = x.contiguous(), w.contiguous()
+def dw_forward_into(d: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int) -> None:
+    """d (N, NK*C, Ho, Wo) = the multi-kernel depthwise conv of relu(x) (reference.dw_forward)."""
     n, c, h, wd = x.shape
-    ho, wo = out_size(h, stride), out_size(wd, stride)
-    d = torch.empty(n, len(spec) * c, ho, wo, dtype=out_dtype or x.dtype, device=x.device)
+    ho, wo = d.shape[2:]
     _dw_fwd[plane_grid(n * c, ho * wo)](x, w, _spec_tensor(spec, c, x.device), d, c, h, wd, ho, wo, len(spec),
                                         STRIDE=stride, TAPS=_taps(spec))
-    return d
 
 
 def dw_backward_input(dd: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int,
                       lin: Optional[torch.Tensor] = None, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
     """dx = [x > 0] * (lin + sum_j dwconv_j^T(dd_j)) + extra, all (N, C, H, W) (reference.dw_backward_input)."""
-    dd, x, w = dd.contiguous(), x.contiguous(), w.contiguous()
     n, c, h, wd = x.shape
     dx = torch.empty_like(x)
-    lin_t = lin.contiguous() if lin is not None else x
-    extra_t = extra.contiguous() if extra is not None else x
+    lin_t = lin if lin is not None else x   # placeholders, never read
+    extra_t = extra if extra is not None else x
     _dw_bwd_in[plane_grid(n * c, h * wd)](dd, x, w, _spec_tensor(spec, c, x.device), lin_t, extra_t, dx, c, h, wd,
                                           dd.shape[2], dd.shape[3], len(spec), STRIDE=stride,
                                           TAPS=_taps(spec), HAS_LIN=lin is not None, HAS_EXTRA=extra is not None)
@@ -171,13 +167,10 @@ def dw_backward_input(dd: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: 
 
 def dw_backward_weight(dd: torch.Tensor, x: torch.Tensor, spec: Spec, stride: int) -> torch.Tensor:
     """dL/dw packed flat as w, float32 (reference.dw_backward_weight)."""
-    dd, x = dd.contiguous(), x.contiguous()
     n, c, h, wd = x.shape
     nk = len(spec)
     total = dw_offsets(spec, c)[1]
-    splits = batch_splits(n, c * nk)
-    n_per = triton.cdiv(n, splits)
-    splits = triton.cdiv(n, n_per)
+    splits, n_per = batch_slices(n, c * nk)
     part = torch.empty(splits, total, dtype=torch.float32, device=x.device)
     _dw_bwd_w[(c, nk, splits)](dd, x, _spec_tensor(spec, c, x.device), part, n, c, h, wd, dd.shape[2],
                                dd.shape[3], nk, total, n_per, STRIDE=stride, TAPS=_taps(spec))

@@ -11,7 +11,8 @@ no per-element division, no padded taps.  One specialisation per (spec, stride).
   pool/skip gradient on one input tile.
 * ``_dw_bwd_w_tile``: dL/dw of one kernel (k <= MAX_WEIGHT_K), one accumulator per tap of a tap row.
 
-Each wrapper has the signature of its twin in ``reference`` (shapes and names there).
+Inputs arrive contiguous from ``triton_kernels``, which also allocates the forward output;
+shapes and names as in ``reference``.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import Spec, dw_offsets, out_size
-from .triton_common import INTERPRET, AUTOTUNE, batch_splits, jit_any_shape, relu_keep_nan
+from .reference import Spec, dw_offsets
+from .triton_common import INTERPRET, AUTOTUNE, batch_slices, jit_any_shape, relu_keep_nan
 
 
 MAX_NK = 4          # kernels per launch of _dw_fwd_tile / _dw_bwd_in_tile
@@ -224,32 +225,27 @@ def _tiles(h, w):
     return lambda meta: triton.cdiv(h, meta["BLOCK_H"]) * triton.cdiv(w, meta["BLOCK_W"])
 
 
-def dw_forward(x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int,
-               out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """Multi-kernel depthwise conv of relu(x): (N, C, H, W) -> (N, NK*C, Ho, Wo) (reference.dw_forward)."""
-    x, w = x.contiguous(), w.contiguous()
+def dw_forward_into(d: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int) -> None:
+    """d (N, NK*C, Ho, Wo) = the multi-kernel depthwise conv of relu(x) (reference.dw_forward)."""
     n, c, h, wd = x.shape
-    ho, wo = out_size(h, stride), out_size(wd, stride)
-    d = torch.empty(n, len(spec) * c, ho, wo, dtype=out_dtype or x.dtype, device=x.device)
+    ho, wo = d.shape[2:]
     tiles = _tiles(ho, wo)
     for j0, kw in _chunks(spec, c):
         _dw_fwd_tile[lambda meta: (n * c, tiles(meta))](x, w, d, c, h, wd, ho, wo, len(spec), j0,
                                                         STRIDE=stride, **kw)
-    return d
 
 
 def dw_backward_input(dd: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int,
                       lin: Optional[torch.Tensor] = None, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
     """dx = [x > 0] * (lin + sum_j dwconv_j^T(dd_j)) + extra, all (N, C, H, W) (reference.dw_backward_input)."""
-    dd, x, w = dd.contiguous(), x.contiguous(), w.contiguous()
     n, c, h, wd = x.shape
     tiles = _tiles(h, wd)
     chunks = _chunks(spec, c)
+    extra_t = extra if extra is not None else x   # placeholder, never read
     for i, (j0, kw) in enumerate(chunks):
         last = i == len(chunks) - 1
         dx = torch.empty(x.shape, dtype=x.dtype if last else torch.float32, device=x.device)
-        lin_t = lin.contiguous() if lin is not None else x
-        extra_t = extra.contiguous() if extra is not None else x
+        lin_t = lin if lin is not None else x
         _dw_bwd_in_tile[lambda meta: (n * c, tiles(meta))](
             dd, x, w, lin_t, extra_t, dx, c, h, wd, dd.shape[2], dd.shape[3], len(spec), j0,
             STRIDE=stride, HAS_LIN=lin is not None, HAS_EXTRA=last and extra is not None, MASK=last, **kw)
@@ -259,16 +255,13 @@ def dw_backward_input(dd: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: 
 
 def dw_backward_weight(dd: torch.Tensor, x: torch.Tensor, spec: Spec, stride: int) -> torch.Tensor:
     """dL/dw packed flat as w, float32, for specs whose k are all <= MAX_WEIGHT_K (reference.dw_backward_weight)."""
-    dd, x = dd.contiguous(), x.contiguous()
     n, c, h, wd = x.shape
     nk = len(spec)
     offs, total = dw_offsets(spec, c)
     kmax = max(k for k, _ in spec)
     if kmax > MAX_WEIGHT_K:
         raise ValueError(f"_dw_bwd_w_tile takes kernels up to {MAX_WEIGHT_K}x{MAX_WEIGHT_K}, got {kmax}x{kmax}")
-    splits = batch_splits(n, c * nk * kmax)
-    n_per = triton.cdiv(n, splits)
-    splits = triton.cdiv(n, n_per)
+    splits, n_per = batch_slices(n, c * nk * kmax)
     part = torch.empty(splits, total, dtype=torch.float32, device=x.device)   # every tap written
     for j, (k, dil) in enumerate(spec):
         _dw_bwd_w_tile[(c, k, splits)](dd, x, part, n, c, h, wd, dd.shape[2], dd.shape[3], nk, j, total, offs[j],

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from . import SWITCH, env_setting, triton_dw_gather, triton_dw_tile
-from .reference import Spec
+from .reference import Spec, out_size
 from .triton_combine import bn_backward, combine_forward, combine_reduce, pool_skip_backward
 from .triton_common import autotune
 
@@ -38,22 +38,32 @@ def tiled(weight: bool = False) -> bool:
     return v is True or (v == "io" and not weight)
 
 
+# The depthwise entry points make their inputs contiguous (and allocate the forward's output)
+# here, once for both families; the family functions only launch.
 def dw_forward(x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int,
                out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Multi-kernel depthwise conv of relu(x): (N, C, H, W) -> (N, NK*C, Ho, Wo) (reference.dw_forward)."""
-    family = triton_dw_tile if tiled() else triton_dw_gather
-    return family.dw_forward(x, w, spec, stride, out_dtype)
+    x, w = x.contiguous(), w.contiguous()
+    n, c, h, wd = x.shape
+    d = torch.empty(n, len(spec) * c, out_size(h, stride), out_size(wd, stride), dtype=out_dtype or x.dtype,
+                    device=x.device)
+    (triton_dw_tile if tiled() else triton_dw_gather).dw_forward_into(d, x, w, spec, stride)
+    return d
 
 
 def dw_backward_input(dd: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int,
                       lin: Optional[torch.Tensor] = None, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
     """dx = [x > 0] * (lin + sum_j dwconv_j^T(dd_j)) + extra, all (N, C, H, W) (reference.dw_backward_input)."""
+    dd, x, w = dd.contiguous(), x.contiguous(), w.contiguous()
+    lin = lin.contiguous() if lin is not None else None
+    extra = extra.contiguous() if extra is not None else None
     family = triton_dw_tile if tiled() else triton_dw_gather
     return family.dw_backward_input(dd, x, w, spec, stride, lin, extra)
 
 
 def dw_backward_weight(dd: torch.Tensor, x: torch.Tensor, spec: Spec, stride: int) -> torch.Tensor:
     """dL/dw packed flat as w, float32 (reference.dw_backward_weight); the tile kernel takes k <= 5 only."""
+    dd, x = dd.contiguous(), x.contiguous()
     if tiled(weight=True) and max(k for k, _ in spec) <= triton_dw_tile.MAX_WEIGHT_K:
         return triton_dw_tile.dw_backward_weight(dd, x, spec, stride)
     return triton_dw_gather.dw_backward_weight(dd, x, spec, stride)
