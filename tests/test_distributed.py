@@ -15,6 +15,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _join(rank: int, port: int):
+    """ubnas.distributed in rank ``rank`` of a two-process gloo group on ``port``, set up as torchrun would."""
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from ubnas import distributed as dist
+    assert dist.world("cpu") == (rank, 2)
+    return dist
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
 def test_torchrun_two_ranks_stay_in_sync(tmp_path):
     out = tmp_path / "run"
@@ -34,10 +43,7 @@ def test_torchrun_two_ranks_stay_in_sync(tmp_path):
 
 
 def _mean_worker(rank, port, path):
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    from ubnas import distributed as dist
-    assert dist.world("cpu") == (rank, 2)
+    dist = _join(rank, port)
     means = dist.mean_over_ranks([float(rank), 2.0 * rank + 1, -3.0])
     torch.save({"means": means, "backend": torch.distributed.get_backend()}, f"{path}.{rank}")
     dist.shutdown()
@@ -53,10 +59,7 @@ def test_logged_metrics_are_the_mean_over_ranks_on_gloo(tmp_path):
 
 
 def _grads_worker(rank, port, path):
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    from ubnas import distributed as dist
-    dist.world("cpu")
+    dist = _join(rank, port)
     a, b, c = (torch.nn.Parameter(torch.zeros(shape, dtype=torch.float64)) for shape in ((2, 3), (4,), (1,)))
     a.grad = torch.arange(6, dtype=torch.float64).view(2, 3) * (rank + 1)     # rank 0: x, rank 1: 2x
     b.grad = torch.full((4,), 10.0 * rank, dtype=torch.float64)
@@ -76,10 +79,7 @@ def test_gradients_are_averaged_over_ranks(tmp_path):
 
 
 def _same_worker(rank, port, path, perturb):
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    from ubnas import distributed as dist
-    dist.world("cpu")
+    dist = _join(rank, port)
     tensors = [torch.arange(6, dtype=torch.float32).view(2, 3), torch.ones(4)]
     if perturb == "element" and rank == 1:
         tensors[0][1, 2] += 1e-6 * tensors[0][1, 2]   # one element, by its last bits
@@ -120,10 +120,7 @@ def test_ranks_read_disjoint_equal_shards():
 
 
 def _rank0_worker(rank, port, path):
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    from ubnas import distributed as dist
-    dist.world("cpu")
+    dist = _join(rank, port)
     calls = []
 
     def works():
