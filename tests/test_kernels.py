@@ -482,7 +482,7 @@ def test_env_switches_accept_clear_spellings_and_refuse_others(monkeypatch):
     variable, its value and the accepted spellings."""
     from ubnas.kernels import group_edges
     for name, read, default in [("UBNAS_EDGE_GROUPS", group_edges, True), ("UBNAS_AUTOTUNE", T.autotune, True),
-                                ("UBNAS_DW_TILED", T.tiled, False)]:
+                                ("UBNAS_DW_TILED", T.tiled, True)]:
         monkeypatch.delenv(name, raising=False)
         assert read() is default, name
         for value, on in [("1", True), ("true", True), ("On", True), (" YES ", True),

@@ -7,15 +7,15 @@
 #
 # A session has 30 device minutes, less than the four stages at their limits (~36 min): run
 # bench, then hours, compile, tests (compile darts_cifar last, if time is left). compile and
-# hours run the depthwise kernels the caller's UBNAS_DW_TILED picks (default: the gathers), so
-# after a bench where the tile kernels win: UBNAS_DW_TILED=1 bash tools/gpu_check.sh hours.
+# hours run the depthwise kernels the caller's UBNAS_DW_TILED picks (default: the 2-D tiles), so
+# after a bench where the gathers win: UBNAS_DW_TILED=0 bash tools/gpu_check.sh hours.
 #
 #   bash tools/gpu_check.sh tests          # tests/test_kernels.py on CUDA, both depthwise kernel
 #                                          # families, one Triton config per kernel (UBNAS_AUTOTUNE=0);
 #                                          # shows the PASSED/FAILED/ERROR lines
 #   bash tools/gpu_check.sh bench          # search step at batch 64 and 256, uboost_cifar and
-#                                          # darts_cifar: eager vs fused with the gather
-#                                          # (UBNAS_DW_TILED=0) and 2-D tile (=1) depthwise kernels;
+#                                          # darts_cifar: eager vs fused with the 2-D tile
+#                                          # (UBNAS_DW_TILED=1) and gather (=0) depthwise kernels;
 #                                          # each fused row's first step checked against eager's
 #   bash tools/gpu_check.sh compile [SPACE]  # eager, fused and torch.compile side by side in one
 #                                          # process, batch 64 and 256 (darts_cifar: 256 only, its
@@ -84,9 +84,10 @@ case "$stage" in
   bench)
     # 2 spaces x 2 batches x 2 impls, 2 + 5 steps each (~0.3-1.0 s at b256 on an H100) plus autotuning:
     # a few minutes per depthwise family
-    # a family's time limit: half of the call's, the second gets what the first left
-    for tiled in 0 1; do
-      limit=$(( tiled == 0 ? 275 : 560 - SECONDS ))
+    # a family's time limit: half of the call's, the second gets what the first left; the
+    # default family (the 2-D tiles) first, so a cut-off run still has its figures
+    for tiled in 1 0; do
+      limit=$(( tiled == 1 ? 275 : 560 - SECONDS ))
       run "$out/bench_tiled$tiled.txt" "$limit" env UBNAS_DW_TILED=$tiled python3 tools/bench_search_step.py \
         --spaces uboost_cifar,darts_cifar --batches 64,256 --repeats 5 --warmup 2 --impls eager,fused
     done

@@ -1,5 +1,5 @@
-"""Depthwise kernels of the fused mixed edge as (TAPS, BLOCK) gathers (the default family;
-``triton_dw_tile`` holds the 2-D tile twins, ``triton_kernels.tiled`` picks).
+"""Depthwise kernels of the fused mixed edge as (TAPS, BLOCK) gathers (``UBNAS_DW_TILED=0``;
+``triton_dw_tile`` holds the default 2-D tile twins, ``triton_kernels.tiled`` picks).
 
 * ``_dw_fwd``: all depthwise kernels (sizes/dilations from a spec table) of one plane in one
   program: relu fused on load, taps vectorised as a (TAPS, BLOCK) gather that the neighbouring

@@ -1,5 +1,5 @@
-"""Depthwise kernels of the fused mixed edge on 2-D spatial tiles (``UBNAS_DW_TILED``, see
-``triton_kernels.tiled``; ``triton_dw_gather`` holds the default family).
+"""Depthwise kernels of the fused mixed edge on 2-D spatial tiles (the default family,
+``triton_kernels.tiled``; ``UBNAS_DW_TILED=0`` runs the gathers of ``triton_dw_gather`` instead).
 
 A program owns one (n, c) plane and a [BLOCK_H, BLOCK_W] tile; each kernel's (k, dilation) is
 constexpr (K0/D0 .. K3/D3, NK <= MAX_NK per launch, longer specs are chunked), so every tap is one

@@ -3,12 +3,11 @@
 
 The kernels live in small modules:
 
-* ``triton_dw_gather``: the multi-kernel depthwise conv, its dL/dx and dL/dw as (TAPS, BLOCK)
-  gathers (the default);
-* ``triton_dw_tile``: the same three on 2-D spatial tiles with constexpr (k, dilation), chosen by
-  ``UBNAS_DW_TILED`` (``tiled``).  Timed on an H100 (uboost_cifar, batch 256: 385.8 ms per fused
-  step vs 584.9 with the gathers, NOTES.md); opt-in until the CUDA correctness run of the full
-  test suite with UBNAS_DW_TILED=1 is done;
+* ``triton_dw_tile``: the multi-kernel depthwise conv, its dL/dx and dL/dw on 2-D spatial tiles
+  with constexpr (k, dilation) (the default, ``tiled``): timed on an H100 (uboost_cifar, batch 256:
+  385.8 ms per fused step vs 584.9 with the gathers, NOTES.md);
+* ``triton_dw_gather``: the same three as (TAPS, BLOCK) gathers (``UBNAS_DW_TILED=0``), kept for
+  comparison and for dL/dw of kernels larger than ``triton_dw_tile.MAX_WEIGHT_K``;
 * ``triton_combine``: P_lin * BN(z) + pools + skip, its per-channel sums, the BN backward and the
   pool/skip backward;
 * ``triton_common``: autotune configurations (``UBNAS_AUTOTUNE``), the jit without shape
@@ -30,11 +29,11 @@ __all__ = ["dw_forward", "dw_backward_input", "dw_backward_weight", "combine_for
 
 
 def tiled(weight: bool = False) -> bool:
-    """UBNAS_DW_TILED (an on/off switch, or "io"): on runs the 2-D tile depthwise kernels
-    (``triton_dw_tile``) instead of the (TAPS, BLOCK) gathers (``triton_dw_gather``); "io" the tile
-    kernels for forward and dL/dx only.  Off by default until the CUDA correctness run of the test
-    suite with UBNAS_DW_TILED=1 is done (NOTES.md)."""
-    v = env_setting("UBNAS_DW_TILED", {**SWITCH, "io": "io"}, False)
+    """UBNAS_DW_TILED (an on/off switch, or "io"): on (the default) runs the 2-D tile depthwise
+    kernels (``triton_dw_tile``), off the (TAPS, BLOCK) gathers (``triton_dw_gather``), "io" the tile
+    kernels for forward and dL/dx only.  On by default because they were the faster family on an
+    H100 (NOTES.md); both pass the same tests, and ``tools/gpu_check.sh bench`` times and checks both."""
+    v = env_setting("UBNAS_DW_TILED", {**SWITCH, "io": "io"}, True)
     return v is True or (v == "io" and not weight)
 
 
