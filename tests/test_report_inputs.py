@@ -298,6 +298,7 @@ def test_report_figures_of_runs_whose_names_sanitise_alike_do_not_overwrite(tmp_
 def test_pareto_figure_marks_a_train_run_without_a_test_accuracy_as_a_supernet_accuracy(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib.pyplot")
     import ubnas.report as report
+    import ubnas.report_figures as figures
     runs = [_hand_run("searched", report.SEARCH_ACCURACY, 0.9, 10.0),
             _hand_run("trained", report.TEST_ACCURACY, 0.8, 12.0),
             _hand_run("no_test_acc", report.SEARCH_ACCURACY, 0.7, 14.0)]
@@ -309,8 +310,8 @@ def test_pareto_figure_marks_a_train_run_without_a_test_accuracy_as_a_supernet_a
             drawn[collection.get_label()] = sorted(float(x) for x, _ in collection.get_offsets())
         plt_.close(fig)
         return filename
-    monkeypatch.setattr(report, "_save", keep)
-    report.pareto_figure(report._pyplot(), runs, report.pareto_front(runs), tmp_path)
+    monkeypatch.setattr(figures, "_save", keep)
+    figures.pareto_figure(figures.pyplot(), runs, report.pareto_front(runs), tmp_path)
     assert drawn == {"search (supernet val acc)": [10.0, 14.0], "trained (test acc)": [12.0]}
 
 
@@ -398,3 +399,56 @@ def test_run_names_stay_unique_when_a_directory_is_named_like_a_renamed_duplicat
     names = [run.name for run in load_runs(paths)]
     assert len(set(names)) == 3 and names[:2] == ["x", "x-2"]
     assert (_fmt(9999.7), _fmt(9999.4)) == ("10,000", "9999")
+
+
+def test_pareto_figure_tells_fronts_on_different_accelerators_apart(tmp_path, monkeypatch):
+    """Latencies on two machines do not compare: each machine's points and front line get their own
+    colour and a legend entry naming the machine."""
+    pytest.importorskip("matplotlib.pyplot")
+    from matplotlib.colors import to_rgba
+
+    import ubnas.report as report
+    import ubnas.report_figures as figures
+    runs = [_hand_run("u_fast", report.SEARCH_ACCURACY, 0.80, 10.0), _hand_run("u_acc", report.SEARCH_ACCURACY, 0.90, 20.0),
+            _hand_run("e_fast", report.SEARCH_ACCURACY, 0.70, 30.0, "edge_32x32"),
+            _hand_run("e_acc", report.SEARCH_ACCURACY, 0.85, 50.0, "edge_32x32")]
+    drawn = {}
+
+    def keep(plt_, fig, out_dir, filename):
+        ax = fig.axes[0]
+        drawn["points"] = {c.get_label(): (sorted(float(x) for x, _ in c.get_offsets()),
+                                           tuple(c.get_facecolor()[0])) for c in ax.collections}
+        drawn["lines"] = sorted((tuple(float(x) for x in line.get_xdata()), to_rgba(line.get_color()))
+                                for line in ax.lines)
+        plt_.close(fig)
+        return filename
+    monkeypatch.setattr(figures, "_save", keep)
+    figures.pareto_figure(figures.pyplot(), runs, report.pareto_front(runs), tmp_path)
+    points = drawn["points"]
+    assert set(points) == {"search (supernet val acc), edge_32x32", "search (supernet val acc), uboost"}
+    assert points["search (supernet val acc), uboost"][0] == [10.0, 20.0]
+    assert points["search (supernet val acc), edge_32x32"][0] == [30.0, 50.0]
+    edge_colour, uboost_colour = (points[k][1] for k in sorted(points))
+    assert edge_colour != uboost_colour
+    # both runs of each machine are on its front (by hand: faster or more accurate than the other)
+    assert drawn["lines"] == sorted([((10.0, 20.0), uboost_colour), ((30.0, 50.0), edge_colour)])
+
+
+def test_a_report_without_figures_removes_those_of_the_report_it_replaces(tmp_path, capsys):
+    """A --no-plots report in a folder of an earlier report with figures: the old PNGs it linked
+    are removed (they would pass for this report's); a PNG the report never linked stays."""
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "search_log.csv").write_text("epoch,train_loss,val_acc\n1,1.0,0.5\n2,0.5,0.6\n")
+    out = tmp_path / "rep"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert (out / "run_curves.png").is_file()
+    (out / "mine.png").write_bytes(b"not ours")
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(out), "--no-plots"]) == 0
+    assert "removed 1 figure(s) of the report it replaced" in capsys.readouterr().out
+    assert not (out / "run_curves.png").exists() and (out / "mine.png").read_bytes() == b"not ours"
+    assert ".png" not in (out / "report.md").read_text()
+    assert main(["report", str(run), "--out", str(out)]) == 0   # drawn again: nothing removed
+    assert (out / "run_curves.png").is_file()

@@ -5,8 +5,8 @@ arch.yaml) or what ``ubnas train`` writes (metrics.json, checkpoint.pt).  For
 every run the report gives its configuration, final accuracy, the exact
 latency and utilization of the exported network (``hwmodels.estimate`` of
 the network built from its spec) and its curves; across runs, accuracy against
-latency with the Pareto front.  REPORT_DIR/report.md always; PNG figures when
-matplotlib is importable.
+latency with the Pareto front.  REPORT_DIR/report.md always; PNG figures
+(``ubnas.report_figures``) when matplotlib is importable.
 
 A train run's metrics.json and spec are read by ``ubnas.trained_run``: a spec
 edited, moved or deleted since training leaves the figures metrics.json
@@ -221,7 +221,7 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None,
 GENERIC_DIR_NAMES = ("train",)
 
 
-def _unique(base: str, taken: set, fold=lambda name: name) -> str:
+def unique_name(base: str, taken: set, fold=lambda name: name) -> str:
     """``base``, else ``base-2``, ``base-3`` ... : the first whose ``fold`` is not in ``taken``
     (which it joins).  A/x, B/x, C/x-2: the second x must not become C's x-2."""
     name, n = base, 1
@@ -233,6 +233,8 @@ def _unique(base: str, taken: set, fold=lambda name: name) -> str:
 
 
 def load_runs(paths: Sequence, hw: Optional[str] = None, hw_batch: Optional[int] = None) -> List[Run]:
+    """``load_run`` of each path, named by its directory (``train`` as PARENT/train), names made
+    unique with -2, -3 ...; ``hw`` and ``hw_batch`` as in ``load_run``."""
     taken: set = set()
     runs = []
     for p in paths:
@@ -240,7 +242,7 @@ def load_runs(paths: Sequence, hw: Optional[str] = None, hw_batch: Optional[int]
         base = resolved.name or str(p)
         if base in GENERIC_DIR_NAMES:   # runs/lam0/train (ubnas train under a search run) reads as "lam0/train"
             base = f"{resolved.parent.name}/{base}"
-        runs.append(load_run(p, _unique(base, taken), hw, hw_batch))
+        runs.append(load_run(p, unique_name(base, taken), hw, hw_batch))
     return runs
 
 
@@ -266,16 +268,17 @@ def front_keys(runs: Sequence[Run]) -> Dict[int, tuple]:
             for r in runs}
 
 
-def _plotted(run: Run) -> bool:
+def plotted(run: Run) -> bool:
+    """Whether the run has a finite accuracy and latency, i.e. a point on the accuracy-latency plane."""
     return all(isinstance(v, (int, float)) and math.isfinite(v) for v in (run.accuracy, run.latency_us))
 
 
-def pareto_front(runs: Sequence[Run]) -> List[Run]:
-    """Runs no other run of the same front (``front_keys``) beats on both accuracy (higher) and
-    latency (lower); runs without a finite accuracy and latency are on no front.  Sorted by front,
-    then latency."""
-    keys = front_keys(runs)
-    points = [r for r in runs if _plotted(r)]
+def pareto_front(runs: Sequence[Run], keys: Optional[Dict[int, tuple]] = None) -> List[Run]:
+    """Runs no other run of the same front (``front_keys``, computed when ``keys`` is not given)
+    beats on both accuracy (higher) and latency (lower); runs without a finite accuracy and latency
+    are on no front.  Sorted by front, then latency."""
+    keys = front_keys(runs) if keys is None else keys
+    points = [r for r in runs if plotted(r)]
     front = []
     for r in points:
         dominated = any(keys[id(o)] == keys[id(r)]
@@ -322,6 +325,8 @@ TRAIN_KEYS = ("data", "epochs", "batch_size", "lr", "schedule", "label_smoothing
 
 
 def run_markdown(run: Run, figures: Dict[str, str]) -> List[str]:
+    """Markdown lines of one run's section: config, accuracy, exact cost, cells, curves table,
+    links to its figures (``figures``: 'curves'/'layers' -> PNG file name) and notes."""
     out = [f"## {run.name} ({run.kind})", "", f"Directory: `{run.path}`", ""]
     keys = SEARCH_KEYS if run.kind == "search" else TRAIN_KEYS
     shown = [(k, run.config[k]) for k in keys if k in run.config]
@@ -384,25 +389,42 @@ def run_markdown(run: Run, figures: Dict[str, str]) -> List[str]:
     return out
 
 
+FIGURE_LINK = re.compile(r"!\[[^\]]*\]\(([^)/\\]+\.png)\)")   # ![...](NAME.png), a file beside report.md
+
+
+def _figures_linked(report: Path) -> List[str]:
+    """PNG files an existing report.md links to, beside it ([] when there is no readable one)."""
+    try:
+        return FIGURE_LINK.findall(report.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
 def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, Any]:
-    """REPORT_DIR/report.md (+ PNGs when matplotlib is importable); returns the files written."""
+    """REPORT_DIR/report.md (+ PNGs when matplotlib is importable and ``plots``); returns the files
+    written ('report', 'figures') and 'removed': the figures of the report.md this one replaces
+    that it does not draw again (a --no-plots report, or fewer runs), so none pass for this one's."""
     from .runtime import make_run_dir
     out_dir = make_run_dir(Path(out_dir))     # an --out that is a file: a message naming --out, not errno 17
+    report = out_dir / "report.md"
+    previous_figures = _figures_linked(report)
     figures: Dict[str, Dict[str, str]] = {r.name: {} for r in runs}
-    stems = _figure_stems(runs)
-    front = pareto_front(runs)
+    keys = front_keys(runs)
+    front = pareto_front(runs, keys)
     pngs: List[str] = []
     plot_note = ""
     if plots:
-        plt = _pyplot()
+        from . import report_figures
+        plt = report_figures.pyplot()
         if plt is None:
             plot_note = "No figures: matplotlib is not installed (pip install 'ubnas[plot]')."
         else:
+            stems = report_figures.figure_stems(runs)
             for run in runs:
-                figures[run.name] = run_figures(plt, run, out_dir, stems[run.name])
+                figures[run.name] = report_figures.run_figures(plt, run, out_dir, stems[run.name])
                 pngs += list(figures[run.name].values())
-            if any(_plotted(r) for r in runs):
-                pngs.append(pareto_figure(plt, runs, front, out_dir))
+            if any(plotted(r) for r in runs):
+                pngs.append(report_figures.pareto_figure(plt, runs, front, out_dir, keys))
     lines = ["# ubnas report", "", f"{len(runs)} run(s). Latency and utilization are the exact cost of "
              f"each run's exported network (hwmodels, systolic model) at the batch of the batch column "
              f"(the batch its search costed it at, or --hw-batch).", ""]
@@ -412,8 +434,7 @@ def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, 
                for r in runs]
     lines += _table(("run", "kind", "accuracy %", "latency us", "utilization %", "params", "accelerator",
                      "batch", "Pareto"), summary) + [""]
-    keys = front_keys(runs)
-    if len({keys[id(r)] for r in runs if _plotted(r)}) > 1:
+    if len({keys[id(r)] for r in runs if plotted(r)}) > 1:
         lines += ["Pareto: one front per kind of accuracy, accelerator and batch (they are not comparable).",
                   ""]
     for name, named in sorted(shared_names(runs).items()):
@@ -421,154 +442,16 @@ def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, 
                   f"{', '.join(r.name for r in named)}): each definition has its own front"
                   + (", and a run that records none stands apart" if not all(r.accelerator_definition for r in named)
                      else "") + ".", ""]
-    if "pareto.png" in [Path(p).name for p in pngs]:
+    if "pareto.png" in pngs:
         lines += ["![accuracy vs latency](pareto.png)", ""]
     if plot_note:
         lines += [f"> {plot_note}", ""]
     for run in runs:
         lines += run_markdown(run, figures[run.name])
-    report = out_dir / "report.md"
     atomic_write_text(report, "\n".join(lines).rstrip() + "\n")
-    return {"report": str(report), "figures": [str(out_dir / p) for p in pngs]}
-
-
-# -- figures (matplotlib, optional) ----------------------------------------------------------------
-def _pyplot():
-    """matplotlib.pyplot on the non-interactive Agg backend, or None if matplotlib is missing."""
-    try:
-        import matplotlib
-    except ImportError:
-        return None
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "run"
-
-
-def _figure_stems(runs: Sequence[Run]) -> Dict[str, str]:
-    """Run name -> a file-name stem no other run has ('x y' and 'x_y' both sanitise to x_y)."""
-    taken: set = set()   # lower case: a case-insensitive file system would merge them too
-    return {run.name: _unique(_safe(run.name), taken, str.lower) for run in runs}
-
-
-def _save(plt, fig, out_dir: Path, filename: str) -> str:
-    import os
-    tmp = out_dir / f".{filename}.tmp.png"
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, out_dir / filename)
-    return filename
-
-
-def _series(rows: List[dict], key: str):
-    xs, ys = [], []
-    for i, row in enumerate(rows):
-        value = row.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            epoch = row.get("epoch")
-            xs.append(epoch if isinstance(epoch, (int, float)) else i + 1)
-            ys.append(float(value))
-    return xs, ys
-
-
-def run_figures(plt, run: Run, out_dir: Path, stem: str) -> Dict[str, str]:
-    """STEM_curves.png (loss, accuracy, and latency/utilization of a search) and STEM_layers.png
-    (STEM: from ``_figure_stems``, unique among the report's runs)."""
-    files: Dict[str, str] = {}
-    held_out = "val" if run.kind == "search" else "test"
-    panels = [("loss", [("train_loss", "train"), (f"{held_out}_loss", held_out)]),
-              ("accuracy", [("train_acc", "train"), (f"{held_out}_acc", held_out)]),
-              ("latency (us, smooth cost)", [("latency_us", "supernet"), ("derived_latency_us", "derived")]),
-              ("utilization (smooth cost)", [("utilization", None)])]
-    panels = [(title, [(k, label) for k, label in keys if _series(run.curves, k)[0]])
-              for title, keys in panels]
-    panels = [p for p in panels if p[1]]
-    if panels:
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 2.9), squeeze=False)
-        for ax, (title, keys) in zip(axes[0], panels):
-            for key, label in keys:
-                xs, ys = _series(run.curves, key)
-                ax.plot(xs, ys, marker="o", markersize=3, label=label)
-            if title == "utilization (smooth cost)":
-                ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{100 * v:.1f}%"))
-            ax.set_title(title, fontsize=10)
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-            if any(label for _, label in keys):
-                ax.legend(fontsize=8)
-        fig.suptitle(f"{run.name} ({run.kind})", fontsize=11)
-        fig.tight_layout()
-        files["curves"] = _save(plt, fig, out_dir, f"{stem}_curves.png")
-    if run.cost is not None and run.cost.layers:
-        layers = run.cost.layers
-        names = [c.name for c in layers]
-        util = [100 * c.utilization for c in layers]
-        lat = [c.seconds * 1e6 for c in layers]
-        height = max(2.5, 0.26 * len(layers) + 1.2)
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, height), sharey=True)
-        y = list(range(len(layers)))
-        ax1.barh(y, util, color="tab:blue")
-        ax1.set_yticks(y)
-        ax1.set_yticklabels(names, fontsize=7)
-        ax1.invert_yaxis()
-        ax1.set_xlabel("utilization (%)")
-        ax1.set_xlim(0, min(100.0, max(util) * 1.3) or 1.0)     # small figures stay readable
-        for yi, value in zip(y, util):
-            ax1.annotate(f"{value:.2f}", (value, yi), xytext=(2, 0), textcoords="offset points",
-                         va="center", fontsize=6)
-        total = run.cost
-        ax1.axvline(100 * total.utilization, color="k", ls="--", lw=1,
-                    label=f"network {100 * total.utilization:.2f} %")
-        ax1.legend(fontsize=8, loc="lower right")
-        ax2.barh(y, lat, color="tab:orange")
-        ax2.set_xlabel("latency (us)")
-        for yi, value in zip(y, lat):
-            ax2.annotate(f"{value:.2f}", (value, yi), xytext=(2, 0), textcoords="offset points",
-                         va="center", fontsize=6)
-        ax2.set_xlim(0, max(lat) * 1.15 or 1.0)
-        for ax in (ax1, ax2):
-            ax.grid(axis="x", alpha=0.3)
-        a = total.accelerator
-        fig.suptitle(f"{run.name}: exported network on {a.name} ({a.array_rows}x{a.array_cols}), "
-                     f"{total.seconds * 1e6:.1f} us", fontsize=10)
-        fig.tight_layout()
-        files["layers"] = _save(plt, fig, out_dir, f"{stem}_layers.png")
-    return files
-
-
-def pareto_figure(plt, runs: Sequence[Run], front: Sequence[Run], out_dir: Path) -> str:
-    """pareto.png: accuracy against exact latency of every run, the Pareto front joined."""
-    fig, ax = plt.subplots(figsize=(5.6, 4))
-    # by the kind of accuracy, not of run: a train run without a test accuracy shows its supernet's
-    styles = {SEARCH_ACCURACY: ("o", "tab:blue", "search (supernet val acc)"),
-              TEST_ACCURACY: ("s", "tab:green", "trained (test acc)")}
-    for kind, (marker, color, label) in styles.items():
-        pts = [r for r in runs if r.accuracy_label == kind and _plotted(r)]
-        if pts:
-            ax.scatter([r.latency_us for r in pts], [100 * r.accuracy for r in pts], marker=marker,
-                       color=color, label=label, zorder=3)
-            for r in pts:
-                ax.annotate(r.name, (r.latency_us, 100 * r.accuracy), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7)
-    labelled = False
-    keys = front_keys(runs)
-    for key in sorted({keys[id(r)] for r in front}):   # one front per kind of accuracy, accelerator, batch
-        line = [r for r in front if keys[id(r)] == key]
-        if len(line) > 1:
-            ax.step([r.latency_us for r in line], [100 * r.accuracy for r in line], where="post",
-                    color="gray", ls="--", lw=1, label=None if labelled else "Pareto fronts", zorder=2)
-            labelled = True
-    ax.margins(0.12)
-    batches = sorted({r.hw_batch for r in runs if _plotted(r)}, key=lambda b: b or 0)
-    ax.set_xlabel("latency (us, exact, " + (f"batch {batches[0]})" if len(batches) == 1
-                                            else "each run's batch)"))
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("accuracy vs latency", fontsize=11)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(plt, fig, out_dir, "pareto.png")
+    removed = []
+    for name in dict.fromkeys(previous_figures):   # only now: a failed report leaves the old one whole
+        if name not in pngs and (out_dir / name).is_file():
+            (out_dir / name).unlink()
+            removed.append(str(out_dir / name))
+    return {"report": str(report), "figures": [str(out_dir / p) for p in pngs], "removed": removed}

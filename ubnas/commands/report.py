@@ -16,7 +16,8 @@ def add_parser(sub):
     parser.add_argument("--hw-batch", metavar="N",
                         help="cost every exported network at this batch size (default: the batch each "
                              "run's search costed it at, 1 unless it ran with --hw-batch)")
-    parser.add_argument("--no-plots", action="store_true", help="Markdown only")
+    parser.add_argument("--no-plots", action="store_true",
+                        help="Markdown only (figures an earlier report.md in REPORT_DIR linked are removed)")
     return parser
 
 
@@ -33,5 +34,6 @@ def run(args) -> int:
         print(note, file=sys.stderr)
     written = write_report(runs, args.out, plots=not args.no_plots)
     figures = f" and {len(written['figures'])} figure(s)" if written["figures"] else ""
-    print(f"wrote {written['report']}{figures}")
+    removed = f"; removed {len(written['removed'])} figure(s) of the report it replaced" if written["removed"] else ""
+    print(f"wrote {written['report']}{figures}{removed}")
     return 0
