@@ -87,6 +87,8 @@ def metrics(predicted: np.ndarray, reference: np.ndarray) -> Dict[str, float]:
 
 @dataclass
 class CalibrationResult:
+    """A calibration fit (``calibrate``): the fitted accelerator and the one it started from, the
+    fitted parameters, the train / hold-out reference rows and the error metrics before and after."""
     accelerator: Accelerator          # the input accelerator with the fitted calibration
     before: Accelerator
     mode: str

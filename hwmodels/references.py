@@ -59,6 +59,7 @@ class ReferenceSet:
 
 # ----------------------------------------------------------------------------- SCALE-Sim
 def scalesim_version() -> str:
+    """The installed SCALE-Sim's version, else the version the shipped cached runs come from."""
     try:
         from importlib.metadata import version
         return version("scalesim")
@@ -85,6 +86,8 @@ def cache_key(layer: Layer, rows: int, cols: int, dataflow: str, version: str) -
 
 
 def load_cache(path: Union[str, os.PathLike]) -> Dict[str, dict]:
+    """SCALE-Sim runs cached at ``path`` (``cache_key`` -> cycle counts), {} when there is no
+    file; HardwareConfigError naming the file when it is not a readable JSON object."""
     path = Path(path).expanduser()
     if not path.exists():
         return {}
@@ -99,6 +102,7 @@ def load_cache(path: Union[str, os.PathLike]) -> Dict[str, dict]:
 
 
 def save_cache(path: Union[str, os.PathLike], cache: Dict[str, dict]) -> None:
+    """Write the SCALE-Sim cache to ``path`` atomically (a crash leaves the old file whole)."""
     atomic_write_text(Path(path).expanduser(), json.dumps(cache, indent=0, sort_keys=True))
 
 

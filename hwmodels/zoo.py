@@ -124,10 +124,12 @@ class MobileNetV2(nn.Module):
 
 
 def resnet18_cifar(num_classes: int = 10) -> nn.Module:
+    """ResNet-18 for 32x32 inputs (3x3 stem, no max-pool), ``num_classes`` outputs."""
     return ResNet18Cifar(num_classes)
 
 
 def mobilenet_v2(num_classes: int = 10, cifar: bool = True) -> nn.Module:
+    """MobileNetV2 (width 1.0); ``cifar``: stride-1 stem and first stage for 32x32 inputs."""
     return MobileNetV2(num_classes, cifar)
 
 

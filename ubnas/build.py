@@ -43,6 +43,9 @@ class ReLUConvBN(nn.Module):
 
 
 class Cell(nn.Module):
+    """One cell of an exported architecture: preprocessed inputs, the chosen op on each kept edge,
+    nodes as sums of their edges, output the concatenation of the nodes (then a 2x2 max-pool if
+    ``pool_after``)."""
     def __init__(self, cell: CellArch, c_prev_prev: int, c_prev: int, stride0: int):
         super().__init__()
         self.reduce, self.pool_after = cell.reduce, cell.pool_after

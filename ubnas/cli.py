@@ -20,6 +20,7 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``ubnas`` argument parser: one sub-command per module of ``ubnas.commands``."""
     parser = argparse.ArgumentParser(
         prog="ubnas", description="Hardware-aware differentiable NAS for systolic-array accelerators.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -31,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run ``ubnas`` with ``argv`` (default: sys.argv[1:]); returns the exit status: 0, 2 for a user
+    error (ValueError, OSError, ImportError, out of memory: one line on stderr, the traceback with
+    UBNAS_DEBUG=1), 130 when interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

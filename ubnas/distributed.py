@@ -42,6 +42,7 @@ def rank() -> int:
 
 
 def active() -> bool:
+    """Whether this process is one of several ranks of an initialised process group."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
@@ -145,6 +146,7 @@ def assert_same(tensors: Iterable[torch.Tensor], what: str) -> None:
 
 
 def barrier() -> None:
+    """Wait for every rank (nothing to wait for in a single process)."""
     if active():
         dist.barrier()
 

@@ -62,6 +62,7 @@ OPS: Dict[str, OpDef] = {op.name: op for op in (
 
 
 def get_op(name: str) -> OpDef:
+    """The registered op ``name`` (``OPS``); ValueError listing the known ops otherwise."""
     try:
         return OPS[name]
     except KeyError:
@@ -103,6 +104,7 @@ class LinearBranch(nn.Module):
 
 
 def pool_forward(op: OpDef, x: torch.Tensor, stride: int) -> torch.Tensor:
+    """3x3 max or average pool of a pool op, padding 1: (N, C, H, W) -> (N, C, ceil(H/stride), ceil(W/stride))."""
     if op.pool == "max":
         return F.max_pool2d(x, 3, stride=stride, padding=1)
     return F.avg_pool2d(x, 3, stride=stride, padding=1, count_include_pad=False)

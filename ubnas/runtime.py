@@ -10,6 +10,8 @@ import torch
 
 
 def pick_device(name: str) -> torch.device:
+    """The torch device ``--device`` names: "auto" is CUDA when available, else CPU; a device that
+    cannot run here (cuda without a GPU, a bad name) is a ValueError naming --device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -41,6 +41,7 @@ class ChannelSpec:
 
 @dataclass(frozen=True)
 class CellSpec:
+    """One cell of a search space: whether it reduces, pools after, and its own width window."""
     reduce: bool = False       # first edges stride 2 (DARTS reduction cell)
     pool_after: bool = False   # 2x2 max-pool after the cell (U-Boost)
     channels: Optional[ChannelSpec] = None
@@ -48,6 +49,7 @@ class CellSpec:
 
 @dataclass(frozen=True)
 class SearchSpace:
+    """A parsed search-space YAML (``load_space``): node count, candidate ops, stem and cells."""
     name: str
     nodes: int
     ops: List[str]
@@ -154,6 +156,7 @@ def parse_space(data: Any, origin: str) -> SearchSpace:
 
 
 def space_names() -> List[str]:
+    """Names of the spaces shipped in ``search_spaces/`` (``tiny``, ``uboost_cifar``, ...)."""
     return sorted(p.stem for p in SPACE_DIR.glob("*.yaml"))
 
 

@@ -148,6 +148,9 @@ class Source:
 
 
 class SearchCell(nn.Module):
+    """One searched cell: two preprocessed inputs (s0, s1), ``space.nodes`` intermediate nodes, each
+    the sum of mixed edges from every earlier state, output the concatenation of the nodes
+    ((N, nodes * C, H, W), or halved H and W in a reduction cell or with pool_after)."""
     def __init__(self, space: SearchSpace, index: int, s0: Source, s1: Source, widths: Dict[str, Width]):
         super().__init__()
         spec = space.cells[index]

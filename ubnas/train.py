@@ -53,6 +53,7 @@ PLACEMENT_KEYS = ("data_dir", "device", "hw")
 
 @dataclass
 class TrainConfig:
+    """Options of ``ubnas train`` (the command's flags, same names); ``validate`` checks them."""
     spec: str
     out: str = "runs/train"
     data: str = "digits"
@@ -105,6 +106,7 @@ class TrainingDiverged(ValueError):
 
 @dataclass
 class TrainResult:
+    """What ``train`` returns: the run directory, metrics.json's content, per-epoch rows, the model."""
     out_dir: Path
     metrics: Dict[str, Any] = field(default_factory=dict)
     history: List[dict] = field(default_factory=list)
@@ -203,6 +205,8 @@ def hardware_metrics(model: torch.nn.Module, spec: ArchSpec, acc, why: str) -> D
 
 @torch.no_grad()
 def evaluate(model, x, y, batch_size: int = 512):
+    """Mean cross-entropy and accuracy (fraction) of ``model`` in eval mode over x (N, ...) and
+    labels y (N,), in batches of ``batch_size``, without gradients."""
     model.eval()
     loss, correct = 0.0, 0
     for xb, yb in batches(x, y, batch_size, shuffle=False, generator=None):

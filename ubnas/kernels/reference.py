@@ -33,6 +33,7 @@ Spec = Tuple[Tuple[int, int], ...]
 
 
 def out_size(h: int, stride: int) -> int:
+    """Output height (or width) of a 3x3 / k x k 'same'-padded window at ``stride``: ceil(h / stride)."""
     return (h - 1) // stride + 1
 
 
