@@ -221,6 +221,31 @@ def test_spec_is_estimated_at_the_batch_it_was_searched_at(tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1 and "provenance.hw_batch: expected a positive integer" in err
 
 
+def test_spec_searched_under_the_uboost_model_is_costed_in_the_systolic_model_with_a_note(tmp_path, capsys):
+    """The default table is the systolic model, as the search's exact cost is, also for a spec
+    searched under the uboost model; a note says so and how to get the searched model."""
+    import torch
+    from hwmodels import estimate
+    from ubnas.build import build_network
+    from ubnas.space import load_space
+    from ubnas.spec import derive_spec, load_spec, save_spec
+    from ubnas.supernet import Supernet
+    torch.manual_seed(0)
+    path = tmp_path / "arch.yaml"
+    save_spec(derive_spec(Supernet(load_space("tiny"), (1, 8, 8), 10), {"cost_model": "uboost"}), path)
+    spec = load_spec(path)
+    acc = load_accelerator("edge_16x16")
+    systolic = estimate(build_network(spec), spec.input_shape, acc)
+    uboost = estimate(build_network(spec), spec.input_shape, acc, mode="uboost")
+    assert uboost.cycles != pytest.approx(systolic.cycles)   # the two models tell apart here
+    code, out, err = run_main(capsys, path, "--json", "--hw", "edge_16x16")
+    assert code == 0 and "searched under the uboost cost model; this is the systolic model" in err, err
+    assert json.loads(out)["total"]["cycles"] == pytest.approx(systolic.cycles)
+    for mode, want in (("uboost", uboost), ("systolic", systolic)):   # chosen: no note
+        code, out, err = run_main(capsys, path, "--json", "--hw", "edge_16x16", "--model-mode", mode)
+        assert code == 0 and "cost model" not in err and json.loads(out)["total"]["cycles"] == pytest.approx(want.cycles)
+
+
 USER_MODEL = """
 import torch.nn as nn
 

@@ -38,8 +38,9 @@ def add_parser(sub):
     parser.add_argument("--array", metavar="ROWSxCOLS", help="override the array size, e.g. 64x64")
     parser.add_argument("--num-arrays", metavar="N", help="override the number of arrays")
     parser.add_argument("--dataflow", metavar="|".join(DATAFLOWS), help="override the dataflow")
-    parser.add_argument("--model-mode", default="systolic", metavar="|".join(MODES),
-                        help="cost model: systolic (default) or uboost (the paper's)")
+    parser.add_argument("--model-mode", metavar="|".join(MODES),
+                        help="cost model: systolic (default, also for a SPEC searched under another "
+                             "model: the exact cost its search reported) or uboost (the paper's)")
     parser.add_argument("--batch", "--hw-batch", dest="batch", metavar="N",
                         help="batch size (default: the batch a SPEC was searched at, else 1)")
     parser.add_argument("--input", metavar="CxHxW",
@@ -241,11 +242,25 @@ def _searched_on(args, spec):
     return acc
 
 
+def _mode_note(spec, spec_path: str) -> None:
+    """For the default model: a note when ``spec`` was searched under another model of MODES (the
+    table is in the systolic model, as the exact cost its search reported is)."""
+    searched = spec.provenance.get("cost_model") if spec is not None else None
+    if searched in MODES and searched != "systolic":
+        print(f"note: {spec_path} was searched under the {searched} cost model; this is the systolic model, "
+              f"as is the exact cost its search reported (--model-mode {searched} for the searched one)",
+              file=sys.stderr)
+
+
 def run(args) -> int:
     from hwmodels.report import format_table, to_json_dict
+    mode_given = args.model_mode is not None
+    args.model_mode = args.model_mode or "systolic"
     if args.model_mode not in MODES:
         raise ValueError(f"--model-mode: expected one of {', '.join(MODES)}, got {args.model_mode!r}")
     spec = _spec_of(args)
+    if not mode_given:
+        _mode_note(spec, args.spec)
     acc = build_accelerator(args, _searched_on(args, spec))
     with contextlib.redirect_stdout(sys.stderr):   # what the user's network prints stays out of --json
         layers = collect_layers(args, _batch(args, spec), spec)
