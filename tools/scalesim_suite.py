@@ -35,12 +35,20 @@ COLUMNS = ["suite", "name", "kind", "in_h", "in_w", "in_channels", "out_channels
            "array_cols", "dataflow", "scalesim_compute_cycles", "scalesim_total_cycles"]
 
 
+class SimulationFailed(RuntimeError):
+    """One SCALE-Sim run raised; the message names the run."""
+
+
 def _run_job(job):
     from hwmodels.scalesim import run_scalesim
     suite, layer, rows, cols, dataflow = job
     start = time.time()
     acc = Accelerator(name=f"{rows}x{cols}", array_rows=rows, array_cols=cols, dataflow=dataflow)
-    report = run_scalesim([layer], acc)[0]
+    try:
+        report = run_scalesim([layer], acc)[0]
+    except Exception as exc:   # the worker's traceback would not say which of hundreds of runs failed
+        raise SimulationFailed(f"SCALE-Sim failed on {suite}/{layer.name}, array {rows}x{cols}, {dataflow}: "
+                               f"{type(exc).__name__}: {exc}") from None
     row = dict(suite=suite, name=layer.name, **layer_fields(layer), array_rows=rows, array_cols=cols,
                dataflow=dataflow, scalesim_compute_cycles=report.compute_cycles,
                scalesim_total_cycles=report.total_cycles)
@@ -130,6 +138,9 @@ def main(argv=None):
               file=sys.stderr)
         if isinstance(exc, KeyboardInterrupt):
             return 130
+        if isinstance(exc, SimulationFailed):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         raise
     write_rows(out, in_order(results))
     lines = sum(simulated_lines(*job[1:]) for job in jobs)
