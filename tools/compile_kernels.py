@@ -2,14 +2,21 @@
 """Compile every Triton kernel of ubnas.kernels for a CUDA target without a GPU (default sm_90, H100).
 
 Lowers each kernel through Triton and assembles it with the bundled ptxas, for one
-representative specialisation each, and prints the cubin size: evidence that a kernel
-changed on a CPU-only machine (where the tests run it in the interpreter) also compiles
-for the GPU.  It checks neither values nor speed; tools/gpu_check.sh does, on a GPU.
+representative specialisation each, and the 2-D tile depthwise kernels (the default family)
+at every autotune configuration and both strides; prints the cubin size and, from the bundled
+cuobjdump, registers and stack bytes per thread (a stack above 0 is register spilling, slow).
+Evidence that a kernel changed on a CPU-only machine (where the tests run it in the
+interpreter) also compiles for the GPU.  It checks neither values nor speed; tools/gpu_check.sh
+does, on a GPU.  The installed Triton may be newer than the GPU machine's.
 
     PYTHONPATH=. python3 tools/compile_kernels.py [--arch 90]
 """
 import argparse
+import os
+import re
+import subprocess
 import sys
+import tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -21,8 +28,22 @@ ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability, e
 target = GPUTarget("cuda", ap.parse_args().arch, 32)
 
 
-def compile_kernel(kern, consts, ptr_types):
-    """Cubin size (bytes) of ``kern`` with constexprs ``consts``; pointers fp32 unless in ptr_types."""
+def resources(cubin: bytes) -> str:
+    """'REG r STACK s' of a cubin (cuobjdump -res-usage), or '' when the tool is missing."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return ""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+        handle.write(cubin)
+        handle.flush()
+        out = subprocess.run([tool, "-res-usage", handle.name], capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return f"REG {found[1]:>3} STACK {found[2]:>4}" if found else ""
+
+
+def compile_kernel(kern, consts, ptr_types, num_warps=4):
+    """(cubin size in bytes, resources) of ``kern`` with constexprs ``consts`` at ``num_warps``;
+    pointers fp32 unless in ptr_types."""
     jit = kern
     while not isinstance(jit, triton.runtime.jit.JITFunction):   # autotuner -> JITFunction
         jit = jit.fn
@@ -37,8 +58,8 @@ def compile_kernel(kern, consts, ptr_types):
         else:
             sig[name] = "i32"
     src = ASTSource(fn=jit, signature=sig, constexprs={(jit.arg_names.index(k),): v for k, v in consts.items()})
-    k = triton.compile(src, target=target, options={"num_warps": 4})
-    return len(k.asm["cubin"])
+    k = triton.compile(src, target=target, options={"num_warps": num_warps})
+    return len(k.asm["cubin"]), resources(k.asm["cubin"])
 
 tile = dict(K0=3, D0=1, K1=5, D1=1, K2=3, D2=2, K3=5, D3=2, NK=4, STRIDE=1, BLOCK_H=16, BLOCK_W=32)
 cases = [
@@ -57,12 +78,23 @@ cases = [
     ("_pool_bwd", C._pool_bwd, dict(STRIDE=2, HAS_MAX=True, HAS_AVG=True, HAS_SKIP=False, BLOCK=256), {}),
     ("_pool_bwd(skip)", C._pool_bwd, dict(STRIDE=1, HAS_MAX=True, HAS_AVG=True, HAS_SKIP=True, BLOCK=256), {}),
 ]
+cases = [case + (4,) for case in cases]
+for config in T._tile_configs():   # what autotune chooses from (one config with UBNAS_AUTOTUNE=0)
+    shape = dict(BLOCK_H=config.kwargs["BLOCK_H"], BLOCK_W=config.kwargs["BLOCK_W"])
+    at = f"{shape['BLOCK_H']}x{shape['BLOCK_W']}/{config.num_warps}w"
+    for stride in (1, 2):
+        cases += [(f"_dw_fwd_tile s{stride} {at}", T._dw_fwd_tile, dict(tile, STRIDE=stride, **shape), {},
+                   config.num_warps),
+                  (f"_dw_bwd_in_tile s{stride} {at}", T._dw_bwd_in_tile,
+                   dict(tile, STRIDE=stride, HAS_LIN=True, HAS_EXTRA=True, MASK=True, **shape), {}, config.num_warps),
+                  (f"_dw_bwd_w_tile s{stride} {at}", T._dw_bwd_w_tile, dict(K=5, DIL=2, STRIDE=stride, **shape), {},
+                   config.num_warps)]
 ok = True
-for name, kern, consts, ptrs in cases:
+for name, kern, consts, ptrs, warps in cases:
     try:
-        n = compile_kernel(kern, consts, ptrs)
-        print(f"{name:18s} sm_{target.arch} cubin {n} bytes")
+        n, used = compile_kernel(kern, consts, ptrs, warps)
+        print(f"{name:36s} sm_{target.arch} cubin {n:7d} bytes  {used}")
     except Exception as e:  # report and go on
         ok = False
-        print(f"{name:18s} FAILED: {type(e).__name__}: {str(e)[:300]}")
+        print(f"{name:36s} FAILED: {type(e).__name__}: {str(e)[:300]}")
 sys.exit(0 if ok else 1)
