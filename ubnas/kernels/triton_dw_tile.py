@@ -31,9 +31,14 @@ MAX_WEIGHT_K = 5    # largest k of _dw_bwd_w_tile (one accumulator per tap of a 
 
 
 def _tile_configs():
+    """(BLOCK_H, BLOCK_W, num_warps) autotune chooses from; with UBNAS_AUTOTUNE=0 the one that keeps
+    all three kernels in registers for sm_90 (tools/compile_kernels.py: (16, 32, 4) spills 40-72
+    bytes per thread in _dw_bwd_in_tile, (32, 32, 4) 3.5 KB there, so autotune will not pick it
+    for that kernel but may for the forward, where it does not spill)."""
     if INTERPRET:
         return [triton.Config({"BLOCK_H": 4, "BLOCK_W": 4}, num_warps=1)]
-    tiles = ((8, 8, 1), (8, 16, 2), (16, 32, 4), (32, 32, 4)) if AUTOTUNE else ((16, 32, 4),)
+    tiles = (((8, 8, 1), (8, 16, 2), (16, 32, 4), (16, 32, 8), (32, 32, 4), (32, 32, 8)) if AUTOTUNE
+             else ((16, 32, 8),))
     return [triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=w) for bh, bw, w in tiles]
 
 
@@ -261,7 +266,8 @@ def dw_backward_weight(dd: torch.Tensor, x: torch.Tensor, spec: Spec, stride: in
     kmax = max(k for k, _ in spec)
     if kmax > MAX_WEIGHT_K:
         raise ValueError(f"_dw_bwd_w_tile takes kernels up to {MAX_WEIGHT_K}x{MAX_WEIGHT_K}, got {kmax}x{kmax}")
-    splits, n_per = batch_slices(n, c * nk * kmax)
+    # one launch per kernel of (c, k, splits) programs: split the batch for about 1024 programs a launch
+    splits, n_per = batch_slices(n, c * kmax)
     part = torch.empty(splits, total, dtype=torch.float32, device=x.device)   # every tap written
     for j, (k, dil) in enumerate(spec):
         _dw_bwd_w_tile[(c, k, splits)](dd, x, part, n, c, h, wd, dd.shape[2], dd.shape[3], nk, j, total, offs[j],
