@@ -197,16 +197,22 @@ def test_triton_mixed_edge_vs_eager_float64(ops, stride, fold, train, tiled, no_
     check("running_var", e.bn.running_var, e64.bn.running_var, 1e-5)
 
 
-def test_triton_reductions_over_several_images_and_pixel_blocks(no_tf32, monkeypatch):
+@pytest.mark.parametrize("tiled", ["1", "0"])   # UBNAS_DW_TILED: both depthwise families' dL/dw loops
+def test_triton_reductions_over_several_images_and_pixel_blocks(tiled, no_tf32, monkeypatch):
     """The per-split loops over images and pixel blocks (on a GPU every split holds many images and
     planes span many blocks; the interpreter's tiny shapes give one of each unless forced)."""
     from ubnas.kernels import triton_common
+    monkeypatch.setenv("UBNAS_DW_TILED", tiled)
     asked = []
     monkeypatch.setattr(triton_common, "batch_splits",
                         lambda n, per, target=1024: asked.append(n) or min(n, 2))   # 3 images: 2 + 1
-    edges, twins = _edge_group(DARTS, 3, 1, 2, DEV)
-    x = _x(n=3, c=3, h=9, dtype=torch.float32, device=DEV).requires_grad_()   # 81 pixels: 2 blocks of 64
-    probs = torch.softmax(torch.randn(2, len(DARTS), device=DEV), 1).detach().requires_grad_()
+    # gathers: 81 pixels, 2 blocks of 64 (also for the combine kernels both families share), a group
+    # of 2 edges; tiles: 5x5 is already 2x2 tiles of 4x4, one edge of 2 channels (the interpreter
+    # runs the tile kernels' unrolled taps ~15x slower per pixel)
+    c, h, n_edges = (3, 9, 2) if tiled == "0" else (2, 5, 1)
+    edges, twins = _edge_group(DARTS, c, 1, n_edges, DEV)
+    x = _x(n=3, c=c, h=h, dtype=torch.float32, device=DEV).requires_grad_()
+    probs = torch.softmax(torch.randn(n_edges, len(DARTS), device=DEV), 1).detach().requires_grad_()
     _check_group(edges, twins, x, probs, "triton", 1e-5)
     assert asked and set(asked) == {3}   # the reductions did run in two slices
 
@@ -339,8 +345,11 @@ def test_edge_group_refuses_bns_with_different_settings(setting, value):
         mixed_edges(edges, _x(c=3, h=5), probs, impl="reference")
 
 
-@pytest.mark.parametrize("ops,stride", [(DARTS, 2), (UBOOST, 1)])
-def test_triton_edge_group_vs_eager_float64(ops, stride, no_tf32):
+@pytest.mark.parametrize("ops,stride,tiled", [(DARTS, 2, "1"), (DARTS, 2, "0"), (UBOOST, 1, "1")])
+def test_triton_edge_group_vs_eager_float64(ops, stride, tiled, no_tf32, monkeypatch):
+    """Two edges in one call, each against its float64 eager twin: 8 depthwise kernels, two
+    launches of the tile kernels (MAX_NK = 4), one of the gathers."""
+    monkeypatch.setenv("UBNAS_DW_TILED", tiled)
     edges, twins = _edge_group(ops, 3, stride, 2, DEV)
     x = _x(c=3, h=6, w=5, masked=True, dtype=torch.float32, device=DEV).requires_grad_()
     probs = torch.softmax(torch.randn(2, len(ops), device=DEV), 1).detach().requires_grad_()
