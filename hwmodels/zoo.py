@@ -129,7 +129,7 @@ def resnet18_cifar(num_classes: int = 10) -> nn.Module:
 
 
 def mobilenet_v2(num_classes: int = 10, cifar: bool = True) -> nn.Module:
-    """MobileNetV2 (width 1.0); ``cifar``: stride-1 stem and first stage for 32x32 inputs."""
+    """MobileNetV2 (width 1.0); ``cifar``: stride-1 stem and 24-channel stage for 32x32 inputs."""
     return MobileNetV2(num_classes, cifar)
 
 

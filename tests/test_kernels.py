@@ -205,7 +205,7 @@ def test_triton_reductions_over_several_images_and_pixel_blocks(tiled, no_tf32, 
     monkeypatch.setenv("UBNAS_DW_TILED", tiled)
     asked = []
     monkeypatch.setattr(triton_common, "batch_splits",
-                        lambda n, per, target=1024: asked.append(n) or min(n, 2))   # 3 images: 2 + 1
+                        lambda n, per, target=1024: asked.append((n, per)) or min(n, 2))   # 3 images: 2 + 1
     # gathers: 81 pixels, 2 blocks of 64 (also for the combine kernels both families share), a group
     # of 2 edges; tiles: 5x5 is already 2x2 tiles of 4x4, one edge of 2 channels (the interpreter
     # runs the tile kernels' unrolled taps ~15x slower per pixel)
@@ -214,7 +214,9 @@ def test_triton_reductions_over_several_images_and_pixel_blocks(tiled, no_tf32, 
     x = _x(n=3, c=c, h=h, dtype=torch.float32, device=DEV).requires_grad_()
     probs = torch.softmax(torch.randn(n_edges, len(DARTS), device=DEV), 1).detach().requires_grad_()
     _check_group(edges, twins, x, probs, "triton", 1e-5)
-    assert asked and set(asked) == {3}   # the reductions did run in two slices
+    assert asked and {n for n, _ in asked} == {3}   # the reductions did run in two slices
+    if tiled == "1":   # the tile dL/dw splits for one launch's programs: (C, k) per kernel, k <= 5
+        assert (3, c * 5) in asked
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # the interpreter's numpy, on NaN

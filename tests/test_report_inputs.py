@@ -419,7 +419,8 @@ def test_pareto_figure_tells_fronts_on_different_accelerators_apart(tmp_path, mo
         drawn["points"] = {c.get_label(): (sorted(float(x) for x, _ in c.get_offsets()),
                                            tuple(c.get_facecolor()[0])) for c in ax.collections}
         drawn["lines"] = sorted((tuple(float(x) for x in line.get_xdata()), to_rgba(line.get_color()))
-                                for line in ax.lines)
+                                for line in ax.lines if len(line.get_xdata()))
+        drawn["legend"] = {t.get_text() for t in ax.get_legend().get_texts()}
         plt_.close(fig)
         return filename
     monkeypatch.setattr(figures, "_save", keep)
@@ -432,6 +433,7 @@ def test_pareto_figure_tells_fronts_on_different_accelerators_apart(tmp_path, mo
     assert edge_colour != uboost_colour
     # both runs of each machine are on its front (by hand: faster or more accurate than the other)
     assert drawn["lines"] == sorted([((10.0, 20.0), uboost_colour), ((30.0, 50.0), edge_colour)])
+    assert "Pareto fronts (dashed, in their machine's colour)" in drawn["legend"]
 
 
 def test_a_report_without_figures_removes_those_of_the_report_it_replaces(tmp_path, capsys):
@@ -452,3 +454,25 @@ def test_a_report_without_figures_removes_those_of_the_report_it_replaces(tmp_pa
     assert ".png" not in (out / "report.md").read_text()
     assert main(["report", str(run), "--out", str(out)]) == 0   # drawn again: nothing removed
     assert (out / "run_curves.png").is_file()
+
+
+def test_stale_figure_removal_touches_only_figures_an_earlier_ubnas_report_drew(tmp_path, capsys):
+    """A report.md of the user's own links their PNGs: none is removed (its links are not ours).
+    A run name with brackets still has its old figure found and removed."""
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "lam[0.1]"
+    run.mkdir()
+    (run / "search_log.csv").write_text("epoch,train_loss,val_acc\n1,1.0,0.5\n2,0.5,0.6\n")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("# my notes\n\n![arch](architecture.png)\n![x](x_curves.png)\n")
+    for name in ("architecture.png", "x_curves.png"):
+        (mine / name).write_bytes(b"mine")
+    assert main(["report", str(run), "--out", str(mine), "--no-plots"]) == 0
+    assert (mine / "architecture.png").read_bytes() == b"mine" and (mine / "x_curves.png").read_bytes() == b"mine"
+    out = tmp_path / "rep"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    drawn = [p.name for p in out.glob("*_curves.png")]
+    assert len(drawn) == 1 and "](" + drawn[0] + ")" in (out / "report.md").read_text()
+    assert main(["report", str(run), "--out", str(out), "--no-plots"]) == 0
+    assert not list(out.glob("*.png"))

@@ -383,27 +383,34 @@ def run_markdown(run: Run, figures: Dict[str, str]) -> List[str]:
         out += _table(cols, rows) + [""]
     for key in ("curves", "layers"):
         if key in figures:
-            out += [f"![{run.name} {key}]({figures[key]})", ""]
+            alt = re.sub(r"[\[\]]", "", run.name)   # a ] in a run name would end the alt text
+            out += [f"![{alt} {key}]({figures[key]})", ""]
     for note in run.notes:
         out += [f"> {note}", ""]
     return out
 
 
-FIGURE_LINK = re.compile(r"!\[[^\]]*\]\(([^)/\\]+\.png)\)")   # ![...](NAME.png), a file beside report.md
+REPORT_TITLE = "# ubnas report"
+# the link targets write_report and report_figures write: pareto.png, STEM_curves.png, STEM_layers.png
+# (stems sanitised to these characters), beside report.md
+FIGURE_LINK = re.compile(r"\]\((pareto\.png|[A-Za-z0-9_.-]+_(?:curves|layers)\.png)\)")
 
 
 def _figures_linked(report: Path) -> List[str]:
-    """PNG files an existing report.md links to, beside it ([] when there is no readable one)."""
+    """Figures an earlier ``ubnas report`` drew beside ``report`` (its report.md links them); [] when
+    there is no readable report.md, or it is not one of ours."""
     try:
-        return FIGURE_LINK.findall(report.read_text(encoding="utf-8"))
+        text = report.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return []
+    return FIGURE_LINK.findall(text) if text.startswith(REPORT_TITLE + "\n") else []
 
 
 def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, Any]:
     """REPORT_DIR/report.md (+ PNGs when matplotlib is importable and ``plots``); returns the files
-    written ('report', 'figures') and 'removed': the figures of the report.md this one replaces
-    that it does not draw again (a --no-plots report, or fewer runs), so none pass for this one's."""
+    written ('report', 'figures') and 'removed': the figures an earlier ``ubnas report`` in
+    ``out_dir`` drew and linked that this one does not draw again (a --no-plots report, or fewer
+    runs), so none pass for this one's; no other file is touched."""
     from .runtime import make_run_dir
     out_dir = make_run_dir(Path(out_dir))     # an --out that is a file: a message naming --out, not errno 17
     report = out_dir / "report.md"
@@ -425,7 +432,7 @@ def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, 
                 pngs += list(figures[run.name].values())
             if any(plotted(r) for r in runs):
                 pngs.append(report_figures.pareto_figure(plt, runs, front, out_dir, keys))
-    lines = ["# ubnas report", "", f"{len(runs)} run(s). Latency and utilization are the exact cost of "
+    lines = [REPORT_TITLE, "", f"{len(runs)} run(s). Latency and utilization are the exact cost of "
              f"each run's exported network (hwmodels, systolic model) at the batch of the batch column "
              f"(the batch its search costed it at, or --hw-batch).", ""]
     summary = [(r.name, r.kind, None if r.accuracy is None else round(100 * r.accuracy, 2),
@@ -450,8 +457,9 @@ def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, 
         lines += run_markdown(run, figures[run.name])
     atomic_write_text(report, "\n".join(lines).rstrip() + "\n")
     removed = []
+    drawn = {p.lower() for p in pngs}   # A_curves.png is a_curves.png on a case-insensitive file system
     for name in dict.fromkeys(previous_figures):   # only now: a failed report leaves the old one whole
-        if name not in pngs and (out_dir / name).is_file():
+        if name.lower() not in drawn and (out_dir / name).is_file():
             (out_dir / name).unlink()
             removed.append(str(out_dir / name))
     return {"report": str(report), "figures": [str(out_dir / p) for p in pngs], "removed": removed}

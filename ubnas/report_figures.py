@@ -165,8 +165,10 @@ def pareto_figure(plt, runs: Sequence[Run], front: Sequence[Run], out_dir: Path,
         if len(line) > 1:
             ax.step([r.latency_us for r in line], [100 * r.accuracy for r in line], where="post",
                     color=colour[key[1:]] if several else "gray", ls="--", lw=1,
-                    label=None if labelled else "Pareto fronts", zorder=2)
+                    label=None if labelled or several else "Pareto fronts", zorder=2)
             labelled = True
+    if labelled and several:   # the legend's entry in neutral grey, not the first machine's colour
+        ax.plot([], [], color="gray", ls="--", lw=1, label="Pareto fronts (dashed, in their machine's colour)")
     ax.margins(0.12)
     batches = sorted({r.hw_batch for r in runs if plotted(r)}, key=lambda b: b or 0)
     ax.set_xlabel("latency (us, exact, " + (f"batch {batches[0]})" if len(batches) == 1

@@ -10,8 +10,9 @@ import torch
 
 
 def pick_device(name: str) -> torch.device:
-    """The torch device ``--device`` names: "auto" is CUDA when available, else CPU; a device that
-    cannot run here (cuda without a GPU, a bad name) is a ValueError naming --device."""
+    """The torch device ``--device`` names: "auto" is CUDA when available, else CPU; a bad name, a
+    device type other than cpu and cuda, or cuda where torch sees no GPU is a ValueError naming
+    --device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

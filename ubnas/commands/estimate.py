@@ -255,7 +255,7 @@ def _mode_note(spec, spec_path: str) -> None:
 def run(args) -> int:
     from hwmodels.report import format_table, to_json_dict
     mode_given = args.model_mode is not None
-    args.model_mode = args.model_mode or "systolic"
+    args.model_mode = "systolic" if args.model_mode is None else args.model_mode
     if args.model_mode not in MODES:
         raise ValueError(f"--model-mode: expected one of {', '.join(MODES)}, got {args.model_mode!r}")
     spec = _spec_of(args)

@@ -30,15 +30,17 @@ MAX_NK = 4          # kernels per launch of _dw_fwd_tile / _dw_bwd_in_tile
 MAX_WEIGHT_K = 5    # largest k of _dw_bwd_w_tile (one accumulator per tap of a row)
 
 
-def _tile_configs():
-    """(BLOCK_H, BLOCK_W, num_warps) autotune chooses from; with UBNAS_AUTOTUNE=0 the one that keeps
-    all three kernels in registers for sm_90 (tools/compile_kernels.py: (16, 32, 4) spills 40-72
-    bytes per thread in _dw_bwd_in_tile, (32, 32, 4) 3.5 KB there, so autotune will not pick it
-    for that kernel but may for the forward, where it does not spill)."""
+def _tile_configs(skip=()):
+    """(BLOCK_H, BLOCK_W, num_warps) autotune chooses from, less those in ``skip``; with
+    UBNAS_AUTOTUNE=0 (16, 32, 8), the one that spills in none of the three kernels for sm_90
+    (tools/compile_kernels.py, triton 3.9: (16, 32, 4) spills 40-72 bytes a thread in
+    _dw_bwd_in_tile, (32, 32, 8) 40-80 there, (32, 32, 4) 3.5 KB there and 56 in _dw_fwd_tile at
+    stride 2; autotune times the rest and keeps the fastest)."""
     if INTERPRET:
         return [triton.Config({"BLOCK_H": 4, "BLOCK_W": 4}, num_warps=1)]
     tiles = (((8, 8, 1), (8, 16, 2), (16, 32, 4), (16, 32, 8), (32, 32, 4), (32, 32, 8)) if AUTOTUNE
              else ((16, 32, 8),))
+    tiles = [t for t in tiles if t not in skip]
     return [triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=w) for bh, bw, w in tiles]
 
 
@@ -111,7 +113,9 @@ def _dw_bwd_one(acc, d_base, w_base, ih, iw, Ho, Wo, K: tl.constexpr, DIL: tl.co
     return acc
 
 
-@triton.autotune(_tile_configs(), key=["C", "H", "W", "Ho", "Wo", "HAS_LIN", "HAS_EXTRA", "MASK"] + DW_KEYS)
+# (32, 32, 4) spills kilobytes a thread here: not worth timing
+@triton.autotune(_tile_configs(skip=((32, 32, 4),)), key=["C", "H", "W", "Ho", "Wo", "HAS_LIN", "HAS_EXTRA", "MASK"]
+                 + DW_KEYS)
 @jit_any_shape
 def _dw_bwd_in_tile(dd_ptr, x_ptr, w_ptr, lin_ptr, extra_ptr, dx_ptr, C, H, W, Ho, Wo, NK_ALL, J0,
                     OFF0, OFF1, OFF2, OFF3,
