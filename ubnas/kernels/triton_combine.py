@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .reference import out_size
-from .triton_common import batch_slices, block_configs, jit_any_shape, plane_grid
+from .triton_common import batch_slices, block_configs, jit_any_shape, plane_block, plane_grid
 
 
 @triton.jit
@@ -51,17 +51,14 @@ def _pool_at(x_base, oh, ow, pm, H, W, STRIDE: tl.constexpr, HAS_MAX: tl.constex
 def _combine_fwd(z_ptr, mean_ptr, invstd_ptr, x_ptr, coef_ptr, y_ptr, C, H, W, Ho, Wo, G,
                  STRIDE: tl.constexpr, HAS_LIN: tl.constexpr, HAS_MAX: tl.constexpr, HAS_AVG: tl.constexpr,
                  HAS_SKIP: tl.constexpr, BLOCK: tl.constexpr):
-    plane = tl.program_id(0)   # (n, c) plane of x; the pools are evaluated once for the G edges
-    n = plane // C
-    c = plane % C
-    p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    pm = p < Ho * Wo
+    # (n, c) plane of x; the pools are evaluated once for the G edges
+    plane, n, c, p, pm, oh, ow = plane_block(C, Wo, Ho * Wo, BLOCK)
     x_base = x_ptr + plane.to(tl.int64) * H * W
     mx = tl.zeros([BLOCK], dtype=tl.float32)
     av = tl.zeros([BLOCK], dtype=tl.float32)
     xv = tl.zeros([BLOCK], dtype=tl.float32)
     if HAS_MAX or HAS_AVG:
-        mx, _, av = _pool_at(x_base, p // Wo, p % Wo, pm, H, W, STRIDE, HAS_MAX, HAS_AVG)
+        mx, _, av = _pool_at(x_base, oh, ow, pm, H, W, STRIDE, HAS_MAX, HAS_AVG)
         mx = tl.where(pm, mx, 0.0)
     if HAS_SKIP:
         xv = tl.load(x_base + p, mask=pm, other=0.0).to(tl.float32)
@@ -152,13 +149,8 @@ def _bn_bwd(g_ptr, z_ptr, mean_ptr, invstd_ptr, sums_ptr, coef_ptr, dz_ptr, C, G
 def _pool_bwd(g_ptr, x_ptr, coef_ptr, dx_ptr, C, H, W, Ho, Wo, G,
               STRIDE: tl.constexpr, HAS_MAX: tl.constexpr, HAS_AVG: tl.constexpr, HAS_SKIP: tl.constexpr,
               BLOCK: tl.constexpr):
-    plane = tl.program_id(0)   # (n, c) plane of x; sums the G edges' gradients
-    n = plane // C
-    c = plane % C
-    i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    im = i < H * W
-    ih = i // W
-    iw = i % W
+    # (n, c) plane of x; sums the G edges' gradients
+    plane, n, c, i, im, ih, iw = plane_block(C, W, H * W, BLOCK)
     x_base = x_ptr + plane.to(tl.int64) * H * W
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     # candidate q = 3a + b: i sits at (a, b) of the window of output (oh, ow)

@@ -1,6 +1,6 @@
 """Pieces shared by the Triton kernels of the fused mixed edge (``triton_dw_gather``,
 ``triton_dw_tile``, ``triton_combine``): autotune configurations, the jit without shape
-specialisation, relu on load, grids and batch splits.
+specialisation, relu on load, a program's plane and pixel block or tile, grids and batch splits.
 
 Layout of every kernel: NCHW contiguous; a program owns one (n, c) plane and a BLOCK of
 flattened pixels (forward/elementwise kernels), or one channel and a slice of the batch
@@ -60,6 +60,25 @@ def jit_any_shape(fn):
 def relu_keep_nan(x):
     """relu(x) with NaN kept, as torch.relu (a plain tl.maximum(x, 0.0) maps NaN to 0)."""
     return tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def plane_block(C, width, pixels, BLOCK: tl.constexpr):
+    """This program's (n, c) plane (grid axis 0) and BLOCK of flattened pixels (axis 1) of an
+    (N, C, rows, width) map: (plane, n, c, pixel offsets p (BLOCK,), mask p < pixels, row, column)."""
+    plane = tl.program_id(0)
+    p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    return plane, plane // C, plane % C, p, p < pixels, p // width, p % width
+
+
+@triton.jit
+def tile_at(t, rows, cols, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Tile t of a rows x cols plane in row-major [BLOCK_H, BLOCK_W] tiles: (row indices [BLOCK_H, 1],
+    column indices [1, BLOCK_W], in-bounds mask [BLOCK_H, BLOCK_W])."""
+    tw = tl.cdiv(cols, BLOCK_W)
+    r = ((t // tw) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
+    s = ((t % tw) * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
+    return r, s, (r < rows) & (s < cols)
 
 
 def plane_grid(planes, pixels):

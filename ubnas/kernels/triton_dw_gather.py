@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .reference import Spec, dw_offsets
-from .triton_common import batch_slices, block_configs, jit_any_shape, plane_grid, relu_keep_nan
+from .triton_common import batch_slices, block_configs, jit_any_shape, plane_block, plane_grid, relu_keep_nan
 
 
 @triton.jit
@@ -35,13 +35,7 @@ def _spec_row(spec_ptr, j):
 @jit_any_shape
 def _dw_fwd(x_ptr, w_ptr, spec_ptr, d_ptr, C, H, W, Ho, Wo, NK,
             STRIDE: tl.constexpr, TAPS: tl.constexpr, BLOCK: tl.constexpr):
-    plane = tl.program_id(0)
-    n = plane // C
-    c = plane % C
-    p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    pm = p < Ho * Wo
-    oh = p // Wo
-    ow = p % Wo
+    plane, n, c, p, pm, oh, ow = plane_block(C, Wo, Ho * Wo, BLOCK)
     t = tl.arange(0, TAPS)
     x_base = x_ptr + plane.to(tl.int64) * H * W
     for j in range(NK):
@@ -62,13 +56,7 @@ def _dw_fwd(x_ptr, w_ptr, spec_ptr, d_ptr, C, H, W, Ho, Wo, NK,
 def _dw_bwd_in(dd_ptr, x_ptr, w_ptr, spec_ptr, lin_ptr, extra_ptr, dx_ptr, C, H, W, Ho, Wo, NK,
                STRIDE: tl.constexpr, TAPS: tl.constexpr, HAS_LIN: tl.constexpr, HAS_EXTRA: tl.constexpr,
                BLOCK: tl.constexpr):
-    plane = tl.program_id(0)
-    n = plane // C
-    c = plane % C
-    i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    im = i < H * W
-    ih = i // W
-    iw = i % W
+    plane, n, c, i, im, ih, iw = plane_block(C, W, H * W, BLOCK)
     t = tl.arange(0, TAPS)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for j in range(NK):

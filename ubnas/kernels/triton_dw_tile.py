@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .reference import Spec, dw_offsets
-from .triton_common import INTERPRET, AUTOTUNE, batch_slices, jit_any_shape, relu_keep_nan
+from .triton_common import INTERPRET, AUTOTUNE, batch_slices, jit_any_shape, relu_keep_nan, tile_at
 
 
 MAX_NK = 4          # kernels per launch of _dw_fwd_tile / _dw_bwd_in_tile
@@ -73,11 +73,7 @@ def _dw_fwd_tile(x_ptr, w_ptr, d_ptr, C, H, W, Ho, Wo, NK_ALL, J0, OFF0, OFF1, O
     plane = tl.program_id(0)
     n = plane // C
     c = plane % C
-    tw = tl.cdiv(Wo, BLOCK_W)
-    t = tl.program_id(1)
-    oh = ((t // tw) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
-    ow = ((t % tw) * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
-    om = (oh < Ho) & (ow < Wo)
+    oh, ow, om = tile_at(tl.program_id(1), Ho, Wo, BLOCK_H, BLOCK_W)
     x_base = x_ptr + plane.to(tl.int64) * H * W
     d0 = d_ptr + ((n * NK_ALL + J0) * C + c).to(tl.int64) * Ho * Wo
     ds = C.to(tl.int64) * Ho * Wo
@@ -130,11 +126,7 @@ def _dw_bwd_in_tile(dd_ptr, x_ptr, w_ptr, lin_ptr, extra_ptr, dx_ptr, C, H, W, H
     plane = tl.program_id(0)
     n = plane // C
     c = plane % C
-    tw = tl.cdiv(W, BLOCK_W)
-    t = tl.program_id(1)
-    ih = ((t // tw) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
-    iw = ((t % tw) * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
-    im = (ih < H) & (iw < W)
+    ih, iw, im = tile_at(tl.program_id(1), H, W, BLOCK_H, BLOCK_W)
     d0 = dd_ptr + ((n * NK_ALL + J0) * C + c).to(tl.int64) * Ho * Wo
     ds = C.to(tl.int64) * Ho * Wo
     acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
@@ -179,17 +171,15 @@ def _dw_bwd_w_tile(dd_ptr, x_ptr, part_ptr, N, C, H, W, Ho, Wo, NK_ALL, J0, TOTA
     acc2 = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
     acc3 = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
     acc4 = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
-    tw = tl.cdiv(Wo, BLOCK_W)
-    n_tiles = tl.cdiv(Ho, BLOCK_H) * tw
+    n_tiles = tl.cdiv(Ho, BLOCK_H) * tl.cdiv(Wo, BLOCK_W)
     n0 = s * N_PER
     n1 = tl.minimum(n0 + N_PER, N)
     for n in range(n0, n1):
         x_base = x_ptr + (n * C + c).to(tl.int64) * H * W
         d_base = dd_ptr + ((n * NK_ALL + J0) * C + c).to(tl.int64) * Ho * Wo
         for t in range(0, n_tiles):
-            oh = ((t // tw) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
-            ow = ((t % tw) * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
-            gv = tl.load(d_base + oh * Wo + ow, mask=(oh < Ho) & (ow < Wo), other=0.0).to(tl.float32)
+            oh, ow, om = tile_at(t, Ho, Wo, BLOCK_H, BLOCK_W)
+            gv = tl.load(d_base + oh * Wo + ow, mask=om, other=0.0).to(tl.float32)
             ih = oh * STRIDE + (a * DIL - DIL * (K - 1) // 2)
             rm = (ih >= 0) & (ih < H)
             row = x_base + ih * W
