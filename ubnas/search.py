@@ -39,7 +39,8 @@ from .runtime import all_finite, atomic_torch_save, make_run_dir, pick_device, r
 from .search_config import STAGES, SearchConfig, config_from_yaml
 from .search_resume import read_search_checkpoint, restarted_config, resumed_config, run_definitions
 from .space import space_from_text
-from .supernet import ArchSample, Supernet
+from .supernet import Supernet
+from .target_fit import fit_to_target
 
 __all__ = ["STAGES", "SearchConfig", "SearchResult", "config_from_yaml", "cost_function", "enter_stage",
            "export_spec", "make_optimizers", "run_search", "search_step", "stage_at"]
@@ -409,7 +410,15 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Opti
         "smooth_cost": {"latency_us": float(smooth["seconds"]) * 1e6,
                         "utilization": float(smooth["utilization"])},
     }
-    spec = derive_spec(net.cpu(), provenance)
+    fit = fit_to_target(net.cpu(), cost_of, cfg.target_latency_us * 1e-6) if cfg.target_latency_us else None
+    if fit is not None and fit.changes:
+        provenance["target_fit"] = {"derived_latency_us": fit.derived_seconds * 1e6,
+                                    "latency_us": fit.seconds * 1e6, "changes": fit.changes}
+        say(f"note: the derived network ({fit.derived_seconds * 1e6:.2f} us under the {cfg.cost_model} cost "
+            f"model) is above --target-latency-us {cfg.target_latency_us:g}, the multiplier not having caught "
+            f"up; arch.yaml takes {len(fit.changes)} change(s) of little probability that bring it to "
+            f"{fit.seconds * 1e6:.2f} us (ubnas.target_fit): {'; '.join(fit.changes)}")
+    spec = derive_spec(net.cpu(), provenance, *((fit.ops, fit.widths) if fit is not None else ()))
     provenance["arch_hash"] = spec.arch_hash()   # tells a spec edited since from the one exported
     with torch.no_grad():   # the smooth model on the derived network: the surrogate's own gap
         discrete = cost_of(discrete_sample(net, spec))
@@ -428,8 +437,11 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Opti
     provenance["discrete_smooth_vs_exact_latency_gap"] = (
         provenance["smooth_cost_discrete"]["latency_us"] / provenance["exact_cost"]["latency_us"] - 1)
     found_us = provenance["smooth_cost_discrete"]["latency_us"]   # the latency the target bounded
-    if cfg.target_latency_us and found_us > cfg.target_latency_us:
-        say(_above_target_note(net, cost_of, found_us, cfg))
+    if fit is not None and found_us > cfg.target_latency_us:   # the fit found none within the target
+        say(f"note: the exported network's latency ({found_us:.2f} us under the {cfg.cost_model} cost model) "
+            f"is above --target-latency-us {cfg.target_latency_us:g}, which no network derivable from the final "
+            f"logits and channel windows reaches: with every kept edge at its cheapest op and every width at "
+            f"its window's bottom it costs {fit.floor_seconds * 1e6:.2f} us")
     path = out / "arch.yaml"
     save_spec(spec, path)
     return path
@@ -440,22 +452,6 @@ def _passes(make_pass):
     smaller architecture split (80_20: a quarter of the weight split) lasts the whole epoch."""
     while True:
         yield from make_pass()
-
-
-def _above_target_note(net: Supernet, cost_of, found_us: float, cfg: SearchConfig) -> str:
-    """Why the exported network (``found_us``) is above the target: the multiplier lagging, or a
-    target under every network of the final windows (bound: every edge free, every width at its
-    window's bottom; the stem, the cells' input convolutions and the classifier remain)."""
-    with torch.no_grad():
-        floor = ArchSample({t: torch.zeros_like(logits) for t, logits in net.op_logits.items()},
-                           {n: F.one_hot(torch.tensor(0), w.count).to(w.logits) for n, w in net.widths.items()})
-        floor_us = float(cost_of(floor)["seconds"]) * 1e6
-    found = (f"note: the exported network's latency ({found_us:.2f} us under the {cfg.cost_model} cost model) "
-             f"is above --target-latency-us {cfg.target_latency_us:g}")
-    if floor_us > cfg.target_latency_us:
-        return (f"{found}, which no network of the final channel windows reaches: with every edge a free "
-                f"op and every width at its window's bottom it costs {floor_us:.2f} us")
-    return f"{found}: the multiplier had not caught up; more epochs or a larger --dual-lr hold the target tighter"
 
 
 def _write_log(path: Path, history: List[dict]) -> None:

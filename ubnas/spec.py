@@ -365,35 +365,38 @@ def _plain(value: Any) -> Any:
 
 
 # -- from a supernet -------------------------------------------------------------------------
-def derive_spec(net, provenance: Dict[str, Any] | None = None) -> ArchSpec:
+def derive_spec(net, provenance: Dict[str, Any] | None = None, ops=None, widths=None) -> ArchSpec:
     """The discrete architecture of a searched ``ubnas.supernet.Supernet``.
 
     Per node keep the 2 strongest incoming edges (strength = the largest softmax
     probability over the ops other than 'none'), each with its strongest
     non-'none' op, from the op logits shared by the cells of one type; widths
-    are each ``Width.chosen()``.
+    are each ``Width.chosen()``.  ``ops`` (cell type -> (edges, n_ops) one-hot rows) and
+    ``widths`` (name -> channels) replace that choice (``target_fit.fit_to_target``'s).
     """
     from .supernet import derived_ops
 
     space = net.space
     if all(name == "none" for name in space.ops):
         raise ValueError(f"search space {space.name!r} has only the 'none' op: nothing to export")
+    chosen = {n: w.chosen() for n, w in net.widths.items()} if widths is None else widths
     cells = []
     for cell in net.cells:
-        probs = derived_ops(net.op_logits[cell.cell_type], space.ops, cell.nodes)
+        probs = (derived_ops(net.op_logits[cell.cell_type], space.ops, cell.nodes) if ops is None
+                 else ops[cell.cell_type])
         nodes, e = [], 0
         for i in range(cell.nodes):
             kept = [x for x in range(e, e + 2 + i) if probs[x].any()]   # edge e + j comes from state j
             nodes.append(tuple(EdgeSpec(x - e, space.ops[int(probs[x].argmax())]) for x in kept))
             e += 2 + i
-        cells.append(CellArch(int(net.widths[cell.width_name].chosen()), tuple(nodes),
+        cells.append(CellArch(int(chosen[cell.width_name]), tuple(nodes),
                               bool(cell.reduce), bool(cell.pool_after)))
     # the caller's dict itself (not a copy): keys it adds later, such as the exact cost of the
     # built network, still reach the file; values become plain YAML types when saved
     info = provenance if provenance is not None else {}
     info.setdefault("search_space", space.name)
     spec = ArchSpec(tuple(int(d) for d in net.input_shape), int(net.num_classes), int(space.stem_kernel),
-                    int(net.widths["stem"].chosen()), cells, info, "<derived>")
+                    int(chosen["stem"]), cells, info, "<derived>")
     return _checked(spec)
 
 
@@ -406,7 +409,7 @@ def _checked(spec: ArchSpec) -> ArchSpec:
 
 def discrete_sample(net, spec):
     """The ArchSample of a derived spec: op probs one-hot on the kept ops of kept edges (zero
-    elsewhere), and every width forced to its chosen value (caller resets ``Width.forced``)."""
+    elsewhere), and every width forced to the spec's (caller resets ``Width.forced``)."""
     import torch
 
     from .supernet import ArchSample
@@ -420,8 +423,10 @@ def discrete_sample(net, spec):
                 probs[e + edge.source, net.space.ops.index(edge.op)] = 1.0
             e += 2 + i
         ops[cell.cell_type] = probs
+    channels = {"stem": spec.stem_channels}
+    channels.update({cell.width_name: arch.channels for cell, arch in zip(net.cells, spec.cells)})
     widths = {}
     for name, width in net.widths.items():
-        width.forced = width.chosen()
+        width.forced = channels[name]
         widths[name] = torch.full((width.count,), 1.0 / width.count, dtype=torch.float64)
     return ArchSample(ops, widths)
