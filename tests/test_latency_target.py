@@ -159,3 +159,22 @@ def test_a_search_on_another_cost_model_says_what_the_target_bounded(tmp_path, c
     assert (f"note: the search optimised the uboost cost model, which puts this network at "
             f"{uboost.seconds * 1e6:.2f} us (what --target-latency-us 50 bounds)") in printed, printed
     assert "(uboost cost model, smooth)" in printed and ", systolic model)" in printed
+
+
+def test_a_staged_search_well_under_a_target_that_bound_its_op_stage_gets_a_note():
+    """The note names the op stage's top widths only when the target bound that stage and the
+    export is under half the target; never for joint searches or a target that never bound."""
+    from ubnas.search import staged_target_note
+
+    def rows(mu, derived):
+        return [{"stage": "op", "mu": mu, "derived_latency_us": derived},
+                {"stage": "channel", "mu": 0.0, "derived_latency_us": 3.0}]
+
+    staged = SearchConfig(target_latency_us=9.0)
+    note = staged_target_note(staged, rows(0.0, 9.3), 2.9)
+    assert note is not None and "(2.90 us) is well under --target-latency-us 9" in note and "--stage joint" in note
+    assert staged_target_note(staged, rows(0.4, 8.0), 2.9) is not None           # mu rose inside the epoch
+    assert staged_target_note(staged, rows(0.0, 8.0), 2.9) is None               # the target never bound
+    assert staged_target_note(staged, rows(0.4, 9.3), 4.6) is None               # over half the target
+    assert staged_target_note(SearchConfig(target_latency_us=9.0, stage="joint"), rows(0.4, 9.3), 2.9) is None
+    assert staged_target_note(SearchConfig(), rows(0.4, 9.3), 2.9) is None       # no target

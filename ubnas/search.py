@@ -442,9 +442,27 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Opti
             f"is above --target-latency-us {cfg.target_latency_us:g}, which no network derivable from the final "
             f"logits and channel windows reaches: with every kept edge at its cheapest op and every width at "
             f"its window's bottom it costs {fit.floor_seconds * 1e6:.2f} us")
+    note = staged_target_note(cfg, history, found_us)
+    if note:
+        say(note)
     path = out / "arch.yaml"
     save_spec(spec, path)
     return path
+
+
+def staged_target_note(cfg: SearchConfig, history: List[dict], found_us: float) -> Optional[str]:
+    """A note when a staged search exports well under (below half) a target that bound its op
+    stage (mu > 0 or the derived network above the target at an op-stage epoch's end): that stage
+    costs every width at its window's top, so it may give up ops the final widths could afford."""
+    if not cfg.target_latency_us or cfg.stage != "staged" or found_us >= 0.5 * cfg.target_latency_us:
+        return None
+    op_rows = [row for row in history if row["stage"] == "op"]
+    if not any(row["mu"] > 0 or row["derived_latency_us"] > cfg.target_latency_us for row in op_rows):
+        return None
+    return (f"note: the exported network ({found_us:.2f} us) is well under --target-latency-us "
+            f"{cfg.target_latency_us:g}: the staged search's op stage holds the target with every width at "
+            f"its window's top, and the channel stage cannot bring back the ops it gave up; --stage joint "
+            f"searches the widths with the ops")
 
 
 def _passes(make_pass):
