@@ -1,4 +1,4 @@
-"""Hold a hard latency target at export: the most probable derivable network within the target.
+"""Hold a hard latency target at export: a probable derivable network within the target, found greedily.
 
 Dual ascent holds ``--target-latency-us`` while the search runs, but the exported network is the
 argmax of the logits at the last step, and there the multiplier may lag (the network a few per
@@ -28,7 +28,8 @@ class TargetFit:
     """The exported choice.  ops: cell type -> (edges, n_ops) one-hot rows on the kept edges
     (zero rows elsewhere, as ``derived_ops``); widths: name -> channels.  Latencies in seconds
     under the search's cost function: the derived network's, the fitted one's, and the floor
-    (every kept edge at its cheapest op, every width at its window's bottom)."""
+    (every kept edge at its cheapest op, every searched width at its window's bottom; NaN when the
+    derived network is within the target)."""
 
     ops: Dict[str, torch.Tensor]
     widths: Dict[str, int]
@@ -72,9 +73,10 @@ def fit_to_target(net: Supernet, cost_of, target_seconds: float) -> TargetFit:
                 start[key] = int(derived[edge].argmax())
     for name, width in net.widths.items():
         key = ("width", name)
-        options[key] = list(range(width.count))
-        log_probs[key] = F.log_softmax(width.logits.detach().double(), dim=-1)
         start[key] = width.candidates.index(width.chosen())
+        # a width forced at export (a run ended in the op stage) was never searched: it stays
+        options[key] = [start[key]] if width.forced is not None else list(range(width.count))
+        log_probs[key] = F.log_softmax(width.logits.detach().double(), dim=-1)
 
     def sample(choice: Dict[Key, int]) -> ArchSample:   # float64, as the export costs the spec
         ops = {t: torch.zeros_like(logits, dtype=torch.float64) for t, logits in net.op_logits.items()}
@@ -92,12 +94,14 @@ def fit_to_target(net: Supernet, cost_of, target_seconds: float) -> TargetFit:
 
         current = dict(start)
         seconds = derived_seconds = latency(current)
-        floor = {key: 0 for key in options if key[0] == "width"}
+        if seconds <= target_seconds:   # nothing to fit (the floor is only wanted for a note)
+            return TargetFit(sample(current).ops, _widths(net, current), seconds, seconds, float("nan"), [])
+        floor = {key: min(options[key]) for key in options if key[0] == "width"}
         floor.update({key: value for key, value in current.items() if key[0] == "op"})
         for edge in [k for k in options if k[0] == "op"]:   # edge costs add up: one edge at a time
             floor[edge] = min(options[edge], key=lambda op: (latency({**floor, edge: op}), op))
         floor_seconds = latency(floor)
-        if seconds > target_seconds and floor_seconds <= target_seconds:
+        if floor_seconds <= target_seconds:
             while seconds > target_seconds:
                 best = None
                 for key, values in options.items():
@@ -128,9 +132,12 @@ def fit_to_target(net: Supernet, cost_of, target_seconds: float) -> TargetFit:
                 trial = latency({**current, key: start[key]})
                 if trial <= target_seconds:
                     current[key], seconds = start[key], trial
-    widths = {n: w.candidates[current[("width", n)]] for n, w in net.widths.items()}
     changes = [_describe(net, key, start[key], current[key]) for key in options if current[key] != start[key]]
-    return TargetFit(sample(current).ops, widths, derived_seconds, seconds, floor_seconds, changes)
+    return TargetFit(sample(current).ops, _widths(net, current), derived_seconds, seconds, floor_seconds, changes)
+
+
+def _widths(net: Supernet, choice: Dict[Key, int]) -> Dict[str, int]:
+    return {n: w.candidates[choice[("width", n)]] for n, w in net.widths.items()}
 
 
 def _describe(net: Supernet, key: Key, before: int, after: int) -> str:
