@@ -411,14 +411,16 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Opti
         "smooth_cost": {"latency_us": float(smooth["seconds"]) * 1e6,
                         "utilization": float(smooth["utilization"])},
     }
-    fit = fit_to_target(net.cpu(), cost_of, cfg.target_latency_us * 1e-6) if cfg.target_latency_us else None
+    net.cpu()
+    fit = fit_to_target(net, cost_of, cfg.target_latency_us * 1e-6) if cfg.target_latency_us else None
     if fit is not None and fit.changes:
         provenance["target_fit"] = {"derived_latency_us": fit.derived_seconds * 1e6,
                                     "latency_us": fit.seconds * 1e6, "changes": fit.changes}
         say(f"note: the derived network ({fit.derived_seconds * 1e6:.2f} us under the {cfg.cost_model} cost "
-            f"model) is above --target-latency-us {cfg.target_latency_us:g} at the search's end; arch.yaml takes {len(fit.changes)} change(s) of little probability that bring it to "
+            f"model) is above --target-latency-us {cfg.target_latency_us:g} at the search's end; arch.yaml "
+            f"takes {len(fit.changes)} change(s) of little probability that bring it to "
             f"{fit.seconds * 1e6:.2f} us (ubnas.target_fit): {'; '.join(fit.changes)}")
-    spec = derive_spec(net.cpu(), provenance, *((fit.ops, fit.widths) if fit is not None else ()))
+    spec = derive_spec(net, provenance, ops=fit.ops if fit else None, widths=fit.widths if fit else None)
     provenance["arch_hash"] = spec.arch_hash()   # tells a spec edited since from the one exported
     with torch.no_grad():   # the smooth model on the derived network: the surrogate's own gap
         discrete = cost_of(discrete_sample(net, spec))

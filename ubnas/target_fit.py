@@ -145,9 +145,7 @@ def _describe(net: Supernet, key: Key, before: int, after: int) -> str:
     if key[0] == "width":
         candidates = net.widths[key[1]].candidates
         return f"width {key[1]}: {candidates[before]} -> {candidates[after]}"
-    edge, node = key[2], 0
-    while edge >= 2 + node:   # node i has 2 + i incoming edges, from states 0 .. i + 1
-        edge -= 2 + node
-        node += 1
+    # edges in the supernet's order: node i's 2 + i inputs, from states 0 .. i + 1
+    node, source = [(i, j) for i in range(net.space.nodes) for j in range(2 + i)][key[2]]
     names = net.space.ops
-    return f"{key[1]} cell, node {node} from state {edge}: {names[before]} -> {names[after]}"
+    return f"{key[1]} cell, node {node} from state {source}: {names[before]} -> {names[after]}"
