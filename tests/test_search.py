@@ -97,7 +97,7 @@ def test_load_spaces_reads_a_comma_list():
     from ubnas.space import load_spaces
     spaces = load_spaces(" tiny,,uboost_cifar,")   # empty items (a trailing comma) are not spaces
     assert list(spaces) == ["tiny", "uboost_cifar"] and spaces["tiny"].name == "tiny"
-    for bad, said in [(",", "expected a comma list"), ("tiny,nope", "nope")]:
+    for bad, said in [(",", "expected a comma list"), ("tiny,nope", "nope"), ("n" * 300, "cannot read")]:
         with pytest.raises(SpaceError, match=said):
             load_spaces(bad)
 

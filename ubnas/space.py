@@ -163,11 +163,11 @@ def space_names() -> List[str]:
 def read_space_text(name_or_path: str) -> Tuple[str, str]:
     """(the YAML text, its path) of a shipped space by name (``tiny``) or of a YAML file path."""
     path = Path(name_or_path)
-    if not path.suffix and (SPACE_DIR / f"{name_or_path}.yaml").exists():
-        path = SPACE_DIR / f"{name_or_path}.yaml"
-    elif not path.exists():
-        raise SpaceError(f"{name_or_path}: no such search space or file (shipped: {', '.join(space_names())})")
-    try:
+    try:   # exists() raises too, for a name longer than the file system allows
+        if not path.suffix and (SPACE_DIR / f"{name_or_path}.yaml").exists():
+            path = SPACE_DIR / f"{name_or_path}.yaml"
+        elif not path.exists():
+            raise SpaceError(f"{name_or_path}: no such search space or file (shipped: {', '.join(space_names())})")
         return path.read_text(), str(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise SpaceError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
@@ -190,10 +190,7 @@ def load_spaces(names: str) -> Dict[str, SearchSpace]:
     spaces = {}
     for name in (item.strip() for item in names.split(",")):
         if name:
-            try:
-                spaces[name] = load_space(name)
-            except OSError as exc:
-                raise SpaceError(f"{name}: {exc}") from None
+            spaces[name] = load_space(name)
     if not spaces:
         raise SpaceError(f"expected a comma list of search spaces, got {names!r}")
     return spaces
