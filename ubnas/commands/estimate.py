@@ -89,6 +89,11 @@ class UserCodeError(RuntimeError):
     RuntimeError through with its traceback, which points into their code."""
 
 
+def _user_error(target: str, what: str, exc: Exception) -> UserCodeError:
+    """'--model TARGET: WHAT raised TYPE: MESSAGE' (raise it ``from exc``)."""
+    return UserCodeError(f"--model {target}: {what} raised {type(exc).__name__}: {exc}")
+
+
 def load_model_target(target: str):
     """The ``nn.Module`` that 'pkg.module:NAME' or 'path/to/file.py:NAME' names: NAME (dotted for
     an attribute of an attribute) is a module instance, or a class or function that returns one
@@ -118,7 +123,7 @@ def load_model_target(target: str):
         try:
             spec.loader.exec_module(module)
         except Exception as exc:
-            raise UserCodeError(f"--model {target}: running {where} raised {type(exc).__name__}: {exc}") from exc
+            raise _user_error(target, f"running {where}", exc) from exc
     else:
         if not all(part.isidentifier() for part in where.split(".")):
             raise ValueError(f"--model {target}: {where!r} is neither a module name (dotted, as for "
@@ -129,12 +134,11 @@ def load_model_target(target: str):
             module = importlib.import_module(where)
         except ModuleNotFoundError as exc:
             if exc.name is None or not (where == exc.name or where.startswith(exc.name + ".")):
-                raise UserCodeError(f"--model {target}: importing {where} raised {type(exc).__name__}: "
-                                    f"{exc}") from exc
+                raise _user_error(target, f"importing {where}", exc) from exc
             raise ValueError(f"--model {target}: no module named {exc.name!r} (run from the directory that "
                              f"holds it, or give FILE.py:{name})") from None
         except Exception as exc:
-            raise UserCodeError(f"--model {target}: importing {where} raised {type(exc).__name__}: {exc}") from exc
+            raise _user_error(target, f"importing {where}", exc) from exc
     obj = module
     for part in name.split("."):
         if not hasattr(obj, part):
@@ -154,7 +158,7 @@ def load_model_target(target: str):
         try:
             obj = obj()
         except Exception as exc:
-            raise UserCodeError(f"--model {target}: {name}() raised {type(exc).__name__}: {exc}") from exc
+            raise _user_error(target, f"{name}()", exc) from exc
         if not isinstance(obj, nn.Module):
             raise ValueError(f"--model {target}: {name}() returned {type(obj).__name__}, not an nn.Module")
     return obj
