@@ -188,8 +188,8 @@ def _batch(args, spec) -> int:
     return batch
 
 
-def collect_layers(args, batch: int, spec=None):
-    """The layer list of the chosen network source (``spec``: the SPEC, when already read)."""
+def collect_layers(args, batch: int, spec):
+    """The layer list of the chosen network source (``spec``: the SPEC as ``_spec_of`` read it)."""
     sources = [s for s in ("spec", "model", "layers") if getattr(args, s)]
     if len(sources) != 1:
         given = ", ".join("SPEC" if s == "spec" else f"--{s}" for s in sources) or "none"
@@ -208,15 +208,7 @@ def collect_layers(args, batch: int, spec=None):
             shape = parse_dims(args.input, "--input", count, "3x32x32 or 6x100" if user else "3x32x32")
         module = load_model_target(args.model) if user else get_model(args.model)
     else:
-        try:
-            from ubnas.build import build_network   # written alongside the search
-            from ubnas.spec import load_spec
-        except ModuleNotFoundError as exc:
-            if exc.name not in ("ubnas.build", "ubnas.spec"):
-                raise
-            raise ValueError(f"{args.spec}: architecture specs need {exc.name}, which this "
-                             f"installation lacks; use --model or --layers") from None
-        spec = spec if spec is not None else load_spec(args.spec)
+        from ubnas.build import build_network
         module = build_network(spec)
         shape = tuple(spec.input_shape)
         if args.input is not None and parse_dims(args.input, "--input", 3, "3x32x32") != shape:
