@@ -391,9 +391,17 @@ def run_markdown(run: Run, figures: Dict[str, str]) -> List[str]:
 
 
 REPORT_TITLE = "# ubnas report"
-# the link targets write_report and report_figures write: pareto.png, STEM_curves.png, STEM_layers.png
-# (stems sanitised to these characters), beside report.md
-FIGURE_LINK = re.compile(r"\]\((pareto\.png|[A-Za-z0-9_.-]+_(?:curves|layers)\.png)\)")
+# the figures report_figures draws beside report.md: pareto.png, and per run STEM_curves.png and
+# STEM_layers.png, STEM being the run's name in STEM_CHARS; FIGURE_LINK finds report.md's links to them
+PARETO_FIGURE = "pareto.png"
+RUN_FIGURES = ("curves", "layers")
+STEM_CHARS = "A-Za-z0-9_.-"
+FIGURE_LINK = re.compile(rf"\]\(({re.escape(PARETO_FIGURE)}|[{STEM_CHARS}]+_(?:{'|'.join(RUN_FIGURES)})\.png)\)")
+
+
+def run_figure(stem: str, kind: str) -> str:
+    """The file name of a run's figure of ``kind`` (one of RUN_FIGURES)."""
+    return f"{stem}_{kind}.png"
 
 
 def _figures_linked(report: Path) -> List[str]:
@@ -449,8 +457,8 @@ def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, 
                   f"{', '.join(r.name for r in named)}): each definition has its own front"
                   + (", and a run that records none stands apart" if not all(r.accelerator_definition for r in named)
                      else "") + ".", ""]
-    if "pareto.png" in pngs:
-        lines += ["![accuracy vs latency](pareto.png)", ""]
+    if PARETO_FIGURE in pngs:
+        lines += [f"![accuracy vs latency]({PARETO_FIGURE})", ""]
     if plot_note:
         lines += [f"> {plot_note}", ""]
     for run in runs:

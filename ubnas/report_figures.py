@@ -9,7 +9,8 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .report import SEARCH_ACCURACY, TEST_ACCURACY, Run, front_keys, plotted, unique_name
+from .report import (PARETO_FIGURE, SEARCH_ACCURACY, STEM_CHARS, TEST_ACCURACY, Run, front_keys, plotted,
+                     run_figure, unique_name)
 
 
 def pyplot():
@@ -24,7 +25,7 @@ def pyplot():
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "run"
+    return re.sub(rf"[^{STEM_CHARS}]+", "_", name).strip("._") or "run"
 
 
 def figure_stems(runs: Sequence[Run]) -> Dict[str, str]:
@@ -80,7 +81,7 @@ def run_figures(plt, run: Run, out_dir: Path, stem: str) -> Dict[str, str]:
                 ax.legend(fontsize=8)
         fig.suptitle(f"{run.name} ({run.kind})", fontsize=11)
         fig.tight_layout()
-        files["curves"] = _save(plt, fig, out_dir, f"{stem}_curves.png")
+        files["curves"] = _save(plt, fig, out_dir, run_figure(stem, "curves"))
     if run.cost is not None and run.cost.layers:
         layers = run.cost.layers
         names = [c.name for c in layers]
@@ -114,7 +115,7 @@ def run_figures(plt, run: Run, out_dir: Path, stem: str) -> Dict[str, str]:
         fig.suptitle(f"{run.name}: exported network on {a.name} ({a.array_rows}x{a.array_cols}), "
                      f"{total.seconds * 1e6:.1f} us", fontsize=10)
         fig.tight_layout()
-        files["layers"] = _save(plt, fig, out_dir, f"{stem}_layers.png")
+        files["layers"] = _save(plt, fig, out_dir, run_figure(stem, "layers"))
     return files
 
 
@@ -178,4 +179,4 @@ def pareto_figure(plt, runs: Sequence[Run], front: Sequence[Run], out_dir: Path,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(plt, fig, out_dir, "pareto.png")
+    return _save(plt, fig, out_dir, PARETO_FIGURE)
