@@ -61,15 +61,12 @@ def compile_kernel(kern, consts, ptr_types, num_warps=4):
     k = triton.compile(src, target=target, options={"num_warps": num_warps})
     return len(k.asm["cubin"]), resources(k.asm["cubin"])
 
-tile = dict(K0=3, D0=1, K1=5, D1=1, K2=3, D2=2, K3=5, D3=2, NK=4, STRIDE=1, BLOCK_H=16, BLOCK_W=32)
+tile = dict(K0=3, D0=1, K1=5, D1=1, K2=3, D2=2, K3=5, D3=2, NK=4)
 cases = [
     ("_dw_fwd", G._dw_fwd, dict(STRIDE=1, TAPS=32, BLOCK=512), {"spec_ptr": "*i32"}),
     ("_dw_bwd_in", G._dw_bwd_in, dict(STRIDE=2, TAPS=32, HAS_LIN=True, HAS_EXTRA=True, BLOCK=512),
      {"spec_ptr": "*i32"}),
     ("_dw_bwd_w", G._dw_bwd_w, dict(STRIDE=1, TAPS=32, BLOCK=128), {"spec_ptr": "*i32"}),
-    ("_dw_fwd_tile", T._dw_fwd_tile, tile, {}),
-    ("_dw_bwd_in_tile", T._dw_bwd_in_tile, dict(tile, HAS_LIN=True, HAS_EXTRA=True, MASK=True), {}),
-    ("_dw_bwd_w_tile", T._dw_bwd_w_tile, dict(K=5, DIL=2, STRIDE=2, BLOCK_H=16, BLOCK_W=32), {}),
     ("_combine_fwd", C._combine_fwd, dict(STRIDE=1, HAS_LIN=True, HAS_MAX=True, HAS_AVG=True, HAS_SKIP=True,
                                           BLOCK=1024), {}),
     ("_combine_red", C._combine_red, dict(STRIDE=2, HAS_LIN=True, HAS_MAX=True, HAS_AVG=True, HAS_SKIP=False,
@@ -78,7 +75,7 @@ cases = [
     ("_pool_bwd", C._pool_bwd, dict(STRIDE=2, HAS_MAX=True, HAS_AVG=True, HAS_SKIP=False, BLOCK=256), {}),
     ("_pool_bwd(skip)", C._pool_bwd, dict(STRIDE=1, HAS_MAX=True, HAS_AVG=True, HAS_SKIP=True, BLOCK=256), {}),
 ]
-cases = [case + (4,) for case in cases]
+cases = [case + (4,) for case in cases]   # 4 warps, as block_configs; the tile kernels' warps follow
 for config in T._tile_configs():   # what autotune chooses from (one config with UBNAS_AUTOTUNE=0)
     shape = dict(BLOCK_H=config.kwargs["BLOCK_H"], BLOCK_W=config.kwargs["BLOCK_W"])
     at = f"{shape['BLOCK_H']}x{shape['BLOCK_W']}/{config.num_warps}w"

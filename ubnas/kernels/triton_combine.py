@@ -128,10 +128,7 @@ def _combine_red(g_ptr, z_ptr, mean_ptr, invstd_ptr, x_ptr, part_ptr, N, C, H, W
 @jit_any_shape
 def _bn_bwd(g_ptr, z_ptr, mean_ptr, invstd_ptr, sums_ptr, coef_ptr, dz_ptr, C, GC, HW, inv_m,
             BATCH: tl.constexpr, BLOCK: tl.constexpr):
-    plane = tl.program_id(0)
-    c = plane % GC   # channel of the group; edge c // C
-    p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    pm = p < HW
+    plane, _, c, p, pm, _, _ = plane_block(GC, HW, HW, BLOCK)   # c: channel of the group; edge c // C
     off = plane.to(tl.int64) * HW + p
     gv = tl.load(g_ptr + off, mask=pm, other=0.0).to(tl.float32)
     scale = tl.load(coef_ptr + 4 * (c // C)).to(tl.float32) * tl.load(invstd_ptr + c).to(tl.float32)

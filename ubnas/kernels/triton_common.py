@@ -81,9 +81,30 @@ def tile_at(t, rows, cols, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     return r, s, (r < rows) & (s < cols)
 
 
+@triton.jit
+def finish_dx(acc, off, m, x_ptr, lin_ptr, extra_ptr, dx_ptr,
+              HAS_LIN: tl.constexpr, MASK: tl.constexpr, HAS_EXTRA: tl.constexpr):
+    """Store dx = [x > 0] * (acc + lin) + extra at offsets ``off`` (mask ``m``; any block shape),
+    in fp32 until the store.  MASK=False: acc + lin + extra (a partial sum, no relu mask).
+    [x > 0] maps NaN inputs to 0, unlike autograd through torch.relu (NOTES.md)."""
+    if HAS_LIN:
+        acc += tl.load(lin_ptr + off, mask=m, other=0.0).to(tl.float32)
+    if MASK:
+        xv = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
+        acc = tl.where(xv > 0, acc, 0.0)
+    if HAS_EXTRA:
+        acc += tl.load(extra_ptr + off, mask=m, other=0.0).to(tl.float32)
+    tl.store(dx_ptr + off, acc.to(dx_ptr.dtype.element_ty), mask=m)
+
+
 def plane_grid(planes, pixels):
     """Grid of one program per (plane, BLOCK of pixels)."""
     return lambda meta: (planes, triton.cdiv(pixels, meta["BLOCK"]))
+
+
+def tile_grid(planes, rows, cols):
+    """Grid of one program per (plane, BLOCK_H x BLOCK_W tile of a rows x cols map)."""
+    return lambda meta: (planes, triton.cdiv(rows, meta["BLOCK_H"]) * triton.cdiv(cols, meta["BLOCK_W"]))
 
 
 def batch_splits(n: int, per_split_programs: int, target: int = 1024) -> int:

@@ -20,7 +20,8 @@ import triton
 import triton.language as tl
 
 from .reference import Spec, dw_offsets
-from .triton_common import batch_slices, block_configs, jit_any_shape, plane_block, plane_grid, relu_keep_nan
+from .triton_common import (batch_slices, block_configs, finish_dx, jit_any_shape, plane_block, plane_grid,
+                            relu_keep_nan)
 
 
 @triton.jit
@@ -74,14 +75,7 @@ def _dw_bwd_in(dd_ptr, x_ptr, w_ptr, spec_ptr, lin_ptr, extra_ptr, dx_ptr, C, H,
         gv = tl.load(d_base + oh * Wo + ow, mask=m, other=0.0).to(tl.float32)
         wv = tl.load(w_ptr + w_off + c * k * k + t, mask=tm, other=0.0).to(tl.float32)
         acc += tl.sum(gv * wv[:, None], axis=0)
-    off = plane.to(tl.int64) * H * W + i
-    if HAS_LIN:
-        acc += tl.load(lin_ptr + off, mask=im, other=0.0).to(tl.float32)
-    xv = tl.load(x_ptr + off, mask=im, other=0.0).to(tl.float32)
-    acc = tl.where(xv > 0, acc, 0.0)
-    if HAS_EXTRA:
-        acc += tl.load(extra_ptr + off, mask=im, other=0.0).to(tl.float32)
-    tl.store(dx_ptr + off, acc.to(dx_ptr.dtype.element_ty), mask=im)
+    finish_dx(acc, plane.to(tl.int64) * H * W + i, im, x_ptr, lin_ptr, extra_ptr, dx_ptr, HAS_LIN, True, HAS_EXTRA)
 
 
 @triton.autotune(block_configs((64, 128)), key=["C", "Ho", "Wo", "N_PER", "STRIDE", "TAPS"])

@@ -23,7 +23,8 @@ import triton
 import triton.language as tl
 
 from .reference import Spec, dw_offsets
-from .triton_common import INTERPRET, AUTOTUNE, batch_slices, jit_any_shape, relu_keep_nan, tile_at
+from .triton_common import (INTERPRET, AUTOTUNE, batch_slices, finish_dx, jit_any_shape, relu_keep_nan, tile_at,
+                            tile_grid)
 
 
 MAX_NK = 4          # kernels per launch of _dw_fwd_tile / _dw_bwd_in_tile
@@ -137,15 +138,8 @@ def _dw_bwd_in_tile(dd_ptr, x_ptr, w_ptr, lin_ptr, extra_ptr, dx_ptr, C, H, W, H
         acc = _dw_bwd_one(acc, d0 + 2 * ds, w_ptr + OFF2 + c * K2 * K2, ih, iw, Ho, Wo, K2, D2, STRIDE)
     if NK > 3:
         acc = _dw_bwd_one(acc, d0 + 3 * ds, w_ptr + OFF3 + c * K3 * K3, ih, iw, Ho, Wo, K3, D3, STRIDE)
-    off = plane.to(tl.int64) * H * W + ih * W + iw
-    if HAS_LIN:
-        acc += tl.load(lin_ptr + off, mask=im, other=0.0).to(tl.float32)
-    if MASK:
-        xv = tl.load(x_ptr + off, mask=im, other=0.0).to(tl.float32)
-        acc = tl.where(xv > 0, acc, 0.0)
-    if HAS_EXTRA:
-        acc += tl.load(extra_ptr + off, mask=im, other=0.0).to(tl.float32)
-    tl.store(dx_ptr + off, acc.to(dx_ptr.dtype.element_ty), mask=im)
+    finish_dx(acc, plane.to(tl.int64) * H * W + ih * W + iw, im, x_ptr, lin_ptr, extra_ptr, dx_ptr,
+              HAS_LIN, MASK, HAS_EXTRA)
 
 
 @triton.jit
@@ -220,36 +214,34 @@ def _chunks(spec: Spec, c: int):
     return out
 
 
-def _tiles(h, w):
-    return lambda meta: triton.cdiv(h, meta["BLOCK_H"]) * triton.cdiv(w, meta["BLOCK_W"])
-
-
 def dw_forward_into(d: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int) -> None:
     """d (N, NK*C, Ho, Wo) = the multi-kernel depthwise conv of relu(x) (reference.dw_forward)."""
     n, c, h, wd = x.shape
     ho, wo = d.shape[2:]
-    tiles = _tiles(ho, wo)
     for j0, kw in _chunks(spec, c):
-        _dw_fwd_tile[lambda meta: (n * c, tiles(meta))](x, w, d, c, h, wd, ho, wo, len(spec), j0,
-                                                        STRIDE=stride, **kw)
+        _dw_fwd_tile[tile_grid(n * c, ho, wo)](x, w, d, c, h, wd, ho, wo, len(spec), j0, STRIDE=stride, **kw)
 
 
 def dw_backward_input(dd: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: Spec, stride: int,
                       lin: Optional[torch.Tensor] = None, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
     """dx = [x > 0] * (lin + sum_j dwconv_j^T(dd_j)) + extra, all (N, C, H, W) (reference.dw_backward_input)."""
     n, c, h, wd = x.shape
-    tiles = _tiles(h, wd)
     chunks = _chunks(spec, c)
     extra_t = extra if extra is not None else x   # placeholder, never read
     for i, (j0, kw) in enumerate(chunks):
         last = i == len(chunks) - 1
         dx = torch.empty(x.shape, dtype=x.dtype if last else torch.float32, device=x.device)
         lin_t = lin if lin is not None else x
-        _dw_bwd_in_tile[lambda meta: (n * c, tiles(meta))](
+        _dw_bwd_in_tile[tile_grid(n * c, h, wd)](
             dd, x, w, lin_t, extra_t, dx, c, h, wd, dd.shape[2], dd.shape[3], len(spec), j0,
             STRIDE=stride, HAS_LIN=lin is not None, HAS_EXTRA=last and extra is not None, MASK=last, **kw)
         lin = dx   # partial sum of the earlier chunks (specs longer than MAX_NK)
     return dx
+
+
+def takes_weight(spec: Spec) -> bool:
+    """Whether ``dw_backward_weight`` takes ``spec``: every k <= MAX_WEIGHT_K."""
+    return max(k for k, _ in spec) <= MAX_WEIGHT_K
 
 
 def dw_backward_weight(dd: torch.Tensor, x: torch.Tensor, spec: Spec, stride: int) -> torch.Tensor:
@@ -258,7 +250,7 @@ def dw_backward_weight(dd: torch.Tensor, x: torch.Tensor, spec: Spec, stride: in
     nk = len(spec)
     offs, total = dw_offsets(spec, c)
     kmax = max(k for k, _ in spec)
-    if kmax > MAX_WEIGHT_K:
+    if not takes_weight(spec):
         raise ValueError(f"_dw_bwd_w_tile takes kernels up to {MAX_WEIGHT_K}x{MAX_WEIGHT_K}, got {kmax}x{kmax}")
     # one launch per kernel of (c, k, splits) programs: split the batch for about 1024 programs a launch
     splits, n_per = batch_slices(n, c * kmax)

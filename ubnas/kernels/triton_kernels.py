@@ -63,6 +63,6 @@ def dw_backward_input(dd: torch.Tensor, x: torch.Tensor, w: torch.Tensor, spec: 
 def dw_backward_weight(dd: torch.Tensor, x: torch.Tensor, spec: Spec, stride: int) -> torch.Tensor:
     """dL/dw packed flat as w, float32 (reference.dw_backward_weight); the tile kernel takes k <= 5 only."""
     dd, x = dd.contiguous(), x.contiguous()
-    if tiled(weight=True) and max(k for k, _ in spec) <= triton_dw_tile.MAX_WEIGHT_K:
+    if tiled(weight=True) and triton_dw_tile.takes_weight(spec):
         return triton_dw_tile.dw_backward_weight(dd, x, spec, stride)
     return triton_dw_gather.dw_backward_weight(dd, x, spec, stride)
