@@ -78,33 +78,41 @@ def test_gradients_are_averaged_over_ranks(tmp_path):
         assert got["c"] is None
 
 
-def _same_worker(rank, port, path, perturb):
+PERTURBATIONS = ("", "element", "swap", "across")
+
+
+def _same_worker(rank, port, path):
+    """Every perturbation in turn in one process group: assert_same raises only after its all_gather,
+    on every rank, so the group stays usable for the next case."""
     dist = _join(rank, port)
-    tensors = [torch.arange(6, dtype=torch.float32).view(2, 3), torch.ones(4)]
-    if perturb == "element" and rank == 1:
-        tensors[0][1, 2] += 1e-6 * tensors[0][1, 2]   # one element, by its last bits
-    if perturb == "swap" and rank == 1:
-        tensors[0][0, 1], tensors[0][1, 2] = 5.0, 1.0    # two values change places: same sum and squares
-    if perturb == "across" and rank == 1:
-        tensors[0][0, 0], tensors[1][0] = 1.0, 0.0       # a value moves from one tensor to the other
-    try:
-        dist.assert_same(tensors, "the test tensors")
-        outcome = "same"
-    except RuntimeError as exc:
-        outcome = str(exc)
-    torch.save(outcome, f"{path}.{rank}")
+    outcomes = {}
+    for perturb in PERTURBATIONS:
+        tensors = [torch.arange(6, dtype=torch.float32).view(2, 3), torch.ones(4)]
+        if perturb == "element" and rank == 1:
+            tensors[0][1, 2] += 1e-6 * tensors[0][1, 2]   # one element, by its last bits
+        if perturb == "swap" and rank == 1:
+            tensors[0][0, 1], tensors[0][1, 2] = 5.0, 1.0    # two values change places: same sum and squares
+        if perturb == "across" and rank == 1:
+            tensors[0][0, 0], tensors[1][0] = 1.0, 0.0       # a value moves from one tensor to the other
+        try:
+            dist.assert_same(tensors, "the test tensors")
+            outcomes[perturb] = "same"
+        except RuntimeError as exc:
+            outcomes[perturb] = str(exc)
+    torch.save(outcomes, f"{path}.{rank}")
     dist.shutdown()
 
 
-@pytest.mark.parametrize("perturb", ["", "element", "swap", "across"])
-def test_assert_same_raises_on_every_rank_when_one_differs(tmp_path, perturb):
-    torch.multiprocessing.spawn(_same_worker, args=(_free_port(), str(tmp_path / "s"), perturb), nprocs=2)
+def test_assert_same_raises_on_every_rank_when_one_differs(tmp_path):
+    torch.multiprocessing.spawn(_same_worker, args=(_free_port(), str(tmp_path / "s")), nprocs=2)
     for rank in range(2):
-        outcome = torch.load(tmp_path / f"s.{rank}", weights_only=True)
-        if perturb:
-            assert outcome.startswith("ranks disagree on the test tensors")
-        else:
-            assert outcome == "same"
+        outcomes = torch.load(tmp_path / f"s.{rank}", weights_only=True)
+        assert list(outcomes) == list(PERTURBATIONS)
+        for perturb, outcome in outcomes.items():
+            if perturb:
+                assert outcome.startswith("ranks disagree on the test tensors"), (rank, perturb)
+            else:
+                assert outcome == "same", rank
 
 
 def test_ranks_read_disjoint_equal_shards():
