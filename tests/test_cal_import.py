@@ -1,7 +1,6 @@
 """import_scalesim_csv refuses runs it could never look up: an unknown dataflow, an empty array."""
 import pytest
 
-
 from hwmodels import references as refs
 from hwmodels.accelerator import HardwareConfigError
 

@@ -2,7 +2,6 @@
 measured column, a column named twice, a quoted cell spanning lines, a row with extra fields."""
 import pytest
 
-
 from hwmodels import references as refs
 from hwmodels.accelerator import Accelerator, HardwareConfigError
 from hwmodels.layers_csv import read_layer_table, read_layers_csv

@@ -105,7 +105,6 @@ def test_cli_calibrates_on_dilated_layers(tmp_path, capsys):
     pytest.importorskip("scalesim")
     import json
 
-
     from hwmodels import references as refs
     from hwmodels import load_accelerator
     from hwmodels.layers_csv import read_layers_csv

@@ -18,7 +18,7 @@ from ubnas.cost import supernet_cost
 from ubnas.search import SearchConfig, cost_function, make_optimizers, search_step, target_seconds
 from ubnas.space import load_space
 from ubnas.spec import derive_spec
-from ubnas.supernet import ArchSample, Supernet, derived_ops
+from ubnas.supernet import ArchSample, Supernet
 from ubnas.target_fit import fit_to_target
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tiny convolutions: one thread is faster
@@ -195,8 +195,7 @@ def _exact_seconds(net, ops=None, widths=None):
 
 
 def _derived(net):
-    return ({t: derived_ops(logits, net.space.ops, net.space.nodes) for t, logits in net.op_logits.items()},
-            {n: w.chosen() for n, w in net.widths.items()})
+    return net.derived_sample().ops, {n: w.chosen() for n, w in net.widths.items()}
 
 
 def test_a_network_within_the_target_is_exported_as_derived():
