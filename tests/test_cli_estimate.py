@@ -194,20 +194,24 @@ def test_spec_without_hw_is_estimated_on_the_accelerator_it_was_searched_on(tmp_
         estimate(build_network(spec), spec.input_shape, load_accelerator("uboost")).cycles)
 
 
-def test_spec_is_estimated_at_the_batch_it_was_searched_at(tmp_path, capsys):
-    """A spec searched with --hw-batch 4 is costed at batch 4 (as its provenance.exact_cost), with a
-    note; --batch still chooses; a hand-edited hw_batch that is no positive integer is one line."""
+def _tiny_spec(tmp_path, provenance):
+    """(path, ArchSpec, the edge_16x16 accelerator) of a tiny-space spec (seed 0) saved with ``provenance``."""
     import torch
-    from hwmodels import estimate
-    from ubnas.build import build_network
     from ubnas.space import load_space
     from ubnas.spec import derive_spec, load_spec, save_spec
     from ubnas.supernet import Supernet
     torch.manual_seed(0)
     path = tmp_path / "arch.yaml"
-    save_spec(derive_spec(Supernet(load_space("tiny"), (1, 8, 8), 10), {"hw_batch": 4}), path)
-    spec = load_spec(path)
-    acc = load_accelerator("edge_16x16")
+    save_spec(derive_spec(Supernet(load_space("tiny"), (1, 8, 8), 10), provenance), path)
+    return path, load_spec(path), load_accelerator("edge_16x16")
+
+
+def test_spec_is_estimated_at_the_batch_it_was_searched_at(tmp_path, capsys):
+    """A spec searched with --hw-batch 4 is costed at batch 4 (as its provenance.exact_cost), with a
+    note; --batch still chooses; a hand-edited hw_batch that is no positive integer is one line."""
+    from hwmodels import estimate
+    from ubnas.build import build_network
+    path, spec, acc = _tiny_spec(tmp_path, {"hw_batch": 4})
     at = {b: estimate(build_network(spec), spec.input_shape, acc, batch=b).cycles for b in (1, 4)}
     assert at[4] > at[1]
     code, out, err = run_main(capsys, path, "--json", "--hw", "edge_16x16")
@@ -224,17 +228,9 @@ def test_spec_is_estimated_at_the_batch_it_was_searched_at(tmp_path, capsys):
 def test_spec_searched_under_the_uboost_model_is_costed_in_the_systolic_model_with_a_note(tmp_path, capsys):
     """The default table is the systolic model, as the search's exact cost is, also for a spec
     searched under the uboost model; a note says so and how to get the searched model."""
-    import torch
     from hwmodels import estimate
     from ubnas.build import build_network
-    from ubnas.space import load_space
-    from ubnas.spec import derive_spec, load_spec, save_spec
-    from ubnas.supernet import Supernet
-    torch.manual_seed(0)
-    path = tmp_path / "arch.yaml"
-    save_spec(derive_spec(Supernet(load_space("tiny"), (1, 8, 8), 10), {"cost_model": "uboost"}), path)
-    spec = load_spec(path)
-    acc = load_accelerator("edge_16x16")
+    path, spec, acc = _tiny_spec(tmp_path, {"cost_model": "uboost"})
     systolic = estimate(build_network(spec), spec.input_shape, acc)
     uboost = estimate(build_network(spec), spec.input_shape, acc, mode="uboost")
     assert uboost.cycles != pytest.approx(systolic.cycles)   # the two models tell apart here
