@@ -295,24 +295,40 @@ def test_report_figures_of_runs_whose_names_sanitise_alike_do_not_overwrite(tmp_
     assert all((out / link).is_file() for link in links)
 
 
-def test_pareto_figure_marks_a_train_run_without_a_test_accuracy_as_a_supernet_accuracy(tmp_path, monkeypatch):
-    pytest.importorskip("matplotlib.pyplot")
+def _drawn_pareto(monkeypatch, runs, tmp_path):
+    """What pareto_figure draws for ``runs``, read off the figure instead of saving it: points
+    {label: (sorted latencies, face colour)}, front lines [(latencies, colour)], legend texts."""
+    from matplotlib.colors import to_rgba
+
     import ubnas.report as report
     import ubnas.report_figures as figures
-    runs = [_hand_run("searched", report.SEARCH_ACCURACY, 0.9, 10.0),
-            _hand_run("trained", report.TEST_ACCURACY, 0.8, 12.0),
-            _hand_run("no_test_acc", report.SEARCH_ACCURACY, 0.7, 14.0)]
-    runs[2].kind = "train"     # load_run falls back to the spec's supernet accuracy
     drawn = {}
 
     def keep(plt_, fig, out_dir, filename):
-        for collection in fig.axes[0].collections:
-            drawn[collection.get_label()] = sorted(float(x) for x, _ in collection.get_offsets())
+        ax = fig.axes[0]
+        drawn["points"] = {c.get_label(): (sorted(float(x) for x, _ in c.get_offsets()),
+                                           tuple(c.get_facecolor()[0])) for c in ax.collections}
+        drawn["lines"] = sorted((tuple(float(x) for x in line.get_xdata()), to_rgba(line.get_color()))
+                                for line in ax.lines if len(line.get_xdata()))
+        legend = ax.get_legend()
+        drawn["legend"] = {t.get_text() for t in legend.get_texts()} if legend else set()
         plt_.close(fig)
         return filename
     monkeypatch.setattr(figures, "_save", keep)
     figures.pareto_figure(figures.pyplot(), runs, report.pareto_front(runs), tmp_path)
-    assert drawn == {"search (supernet val acc)": [10.0, 14.0], "trained (test acc)": [12.0]}
+    return drawn
+
+
+def test_pareto_figure_marks_a_train_run_without_a_test_accuracy_as_a_supernet_accuracy(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib.pyplot")
+    import ubnas.report as report
+    runs = [_hand_run("searched", report.SEARCH_ACCURACY, 0.9, 10.0),
+            _hand_run("trained", report.TEST_ACCURACY, 0.8, 12.0),
+            _hand_run("no_test_acc", report.SEARCH_ACCURACY, 0.7, 14.0)]
+    runs[2].kind = "train"     # load_run falls back to the spec's supernet accuracy
+    points = _drawn_pareto(monkeypatch, runs, tmp_path)["points"]
+    assert {label: xs for label, (xs, _) in points.items()} == {"search (supernet val acc)": [10.0, 14.0],
+                                                                "trained (test acc)": [12.0]}
 
 
 @pytest.mark.parametrize("content, said", [(b"\xef\xbb\xbfepoch,val_acc\n1,0.5\n", None),
@@ -405,26 +421,11 @@ def test_pareto_figure_tells_fronts_on_different_accelerators_apart(tmp_path, mo
     """Latencies on two machines do not compare: each machine's points and front line get their own
     colour and a legend entry naming the machine."""
     pytest.importorskip("matplotlib.pyplot")
-    from matplotlib.colors import to_rgba
-
     import ubnas.report as report
-    import ubnas.report_figures as figures
     runs = [_hand_run("u_fast", report.SEARCH_ACCURACY, 0.80, 10.0), _hand_run("u_acc", report.SEARCH_ACCURACY, 0.90, 20.0),
             _hand_run("e_fast", report.SEARCH_ACCURACY, 0.70, 30.0, "edge_32x32"),
             _hand_run("e_acc", report.SEARCH_ACCURACY, 0.85, 50.0, "edge_32x32")]
-    drawn = {}
-
-    def keep(plt_, fig, out_dir, filename):
-        ax = fig.axes[0]
-        drawn["points"] = {c.get_label(): (sorted(float(x) for x, _ in c.get_offsets()),
-                                           tuple(c.get_facecolor()[0])) for c in ax.collections}
-        drawn["lines"] = sorted((tuple(float(x) for x in line.get_xdata()), to_rgba(line.get_color()))
-                                for line in ax.lines if len(line.get_xdata()))
-        drawn["legend"] = {t.get_text() for t in ax.get_legend().get_texts()}
-        plt_.close(fig)
-        return filename
-    monkeypatch.setattr(figures, "_save", keep)
-    figures.pareto_figure(figures.pyplot(), runs, report.pareto_front(runs), tmp_path)
+    drawn = _drawn_pareto(monkeypatch, runs, tmp_path)
     points = drawn["points"]
     assert set(points) == {"search (supernet val acc), edge_32x32", "search (supernet val acc), uboost"}
     assert points["search (supernet val acc), uboost"][0] == [10.0, 20.0]
