@@ -749,3 +749,34 @@ def test_a_cost_first_taken_under_inference_mode_still_serves_gradients():
         supernet_cost(net, net.sample("softmax"), acc)
     supernet_cost(net, net.sample("softmax"), acc)["seconds"].backward()
     assert all(torch.isfinite(p.grad).all() for p in net.arch_parameters())
+
+
+def test_a_one_hot_cost_without_gradient_weights_only_its_layers_and_keeps_every_gradient_with_one():
+    """supernet_cost of a one-hot sample without gradient (the derived network each step, the
+    export's fit) costs only the layers of nonzero weight: the value of weighting every layer of the
+    supernet (summed here from the full table).  The same sample with a gradient keeps the full
+    table, so the ops and widths it did not choose still get theirs (straight-through samples)."""
+    from hwmodels.smooth import network_cost_torch
+    from ubnas.cost import supernet_layers
+    from ubnas.supernet import ArchSample
+
+    torch.manual_seed(3)
+    net = Supernet(load_space("tiny"), (1, 8, 8), 10, channels="fixed").double()
+    acc = load_accelerator("edge_16x16")
+    derived = net.derived_sample()
+    full_layers, full_weights = supernet_layers(net, derived, 2)
+    want = float((network_cost_torch(full_layers, acc)["cycles"] * full_weights).sum())
+    with torch.no_grad():
+        layers, weights = supernet_layers(net, derived, 2, weighted_only=True)
+        got = float(supernet_cost(net, derived, acc, batch=2)["cycles"])
+    assert bool((weights != 0).all()) and len(weights) == int((full_weights != 0).sum()) < len(full_weights)
+    assert got == pytest.approx(want, rel=1e-12)
+    arch = ArchSample({t: p.clone().requires_grad_() for t, p in derived.ops.items()},
+                      {n: p.clone().requires_grad_() for n, p in derived.widths.items()}, True)
+    cost = supernet_cost(net, arch, acc, batch=2)["cycles"]
+    assert float(cost.detach()) == pytest.approx(want, rel=1e-12)
+    cost.backward()
+    for t, p in arch.ops.items():   # the unchosen conv ops of every kept edge would cost cycles
+        kept = derived.ops[t].sum(1) > 0
+        assert bool((p.grad[kept][derived.ops[t][kept] == 0].abs().sum() > 0))
+    assert all(bool((p.grad[derived.widths[n] == 0] > 0).all()) for n, p in arch.widths.items())

@@ -198,9 +198,11 @@ def _flat(net: Supernet, arch: ArchSample, width_cost: str) -> Tuple[torch.Tenso
     return torch.cat(widths), torch.cat(probs)
 
 
-def supernet_layers(net: Supernet, arch: ArchSample, batch: int = 1,
-                    width_cost: str = "expected") -> Tuple[SoftLayers, torch.Tensor]:
-    """All array layers of the supernet (L,) and the weight of each (L,).
+def supernet_layers(net: Supernet, arch: ArchSample, batch: int = 1, width_cost: str = "expected",
+                    weighted_only: bool = False) -> Tuple[SoftLayers, torch.Tensor]:
+    """All array layers of the supernet (L,) and the weight of each (L,); with ``weighted_only``
+    and no gradient wanted (no grad mode, or an ``arch`` that needs none), only the layers of
+    nonzero weight.
 
     width_cost 'soft': each layer at the expected widths sum_j p_j w_j (weight = op
     probability).  'expected': each layer at every candidate width (pair, when input
@@ -212,11 +214,18 @@ def supernet_layers(net: Supernet, arch: ArchSample, batch: int = 1,
         raise ValueError(f"unknown width cost {width_cost!r} (expected one of {', '.join(WIDTH_COSTS)})")
     widths, probs = _flat(net, arch, width_cost)
     table = layer_table(net, batch, width_cost, widths)
-    c_in = table.in_scale * widths[table.in_slot]
-    c_out = widths[table.out_slot]
-    fields = (table.coef[0] + table.coef[1] * c_in[:, None] + table.coef[2] * c_out[:, None]
-              + table.coef[3] * (c_in * c_out)[:, None])
-    return SoftLayers(*fields.unbind(1)), probs[table.factor].prod(1)
+    weights = probs[table.factor].prod(1)
+    coef, in_scale, in_slot, out_slot = table.coef, table.in_scale, table.in_slot, table.out_slot
+    if weighted_only and not weights.requires_grad and not widths.requires_grad:
+        # a one-hot sample (the derived network each step, the export's fit) weights a few dozen of
+        # the supernet's layers; tens of thousands with --channels fixed
+        rows = weights.nonzero().squeeze(1)
+        coef, in_scale, in_slot, out_slot = coef[:, rows], in_scale[rows], in_slot[rows], out_slot[rows]
+        weights = weights[rows]
+    c_in = in_scale * widths[in_slot]
+    c_out = widths[out_slot]
+    fields = coef[0] + coef[1] * c_in[:, None] + coef[2] * c_out[:, None] + coef[3] * (c_in * c_out)[:, None]
+    return SoftLayers(*fields.unbind(1)), weights
 
 
 def supernet_cost(net: Supernet, arch: ArchSample, acc: Accelerator, model: str = "systolic",
@@ -225,7 +234,7 @@ def supernet_cost(net: Supernet, arch: ArchSample, acc: Accelerator, model: str 
     """Expected latency (seconds, cycles) and utilization of the supernet (scalar tensors)."""
     if model not in COST_MODELS:
         raise ValueError(f"unknown cost model {model!r} (expected one of {', '.join(COST_MODELS)})")
-    layers, weights = supernet_layers(net, arch, batch, width_cost)
+    layers, weights = supernet_layers(net, arch, batch, width_cost, weighted_only=True)
     layers = SoftLayers(**{f: getattr(layers, f).to(weights.dtype) for f in SoftLayers.__dataclass_fields__})
     macs = layers.macs
     if model in ("systolic", "uboost"):
