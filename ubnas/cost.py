@@ -200,9 +200,9 @@ def _flat(net: Supernet, arch: ArchSample, width_cost: str) -> Tuple[torch.Tenso
 
 def supernet_layers(net: Supernet, arch: ArchSample, batch: int = 1, width_cost: str = "expected",
                     weighted_only: bool = False) -> Tuple[SoftLayers, torch.Tensor]:
-    """All array layers of the supernet (L,) and the weight of each (L,); with ``weighted_only``
-    and no gradient wanted (no grad mode, or an ``arch`` that needs none), only the layers of
-    nonzero weight.
+    """All array layers of the supernet (L,) and the weight of each (L,); with ``weighted_only``,
+    on the CPU and no gradient wanted (no grad mode, or an ``arch`` that needs none), only the
+    layers of nonzero weight.
 
     width_cost 'soft': each layer at the expected widths sum_j p_j w_j (weight = op
     probability).  'expected': each layer at every candidate width (pair, when input
@@ -216,9 +216,10 @@ def supernet_layers(net: Supernet, arch: ArchSample, batch: int = 1, width_cost:
     table = layer_table(net, batch, width_cost, widths)
     weights = probs[table.factor].prod(1)
     coef, in_scale, in_slot, out_slot = table.coef, table.in_scale, table.in_slot, table.out_slot
-    if weighted_only and not weights.requires_grad and not widths.requires_grad:
+    if weighted_only and weights.device.type == "cpu" and not weights.requires_grad and not widths.requires_grad:
         # a one-hot sample (the derived network each step, the export's fit) weights a few dozen of
-        # the supernet's layers; tens of thousands with --channels fixed
+        # the supernet's layers: tens of thousands with --channels fixed.  Not on a GPU, where the
+        # whole table is a few launches and nonzero() would stall the step on a host sync.
         rows = weights.nonzero().squeeze(1)
         coef, in_scale, in_slot, out_slot = coef[:, rows], in_scale[rows], in_slot[rows], out_slot[rows]
         weights = weights[rows]
