@@ -519,12 +519,12 @@ def test_starting_over_sets_the_last_runs_results_aside(tmp_path):
     # the finished run is not lost: its files, byte for byte, in run/previous
     assert {p.name: p.read_bytes() for p in (tmp_path / "run" / "previous").iterdir()} == finished
     # interrupted again before its first checkpoint: nothing of the earlier runs is left to --resume
-    import ubnas.search
+    import ubnas.search_resume
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ubnas.search, "atomic_torch_save", interrupted)   # killed while writing its first checkpoint
+        mp.setattr(ubnas.search_resume, "atomic_torch_save", interrupted)   # killed while writing its first checkpoint
         with pytest.raises(KeyboardInterrupt):
             run_search(_small(tmp_path, "run", epochs=3, hw="edge_16x16"), progress=False)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml", "previous"]
@@ -535,14 +535,14 @@ def test_starting_over_sets_the_last_runs_results_aside(tmp_path):
 def test_resume_before_the_first_checkpoint_starts_the_same_run_over(tmp_path, capsys):
     """Killed in its first epoch, a run has only OUT/config.yaml: --resume starts that run over (its
     options, not the defaults), and an option given on the command line still wins."""
-    import ubnas.search
+    import ubnas.search_resume
     from ubnas.cli import main
     out = tmp_path / "run"
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ubnas.search, "atomic_torch_save", interrupted)
+        mp.setattr(ubnas.search_resume, "atomic_torch_save", interrupted)
         with pytest.raises(KeyboardInterrupt):
             run_search(_small(tmp_path, "run", epochs=2, hw="edge_32x32", lambda_latency=0.7, seed=5),
                        progress=False)

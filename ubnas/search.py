@@ -8,7 +8,7 @@ loss_arch = CE + lambda * latency / latency_ref - beta * utilization, or with a
 hard target T: CE + mu * relu(latency / T - 1) with mu raised by dual ascent, the latency
 there being the derived network's with the supernet's gradient (``target_seconds``); at export
 ``target_fit`` brings a derived network still above T within it.
-The options live in ``search_config``, what a resume reads back in ``search_resume``.
+The options live in ``search_config``; the checkpoint, and what a resume reads back, in ``search_resume``.
 """
 from __future__ import annotations
 
@@ -36,9 +36,10 @@ from .channels import ChannelAllocator
 from .cost import supernet_cost
 from .data import batches, load_dataset, search_split
 from .kernels import backend as kernel_backend
-from .runtime import all_finite, atomic_torch_save, make_run_dir, pick_device, resume_note, run_lock, say, set_aside
+from .runtime import all_finite, make_run_dir, pick_device, resume_note, run_lock, say, set_aside
 from .search_config import STAGES, SearchConfig, config_from_yaml
-from .search_resume import read_search_checkpoint, restarted_config, resumed_config, run_definitions
+from .search_resume import (Trajectory, read_search_checkpoint, restarted_config, restore_search_state,
+                            resumed_config, run_definitions, save_search_checkpoint)
 from .space import space_from_text
 from .supernet import Supernet
 from .target_fit import fit_to_target
@@ -117,79 +118,37 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
             f"{world}: the data shards and the effective batch change, so the result will differ from "
             f"an uninterrupted run")
     check_sync = bool(os.environ.get("UBNAS_CHECK_SYNC")) and world > 1
-    device = pick_device(cfg.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if device.type == "cuda":   # fixed batch shapes: let cuDNN pick its fastest convolutions (as DARTS does)
-        torch.backends.cudnn.benchmark = True
+    device = _search_device(cfg, world)
 
     # ---- data, model, hardware ------------------------------------------------------------
     torch.manual_seed(cfg.seed)
-    data = load_dataset(cfg.data, cfg.data_dir, seed=cfg.seed)
-    if cfg.data_dir is not None and cfg.data != "cifar10" and main:
-        say(f"note: --data-dir is read only with --data cifar10; {cfg.data} ignores {cfg.data_dir}")
-    (xw, yw), (xa, ya) = search_split(data.train_x, data.train_y, cfg.split, seed=cfg.seed)
-    xw, yw = dist.shard(xw, yw, rank, world)
-    xa, ya = dist.shard(xa, ya, rank, world)
-    xw, yw, xa, ya = (t.to(device) for t in (xw, yw, xa, ya))
+    data, (xw, yw), (xa, ya) = _search_data(cfg, rank, world, device, main)
     defs = run_definitions(cfg, checkpoint, ckpt_path, main)
     acc = defs.accelerator
     mismatch = mode_mismatch_note(cfg.hw, cfg.cost_model, defs.fit_mode) if cfg.cost_model in MODES else None
     if mismatch and main:
         say(mismatch)
-    net = Supernet(space_from_text(defs.space_yaml, defs.space_origin), data.input_shape, data.num_classes,
-                   cfg.channels)
-    allocator = ChannelAllocator(dict(net.widths.items()), net.channel_bindings(), cfg.seed)
-    if checkpoint is not None:   # restore window shapes before loading tensors into them
-        for name, (lo, step, count) in checkpoint["windows"].items():
-            allocator.apply(name, lo, step, count, [])
-        net.load_state_dict(checkpoint["model"])
-    net.to(device)
-    net.set_impl(cfg.kernels)
-    if cfg.kernels != "eager":
-        kernel_backend(cfg.kernels, device)   # a backend this device cannot run fails here, not mid-epoch
-    def open_run_dir():   # only now: a run refused above leaves OUT as it was
-        make_run_dir(out)
-        held.enter_context(run_lock(out))   # before anything in OUT changes, or is said to
-        note = None if restart else resume_note(ckpt_path, resume)
-        if note:
-            say(note)
-        if checkpoint is not None:
-            say(f"resuming {ckpt_path} after epoch {checkpoint['epoch']} of {cfg.epochs}")
-        if checkpoint is None:   # starting over: the last run's files must not pass for this run's
-            # nor be resumed under its config; they are kept in OUT/previous, not deleted
-            set_aside(out, ("arch.yaml", "search_log.csv", "checkpoint.pt", "config.yaml"))
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
-    dist.on_rank0(open_run_dir)   # a refusal there stops every rank with its one-line error
+    net, allocator = _build_supernet(cfg, defs, data, checkpoint, device)
+    # only now: a run refused above leaves OUT as it was; a refusal there stops every rank
+    dist.on_rank0(lambda: _open_run_dir(out, cfg, checkpoint, resume, restart, held))
     dist.broadcast_module(net)
 
     cost_of = cost_function(net, acc, cfg)
     w_opt, a_opt = make_optimizers(net, cfg)
     data_gen = torch.Generator().manual_seed(cfg.seed + 1)
     gumbel_gen = torch.Generator().manual_seed(cfg.seed + 2)
-    start_epoch, arch_steps, mu, history = 0, 0, 0.0, []
-    sync_checks = 0   # steps whose weights were compared across ranks (UBNAS_CHECK_SYNC)
     if checkpoint is None:   # the supernet's cost at initialisation makes lambda unit-free
         with torch.no_grad():
-            latency_ref = float(cost_of(net.sample("softmax"))["seconds"])
+            state = Trajectory(latency_ref=float(cost_of(net.sample("softmax"))["seconds"]))
     else:
-        w_opt.load_state_dict(checkpoint["w_opt"])
-        a_opt.load_state_dict(checkpoint["a_opt"])
-        data_gen.set_state(checkpoint["data_gen"])
-        gumbel_gen.set_state(checkpoint["gumbel_gen"])
-        allocator.generator.set_state(checkpoint["alloc_gen"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-        start_epoch, arch_steps, mu = checkpoint["epoch"], checkpoint["arch_steps"], checkpoint["mu"]
-        latency_ref = checkpoint["latency_ref"]
-        history = list(checkpoint["history"])
-        allocator.log = list(checkpoint["realloc_log"])
-
+        state = restore_search_state(checkpoint, w_opt, a_opt, data_gen, gumbel_gen, allocator)
+    sync_checks = 0   # steps whose weights were compared across ranks (UBNAS_CHECK_SYNC)
     steps_per_epoch = math.ceil(len(yw) / cfg.batch_size)
     if cfg.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
 
     # ---- epochs ---------------------------------------------------------------------------
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(state.epoch, cfg.epochs):
         t0 = time.time()
         stage = stage_at(cfg, epoch)
         tau = cfg.tau0 * cfg.tau_decay ** epoch
@@ -207,8 +166,8 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
         for step, ((xb, yb), (xv, yv)) in enumerate(zip(weight_batches, arch_batches)):
             if step >= steps_per_epoch:
                 break
-            taken = search_step(net, (xb, yb), (xv, yv), w_opt, a_opt, cost_of, cfg, tau, latency_ref, mu,
-                                gumbel_gen, hard_ops)
+            taken = search_step(net, (xb, yb), (xv, yv), w_opt, a_opt, cost_of, cfg, tau, state.latency_ref,
+                                state.mu, gumbel_gen, hard_ops)
             losses = {"training loss": taken.loss.item(), "validation loss": taken.val_loss.item(),
                       "latency": float(taken.cost["seconds"].detach())}
             # all ranks stop together (a NaN on one rank reaches all weights through the all-reduce)
@@ -221,11 +180,11 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
                                 epoch)
             if taken.latency_ratio is not None:   # dual ascent on the latency constraint, rank 0's ratio everywhere
                 ratio = float(dist.broadcast_object(float(taken.latency_ratio.detach())))
-                mu = max(0.0, mu + cfg.dual_lr * (ratio - 1))
-            arch_steps += 1
-            if stage != "op" and arch_steps % cfg.realloc_every == 0:
+                state.mu = max(0.0, state.mu + cfg.dual_lr * (ratio - 1))
+            state.arch_steps += 1
+            if stage != "op" and state.arch_steps % cfg.realloc_every == 0:
                 # decided on rank 0, applied everywhere, rank 0's new tensors broadcast
-                events = allocator.step([w_opt, a_opt], arch_steps, dist.broadcast_object(allocator.plan()))
+                events = allocator.step([w_opt, a_opt], state.arch_steps, dist.broadcast_object(allocator.plan()))
                 if events:
                     dist.broadcast_module(net)
                 for event in events:
@@ -233,7 +192,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
                          progress)
             if check_sync:   # BN running statistics differ per shard until the epoch's end, by design
                 dist.assert_same(list(net.weight_parameters()) + list(net.arch_parameters()),
-                                 f"weights and architecture parameters at step {arch_steps}")
+                                 f"weights and architecture parameters at step {state.arch_steps}")
                 sync_checks += 1
             sums["loss"] += losses["training loss"]
             sums["acc"] += float((taken.logits.argmax(1) == yb).float().mean())
@@ -257,51 +216,103 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
                "train_loss": means[0], "train_acc": means[1], "val_loss": means[2], "val_acc": means[3],
                "latency_us": float(cost["seconds"]) * 1e6, "utilization": float(cost["utilization"]),
                "derived_latency_us": float(derived["seconds"]) * 1e6,
-               "mu": mu, "seconds": time.time() - t0, "steps": sums["n"],
+               "mu": state.mu, "seconds": time.time() - t0, "steps": sums["n"],
                "widths": json.dumps({k: w.candidates for k, w in net.widths.items()})}
         if device.type == "cuda":
             row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        history.append(row)
+        state.history.append(row)
+        state.epoch = epoch + 1
         dist.broadcast_module(net)   # BN running statistics differ per shard: take rank 0's
         if not all_finite(net):   # the last step's update overflowed although its losses were finite
             raise _diverged("the weights or architecture parameters are not finite",
                             f"after epoch {epoch + 1}/{cfg.epochs}", ckpt_path, epoch)
         def save_epoch():   # the checkpoint first: a log never lists an epoch that no checkpoint holds
-            atomic_torch_save({
-                "config": asdict(cfg), "epoch": epoch + 1, "arch_steps": arch_steps, "mu": mu,
-                "latency_ref": latency_ref, "model": net.state_dict(), "world_size": world,
-                "space_yaml": defs.space_yaml, "space_origin": defs.space_origin,
-                "accelerator_config": acc.to_dict(), "accelerator_fit_mode": defs.fit_mode,
-                "windows": {k: [w.lo, w.step, w.count] for k, w in net.widths.items()},
-                "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
-                "data_gen": data_gen.get_state(), "gumbel_gen": gumbel_gen.get_state(),
-                "alloc_gen": allocator.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "history": history, "realloc_log": allocator.log,
-            }, ckpt_path)
-            _write_log(out / "search_log.csv", history)
+            save_search_checkpoint(ckpt_path, cfg, state, net, world, defs, w_opt, a_opt, data_gen, gumbel_gen,
+                                   allocator)
+            _write_log(out / "search_log.csv", state.history)
             _say(f"epoch {epoch + 1}: loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} "
                  f"val_acc {row['val_acc']:.3f} latency {row['latency_us']:.2f} us "
                  f"utilization {100 * row['utilization']:.2f} % ({row['seconds']:.1f} s)", progress)
         dist.on_rank0(save_epoch)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
-            return SearchResult(out, history, None, allocator.log)
+            return SearchResult(out, state.history, None, allocator.log)
 
-    # A run that ends in the op stage never searched its widths (their logits are untouched):
-    # export the width its ops were trained and costed at, the window's top.
-    widths_searched = stage_at(cfg, cfg.epochs - 1) != "op"
-    for w in net.widths.values():
-        w.forced = None if widths_searched else w.top
-    if not widths_searched and main:
-        say("note: the run ended in the op stage, so widths were not searched; arch.yaml takes each "
-            "window's top width, at which the ops were trained")
+    _export_widths(cfg, net, main)
     if check_sync:
         _say(f"sync check: weights and architecture parameters identical on {world} ranks after each of "
              f"{sync_checks} steps", main)
     if main and defs.fit_mode not in (None, "systolic"):   # the exported network is costed in systolic mode
         say(f"note: {cfg.hw} was calibrated for the {defs.fit_mode} model; arch.yaml's exact cost uses the "
             f"systolic model with that calibration, where it was not fitted")
-    spec_path = dist.on_rank0(lambda: export_spec(net, cfg, acc, history, cost_of, data, out, defs.fit_mode))
-    return SearchResult(out, history, spec_path, allocator.log)
+    spec_path = dist.on_rank0(lambda: export_spec(net, cfg, acc, state.history, cost_of, data, out, defs.fit_mode))
+    return SearchResult(out, state.history, spec_path, allocator.log)
+
+
+def _search_device(cfg: SearchConfig, world: int) -> torch.device:
+    """cfg.device; under torchrun on GPUs, this process's GPU (LOCAL_RANK)."""
+    device = pick_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":   # fixed batch shapes: let cuDNN pick its fastest convolutions (as DARTS does)
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
+def _search_data(cfg: SearchConfig, rank: int, world: int, device: torch.device, main: bool):
+    """(the data set, this rank's weight split (x, y), its architecture split (x, y)) on ``device``."""
+    data = load_dataset(cfg.data, cfg.data_dir, seed=cfg.seed)
+    if cfg.data_dir is not None and cfg.data != "cifar10" and main:
+        say(f"note: --data-dir is read only with --data cifar10; {cfg.data} ignores {cfg.data_dir}")
+    (xw, yw), (xa, ya) = search_split(data.train_x, data.train_y, cfg.split, seed=cfg.seed)
+    xw, yw = dist.shard(xw, yw, rank, world)
+    xa, ya = dist.shard(xa, ya, rank, world)
+    xw, yw, xa, ya = (t.to(device) for t in (xw, yw, xa, ya))
+    return data, (xw, yw), (xa, ya)
+
+
+def _build_supernet(cfg: SearchConfig, defs, data, checkpoint: Optional[dict], device: torch.device):
+    """(the supernet with the checkpoint's windows and tensors if any, on ``device`` with cfg.kernels;
+    its ChannelAllocator).  A kernel backend this device cannot run fails here, not mid-epoch."""
+    net = Supernet(space_from_text(defs.space_yaml, defs.space_origin), data.input_shape, data.num_classes,
+                   cfg.channels)
+    allocator = ChannelAllocator(dict(net.widths.items()), net.channel_bindings(), cfg.seed)
+    if checkpoint is not None:   # restore window shapes before loading tensors into them
+        for name, (lo, step, count) in checkpoint["windows"].items():
+            allocator.apply(name, lo, step, count, [])
+        net.load_state_dict(checkpoint["model"])
+    net.to(device)
+    net.set_impl(cfg.kernels)
+    if cfg.kernels != "eager":
+        kernel_backend(cfg.kernels, device)
+    return net, allocator
+
+
+def _open_run_dir(out: Path, cfg: SearchConfig, checkpoint: Optional[dict], resume: bool, restart: bool,
+                  held: contextlib.ExitStack) -> None:
+    """Create OUT and hold its lock (in ``held``) before anything in it changes or is said to; a run
+    that starts over sets the last run's files aside (OUT/previous) and writes its config."""
+    make_run_dir(out)
+    held.enter_context(run_lock(out))
+    ckpt_path = out / "checkpoint.pt"
+    note = None if restart else resume_note(ckpt_path, resume)
+    if note:
+        say(note)
+    if checkpoint is not None:
+        say(f"resuming {ckpt_path} after epoch {checkpoint['epoch']} of {cfg.epochs}")
+    else:   # the last run's files must not pass for this run's, nor be resumed under its config
+        set_aside(out, ("arch.yaml", "search_log.csv", "checkpoint.pt", "config.yaml"))
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+
+
+def _export_widths(cfg: SearchConfig, net: Supernet, main: bool) -> None:
+    """A run that ends in the op stage never searched its widths (their logits are untouched): it
+    exports the width its ops were trained and costed at, each window's top (a note says so)."""
+    widths_searched = stage_at(cfg, cfg.epochs - 1) != "op"
+    for w in net.widths.values():
+        w.forced = None if widths_searched else w.top
+    if not widths_searched and main:
+        say("note: the run ended in the op stage, so widths were not searched; arch.yaml takes each "
+            "window's top width, at which the ops were trained")
 
 
 def cost_function(net: Supernet, acc, cfg: SearchConfig):

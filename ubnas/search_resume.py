@@ -1,16 +1,19 @@
-"""What ``ubnas search --resume`` reads back: the search checkpoint, checked; the saved config with
-this invocation's placement options; and the space and accelerator definitions the run was started
-with (saved in the checkpoint, so that files edited since do not change a resumed run)."""
+"""The search checkpoint and what ``ubnas search --resume`` reads back: the checkpoint, written and
+restored side by side, and checked; the saved config with this invocation's placement options; and
+the space and accelerator definitions the run was started with (saved in the checkpoint, so that
+files edited since do not change a resumed run)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, List, Optional
+
+import torch
 
 from hwmodels import load_accelerator
 from hwmodels.accelerator import calibrated_mode, from_dict
 
-from .runtime import existing_checkpoint, ignored_on_resume, options_given, say
+from .runtime import atomic_torch_save, existing_checkpoint, ignored_on_resume, options_given, say
 from .search_config import SearchConfig, config_from_yaml
 from .space import read_space_text
 
@@ -22,6 +25,50 @@ PLACEMENT_KEYS = ("out", "device", "data_dir", "kernels")
 # a checkpoint without them resumes with the files named in its config, on one process)
 CHECKPOINT_KEYS = ("config", "epoch", "arch_steps", "mu", "latency_ref", "model", "windows", "w_opt", "a_opt",
                    "data_gen", "gumbel_gen", "alloc_gen", "torch_rng", "history", "realloc_log")
+
+
+@dataclass
+class Trajectory:
+    """What a search carries from step to step besides its tensors and generators."""
+
+    epoch: int = 0             # epochs done
+    arch_steps: int = 0
+    mu: float = 0.0            # the latency target's multiplier (dual ascent)
+    latency_ref: float = 0.0   # seconds: the supernet's latency at initialisation (lambda's unit)
+    history: List[dict] = field(default_factory=list)   # the log's rows, one per epoch
+
+
+def save_search_checkpoint(path: Path, cfg: SearchConfig, state: Trajectory, net, world: int,
+                           defs: "RunDefinitions", w_opt, a_opt, data_gen: torch.Generator,
+                           gumbel_gen: torch.Generator, allocator) -> None:
+    """Everything a resume needs to go on as if never stopped (atomically: a crash keeps the last one)."""
+    atomic_torch_save({
+        "config": asdict(cfg), "epoch": state.epoch, "arch_steps": state.arch_steps, "mu": state.mu,
+        "latency_ref": state.latency_ref, "model": net.state_dict(), "world_size": world,
+        "space_yaml": defs.space_yaml, "space_origin": defs.space_origin,
+        "accelerator_config": defs.accelerator.to_dict(), "accelerator_fit_mode": defs.fit_mode,
+        "windows": {k: [w.lo, w.step, w.count] for k, w in net.widths.items()},
+        "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
+        "data_gen": data_gen.get_state(), "gumbel_gen": gumbel_gen.get_state(),
+        "alloc_gen": allocator.generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "history": state.history, "realloc_log": allocator.log,
+    }, path)
+
+
+def restore_search_state(checkpoint: dict, w_opt, a_opt, data_gen: torch.Generator, gumbel_gen: torch.Generator,
+                         allocator) -> Trajectory:
+    """The optimizers, generators and reallocation log as ``save_search_checkpoint`` left them, and
+    the trajectory.  The supernet's windows and tensors are the caller's (they come before the
+    optimizers that hold them)."""
+    w_opt.load_state_dict(checkpoint["w_opt"])
+    a_opt.load_state_dict(checkpoint["a_opt"])
+    data_gen.set_state(checkpoint["data_gen"])
+    gumbel_gen.set_state(checkpoint["gumbel_gen"])
+    allocator.generator.set_state(checkpoint["alloc_gen"])
+    torch.set_rng_state(checkpoint["torch_rng"])
+    allocator.log = list(checkpoint["realloc_log"])
+    return Trajectory(checkpoint["epoch"], checkpoint["arch_steps"], checkpoint["mu"], checkpoint["latency_ref"],
+                      list(checkpoint["history"]))
 
 
 def resumed_config(cfg: SearchConfig, checkpoint: dict, given: Optional[Iterable[str]], ckpt_path: Path,
