@@ -135,6 +135,14 @@ def say(message: str) -> None:
     tqdm.write(message)
 
 
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar over ``total`` steps that vanishes when done, or None when progress is hidden."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     """torch.save to a temp file, then rename: a crash never leaves half a checkpoint.  A failed write
     (disk full, permissions) removes the temp file, keeps the previous checkpoint and is a one-line

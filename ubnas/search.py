@@ -36,7 +36,7 @@ from .channels import ChannelAllocator
 from .cost import supernet_cost
 from .data import batches, load_dataset, search_split
 from .kernels import backend as kernel_backend
-from .runtime import all_finite, make_run_dir, pick_device, resume_note, run_lock, say, set_aside
+from .runtime import all_finite, make_run_dir, pick_device, progress_bar, resume_note, run_lock, say, set_aside
 from .search_config import STAGES, SearchConfig, config_from_yaml
 from .search_resume import (Trajectory, read_search_checkpoint, restarted_config, restore_search_state,
                             resumed_config, run_definitions, save_search_checkpoint)
@@ -162,7 +162,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
         sums = {"loss": 0.0, "acc": 0.0, "val_loss": 0.0, "val_acc": 0.0, "n": 0}
         weight_batches = batches(xw, yw, cfg.batch_size, True, data_gen)
         arch_batches = _passes(lambda: batches(xa, ya, cfg.batch_size, True, data_gen))
-        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs} [{stage}]", progress)
+        bar = progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs} [{stage}]", progress)
         for step, ((xb, yb), (xv, yv)) in enumerate(zip(weight_batches, arch_batches)):
             if step >= steps_per_epoch:
                 break
@@ -493,11 +493,6 @@ def _write_log(path: Path, history: List[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
 def _say(message: str, enabled: bool) -> None:

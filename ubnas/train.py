@@ -32,8 +32,8 @@ from .build import build_network
 from .data import DATASETS, augment_crop_flip, batches, load_dataset
 from .distributed import launched_processes
 from .runtime import (MAX_SEED, all_finite, atomic_torch_save, existing_checkpoint, ignored_on_resume,
-                      load_checkpoint, make_run_dir, options_given, pick_device, resume_note, run_lock, say,
-                      set_aside)
+                      load_checkpoint, make_run_dir, options_given, pick_device, progress_bar, resume_note,
+                      run_lock, say, set_aside)
 from .spec import (ArchSpec, edited_since_export, load_spec, searched_accelerator, searched_batch,
                    searched_calibration_note)
 
@@ -253,57 +253,25 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     spec = load_spec(cfg.spec)
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
-    ckpt = None
     found = existing_train_checkpoint(ckpt_path, resume)   # before the note that it will be overwritten
     note = resume_note(ckpt_path, resume)
     if note:
         say(note)
-    if resume and found is not None:
-        ckpt = _train_checkpoint(found, ckpt_path, spec)
-        missing = [key for key in RESUME_KEYS if key not in ckpt]
-        if missing:
-            raise ValueError(f"{ckpt_path}: checkpoint lacks {', '.join(missing)} (written by another ubnas "
-                             f"version?); start over without --resume")
-        saved = ckpt["config"]
-        ignored = ignored_on_resume(cfg, saved, TrainConfig(spec=cfg.spec), TRAJECTORY_KEYS, given)
-        if ignored:
-            say(f"note: resuming {ckpt_path} with its saved schedule; ignored: {', '.join(ignored)}")
-        # where and on what it runs: this invocation's if given, else the first run's (a CIFAR run
-        # resumed without --data-dir finds its data)
-        here = options_given(cfg, TrainConfig(spec=cfg.spec), PLACEMENT_KEYS, given)
-        kept = {k: saved[k] for k in PLACEMENT_KEYS if k not in here and k in saved}
-        cfg = TrainConfig(**{**asdict(cfg), **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}, **kept})
+    ckpt = _train_checkpoint(found, ckpt_path, spec) if resume and found is not None else None
+    if ckpt is not None:
+        cfg = _resumed_config(cfg, ckpt, ckpt_path, given)
     searched_on = spec.provenance.get("data")
     data_given = options_given(cfg, TrainConfig(spec=cfg.spec), ("data",), given)
     if ckpt is None and not data_given and searched_on in DATASETS and searched_on != cfg.data:
         say(f"note: training on {searched_on}, the data set {spec.origin} was searched on (pass --data to change)")
         cfg = TrainConfig(**{**asdict(cfg), "data": searched_on})
     cfg.validate()
-    acc, why = pick_accelerator(spec, cfg.hw)   # once, before training: a bad --hw fails now
-    if why == "default" and spec.provenance.get("accelerator"):
-        say(f"note: {spec.origin} was searched on {spec.provenance['accelerator']!r}, which is no preset and "
-            f"the spec does not define; metrics.json uses {acc.name} (pass --hw)")
-    from hwmodels.accelerator import mode_mismatch_note
-    mismatch = (mode_mismatch_note(cfg.hw, "systolic") if why == "--hw"   # metrics.json's exact model
-                else searched_calibration_note(spec) if why == "spec provenance" else None)
-    if mismatch:
-        say(mismatch)
-    hw_batch = searched_batch(spec)   # now, not after training: a bad provenance.hw_batch fails first
-    if hw_batch != 1:
-        say(f"note: metrics.json costs the network at batch {hw_batch}, the one {spec.origin} was searched at")
-    if edited_since_export(spec):
-        say(f"note: {spec.origin} was edited after the search exported it; its provenance (search accuracy, "
-            f"costs) describes the network the search exported")
+    acc, why = _metrics_accelerator(spec, cfg)   # once, before training: a bad --hw fails now
     device = pick_device(cfg.device)
 
     # ---- data and model ---------------------------------------------------------------
     data = load_dataset(cfg.data, cfg.data_dir, seed=cfg.seed)
-    if tuple(data.input_shape) != tuple(spec.input_shape):
-        raise ValueError(f"{spec.origin}: key 'input_shape' is {list(spec.input_shape)} but data set "
-                         f"{cfg.data} has images of {list(data.input_shape)}")
-    if data.num_classes != spec.num_classes:
-        raise ValueError(f"{spec.origin}: key 'num_classes' is {spec.num_classes} but data set "
-                         f"{cfg.data} has {data.num_classes} classes")
+    _check_data_fits(spec, data, cfg.data)
     make_run_dir(out)   # only now: a refused run leaves no empty directory behind
     held.enter_context(run_lock(out))   # before anything in OUT changes
     augment = cfg.augment if cfg.augment is not None else cfg.data == "cifar10"
@@ -344,7 +312,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
-        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress)
+        bar = progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress)
         for i, (xb, yb) in enumerate(batches(train_x, train_y, cfg.batch_size, shuffle=True, generator=gen)):
             if augment:
                 xb = augment_crop_flip(xb, 4, gen)
@@ -419,6 +387,54 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     return TrainResult(out, metrics, history, model)
 
 
+def _resumed_config(cfg: TrainConfig, ckpt: dict, ckpt_path: Path, given: Optional[Iterable[str]]) -> TrainConfig:
+    """The checkpoint's schedule (TRAJECTORY_KEYS; a note names those given that differ), and where
+    and on what it runs (PLACEMENT_KEYS): this invocation's if given, else the first run's (a CIFAR
+    run resumed without --data-dir finds its data)."""
+    missing = [key for key in RESUME_KEYS if key not in ckpt]
+    if missing:
+        raise ValueError(f"{ckpt_path}: checkpoint lacks {', '.join(missing)} (written by another ubnas "
+                         f"version?); start over without --resume")
+    saved = ckpt["config"]
+    ignored = ignored_on_resume(cfg, saved, TrainConfig(spec=cfg.spec), TRAJECTORY_KEYS, given)
+    if ignored:
+        say(f"note: resuming {ckpt_path} with its saved schedule; ignored: {', '.join(ignored)}")
+    here = options_given(cfg, TrainConfig(spec=cfg.spec), PLACEMENT_KEYS, given)
+    kept = {k: saved[k] for k in PLACEMENT_KEYS if k not in here and k in saved}
+    return TrainConfig(**{**asdict(cfg), **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}, **kept})
+
+
+def _metrics_accelerator(spec: ArchSpec, cfg: TrainConfig):
+    """(accelerator, why) metrics.json costs the network on (``pick_accelerator``), with the notes
+    on it, its batch and the spec's provenance; a bad --hw or provenance fails before training."""
+    acc, why = pick_accelerator(spec, cfg.hw)
+    if why == "default" and spec.provenance.get("accelerator"):
+        say(f"note: {spec.origin} was searched on {spec.provenance['accelerator']!r}, which is no preset and "
+            f"the spec does not define; metrics.json uses {acc.name} (pass --hw)")
+    from hwmodels.accelerator import mode_mismatch_note
+    mismatch = (mode_mismatch_note(cfg.hw, "systolic") if why == "--hw"   # metrics.json's exact model
+                else searched_calibration_note(spec) if why == "spec provenance" else None)
+    if mismatch:
+        say(mismatch)
+    hw_batch = searched_batch(spec)
+    if hw_batch != 1:
+        say(f"note: metrics.json costs the network at batch {hw_batch}, the one {spec.origin} was searched at")
+    if edited_since_export(spec):
+        say(f"note: {spec.origin} was edited after the search exported it; its provenance (search accuracy, "
+            f"costs) describes the network the search exported")
+    return acc, why
+
+
+def _check_data_fits(spec: ArchSpec, data, data_name: str) -> None:
+    """The spec's input shape and class count are the data set's (else a ValueError naming the key)."""
+    if tuple(data.input_shape) != tuple(spec.input_shape):
+        raise ValueError(f"{spec.origin}: key 'input_shape' is {list(spec.input_shape)} but data set "
+                         f"{data_name} has images of {list(data.input_shape)}")
+    if data.num_classes != spec.num_classes:
+        raise ValueError(f"{spec.origin}: key 'num_classes' is {spec.num_classes} but data set "
+                         f"{data_name} has {data.num_classes} classes")
+
+
 def _jsonable(value):
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -429,10 +445,3 @@ def _jsonable(value):
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
