@@ -56,9 +56,12 @@ def positive_int(text: str, option: str) -> int:
     return int(text)
 
 
+DIMS_SEPARATOR = re.compile(r"[xX×]")   # '3x32x32', '3X32X32', '3×32×32'
+
+
 def parse_dims(text: str, option: str, count: int, example: str):
     """'64x32' -> (64, 32): ``count`` positive integers separated by 'x'."""
-    parts = re.split(r"[xX×]", str(text).strip())
+    parts = DIMS_SEPARATOR.split(str(text).strip())
     if len(parts) != count or not all(re.fullmatch(r"\d+", p.strip()) and int(p) > 0 for p in parts):
         raise ValueError(f"{option}: expected {count} positive integers like {example}, got {text!r}")
     return tuple(int(p) for p in parts)
@@ -204,7 +207,7 @@ def collect_layers(args, batch: int, spec):
         from hwmodels.zoo import DEFAULT_INPUT, get_model
         shape, user = DEFAULT_INPUT, ":" in args.model   # MODULE:NAME / FILE.py:NAME, else built in
         if args.input:   # C x L for a 1-D network (nn.Conv1d) of the user's; the built-in ones are 2-D
-            count = 2 if user and len(re.split(r"[xX×]", args.input.strip())) == 2 else 3
+            count = 2 if user and len(DIMS_SEPARATOR.split(args.input.strip())) == 2 else 3
             shape = parse_dims(args.input, "--input", count, "3x32x32 or 6x100" if user else "3x32x32")
         module = load_model_target(args.model) if user else get_model(args.model)
     else:
