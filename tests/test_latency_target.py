@@ -306,6 +306,9 @@ def _additive(net, lost, saved):
     ((0.6, 0.6, 0.5, 0.5), (6.0, 6.0, 3.0, 3.0), 88.0, {0, 1}),
     # the first change (best ratio) becomes unnecessary once the others are made: undone
     ((0.1, 0.5, 1.2, 9.0), (2.0, 5.0, 6.0, 0.0), 90.0, {1, 2}),
+    # all four taken (10 s saved, 8 needed); edge 0 or edge 1 could go, not both: the one that gave
+    # up more probability is undone first (edge 1, 0.7 nats; undoing edge 0 first would keep 1, 2, 3)
+    ((0.1, 0.7, 1.5, 1.2), (1.0, 2.0, 4.0, 3.0), 92.0, {0, 2, 3}),
 ])
 def test_the_greedy_fit_finds_the_most_probable_subset_on_additive_costs(lost, saved, target, pooled):
     """On these instances the fit is the brute-force optimum: the set of edges turned into pools
@@ -318,8 +321,35 @@ def test_the_greedy_fit_finds_the_most_probable_subset_on_additive_costs(lost, s
     assert best == pooled
     fit = fit_to_target(net, cost_of, target)
     got = {e for e in range(4) if fit.ops["normal"][e, net.space.ops.index("max_pool_3x3")] == 1}
-    assert got == pooled and fit.seconds <= target
+    assert got == pooled and fit.seconds == 100.0 - sum(saved[e] for e in pooled) <= target
     assert len(fit.changes) == len(pooled)
+
+
+def test_a_target_only_two_changes_together_reach_falls_back_on_the_floor_then_undoes():
+    """A cost in which lowering cell0's width saves nothing unless edge 0 is a pool too, and the
+    other way round (a ceiling that only falls when both change): no single change lowers the
+    latency, so the fit starts from the floor and undoes what the target does not need."""
+    net = _random_net(0)
+    names = net.space.ops
+    conv, pool = names.index("conv_3x3"), names.index("max_pool_3x3")
+    with torch.no_grad():
+        logits = net.op_logits["normal"]
+        logits.fill_(-50.0)
+        logits[4] = 0.0   # node 1's weakest input: not kept
+        logits[:4, conv] = 0.0
+        for w in net.widths.values():
+            w.logits.zero_()
+            w.logits[1] = 5.0   # every width at its window's second candidate
+
+    def cost_of(arch):
+        both = float(arch.ops["normal"][0, pool]) * float(arch.widths["cell0"][0])
+        return {"seconds": torch.tensor(100.0 - 50.0 * both, dtype=torch.float64)}
+    widths = {n: w.candidates[1] for n, w in net.widths.items()}
+    fit = fit_to_target(net, cost_of, 60.0)
+    assert fit.floor_seconds == 50.0 and fit.seconds == 50.0
+    assert fit.widths == {**widths, "cell0": net.widths["cell0"].candidates[0]}
+    assert [int(row.argmax()) for row in fit.ops["normal"][:4]] == [pool, conv, conv, conv]
+    assert len(fit.changes) == 2
 
 
 def test_widths_forced_at_export_are_kept_and_stay_forced():

@@ -11,7 +11,6 @@ keeps (DARTS' strongest two) does not change.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, Hashable, List, Tuple
 
@@ -40,19 +39,6 @@ class TargetFit:
 
     def reached(self, target_seconds: float) -> bool:
         return self.seconds <= target_seconds
-
-
-@contextmanager
-def _unforced(net: Supernet):
-    """Widths costed at their one-hot probabilities (a run ending in the op stage forces the top)."""
-    saved = {n: w.forced for n, w in net.widths.items()}
-    for w in net.widths.values():
-        w.forced = None
-    try:
-        yield
-    finally:
-        for n, w in net.widths.items():
-            w.forced = saved[n]
 
 
 def fit_to_target(net: Supernet, cost_of, target_seconds: float) -> TargetFit:
@@ -88,7 +74,7 @@ def fit_to_target(net: Supernet, cost_of, target_seconds: float) -> TargetFit:
                 widths[key[1]][value] = 1.0
         return ArchSample(ops, widths, True)
 
-    with _unforced(net), torch.no_grad():
+    with torch.no_grad():
         def latency(choice: Dict[Key, int]) -> float:
             return float(cost_of(sample(choice))["seconds"])
 
