@@ -1,4 +1,5 @@
 """Ops, spaces, supernet cost gradients, resume equivalence and bad-input errors."""
+import dataclasses
 import math
 import os
 import subprocess
@@ -563,11 +564,16 @@ def test_dual_lr_without_a_target_gets_a_note(tmp_path, capsys, monkeypatch):
     import ubnas.commands.search
     from ubnas.cli import main
     monkeypatch.setattr(ubnas.commands.search, "run_search", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    saved = tmp_path / "config.yaml"   # a run's OUT/config.yaml holds every option, dual_lr at its default
+    saved.write_text(yaml.safe_dump(dataclasses.asdict(SearchConfig())))
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text("dual_lr: 2.0\n")
     for extra, says in ((["--dual-lr", "3"], True), (["--dual-lr", "3", "--target-latency-us", "9"], False),
-                        ([], False)):
+                        ([], False), (["--config", str(saved)], False), (["--config", str(tuned)], True),
+                        (["--config", str(saved), "--dual-lr", "0.5"], True)):
         assert main(["search", "--out", str(tmp_path / "r"), *extra]) == 130
         assert ("--dual-lr steps the multiplier of --target-latency-us; without a target it has no effect"
-                in capsys.readouterr().out) == says
+                in capsys.readouterr().out) == says, extra
 
 
 def test_search_refuses_checkpoints_it_did_not_write(tmp_path, capsys):

@@ -58,7 +58,10 @@ def run(args) -> int:
     values = expand_home(values, ("space", "hw", "data_dir", "out"))
     cfg = SearchConfig(**values)
     cfg.validate("command line")
-    if "dual_lr" in values and cfg.target_latency_us is None and not args.resume and distributed.rank() == 0:
+    # a --config file (a saved OUT/config.yaml, say) holds every option: only a flag or a value
+    # away from the default says that the user meant to set it
+    dual_set = "dual_lr" in vars(args) or cfg.dual_lr != SearchConfig().dual_lr
+    if dual_set and cfg.target_latency_us is None and not args.resume and distributed.rank() == 0:
         print("note: --dual-lr steps the multiplier of --target-latency-us; without a target it has no effect")
     try:
         result = run_search(cfg, resume=args.resume, progress=not args.quiet, given=set(values))
