@@ -48,7 +48,23 @@ def test_calibrate_refuses_an_unwritable_out_before_fitting(tmp_path, capsys, mo
     (tmp_path / "a_file").write_text("")
     out = tmp_path / "a_file" / "cal.yaml"
     err = _error(capsys, ["calibrate", "--reference", "scalesim", "--suite", "cifar", "--out", str(out)])
-    assert err.startswith(f"ubnas: error: --out {out}: cannot write there"), err
+    assert err == f"ubnas: error: --out {out}: cannot write there ({tmp_path / 'a_file'} is a file, not a directory)"
+
+
+def test_a_run_directory_given_as_the_spec_names_the_spec_it_holds(tmp_path, spec_path, capsys):
+    err = _error(capsys, ["train", str(tmp_path), "--out", str(tmp_path / "t"), "--quiet"])
+    assert err == (f"ubnas: error: {tmp_path}: is a directory, not an architecture spec file; the search's "
+                   f"spec is {spec_path}")
+    assert _error(capsys, ["estimate", str(tmp_path / "t")]).endswith("no such architecture spec file")
+    (tmp_path / "empty").mkdir()
+    err = _error(capsys, ["estimate", str(tmp_path / "empty")])
+    assert err.endswith(f"{tmp_path / 'empty'}: is a directory, not an architecture spec file")
+
+
+def test_train_writes_to_runs_train_without_out(tmp_path, spec_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", str(spec_path), "--epochs", "1", "--quiet"]) == 0
+    assert (tmp_path / "runs" / "train" / "metrics.json").is_file()
 
 
 def test_a_binary_layer_csv_names_the_file(tmp_path, capsys):

@@ -297,6 +297,9 @@ def searched_batch(spec: ArchSpec) -> int:
 def load_spec(path: Union[str, os.PathLike]) -> ArchSpec:
     """Read and validate a spec file; every problem is a one-line :class:`SpecError`."""
     origin = str(path)
+    if Path(path).is_dir():   # a run directory given for the spec it holds
+        hint = f"; the search's spec is {Path(path) / 'arch.yaml'}" if (Path(path) / "arch.yaml").is_file() else ""
+        raise SpecError(f"{origin}: is a directory, not an architecture spec file{hint}")
     try:
         text = Path(path).read_text()
     except FileNotFoundError:

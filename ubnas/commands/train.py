@@ -15,7 +15,7 @@ def add_parser(sub):
                         help="data set (default: the one the spec was searched on, else digits)")
     parser.add_argument("--data-dir", metavar="DIR", help="where cifar-10-batches-py lies")
     parser.add_argument("--epochs", type=int, metavar="N", help="epochs (default 30)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="run directory")
+    parser.add_argument("--out", metavar="DIR", help="run directory (default runs/train)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/checkpoint.pt, its schedule options win (a new run if there is none)")
     parser.add_argument("--batch-size", type=int, metavar="N", help="default 64")
