@@ -88,6 +88,15 @@ def test_derive_keeps_strongest_edges():
     assert [(e.source, e.op) for e in node1] == [(0, "sep_conv_3x3"), (2, "skip_connect")]
 
 
+def test_build_network_of_a_path_points_to_ubnas_build(tmp_path, derived):
+    path = tmp_path / "arch.yaml"
+    save_spec(derived, path)
+    with pytest.raises(TypeError, match=r"expected an ArchSpec, got PosixPath; for a spec file use ubnas.build"):
+        build_network(path)
+    import ubnas
+    assert type(ubnas.build(str(path))).__name__ == "Network"
+
+
 def test_lazy_build_and_light_import(tmp_path, derived):
     path = tmp_path / "arch.yaml"
     save_spec(derived, path)

@@ -105,7 +105,10 @@ class Network(nn.Module):
 
 
 def build_network(spec: ArchSpec) -> Network:
-    """A freshly initialised ``nn.Module`` for ``spec``."""
+    """A freshly initialised ``nn.Module`` for ``spec`` (``build`` takes a spec file's path too)."""
+    if not isinstance(spec, ArchSpec):
+        raise TypeError(f"build_network: expected an ArchSpec, got {type(spec).__name__}; for a spec "
+                        f"file use ubnas.build(path) or ubnas.spec.load_spec(path)")
     return Network(spec)
 
 
