@@ -225,6 +225,16 @@ def test_spec_is_estimated_at_the_batch_it_was_searched_at(tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1 and "provenance.hw_batch: expected a positive integer" in err
 
 
+def test_a_bad_array_on_a_searched_spec_is_the_only_line(tmp_path, capsys):
+    """The note naming the spec's accelerator waits until --array has passed."""
+    path, spec, acc = _tiny_spec(tmp_path, {"accelerator": "edge_16x16"})
+    code, out, err = run_main(capsys, path, "--array", "0x64")
+    assert code == 2 and err.splitlines() == ["ubnas: error: --array: expected 2 positive integers like 128x128, "
+                                              "got '0x64'"], err
+    code, out, err = run_main(capsys, path, "--array", "64x64")
+    assert code == 0 and "note: accelerator edge_16x16, the one" in err, err
+
+
 def test_spec_searched_under_the_uboost_model_is_costed_in_the_systolic_model_with_a_note(tmp_path, capsys):
     """The default table is the systolic model, as the search's exact cost is, also for a spec
     searched under the uboost model; a note says so and how to get the searched model."""

@@ -221,24 +221,22 @@ def collect_layers(args, batch: int, spec):
 
 
 def _searched_on(args, spec):
-    """For a ``spec`` (the SPEC) without --hw: the accelerator it was searched on (as ``train`` and
-    ``report`` take it; a calibrated or custom one travels in the spec), with a note naming it; else
-    None."""
+    """For a ``spec`` (the SPEC) without --hw: (the accelerator it was searched on, as ``train`` and
+    ``report`` take it: a calibrated or custom one travels in the spec; else None), and the notes
+    that name it (printed once the accelerator's options have passed)."""
     if args.hw is not None or spec is None:
-        return None
+        return None, []
     from ubnas.spec import searched_accelerator, searched_calibration_note
     acc = searched_accelerator(spec)
     named = spec.provenance.get("accelerator")
+    notes = []
     if acc is not None:
-        print(f"note: accelerator {acc.name}, the one {args.spec} was searched on (--hw to choose another)",
-              file=sys.stderr)
-        mismatch = searched_calibration_note(spec, args.model_mode)
-        if mismatch:
-            print(mismatch, file=sys.stderr)
+        notes.append(f"note: accelerator {acc.name}, the one {args.spec} was searched on (--hw to choose another)")
+        notes.append(searched_calibration_note(spec, args.model_mode))
     elif named:
-        print(f"note: {args.spec} was searched on {named!r}, which is neither a preset nor recorded in the "
-              f"spec; using uboost (--hw to choose another)", file=sys.stderr)
-    return acc
+        notes.append(f"note: {args.spec} was searched on {named!r}, which is neither a preset nor recorded in "
+                     f"the spec; using uboost (--hw to choose another)")
+    return acc, [note for note in notes if note]
 
 
 def _mode_note(spec, spec_path: str) -> None:
@@ -260,7 +258,10 @@ def run(args) -> int:
     spec = _spec_of(args)
     if not mode_given:
         _mode_note(spec, args.spec)
-    acc = build_accelerator(args, _searched_on(args, spec))
+    searched, notes = _searched_on(args, spec)
+    acc = build_accelerator(args, searched)   # a bad --array fails before any note on the accelerator
+    for note in notes:
+        print(note, file=sys.stderr)
     with contextlib.redirect_stdout(sys.stderr):   # what the user's network prints stays out of --json
         layers = collect_layers(args, _batch(args, spec), spec)
     if args.dataflow is not None and args.model_mode == "uboost":   # its equations tile weight-stationary
