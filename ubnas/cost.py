@@ -218,8 +218,8 @@ def supernet_layers(net: Supernet, arch: ArchSample, batch: int = 1, width_cost:
     coef, in_scale, in_slot, out_slot = table.coef, table.in_scale, table.in_slot, table.out_slot
     if weighted_only and weights.device.type == "cpu" and not weights.requires_grad and not widths.requires_grad:
         # a one-hot sample (the derived network each step, the export's fit) weights a few dozen of
-        # the supernet's layers: tens of thousands with --channels fixed.  Not on a GPU, where the
-        # whole table is a few launches anyway (and that path stays as measured there).
+        # the supernet's layers (of tens of thousands with --channels fixed).  Not on a GPU, where
+        # the whole table is a few launches anyway (and that path stays as measured there).
         rows = weights.nonzero().squeeze(1)
         coef, in_scale, in_slot, out_slot = coef[:, rows], in_scale[rows], in_slot[rows], out_slot[rows]
         weights = weights[rows]
