@@ -194,6 +194,8 @@ def test_not_a_spec(tmp_path):
         load_spec(tmp_path / "missing.yaml")
     with pytest.raises(SpecError, match="expected a mapping at the top level"):
         load_spec(write(tmp_path, "- 1\n- 2\n"))
+    with pytest.raises(SpecError, match="cannot read the architecture spec"):   # longer than a file name may be
+        load_spec(tmp_path / ("x" * 300))
 
 
 def test_estimate_cli_bad_spec_one_line(tmp_path, spec_dict):

@@ -297,13 +297,13 @@ def searched_batch(spec: ArchSpec) -> int:
 def load_spec(path: Union[str, os.PathLike]) -> ArchSpec:
     """Read and validate a spec file; every problem is a one-line :class:`SpecError`."""
     origin = str(path)
-    if Path(path).is_dir():   # a run directory given for the spec it holds
-        hint = f"; the search's spec is {Path(path) / 'arch.yaml'}" if (Path(path) / "arch.yaml").is_file() else ""
-        raise SpecError(f"{origin}: is a directory, not an architecture spec file{hint}")
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
         raise SpecError(f"{origin}: no such architecture spec file") from None
+    except IsADirectoryError:   # a run directory given for the spec it holds
+        hint = f"; the search's spec is {Path(path) / 'arch.yaml'}" if (Path(path) / "arch.yaml").is_file() else ""
+        raise SpecError(f"{origin}: is a directory, not an architecture spec file{hint}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{origin}: cannot read the architecture spec ({exc})") from None
     return spec_from_dict(read_yaml(origin, SpecError, text), origin)
