@@ -36,6 +36,9 @@ def test_export_refuses_a_folder_or_an_empty_name_before_exporting(tmp_path, spe
     assert "--onnx" in err and "is a directory" in err
     err = _error(capsys, ["export", str(spec_path), "--onnx", ""])
     assert "--onnx ''" in err and "expected a file name" in err
+    for long in (tmp_path / ("x" * 300 + ".onnx"), tmp_path / ("y" * 300) / "m.onnx"):
+        err = _error(capsys, ["export", str(spec_path), "--onnx", str(long)])
+        assert err == f"ubnas: error: --onnx {long}: cannot write there (File name too long)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.onnx", "arch.yaml"]
 
 

@@ -117,13 +117,13 @@ def check_output_file(path, option: str) -> Path:
     path = Path(path)
     if not text.strip() or text.endswith(("/", os.sep)) or path.name in ("", ".", ".."):
         raise ValueError(f"{option} {text!r}: expected a file name")
-    if path.is_dir():
-        raise ValueError(f"{option} {path}: is a directory (expected a file name)")
-    above = next((p for p in path.parents if p.exists()), None)
-    if above is not None and not above.is_dir():   # mkdir would say 'File exists'
-        raise ValueError(f"{option} {path}: cannot write there ({above} is a file, not a directory)")
     tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    try:   # is_dir() and exists() raise too, for a name longer than the file system allows
+        if path.is_dir():
+            raise ValueError(f"{option} {path}: is a directory (expected a file name)")
+        above = next((p for p in path.parents if p.exists()), None)
+        if above is not None and not above.is_dir():   # mkdir would say 'File exists'
+            raise ValueError(f"{option} {path}: cannot write there ({above} is a file, not a directory)")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.touch()
         tmp.unlink()
