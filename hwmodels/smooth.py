@@ -48,8 +48,12 @@ MAX_WINDOW = 1024   # steps evaluated either side of x by the sigmoid ceiling
 
 
 def hard_ceil_div(x: torch.Tensor, d: float) -> torch.Tensor:
-    """Number of steps k*d + 1/2 <= x (k >= 0): equals ceil(x / d) at integer x >= 0."""
-    return torch.clamp(torch.floor((x - 0.5) / d) + 1, min=0)
+    """Number of steps k*d + 1/2 <= x (k >= 0): equals ceil(x / d) at integer x >= 0.
+
+    Counted in float64 and returned in x's dtype: in float32, x - 1/2 rounds back to x once
+    x >= 2**23, which would count one step too many at a multiple of d."""
+    wide = x.detach().to(torch.float64)
+    return torch.clamp(torch.floor((wide - 0.5) / d) + 1, min=0).to(x.dtype)
 
 
 def _first_step(x: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -238,4 +242,5 @@ def network_cost_torch(layers: SoftLayers, acc: Accelerator, mode: str = "systol
     macs = layers.macs.sum()
     return {"cycles": cycles, "compute_cycles": compute, "total_cycles": total,
             "seconds": total / acc.clock_hz, "macs": macs,
-            "utilization": macs / (total * mode_pes(acc, mode))}
+            # an empty network has no cycles: utilization 0 as in exact.NetworkCost, not 0/0
+            "utilization": macs / (torch.where(total > 0, total, torch.ones_like(total)) * mode_pes(acc, mode))}

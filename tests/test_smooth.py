@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from hwmodels import ConvLayer, LinearLayer, layer_cost, load_accelerator
+from hwmodels import ConvLayer, LinearLayer, layer_cost, load_accelerator, network_cost
 from hwmodels.smooth import (from_layers, hard_ceil_div, network_cost_torch, sigmoid_ceil_div,
                              soft_conv, soft_ceil_div, soft_linear)
 
@@ -190,3 +190,22 @@ def test_hard_ceil_div_steps_half_way_between_counts():
     assert hard_ceil_div(x, 128).tolist() == [0, 0, 1, 1, 1, 1, 2, 2, 3]
     # the straight-through forward is this staircase at soft counts too
     assert soft_ceil_div(x, 128, "straight_through").tolist() == [0, 0, 1, 1, 1, 1, 2, 2, 3]
+
+
+def test_hard_ceil_div_is_exact_in_float32_past_2_pow_23():
+    # in float32, x - 1/2 rounds back to x from 2**23 on: a multiple of d must not count an extra step
+    for value, d in ((2 ** 24, 128), (2 ** 23 + 2, 2), (2 ** 23, 1), (3 * 2 ** 22, 64)):
+        x = torch.tensor([float(value)], dtype=torch.float32)
+        assert int(x.item()) == value          # representable, so only the staircase can be off
+        expected = -(-value // d)              # integer ceil
+        assert hard_ceil_div(x, d).item() == expected
+        assert soft_ceil_div(x, d, "straight_through").item() == expected
+        assert hard_ceil_div(x, d).dtype == torch.float32
+
+
+def test_empty_network_has_zero_utilization_like_the_exact_model():
+    acc = load_accelerator("uboost")
+    for mode in ("systolic", "uboost"):
+        cost = network_cost_torch(from_layers([]), acc, mode)
+        assert network_cost([], acc, mode).utilization == 0.0
+        assert cost["utilization"].item() == 0.0 and cost["total_cycles"].item() == 0.0
