@@ -20,13 +20,16 @@ Only module calls are costed.  A GEMM or convolution written inline in a
 ``forward`` outside every costed module (``x @ w``, ``F.linear``, ``F.conv2d``,
 attention's ``q @ k.transpose(-2, -1)``) raises a ``ValueError`` naming the op, the
 module whose ``forward`` ran it and its MACs, rather than leaving its compute out;
-a handler registered for that module type costs it.  A module called k times
+a handler registered for that module type costs it.  A TorchScript submodule
+(``torch.jit.script``/``trace``) runs where no hook sees it: it costs nothing when its
+graph holds no GEMM or convolution and is refused otherwise.  A module called k times
 yields k layers named ``path``, ``path#2``, ...
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .accelerator import Accelerator
@@ -123,8 +126,9 @@ def _register_builtins() -> None:
     builtins: Dict[type, Handler] = {nn.Conv2d: _conv2d, nn.Conv1d: _conv1d, nn.Linear: _linear}
     # Normalisation layers hold (affine) parameters but no GEMM; PReLU holds its slope; an
     # embedding is a table lookup.
+    # (RMSNorm is torch >= 2.4; getattr keeps torch 2.1 working)
     for free_type in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
-                      nn.PReLU, nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout2d,
+                      getattr(nn, "RMSNorm", nn.LayerNorm), nn.PReLU, nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout2d,
                       nn.AlphaDropout, nn.Upsample, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d,
                       nn.ReplicationPad2d, nn.ChannelShuffle, nn.PixelShuffle, nn.Embedding, nn.EmbeddingBag):
         builtins[free_type] = _free
@@ -140,6 +144,14 @@ _GEMM_FUNCTIONS = {"linear", "bilinear", "matmul", "__matmul__", "__rmatmul__", 
                    "addmm_", "addbmm_", "baddbmm_", "addmv_", "einsum", "tensordot", "conv1d", "conv2d",
                    "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
                    "scaled_dot_product_attention", "multi_head_attention_forward"}
+# and the aten names a TorchScript graph gives some of them (torch.jit.trace records conv2d so)
+_SCRIPTED_GEMMS = _GEMM_FUNCTIONS | {"_convolution", "convolution", "_convolution_mode"}
+
+
+def _scripted_gemm_ops(sub: "nn.Module") -> List[str]:
+    """The GEMM-like aten ops anywhere in a ScriptModule's inlined graph (branches and loops
+    included): TorchScript runs outside Python, so neither hooks nor the inline check see them."""
+    return sorted(set(re.findall(r"aten::(\w+)", str(sub.inlined_graph))) & _SCRIPTED_GEMMS)
 
 
 def _einsum_summed(args: tuple):
@@ -256,7 +268,13 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
     _register_builtins()
     if int(batch) < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    shape = tuple(int(d) for d in input_shape)
+    hint = "expected the per-sample shape without the batch, such as (3, 32, 32)"
+    if isinstance(input_shape, torch.Tensor):
+        raise ValueError(f"input_shape is a tensor of shape {tuple(input_shape.shape)}; {hint}")
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"input_shape {input_shape!r}: {hint}") from None
     if not shape or min(shape) < 1:
         raise ValueError(f"input shape must be positive dimensions, got {tuple(input_shape)}")
     handled: Dict[str, Tuple["nn.Module", Handler]] = {}
@@ -264,6 +282,14 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
     unknown: Dict[str, "nn.Module"] = {}
     for path, sub in module.named_modules():
         if any(prefix == "" or path.startswith(prefix + ".") for prefix in claimed):
+            continue
+        if isinstance(sub, torch.jit.ScriptModule):   # takes no hooks: free unless its graph has GEMMs
+            gemms = _scripted_gemm_ops(sub)
+            if gemms:
+                raise ValueError(f"{_module_name(path, sub)} is TorchScript (torch.jit.script/trace) and runs "
+                                 f"{', '.join(gemms)}, which the estimator cannot see in it; pass the eager "
+                                 f"module instead")
+            claimed.append(path)
             continue
         fn = _handler_for(sub)
         if fn is not None:
@@ -287,6 +313,9 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
                 traced.extend(_rename(list(fn(mod, inputs, output, int(batch))), name))
             except RuntimeError as exc:   # a handler's bug, not the input's: keep it apart below
                 raise _HandlerFailed() from exc
+            except ValueError as exc:     # a layer the module's settings make invalid: name the module
+                detail = str(exc).removeprefix("layer '': ")   # its name is set only after the handler
+                raise ValueError(f"{_module_name(path, mod)}: {detail}") from None
         return hook
 
     modes = {name: sub.training for name, sub in module.named_modules()}

@@ -311,3 +311,48 @@ def test_what_the_inline_check_must_not_refuse():
         before = hooks(model)
         assert [l.name for l in trace_layers(model, shape)] == ["0"]
         assert hooks(model) == before
+
+
+class BufferConv(nn.Module):
+    """A conv on a buffer: no parameter marks it as a layer, and scripted no hook or mode sees it."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("w", torch.randn(8, 3, 3, 3))
+
+    def forward(self, x):
+        return F.conv2d(x, self.w)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("compile_", ["script", "trace"])
+def test_scripted_modules_with_gemms_are_refused_not_left_out(compile_):
+    sub = torch.jit.script(BufferConv()) if compile_ == "script" else \
+        torch.jit.trace(BufferConv(), torch.randn(1, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"module '0' .* is TorchScript .* runs (_convolution|conv2d)"):
+        trace_layers(nn.Sequential(sub, nn.Conv2d(8, 8, 1)), (3, 16, 16))
+    # a scripted conv holding parameters: the same refusal, not torch's hook error
+    with pytest.raises(ValueError, match=r"module '1' .* is TorchScript .* runs conv2d"):
+        trace_layers(nn.Sequential(nn.ReLU(), torch.jit.script(nn.Conv2d(3, 4, 3))), (3, 8, 8))
+    # one whose parameters do no GEMM (a scripted BatchNorm) is free, as its eager twin
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), torch.jit.script(nn.BatchNorm2d(4)))
+    assert [l.name for l in trace_layers(model, (3, 8, 8))] == ["0"]
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors:UserWarning")
+def test_invalid_layer_from_a_module_names_the_module():
+    with pytest.raises(ValueError, match=r"module '1' \(torch.nn.modules.linear.Linear\): .*out_features must be >= 1"):
+        trace_layers(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 0)), (4,))
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(1, 3, 8, 8), 3, "3x8x8", (3, "a", 8)])
+def test_input_shape_that_is_not_a_shape_says_what_is_expected(bad):
+    with pytest.raises(ValueError, match=r"per-sample shape without the batch, such as \(3, 32, 32\)"):
+        estimate(nn.Conv2d(3, 4, 3), bad, ACC)
+
+
+def test_rms_norm_is_free_like_layer_norm():
+    if not hasattr(nn, "RMSNorm"):
+        pytest.skip("torch < 2.4 has no RMSNorm")
+    layers = trace_layers(nn.Sequential(nn.Linear(8, 8), nn.RMSNorm(8)), (8,))
+    assert [l.name for l in layers] == ["0"]
