@@ -136,6 +136,8 @@ def _coerce(value: Any, kind: type, key: str, origin: str):
         number = float(value)
     except (TypeError, ValueError):
         raise HardwareConfigError(f"{origin}: key '{key}' expected {what}, got {value!r}") from None
+    except OverflowError:   # an integer past float's range
+        number = math.inf
     if not math.isfinite(number):
         raise HardwareConfigError(f"{origin}: key '{key}' expected a finite {noun}, got {value!r}")
     if kind is int:
