@@ -151,6 +151,18 @@ class LayerTable:
     rows: List[LayerRow]
 
 
+def _undecodable_line(path) -> int:
+    """The line of the first byte of ``path`` that is not UTF-8 (the text reader decodes ahead
+    in chunks, so its own line count is not where the bad byte is)."""
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        raw.decode("utf-8")   # a BOM is valid UTF-8 and holds no newline
+    except UnicodeDecodeError as exc:
+        return raw[:exc.start].count(b"\n") + 1
+    return 1
+
+
 def read_layer_table(path: Union[str, os.PathLike], default_batch: int = 1) -> LayerTable:
     """Every data row of ``path`` in file order (blank and ``#`` lines skipped); raises
     HardwareConfigError on any bad row."""
@@ -169,13 +181,14 @@ def read_layer_table(path: Union[str, os.PathLike], default_batch: int = 1) -> L
         try:
             for values in reader:
                 line_no, first = first, reader.line_num + 1
-                if not any(v.strip() for v in values) and len(values) <= 1:   # blank line
+                if not any(v.strip() for v in values):   # blank line, or a spreadsheet's ",,,," row
                     continue
                 if values[0].lstrip().startswith("#"):
                     continue
                 numbered.append((line_no, values))
         except UnicodeDecodeError as exc:
-            raise HardwareConfigError(f"{path}: not a UTF-8 text CSV ({exc.reason})") from None
+            raise HardwareConfigError(f"{path}:{_undecodable_line(path)}: not a UTF-8 text CSV "
+                                      f"({exc.reason})") from None
         except csv.Error as exc:
             raise HardwareConfigError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
     if not numbered:
@@ -184,6 +197,8 @@ def read_layer_table(path: Union[str, os.PathLike], default_batch: int = 1) -> L
     rows = [values for _, values in numbered]
     header_line = numbered[0][0]
     header = [h.strip().lower() for h in rows[0]]
+    while header and not header[-1]:   # a spreadsheet's empty trailing header cells
+        header.pop()
     for column in ALWAYS:
         if column not in header:
             raise HardwareConfigError(
@@ -193,9 +208,14 @@ def read_layer_table(path: Union[str, os.PathLike], default_batch: int = 1) -> L
     out: List[LayerRow] = []
     for (line_no, _), values in zip(numbered[1:], rows[1:]):
         where = f"{path}:{line_no}"
-        if len(values) > len(header):
-            raise HardwareConfigError(f"{where}: {len(values)} fields but the header has {len(header)}")
-        cells = {h: (values[i].strip() if i < len(values) else "") for i, h in enumerate(header)}
+        if len(values) > len(header) and not any(v.strip() for v in values[len(header):]):
+            values = values[:len(header)]   # empty cells under the header's empty trailing ones
+        if len(values) != len(header):
+            # a short row would shift its values into the wrong columns (a dropped padding made
+            # the measured cycles the padding), so it is refused like a long one
+            raise HardwareConfigError(f"{where}: {len(values)} fields but the header has {len(header)} "
+                                      f"(an empty cell is written as nothing between two commas)")
+        cells = {h: values[i].strip() for i, h in enumerate(header)}
         out.append(LayerRow(_parse_row(_Row(where, cells, header), int(default_batch)), where, cells))
     if not out:
         raise HardwareConfigError(f"{path}:{header_line}: no layer rows after the header")

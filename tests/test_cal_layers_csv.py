@@ -118,3 +118,30 @@ def test_an_alias_next_to_the_column_it_names_is_an_extra_column(tmp_path):
                             "c1,conv,32,32,3,64,3,3,8,whatever\n")
     (row,) = read_layer_table(path).rows
     assert row.layer.batch == 8
+
+
+def test_a_row_with_fewer_fields_than_the_header_is_refused(tmp_path):
+    """A row that dropped one cell used to be padded at the end, its values shifted one column
+    left: padding 1300, the measured cycles 0.8, and the row went into the fit."""
+    header = "name,kind,in_h,in_w,in_channels,out_channels,kernel_h,kernel_w,stride,padding,measured_cycles"
+    path = _write(tmp_path, f"{header}\nc1,conv,8,8,4,4,3,3,1,1,1200\nc2,conv,8,8,4,4,3,3,1,1300\n")
+    assert _error(path).startswith(f"{path}:3: 10 fields but the header has 11")
+    with pytest.raises(HardwareConfigError, match=r"t\.csv:3: 10 fields but the header has 11"):
+        refs.measured_rows(path, Accelerator("a", 8, 8))
+
+
+def test_spreadsheet_leftovers_are_skipped_not_misread(tmp_path):
+    """A header with empty trailing cells, rows padded to it, and an all-empty row, as
+    spreadsheets save them: read as if they were not there."""
+    path = _write(tmp_path, f"{HEADER},,\n{FC},,\n,,,,,,,,,,,,,,\nfc2,linear,1,1,64,5,1,1,1,0,1,1,2,,\n")
+    layers = read_layers_csv(path)
+    assert [(l.name, l.out_features, l.batch) for l in layers] == [("fc", 10, 1), ("fc2", 5, 2)]
+    # a value under an empty header cell is still an extra field
+    bad = _write(tmp_path, f"{HEADER},,\n{FC},,7\n", "bad.csv")
+    assert _error(bad).startswith(f"{bad}:2: 15 fields but the header has 13")
+
+
+def test_a_non_utf8_byte_is_located_by_line(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(f"{HEADER}\n{FC}\n".encode() + "caf\u00e9,linear,1,1,64,10,1,1,1,0,1,1,1\n".encode("latin-1"))
+    assert _error(path).startswith(f"{path}:3: not a UTF-8 text CSV")
