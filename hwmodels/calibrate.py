@@ -71,6 +71,43 @@ class _Model:
             compute = np.maximum(compute, self.memory / cal.bandwidth_efficiency)
         return compute + cal.layer_overhead_cycles
 
+    def log_jacobian(self, cal: Calibration, free: Sequence[str]) -> np.ndarray:
+        """d log(predict) / d parameter, (rows, len(free)), in closed form: the model is linear in
+        each parameter on either side of its max(), so the exact trade-offs ``undetermined`` looks
+        for show as exactly dependent columns (finite differences blur them)."""
+        compute = cal.cycle_scale * (self.base + self.rounds * cal.fold_overhead_cycles)
+        memory_bound = np.zeros_like(compute, dtype=bool)
+        if self.with_memory:   # np.maximum's choice: compute on a tie
+            memory_bound = self.memory / cal.bandwidth_efficiency > compute
+        on_compute = (~memory_bound).astype(float)
+        columns = {"cycle_scale": on_compute * (self.base + self.rounds * cal.fold_overhead_cycles),
+                   "fold_overhead_cycles": on_compute * cal.cycle_scale * self.rounds,
+                   "layer_overhead_cycles": np.ones_like(compute),
+                   "bandwidth_efficiency": memory_bound * -self.memory / cal.bandwidth_efficiency ** 2}
+        return np.stack([columns[n] for n in free], axis=1) / self.predict(cal)[:, None]
+
+    def flat_interval(self, cal: Calibration, name: str, bounds: Sequence[float]) -> Tuple[float, float]:
+        """The values of ``name`` (the others as in ``cal``) around its value in ``cal`` over which
+        no prediction changes (relative 1e-12): a point for a parameter the rows pin down, its
+        whole range for one no row depends on, in between for one the rows bound from one side
+        only (a bandwidth efficiency above which no layer is memory-bound)."""
+        start = getattr(cal, name)
+        at = self.predict(cal)
+
+        def flat(value):
+            return np.allclose(self.predict(dataclasses.replace(cal, **{name: float(value)})), at,
+                               rtol=1e-12, atol=0.0)
+
+        def edge(bound):
+            if flat(bound):   # the predictions are piecewise linear: flat at the bound, flat all along
+                return bound
+            inside, outside = start, bound
+            for _ in range(60):
+                middle = 0.5 * (inside + outside)
+                inside, outside = (middle, outside) if flat(middle) else (inside, middle)
+            return inside
+        return edge(bounds[0]), edge(bounds[1])
+
 
 def metrics(predicted: np.ndarray, reference: np.ndarray) -> Dict[str, float]:
     """nn-Meter's metrics: RMSE (cycles), RMSPE %, mean/worst |error| %, share within 5/10 %."""
@@ -207,16 +244,23 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
             f"{reference.source}: {len(train)} training row(s) of {train_layers} distinct layer(s) and "
             f"{len(held)} held-out row(s) for {len(free)} free parameters ({', '.join(free)}); need at least "
             f"{len(free)} distinct training layers (repeats of a layer add no information) and one "
-            f"held-out row; " + ("give more layers" if holdout is not None else
+            f"held-out row; " + ("give more layers" if holdout is not None or distinct < 2 else
                                  "give more layers or a larger --holdout-fraction" if not held else
                                  "give more layers or a smaller --holdout-fraction"))
     fitted_cal, result = fit(train, model_acc, mode, free, with_memory=measured)
-    unused, loose = undetermined(result.jac, free, [_at_bound(getattr(fitted_cal, n), BOUNDS[n]) for n in free])
-    if unused:   # no training row depends on them: the given values, not whichever start won
-        fitted_cal = dataclasses.replace(fitted_cal, **{n: getattr(acc.calibration, n) for n in unused})
-    fitted_acc = acc.replace(calibration=fitted_cal)
     hold_model = _Model(held, model_acc, mode, with_memory=measured)
     train_model = _Model(train, model_acc, mode, with_memory=measured)
+    _, loose = undetermined(train_model.log_jacobian(fitted_cal, free), free,
+                            [_at_bound(getattr(fitted_cal, n), BOUNDS[n]) for n in free])
+    # A parameter over a range of which no training prediction changes is the given value, or the
+    # nearest value in that range: not whichever start the solver came from.
+    flat = {n: train_model.flat_interval(fitted_cal, n, BOUNDS[n]) for n in free if n not in loose}
+    unused = [n for n, (lo, hi) in flat.items() if (lo, hi) == tuple(BOUNDS[n])]
+    bounded = {n: [float(lo), float(hi)] for n, (lo, hi) in flat.items()
+               if n not in unused and hi - lo > 1e-6 * max(1.0, abs(getattr(fitted_cal, n)))}
+    fitted_cal = dataclasses.replace(fitted_cal, **{
+        n: float(np.clip(getattr(acc.calibration, n), *flat[n])) for n in unused + list(bounded)})
+    fitted_acc = acc.replace(calibration=fitted_cal)
     held_ref = np.array([r.cycles for r in held])
     train_ref = np.array([r.cycles for r in train])
     pred_before = hold_model.predict(acc.calibration)
@@ -246,6 +290,7 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
                       "nfev": int(result.nfev), "message": str(result.message)},
     }
     fit_report["unused_parameters"] = list(unused)
+    fit_report["bounded_only"] = bounded
     fit_report["warnings"] = fit_warnings(fit_report, reference_over_model, loose)
     prov = {"reference": reference.kind, "reference_source": reference.source,
             "holdout_source": holdout.source if holdout is not None else reference.source,
@@ -310,6 +355,14 @@ def fit_warnings(fit_report: dict, reference_over_model: float, loose: Sequence[
     if loose:
         out.append(f"these rows do not determine {', '.join(loose)} (they trade off exactly): the values "
                    f"written are one of many equally good fits; add varied layers")
+    for name, (lo, hi) in (fit_report.get("bounded_only") or {}).items():
+        values = fit_report["parameters"][name]
+        if values["after"] == values["before"]:
+            continue   # the given value fits as well as any: a note (format_report), not a warning
+        out.append(f"these rows do not determine {name} within [{lo:.4g}, {hi:.4g}] (any value in it fits "
+                   f"them equally): written {values['after']:.4g}, the nearest to the given "
+                   f"{values['before']:.4g}; add layers that depend on it"
+                   + (" (memory-bound ones)" if name == "bandwidth_efficiency" else ""))
     # differences under 0.005 points (rounding) are no worse
     if after > before + 5e-3:
         out.append(f"the fit made the held-out RMSPE worse ({before:.2f} % -> {after:.2f} %)")
@@ -338,6 +391,11 @@ def format_report(result: CalibrationResult) -> str:
     for name in result.fit_report.get("unused_parameters") or []:
         why = " (no layer is memory-bound)" if name == "bandwidth_efficiency" else ""
         lines.append(f"note: no training row depends on {name}{why}: kept at {getattr(result.before.calibration, name):g}")
+    for name, (lo, hi) in (result.fit_report.get("bounded_only") or {}).items():
+        kept = result.fit_report["parameters"][name]
+        if kept["after"] == kept["before"]:
+            lines.append(f"note: any {name} in [{lo:.4g}, {hi:.4g}] fits the training rows equally: kept at "
+                         f"{kept['before']:g}")
     warnings = result.fit_report.get("warnings") or []
     lines += [f"warning: {w}" for w in warnings]
     if any(not w.startswith("these rows do not determine") for w in warnings):

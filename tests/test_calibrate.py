@@ -352,6 +352,11 @@ def test_repeats_of_a_layer_do_not_count_towards_the_free_parameters(tmp_path, c
     assert main(["calibrate", "--reference", str(hold_csv), "--holdout-fraction", "0.9", "--out", str(out)]) == 2
     assert "or a smaller --holdout-fraction" in capsys.readouterr().err
     assert not out.exists()
+    # one distinct layer is never split, whatever the fraction: only more layers help
+    one_csv = _write_measured(tmp_path / "one.csv", [layers[0]] * 5, acc)
+    assert main(["calibrate", "--reference", str(one_csv), "--holdout-fraction", "0.9", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "of 1 distinct layer(s)" in err and err.rstrip().endswith("give more layers")
 
 
 def test_measured_seconds_in_milliseconds_are_flagged(tmp_path):
@@ -417,3 +422,54 @@ def test_a_plot_path_that_is_a_directory_writes_nothing(synthetic, tmp_path, cap
     assert main(["calibrate", "--reference", str(synthetic), "--out", str(out)]) == 2
     assert "cal.png: is a directory" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_overheads_that_trade_off_exactly_are_found_at_any_magnitude(tmp_path):
+    """One-fold, compute-bound conv and linear layers on a 128x128 array, no fold overhead and a
+    300-cycle layer overhead: a finite-difference Jacobian blurred the exact fold/layer trade-off
+    (singular-value ratio 2.6e-6, over the 1e-6 cutoff) and no warning was given."""
+    from hwmodels import LinearLayer
+    acc = Accelerator("fast", 128, 128, clock_hz=1e9, bandwidth_bytes_per_s=1e14)
+    shapes = [(32, 3, 16, 3), (32, 8, 64, 3), (16, 12, 100, 3), (16, 64, 128, 1), (8, 100, 50, 1),
+              (8, 128, 128, 1), (4, 14, 30, 3), (28, 3, 64, 5), (14, 32, 32, 1), (7, 120, 120, 1),
+              (56, 3, 32, 3), (20, 5, 7, 3)]
+    layers = [ConvLayer(f"c{i}", hw, hw, cin, cout, k, k, padding=k // 2)
+              for i, (hw, cin, cout, k) in enumerate(shapes)]
+    layers += [LinearLayer("fc1", 128, 10), LinearLayer("fc2", 64, 100, batch=8)]
+    truth = Calibration(fold_overhead_cycles=0.0, layer_overhead_cycles=300.0, cycle_scale=1.1)
+    costs = [layer_cost(layer, acc.replace(calibration=truth)) for layer in layers]
+    assert {c.folds for c in costs} == {1} and all(c.memory_cycles < c.compute_cycles for c in costs)
+    path = _write_measured(tmp_path / "one.csv", layers, acc, truth=truth, noise=0.0)
+    result = cal.calibrate(refs.measured_rows(path, acc), acc, "systolic", seed=0)
+    said = [w for w in result.fit_report["warnings"] if "trade off exactly" in w]
+    assert len(said) == 1 and "fold_overhead_cycles, layer_overhead_cycles" in said[0]
+
+
+def test_a_parameter_the_rows_bound_from_one_side_only_is_reported(tmp_path):
+    """True bandwidth efficiency 1: no layer is memory-bound, but some would be below a threshold
+    e*, so every efficiency in [e*, 1] fits equally. Starting from 0.3 the fit stopped at e* and
+    wrote it as if measured. e* is worked out here from the exact model's memory and compute
+    cycles of the training rows."""
+    acc = Accelerator("mid", 128, 128, clock_hz=1e9, bandwidth_bytes_per_s=3e11, bytes_per_element=2)
+    truth = Calibration(fold_overhead_cycles=20.0, layer_overhead_cycles=500.0, cycle_scale=1.2)
+    given = acc.replace(calibration=Calibration(bandwidth_efficiency=0.3))
+    path = _write_measured(tmp_path / "mid.csv", suite_layers("cifar", 0), acc, truth=truth, noise=0.0)
+    result = cal.calibrate(refs.measured_rows(path, given), given, "systolic", seed=0)
+    true_acc = acc.replace(calibration=truth)   # efficiency 1
+    ratios = [layer_cost(r.layer, true_acc).memory_cycles / layer_cost(r.layer, true_acc).compute_cycles
+              for r in result.train]
+    threshold = max(ratios)
+    assert 0.3 < threshold < 1.0            # some rows memory-bound at the given 0.3, none at 1
+    lo, hi = result.fit_report["bounded_only"]["bandwidth_efficiency"]
+    assert lo == pytest.approx(threshold, rel=1e-6) and hi == 1.0
+    written = result.accelerator.calibration.bandwidth_efficiency
+    assert written == pytest.approx(threshold, rel=1e-6)   # the nearest equally good value to 0.3
+    assert any(w.startswith("these rows do not determine bandwidth_efficiency within [") and
+               "the nearest to the given 0.3" in w for w in result.fit_report["warnings"])
+    assert result.train_after["rmspe_pct"] < 1e-6
+    # started inside the range, the given value is kept, with a note and no warning
+    inside = acc.replace(calibration=Calibration(bandwidth_efficiency=0.95))
+    kept = cal.calibrate(refs.measured_rows(path, inside), inside, "systolic", seed=0)
+    assert kept.accelerator.calibration.bandwidth_efficiency == 0.95
+    assert "note: any bandwidth_efficiency in [" in cal.format_report(kept)
+    assert not any("bandwidth_efficiency" in w for w in kept.fit_report["warnings"])
