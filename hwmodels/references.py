@@ -19,6 +19,7 @@ the file (and line, for CSV rows).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -102,8 +103,32 @@ def load_cache(path: Union[str, os.PathLike]) -> Dict[str, dict]:
 
 
 def save_cache(path: Union[str, os.PathLike], cache: Dict[str, dict]) -> None:
-    """Write the SCALE-Sim cache to ``path`` atomically (a crash leaves the old file whole)."""
-    atomic_write_text(Path(path).expanduser(), json.dumps(cache, indent=0, sort_keys=True))
+    """Add ``cache``'s runs to the SCALE-Sim cache at ``path`` and write it atomically (a crash
+    leaves the old file whole).  The file is re-read and merged under a lock first, so two
+    calibrations sharing a cache keep each other's runs (the last writer used to win); ``cache``
+    gains the runs found there."""
+    path = Path(path).expanduser()
+    with _locked(path.with_name(path.name + ".lock")):
+        for key, entry in load_cache(path).items():
+            cache.setdefault(key, entry)
+        atomic_write_text(path, json.dumps(cache, indent=0, sort_keys=True))
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path):
+    """An exclusive advisory lock on ``lock_path`` (POSIX flock; no lock where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:   # Windows: concurrent runs may still drop each other's entries
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _gemms(layer: Layer) -> int:

@@ -36,3 +36,36 @@ def test_good_run_is_cached_under_the_key_calibration_looks_up(tmp_path):
     rows = refs.scalesim_rows([layer], Accelerator("a", 8, 8, dataflow="ws"), cache, max_sim_cycles=0,
                              progress=False).rows
     assert [r.cycles for r in rows] == [8367 + 1]   # SCALE-Sim's last cycle index + 1, one GEMM
+
+
+def test_a_save_keeps_the_runs_another_process_cached_meanwhile(tmp_path):
+    """Two calibrations sharing a cache each load it at start and save their new runs: the last
+    save used to overwrite the file with its own dict, dropping the other's runs."""
+    cache = tmp_path / "cache.json"
+    refs.save_cache(cache, {"a": {"compute_cycles": 1}})
+    ours = refs.load_cache(cache)                    # loaded before the other run saved
+    refs.save_cache(cache, {**refs.load_cache(cache), "b": {"compute_cycles": 2}})   # the other run
+    ours["c"] = {"compute_cycles": 3}
+    refs.save_cache(cache, ours)
+    assert set(refs.load_cache(cache)) == {"a", "b", "c"}
+    assert set(ours) == {"a", "b", "c"}              # and ours learnt of b
+
+
+def _save_many(cache, tag, n):
+    mine = {}
+    for i in range(n):
+        mine[f"{tag}{i}"] = {"compute_cycles": i}
+        refs.save_cache(cache, dict(mine))
+
+
+def test_concurrent_saves_lose_no_run(tmp_path):
+    import multiprocessing
+    cache = tmp_path / "cache.json"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_save_many, args=(cache, tag, 40)) for tag in "xy"]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    assert len(refs.load_cache(cache)) == 80
