@@ -110,6 +110,28 @@ def test_smooth_equals_exact_at_integer_counts(preset, dataflow, mode):
     assert ((sig - exact).abs() / exact).max() < 0.04   # array rounds add a ceiling of their own
 
 
+@pytest.mark.parametrize("dataflow", ["ws", "os", "is"])
+@pytest.mark.parametrize("mode", ["uboost", "systolic"])
+def test_smooth_equals_exact_on_a_calibrated_accelerator(dataflow, mode):
+    """Every calibration term (what `ubnas calibrate` fits) reaches the smooth model: the presets'
+    neutral Calibration() would not notice one left out."""
+    from hwmodels import Calibration
+    cal = Calibration(cycle_scale=1.3, fold_overhead_cycles=17.0, layer_overhead_cycles=250.0,
+                      bandwidth_efficiency=0.6)
+    neutral = load_accelerator("edge_16x16").replace(dataflow=dataflow)
+    acc = neutral.replace(calibration=cal)
+    layers = random_layers(80, seed=zlib.crc32(f"cal-{dataflow}-{mode}".encode()) % 1000)
+    costs = [layer_cost(l, acc, mode) for l in layers]
+    if mode == "systolic":   # the bandwidth term acts: some layers are memory-bound
+        assert any(c.memory_cycles > c.compute_cycles for c in costs)
+    exact = torch.tensor([c.cycles for c in costs], dtype=torch.float64)
+    assert not torch.allclose(exact, torch.tensor([layer_cost(l, neutral, mode).cycles for l in layers],
+                                                  dtype=torch.float64))
+    st = network_cost_torch(from_layers(layers), acc, mode, "straight_through")
+    assert torch.allclose(st["cycles"], exact, rtol=1e-12)
+    assert float(st["utilization"]) == pytest.approx(network_cost(layers, acc, mode).utilization, rel=1e-12)
+
+
 def test_utilization_gradient_pushes_129_down_and_120_up():
     acc = load_accelerator("uboost")   # 128 x 128
     for width, sign in ((129.0, -1), (120.0, +1)):

@@ -264,15 +264,22 @@ def _layer_rows(layers, weights=None):
     # reduce cells on odd maps (30 -> 15 -> 8): sizes round up
     ("darts_cifar", (3, 30, 30), "uboost", 1, 2, "systolic"),
     # U-Boost's model knows one array: utilization over R x C, not the 4 arrays of tpu_v4
-    ("tiny", (3, 16, 16), "tpu_v4", 1, 2, "uboost")])
+    ("tiny", (3, 16, 16), "tpu_v4", 1, 2, "uboost"),
+    # a calibrated accelerator (what `ubnas calibrate` writes): every calibration term in the cost
+    ("tiny", (3, 16, 16), "edge_16x16+calibrated", 2, 3, "systolic"),
+    ("uboost_cifar", (3, 16, 16), "tpu_v3+calibrated", 1, 2, "systolic")])
 def test_supernet_cost_matches_built_network(space, shape, preset, seeds, batch, mode):
     """Layer by layer (shapes, batch) and in total, the search cost of the exported sample is the
     cost hwmodels traces from the built module."""
-    from hwmodels import estimate
+    from hwmodels import Calibration, estimate
     from hwmodels.estimate import trace_layers
     from hwmodels.smooth import from_layers
     from ubnas.cost import supernet_cost, supernet_layers
-    acc = load_accelerator(preset)
+    name, _, calibrated = preset.partition("+")
+    acc = load_accelerator(name)
+    if calibrated:
+        acc = acc.replace(calibration=Calibration(cycle_scale=1.3, fold_overhead_cycles=17.0,
+                                                  layer_overhead_cycles=250.0, bandwidth_efficiency=0.6))
     for seed in range(seeds):
         net = random_supernet(seed, space, shape)
         with torch.no_grad():
