@@ -198,3 +198,27 @@ def test_resume_with_a_latency_target_equals_an_uninterrupted_run(tmp_path):
     for spec in (spec_a, spec_b):   # the spec records the stage searched and the target
         assert spec["provenance"]["stage"] == "joint"
         assert spec["provenance"]["target_latency_us"] == pytest.approx(0.5 * initial * 1e6)
+
+
+def test_a_run_stopped_before_its_last_log_write_resumes_with_the_whole_log(tmp_path, monkeypatch):
+    """The last epoch's checkpoint was written, its search_log.csv row was not (interrupted in
+    between): --resume has no epoch left to run and used to export with the log an epoch short."""
+    import csv
+    cfg = SearchConfig(epochs=2, max_steps_per_epoch=2, batch_size=16, kernels="eager", out=str(tmp_path / "run"))
+    write_log = ubnas.search._write_log
+
+    def interrupted(path, history):
+        if len(history) == 2:
+            raise KeyboardInterrupt
+        write_log(path, history)
+    monkeypatch.setattr(ubnas.search, "_write_log", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, progress=False)
+    monkeypatch.setattr(ubnas.search, "_write_log", write_log)
+    log = tmp_path / "run" / "search_log.csv"
+    assert [row["epoch"] for row in csv.DictReader(log.open())] == ["1"]   # as the interruption left it
+    resumed = run_search(cfg, resume=True, progress=False)
+    assert resumed.spec_path is not None
+    rows = list(csv.DictReader(log.open()))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert float(rows[1]["latency_us"]) == pytest.approx(resumed.history[1]["latency_us"], rel=1e-12)

@@ -237,6 +237,9 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
             return SearchResult(out, state.history, None, allocator.log)
 
+    # once more from the checkpointed history: a run stopped between the last checkpoint and its
+    # log write resumes with no epoch left to run, and its log would stay an epoch short
+    dist.on_rank0(lambda: _write_log(out / "search_log.csv", state.history))
     _export_widths(cfg, net, main)
     if check_sync:
         _say(f"sync check: weights and architecture parameters identical on {world} ranks after each of "
