@@ -38,8 +38,10 @@ DARTS = ["max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_co
 
 @pytest.fixture(autouse=True)
 def fresh_seed():
-    seed = random.SystemRandom().randrange(2 ** 31)
-    print(f"seed={seed}")  # shown with the captured output of a failing test
+    """Fresh inputs every run; UBNAS_TEST_SEED=N replays the run a failure printed."""
+    given = os.environ.get("UBNAS_TEST_SEED")
+    seed = int(given) if given else random.SystemRandom().randrange(2 ** 31)
+    print(f"seed={seed} (UBNAS_TEST_SEED={seed} replays it)")  # shown with a failing test's output
     torch.manual_seed(seed)
 
 

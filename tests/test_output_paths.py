@@ -74,7 +74,7 @@ def test_a_binary_layer_csv_names_the_file(tmp_path, capsys):
     path = tmp_path / "binary.csv"
     path.write_bytes(b"name,kind\n\xff\xfe\x00garbage\n")
     err = _error(capsys, ["estimate", "--layers", str(path)])
-    assert f"{path}: not a UTF-8 text CSV" in err
+    assert f"{path}:2: not a UTF-8 text CSV" in err   # the line of the first bad byte
 
 
 def test_a_checkpoint_write_that_fails_keeps_the_last_checkpoint_and_no_temp_file(tmp_path, monkeypatch):
@@ -158,6 +158,9 @@ def test_interrupts_and_closed_pipes(tmp_path):
     deadline = time.time() + 120
     while not (out / "config.yaml").exists() and time.time() < deadline:
         time.sleep(0.2)
+    if not (out / "config.yaml").exists():   # say so, rather than fail on the exit code below
+        proc.kill()
+        pytest.fail(f"the search wrote no config.yaml within 120 s: {proc.communicate()[1].decode()[-2000:]}")
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=120)[1].decode()
     assert proc.returncode == 130

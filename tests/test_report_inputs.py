@@ -221,6 +221,15 @@ def test_pareto_fronts_compare_only_latencies_on_one_accelerator_and_skip_nan():
     assert sorted(r.name for r in pareto_front(runs)) == ["e_slow", "u_fast"]
 
 
+def test_tied_runs_both_stay_on_the_front():
+    """The same spec trained twice to the same accuracy: neither beats the other, so both are on
+    the front (dominance is strict in one of the two), and a worse third run is not."""
+    from ubnas.report import SEARCH_ACCURACY, pareto_front
+    runs = [_hand_run("a", SEARCH_ACCURACY, 0.9, 10.0), _hand_run("b", SEARCH_ACCURACY, 0.9, 10.0),
+            _hand_run("c", SEARCH_ACCURACY, 0.9, 11.0), _hand_run("d", SEARCH_ACCURACY, 0.8, 10.0)]
+    assert sorted(r.name for r in pareto_front(runs)) == ["a", "b"]
+
+
 def test_report_costs_each_run_at_its_searched_batch_and_fronts_do_not_mix_batches(tmp_path, monkeypatch):
     """A network searched at batch 4 is reported at batch 4 (as `ubnas train` measured it) and is on
     another front than the same network at batch 1; --hw-batch costs every run at one batch."""
