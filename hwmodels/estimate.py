@@ -128,8 +128,8 @@ def _register_builtins() -> None:
     # embedding is a table lookup.
     # (RMSNorm is torch >= 2.4; getattr keeps torch 2.1 working)
     for free_type in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
-                      getattr(nn, "RMSNorm", nn.LayerNorm), nn.PReLU, nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout2d,
-                      nn.AlphaDropout, nn.Upsample, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d,
+                      getattr(nn, "RMSNorm", nn.LayerNorm), nn.PReLU, nn.Identity, nn.Flatten, nn.Unflatten,
+                      nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Upsample, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d,
                       nn.ReplicationPad2d, nn.ChannelShuffle, nn.PixelShuffle, nn.Embedding, nn.EmbeddingBag):
         builtins[free_type] = _free
     for module_type, fn in builtins.items():
