@@ -95,7 +95,8 @@ def test_the_arch_step_hinges_on_the_derived_latency():
     for target_s, active in ((0.5 * derived, True), (0.5 * (derived + relaxed), derived > relaxed)):
         net = _random_net(6)
         net.load_state_dict(net0.state_dict())
-        cfg = SearchConfig(kernels="eager", relaxation="softmax", target_latency_us=target_s * 1e6, arch_lr=0.0)
+        cfg = SearchConfig(kernels="eager", relaxation="softmax", target_latency_us=target_s * 1e6, arch_lr=0.0,
+                           beta_utilization=0.7)
         cost_of = cost_function(net, ACC, cfg)
         w_opt, a_opt = make_optimizers(net, cfg)
         taken = search_step(net, (xb, yb), (xv, yv), w_opt, a_opt, cost_of, cfg, tau, 1.0, mu,
@@ -104,7 +105,9 @@ def test_the_arch_step_hinges_on_the_derived_latency():
         # by hand at the stepped weights (arch_lr 0: the logits did not move)
         arch = net.sample("softmax", tau)
         ce = F.cross_entropy(net(xv, arch), yv)
-        hw = cost_of(arch)["seconds"] * (mu / target_s if active else 0.0)
+        cost = cost_of(arch)
+        # the target replaces the lambda term; the utilization term stays
+        hw = cost["seconds"] * (mu / target_s if active else 0.0) - 0.7 * cost["utilization"]
         want = torch.autograd.grad(ce + hw, net.arch_parameters(), allow_unused=True)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b, rtol=1e-7, atol=1e-12)

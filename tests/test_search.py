@@ -576,6 +576,17 @@ def test_dual_lr_without_a_target_gets_a_note(tmp_path, capsys, monkeypatch):
                 in capsys.readouterr().out) == says, extra
 
 
+def test_lambda_with_a_target_gets_a_note(tmp_path, capsys, monkeypatch):
+    import ubnas.commands.search
+    from ubnas.cli import main
+    monkeypatch.setattr(ubnas.commands.search, "run_search", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    note = "--target-latency-us replaces the --lambda-latency term (--beta-utilization still applies)"
+    for extra, says in ((["--lambda-latency", "2", "--target-latency-us", "9"], True),
+                        (["--target-latency-us", "9"], False), (["--lambda-latency", "2"], False)):
+        assert main(["search", "--out", str(tmp_path / "r"), *extra]) == 130
+        assert (note in capsys.readouterr().out) == says, extra
+
+
 def test_search_refuses_checkpoints_it_did_not_write(tmp_path, capsys):
     from ubnas.cli import main
     run = tmp_path / "train_run"

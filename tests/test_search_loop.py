@@ -198,6 +198,7 @@ def test_resume_with_a_latency_target_equals_an_uninterrupted_run(tmp_path):
     for spec in (spec_a, spec_b):   # the spec records the stage searched and the target
         assert spec["provenance"]["stage"] == "joint"
         assert spec["provenance"]["target_latency_us"] == pytest.approx(0.5 * initial * 1e6)
+        assert spec["provenance"]["lambda_latency"] is None   # replaced by the target
 
 
 def test_a_run_stopped_before_its_last_log_write_resumes_with_the_whole_log(tmp_path, monkeypatch):

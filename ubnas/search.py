@@ -5,7 +5,8 @@ epochs of {weight step, architecture step, channel reallocation} -> log and
 checkpoint every epoch -> export the spec.
 
 loss_arch = CE + lambda * latency / latency_ref - beta * utilization, or with a
-hard target T: CE + mu * relu(latency / T - 1) with mu raised by dual ascent, the latency
+hard target T: CE + mu * relu(latency / T - 1) - beta * utilization with mu raised by dual ascent
+(the target takes the latency term's place; the utilization objective stays), the latency
 there being the derived network's with the supernet's gradient (``target_seconds``); at export
 ``target_fit`` brings a derived network still above T within it.
 The options live in ``search_config``; the checkpoint, and what a resume reads back, in ``search_resume``.
@@ -368,8 +369,8 @@ def search_step(net: Supernet, batch, val_batch, w_opt, a_opt, cost_of, cfg: Sea
     Weight step on ``batch`` (x (B, C, H, W), labels (B,)): an architecture sampled without
     gradients and held fixed, cross-entropy, gradients averaged over ranks and clipped, SGD.
     Architecture step on ``val_batch``: weights frozen, a fresh sample, cross-entropy plus the
-    hardware term (lambda * latency / latency_ref - beta * utilization, or mu * relu(latency / T - 1)
-    with a target T and ``target_seconds``' latency), Adam.  ``model`` runs the forward passes (default ``net``; a benchmark may
+    hardware term (lambda * latency / latency_ref, or mu * relu(latency / T - 1) with a target T and
+    ``target_seconds``' latency; minus beta * utilization either way), Adam.  ``model`` runs the forward passes (default ``net``; a benchmark may
     pass ``torch.compile(net)``); mu's dual ascent is the caller's.
     """
     model = net if model is None else model
@@ -388,13 +389,13 @@ def search_step(net: Supernet, batch, val_batch, w_opt, a_opt, cost_of, cfg: Sea
         val_logits = model(xv, arch)
         val_loss = F.cross_entropy(val_logits, yv)
         cost = cost_of(arch)
-        if cfg.target_latency_us:
+        if cfg.target_latency_us:   # the constraint replaces the latency term, not the utilization one
             ratio = target_seconds(cost["seconds"], net, cost_of) / (cfg.target_latency_us * 1e-6)
-            arch_loss = val_loss + mu * F.relu(ratio - 1)
+            latency_term = mu * F.relu(ratio - 1)
         else:
             ratio = None
-            arch_loss = (val_loss + cfg.lambda_latency * cost["seconds"] / latency_ref
-                         - cfg.beta_utilization * cost["utilization"])
+            latency_term = cfg.lambda_latency * cost["seconds"] / latency_ref
+        arch_loss = val_loss + latency_term - cfg.beta_utilization * cost["utilization"]
         a_opt.zero_grad(set_to_none=True)
         arch_loss.backward()
     dist.all_reduce_grads(net.arch_parameters())
@@ -416,8 +417,9 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Opti
         smooth = cost_of(net.sample("softmax", hard_ops=stage_at(cfg, cfg.epochs - 1) == "channel"))
     provenance = {
         "search_space": cfg.space, "seed": cfg.seed, "stage": cfg.stage, "channels": cfg.channels,
-        "lambda_latency": cfg.lambda_latency, "beta_utilization": cfg.beta_utilization,
-        "target_latency_us": cfg.target_latency_us, "cost_model": cfg.cost_model,
+        # a target replaces the lambda term: recorded as unused (None)
+        "lambda_latency": None if cfg.target_latency_us else cfg.lambda_latency,
+        "beta_utilization": cfg.beta_utilization, "target_latency_us": cfg.target_latency_us, "cost_model": cfg.cost_model,
         "data": cfg.data, "epochs": cfg.epochs, "accelerator": acc.name, "hw_batch": cfg.hw_batch,
         # the whole definition: a YAML accelerator (often a calibrated preset) is rebuilt from the spec
         "accelerator_config": acc.to_dict(), "accelerator_fit_mode": fit_mode,

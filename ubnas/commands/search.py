@@ -14,7 +14,7 @@ def add_parser(sub):
     help_text = {
         "space": "search space name or YAML file", "hw": "accelerator preset or YAML file",
         "data": "digits | cifar10 | synthetic", "data_dir": "directory with CIFAR-10's python batches",
-        "lambda_latency": "weight of latency / latency at initialisation",
+        "lambda_latency": "weight of latency / latency at initialisation (replaced by a target)",
         "beta_utilization": "weight of network utilization (subtracted)",
         "target_latency_us": "hard latency target in microseconds (dual ascent)",
         "cost_model": "systolic | uboost | flops | roofline", "channels": "dynamic | fixed width windows",
@@ -63,6 +63,9 @@ def run(args) -> int:
     dual_set = "dual_lr" in vars(args) or cfg.dual_lr != SearchConfig().dual_lr
     if dual_set and cfg.target_latency_us is None and not args.resume and distributed.rank() == 0:
         print("note: --dual-lr steps the multiplier of --target-latency-us; without a target it has no effect")
+    lambda_set = "lambda_latency" in vars(args) or cfg.lambda_latency != SearchConfig().lambda_latency
+    if lambda_set and cfg.target_latency_us is not None and not args.resume and distributed.rank() == 0:
+        print("note: --target-latency-us replaces the --lambda-latency term (--beta-utilization still applies)")
     try:
         result = run_search(cfg, resume=args.resume, progress=not args.quiet, given=set(values))
     finally:
