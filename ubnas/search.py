@@ -370,8 +370,9 @@ def search_step(net: Supernet, batch, val_batch, w_opt, a_opt, cost_of, cfg: Sea
     gradients and held fixed, cross-entropy, gradients averaged over ranks and clipped, SGD.
     Architecture step on ``val_batch``: weights frozen, a fresh sample, cross-entropy plus the
     hardware term (lambda * latency / latency_ref, or mu * relu(latency / T - 1) with a target T and
-    ``target_seconds``' latency; minus beta * utilization either way), Adam.  ``model`` runs the forward passes (default ``net``; a benchmark may
-    pass ``torch.compile(net)``); mu's dual ascent is the caller's.
+    ``target_seconds``' latency; minus beta * utilization either way), Adam.  ``model`` runs the
+    forward passes (default ``net``; a benchmark may pass ``torch.compile(net)``); mu's dual
+    ascent is the caller's.
     """
     model = net if model is None else model
     (xb, yb), (xv, yv) = batch, val_batch
@@ -419,7 +420,8 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Opti
         "search_space": cfg.space, "seed": cfg.seed, "stage": cfg.stage, "channels": cfg.channels,
         # a target replaces the lambda term: recorded as unused (None)
         "lambda_latency": None if cfg.target_latency_us else cfg.lambda_latency,
-        "beta_utilization": cfg.beta_utilization, "target_latency_us": cfg.target_latency_us, "cost_model": cfg.cost_model,
+        "beta_utilization": cfg.beta_utilization, "target_latency_us": cfg.target_latency_us,
+        "cost_model": cfg.cost_model,
         "data": cfg.data, "epochs": cfg.epochs, "accelerator": acc.name, "hw_batch": cfg.hw_batch,
         # the whole definition: a YAML accelerator (often a calibrated preset) is rebuilt from the spec
         "accelerator_config": acc.to_dict(), "accelerator_fit_mode": fit_mode,
