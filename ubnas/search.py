@@ -143,6 +143,9 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
             state = Trajectory(latency_ref=float(cost_of(net.sample("softmax"))["seconds"]))
     else:
         state = restore_search_state(checkpoint, w_opt, a_opt, data_gen, gumbel_gen, allocator)
+        # the log as the checkpoint has it: a run stopped between its last checkpoint and that
+        # epoch's log write resumes with no epoch left to run, and its log stayed an epoch short
+        dist.on_rank0(lambda: _write_log(out / "search_log.csv", state.history))
     sync_checks = 0   # steps whose weights were compared across ranks (UBNAS_CHECK_SYNC)
     steps_per_epoch = math.ceil(len(yw) / cfg.batch_size)
     if cfg.max_steps_per_epoch is not None:
@@ -238,9 +241,6 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
             return SearchResult(out, state.history, None, allocator.log)
 
-    # once more from the checkpointed history: a run stopped between the last checkpoint and its
-    # log write resumes with no epoch left to run, and its log would stay an epoch short
-    dist.on_rank0(lambda: _write_log(out / "search_log.csv", state.history))
     _export_widths(cfg, net, main)
     if check_sync:
         _say(f"sync check: weights and architecture parameters identical on {world} ranks after each of "
@@ -498,8 +498,6 @@ def _write_log(path: Path, history: List[dict]) -> None:
     writer.writeheader()
     writer.writerows(history)
     atomic_write_text(path, buf.getvalue())
-
-
 
 
 def _say(message: str, enabled: bool) -> None:
