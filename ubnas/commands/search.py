@@ -60,12 +60,15 @@ def run(args) -> int:
     cfg.validate("command line")
     # a --config file (a saved OUT/config.yaml, say) holds every option: only a flag or a value
     # away from the default says that the user meant to set it
-    dual_set = "dual_lr" in vars(args) or cfg.dual_lr != SearchConfig().dual_lr
-    if dual_set and cfg.target_latency_us is None and not args.resume and distributed.rank() == 0:
-        print("note: --dual-lr steps the multiplier of --target-latency-us; without a target it has no effect")
-    lambda_set = "lambda_latency" in vars(args) or cfg.lambda_latency != SearchConfig().lambda_latency
-    if lambda_set and cfg.target_latency_us is not None and not args.resume and distributed.rank() == 0:
-        print("note: --target-latency-us replaces the --lambda-latency term (--beta-utilization still applies)")
+    defaults = SearchConfig()
+
+    def meant(name: str) -> bool:
+        return name in vars(args) or getattr(cfg, name) != getattr(defaults, name)
+    if not args.resume and distributed.rank() == 0:
+        if meant("dual_lr") and cfg.target_latency_us is None:
+            print("note: --dual-lr steps the multiplier of --target-latency-us; without a target it has no effect")
+        if meant("lambda_latency") and cfg.target_latency_us is not None:
+            print("note: --target-latency-us replaces the --lambda-latency term (--beta-utilization still applies)")
     try:
         result = run_search(cfg, resume=args.resume, progress=not args.quiet, given=set(values))
     finally:
