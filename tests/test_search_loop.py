@@ -223,3 +223,75 @@ def test_a_run_stopped_before_its_last_log_write_resumes_with_the_whole_log(tmp_
     rows = list(csv.DictReader(log.open()))
     assert [row["epoch"] for row in rows] == ["1", "2"]
     assert float(rows[1]["latency_us"]) == pytest.approx(resumed.history[1]["latency_us"], rel=1e-12)
+
+
+def _spy_refs(monkeypatch):
+    """Replace search_step by a spy; returns the list it fills with, per step, (hard_ops, the
+    latency_ref the step got, the softmax cost before the step in seconds)."""
+    seen = []
+    real = ubnas.search.search_step
+
+    def spy(net, batch, val_batch, w_opt, a_opt, cost_of, cfg, tau, latency_ref, mu, generator, hard_ops):
+        with torch.no_grad():
+            now = float(cost_of(net.sample("softmax", hard_ops=hard_ops))["seconds"])
+        seen.append((hard_ops, latency_ref, now))
+        return real(net, batch, val_batch, w_opt, a_opt, cost_of, cfg, tau, latency_ref, mu, generator, hard_ops)
+
+    monkeypatch.setattr(ubnas.search, "search_step", spy)
+    return seen
+
+
+def _staged(tmp_path, name):
+    return SearchConfig(epochs=4, max_steps_per_epoch=2, batch_size=16, stage="staged", arch_lr=0.1,
+                        realloc_every=1, kernels="eager", out=str(tmp_path / name))
+
+
+def test_lambda_is_relative_to_the_latency_each_stage_starts_at(tmp_path, monkeypatch):
+    """lambda * latency / latency_ref: latency_ref is the network's latency at the first step of
+    each stage (op stage: widths at the window top; channel stage: the chosen ops alone), so the
+    hardware term starts at lambda in both stages (one reference taken at initialisation left the
+    channel stage's at 0.32 of it in the default run)."""
+    seen = _spy_refs(monkeypatch)
+    result = run_search(_staged(tmp_path, "run"), progress=False)
+    assert [hard for hard, _, _ in seen] == [False] * 4 + [True] * 4
+    op_start, channel_start = seen[0][2], seen[4][2]
+    assert channel_start < 0.5 * op_start   # the two stages' reference latencies are far apart
+    for i, (hard, ref, _) in enumerate(seen):
+        assert ref == (channel_start if hard else op_start), i
+    refs = yaml.safe_load(result.spec_path.read_text())["provenance"]["latency_ref_us"]
+    assert refs == {"op": pytest.approx(op_start * 1e6, rel=1e-12),
+                    "channel": pytest.approx(channel_start * 1e6, rel=1e-12)}
+
+
+def test_resume_across_the_stage_change_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    """Stopped after the op stage, the resumed run takes the channel stage's reference as an
+    uninterrupted one does; stopped within the channel stage, it keeps the one it took."""
+    seen = _spy_refs(monkeypatch)
+    full = run_search(_staged(tmp_path, "full"), progress=False)
+    for stop in (2, 3):
+        name = f"stop{stop}"
+        run_search(_staged(tmp_path, name), progress=False, stop_after_epoch=stop)
+        resumed = run_search(_staged(tmp_path, name), resume=True, progress=False)
+        assert [row["latency_us"] for row in resumed.history] == [row["latency_us"] for row in full.history]
+        a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+        b = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+        assert a["latency_refs"] == b["latency_refs"] and a["windows"] == b["windows"]
+        for key in a["model"]:
+            assert torch.equal(a["model"][key], b["model"][key]), (stop, key)
+    refs = [ref for _, ref, _ in seen]
+    assert refs[8:16] == refs[:8] and refs[16:24] == refs[:8]   # full, stop 2 + resume, stop 3 + resume
+
+
+def test_a_checkpoint_with_one_reference_keeps_it_for_every_stage(tmp_path, monkeypatch):
+    """Checkpoints written before each stage took its own reference hold ``latency_ref``: a
+    resumed run goes on with that one reference, as the run that wrote it would have."""
+    cfg = _staged(tmp_path, "old")
+    run_search(cfg, progress=False, stop_after_epoch=1)
+    path = tmp_path / "old" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["latency_ref"] = 0.75 * ckpt.pop("latency_refs")["op"]
+    torch.save(ckpt, path)
+    seen = _spy_refs(monkeypatch)
+    run_search(cfg, resume=True, progress=False)
+    assert [hard for hard, _, _ in seen] == [False] * 2 + [True] * 4
+    assert all(ref == ckpt["latency_ref"] for _, ref, _ in seen)

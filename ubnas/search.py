@@ -4,11 +4,12 @@ Read top to bottom: config -> data -> supernet -> optimizers -> (resume) ->
 epochs of {weight step, architecture step, channel reallocation} -> log and
 checkpoint every epoch -> export the spec.
 
-loss_arch = CE + lambda * latency / latency_ref - beta * utilization, or with a
-hard target T: CE + mu * relu(latency / T - 1) - beta * utilization with mu raised by dual ascent
-(the target takes the latency term's place; the utilization objective stays), the latency
-there being the derived network's with the supernet's gradient (``target_seconds``); at export
-``target_fit`` brings a derived network still above T within it.
+loss_arch = CE + lambda * latency / latency_ref - beta * utilization (latency_ref: the
+latency the current stage starts at, so lambda weighs each stage alike), or with a hard target T:
+CE + mu * relu(latency / T - 1) - beta * utilization with mu raised by dual ascent (the target
+takes the latency term's place; the utilization objective stays), the latency there being the
+derived network's with the supernet's gradient (``target_seconds``); at export ``target_fit``
+brings a derived network still above T within it.
 The options live in ``search_config``; the checkpoint, and what a resume reads back, in ``search_resume``.
 """
 from __future__ import annotations
@@ -138,9 +139,8 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     w_opt, a_opt = make_optimizers(net, cfg)
     data_gen = torch.Generator().manual_seed(cfg.seed + 1)
     gumbel_gen = torch.Generator().manual_seed(cfg.seed + 2)
-    if checkpoint is None:   # the supernet's cost at initialisation makes lambda unit-free
-        with torch.no_grad():
-            state = Trajectory(latency_ref=float(cost_of(net.sample("softmax"))["seconds"]))
+    if checkpoint is None:
+        state = Trajectory()
     else:
         state = restore_search_state(checkpoint, w_opt, a_opt, data_gen, gumbel_gen, allocator)
         # the log as the checkpoint has it: a run stopped between its last checkpoint and that
@@ -160,6 +160,9 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
         for group in w_opt.param_groups:
             group["lr"] = lr
         hard_ops = enter_stage(net, stage)
+        if stage not in state.latency_refs:   # lambda's unit: the latency this stage starts at
+            with torch.no_grad():
+                state.latency_refs[stage] = float(cost_of(net.sample("softmax", hard_ops=hard_ops))["seconds"])
         if device.type == "cuda":   # the log's peak_mem_mb is this epoch's (epoch 1's holds autotuning)
             torch.cuda.reset_peak_memory_stats(device)
         net.train()
@@ -170,8 +173,8 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
         for step, ((xb, yb), (xv, yv)) in enumerate(zip(weight_batches, arch_batches)):
             if step >= steps_per_epoch:
                 break
-            taken = search_step(net, (xb, yb), (xv, yv), w_opt, a_opt, cost_of, cfg, tau, state.latency_ref,
-                                state.mu, gumbel_gen, hard_ops)
+            taken = search_step(net, (xb, yb), (xv, yv), w_opt, a_opt, cost_of, cfg, tau,
+                                state.latency_refs[stage], state.mu, gumbel_gen, hard_ops)
             losses = {"training loss": taken.loss.item(), "validation loss": taken.val_loss.item(),
                       "latency": float(taken.cost["seconds"].detach())}
             # all ranks stop together (a NaN on one rank reaches all weights through the all-reduce)
@@ -248,7 +251,8 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     if main and defs.fit_mode not in (None, "systolic"):   # the exported network is costed in systolic mode
         say(f"note: {cfg.hw} was calibrated for the {defs.fit_mode} model; arch.yaml's exact cost uses the "
             f"systolic model with that calibration, where it was not fitted")
-    spec_path = dist.on_rank0(lambda: export_spec(net, cfg, acc, state.history, cost_of, data, out, defs.fit_mode))
+    spec_path = dist.on_rank0(lambda: export_spec(net, cfg, acc, state.history, cost_of, data, out,
+                                                  defs.fit_mode, state.latency_refs))
     return SearchResult(out, state.history, spec_path, allocator.log)
 
 
@@ -404,10 +408,11 @@ def search_step(net: Supernet, batch, val_batch, w_opt, a_opt, cost_of, cfg: Sea
     return StepResult(loss, logits, val_loss, val_logits, cost, ratio)
 
 
-def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Optional[str] = None) -> Path:
+def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Optional[str] = None,
+                latency_refs: Optional[Dict[str, float]] = None) -> Path:
     """Derive the discrete network, cost it exactly, and write DIR/arch.yaml.  ``fit_mode``: the
     cost model acc's calibration was fitted for (None: not calibrated), kept for the commands that
-    cost the spec later."""
+    cost the spec later; ``latency_refs``: lambda's reference per stage (seconds), recorded."""
     from hwmodels import estimate
 
     from .build import build_network
@@ -420,6 +425,9 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Opti
         "search_space": cfg.space, "seed": cfg.seed, "stage": cfg.stage, "channels": cfg.channels,
         # a target replaces the lambda term: recorded as unused (None)
         "lambda_latency": None if cfg.target_latency_us else cfg.lambda_latency,
+        # what lambda was relative to: each stage's latency at its start (smooth cost model, us)
+        "latency_ref_us": None if cfg.target_latency_us or not latency_refs else
+        {stage: seconds * 1e6 for stage, seconds in latency_refs.items()},
         "beta_utilization": cfg.beta_utilization, "target_latency_us": cfg.target_latency_us,
         "cost_model": cfg.cost_model,
         "data": cfg.data, "epochs": cfg.epochs, "accelerator": acc.name, "hw_batch": cfg.hw_batch,

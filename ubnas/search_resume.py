@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 
@@ -22,8 +22,9 @@ from .space import read_space_text
 # directory is always the one resumed), everything else from the checkpoint.
 PLACEMENT_KEYS = ("out", "device", "data_dir", "kernels")
 # what --resume needs of a search checkpoint (space_yaml, accelerator_config and world_size are newer:
-# a checkpoint without them resumes with the files named in its config, on one process)
-CHECKPOINT_KEYS = ("config", "epoch", "arch_steps", "mu", "latency_ref", "model", "windows", "w_opt", "a_opt",
+# a checkpoint without them resumes with the files named in its config, on one process; one with
+# latency_ref instead of latency_refs took a single reference for all stages, and keeps it)
+CHECKPOINT_KEYS = ("config", "epoch", "arch_steps", "mu", "model", "windows", "w_opt", "a_opt",
                    "data_gen", "gumbel_gen", "alloc_gen", "torch_rng", "history", "realloc_log")
 
 
@@ -34,7 +35,8 @@ class Trajectory:
     epoch: int = 0             # epochs done
     arch_steps: int = 0
     mu: float = 0.0            # the latency target's multiplier (dual ascent)
-    latency_ref: float = 0.0   # seconds: the supernet's latency at initialisation (lambda's unit)
+    # seconds, per stage ('op', 'channel', 'joint'): the latency at the stage's first step (lambda's unit)
+    latency_refs: Dict[str, float] = field(default_factory=dict)
     history: List[dict] = field(default_factory=list)   # the log's rows, one per epoch
 
 
@@ -44,7 +46,7 @@ def save_search_checkpoint(path: Path, cfg: SearchConfig, state: Trajectory, net
     """Everything a resume needs to go on as if never stopped (atomically: a crash keeps the last one)."""
     atomic_torch_save({
         "config": asdict(cfg), "epoch": state.epoch, "arch_steps": state.arch_steps, "mu": state.mu,
-        "latency_ref": state.latency_ref, "model": net.state_dict(), "world_size": world,
+        "latency_refs": state.latency_refs, "model": net.state_dict(), "world_size": world,
         "space_yaml": defs.space_yaml, "space_origin": defs.space_origin,
         "accelerator_config": defs.accelerator.to_dict(), "accelerator_fit_mode": defs.fit_mode,
         "windows": {k: [w.lo, w.step, w.count] for k, w in net.widths.items()},
@@ -67,7 +69,10 @@ def restore_search_state(checkpoint: dict, w_opt, a_opt, data_gen: torch.Generat
     allocator.generator.set_state(checkpoint["alloc_gen"])
     torch.set_rng_state(checkpoint["torch_rng"])
     allocator.log = list(checkpoint["realloc_log"])
-    return Trajectory(checkpoint["epoch"], checkpoint["arch_steps"], checkpoint["mu"], checkpoint["latency_ref"],
+    refs = checkpoint.get("latency_refs")
+    if refs is None:   # written before each stage took its own: the one reference, as that run began
+        refs = {stage: checkpoint["latency_ref"] for stage in ("op", "channel", "joint")}
+    return Trajectory(checkpoint["epoch"], checkpoint["arch_steps"], checkpoint["mu"], dict(refs),
                       list(checkpoint["history"]))
 
 
@@ -116,6 +121,8 @@ def read_search_checkpoint(path: Path, resume: bool) -> Optional[dict]:
         raise ValueError(f"{path}: saved config has unknown option(s) {', '.join(sorted(unknown))} "
                          f"(written by another ubnas version?)")
     missing = [key for key in CHECKPOINT_KEYS if key not in ckpt]
+    if "latency_refs" not in ckpt and "latency_ref" not in ckpt:
+        missing.append("latency_refs")
     if missing and resume:
         raise ValueError(f"{path}: checkpoint lacks {', '.join(missing)} (written by another ubnas version?); "
                          f"start over without --resume")

@@ -14,7 +14,7 @@ def add_parser(sub):
     help_text = {
         "space": "search space name or YAML file", "hw": "accelerator preset or YAML file",
         "data": "digits | cifar10 | synthetic", "data_dir": "directory with CIFAR-10's python batches",
-        "lambda_latency": "weight of latency / latency at initialisation (replaced by a target)",
+        "lambda_latency": "weight of latency / the latency each stage starts at (replaced by a target)",
         "beta_utilization": "weight of network utilization (subtracted)",
         "target_latency_us": "hard latency target in microseconds (dual ascent)",
         "cost_model": "systolic | uboost | flops | roofline", "channels": "dynamic | fixed width windows",
