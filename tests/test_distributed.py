@@ -28,7 +28,7 @@ def _join(rank: int, port: int):
 def test_torchrun_two_ranks_stay_in_sync(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, UBNAS_CHECK_SYNC="1", UBNAS_DIST_BACKEND="gloo")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
            "-m", "ubnas", "search", "--epochs", "2", "--max-steps-per-epoch", "2", "--realloc-every", "1",
            "--batch-size", "32", "--stage", "joint", "--arch-lr", "0.3", "--out", str(out), "--quiet"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
