@@ -133,6 +133,17 @@ def test_report_finds_a_spec_moved_next_to_its_run(tmp_path, monkeypatch):
     assert loaded.latency_us == pytest.approx(metrics["hardware"]["latency_us"])
 
 
+def test_report_finds_the_spec_of_a_run_trained_into_an_absolute_out(tmp_path, monkeypatch):
+    """`ubnas train arch.yaml --out /abs/run`: the train directory cannot be told from the run
+    directory, so the spec is found by the absolute path metrics.json records."""
+    run, metrics = train_tiny(tmp_path / "work", out=str(tmp_path / "runs" / "tr"))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    loaded = load_run(run)
+    assert loaded.spec_path is not None and loaded.spec_path.resolve() == (tmp_path / "work" / "arch.yaml").resolve()
+    assert loaded.cost is not None and loaded.latency_us == pytest.approx(metrics["hardware"]["latency_us"])
+
+
 # -- metrics.json that ubnas train did not write ---------------------------------------------------
 @pytest.mark.parametrize("content, key", [
     ([1, 2], "JSON object"),

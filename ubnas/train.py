@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -366,7 +367,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     # ---- metrics ------------------------------------------------------------------------
     test_loss, test_acc = evaluate(model, test_x, test_y)
     metrics = {
-        "spec": str(spec.origin), "spec_hash": spec.arch_hash(), "data": cfg.data, "epochs": cfg.epochs,
+        # as given (relative: found again after the tree moves) and absolute (found from anywhere)
+        "spec": str(spec.origin), "spec_abspath": os.path.abspath(spec.origin), "spec_hash": spec.arch_hash(),
+        "data": cfg.data, "epochs": cfg.epochs,
         "test_acc": test_acc, "test_loss": test_loss,
         "params": sum(p.numel() for p in model.parameters()),
         "hardware": hardware_metrics(model.cpu(), spec, acc, why),

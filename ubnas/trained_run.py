@@ -12,7 +12,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
@@ -76,18 +76,22 @@ def read_metrics(path: Path) -> Dict[str, Any]:
     return metrics
 
 
-def _spec_candidates(spec_file: str, run_dir: Path, config: Dict[str, Any]) -> List[Path]:
-    """Where the spec that metrics.json records as ``spec_file`` may be, most likely first.
+def _spec_candidates(spec_file: str, run_dir: Path, config: Dict[str, Any],
+                     abspath: Optional[str] = None) -> List[Path]:
+    """Where the spec that metrics.json records as ``spec_file`` (and ``abspath``) may be, most
+    likely first.
 
     ``ubnas train`` records the path as given on its command line, relative to the directory it
-    ran in.  That directory is the run directory minus the recorded relative ``out`` (train made
-    ``cwd/out``), so a report run from anywhere finds the file; then the current directory, then
-    the run directory (a spec copied next to its run).
+    ran in, and that path made absolute (``abspath``, tried first; absent in older runs).  The
+    directory it ran in is the run directory minus the recorded relative ``out`` (train made
+    ``cwd/out``), so a report run from anywhere finds the file, also after the tree moved; then
+    the current directory, then the run directory (a spec copied next to its run).
     """
     spec = Path(spec_file)
     if spec.is_absolute():
         return [spec]
     bases: List[Path] = []
+    first = [Path(abspath)] if isinstance(abspath, str) and os.path.isabs(abspath) else []
     out = config.get("out")
     if isinstance(out, str) and out and not Path(out).is_absolute() and ".." not in Path(out).parts:
         tail = Path(out).parts
@@ -97,7 +101,7 @@ def _spec_candidates(spec_file: str, run_dir: Path, config: Dict[str, Any]) -> L
             elif where.parts[-len(tail):] == tail:
                 bases.append(Path(*where.parts[:-len(tail)]))
     bases += [Path.cwd(), run_dir]
-    found: List[Path] = []
+    found: List[Path] = first
     for base in bases:
         if not any(os.path.abspath(base / spec) == os.path.abspath(f) for f in found):
             found.append(base / spec)
@@ -121,7 +125,7 @@ def trained_spec(metrics: Dict[str, Any], run_dir: Path, config: Dict[str, Any],
                      f"trained network: figures from metrics.json, per-layer costs omitted")
         return None, None
     mismatch = None
-    candidates = _spec_candidates(spec_file, run_dir, config)
+    candidates = _spec_candidates(spec_file, run_dir, config, metrics.get("spec_abspath"))
     for candidate in candidates:
         if not candidate.is_file():
             continue
