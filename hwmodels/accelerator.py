@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import yaml
 
-from .yamlio import atomic_write_text, read_yaml
+from .yamlio import atomic_write_text, read_yaml, short_repr
 
 PRESET_DIR = Path(__file__).with_name("presets")
 DATAFLOWS = ("ws", "os", "is")
@@ -99,25 +99,25 @@ def validate(acc: Accelerator, origin: str = "<accelerator>") -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
                 or not value > 0:
-            raise HardwareConfigError(f"{origin}: key '{key}' must be a positive finite number, got {value!r}")
+            raise HardwareConfigError(f"{origin}: key '{key}' must be a positive finite number, got {short_repr(value)}")
         if kind is int and value != int(value):
-            raise HardwareConfigError(f"{origin}: key '{key}' expected an integer, got {value!r}")
+            raise HardwareConfigError(f"{origin}: key '{key}' expected an integer, got {short_repr(value)}")
     if acc.dataflow not in DATAFLOWS:
         raise HardwareConfigError(
-            f"{origin}: key 'dataflow' must be one of {', '.join(DATAFLOWS)}, got {acc.dataflow!r}")
+            f"{origin}: key 'dataflow' must be one of {', '.join(DATAFLOWS)}, got {short_repr(acc.dataflow)}")
     cal = acc.calibration
     for key in _CAL_FIELDS:
         value = getattr(cal, key)
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise HardwareConfigError(f"{origin}: key 'calibration.{key}' expected a finite number, got {value!r}")
+            raise HardwareConfigError(f"{origin}: key 'calibration.{key}' expected a finite number, got {short_repr(value)}")
     if not 0 < cal.bandwidth_efficiency <= 1:
         raise HardwareConfigError(
-            f"{origin}: key 'calibration.bandwidth_efficiency' must be in (0, 1], got {cal.bandwidth_efficiency!r}")
+            f"{origin}: key 'calibration.bandwidth_efficiency' must be in (0, 1], got {short_repr(cal.bandwidth_efficiency)}")
     if not cal.cycle_scale > 0:
-        raise HardwareConfigError(f"{origin}: key 'calibration.cycle_scale' must be > 0, got {cal.cycle_scale!r}")
+        raise HardwareConfigError(f"{origin}: key 'calibration.cycle_scale' must be > 0, got {short_repr(cal.cycle_scale)}")
     for key in ("fold_overhead_cycles", "layer_overhead_cycles"):
         if getattr(cal, key) < 0:
-            raise HardwareConfigError(f"{origin}: key 'calibration.{key}' must be >= 0, got {getattr(cal, key)!r}")
+            raise HardwareConfigError(f"{origin}: key 'calibration.{key}' must be >= 0, got {short_repr(getattr(cal, key))}")
 
 
 _KIND_NAMES = {int: "integer", float: "number", str: "string"}
@@ -127,22 +127,22 @@ def _coerce(value: Any, kind: type, key: str, origin: str):
     noun = _KIND_NAMES[kind]
     what = f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
     if isinstance(value, bool) or value is None:
-        raise HardwareConfigError(f"{origin}: key '{key}' expected {what}, got {value!r}")
+        raise HardwareConfigError(f"{origin}: key '{key}' expected {what}, got {short_repr(value)}")
     if kind is str:
         if not isinstance(value, str):
-            raise HardwareConfigError(f"{origin}: key '{key}' expected a string, got {value!r}")
+            raise HardwareConfigError(f"{origin}: key '{key}' expected a string, got {short_repr(value)}")
         return value
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise HardwareConfigError(f"{origin}: key '{key}' expected {what}, got {value!r}") from None
+        raise HardwareConfigError(f"{origin}: key '{key}' expected {what}, got {short_repr(value)}") from None
     except OverflowError:   # an integer past float's range
         number = math.inf
     if not math.isfinite(number):
-        raise HardwareConfigError(f"{origin}: key '{key}' expected a finite {noun}, got {value!r}")
+        raise HardwareConfigError(f"{origin}: key '{key}' expected a finite {noun}, got {short_repr(value)}")
     if kind is int:
         if number != int(number):
-            raise HardwareConfigError(f"{origin}: key '{key}' expected an integer, got {value!r}")
+            raise HardwareConfigError(f"{origin}: key '{key}' expected an integer, got {short_repr(value)}")
         return int(number)
     return number
 
@@ -164,14 +164,14 @@ def from_dict(data: Dict[str, Any], origin: str = "<dict>", name: Optional[str] 
     if cal is None:               # absent, or 'calibration:' with nothing under it
         cal = {}
     if not isinstance(cal, dict):
-        raise HardwareConfigError(f"{origin}: key 'calibration' expected a mapping, got {cal!r}")
+        raise HardwareConfigError(f"{origin}: key 'calibration' expected a mapping, got {short_repr(cal)}")
     bad = sorted(set(cal) - _CAL_FIELDS)
     if bad:
         raise HardwareConfigError(
             f"{origin}: unknown key 'calibration.{bad[0]}' (expected one of {', '.join(sorted(_CAL_FIELDS))})")
     kwargs["calibration"] = Calibration(**{k: _coerce(v, float, f"calibration.{k}", origin) for k, v in cal.items()})
     if data.get("name") is not None and not isinstance(data["name"], str):
-        raise HardwareConfigError(f"{origin}: key 'name' expected a string, got {data['name']!r}")
+        raise HardwareConfigError(f"{origin}: key 'name' expected a string, got {short_repr(data['name'])}")
     kwargs["name"] = str(data.get("name") or name or "custom")
     kwargs["source"] = str(data.get("source", ""))
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()

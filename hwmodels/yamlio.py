@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import reprlib
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Type, Union
@@ -13,17 +14,37 @@ PathLike = Union[str, os.PathLike]
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping (plain PyYAML keeps the last one,
-    so a typo'd duplicate silently overrides the value above it)."""
+    so a typo'd duplicate silently overrides the value above it).  Keys brought in by a merge
+    (``<<: *anchor``) may be overridden, as YAML means them to be."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":   # SafeConstructor flattens these below
+                continue
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
+            if not isinstance(key, (str, int, float, bool)):   # unhashable ones: PyYAML's own error
+                continue
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple = 3, 4, 6, 6
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 50
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """repr(value) for a one-line error, at most ``limit`` characters.  Bounded while it is built:
+    a few bytes of YAML aliases can stand for a structure whose full repr never ends."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** 18:
+        # its size is what matters; str() of more than 4300 digits raises
+        return f"~{'-' if value < 0 else ''}2**{abs(value).bit_length() - 1}"
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def read_yaml(path: PathLike, error: Type[Exception] = ValueError, text: Optional[str] = None) -> Any:

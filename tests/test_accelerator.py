@@ -132,7 +132,7 @@ def test_replace_validates():
 
 @pytest.mark.parametrize("key, value, expected", [("array_rows", "x", "expected an integer, got 'x'"),
                                                   ("array_rows", float("nan"), "expected a finite integer, got nan"),
-                                                  ("array_rows", 10 ** 400, f"expected a finite integer, got {10 ** 400}"),
+                                                  ("array_rows", 10 ** 400, "expected a finite integer, got ~2**1328"),
                                                   ("clock_hz", True, "expected a number, got True"),
                                                   ("dataflow", 3, "expected a string, got 3")])
 def test_a_wrong_type_is_named_in_plain_words(tmp_path, key, value, expected):

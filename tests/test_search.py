@@ -197,6 +197,8 @@ def test_malformed_space_names_file_and_key(tmp_path):
         ("stem", {**good["stem"], "kernal": 3}, "unknown key 'stem.kernal'"),
         ("opps", good["ops"], "unknown key 'opps'"),
         ("ops", [["conv_3x3"]], "ops[0]"),
+        # past MAX_SIZE: a traceback from torch's shape arithmetic when the supernet was built
+        ("channels", {**good["channels"], "max": 2**64, "init": 2**63}, "channels.init' expected at most 1048576"),
     ]
     for i, (key, value, where) in enumerate(cases):
         bad = dict(good, **{key: value})

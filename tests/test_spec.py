@@ -165,6 +165,13 @@ BAD = [
     ("input_shape", [1, 2, 2], "key 'cells[1].pool_after' needs a map of at least 2x2"),
     # 9 -> 4 after cell 0's pool; cell 1's s0 (9x9) through its stride-2 1x1 conv is 5x5, not 4x4
     ("input_shape", [1, 9, 9], "inputs of 9x9 and 4x4 do not differ by the stride 2"),
+    # past MAX_SIZE: torch's shape arithmetic overflowed into a traceback at build time
+    ("cells/1/channels", 2**64, "key 'cells[1].channels' expected at most 1048576"),
+    ("num_classes", 2**70, "key 'num_classes' expected at most 1048576"),
+    ("stem/kernel", 2**64 + 1, "key 'stem.kernel' expected at most 1048576"),
+    ("input_shape", [1, 2**64, 8], "key 'input_shape[1]' expected at most 1048576"),
+    ("provenance", [], "key 'provenance' expected a mapping"),
+    ("provenance", 0, "key 'provenance' expected a mapping"),
 ]
 
 
@@ -187,6 +194,40 @@ def test_malformed_yaml_names_line(tmp_path, derived):
     with pytest.raises(SpecError, match=r"line \d+ column \d+: invalid YAML") as info:
         load_spec(file)
     assert str(file) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_yaml_merge_keys_read_as_yaml_means_them(tmp_path):
+    """``<<: *anchor`` merges (keys given beside it win); a key typed twice by hand is still refused."""
+    from hwmodels.yamlio import read_yaml
+    for text in ("base: &b {x: 1, y: 2}\nc:\n  <<: *b\n  y: 3\n",
+                 "a: &a {x: 1}\nb: &b {y: 2}\nc: {<<: [*a, *b], z: 0}\n"):
+        assert read_yaml("f.yaml", text=text) == yaml.safe_load(text)
+    with pytest.raises(ValueError, match=r"line 4 column 3: invalid YAML \(key 'z' appears twice"):
+        read_yaml("f.yaml", text="c:\n  <<: {x: 1}\n  z: 1\n  z: 2\n")
+
+
+def test_a_spec_with_a_mapping_as_a_key_is_a_one_line_error(tmp_path, derived):
+    file = write(tmp_path, dump_spec(derived) + "? {a: 1}\n: 2\n")
+    with pytest.raises(SpecError, match=r"line \d+ column \d+: invalid YAML \(found unhashable key\)") as info:
+        load_spec(file)
+    assert str(file) in str(info.value)
+
+
+def test_an_alias_bomb_gives_a_short_error(tmp_path, derived):
+    """A few hundred bytes of nested aliases stand for 10**6 items: the error shows a bounded excerpt."""
+    bomb = "&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"
+    for i in range(1, 7):   # each level: the one below, defined in place, and 9 more aliases of it
+        bomb = f"&a{i} [{bomb}{f', *a{i - 1}' * 9}]"
+    text = dump_spec(derived).replace("num_classes: 10", f"num_classes: {bomb}")
+    assert len(text) < len(dump_spec(derived)) + 500
+    with pytest.raises(SpecError, match="key 'num_classes' expected a positive integer") as info:
+        load_spec(write(tmp_path, text))
+    assert len(str(info.value)) < len(str(tmp_path)) + 200, len(str(info.value))
+
+
+def test_an_empty_provenance_reads_as_none_given(tmp_path, spec_dict):
+    spec_dict["provenance"] = None   # 'provenance:' with nothing under it
+    assert load_spec(write(tmp_path, spec_dict)).provenance == {}
 
 
 def test_not_a_spec(tmp_path):

@@ -403,6 +403,17 @@ def test_widths_that_do_not_match(tmp_path, capsys):
     assert str(spec) in err and "classifier.in_features" in err and "expected 48" in err
 
 
+def test_a_network_too_large_to_build_leaves_no_run_directory(tmp_path, capsys, monkeypatch):
+    """Valid widths whose weights do not fit in memory: one line, and no empty OUT behind."""
+    def too_large(spec):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 4398046511104 bytes")
+    monkeypatch.setattr("ubnas.train.build_network", too_large)
+    spec = write_spec(tmp_path / "arch.yaml")
+    err = one_line_error(capsys, ["train", str(spec), "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert err.startswith("ubnas: error: out of memory"), err
+    assert not (tmp_path / "run").exists()
+
+
 def test_spec_that_does_not_fit_the_data(tmp_path, capsys):
     spec = write_spec(tmp_path / "arch.yaml", {"input_shape": [3, 8, 8]})
     err = one_line_error(capsys, ["train", str(spec), "--epochs", "1", "--out", str(tmp_path / "run")])

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Optional
 
-from hwmodels.yamlio import read_yaml
+from hwmodels.yamlio import read_yaml, short_repr
 
 from .cost import COST_MODELS, WIDTH_COSTS
 from .runtime import MAX_SEED
@@ -66,26 +66,26 @@ class SearchConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{where(key)} expected one of {', '.join(allowed)}, "
-                                 f"got {getattr(self, key)!r}")
+                                 f"got {short_repr(getattr(self, key))}")
         for key in ("epochs", "batch_size", "realloc_every", "hw_batch", "max_steps_per_epoch"):
             value = getattr(self, key)
             if value is not None and int(value) < 1:
-                raise ValueError(f"{where(key)} must be >= 1, got {value!r}")
+                raise ValueError(f"{where(key)} must be >= 1, got {short_repr(value)}")
         # rates and scales that a sign error turns into a silently wrong search (NaN, ascent)
         for key in ("tau0", "tau_decay", "temperature", "weight_lr", "arch_lr", "grad_clip"):
             value = float(getattr(self, key))
             if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{where(key)} must be finite and > 0, got {getattr(self, key)!r}")
+                raise ValueError(f"{where(key)} must be finite and > 0, got {short_repr(getattr(self, key))}")
         for key in ("weight_decay", "arch_weight_decay", "dual_lr", "lambda_latency", "beta_utilization"):
             value = float(getattr(self, key))
             if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{where(key)} must be finite and >= 0, got {getattr(self, key)!r}")
+                raise ValueError(f"{where(key)} must be finite and >= 0, got {short_repr(getattr(self, key))}")
         if not self.tau_decay <= 1:   # > 1 heats the relaxation up every epoch instead of annealing it
-            raise ValueError(f"{where('tau_decay')} must be in (0, 1], got {self.tau_decay!r}")
+            raise ValueError(f"{where('tau_decay')} must be in (0, 1], got {short_repr(self.tau_decay)}")
         if not 0 <= self.weight_momentum < 1:
-            raise ValueError(f"{where('weight_momentum')} must be in [0, 1), got {self.weight_momentum!r}")
+            raise ValueError(f"{where('weight_momentum')} must be in [0, 1), got {short_repr(self.weight_momentum)}")
         if not isinstance(self.out, str) or not self.out.strip():
-            raise ValueError(f"{where('out')} expected a run directory, got {self.out!r}")
+            raise ValueError(f"{where('out')} expected a run directory, got {short_repr(self.out)}")
         if self.target_latency_us is not None and not (math.isfinite(self.target_latency_us)
                                                        and self.target_latency_us > 0):
             raise ValueError(f"{where('target_latency_us')} must be finite and > 0, got {self.target_latency_us}")
@@ -108,5 +108,5 @@ def config_from_yaml(path: str) -> Dict[str, Any]:
             (want == "float" and isinstance(value, (int, float)) and not isinstance(value, bool)) or \
             (want == "str" and isinstance(value, str))
         if not ok:
-            raise ValueError(f"{path}: key '{key}' expected {want}, got {value!r}")
+            raise ValueError(f"{path}: key '{key}' expected {want}, got {short_repr(value)}")
     return data

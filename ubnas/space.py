@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from hwmodels.yamlio import read_yaml
+from hwmodels.yamlio import read_yaml, short_repr
 
 from .ops import OPS
+from .spec import MAX_SIZE
 
 SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -74,17 +75,19 @@ def _need(data: dict, key: str, kind, origin: str, where: str = ""):
         raise SpaceError(f"{origin}: missing key '{path}'")
     value = data[key]
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise SpaceError(f"{origin}: key '{path}' expected an integer, got {value!r}")
+        raise SpaceError(f"{origin}: key '{path}' expected an integer, got {short_repr(value)}")
+    if kind is int and value > MAX_SIZE:
+        raise SpaceError(f"{origin}: key '{path}' expected at most {MAX_SIZE}, got {short_repr(value)}")
     if kind is bool and not isinstance(value, bool):
-        raise SpaceError(f"{origin}: key '{path}' expected true or false, got {value!r}")
+        raise SpaceError(f"{origin}: key '{path}' expected true or false, got {short_repr(value)}")
     if kind in (list, dict, str) and not isinstance(value, kind):
-        raise SpaceError(f"{origin}: key '{path}' expected a {kind.__name__}, got {value!r}")
+        raise SpaceError(f"{origin}: key '{path}' expected a {kind.__name__}, got {short_repr(value)}")
     return value
 
 
 def _channels(data: Any, origin: str, where: str) -> ChannelSpec:
     if not isinstance(data, dict):
-        raise SpaceError(f"{origin}: key '{where.rstrip('.')}' expected a mapping, got {data!r}")
+        raise SpaceError(f"{origin}: key '{where.rstrip('.')}' expected a mapping, got {short_repr(data)}")
     known = {"init", "step", "candidates", "min", "max", "dynamic"}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -95,7 +98,7 @@ def _channels(data: Any, origin: str, where: str) -> ChannelSpec:
             raise SpaceError(f"{origin}: key '{where}{key}' must be >= 1, got {value}")
     dynamic = data.get("dynamic", True)
     if not isinstance(dynamic, bool):   # bool("false") is True
-        raise SpaceError(f"{origin}: key '{where}dynamic' expected true or false, got {dynamic!r}")
+        raise SpaceError(f"{origin}: key '{where}dynamic' expected true or false, got {short_repr(dynamic)}")
     spec = ChannelSpec(dynamic=dynamic, **values)
     if not spec.min <= spec.init or spec.widths[-1] > spec.max:
         raise SpaceError(f"{origin}: key '{where}init' window {spec.widths[0]}..{spec.widths[-1]} "
@@ -112,7 +115,7 @@ def parse_space(data: Any, origin: str) -> SearchSpace:
         raise SpaceError(f"{origin}: unknown key '{unknown[0]}' (expected {', '.join(sorted(TOP_KEYS))})")
     version = data.get("ubnas_space", 1)
     if version != 1:
-        raise SpaceError(f"{origin}: key 'ubnas_space' expected 1, got {version!r}")
+        raise SpaceError(f"{origin}: key 'ubnas_space' expected 1, got {short_repr(version)}")
     nodes = _need(data, "nodes", int, origin)
     if nodes < 1:
         raise SpaceError(f"{origin}: key 'nodes' must be >= 1, got {nodes}")
@@ -137,7 +140,7 @@ def parse_space(data: Any, origin: str) -> SearchSpace:
     for i, cell in enumerate(_need(data, "cells", list, origin)):
         where = f"cells[{i}]."
         if not isinstance(cell, dict):
-            raise SpaceError(f"{origin}: key 'cells[{i}]' expected a mapping, got {cell!r}")
+            raise SpaceError(f"{origin}: key 'cells[{i}]' expected a mapping, got {short_repr(cell)}")
         unknown = sorted(set(cell) - {"reduce", "pool_after", "channels"})
         if unknown:
             raise SpaceError(f"{origin}: unknown key '{where}{unknown[0]}' (expected reduce, pool_after, channels)")
@@ -146,7 +149,7 @@ def parse_space(data: Any, origin: str) -> SearchSpace:
             raise SpaceError(f"{origin}: missing key '{where}channels' (or a top-level 'channels' default)")
         for key in ("reduce", "pool_after"):
             if key in cell and not isinstance(cell[key], bool):
-                raise SpaceError(f"{origin}: key '{where}{key}' expected true or false, got {cell[key]!r}")
+                raise SpaceError(f"{origin}: key '{where}{key}' expected true or false, got {short_repr(cell[key])}")
         cells.append(CellSpec(bool(cell.get("reduce", False)), bool(cell.get("pool_after", False)), channels))
     if not cells:
         raise SpaceError(f"{origin}: key 'cells' must list at least one cell")
@@ -192,5 +195,5 @@ def load_spaces(names: str) -> Dict[str, SearchSpace]:
         if name:
             spaces[name] = load_space(name)
     if not spaces:
-        raise SpaceError(f"expected a comma list of search spaces, got {names!r}")
+        raise SpaceError(f"expected a comma list of search spaces, got {short_repr(names)}")
     return spaces

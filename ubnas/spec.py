@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import yaml
 
-from hwmodels.yamlio import read_yaml
+from hwmodels.yamlio import read_yaml, short_repr
 
 SPEC_VERSION = 1
 TOP_KEYS = ("ubnas_spec", "input_shape", "num_classes", "stem", "cells", "classifier", "provenance")
@@ -109,19 +109,26 @@ class ArchSpec:
 
 
 # -- validation ------------------------------------------------------------------------
+# the largest width, kernel, map side or class count a spec or space may give: far past any real
+# network, and far below where torch's int64 shape arithmetic overflows into a traceback
+MAX_SIZE = 1 << 20
+
+
 def _fail(origin: str, path: str, message: str):
     raise SpecError(f"{origin}: key '{path}' {message}")
 
 
 def _int(value: Any, origin: str, path: str, minimum: int = 1, what: str = "a positive integer") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _fail(origin, path, f"expected {what}, got {value!r}")
+        _fail(origin, path, f"expected {what}, got {short_repr(value)}")
+    if value > MAX_SIZE:
+        _fail(origin, path, f"expected at most {MAX_SIZE}, got {short_repr(value)}")
     return value
 
 
 def _mapping(value: Any, origin: str, path: str, known: Tuple[str, ...], required: Tuple[str, ...]) -> dict:
     if not isinstance(value, dict):
-        _fail(origin, path, f"expected a mapping with keys {', '.join(required)}, got {value!r}")
+        _fail(origin, path, f"expected a mapping with keys {', '.join(required)}, got {short_repr(value)}")
     prefix = f"{path}." if path else ""
     for key in value:
         if key not in known:
@@ -135,7 +142,7 @@ def _mapping(value: Any, origin: str, path: str, known: Tuple[str, ...], require
 def _bool(data: dict, key: str, origin: str, path: str) -> bool:
     value = data.get(key, False)
     if not isinstance(value, bool):
-        _fail(origin, f"{path}.{key}", f"expected true or false, got {value!r}")
+        _fail(origin, f"{path}.{key}", f"expected true or false, got {short_repr(value)}")
     return value
 
 
@@ -164,12 +171,12 @@ def spec_from_dict(data: Any, origin: str = "<spec>") -> ArchSpec:
         raise SpecError(f"{origin}: key 'ubnas_spec' is {version}; this ubnas reads version "
                         f"{SPEC_VERSION}, upgrade ubnas")
     if version != SPEC_VERSION or not isinstance(version, int) or isinstance(version, bool):   # not 1.0
-        _fail(origin, "ubnas_spec", f"expected {SPEC_VERSION}, got {version!r}")
+        _fail(origin, "ubnas_spec", f"expected {SPEC_VERSION}, got {short_repr(version)}")
     _mapping(data, origin, "", TOP_KEYS, TOP_KEYS[:-1])
 
     shape = data["input_shape"]
     if not isinstance(shape, list) or len(shape) != 3:
-        _fail(origin, "input_shape", f"expected [C, H, W] (3 positive integers), got {shape!r}")
+        _fail(origin, "input_shape", f"expected [C, H, W] (3 positive integers), got {short_repr(shape)}")
     shape = tuple(_int(v, origin, f"input_shape[{i}]") for i, v in enumerate(shape))
     num_classes = _int(data["num_classes"], origin, "num_classes")
 
@@ -182,7 +189,7 @@ def spec_from_dict(data: Any, origin: str = "<spec>") -> ArchSpec:
 
     raw_cells = data["cells"]
     if not isinstance(raw_cells, list) or not raw_cells:
-        _fail(origin, "cells", f"expected a non-empty list of cells, got {raw_cells!r}")
+        _fail(origin, "cells", f"expected a non-empty list of cells, got {short_repr(raw_cells)}")
     cells: List[CellArch] = []
     # map sizes of the two cell inputs (s0, s1), as (h, w, scale)
     h, w = shape[1], shape[2]
@@ -196,13 +203,13 @@ def spec_from_dict(data: Any, origin: str = "<spec>") -> ArchSpec:
         raw_nodes = cell["nodes"]
         if not isinstance(raw_nodes, list) or not raw_nodes:
             _fail(origin, f"{path}.nodes", f"expected a non-empty list of nodes (each a list of edges), "
-                                           f"got {raw_nodes!r}")
+                                           f"got {short_repr(raw_nodes)}")
         nodes = []
         for i, raw_node in enumerate(raw_nodes):
             npath = f"{path}.nodes[{i}]"
             if not isinstance(raw_node, list) or not raw_node:
                 _fail(origin, npath, f"expected a non-empty list of edges like {{from: 0, op: conv_3x3}}, "
-                                     f"got {raw_node!r}")
+                                     f"got {short_repr(raw_node)}")
             edges = []
             for k, raw_edge in enumerate(raw_node):
                 epath = f"{npath}[{k}]"
@@ -210,7 +217,7 @@ def spec_from_dict(data: Any, origin: str = "<spec>") -> ArchSpec:
                 source = edge["from"]
                 if isinstance(source, bool) or not isinstance(source, int) or not 0 <= source <= i + 1:
                     _fail(origin, f"{epath}.from", f"expected a state in 0..{i + 1} (0, 1: the cell inputs, "
-                                                   f"2+: earlier nodes), got {source!r}")
+                                                   f"2+: earlier nodes), got {short_repr(source)}")
                 op = edge["op"]
                 if not isinstance(op, str) or op not in OPS:
                     _fail(origin, f"{epath}.op", f"unknown op {op!r} (expected one of {', '.join(OPS)})")
@@ -242,9 +249,10 @@ def spec_from_dict(data: Any, origin: str = "<spec>") -> ArchSpec:
               f"expected {last.out_channels} (= {len(last.nodes)} nodes x {last.channels} channels "
               f"of cells[{len(cells) - 1}]), got {in_features}")
 
-    provenance = data.get("provenance") or {}
+    provenance = data.get("provenance")
+    provenance = {} if provenance is None else provenance   # 'provenance:' left empty
     if not isinstance(provenance, dict):
-        _fail(origin, "provenance", f"expected a mapping, got {provenance!r}")
+        _fail(origin, "provenance", f"expected a mapping, got {short_repr(provenance)}")
     return ArchSpec(shape, num_classes, stem_kernel, stem_channels, cells, dict(provenance), origin)
 
 
@@ -289,7 +297,7 @@ def searched_batch(spec: ArchSpec) -> int:
     other commands cost a spec at this batch unless told otherwise."""
     batch = spec.provenance.get("hw_batch", 1)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise SpecError(f"{spec.origin}: provenance.hw_batch: expected a positive integer, got {batch!r}")
+        raise SpecError(f"{spec.origin}: provenance.hw_batch: expected a positive integer, got {short_repr(batch)}")
     return batch
 
 

@@ -273,14 +273,15 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     # ---- data and model ---------------------------------------------------------------
     data = load_dataset(cfg.data, cfg.data_dir, seed=cfg.seed)
     _check_data_fits(spec, data, cfg.data)
-    make_run_dir(out)   # only now: a refused run leaves no empty directory behind
-    held.enter_context(run_lock(out))   # before anything in OUT changes
     augment = cfg.augment if cfg.augment is not None else cfg.data == "cifar10"
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
 
     torch.manual_seed(cfg.seed)
     model = build_network(spec).to(device)
+    # only now (after a network too large to build): a refused run leaves no empty directory behind
+    make_run_dir(out)
+    held.enter_context(run_lock(out))   # before anything in OUT changes
     # weight decay on conv / linear weights only, not on BN scales and biases
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]

@@ -14,15 +14,13 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+from hwmodels.yamlio import short_repr
 
 
 def _expect(ok: bool, origin: Path, key: str, what: str, value: Any) -> None:
     """A one-line ValueError naming the file, the key and what was expected, unless ``ok``."""
     if not ok:
-        raise ValueError(f"{origin}: key '{key}' expected {what}, got {_short(value)}")
+        raise ValueError(f"{origin}: key '{key}' expected {what}, got {short_repr(value)}")
 
 
 def _is_number(value: Any) -> bool:
