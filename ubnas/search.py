@@ -308,7 +308,11 @@ def _open_run_dir(out: Path, cfg: SearchConfig, checkpoint: Optional[dict], resu
     if checkpoint is not None:
         say(f"resuming {ckpt_path} after epoch {checkpoint['epoch']} of {cfg.epochs}")
     else:   # the last run's files must not pass for this run's, nor be resumed under its config
-        set_aside(out, ("arch.yaml", "search_log.csv", "checkpoint.pt", "config.yaml"))
+        results = ("arch.yaml", "search_log.csv", "checkpoint.pt")
+        # a lone config.yaml is a run stopped before it saved anything (or the one --resume
+        # restarts): it is overwritten, and previous/ keeps the last run that did save something
+        if any((out / name).is_file() for name in results):
+            set_aside(out, results + ("config.yaml",))
     atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
 
 
