@@ -235,6 +235,17 @@ def test_cli_bad_inputs_exit_nonzero_without_traceback(tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_a_search_whose_output_pipe_closes_fails_in_one_line(tmp_path):
+    """`ubnas search | head -c 1`: the run cannot report; it used to stop with exit status 0."""
+    cmd = [sys.executable, "-m", "ubnas", "search", "--epochs", "3", "--max-steps-per-epoch", "2",
+           "--out", str(tmp_path / "run")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()   # the reader leaves before the first line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 2, err
+    assert "Traceback" not in err and "standard output was closed" in err, err
+
+
 @pytest.mark.parametrize("key,value", [("tau0", 0.0), ("tau_decay", 0.0), ("grad_clip", -1.0),
                                        ("weight_lr", -1.0), ("arch_lr", 0.0), ("weight_momentum", 1.0),
                                        ("max_steps_per_epoch", 0), ("max_steps_per_epoch", -3),

@@ -35,7 +35,11 @@ def main(argv=None) -> int:
     """Run ``ubnas`` with ``argv`` (default: sys.argv[1:]); returns the exit status: 0, 2 for a user
     error (ValueError, OSError, ImportError, out of memory: one line on stderr, the traceback with
     UBNAS_DEBUG=1), 130 when interrupted."""
-    parser = build_parser()
+    try:   # building the parser imports torch: an early Ctrl-C is still one line
+        parser = build_parser()
+    except KeyboardInterrupt:
+        print("\nubnas: interrupted", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
@@ -51,10 +55,16 @@ def main(argv=None) -> int:
                                          "same command with --resume to continue" if resumable else ""),
               file=sys.stderr)
         return 130
-    except BrokenPipeError:   # `ubnas presets | head -1`: the reader left, nothing went wrong
+    except BrokenPipeError:   # `ubnas presets | head -1`: the reader left
         # stdout is unusable: point it at devnull so the interpreter's final flush stays quiet
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        if args.command not in ("search", "train"):   # a listing cut short: nothing went wrong
+            return 0
+        # a run stopped by its output going away did not finish: say so where it can still be read
+        print(f"ubnas: error: standard output was closed (its reader left) before {args.command} ended; "
+              f"its run directory keeps what was saved: an unfinished run continues with --resume",
+              file=sys.stderr)
+        return 2
     except RuntimeError as exc:
         # Running out of memory is the user's sizes, not a bug: say so in one line.  Any other
         # RuntimeError is a bug and keeps its traceback.
