@@ -244,18 +244,20 @@ def test_triton_max_pool_propagates_nan_and_routes_inf_windows_as_pytorch():
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # the interpreter's numpy, on NaN
 @pytest.mark.parametrize("impl,tiled", [("reference", "0"), ("triton", "0"), ("triton", "1")])
 @pytest.mark.parametrize("train", [True, False])
-def test_nan_input_through_depthwise_relu_as_eager(impl, tiled, train, monkeypatch):
+@pytest.mark.parametrize("where", [(2, 3), (2, 4), (4, 2)])   # inside; by the right, the bottom edge
+def test_nan_input_through_depthwise_relu_as_eager(impl, tiled, train, where, monkeypatch):
     """relu(NaN) is NaN: one NaN in x gives eager's NaN pattern (and values elsewhere) in the output,
     the BN running stats, the weight gradients and dL/dp of sep_conv, on the depthwise path (gathers
     and tiles: relu on load in forward and dL/dw).  Left out: dL/dx (at the NaN torch's relu passes
     the gradient, the fused relu mask x > 0 stops it) and dL/dp of 'none' (eager 0, fused NaN: the
-    closed form multiplies the NaN dL/dcoef by M's zero column)."""
+    closed form multiplies the NaN dL/dcoef by M's zero column).  By an edge the tiles' dL/dw
+    read pixels for outputs past the map, NaN * 0 included, unless masked by the output tile."""
     monkeypatch.setenv("UBNAS_DW_TILED", tiled)
     e, e64 = _edge_pair(["sep_conv_3x3", "none"], 2, 1, DEV)   # no full conv: the depthwise pass
     e.train(train)
     e64.train(train)
     x64 = torch.randn(2, 2, 5, 5, dtype=torch.float64)
-    x64[0, 1, 2, 3] = float("nan")
+    x64[(0, 1) + where] = float("nan")
     p64 = torch.tensor([0.6, 0.4], dtype=torch.float64, requires_grad=True)
     p = p64.detach().float().to(DEV).requires_grad_()
     y64 = e64.forward_eager(x64, p64)

@@ -175,7 +175,8 @@ def _dw_bwd_w_tile(dd_ptr, x_ptr, part_ptr, N, C, H, W, Ho, Wo, NK_ALL, J0, TOTA
             oh, ow, om = tile_at(t, Ho, Wo, BLOCK_H, BLOCK_W)
             gv = tl.load(d_base + oh * Wo + ow, mask=om, other=0.0).to(tl.float32)
             ih = oh * STRIDE + (a * DIL - DIL * (K - 1) // 2)
-            rm = (ih >= 0) & (ih < H)
+            # om too: a position past Ho/Wo still reads a real pixel, and relu(NaN) * 0 is NaN
+            rm = (ih >= 0) & (ih < H) & om
             row = x_base + ih * W
             acc0 += _wtap(row, ow, rm, gv, W, 0, K, DIL, STRIDE)
             if K > 1:
