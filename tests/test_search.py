@@ -260,6 +260,17 @@ def test_search_config_rejects_values_that_break_the_search(key, value):
         SearchConfig(**{key: value}).validate("run.yaml")
 
 
+def test_a_config_file_reads_exponents_without_a_dot_as_numbers(tmp_path):
+    """PyYAML (YAML 1.1) reads 'arch_lr: 3e-3' as the string '3e-3'; the README spells it so."""
+    from ubnas.search import config_from_yaml
+    path = tmp_path / "run.yaml"
+    path.write_text("arch_lr: 3e-3\nlambda_latency: 1E-1\nweight_lr: 0.05\n")
+    assert config_from_yaml(str(path)) == {"arch_lr": 3e-3, "lambda_latency": 0.1, "weight_lr": 0.05}
+    path.write_text("arch_lr: fast\n")
+    with pytest.raises(ValueError, match="key 'arch_lr' expected float, got 'fast'"):
+        config_from_yaml(str(path))
+
+
 def test_cli_blames_the_flag_or_the_file_that_holds_the_bad_value(tmp_path, capsys):
     from ubnas.cli import main
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
