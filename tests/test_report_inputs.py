@@ -315,6 +315,17 @@ def test_report_figures_of_runs_whose_names_sanitise_alike_do_not_overwrite(tmp_
     assert all((out / link).is_file() for link in links)
 
 
+def test_a_run_name_with_dollar_signs_is_drawn_as_written(tmp_path):
+    """matplotlib reads '$...$' as math: 'lam_$\\x$' was a multi-line ParseFatalException."""
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "lam_$\\x$"
+    run.mkdir()
+    (run / "search_log.csv").write_text("epoch,train_loss,val_acc\n1,1.0,0.5\n2,0.5,0.6\n")
+    out = tmp_path / "rep"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert any(p.name.endswith("_curves.png") for p in out.iterdir())
+
+
 def _drawn_pareto(monkeypatch, runs, tmp_path):
     """What pareto_figure draws for ``runs``, read off the figure instead of saving it: points
     {label: (sorted latencies, face colour)}, front lines [(latencies, colour)], legend texts."""

@@ -21,6 +21,7 @@ def pyplot():
         return None
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    plt.rcParams["text.parse_math"] = False   # run names are text: 'lam_$x$' is no formula
     return plt
 
 
