@@ -24,6 +24,7 @@ depends only on the logits, so it is deterministic for a seed.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -126,8 +127,9 @@ def resize_dim(tensor: torch.Tensor, dim: int, old: int, new: int, blocks: int, 
 def carry_index(logits: torch.Tensor, old: List[int], new: List[int]) -> List[int]:
     """For each new candidate, the old candidate whose logit and optimizer state it takes: the same
     width; beyond the old range, the nearest edge; between two old widths, the more probable one.
-    A gained candidate thus ties with the candidate it grew from and a move never makes a new
-    strict favourite (nor a peak that narrows again) without new gradients."""
+    A gained candidate thus starts next to the candidate it grew from (``GAINED_LOGIT_OFFSET``
+    below it), and a move never makes a new favourite (nor a peak that narrows again) without
+    new gradients."""
     values = logits.detach().cpu().tolist()
     index = []
     for width in new:
@@ -143,6 +145,20 @@ def carry_index(logits: torch.Tensor, old: List[int], new: List[int]) -> List[in
 
 def _carry(values: torch.Tensor, index: List[int]) -> torch.Tensor:
     return values[torch.tensor(index, device=values.device)].clone()
+
+
+# A gained candidate's logit sits this far below the one it copies.  An exact tie would let the
+# argmax (lowest index first) export a width no step has trained: the new bottom after a shift
+# down, the copy below the peak after a narrowing.  One Adam step (~lr) outweighs it.
+GAINED_LOGIT_OFFSET = 1e-3
+
+
+def _gained_below(logits: torch.Tensor, gained: List[bool]) -> torch.Tensor:
+    """``logits`` with each gained entry moved strictly below its value (by the offset, or at
+    least to the next float down where the logit is too large for the offset to register)."""
+    mask = torch.tensor(gained, device=logits.device)
+    lowered = torch.minimum(logits - GAINED_LOGIT_OFFSET, torch.nextafter(logits, logits.new_tensor(-math.inf)))
+    return torch.where(mask, lowered, logits)
 
 
 def edge_mass(count: int) -> float:
@@ -215,7 +231,8 @@ class ChannelAllocator:
         # 2. logits and their optimizer state follow the candidates
         old_logits = width.logits
         index = carry_index(old_logits, old_candidates, new_candidates)
-        new_logits = nn.Parameter(_carry(old_logits.data, index))
+        gained = [c not in old_candidates for c in new_candidates]
+        new_logits = nn.Parameter(_gained_below(_carry(old_logits.data, index), gained))
         width.lo, width.step, width.count = lo, step, count
         width.logits = new_logits
         self._swap_state(optimizers, old_logits, new_logits,
