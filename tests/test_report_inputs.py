@@ -299,13 +299,18 @@ def test_a_run_that_records_no_definition_or_batch_shares_the_front_of_its_accel
     assert [r.name for r in pareto_front(runs)] == ["hand"]
 
 
+def _two_epoch_run(run, val_acc=(0.5, 0.6)):
+    """A run directory ``run`` holding only a two-epoch search_log.csv (enough for a curves figure)."""
+    run.mkdir()
+    (run / "search_log.csv").write_text(f"epoch,train_loss,val_acc\n1,1.0,{val_acc[0]}\n2,0.5,{val_acc[1]}\n")
+    return run
+
+
 def test_report_figures_of_runs_whose_names_sanitise_alike_do_not_overwrite(tmp_path):
     """'x y' and 'x_y' both make x_y: each run keeps its own curves figure, linked from its section."""
     pytest.importorskip("matplotlib")
     for name, acc in (("x y", 0.25), ("x_y", 0.75)):
-        run = tmp_path / name
-        run.mkdir()
-        (run / "search_log.csv").write_text(f"epoch,train_loss,val_acc\n1,1.0,{acc}\n2,0.5,{acc}\n")
+        _two_epoch_run(tmp_path / name, (acc, acc))
     out = tmp_path / "rep"
     assert main(["report", str(tmp_path / "x y"), str(tmp_path / "x_y"), "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
@@ -318,9 +323,7 @@ def test_report_figures_of_runs_whose_names_sanitise_alike_do_not_overwrite(tmp_
 def test_a_run_name_with_dollar_signs_is_drawn_as_written(tmp_path):
     """matplotlib reads '$...$' as math: 'lam_$\\x$' was a multi-line ParseFatalException."""
     pytest.importorskip("matplotlib")
-    run = tmp_path / "lam_$\\x$"
-    run.mkdir()
-    (run / "search_log.csv").write_text("epoch,train_loss,val_acc\n1,1.0,0.5\n2,0.5,0.6\n")
+    run = _two_epoch_run(tmp_path / "lam_$\\x$")
     out = tmp_path / "rep"
     assert main(["report", str(run), "--out", str(out)]) == 0
     assert any(p.name.endswith("_curves.png") for p in out.iterdir())
@@ -472,9 +475,7 @@ def test_a_report_without_figures_removes_those_of_the_report_it_replaces(tmp_pa
     """A --no-plots report in a folder of an earlier report with figures: the old PNGs it linked
     are removed (they would pass for this report's); a PNG the report never linked stays."""
     pytest.importorskip("matplotlib")
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "search_log.csv").write_text("epoch,train_loss,val_acc\n1,1.0,0.5\n2,0.5,0.6\n")
+    run = _two_epoch_run(tmp_path / "run")
     out = tmp_path / "rep"
     assert main(["report", str(run), "--out", str(out)]) == 0
     assert (out / "run_curves.png").is_file()
@@ -492,9 +493,7 @@ def test_stale_figure_removal_touches_only_figures_an_earlier_ubnas_report_drew(
     """A report.md of the user's own links their PNGs: none is removed (its links are not ours).
     A run name with brackets still has its old figure found and removed."""
     pytest.importorskip("matplotlib")
-    run = tmp_path / "lam[0.1]"
-    run.mkdir()
-    (run / "search_log.csv").write_text("epoch,train_loss,val_acc\n1,1.0,0.5\n2,0.5,0.6\n")
+    run = _two_epoch_run(tmp_path / "lam[0.1]")
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "report.md").write_text("# my notes\n\n![arch](architecture.png)\n![x](x_curves.png)\n")
