@@ -89,7 +89,6 @@ def _spec_candidates(spec_file: str, run_dir: Path, config: Dict[str, Any],
     if spec.is_absolute():
         return [spec]
     bases: List[Path] = []
-    first = [Path(abspath)] if isinstance(abspath, str) and os.path.isabs(abspath) else []
     out = config.get("out")
     if isinstance(out, str) and out and not Path(out).is_absolute() and ".." not in Path(out).parts:
         tail = Path(out).parts
@@ -99,7 +98,7 @@ def _spec_candidates(spec_file: str, run_dir: Path, config: Dict[str, Any],
             elif where.parts[-len(tail):] == tail:
                 bases.append(Path(*where.parts[:-len(tail)]))
     bases += [Path.cwd(), run_dir]
-    found: List[Path] = first
+    found = [Path(abspath)] if isinstance(abspath, str) and os.path.isabs(abspath) else []
     for base in bases:
         if not any(os.path.abspath(base / spec) == os.path.abspath(f) for f in found):
             found.append(base / spec)
