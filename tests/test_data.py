@@ -112,16 +112,31 @@ def test_cifar_errors(tmp_path):
     (b"labels", [12, 0, 1, 2], "labels must be 0..9, got 0..12"),
     (b"labels", [-1, 0, 1, 2], "labels must be 0..9, got -1..2"),
     (b"data", np.full((4, 3072), 300, dtype=np.int64), "pixels are int64, expected integers in 0..255"),
+    (b"labels", [1.5, 0.0, 1.0, 2.0], "labels are float64, expected integers 0..9"),
+    (b"labels", None, "missing key 'labels'"),
 ])
 def test_cifar_batch_with_values_out_of_range_names_the_file(tmp_path, field, value, message):
     _write_fake_cifar(tmp_path)
     path = tmp_path / "data_batch_2"
     with open(path, "rb") as fh:
         batch = pickle.load(fh)
-    batch[field] = value
+    if value is None:
+        del batch[field]
+    else:
+        batch[field] = value
     with open(path, "wb") as fh:
         pickle.dump(batch, fh)
     with pytest.raises(D.DataError, match=f"{path}.*{message}"):
+        D.load_dataset("cifar10", data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("empty, split", [(("test_batch",), "test"), (D.CIFAR_FILES[:5], "training")])
+def test_cifar_split_without_images_is_refused(tmp_path, empty, split):
+    _write_fake_cifar(tmp_path)
+    for f in empty:   # valid batches with zero rows
+        with open(tmp_path / f, "wb") as fh:
+            pickle.dump({b"labels": [], b"data": np.zeros((0, 3072), dtype=np.uint8)}, fh)
+    with pytest.raises(D.DataError, match=f"the {split} split has no images in {tmp_path}"):
         D.load_dataset("cifar10", data_dir=str(tmp_path))
 
 

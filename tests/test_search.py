@@ -2,6 +2,7 @@
 import dataclasses
 import math
 import os
+import pickle
 import subprocess
 import sys
 
@@ -221,7 +222,15 @@ def test_cli_bad_inputs_exit_nonzero_without_traceback(tmp_path):
     bad_config.write_text("epochs: ten\n")
     unknown_key = tmp_path / "run2.yaml"
     unknown_key.write_text("epoch: 3\n")
+    one_image = tmp_path / "one_image"   # one training image: nothing left for the weights
+    one_image.mkdir()
+    for i, f in enumerate(("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+                           "test_batch")):
+        rows = 1 if i in (0, 5) else 0
+        (one_image / f).write_bytes(pickle.dumps({b"labels": [3] * rows,
+                                                  b"data": np.zeros((rows, 3072), dtype=np.uint8)}))
     for args, needle in (
+        (["search", "--data", "cifar10", "--data-dir", str(one_image)], "1 training images leave 0 for the weights"),
         (["search", "--space", str(bad_space)], str(bad_space)),
         (["search", "--config", str(bad_config)], "epochs"),
         (["search", "--config", str(unknown_key)], "epoch"),

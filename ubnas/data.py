@@ -99,7 +99,12 @@ def _read_cifar_batch(path: str) -> tuple:
             if raw.dtype.kind not in "iu" or (raw.size and (raw.min() < 0 or raw.max() > 255)):
                 raise ValueError(f"pixels are {raw.dtype}, expected integers in 0..255")
         data = raw.astype(np.uint8)
-        labels = np.asarray(d.get(b"labels", d.get("labels")), dtype=np.int64)
+        if b"labels" not in d and "labels" not in d:
+            raise ValueError("missing key 'labels'")
+        labels = np.asarray(d.get(b"labels", d.get("labels")))
+        if labels.size and labels.dtype.kind not in "iu":   # int64 would truncate 3.7 to 3
+            raise ValueError(f"labels are {labels.dtype}, expected integers 0..9")
+        labels = labels.astype(np.int64)
         if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
             raise ValueError(f"data {data.shape}, labels {labels.shape}")
         if labels.size and (labels.min() < 0 or labels.max() > 9):
@@ -153,6 +158,10 @@ def load_dataset(name: str, data_dir: str | None = None, seed: int = 0,
     else:
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     train_x, train_y, test_x, test_y, num_classes = parts
+    for split, y in (("training", train_y), ("test", test_y)):
+        if len(y) == 0:   # later a 0-step search or a division by zero
+            where = f" in {data_dir}" if key == "cifar10" else ""
+            raise DataError(f"{key}: the {split} split has no images{where}")
     train_x, test_x = _normalise(train_x, test_x)
     return Dataset(key, train_x.contiguous(), train_y.long(), test_x.contiguous(),
                    test_y.long(), num_classes)

@@ -36,7 +36,7 @@ from hwmodels.yamlio import atomic_write_text
 from . import distributed as dist
 from .channels import ChannelAllocator
 from .cost import supernet_cost
-from .data import batches, load_dataset, search_split
+from .data import DataError, batches, load_dataset, search_split
 from .kernels import backend as kernel_backend
 from .runtime import all_finite, make_run_dir, pick_device, progress_bar, resume_note, run_lock, say, set_aside
 from .search_config import STAGES, SearchConfig, config_from_yaml
@@ -274,6 +274,10 @@ def _search_data(cfg: SearchConfig, rank: int, world: int, device: torch.device,
     (xw, yw), (xa, ya) = search_split(data.train_x, data.train_y, cfg.split, seed=cfg.seed)
     xw, yw = dist.shard(xw, yw, rank, world)
     xa, ya = dist.shard(xa, ya, rank, world)
+    if len(yw) == 0 or len(ya) == 0:   # else a search of 0 steps that still exports
+        per = f" per process ({world} processes)" if world > 1 else ""
+        raise DataError(f"{cfg.data}: {len(data.train_y)} training images leave {len(yw)} for the weights and "
+                        f"{len(ya)} for the architecture{per}; each needs at least one")
     xw, yw, xa, ya = (t.to(device) for t in (xw, yw, xa, ya))
     return data, (xw, yw), (xa, ya)
 
