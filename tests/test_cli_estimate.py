@@ -353,6 +353,22 @@ def test_a_users_network_prints_imports_siblings_fails_and_runs_in_1d(tmp_path, 
     assert json.loads(out)["total"]["cycles"] == pytest.approx(by_hand)
 
 
+@pytest.mark.parametrize("source, where", [
+    ("import sys\nsys.exit(0)\n", "running"),                        # a script's exit at import
+    ("import argparse\nargparse.ArgumentParser().parse_args(['--x'])\n", "running"),   # exits 2
+    ("def build():\n    raise SystemExit('no GPU here')\n", "build()"),
+])
+def test_a_users_file_that_exits_is_a_user_code_error(tmp_path, capsys, monkeypatch, source, where):
+    """sys.exit in the user's file ended ubnas with no output (status 0 for sys.exit(0))."""
+    from ubnas.commands.estimate import UserCodeError
+    model = tmp_path / "exits.py"
+    model.write_text(source)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(UserCodeError, match=f"{where}.* called sys.exit") as raised:
+        run_main(capsys, "--model", f"{model}:build")
+    assert isinstance(raised.value.__cause__, SystemExit)
+
+
 def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
 
     def exhausted(*args, **kwargs):

@@ -92,8 +92,12 @@ class UserCodeError(RuntimeError):
     RuntimeError through with its traceback, which points into their code."""
 
 
-def _user_error(target: str, what: str, exc: Exception) -> UserCodeError:
-    """'--model TARGET: WHAT raised TYPE: MESSAGE' (raise it ``from exc``)."""
+def _user_error(target: str, what: str, exc: BaseException) -> UserCodeError:
+    """'--model TARGET: WHAT raised TYPE: MESSAGE' (raise it ``from exc``).  A SystemExit (a script's
+    sys.exit or argparse run on import) is one too: let through, it ended ubnas without a word."""
+    if isinstance(exc, SystemExit):
+        return UserCodeError(f"--model {target}: {what} called sys.exit({exc.code!r}); code that runs as "
+                             f"a script belongs under `if __name__ == \"__main__\":`")
     return UserCodeError(f"--model {target}: {what} raised {type(exc).__name__}: {exc}")
 
 
@@ -125,7 +129,7 @@ def load_model_target(target: str):
         sys.modules[module_name] = module   # dataclasses and pickling look their module up
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise _user_error(target, f"running {where}", exc) from exc
     else:
         if not all(part.isidentifier() for part in where.split(".")):
@@ -140,7 +144,7 @@ def load_model_target(target: str):
                 raise _user_error(target, f"importing {where}", exc) from exc
             raise ValueError(f"--model {target}: no module named {exc.name!r} (run from the directory that "
                              f"holds it, or give FILE.py:{name})") from None
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise _user_error(target, f"importing {where}", exc) from exc
     obj = module
     for part in name.split("."):
@@ -160,7 +164,7 @@ def load_model_target(target: str):
             pass
         try:
             obj = obj()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise _user_error(target, f"{name}()", exc) from exc
         if not isinstance(obj, nn.Module):
             raise ValueError(f"--model {target}: {name}() returned {type(obj).__name__}, not an nn.Module")
