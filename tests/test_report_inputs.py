@@ -194,6 +194,16 @@ def test_report_out_is_a_file_names_out(trained, tmp_path, capsys):
     assert target.read_text() == "keep me\n"
 
 
+def test_report_out_empty_is_refused_not_the_working_directory(trained, tmp_path, capsys, monkeypatch):
+    run, _ = trained
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    err = one_line_error(capsys, ["report", str(run), "--out", "", "--no-plots"])
+    assert "--out: expected a report directory, got ''" in err
+    assert list(cwd.iterdir()) == []
+
+
 def test_pareto_fronts_compare_only_accuracies_of_one_kind():
     """A supernet's search val accuracy never dominates a trained network's test accuracy."""
     from pathlib import Path

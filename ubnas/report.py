@@ -420,6 +420,8 @@ def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, 
     ``out_dir`` drew and linked that this one does not draw again (a --no-plots report, or fewer
     runs), so none pass for this one's; no other file is touched."""
     from .runtime import make_run_dir
+    if not str(out_dir).strip():   # Path("") is the working directory
+        raise ValueError(f"--out: expected a report directory, got {str(out_dir)!r}")
     out_dir = make_run_dir(Path(out_dir))     # an --out that is a file: a message naming --out, not errno 17
     report = out_dir / "report.md"
     previous_figures = _figures_linked(report)
