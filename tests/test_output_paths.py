@@ -184,3 +184,26 @@ def test_a_second_run_into_a_directory_being_written_is_refused(tmp_path, spec_p
     (out / ".ubnas.lock").write_text(gone.stdout)   # that process has exited
     assert main(["search", "--out", str(out), "--epochs", "1", "--max-steps-per-epoch", "1", "--quiet"]) == 0
     assert not (out / ".ubnas.lock").exists() and (out / "arch.yaml").exists()
+
+
+def test_a_directory_in_the_place_of_the_lock_or_a_kept_file_is_one_line_and_moves_nothing(tmp_path, capsys):
+    """OUT/.ubnas.lock, OUT/previous or OUT/previous/arch.yaml that is not what it should be: a raw
+    errno error before, or (previous/arch.yaml a directory) a start-over that had moved half its files."""
+    from ubnas.runtime import set_aside
+    out = tmp_path / "run"
+    (out / ".ubnas.lock").mkdir(parents=True)
+    err = _error(capsys, ["search", "--out", str(out), "--epochs", "1", "--max-steps-per-epoch", "1", "--quiet"])
+    assert f"cannot take the run lock {out / '.ubnas.lock'}" in err, err
+    (out / ".ubnas.lock").rmdir()
+    for name in ("config.yaml", "search_log.csv", "arch.yaml"):
+        (out / name).write_text(f"last run's {name}\n")
+    (out / "previous" / "arch.yaml").mkdir(parents=True)   # sorts after config.yaml: that one would move first
+    with pytest.raises(ValueError, match=f"{out / 'previous' / 'arch.yaml'} is a directory"):
+        set_aside(out, ["config.yaml", "search_log.csv", "arch.yaml"])
+    (out / "previous" / "arch.yaml").rmdir()
+    (out / "previous").rmdir()
+    (out / "previous").write_text("not a folder\n")
+    err = _error(capsys, ["search", "--out", str(out), "--epochs", "1", "--max-steps-per-epoch", "1", "--quiet"])
+    assert f"{out / 'previous'} is not a directory" in err, err
+    for name in ("config.yaml", "search_log.csv", "arch.yaml"):
+        assert (out / name).read_text() == f"last run's {name}\n"

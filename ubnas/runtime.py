@@ -71,7 +71,11 @@ def run_lock(out: Path):
             if pid > 0 and pid != os.getpid() and _running(pid):
                 raise ValueError(f"--out {out}: another ubnas run (pid {pid}) is writing there; wait for it "
                                  f"or choose another --out (remove {path} if that process is gone)") from None
-            path.unlink(missing_ok=True)   # stale: its process was killed
+            try:
+                path.unlink(missing_ok=True)   # stale: its process was killed
+            except OSError as exc:   # a directory (or unwritable) in the lock's place
+                raise ValueError(f"--out {out}: cannot take the run lock {path} ({exc.strerror or exc}); "
+                                 f"remove it") from None
     with os.fdopen(fd, "w") as f:
         f.write(f"{os.getpid()}\n")
     try:
@@ -229,6 +233,13 @@ def set_aside(out: Path, names: Iterable[str]) -> List[str]:
     if not present:
         return []
     keep = out / PREVIOUS
+    blocked = [keep / name for name in present if (keep / name).is_dir()]
+    if keep.exists() and not keep.is_dir():
+        blocked = [keep]
+    if blocked:   # checked before anything moves: a half-done move would mix two runs' files
+        raise ValueError(f"--out {out}: cannot keep the last run's files in {keep}: {blocked[0]} is "
+                         f"{'not a directory' if blocked[0] == keep else 'a directory'}; move it away or "
+                         f"choose another --out")
     keep.mkdir(exist_ok=True)
     for old in keep.iterdir():
         if old.is_file():
