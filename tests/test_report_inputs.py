@@ -431,6 +431,27 @@ def test_a_spec_searched_on_an_accelerator_calibrated_for_uboost_says_so_everywh
     assert (f"note: {hw} was calibrated for the uboost model" in capsys.readouterr().out) == (mode == "uboost")
 
 
+def test_an_invalid_recorded_accelerator_is_named_not_skipped_in_silence(tmp_path):
+    """A hand-edited provenance.accelerator_config that no longer loads: the report costs on the
+    preset the spec also names, and says so."""
+    from hwmodels import estimate, load_accelerator
+    from ubnas.build import build_network
+    from ubnas.spec import load_spec
+    config = load_accelerator("edge_32x32").to_dict()
+    config["array_rows"] = 0
+    run = tmp_path / "s"
+    run.mkdir()
+    (run / "arch.yaml").write_text(yaml.safe_dump(
+        {**TINY, "provenance": {"accelerator": "edge_32x32", "accelerator_config": config}}))
+    loaded = load_run(run)
+    said = [n for n in loaded.notes if "costed on edge_32x32 instead" in n]
+    assert len(said) == 1 and "array_rows" in said[0], loaded.notes
+    by_hand = estimate(build_network(load_spec(run / "arch.yaml")), (1, 8, 8), load_accelerator("edge_32x32"))
+    assert loaded.cost.cycles == pytest.approx(by_hand.cycles)
+    assert by_hand.cycles != pytest.approx(estimate(build_network(load_spec(run / "arch.yaml")), (1, 8, 8),
+                                                   load_accelerator("uboost")).cycles)
+
+
 def test_curve_utilization_is_in_percent_as_in_the_summary(tmp_path):
     run = tmp_path / "s"
     run.mkdir()

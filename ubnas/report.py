@@ -131,16 +131,25 @@ def _accelerator(candidates: Sequence[Any], override: Optional[str], notes: List
     from hwmodels.accelerator import from_dict
     if override:
         return load_accelerator(override)
+    invalid = None   # the first recorded definition that does not load: said, not skipped in silence
     for c in candidates:
         try:
             if isinstance(c, dict):
-                return from_dict(c, origin="recorded accelerator")
-            if isinstance(c, str) and (c in preset_names() or Path(c).is_file()):
-                return load_accelerator(c)
-        except ValueError:
+                acc = from_dict(c, origin="recorded accelerator")
+            elif isinstance(c, str) and (c in preset_names() or Path(c).is_file()):
+                acc = load_accelerator(c)
+            else:
+                continue
+        except ValueError as exc:
+            invalid = invalid or str(exc)
             continue
+        if invalid:
+            notes.append(f"{invalid}: costed on {acc.name} instead")
+        return acc
     named = [c for c in candidates if isinstance(c, str)]
-    if named:
+    if invalid:
+        notes.append(f"{invalid}: costed on uboost instead")
+    elif named:
         notes.append(f"accelerator {named[0]!r} is no preset and not recorded in the run: costed on uboost")
     return load_accelerator("uboost")
 
