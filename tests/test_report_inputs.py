@@ -376,8 +376,10 @@ def test_pareto_figure_marks_a_train_run_without_a_test_accuracy_as_a_supernet_a
 
 
 @pytest.mark.parametrize("content, said", [(b"\xef\xbb\xbfepoch,val_acc\n1,0.5\n", None),
-                                           (b"epoch,val_acc\n1,0.5\xd0\n", "not a UTF-8 CSV")])
-def test_search_log_with_a_byte_order_mark_or_not_utf8(tmp_path, content, said):
+                                           (b"epoch,val_acc\n1,0.5\xd0\n", "not a UTF-8 CSV"),
+                                           (b"epoch,val_acc,latency_us\n1,0.5,20\n2,0.6", "line 3: fewer fields"),
+                                           (b"epoch,val_acc\n1,0.5,7\n", "line 2: more fields")])
+def test_search_log_with_a_byte_order_mark_bad_bytes_or_ragged_rows(tmp_path, content, said):
     from ubnas.report import read_log
     path = tmp_path / "search_log.csv"
     path.write_bytes(content)

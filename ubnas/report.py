@@ -109,6 +109,9 @@ def read_log(path: Path) -> List[Dict[str, Any]]:
                 if None in row:
                     raise ValueError(f"{path}: line {line}: more fields than the header's "
                                      f"{len(reader.fieldnames)}")
+                if None in row.values():   # a cut-off row would pass its partial figures off as the last
+                    raise ValueError(f"{path}: line {line}: fewer fields than the header's "
+                                     f"{len(reader.fieldnames)} (a truncated row?)")
                 rows.append({k: _number(v) for k, v in row.items() if k is not None})
             return rows
     except csv.Error as exc:
