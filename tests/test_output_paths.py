@@ -207,3 +207,12 @@ def test_a_directory_in_the_place_of_the_lock_or_a_kept_file_is_one_line_and_mov
     assert f"{out / 'previous'} is not a directory" in err, err
     for name in ("config.yaml", "search_log.csv", "arch.yaml"):
         assert (out / name).read_text() == f"last run's {name}\n"
+
+
+def test_a_cuda_device_index_past_the_gpus_torch_sees_is_refused(monkeypatch):
+    from ubnas.runtime import pick_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)   # two GPUs, as torch would see them
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1") == torch.device("cuda", 1) and pick_device("cuda") == torch.device("cuda")
+    with pytest.raises(ValueError, match=r"--device cuda:2: this torch sees 2 CUDA device\(s\), cuda:0..cuda:1"):
+        pick_device("cuda:2")

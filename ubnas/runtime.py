@@ -21,6 +21,9 @@ def pick_device(name: str) -> torch.device:
         raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: this torch sees no CUDA device (use cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()   # else 'invalid device ordinal' mid-setup
+        raise ValueError(f"--device {name}: this torch sees {count} CUDA device(s), cuda:0..cuda:{count - 1}")
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}")
     return device
