@@ -184,6 +184,15 @@ def test_a_second_run_into_a_directory_being_written_is_refused(tmp_path, spec_p
     (out / ".ubnas.lock").write_text(gone.stdout)   # that process has exited
     assert main(["search", "--out", str(out), "--epochs", "1", "--max-steps-per-epoch", "1", "--quiet"]) == 0
     assert not (out / ".ubnas.lock").exists() and (out / "arch.yaml").exists()
+    capsys.readouterr()
+    (out / ".ubnas.lock").write_text(f"{os.getppid()}\n")   # refused before any note about resuming
+    for argv in (["search", "--out", str(out), "--resume", "--seed", "5", "--quiet"],
+                 ["search", "--out", str(out), "--quiet"],
+                 ["train", str(spec_path), "--out", str(out), "--resume", "--epochs", "1", "--quiet"]):
+        assert main(argv) == 2
+        said = capsys.readouterr()
+        assert said.out == "" and len(said.err.strip().splitlines()) == 1, said   # notes go to stdout
+        assert f"another ubnas run (pid {os.getppid()}) is writing there" in said.err, said
 
 
 def test_a_directory_in_the_place_of_the_lock_or_a_kept_file_is_one_line_and_moves_nothing(tmp_path, capsys):

@@ -67,13 +67,7 @@ def run_lock(out: Path):
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             break
         except FileExistsError:
-            try:
-                pid = int(path.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid > 0 and pid != os.getpid() and _running(pid):
-                raise ValueError(f"--out {out}: another ubnas run (pid {pid}) is writing there; wait for it "
-                                 f"or choose another --out (remove {path} if that process is gone)") from None
+            refuse_if_locked(out)
             try:
                 path.unlink(missing_ok=True)   # stale: its process was killed
             except OSError as exc:   # a directory (or unwritable) in the lock's place
@@ -85,6 +79,20 @@ def run_lock(out: Path):
         yield
     finally:
         path.unlink(missing_ok=True)
+
+
+def refuse_if_locked(out: Path) -> None:
+    """A ValueError when another live process holds ``out``'s run lock.  ``run_lock`` takes the lock
+    only once a run has checked its inputs; this early look spares the user notes about a run that
+    will not start."""
+    path = Path(out) / LOCK
+    try:
+        pid = int(path.read_text().strip() or 0)
+    except (OSError, ValueError):   # none, unreadable or not a pid: run_lock decides
+        return
+    if pid > 0 and pid != os.getpid() and _running(pid):
+        raise ValueError(f"--out {out}: another ubnas run (pid {pid}) is writing there; wait for it "
+                         f"or choose another --out (remove {path} if that process is gone)")
 
 
 def _running(pid: int) -> bool:

@@ -38,7 +38,8 @@ from .channels import ChannelAllocator
 from .cost import supernet_cost
 from .data import DataError, batches, load_dataset, search_split
 from .kernels import backend as kernel_backend
-from .runtime import all_finite, make_run_dir, pick_device, progress_bar, resume_note, run_lock, say, set_aside
+from .runtime import (all_finite, make_run_dir, pick_device, progress_bar, refuse_if_locked, resume_note, run_lock,
+                      say, set_aside)
 from .search_config import STAGES, SearchConfig, config_from_yaml
 from .search_resume import (Trajectory, read_search_checkpoint, restarted_config, restore_search_state,
                             resumed_config, run_definitions, save_search_checkpoint)
@@ -106,6 +107,8 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     ckpt_path = out / "checkpoint.pt"
     main = dist.rank() == 0          # only rank 0 writes files and prints
     progress = progress and main
+    if main:   # before any note about resuming a run that another process is writing
+        refuse_if_locked(out)
     found = read_search_checkpoint(ckpt_path, resume)   # refuses another command's checkpoint
     checkpoint = found if resume else None
     if checkpoint is not None:   # a resumed run keeps its own trajectory

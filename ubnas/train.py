@@ -33,8 +33,8 @@ from .build import build_network
 from .data import DATASETS, augment_crop_flip, batches, load_dataset
 from .distributed import launched_processes
 from .runtime import (MAX_SEED, all_finite, atomic_torch_save, existing_checkpoint, ignored_on_resume,
-                      load_checkpoint, make_run_dir, options_given, pick_device, progress_bar, resume_note,
-                      run_lock, say, set_aside)
+                      load_checkpoint, make_run_dir, options_given, pick_device, progress_bar, refuse_if_locked,
+                      resume_note, run_lock, say, set_aside)
 from .spec import (ArchSpec, edited_since_export, load_spec, searched_accelerator, searched_batch,
                    searched_calibration_note)
 
@@ -254,6 +254,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     spec = load_spec(cfg.spec)
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
+    refuse_if_locked(out)   # before any note about a run that another process is writing
     found = existing_train_checkpoint(ckpt_path, resume)   # before the note that it will be overwritten
     note = resume_note(ckpt_path, resume)
     if note:
