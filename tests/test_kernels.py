@@ -418,6 +418,19 @@ def test_float64_edges_stay_float64_under_autocast():
         torch.testing.assert_close(y, twin.forward_eager(x, probs[i]), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("x_dtype", [torch.float64, torch.bfloat16])
+def test_an_input_of_another_dtype_than_the_edge_is_refused_as_eager_refuses_it(x_dtype):
+    """Outside autocast eager's convolutions raise on a float64 or bf16 input to a float32 edge; the
+    fused path cast it quietly (a float64 input gave a float64 output)."""
+    edge = MixedEdge(UBOOST, 3, 1)
+    x = _x(c=3, h=6, w=5, dtype=torch.float32, device="cpu").to(x_dtype)
+    probs = torch.softmax(torch.randn(len(UBOOST)), 0).to(x_dtype)
+    with pytest.raises(RuntimeError):
+        edge.forward_eager(x, probs)
+    with pytest.raises(RuntimeError, match=f"input is {x_dtype} but the edge's weights are torch.float32"):
+        mixed_edge(edge, x, probs, impl="reference")
+
+
 # ----------------------------------------------------------------------------- (b) reference vs eager
 def _space_cases():
     cases = []
@@ -464,12 +477,22 @@ def test_only_none_and_dispatch(monkeypatch):
     assert y.shape == (2, 3, 3, 3) and not y.any()
     assert backend("auto", torch.device("cpu")) is R
     assert backend("auto", torch.device("cuda")) is T   # choosing needs no GPU, only the device type
+    assert backend("auto", torch.device("cuda"), torch.float32) is T
+    assert backend("auto", torch.device("cuda"), torch.float64) is R   # the kernels accumulate in float32
+    assert backend("triton", torch.device("cuda"), torch.float64) is T   # asked for by name: given
     monkeypatch.setenv("UBNAS_KERNELS", "reference")
     assert backend("triton", torch.device("cuda")) is R
     monkeypatch.setenv("UBNAS_KERNELS", "triton")
     assert backend("reference", torch.device(DEV)) is T   # CPU: through the interpreter
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)   # Triton on CPU tensors without the interpreter
-    with pytest.raises(ValueError, match="need CUDA tensors"):
+    for spelling in ("true", "On", "YES"):   # as Triton itself reads TRITON_INTERPRET
+        monkeypatch.setenv("TRITON_INTERPRET", spelling)
+        assert backend("triton", torch.device("cpu")) is T, spelling
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match=r"kernels 'triton' \(set by UBNAS_KERNELS=triton\) need CUDA tensors"):
+        backend("reference", torch.device("cpu"))
+    monkeypatch.delenv("UBNAS_KERNELS")
+    monkeypatch.delenv("TRITON_INTERPRET")   # Triton on CPU tensors without the interpreter
+    with pytest.raises(ValueError, match="kernels 'triton' need CUDA tensors"):
         backend("triton", torch.device("cpu"))
     monkeypatch.setenv("UBNAS_KERNELS", "bogus")
     with pytest.raises(ValueError):

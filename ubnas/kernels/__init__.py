@@ -7,7 +7,8 @@ the linear branches fused (see ``fused``):
 * ``"triton"``: the same formulation with Triton kernels (``triton_kernels``)
   for the multi-kernel depthwise conv and the BN/pool/skip combination; the
   full-conv superkernel and the 1x1 GEMM stay on cuDNN/cuBLAS;
-* ``"auto"``: triton for CUDA tensors, reference elsewhere.
+* ``"auto"``: triton for CUDA tensors (but float64 ones: the Triton kernels
+  accumulate in float32), reference elsewhere.
 
 ``mixed_edges(edges, x, probs, impl)`` runs the edges that read the same x
 as one group (one set of launches for all of them).
@@ -31,8 +32,8 @@ from .fused import FusedEdge, compose, edge_plan, fused_mixed_edge, fused_mixed_
 
 IMPLS = ("reference", "triton", "auto")
 
-__all__ = ["mixed_edge", "mixed_edges", "group_edges", "backend", "env_setting", "SWITCH", "IMPLS", "FusedEdge",
-           "compose", "edge_plan", "reference"]
+__all__ = ["mixed_edge", "mixed_edges", "group_edges", "backend", "env_setting", "triton_interpreter", "SWITCH",
+           "IMPLS", "FusedEdge", "compose", "edge_plan", "reference"]
 
 # the spellings of an on/off environment variable
 SWITCH = {**dict.fromkeys(("1", "true", "on", "yes"), True), **dict.fromkeys(("0", "false", "off", "no"), False)}
@@ -49,15 +50,25 @@ def env_setting(name: str, accepted: Dict[str, Any], default: Any) -> Any:
     return accepted[raw.lower()]
 
 
-def backend(impl: str, device: torch.device):
-    """The kernel module for ``impl`` on ``device`` (after the UBNAS_KERNELS override)."""
-    impl = env_setting("UBNAS_KERNELS", {"reference": "reference", "triton": "triton"}, impl)
+def triton_interpreter() -> bool:
+    """Whether TRITON_INTERPRET asks for Triton's CPU interpreter, read as Triton reads it
+    (1, true, on, yes in any case)."""
+    return os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "on", "yes")
+
+
+def backend(impl: str, device: torch.device, dtype: Optional[torch.dtype] = None):
+    """The kernel module for ``impl`` on ``device`` (after the UBNAS_KERNELS override).  'auto' takes
+    the reference for float64 ``dtype``: the Triton kernels accumulate in float32."""
+    forced = env_setting("UBNAS_KERNELS", {"reference": "reference", "triton": "triton"}, None)
+    impl = forced or impl
     if impl not in IMPLS:
         raise ValueError(f"unknown kernel impl {impl!r} (expected one of {', '.join(IMPLS)})")
     if impl == "auto":
-        impl = "triton" if torch.device(device).type == "cuda" else "reference"
-    if impl == "triton" and torch.device(device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"kernels 'triton' need CUDA tensors, got {torch.device(device).type} ones "
+        cuda = torch.device(device).type == "cuda"
+        impl = "triton" if cuda and dtype != torch.float64 else "reference"
+    if impl == "triton" and torch.device(device).type != "cuda" and not triton_interpreter():
+        by = f" (set by UBNAS_KERNELS={os.environ['UBNAS_KERNELS'].strip()})" if forced else ""
+        raise ValueError(f"kernels 'triton'{by} need CUDA tensors, got {torch.device(device).type} ones "
                          "(use 'auto' or 'reference'; TRITON_INTERPRET=1 runs the kernels on a CPU, slowly)")
     if impl == "triton":
         from . import triton_kernels
@@ -82,7 +93,7 @@ def mixed_edge(edge, x: torch.Tensor, probs: torch.Tensor, impl: str = "auto",
     ``fold`` (default ``fused.FOLD_SEPARABLE``) folds separable ops that fit in the
     full-conv superkernel into it instead of the depthwise pass.
     """
-    return fused_mixed_edge(edge, x, probs, backend(impl, x.device), fold)
+    return fused_mixed_edge(edge, x, probs, backend(impl, x.device, x.dtype), fold)
 
 
 def group_edges() -> bool:
@@ -98,4 +109,4 @@ def mixed_edges(edges, x: torch.Tensor, probs: torch.Tensor, impl: str = "auto",
     edges: MixedEdges with the same op list, width and stride; x (N, C, H, W);
     probs (G, n_ops) -> G tensors (N, C, Ho, Wo).
     """
-    return fused_mixed_edges(edges, x, probs, backend(impl, x.device), fold)
+    return fused_mixed_edges(edges, x, probs, backend(impl, x.device, x.dtype), fold)

@@ -430,6 +430,10 @@ def fused_mixed_edges(edges, x: torch.Tensor, probs: torch.Tensor, K, fold: Opti
     lowered = torch.is_autocast_enabled(dev) and x.dtype != torch.float64
     cd = torch.get_autocast_dtype(dev) if lowered else x.dtype
     weights = [w for e in edges for w in plan.weights(e)]
+    mismatch = [w.dtype for w in weights if w.dtype != x.dtype]
+    if mismatch and not lowered:   # eager's convolutions refuse this; the fused path would cast quietly
+        raise RuntimeError(f"mixed edge: input is {x.dtype} but the edge's weights are {mismatch[0]}; "
+                           f"convert one to the other (or run under autocast)")
     y = FusedEdge.apply(x, probs, plan, s, cd, bns, K, *weights)
     if groups == 1:
         return [y]

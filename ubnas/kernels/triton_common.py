@@ -14,14 +14,12 @@ one configuration each.  Under ``TRITON_INTERPRET=1`` (CPU tests) one small conf
 """
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
 
-from . import SWITCH, env_setting
+from . import SWITCH, env_setting, triton_interpreter
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+INTERPRET = triton_interpreter()
 
 
 def autotune() -> bool:
