@@ -32,6 +32,7 @@ from .accelerator import DATAFLOWS, Accelerator, HardwareConfigError, atomic_wri
 from .layers import GemmLayer, Layer
 from .layers_csv import read_layer_table
 from .suites import layer_fields, simulated_lines
+from .yamlio import short_repr
 
 DEFAULT_CACHE = Path("~/.cache/ubnas/scalesim.json")
 SCALESIM_VERSION = "3.0.0"   # the version hwmodels.scalesim supports (the [scalesim] extra pins it)
@@ -99,7 +100,30 @@ def load_cache(path: Union[str, os.PathLike]) -> Dict[str, dict]:
                                   f"another --cache") from None
     if not isinstance(data, dict):
         raise HardwareConfigError(f"{path}: SCALE-Sim cache is not a JSON object; delete it")
+    for key, entry in data.items():   # one bad entry would wreck every fit on its array
+        problem = _entry_problem(entry)
+        if problem:
+            raise HardwareConfigError(f"{path}: SCALE-Sim cache entry {short_repr(key, 60)}: {problem}; "
+                                      f"delete the file or pass another --cache")
     return data
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _entry_problem(entry) -> Optional[str]:
+    """What is wrong with one cached run, or None: it needs integer cycles 0 < compute <= total."""
+    if not isinstance(entry, dict):
+        return f"expected a mapping of cycle counts, got {short_repr(entry, 40)}"
+    for name in ("compute_cycles", "total_cycles"):
+        if not _positive_int(entry.get(name)):
+            return f"'{name}' expected an integer >= 1, got {short_repr(entry.get(name), 40)}"
+    if entry["compute_cycles"] > entry["total_cycles"]:
+        return f"compute_cycles {entry['compute_cycles']} exceed total_cycles {entry['total_cycles']}"
+    if "gemms" in entry and not _positive_int(entry["gemms"]):
+        return f"'gemms' expected an integer >= 1, got {short_repr(entry['gemms'], 40)}"
+    return None
 
 
 def save_cache(path: Union[str, os.PathLike], cache: Dict[str, dict]) -> None:
@@ -149,6 +173,7 @@ def import_scalesim_csv(csv_path: Union[str, os.PathLike],
         raise HardwareConfigError(f"{table.header_where}: missing column '{missing[0]}' "
                                   f"(not a SCALE-Sim suite CSV)")
     cache = load_cache(cache_path)
+    imported: Dict[str, tuple] = {}   # key -> (cycles, where): a run listed twice must agree
     for row in table.rows:
         layer, record = row.layer, row.values
         try:
@@ -156,6 +181,9 @@ def import_scalesim_csv(csv_path: Union[str, os.PathLike],
             compute, total = int(record["scalesim_compute_cycles"]), int(record["scalesim_total_cycles"])
         except ValueError:
             raise HardwareConfigError(f"{row.where}: expected integer array and cycle columns") from None
+        if not 0 < compute <= total:
+            raise HardwareConfigError(f"{row.where}: expected cycle counts 0 < scalesim_compute_cycles <= "
+                                      f"scalesim_total_cycles, got {compute} and {total}")
         for column, value in (("array_rows", rows), ("array_cols", cols)):
             if value < 1:
                 raise HardwareConfigError(f"{row.where}: column '{column}' expected an integer >= 1, "
@@ -165,6 +193,11 @@ def import_scalesim_csv(csv_path: Union[str, os.PathLike],
             raise HardwareConfigError(f"{row.where}: column 'dataflow' expected one of "
                                       f"{', '.join(DATAFLOWS)}, got '{dataflow}'")
         key = cache_key(layer, rows, cols, dataflow, SCALESIM_VERSION)
+        if key in imported and imported[key][0] != (compute, total):
+            raise HardwareConfigError(f"{row.where}: the same layer, array and dataflow as {imported[key][1]} "
+                                      f"with other cycles ({compute}/{total} vs {imported[key][0][0]}/"
+                                      f"{imported[key][0][1]})")
+        imported[key] = ((compute, total), row.where)
         cache[key] = {"compute_cycles": compute, "total_cycles": total,
                       "stall_cycles": total - compute, "gemms": _gemms(layer)}
     save_cache(cache_path, cache)

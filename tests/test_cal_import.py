@@ -1,4 +1,6 @@
 """import_scalesim_csv refuses runs it could never look up: an unknown dataflow, an empty array."""
+import re
+
 import pytest
 
 from hwmodels import references as refs
@@ -8,6 +10,7 @@ HEADER = ("suite,name,kind,in_h,in_w,in_channels,out_channels,kernel_h,kernel_w,
           "dilation,groups,batch,array_rows,array_cols,dataflow,scalesim_compute_cycles,scalesim_total_cycles")
 # 8x8 ws: 3x3 conv 3 -> 16 on a padded 32x32 map, the first row of tests/data/scalesim_reference.csv
 GOOD = "cifar,stem3x3_3to16,conv,32,32,3,16,3,3,1,1,1,1,1,8,8,ws,8367,8367"
+CYCLES = "expected cycle counts 0 < scalesim_compute_cycles <= scalesim_total_cycles, "
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -15,6 +18,11 @@ GOOD = "cifar,stem3x3_3to16,conv,32,32,3,16,3,3,1,1,1,1,1,8,8,ws,8367,8367"
     (GOOD.replace(",ws,", ",rs,"), "column 'dataflow' expected one of ws, os, is, got 'rs'"),
     (GOOD.replace(",8,8,ws,", ",0,8,ws,"), "column 'array_rows' expected an integer >= 1, got '0'"),
     (GOOD.replace(",8,8,ws,", ",8,-4,ws,"), "column 'array_cols' expected an integer >= 1, got '-4'"),
+    (GOOD.replace(",8367,8367", ",0,0"), f"{CYCLES}got 0 and 0"),
+    (GOOD.replace(",8367,8367", ",-500,-500"), f"{CYCLES}got -500 and -500"),
+    (GOOD.replace(",8367,8367", ",8367,8000"), f"{CYCLES}got 8367 and 8000"),   # a negative stall
+    (GOOD.replace(",8367,8367", ",9000,9000").replace("stem3x3_3to16", "again"),
+     f"the same layer, array and dataflow as {{path}}:2 with other cycles (9000/9000 vs 8367/8367)"),
 ])
 def test_bad_run_is_refused_with_file_and_line(tmp_path, bad, match):
     path = tmp_path / "runs.csv"
@@ -22,7 +30,7 @@ def test_bad_run_is_refused_with_file_and_line(tmp_path, bad, match):
     cache = tmp_path / "cache.json"
     with pytest.raises(HardwareConfigError) as info:
         refs.import_scalesim_csv(path, cache)
-    assert str(info.value) == f"{path}:3: {match}"
+    assert str(info.value) == f"{path}:3: {match.format(path=path)}"
     assert not cache.exists()   # nothing cached from a file with a bad row
 
 
@@ -42,10 +50,10 @@ def test_a_save_keeps_the_runs_another_process_cached_meanwhile(tmp_path):
     """Two calibrations sharing a cache each load it at start and save their new runs: the last
     save used to overwrite the file with its own dict, dropping the other's runs."""
     cache = tmp_path / "cache.json"
-    refs.save_cache(cache, {"a": {"compute_cycles": 1}})
+    refs.save_cache(cache, {"a": {"compute_cycles": 1, "total_cycles": 1}})
     ours = refs.load_cache(cache)                    # loaded before the other run saved
-    refs.save_cache(cache, {**refs.load_cache(cache), "b": {"compute_cycles": 2}})   # the other run
-    ours["c"] = {"compute_cycles": 3}
+    refs.save_cache(cache, {**refs.load_cache(cache), "b": {"compute_cycles": 2, "total_cycles": 2}})   # another run
+    ours["c"] = {"compute_cycles": 3, "total_cycles": 3}
     refs.save_cache(cache, ours)
     assert set(refs.load_cache(cache)) == {"a", "b", "c"}
     assert set(ours) == {"a", "b", "c"}              # and ours learnt of b
@@ -54,7 +62,7 @@ def test_a_save_keeps_the_runs_another_process_cached_meanwhile(tmp_path):
 def _save_many(cache, tag, n):
     mine = {}
     for i in range(n):
-        mine[f"{tag}{i}"] = {"compute_cycles": i}
+        mine[f"{tag}{i}"] = {"compute_cycles": i + 1, "total_cycles": i + 1}
         refs.save_cache(cache, dict(mine))
 
 
@@ -69,3 +77,28 @@ def test_concurrent_saves_lose_no_run(tmp_path):
         worker.join(60)
         assert worker.exitcode == 0
     assert len(refs.load_cache(cache)) == 80
+
+
+@pytest.mark.parametrize("entry, problem", [
+    ({"total_cycles": 5}, "'compute_cycles' expected an integer >= 1, got None"),
+    ([1, 2], "expected a mapping of cycle counts, got [1, 2]"),
+    ({"compute_cycles": 0, "total_cycles": 0}, "'compute_cycles' expected an integer >= 1, got 0"),
+    ({"compute_cycles": 9, "total_cycles": 5}, "compute_cycles 9 exceed total_cycles 5"),
+    ({"compute_cycles": 5, "total_cycles": 5, "gemms": True}, "'gemms' expected an integer >= 1, got True"),
+])
+def test_a_bad_cache_entry_is_one_line_naming_the_cache(tmp_path, entry, problem):
+    """A hand-edited (or foreign) cache entry was a KeyError/TypeError traceback, or a zero that
+    skewed every fit on its array."""
+    import json
+    path = tmp_path / "runs.csv"
+    path.write_text(f"{HEADER}\n{GOOD}\n")
+    cache = tmp_path / "cache.json"
+    refs.import_scalesim_csv(path, cache)
+    data = json.loads(cache.read_text())
+    data[next(iter(data))] = entry
+    cache.write_text(json.dumps(data))
+    from hwmodels import Accelerator, ConvLayer
+    with pytest.raises(HardwareConfigError, match=f"^{cache}: SCALE-Sim cache entry .*: {re.escape(problem)}; "
+                                                  f"delete the file or pass another --cache$"):
+        refs.scalesim_rows([ConvLayer("l", 32, 32, 3, 16, 3, 3, padding=1)], Accelerator("a", 8, 8), cache,
+                           max_sim_cycles=0, progress=False)
