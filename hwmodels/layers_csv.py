@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Union
 
 from .accelerator import HardwareConfigError
 from .layers import ConvLayer, Layer, LinearLayer
+from .yamlio import short_repr
 
 ALWAYS = ("name", "kind", "in_channels", "out_channels")
 CONV_ONLY = ("in_h", "in_w", "kernel_h", "kernel_w")
@@ -62,9 +63,9 @@ class _Row:
                 raise ValueError
             value = int(value)
         except (ValueError, OverflowError):
-            self.fail(f"column '{column}' expected an integer >= {minimum}, got '{text}'")
+            self.fail(f"column '{column}' expected an integer >= {minimum}, got {short_repr(text)}")
         if value < minimum:
-            self.fail(f"column '{column}' expected an integer >= {minimum}, got '{text}'")
+            self.fail(f"column '{column}' expected an integer >= {minimum}, got {short_repr(text)}")
         return value
 
 
@@ -74,7 +75,7 @@ def _parse_row(row: _Row, default_batch: int) -> Layer:
         row.fail("column 'name' expected a layer name, got ''")
     kind = row.raw("kind").lower()
     if kind not in KINDS:
-        row.fail(f"column 'kind' expected one of {', '.join(KINDS)}, got '{row.raw('kind')}'")
+        row.fail(f"column 'kind' expected one of {', '.join(KINDS)}, got {short_repr(row.raw('kind'))}")
     cin = row.integer("in_channels")
     cout = row.integer("out_channels")
     batch = row.integer("batch", default=default_batch)
@@ -87,7 +88,7 @@ def _parse_row(row: _Row, default_batch: int) -> Layer:
                     row.integer(column, minimum=0)   # reports non-integers first
                     if int(float(text)) != int(expected):
                         row.fail(f"column '{column}' expected empty or {expected} for a linear layer, "
-                                 f"got '{text}'")
+                                 f"got {short_repr(text)}")
             return LinearLayer(name, in_features=cin, out_features=cout, batch=batch)
         fields = {c: row.integer(c) for c in CONV_ONLY}
         fields.update({c: row.integer(c, minimum=0 if c == "padding" else 1, default=d)
@@ -107,7 +108,12 @@ MEASURED_COLUMNS = ("measured_cycles", "measured_seconds", "measured_utilization
 # (unless the header also has the column meant: then it is an extra column like any other)
 ALIASES = {"batch_size": "batch", "bs": "batch", "pad": "padding", "pads": "padding", "group": "groups",
            "dilations": "dilation", "dil": "dilation", "kernel": "kernel_h", "kernel_size": "kernel_h",
-           "cin": "in_channels", "cout": "out_channels", "c_in": "in_channels", "c_out": "out_channels"}
+           "cin": "in_channels", "cout": "out_channels", "c_in": "in_channels", "c_out": "out_channels",
+           # Keras / ONNX / PyTorch spellings
+           "dilation_rate": "dilation", "num_groups": "groups", "groups_count": "groups", "pad_h": "padding",
+           "pad_w": "padding", "padding_size": "padding", "stride_h": "stride", "stride_w": "stride",
+           "kernel_height": "kernel_h", "kernel_width": "kernel_w", "filters": "out_channels",
+           "in_features": "in_channels", "out_features": "out_channels"}
 
 
 def _refuse_near_misses(header: List[str], where: str) -> None:
@@ -176,7 +182,7 @@ def read_layer_table(path: Union[str, os.PathLike], default_batch: int = 1) -> L
     # counted by the reader (line_num: lines read so far), not by splitting the file into lines
     numbered = []
     with handle:
-        reader = csv.reader(handle)
+        reader = csv.reader(handle, strict=True)   # else an unterminated quote swallows the rest of the file
         first = 1
         try:
             for values in reader:
@@ -190,6 +196,9 @@ def read_layer_table(path: Union[str, os.PathLike], default_batch: int = 1) -> L
             raise HardwareConfigError(f"{path}:{_undecodable_line(path)}: not a UTF-8 text CSV "
                                       f"({exc.reason})") from None
         except csv.Error as exc:
+            if "unexpected end of data" in str(exc):
+                raise HardwareConfigError(f"{path}:{first}: a quoted cell that starts in this record is never "
+                                          f"closed (a stray '\"'?)") from None
             raise HardwareConfigError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
     if not numbered:
         raise HardwareConfigError(f"{path}:1: empty layer CSV (expected a header row: "

@@ -187,11 +187,11 @@ def import_scalesim_csv(csv_path: Union[str, os.PathLike],
         for column, value in (("array_rows", rows), ("array_cols", cols)):
             if value < 1:
                 raise HardwareConfigError(f"{row.where}: column '{column}' expected an integer >= 1, "
-                                          f"got '{record[column]}'")
+                                          f"got {short_repr(record[column])}")
         dataflow = record["dataflow"]   # as run: a 'WS' would be cached under a key never looked up
         if dataflow not in DATAFLOWS:
             raise HardwareConfigError(f"{row.where}: column 'dataflow' expected one of "
-                                      f"{', '.join(DATAFLOWS)}, got '{dataflow}'")
+                                      f"{', '.join(DATAFLOWS)}, got {short_repr(dataflow)}")
         key = cache_key(layer, rows, cols, dataflow, SCALESIM_VERSION)
         if key in imported and imported[key][0] != (compute, total):
             raise HardwareConfigError(f"{row.where}: the same layer, array and dataflow as {imported[key][1]} "
@@ -269,7 +269,7 @@ def measured_rows(path: Union[str, os.PathLike], acc: Accelerator) -> ReferenceS
             if not (math.isfinite(value) and value > 0 and (upper is None or value <= upper)):
                 bound = f" and <= {upper:g}" if upper is not None else ""
                 raise HardwareConfigError(f"{where}: column '{column}' expected a positive number{bound}, "
-                                          f"got '{text}'")
+                                          f"got {short_repr(text)}")
             return value
 
         if row.get("measured_cycles", "") and row.get("measured_seconds", ""):

@@ -1,5 +1,5 @@
 """hwmodels.layers_csv on headers and rows that used to be read wrong without a word: a misspelt
-measured column, a column named twice, a quoted cell spanning lines, a row with extra fields."""
+measured column, a column named twice, a quoted cell spanning lines or never closed, a row with extra fields."""
 import pytest
 
 from hwmodels import references as refs
@@ -103,7 +103,9 @@ def test_blank_and_comment_lines_keep_their_numbers(tmp_path):
     assert _error(path).startswith(f"{path}:7: column 'in_channels' expected an integer >= 1")
 
 
-@pytest.mark.parametrize("column, meant", [("batch_size", "batch"), ("pad", "padding"), ("BS", "batch")])
+@pytest.mark.parametrize("column, meant", [("batch_size", "batch"), ("pad", "padding"), ("BS", "batch"),
+                                           ("dilation_rate", "dilation"), ("num_groups", "groups"),
+                                           ("pad_h", "padding"), ("stride_w", "stride")])
 def test_another_tools_name_for_a_layer_column_is_refused(tmp_path, column, meant):
     """batch_size and pad are too far off batch and padding for the near-miss check: the batch
     (or padding) silently took its default, a network 8x too cheap."""
@@ -111,6 +113,21 @@ def test_another_tools_name_for_a_layer_column_is_refused(tmp_path, column, mean
                   "\nc1,conv,32,32,3,64,3,3,8\n")
     message = _error(path)
     assert message.startswith(f"{path}:1: unknown column '{column.lower()}' (did you mean '{meant}'?"), message
+
+
+@pytest.mark.parametrize("rows, line", [
+    (f"{FC}\n" + FC.replace(",1,1,1,0,1,1,1", ',1,1,1,0,1,1,"1') + "\n", 3),   # the last row: was read as batch 1
+    (FC.replace("fc,", 'fc,"') + f"\n{FC}\n{FC}\n", 2),                        # the rest of the file in one cell
+])
+def test_an_unterminated_quote_is_located_not_read_to_the_end_of_the_file(tmp_path, rows, line):
+    path = _write(tmp_path, f"{HEADER}\n{rows}")
+    message = _error(path)
+    assert message.startswith(f"{path}:{line}: a quoted cell that starts in this record is never closed"), message
+
+
+def test_a_cell_spanning_lines_is_quoted_on_one_line_in_an_error(tmp_path):
+    path = _write(tmp_path, f'{HEADER}\nc1,"conv\nx",8,8,3,4,3,3,1,1,1,1,1\n')
+    assert _error(path) == (f"{path}:2: column 'kind' expected one of conv, linear, got 'conv\\nx'")
 
 
 def test_an_alias_next_to_the_column_it_names_is_an_extra_column(tmp_path):
