@@ -28,6 +28,7 @@ yields k layers named ``path``, ``path#2``, ...
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import re
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
@@ -277,6 +278,15 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
         raise ValueError(f"input_shape {input_shape!r}: {hint}") from None
     if not shape or min(shape) < 1:
         raise ValueError(f"input shape must be positive dimensions, got {tuple(input_shape)}")
+    if int(batch) * math.prod(shape) >= 2 ** 62:   # torch cannot even describe such a tensor
+        raise ValueError(f"an input of batch {int(batch)} x {'x'.join(map(str, shape))} is too large to trace")
+    try:   # the estimator feeds forward one tensor
+        inspect.signature(module.forward).bind(None)
+    except TypeError as exc:
+        raise ValueError(f"{type(module).__name__}.forward must take one input tensor to be traced "
+                         f"({exc})") from None
+    except ValueError:   # no signature to inspect: let the call say
+        pass
     handled: Dict[str, Tuple["nn.Module", Handler]] = {}
     claimed: List[str] = []
     unknown: Dict[str, "nn.Module"] = {}

@@ -226,11 +226,14 @@ def test_spec_is_estimated_at_the_batch_it_was_searched_at(tmp_path, capsys):
 
 
 def test_a_bad_array_on_a_searched_spec_is_the_only_line(tmp_path, capsys):
-    """The note naming the spec's accelerator waits until --array has passed."""
-    path, spec, acc = _tiny_spec(tmp_path, {"accelerator": "edge_16x16"})
+    """The note naming the spec's accelerator waits until --array, --batch and --input have passed."""
+    path, spec, acc = _tiny_spec(tmp_path, {"accelerator": "edge_16x16", "cost_model": "uboost"})
     code, out, err = run_main(capsys, path, "--array", "0x64")
     assert code == 2 and err.splitlines() == ["ubnas: error: --array: expected 2 positive integers like 128x128, "
                                               "got '0x64'"], err
+    for option, needle in ((["--batch", "0"], "--batch (--hw-batch)"), (["--input", "3x9x9"], "disagrees")):
+        code, out, err = run_main(capsys, path, *option)
+        assert code == 2 and len(err.splitlines()) == 1 and needle in err, err
     code, out, err = run_main(capsys, path, "--array", "64x64")
     assert code == 0 and "note: accelerator edge_16x16, the one" in err, err
 
@@ -389,3 +392,18 @@ def test_spec_searched_on_an_unknown_accelerator_says_uboost_is_used(tmp_path, c
     save_spec(derive_spec(Supernet(load_space("tiny"), (1, 8, 8), 10), {"accelerator": "lab_npu"}), path)
     code, out, err = run_main(capsys, path)
     assert code == 0 and "searched on 'lab_npu', which is neither a preset" in err and "using uboost" in err
+
+
+def test_huge_sizes_and_a_forward_of_two_inputs_are_one_line(tmp_path, capsys):
+    """A batch past what torch can describe, and a user network whose forward wants a second
+    argument, were tracebacks."""
+    for option in (["--batch", "99999999999999999999"], ["--input", "3x99999999999999999999x2"]):
+        code, out, err = run_main(capsys, "--model", "resnet18-cifar", *option)
+        assert code == 2 and len(err.splitlines()) == 1 and "too large to trace" in err, err
+    model = tmp_path / "two.py"
+    model.write_text("import torch.nn as nn\nclass Two(nn.Module):\n    def __init__(self):\n"
+                     "        super().__init__()\n        self.fc = nn.Linear(4, 4)\n"
+                     "    def forward(self, x, y):\n        return self.fc(x) + y\n")
+    code, out, err = run_main(capsys, "--model", f"{model}:Two", "--input", "4x1x1")
+    assert code == 2 and err.strip() == ("ubnas: error: Two.forward must take one input tensor to be traced "
+                                         "(missing a required argument: 'y')"), err

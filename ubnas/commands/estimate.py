@@ -217,11 +217,20 @@ def collect_layers(args, batch: int, spec):
     else:
         from ubnas.build import build_network
         module = build_network(spec)
-        shape = tuple(spec.input_shape)
-        if args.input is not None and parse_dims(args.input, "--input", 3, "3x32x32") != shape:
-            raise ValueError(f"--input {args.input} disagrees with the input shape "
-                             f"{'x'.join(map(str, shape))} in {args.spec}")
+        shape = tuple(spec.input_shape)   # --input checked against it by _check_spec_options
     return trace_layers(module, shape, batch=batch)
+
+
+def _check_spec_options(args, spec) -> None:
+    """--batch and --input for a SPEC, checked before the notes on it (a refused run says one line)."""
+    if spec is None:
+        return
+    if args.batch is not None:
+        positive_int(args.batch, "--batch (--hw-batch)")
+    shape = tuple(spec.input_shape)
+    if args.input is not None and parse_dims(args.input, "--input", 3, "3x32x32") != shape:
+        raise ValueError(f"--input {args.input} disagrees with the input shape "
+                         f"{'x'.join(map(str, shape))} in {args.spec}")
 
 
 def _searched_on(args, spec):
@@ -260,10 +269,11 @@ def run(args) -> int:
     if args.model_mode not in MODES:
         raise ValueError(f"--model-mode: expected one of {', '.join(MODES)}, got {args.model_mode!r}")
     spec = _spec_of(args)
-    if not mode_given:
-        _mode_note(spec, args.spec)
+    _check_spec_options(args, spec)
     searched, notes = _searched_on(args, spec)
     acc = build_accelerator(args, searched)   # a bad --array fails before any note on the accelerator
+    if not mode_given:
+        _mode_note(spec, args.spec)
     for note in notes:
         print(note, file=sys.stderr)
     with contextlib.redirect_stdout(sys.stderr):   # what the user's network prints stays out of --json
