@@ -22,7 +22,10 @@ attention's ``q @ k.transpose(-2, -1)``) raises a ``ValueError`` naming the op, 
 module whose ``forward`` ran it and its MACs, rather than leaving its compute out;
 a handler registered for that module type costs it.  A TorchScript submodule
 (``torch.jit.script``/``trace``) runs where no hook sees it: it costs nothing when its
-graph holds no GEMM or convolution and is refused otherwise.  A module called k times
+graph holds no GEMM or convolution and is refused otherwise.  A subclass of a handled
+type with a ``forward`` of its own (weight standardisation, a LoRA ``Linear``) is
+costed by the base's handler when its forward runs one GEMM per call, and refused
+when it runs more.  A module called k times
 yields k layers named ``path``, ``path#2``, ...
 """
 from __future__ import annotations
@@ -221,7 +224,7 @@ def _watch_inline_gemms(found: List[Tuple[str, str, int]], inside_costed: List[i
     return InlineGemms()
 
 
-def _inline_gemm_error(module: "nn.Module", found: List[Tuple[str, str, int]]) -> ValueError:
+def _inline_gemm_error(module: "nn.Module", found: List[Tuple[str, str, int]], own_forward=()) -> ValueError:
     path = found[0][1]
     sub = module.get_submodule(path) if path else module
     ops = sorted({name for name, p, _ in found if p == path})
@@ -230,7 +233,9 @@ def _inline_gemm_error(module: "nn.Module", found: List[Tuple[str, str, int]]) -
     return ValueError(
         f"{_module_name(path, sub)} computes {', '.join(ops)} inline in its forward"
         + (f" ({macs:,} MACs)" if macs else "") + (f", as do {others} other module(s)" if others > 0 else "")
-        + f", outside every costed layer, so the estimate would leave it out; cost it with {_handler_hint(sub)}")
+        + (", more than the one call per module call that its base class's handler costs" if path in own_forward
+           else ", outside every costed layer")
+        + f", so the estimate would leave it out; cost it with {_handler_hint(sub)}")
 
 
 def _module_name(path: str, sub: "nn.Module") -> str:
@@ -245,10 +250,12 @@ def _handler_hint(sub: "nn.Module") -> str:
 
 
 def _handler_for(module: "nn.Module"):
+    """(the handler of the nearest class in ``module``'s MRO that has one, whether ``module``'s class
+    overrides that class's forward), or (None, False)."""
     for cls in type(module).__mro__:
         if cls in _HANDLERS:
-            return _HANDLERS[cls]
-    return None
+            return _HANDLERS[cls], type(module).forward is not cls.forward
+    return None, False
 
 
 def _rename(layers: Sequence[Layer], path: str) -> List[Layer]:
@@ -288,6 +295,7 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
     except ValueError:   # no signature to inspect: let the call say
         pass
     handled: Dict[str, Tuple["nn.Module", Handler]] = {}
+    own_forward: set = set()   # handled modules whose class has its own forward: watched inline
     claimed: List[str] = []
     unknown: Dict[str, "nn.Module"] = {}
     for path, sub in module.named_modules():
@@ -301,9 +309,11 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
                                  f"module instead")
             claimed.append(path)
             continue
-        fn = _handler_for(sub)
+        fn, overridden = _handler_for(sub)
         if fn is not None:
             handled[path] = (sub, fn)
+            if overridden:   # e.g. a LoRA Linear: its forward may do more than the handler costs
+                own_forward.add(path)
             claimed.append(path)
             continue
         if any(True for _ in sub.parameters(recurse=False)):
@@ -333,6 +343,9 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
     inline: List[Tuple[str, str, int]] = []
     inside_costed, running = [0], []
 
+    def costed(path):   # inline GEMMs are not watched inside it
+        return path in handled and path not in own_forward
+
     def enter(path, costed):
         running.append(path)
         inside_costed[0] += costed
@@ -348,12 +361,12 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
     hooks = []
     try:
         for path, sub in watched:
-            hooks.append(sub.register_forward_pre_hook(lambda mod, inputs, path=path: enter(path, path in handled),
+            hooks.append(sub.register_forward_pre_hook(lambda mod, inputs, path=path: enter(path, costed(path)),
                                                        prepend=True))
         for path, (sub, fn) in handled.items():
             hooks.append(sub.register_forward_hook(make_hook(path, fn), with_kwargs=True))
         for path, sub in watched:
-            hooks.append(sub.register_forward_hook(lambda mod, inputs, output, path=path: leave(path in handled),
+            hooks.append(sub.register_forward_hook(lambda mod, inputs, output, path=path: leave(costed(path)),
                                                    always_call=True))
         for path, sub in unknown.items():
             hooks.append(sub.register_forward_pre_hook(lambda mod, inputs, path=path: called_unknown.append(path)))
@@ -385,8 +398,13 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
         sub = unknown[path]
         raise ValueError(f"don't know the hardware layers of {_module_name(path, sub)}, which holds "
                          f"parameters; call {_handler_hint(sub)}")
+    # a handled module with its own forward: its handler costs one GEMM per call, the rest is inline
+    for path in own_forward:
+        ran = [entry for entry in inline if entry[1] == path]
+        if len(ran) <= calls.get(path, 0):
+            inline = [entry for entry in inline if entry[1] != path]
     if inline:
-        raise _inline_gemm_error(module, inline)
+        raise _inline_gemm_error(module, inline, own_forward)
     return traced
 
 

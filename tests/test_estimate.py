@@ -356,3 +356,41 @@ def test_rms_norm_is_free_like_layer_norm():
         pytest.skip("torch < 2.4 has no RMSNorm")
     layers = trace_layers(nn.Sequential(nn.Linear(8, 8), nn.RMSNorm(8)), (8,))
     assert [l.name for l in layers] == ["0"]
+
+
+class LowRankLinear(nn.Linear):
+    """A LoRA-style Linear: its own forward adds x A^T B^T to the costed x W^T."""
+
+    def __init__(self):
+        super().__init__(32, 32)
+        self.a = nn.Parameter(torch.randn(4, 32))
+        self.b = nn.Parameter(torch.randn(32, 4))
+
+    def forward(self, x):
+        return F.linear(x, self.weight) + (x @ self.a.t()) @ self.b.t()
+
+
+class StandardisedConv(nn.Conv2d):
+    """Weight standardisation: its own forward, still one convolution per call."""
+
+    def forward(self, x):
+        w = self.weight - self.weight.mean((1, 2, 3), keepdim=True)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class ConvTwice(nn.Conv2d):
+    def forward(self, x):
+        return super().forward(super().forward(x))
+
+
+def test_a_subclass_with_its_own_forward_is_costed_only_when_it_runs_one_gemm_per_call():
+    """A Linear/Conv2d subclass used to be costed by its base's handler whatever its forward did:
+    the LoRA Linear below as 65,536 MACs of its 81,920, a conv applied twice once."""
+    with pytest.raises(ValueError, match=r"computes linear, matmul inline in its forward \(81,920 MACs\), more "
+                                         r"than the one call per module call that its base class's handler"):
+        trace_layers(LowRankLinear(), (32,), batch=64)   # 64*32*32 + 64*32*4 + 64*4*32 by hand
+    with pytest.raises(ValueError, match=r"computes conv2d inline .* \(18,432 MACs\), more than the one call"):
+        trace_layers(ConvTwice(4, 4, 3, padding=1), (4, 8, 8))   # 2 calls x 64 pixels x 4 x 36
+    net = nn.Sequential(StandardisedConv(3, 8, 3), nn.ReLU(), StandardisedConv(8, 8, 3))
+    layers = trace_layers(net, (3, 8, 8))
+    assert [layer.lower().macs for layer in layers] == [36 * 8 * 27, 16 * 8 * 72]   # out pixels x out ch x taps
