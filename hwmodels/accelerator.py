@@ -173,7 +173,7 @@ def from_dict(data: Dict[str, Any], origin: str = "<dict>", name: Optional[str] 
     if data.get("name") is not None and not isinstance(data["name"], str):
         raise HardwareConfigError(f"{origin}: key 'name' expected a string, got {short_repr(data['name'])}")
     kwargs["name"] = str(data.get("name") or name or "custom")
-    kwargs["source"] = str(data.get("source", ""))
+    kwargs["source"] = "" if data.get("source") is None else str(data["source"])   # `source:` left empty
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 for f in dataclasses.fields(Accelerator) if f.name not in kwargs}
     validate(SimpleNamespace(**defaults, **kwargs), origin)   # errors name the file, then build

@@ -189,3 +189,9 @@ def test_calibration_that_is_not_a_mapping_names_file_and_key(tmp_path, text, sh
 def test_an_empty_calibration_key_is_no_calibration(tmp_path):
     acc = load_accelerator(write(tmp_path, yaml.safe_dump(GOOD) + "calibration:\n"))
     assert acc.calibration == Calibration()
+
+
+def test_an_empty_source_key_is_no_source(tmp_path):
+    """`source:` left empty read as the text 'None'."""
+    acc = load_accelerator(write(tmp_path, yaml.safe_dump(GOOD) + "source:\n"))
+    assert acc.source == ""
