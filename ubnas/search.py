@@ -107,8 +107,8 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     ckpt_path = out / "checkpoint.pt"
     main = dist.rank() == 0          # only rank 0 writes files and prints
     progress = progress and main
-    if main:   # before any note about resuming a run that another process is writing
-        refuse_if_locked(out)
+    if dist.launched_processes() <= 1:   # before any note on resuming a run another process writes
+        refuse_if_locked(out)             # (under torchrun rank 0's lock refusal reaches every rank below)
     found = read_search_checkpoint(ckpt_path, resume)   # refuses another command's checkpoint
     checkpoint = found if resume else None
     if checkpoint is not None:   # a resumed run keeps its own trajectory
