@@ -261,12 +261,25 @@ def test_a_search_whose_output_pipe_closes_fails_in_one_line(tmp_path):
                                        ("weight_decay", -1e-4), ("temperature", 0.0), ("tau0", float("inf")),
                                        ("arch_lr", float("nan")), ("lambda_latency", float("inf")),
                                        ("target_latency_us", float("nan")), ("target_latency_us", float("inf")),
-                                       ("seed", -1), ("seed", 10**23), ("tau_decay", 5.0)])
+                                       ("seed", -1), ("seed", 10**23), ("seed", 2**32), ("tau_decay", 5.0)])
 def test_search_config_rejects_values_that_break_the_search(key, value):
     """Each of these ran before (NaN losses, gradient ascent, zero steps) and exported an arch."""
     SearchConfig().validate()
     with pytest.raises(ValueError, match=f"run.yaml: key '{key}'"):
         SearchConfig(**{key: value}).validate("run.yaml")
+
+
+def test_every_accepted_seed_seeds_distinct_generators():
+    """torch's CPU generator keeps a seed's low 32 bits: seed 2**32 searched exactly as seed 0.  The
+    largest accepted seed plus the largest offset a run adds (the channel allocator's 7919) must
+    stay below 2**32."""
+    from ubnas.runtime import MAX_SEED
+
+    def draw(seed):
+        return torch.rand(4, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(draw(2**32), draw(0))   # the wrap-around the bound avoids
+    assert MAX_SEED + 7919 < 2**32 and not torch.equal(draw(MAX_SEED + 7919), draw(7919))
+    SearchConfig(seed=MAX_SEED).validate()
 
 
 def test_a_config_file_reads_exponents_without_a_dot_as_numbers(tmp_path):

@@ -29,7 +29,9 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-MAX_SEED = 2**62   # torch seeds are 64-bit, and runs seed their generators with seed + 1, + 2
+# torch's CPU generator keeps a seed's low 32 bits (seed 2**32 ran as seed 0), and runs seed their
+# generators with seed + 1, + 2 and + 7919: every accepted seed stays below 2**32
+MAX_SEED = 2**32 - 8000
 
 
 def all_finite(module: torch.nn.Module) -> bool:
