@@ -431,17 +431,18 @@ def test_bad_hw_fails_before_training(tmp_path, capsys):
 
 @pytest.mark.parametrize("opset", [3, 17, 999])
 def test_export_refuses_an_opset_it_cannot_write(tmp_path, capsys, opset):
-    """--opset 17 goes through the exporter's conversion, which fails for this network and used
-    to leave an opset-18 file behind with exit status 0; 3 and 999 are outside onnx's range."""
+    """--opset 17 went through the exporter's conversion, which fails for this network and used to
+    leave an opset-18 file behind with exit status 0; it is refused up front now, as 3 and 999 are."""
     pytest.importorskip("onnxscript")
     onnx = pytest.importorskip("onnx")
     spec = write_spec(tmp_path / "arch.yaml")
     file = tmp_path / "x.onnx"
     code = main(["export", str(spec), "--onnx", str(file), "--opset", str(opset), "--no-check"])
     err = capsys.readouterr().err.strip()
-    if opset in (3, 999):   # refused before any export, with the range this onnx package supports
+    if opset in (3, 17, 999):   # refused before any export, with the range the exporter can write
         newest = onnx.defs.onnx_opset_version()
-        assert code != 0 and err == f"ubnas: error: --opset {opset}: this onnx package supports opsets 7..{newest}"
+        assert code != 0 and err == (f"ubnas: error: --opset {opset}: expected 18..{newest} (the exporter writes "
+                                     f"opset 18 or newer; this onnx package knows up to {newest})")
         assert not file.exists()
     elif code == 0:   # a converter that can write this opset: then the file must have it
         assert next(o.version for o in onnx.load(str(file)).opset_import if o.domain in ("", "ai.onnx")) == opset

@@ -20,6 +20,8 @@ import torch
 
 from .build import build_network
 from .runtime import check_output_file
+
+MIN_OPSET = 18   # torch.export's ONNX converter cannot write older opsets
 from .spec import load_spec
 from .train import load_weights
 
@@ -42,8 +44,9 @@ def export_onnx(spec_path, onnx_path, weights: Optional[str] = None, check: bool
                          "(onnx, onnxscript, onnxruntime)") from None
     import onnx
     newest = onnx.defs.onnx_opset_version()
-    if not 7 <= opset <= newest:
-        raise ValueError(f"--opset {opset}: this onnx package supports opsets 7..{newest}")
+    if not MIN_OPSET <= opset <= newest:   # torch.export's ONNX converter writes opset 18 at the least
+        raise ValueError(f"--opset {opset}: expected {MIN_OPSET}..{newest} (the exporter writes opset "
+                         f"{MIN_OPSET} or newer; this onnx package knows up to {newest})")
     example = torch.randn((2,) + tuple(spec.input_shape), generator=torch.Generator().manual_seed(0))
     onnx_path = check_output_file(onnx_path, "--onnx")   # before the minutes of exporting
     tmp = onnx_path.with_name(f".{onnx_path.name}.tmp")

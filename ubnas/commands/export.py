@@ -12,7 +12,7 @@ def add_parser(sub):
     parser.add_argument("spec", metavar="SPEC", help="architecture YAML written by the search")
     parser.add_argument("--weights", metavar="CKPT", help="checkpoint.pt of `ubnas train` on this SPEC")
     parser.add_argument("--onnx", required=True, metavar="FILE", help="output .onnx file")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 or newer (default 18)")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     return parser
 
