@@ -33,10 +33,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import os
 import re
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .accelerator import Accelerator
+from .accelerator import Accelerator, load_accelerator
 from .exact import NetworkCost, network_cost
 from .layers import ConvLayer, Layer, LinearLayer
 
@@ -408,13 +409,16 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
     return traced
 
 
-def estimate(module: "nn.Module", input_shape: Sequence[int], accelerator: Accelerator,
+def estimate(module: "nn.Module", input_shape: Sequence[int], accelerator: "Accelerator | str | os.PathLike",
              batch: int = 1, mode: str = "systolic") -> NetworkCost:
     """Exact cost of ``module`` on ``accelerator`` for ``batch`` inputs of ``input_shape``.
 
     input_shape: per-sample shape without batch, e.g. (3, 32, 32).
+    accelerator: an ``Accelerator``, or a preset name or YAML path for ``load_accelerator``.
     mode: 'systolic' (fold timing, several arrays, memory bound) or 'uboost'.
     """
+    if isinstance(accelerator, (str, os.PathLike)):   # 'uboost' was an AttributeError deep in exact.py
+        accelerator = load_accelerator(accelerator)
     return network_cost(trace_layers(module, input_shape, batch), accelerator, mode)
 
 

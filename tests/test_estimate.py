@@ -394,3 +394,15 @@ def test_a_subclass_with_its_own_forward_is_costed_only_when_it_runs_one_gemm_pe
     net = nn.Sequential(StandardisedConv(3, 8, 3), nn.ReLU(), StandardisedConv(8, 8, 3))
     layers = trace_layers(net, (3, 8, 8))
     assert [layer.lower().macs for layer in layers] == [36 * 8 * 27, 16 * 8 * 72]   # out pixels x out ch x taps
+
+
+def test_estimate_takes_a_preset_name_or_yaml_path_for_the_accelerator(tmp_path):
+    """A name was an AttributeError inside exact.py."""
+    from hwmodels import save_accelerator
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 36, 10))
+    by_object = estimate(net, (3, 8, 8), load_accelerator("edge_16x16")).cycles
+    assert estimate(net, (3, 8, 8), "edge_16x16").cycles == by_object
+    save_accelerator(load_accelerator("edge_16x16"), tmp_path / "mine.yaml")
+    assert estimate(net, (3, 8, 8), tmp_path / "mine.yaml").cycles == by_object
+    with pytest.raises(hwmodels.HardwareConfigError):
+        estimate(net, (3, 8, 8), "no_such_preset")

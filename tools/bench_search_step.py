@@ -96,7 +96,7 @@ def run_variant(base, impl, batches, dtype, stage, warmup, repeats, device, prof
     t0 = time.perf_counter()
     before = [p.detach().clone() for p in net.weight_parameters()]
     with no_tf32():   # the agreement check's step (untimed, part of the warm-up)
-        first_loss = float(step())
+        first_loss = float(step().detach())
     update = torch.cat([(p.detach() - p0).flatten().double().cpu() for p, p0 in zip(net.weight_parameters(), before)])
     del before   # off the device before the peak is measured
     # on CUDA one more: cudnn.benchmark picks the TF32 algorithms before the timed steps
