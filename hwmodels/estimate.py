@@ -344,7 +344,7 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
     inline: List[Tuple[str, str, int]] = []
     inside_costed, running = [0], []
 
-    def costed(path):   # inline GEMMs are not watched inside it
+    def hides_inline(path):   # a costed module whose forward is its handler's: inline GEMMs not watched
         return path in handled and path not in own_forward
 
     def enter(path, costed):
@@ -362,12 +362,12 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
     hooks = []
     try:
         for path, sub in watched:
-            hooks.append(sub.register_forward_pre_hook(lambda mod, inputs, path=path: enter(path, costed(path)),
+            hooks.append(sub.register_forward_pre_hook(lambda mod, inputs, path=path: enter(path, hides_inline(path)),
                                                        prepend=True))
         for path, (sub, fn) in handled.items():
             hooks.append(sub.register_forward_hook(make_hook(path, fn), with_kwargs=True))
         for path, sub in watched:
-            hooks.append(sub.register_forward_hook(lambda mod, inputs, output, path=path: leave(costed(path)),
+            hooks.append(sub.register_forward_hook(lambda mod, inputs, output, path=path: leave(hides_inline(path)),
                                                    always_call=True))
         for path, sub in unknown.items():
             hooks.append(sub.register_forward_pre_hook(lambda mod, inputs, path=path: called_unknown.append(path)))

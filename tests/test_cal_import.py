@@ -22,7 +22,7 @@ CYCLES = "expected cycle counts 0 < scalesim_compute_cycles <= scalesim_total_cy
     (GOOD.replace(",8367,8367", ",-500,-500"), f"{CYCLES}got -500 and -500"),
     (GOOD.replace(",8367,8367", ",8367,8000"), f"{CYCLES}got 8367 and 8000"),   # a negative stall
     (GOOD.replace(",8367,8367", ",9000,9000").replace("stem3x3_3to16", "again"),
-     f"the same layer, array and dataflow as {{path}}:2 with other cycles (9000/9000 vs 8367/8367)"),
+     "the same layer, array and dataflow as {path}:2 with other cycles (9000/9000 vs 8367/8367)"),
 ])
 def test_bad_run_is_refused_with_file_and_line(tmp_path, bad, match):
     path = tmp_path / "runs.csv"

@@ -271,14 +271,16 @@ def test_search_config_rejects_values_that_break_the_search(key, value):
 
 def test_every_accepted_seed_seeds_distinct_generators():
     """torch's CPU generator keeps a seed's low 32 bits: seed 2**32 searched exactly as seed 0.  The
-    largest accepted seed plus the largest offset a run adds (the channel allocator's 7919) must
+    largest accepted seed plus the largest offset a run adds (the channel allocator's) must
     stay below 2**32."""
+    from ubnas.channels import ALLOCATOR_SEED_OFFSET
     from ubnas.runtime import MAX_SEED
 
     def draw(seed):
         return torch.rand(4, generator=torch.Generator().manual_seed(seed))
     assert torch.equal(draw(2**32), draw(0))   # the wrap-around the bound avoids
-    assert MAX_SEED + 7919 < 2**32 and not torch.equal(draw(MAX_SEED + 7919), draw(7919))
+    top = MAX_SEED + ALLOCATOR_SEED_OFFSET
+    assert top < 2**32 and not torch.equal(draw(top), draw(ALLOCATOR_SEED_OFFSET))
     SearchConfig(seed=MAX_SEED).validate()
 
 

@@ -152,6 +152,10 @@ def _carry(values: torch.Tensor, index: List[int]) -> torch.Tensor:
 # down, the copy below the peak after a narrowing.  One Adam step (~lr) outweighs it.
 GAINED_LOGIT_OFFSET = 1e-3
 
+# the allocator's generator is seeded with seed + this: its draws stay apart from the search's
+# (seed, + 1, + 2), and runtime.MAX_SEED keeps the sum below torch's 32-bit seed range
+ALLOCATOR_SEED_OFFSET = 7919
+
 
 def _gained_below(logits: torch.Tensor, gained: List[bool]) -> torch.Tensor:
     """``logits`` with each gained entry moved strictly below its value (by the offset, or at
@@ -197,7 +201,7 @@ class ChannelAllocator:
     def __init__(self, widths: Dict[str, Width], bindings: List[Binding], seed: int = 0):
         self.widths = widths
         self.bindings = bindings
-        self.generator = torch.Generator().manual_seed(seed + 7919)
+        self.generator = torch.Generator().manual_seed(seed + ALLOCATOR_SEED_OFFSET)
         self.log: List[dict] = []
 
     def step(self, optimizers: List[torch.optim.Optimizer], step: int, decisions=None) -> List[dict]:

@@ -20,10 +20,10 @@ import torch
 
 from .build import build_network
 from .runtime import check_output_file
-
-MIN_OPSET = 18   # torch.export's ONNX converter cannot write older opsets
 from .spec import load_spec
 from .train import load_weights
+
+MIN_OPSET = 18   # torch.export's ONNX converter cannot write older opsets
 
 TOLERANCE = 1e-4
 OPSET = 18

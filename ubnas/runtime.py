@@ -30,7 +30,7 @@ def pick_device(name: str) -> torch.device:
 
 
 # torch's CPU generator keeps a seed's low 32 bits (seed 2**32 ran as seed 0), and runs seed their
-# generators with seed + 1, + 2 and + 7919: every accepted seed stays below 2**32
+# generators with seed + 1, + 2 and + channels.ALLOCATOR_SEED_OFFSET: every one stays below 2**32
 MAX_SEED = 2**32 - 8000
 
 

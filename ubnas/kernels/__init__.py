@@ -63,12 +63,12 @@ def backend(impl: str, device: torch.device, dtype: Optional[torch.dtype] = None
     impl = forced or impl
     if impl not in IMPLS:
         raise ValueError(f"unknown kernel impl {impl!r} (expected one of {', '.join(IMPLS)})")
+    kind = torch.device(device).type
     if impl == "auto":
-        cuda = torch.device(device).type == "cuda"
-        impl = "triton" if cuda and dtype != torch.float64 else "reference"
-    if impl == "triton" and torch.device(device).type != "cuda" and not triton_interpreter():
+        impl = "triton" if kind == "cuda" and dtype != torch.float64 else "reference"
+    if impl == "triton" and kind != "cuda" and not triton_interpreter():
         by = f" (set by UBNAS_KERNELS={os.environ['UBNAS_KERNELS'].strip()})" if forced else ""
-        raise ValueError(f"kernels 'triton'{by} need CUDA tensors, got {torch.device(device).type} ones "
+        raise ValueError(f"kernels 'triton'{by} need CUDA tensors, got {kind} ones "
                          "(use 'auto' or 'reference'; TRITON_INTERPRET=1 runs the kernels on a CPU, slowly)")
     if impl == "triton":
         from . import triton_kernels
