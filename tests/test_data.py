@@ -207,8 +207,22 @@ def test_batches_cover_each_sample_once(shuffle):
         assert seen.tolist() != list(range(23))
         again = torch.cat([b[1] for b in D.batches(x, y, 5, True, torch.Generator().manual_seed(0))])
         assert torch.equal(seen, again)
-    dropped = list(D.batches(x, y, 5, shuffle, torch.Generator().manual_seed(0), drop_last=True))
+    dropped = list(D.batches(x, y, 5, shuffle, torch.Generator().manual_seed(0), min_batch=5))
     assert [len(b[1]) for b in dropped] == [5, 5, 5, 5]
+
+
+def test_batch_count_and_min_batch_match_a_plain_loop():
+    for n in range(0, 14):
+        y = torch.arange(n)
+        for batch_size in range(1, 7):
+            for min_batch in range(1, 8):
+                sizes = [len(yb) for _, yb in D.batches(y.float(), y, batch_size, False, None, min_batch)]
+                # reference: every batch in order, then the last one dropped if it is short and too small
+                plain = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+                if plain and plain[-1] < min(min_batch, batch_size):
+                    plain.pop()
+                assert sizes == plain, (n, batch_size, min_batch)
+                assert D.batch_count(n, batch_size, min_batch) == len(plain)
 
 
 def test_augment_flip_and_crop():

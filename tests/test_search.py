@@ -13,6 +13,7 @@ import yaml
 
 from hwmodels import load_accelerator
 from ubnas.cost import COST_MODELS, supernet_cost
+from ubnas.data import load_dataset, search_split
 from ubnas.ops import OPS, DiscreteOp
 from ubnas.search import SearchConfig, run_search
 from ubnas.space import SPACE_DIR, SpaceError, load_space, space_names
@@ -853,3 +854,26 @@ def test_a_one_hot_cost_without_gradient_weights_only_its_layers_and_keeps_every
         kept = derived.ops[t].sum(1) > 0
         assert bool((p.grad[kept][derived.ops[t][kept] == 0].abs().sum() > 0))
     assert all(bool((p.grad[derived.widths[n] == 0] > 0).all()) for n, p in arch.widths.items())
+
+
+# four cells, the last on a 1 x 1 map after three 2x2 pools of digits' 8 x 8 images
+ONE_BY_ONE_SPACE = """ubnas_space: 1
+name: one_by_one
+nodes: 1
+ops: [conv_3x3, skip_connect]
+stem: {kernel: 3, channels: {init: 8, step: 8, candidates: 2, min: 8, max: 32, dynamic: false}}
+channels: {init: 8, step: 8, candidates: 2, min: 8, max: 32, dynamic: false}
+cells: [{pool_after: true}, {pool_after: true}, {pool_after: true}, {pool_after: false}]
+"""
+
+
+def test_a_last_batch_of_one_image_is_dropped_where_batchnorm_sees_one_value(tmp_path):
+    space = tmp_path / "one_by_one.yaml"
+    space.write_text(ONE_BY_ONE_SPACE)
+    data = load_dataset("digits", None, seed=0)
+    (_, yw), _ = search_split(data.train_x, data.train_y, "half", seed=0)
+    batch_size = (len(yw) - 1) // 2   # two full batches and one of a single image
+    assert len(yw) % batch_size == 1
+    result = run_search(SearchConfig(space=str(space), epochs=1, batch_size=batch_size, out=str(tmp_path / "run")),
+                        progress=False)
+    assert [row["steps"] for row in result.history] == [2]

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from ubnas.cli import main
+from ubnas.data import load_dataset
 from ubnas.spec import load_spec
 from ubnas.train import TrainConfig, train
 
@@ -527,3 +528,17 @@ def test_report_over_search_and_train_runs(trained, tmp_path, capsys):
     assert "no such run directory" in err
     err = one_line_error(capsys, ["report", str(tmp_path), "--out", str(out)])
     assert "not a ubnas run directory" in err
+
+
+def test_a_last_batch_of_one_image_is_dropped_where_batchnorm_sees_one_value(tmp_path):
+    # a third pool takes digits' 8 x 8 to 1 x 1 before the last cell's BatchNorm
+    one_by_one = {"reduce": False, "pool_after": False, "channels": 8, "nodes": [[{"from": 0, "op": "conv_3x3"}]]}
+    spec = write_spec(tmp_path / "spec.yaml", {"cells": [dict(c, pool_after=True) for c in SMALL["cells"][:1]]
+                                               + [dict(SMALL["cells"][1], pool_after=True), one_by_one],
+                                               "classifier": {"in_features": 8}})
+    n_train = len(load_dataset("digits", None, seed=0).train_y)
+    batch_size = (n_train - 1) // 3   # three full batches and one of a single image
+    assert n_train % batch_size == 1
+    result = train(config(spec, tmp_path / "run", epochs=1, batch_size=batch_size), progress=False)
+    ckpt = torch.load(result.out_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["scheduler"]["step"] == ckpt["scheduler"]["total_steps"] == 3

@@ -183,20 +183,29 @@ def search_split(x: torch.Tensor, y: torch.Tensor, mode: str = "half", seed: int
     return (x[iw], y[iw]), (x[ia], y[ia])
 
 
+MIN_TRAIN_BATCH = 2   # BatchNorm cannot take training statistics from one value per channel
+
+
+def batch_count(n: int, batch_size: int, min_batch: int = 1) -> int:
+    """How many batches :func:`batches` yields for ``n`` samples (see there for ``min_batch``)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    full, rest = divmod(n, batch_size)
+    return full + (rest >= min(min_batch, batch_size) and rest > 0)
+
+
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool,
-            generator: torch.Generator | None, drop_last: bool = False
-            ) -> Iterator[tuple]:
+            generator: torch.Generator | None, min_batch: int = 1) -> Iterator[tuple]:
     """Yield ``(xb, yb)`` minibatches of (B, ...) / (B,) covering each sample once.
 
     With ``shuffle`` the order is ``torch.randperm(N, generator=generator)`` (a CPU
     generator; ``None`` uses torch's global RNG), so it is deterministic given the
-    generator's state. ``drop_last`` drops a final batch smaller than ``batch_size``.
+    generator's state. A final batch of fewer than ``min_batch`` samples is dropped
+    (``min_batch=batch_size`` keeps full batches only); training passes
+    :data:`MIN_TRAIN_BATCH`, since a batch of one sample fails BatchNorm on a 1 x 1 map.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n = len(y)
-    order = torch.randperm(n, generator=generator).to(y.device) if shuffle else None
-    stop = n - n % batch_size if drop_last else n
+    stop = min(len(y), batch_count(len(y), batch_size, min_batch) * batch_size)
+    order = torch.randperm(len(y), generator=generator).to(y.device) if shuffle else None
     for i in range(0, stop, batch_size):
         if order is None:
             yield x[i:i + batch_size], y[i:i + batch_size]

@@ -36,7 +36,7 @@ from hwmodels.yamlio import atomic_write_text
 from . import distributed as dist
 from .channels import ChannelAllocator
 from .cost import supernet_cost
-from .data import DataError, batches, load_dataset, search_split
+from .data import MIN_TRAIN_BATCH, DataError, batch_count, batches, load_dataset, search_split
 from .kernels import backend as kernel_backend
 from .runtime import (all_finite, make_run_dir, pick_device, progress_bar, refuse_if_locked, resume_note, run_lock,
                       say, set_aside)
@@ -150,7 +150,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
         # epoch's log write resumes with no epoch left to run, and its log stayed an epoch short
         dist.on_rank0(lambda: _write_log(out / "search_log.csv", state.history))
     sync_checks = 0   # steps whose weights were compared across ranks (UBNAS_CHECK_SYNC)
-    steps_per_epoch = math.ceil(len(yw) / cfg.batch_size)
+    steps_per_epoch = batch_count(len(yw), cfg.batch_size, MIN_TRAIN_BATCH)
     if cfg.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
 
@@ -170,8 +170,8 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
             torch.cuda.reset_peak_memory_stats(device)
         net.train()
         sums = {"loss": 0.0, "acc": 0.0, "val_loss": 0.0, "val_acc": 0.0, "n": 0}
-        weight_batches = batches(xw, yw, cfg.batch_size, True, data_gen)
-        arch_batches = _passes(lambda: batches(xa, ya, cfg.batch_size, True, data_gen))
+        weight_batches = batches(xw, yw, cfg.batch_size, True, data_gen, MIN_TRAIN_BATCH)
+        arch_batches = _passes(lambda: batches(xa, ya, cfg.batch_size, True, data_gen, MIN_TRAIN_BATCH))
         bar = progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs} [{stage}]", progress)
         for step, ((xb, yb), (xv, yv)) in enumerate(zip(weight_batches, arch_batches)):
             if step >= steps_per_epoch:
@@ -277,10 +277,11 @@ def _search_data(cfg: SearchConfig, rank: int, world: int, device: torch.device,
     (xw, yw), (xa, ya) = search_split(data.train_x, data.train_y, cfg.split, seed=cfg.seed)
     xw, yw = dist.shard(xw, yw, rank, world)
     xa, ya = dist.shard(xa, ya, rank, world)
-    if len(yw) == 0 or len(ya) == 0:   # else a search of 0 steps that still exports
+    least = min(MIN_TRAIN_BATCH, cfg.batch_size)   # a smaller last batch is dropped (BatchNorm)
+    if min(len(yw), len(ya)) < least:   # else a search of 0 steps that still exports
         per = f" per process ({world} processes)" if world > 1 else ""
         raise DataError(f"{cfg.data}: {len(data.train_y)} training images leave {len(yw)} for the weights and "
-                        f"{len(ya)} for the architecture{per}; each needs at least one")
+                        f"{len(ya)} for the architecture{per}; each needs at least {least}")
     xw, yw, xa, ya = (t.to(device) for t in (xw, yw, xa, ya))
     return data, (xw, yw), (xa, ya)
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from hwmodels.yamlio import atomic_write_text
 
 from .build import build_network
-from .data import DATASETS, augment_crop_flip, batches, load_dataset
+from .data import DATASETS, MIN_TRAIN_BATCH, DataError, augment_crop_flip, batch_count, batches, load_dataset
 from .distributed import launched_processes
 from .runtime import (MAX_SEED, all_finite, atomic_torch_save, existing_checkpoint, ignored_on_resume,
                       load_checkpoint, make_run_dir, options_given, pick_device, progress_bar, refuse_if_locked,
@@ -275,6 +275,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     data = load_dataset(cfg.data, cfg.data_dir, seed=cfg.seed)
     _check_data_fits(spec, data, cfg.data)
     augment = cfg.augment if cfg.augment is not None else cfg.data == "cifar10"
+    if len(data.train_y) < min(MIN_TRAIN_BATCH, cfg.batch_size):   # a smaller last batch is dropped (BatchNorm)
+        raise DataError(f"{cfg.data}: {len(data.train_y)} training image(s); training needs at least "
+                        f"{MIN_TRAIN_BATCH}")
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
 
@@ -289,7 +292,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
                            {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, momentum=cfg.momentum)
     gen = torch.Generator().manual_seed(cfg.seed)     # shuffling and augmentation
-    steps_per_epoch = math.ceil(len(train_y) / cfg.batch_size)
+    steps_per_epoch = batch_count(len(train_y), cfg.batch_size, MIN_TRAIN_BATCH)
     total_steps = cfg.epochs * steps_per_epoch
     start_epoch, step, history = 0, 0, []
     if ckpt is not None:
@@ -316,7 +319,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
         model.train()
         t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
         bar = progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress)
-        for i, (xb, yb) in enumerate(batches(train_x, train_y, cfg.batch_size, shuffle=True, generator=gen)):
+        for i, (xb, yb) in enumerate(batches(train_x, train_y, cfg.batch_size, True, gen, MIN_TRAIN_BATCH)):
             if augment:
                 xb = augment_crop_flip(xb, 4, gen)
             lr = lr_at(step, total_steps, cfg)
