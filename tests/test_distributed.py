@@ -160,19 +160,15 @@ def test_an_error_on_rank_0_stops_every_rank_with_its_message(tmp_path):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
-def test_torchrun_search_refused_on_rank_0_ends_with_one_line_per_rank(tmp_path):
+def test_torchrun_search_refused_on_rank_0_ends_with_one_line_per_rank(tmp_path, lock_holder):
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
-    try:
-        (out / ".ubnas.lock").write_text(f"{holder.pid}\n")   # a live process writes there
-        env = dict(os.environ, UBNAS_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), "-m", "ubnas", "search", "--epochs", "1", "--max-steps-per-epoch", "1",
-               "--out", str(out), "--quiet"]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    finally:
-        holder.kill()
+    lock_holder(out)   # a live process writes there
+    env = dict(os.environ, UBNAS_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), "-m", "ubnas", "search", "--epochs", "1", "--max-steps-per-epoch", "1",
+           "--out", str(out), "--quiet"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode != 0
     # rank 1 quotes rank 0's error (rank 0's own line may be cut: torchrun stops it once rank 1 exits)
     assert "ubnas: error (rank 1): rank 0 stopped: --out" in result.stderr, result.stderr[-3000:]

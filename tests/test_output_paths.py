@@ -1,5 +1,6 @@
 """Output paths and unreadable inputs are refused up front, in one line naming the option or file."""
 import os
+import time
 
 import pytest
 import torch
@@ -168,31 +169,69 @@ def test_interrupts_and_closed_pipes(tmp_path):
            "with --resume" in err
 
 
-def test_a_second_run_into_a_directory_being_written_is_refused(tmp_path, spec_path, capsys):
-    """A live process's lock in OUT refuses search and train (OUT untouched); a dead one's is taken over."""
-    import subprocess
-    import sys
+def test_a_second_run_into_a_directory_being_written_is_refused(tmp_path, spec_path, capsys, lock_holder):
+    """A live process's lock on OUT refuses search and train (OUT untouched); a killed one's, or a
+    lock file no process holds (its pid reused by now), is taken over."""
+    import signal
     out = tmp_path / "run"
     out.mkdir()
-    (out / ".ubnas.lock").write_text(f"{os.getppid()}\n")   # a process that runs: pytest's parent
+    holder = lock_holder(out)
     for argv in (["search", "--out", str(out), "--epochs", "1", "--max-steps-per-epoch", "1", "--quiet"],
                  ["train", str(spec_path), "--out", str(out), "--epochs", "1", "--quiet"]):
         err = _error(capsys, argv)
-        assert f"another ubnas run (pid {os.getppid()}) is writing there" in err, err
+        assert f"another ubnas run (pid {holder.pid}) is writing there" in err, err
         assert sorted(p.name for p in out.iterdir()) == [".ubnas.lock"]
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (out / ".ubnas.lock").write_text(gone.stdout)   # that process has exited
+    holder.send_signal(signal.SIGKILL)   # killed: its lock file stays, the kernel drops its lock
+    holder.wait()
+    assert (out / ".ubnas.lock").read_text() == f"{holder.pid}\n"
     assert main(["search", "--out", str(out), "--epochs", "1", "--max-steps-per-epoch", "1", "--quiet"]) == 0
     assert not (out / ".ubnas.lock").exists() and (out / "arch.yaml").exists()
+    (out / ".ubnas.lock").write_text(f"{os.getppid()}\n")   # a live pid, but no process holds the lock
+    assert main(["search", "--out", str(tmp_path / "run"), "--resume", "--quiet"]) == 0
     capsys.readouterr()
-    (out / ".ubnas.lock").write_text(f"{os.getppid()}\n")   # refused before any note about resuming
+    holder = lock_holder(out)   # refused before any note about resuming
     for argv in (["search", "--out", str(out), "--resume", "--seed", "5", "--quiet"],
                  ["search", "--out", str(out), "--quiet"],
                  ["train", str(spec_path), "--out", str(out), "--resume", "--epochs", "1", "--quiet"]):
         assert main(argv) == 2
         said = capsys.readouterr()
         assert said.out == "" and len(said.err.strip().splitlines()) == 1, said   # notes go to stdout
-        assert f"another ubnas run (pid {os.getppid()}) is writing there" in said.err, said
+        assert f"another ubnas run (pid {holder.pid}) is writing there" in said.err, said
+
+
+def test_two_runs_that_take_the_lock_together_never_both_hold_it(tmp_path):
+    """Taking the lock is one atomic step: a run that finds the lock file just created by another
+    (no pid written yet) must not take it too."""
+    import subprocess
+    import sys
+    out = tmp_path / "run"
+    out.mkdir()
+    race = """import os, sys, time
+from pathlib import Path
+from ubnas import runtime
+plain_open = os.open
+def slow_open(path, *args, **kwargs):   # widen the moment between creating the lock file and holding it
+    fd = plain_open(path, *args, **kwargs)
+    if str(path).endswith(runtime.LOCK):
+        time.sleep(0.2)
+    return fd
+runtime.os.open = slow_open
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+try:
+    with runtime.run_lock(Path(sys.argv[1])):
+        time.sleep(1.0)
+        print("held", flush=True)
+except ValueError:
+    print("refused", flush=True)
+"""
+    for trial in range(2):
+        start = str(time.time() + 1.5)
+        procs = [subprocess.Popen([sys.executable, "-c", race, str(out), start], stdout=subprocess.PIPE, text=True)
+                 for _ in range(3)]
+        said = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+        assert said == ["held", "refused", "refused"], (trial, said)
 
 
 def test_a_directory_in_the_place_of_the_lock_or_a_kept_file_is_one_line_and_moves_nothing(tmp_path, capsys):

@@ -55,32 +55,54 @@ def expand_home(values: dict, keys: Iterable[str]) -> dict:
             for k, v in values.items()}
 
 
-LOCK = ".ubnas.lock"   # in a run directory while a run writes it: this process's pid
+LOCK = ".ubnas.lock"   # in a run directory while a run writes it: flock-held, with the holder's pid
+
+try:
+    import fcntl
+except ImportError:   # no advisory locks (Windows): runs are not locked there
+    fcntl = None
 
 
 @contextmanager
 def run_lock(out: Path):
     """Hold ``out/.ubnas.lock`` while this process writes ``out``: a second run into the same
-    directory is refused in one line instead of interleaving its files with the first's.  A lock
-    whose process no longer runs on this machine (killed) is taken over."""
+    directory is refused in one line instead of interleaving its files with the first's.
+
+    The lock is an exclusive ``flock`` on that file, so the kernel releases it when its process
+    dies (a killed run's lock file is simply taken over) and taking it is atomic: two runs that
+    start together, or that find the same killed run's file, cannot both hold it.  The file holds
+    the pid, for the refusal's message only.  Per machine: ``flock`` does not reach other hosts."""
     path = out / LOCK
+    if fcntl is None:
+        yield
+        return
     while True:
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            refuse_if_locked(out)
-            try:
-                path.unlink(missing_ok=True)   # stale: its process was killed
-            except OSError as exc:   # a directory (or unwritable) in the lock's place
-                raise ValueError(f"--out {out}: cannot take the run lock {path} ({exc.strerror or exc}); "
-                                 f"remove it") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{os.getpid()}\n")
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as exc:   # a directory (or unwritable) in the lock's place
+            raise ValueError(f"--out {out}: cannot take the run lock {path} ({exc.strerror or exc}); "
+                             f"remove it") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ValueError(_locked_message(out, path)) from None
+        except OSError as exc:   # a file system without locks
+            os.close(fd)
+            raise ValueError(f"--out {out}: cannot lock {path} ({exc.strerror or exc})") from None
+        try:   # its last holder may have removed the file between our open and flock: lock the new one
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
     try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
-        path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)   # while still held: a waiting opener then sees a removed file
+        os.close(fd)
 
 
 def refuse_if_locked(out: Path) -> None:
@@ -88,23 +110,29 @@ def refuse_if_locked(out: Path) -> None:
     only once a run has checked its inputs; this early look spares the user notes about a run that
     will not start."""
     path = Path(out) / LOCK
-    try:
-        pid = int(path.read_text().strip() or 0)
-    except (OSError, ValueError):   # none, unreadable or not a pid: run_lock decides
+    if fcntl is None:
         return
-    if pid > 0 and pid != os.getpid() and _running(pid):
-        raise ValueError(f"--out {out}: another ubnas run (pid {pid}) is writing there; wait for it "
-                         f"or choose another --out (remove {path} if that process is gone)")
-
-
-def _running(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # another user's live process
-        return True
-    return True
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:   # none, or not a file: run_lock decides
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)   # released at close below
+    except BlockingIOError:
+        raise ValueError(_locked_message(Path(out), path)) from None
+    except OSError:   # a file that takes no lock: run_lock decides
+        pass
+    finally:
+        os.close(fd)
+
+
+def _locked_message(out: Path, path: Path) -> str:
+    try:   # the holder writes its pid just after taking the lock: it may not be there yet
+        pid = int(path.read_text().strip())
+        who = f"another ubnas run (pid {pid})"
+    except (OSError, ValueError):
+        who = "another ubnas run"
+    return f"--out {out}: {who} is writing there; wait for it or choose another --out"
 
 
 def make_run_dir(path: Path) -> Path:
