@@ -675,7 +675,15 @@ def test_resume_takes_where_it_runs_from_the_command_line(tmp_path, capsys):
     saved = yaml.safe_load((tmp_path / "gpu_run" / "config.yaml").read_text())
     assert (saved["device"], saved["kernels"], saved["out"]) == ("cpu", "reference", str(tmp_path / "gpu_run"))
     assert saved["lambda_latency"] == 0.5                                  # the trajectory is the checkpoint's
-    assert "ignored: lambda_latency" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "ignored: lambda_latency" in said
+    # another device and other kernels sum in another order: said, as the result is not bit for bit
+    assert "with --device cpu (it ran with cuda) and --kernels reference (it ran with eager)" in said, said
+    capsys.readouterr()
+    again = _small(tmp_path, "same_place", epochs=2, kernels="eager")
+    run_search(again, progress=False, stop_after_epoch=1)
+    run_search(again, resume=True, progress=False)
+    assert "float rounding" not in capsys.readouterr().out
 
 
 def test_exported_exact_cost_is_at_the_search_hardware_batch(tmp_path):

@@ -88,6 +88,11 @@ def resumed_config(cfg: SearchConfig, checkpoint: dict, given: Optional[Iterable
     changed = ignored_on_resume(cfg, asdict(saved), SearchConfig(), trajectory, given)
     if changed and main:
         say(f"note: resuming {ckpt_path} with its saved config; ignored: {', '.join(changed)}")
+    moved = [f"--{k} {getattr(saved, k)} (it ran with {checkpoint['config'].get(k)})" for k in ("device", "kernels")
+             if k in checkpoint["config"] and getattr(saved, k) != checkpoint["config"][k]]
+    if moved and main:   # other kernels or another device sum in another order
+        say(f"note: resuming {ckpt_path} with {' and '.join(moved)}: the result agrees with an uninterrupted "
+            f"run to float rounding, not bit for bit")
     return saved
 
 
