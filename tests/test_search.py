@@ -425,6 +425,17 @@ def test_a_diverging_search_stops_and_keeps_the_last_good_checkpoint(tmp_path, m
         assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
 
 
+@pytest.mark.parametrize("option, blamed", [
+    (dict(tau0=1e-45), "a larger --tau0 / --tau-decay (the temperature was 1e-45)"),
+    (dict(target_latency_us=1e-20), "a reachable --target-latency-us (its multiplier mu was"),
+])
+def test_a_divergence_names_an_extreme_temperature_or_target_not_the_learning_rates(tmp_path, option, blamed):
+    cfg = SearchConfig(epochs=1, max_steps_per_epoch=3, batch_size=16, out=str(tmp_path / "run"), **option)
+    with pytest.raises(ValueError, match="search diverged") as info:
+        run_search(cfg, progress=False)
+    assert blamed in str(info.value) and "--weight-lr" not in str(info.value), str(info.value)
+
+
 def test_the_80_20_split_trains_on_the_whole_weight_split_each_epoch(tmp_path):
     """An epoch is one pass over the weight split (ceil(n_w / batch) steps); the smaller
     architecture split is reshuffled when it runs out instead of ending the epoch early."""

@@ -55,12 +55,25 @@ class SearchDiverged(ValueError):
     """A loss or the latency became non-finite (a ValueError: the CLI prints one line)."""
 
 
-def _diverged(what: str, where: str, ckpt_path: Path, epochs_saved: int) -> SearchDiverged:
+# a temperature or a latency multiplier past these is the likelier cause of a NaN than a learning rate:
+# logits / tau overflows float32 near tau = 1e-38 / |logit|, and mu * latency / T once mu is huge
+SUSPECT_TAU, SUSPECT_MU = 1e-6, 1e6
+
+
+def _diverged(what: str, where: str, ckpt_path: Path, epochs_saved: int, tau: float, mu: float,
+              cfg: SearchConfig) -> SearchDiverged:
     """The error for a search whose ``what`` turned non-finite ``where``; nothing is saved after it,
-    so the checkpoint on disk holds ``epochs_saved`` epochs (0: none was written)."""
+    so the checkpoint on disk holds ``epochs_saved`` epochs (0: none was written).  ``tau`` and
+    ``mu``: the temperature and latency multiplier then, named as the cause when extreme."""
     kept = f"{ckpt_path} keeps epoch {epochs_saved}" if epochs_saved else "no checkpoint was written"
-    return SearchDiverged(f"search diverged: {what} {where}; {kept}; start over with lower --weight-lr / "
-                          f"--arch-lr")
+    fixes = []
+    if tau < SUSPECT_TAU:
+        fixes.append(f"a larger --tau0 / --tau-decay (the temperature was {tau:.3g})")
+    if mu > SUSPECT_MU:
+        fixes.append(f"a reachable --target-latency-us (its multiplier mu was {mu:.3g}; the target is "
+                     f"{cfg.target_latency_us:g} us)")
+    fixes = fixes or ["lower --weight-lr / --arch-lr"]
+    return SearchDiverged(f"search diverged: {what} {where}; {kept}; start over with {' or '.join(fixes)}")
 
 
 @dataclass
@@ -187,7 +200,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
                 if bar is not None:
                     bar.close()
                 raise _diverged(", ".join(bad), f"at epoch {epoch + 1}/{cfg.epochs}, step {step + 1}", ckpt_path,
-                                epoch)
+                                epoch, tau, state.mu, cfg)
             if taken.latency_ratio is not None:   # dual ascent on the latency constraint, rank 0's ratio everywhere
                 ratio = float(dist.broadcast_object(float(taken.latency_ratio.detach())))
                 state.mu = max(0.0, state.mu + cfg.dual_lr * (ratio - 1))
@@ -235,7 +248,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
         dist.broadcast_module(net)   # BN running statistics differ per shard: take rank 0's
         if not all_finite(net):   # the last step's update overflowed although its losses were finite
             raise _diverged("the weights or architecture parameters are not finite",
-                            f"after epoch {epoch + 1}/{cfg.epochs}", ckpt_path, epoch)
+                            f"after epoch {epoch + 1}/{cfg.epochs}", ckpt_path, epoch, tau, state.mu, cfg)
         def save_epoch():   # the checkpoint first: a log never lists an epoch that no checkpoint holds
             save_search_checkpoint(ckpt_path, cfg, state, net, world, defs, w_opt, a_opt, data_gen, gumbel_gen,
                                    allocator)
