@@ -92,19 +92,19 @@ def _conv1d(module: "nn.Conv1d", inputs: tuple, output, batch: int) -> List[Laye
 def _conv(module, x, output, kernel_size, stride, padding, dil) -> List[Layer]:
     b, (h, w) = (x.shape[0] if x.dim() == 4 else 1), x.shape[-2:]
     kh, kw = kernel_size
+    extra = (0, 0)
     if isinstance(padding, str):   # 'valid' or 'same' (torch pads the extra cell right/bottom)
         if padding == "valid":
             pad = (0, 0)
         else:
             total = (dil[0] * (kh - 1), dil[1] * (kw - 1))
-            pad = (total[0] // 2, total[1] // 2)
-            h, w = h + total[0] % 2, w + total[1] % 2   # same output size and MACs, symmetric padding
+            pad, extra = (total[0] // 2, total[1] // 2), (total[0] % 2, total[1] % 2)
     else:
         pad = padding
     layer = ConvLayer("", in_h=int(h), in_w=int(w), in_channels=module.in_channels,
                       out_channels=module.out_channels, kernel_h=kh, kernel_w=kw,
                       stride=stride, padding=pad, dilation=dil,
-                      groups=module.groups, batch=int(b))
+                      groups=module.groups, batch=int(b), extra_padding=extra)
     if tuple(output.shape[-2:]) != (layer.out_h, layer.out_w):
         raise ValueError(f"{type(module).__name__}: traced output {tuple(output.shape)} does not match "
                          f"the lowered {layer.out_h}x{layer.out_w} map")

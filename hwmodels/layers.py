@@ -66,6 +66,8 @@ class ConvLayer:
     """A 2-D convolution on an in_h x in_w map (NCHW semantics, as torch.nn.Conv2d).
 
     stride, padding and dilation are an int or an (h, w) pair; ``batch`` images.
+    ``extra_padding`` (int or (h, w) pair, elements): rows at the bottom and columns at the right
+    padded beyond ``padding``, as torch's ``padding='same'`` pads when dilation * (kernel - 1) is odd.
     """
 
     name: str
@@ -80,20 +82,21 @@ class ConvLayer:
     dilation: IntOrPair = 1
     groups: int = 1
     batch: int = 1
+    extra_padding: IntOrPair = 0
     kind: str = field(default="conv", init=False)
 
     def __post_init__(self):
         _counts_at_least_one(self, ("in_h", "in_w", "in_channels", "out_channels", "kernel_h", "kernel_w",
                                     "groups", "batch"))
         problems = []
-        for attr in ("stride", "padding", "dilation"):
+        for attr in ("stride", "padding", "dilation", "extra_padding"):
             try:
                 object.__setattr__(self, attr, _pair(getattr(self, attr), attr))
             except ValueError as exc:
                 raise ValueError(f"layer {self.name!r}: {exc}") from None
         if min(self.stride) < 1 or min(self.dilation) < 1:
             problems.append("stride and dilation must be >= 1")
-        if min(self.padding) < 0:
+        if min(self.padding) < 0 or min(self.extra_padding) < 0:
             problems.append("padding must be >= 0")
         if (self.in_channels % self.groups or self.out_channels % self.groups):
             problems.append(f"in_channels ({self.in_channels}) and out_channels "
@@ -108,12 +111,12 @@ class ConvLayer:
     @property
     def out_h(self) -> int:
         span = self.dilation[0] * (self.kernel_h - 1) + 1
-        return (self.in_h + 2 * self.padding[0] - span) // self.stride[0] + 1
+        return (self.in_h + 2 * self.padding[0] + self.extra_padding[0] - span) // self.stride[0] + 1
 
     @property
     def out_w(self) -> int:
         span = self.dilation[1] * (self.kernel_w - 1) + 1
-        return (self.in_w + 2 * self.padding[1] - span) // self.stride[1] + 1
+        return (self.in_w + 2 * self.padding[1] + self.extra_padding[1] - span) // self.stride[1] + 1
 
     @property
     def is_depthwise(self) -> bool:

@@ -11,7 +11,8 @@ field):
 kind is ``conv`` or ``linear`` (case-insensitive).  Required in the header:
 name, kind, in_channels, out_channels; conv rows also need in_h, in_w,
 kernel_h, kernel_w.  stride, padding, dilation, groups and batch may be absent
-or empty (defaults 1, 0, 1, 1 and ``default_batch``).  For linear rows
+or empty (defaults 1, 0, 1, 1 and ``default_batch``), as may ``extra_padding``
+(default 0: rows/columns padded at the bottom/right beyond ``padding``).  For linear rows
 in_channels/out_channels are the in/out features and in_h, in_w, kernel_h,
 kernel_w may be empty or 1.  Blank lines and lines starting with ``#`` are
 skipped.  Every problem raises ``HardwareConfigError`` with one line
@@ -32,7 +33,7 @@ from .yamlio import short_repr
 
 ALWAYS = ("name", "kind", "in_channels", "out_channels")
 CONV_ONLY = ("in_h", "in_w", "kernel_h", "kernel_w")
-DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "extra_padding": 0}
 KINDS = ("conv", "linear")
 
 
@@ -91,7 +92,7 @@ def _parse_row(row: _Row, default_batch: int) -> Layer:
                                  f"got {short_repr(text)}")
             return LinearLayer(name, in_features=cin, out_features=cout, batch=batch)
         fields = {c: row.integer(c) for c in CONV_ONLY}
-        fields.update({c: row.integer(c, minimum=0 if c == "padding" else 1, default=d)
+        fields.update({c: row.integer(c, minimum=0 if "padding" in c else 1, default=d)
                        for c, d in DEFAULTS.items()})
         return ConvLayer(name, in_channels=cin, out_channels=cout, batch=batch, **fields)
     except HardwareConfigError:

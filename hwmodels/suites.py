@@ -114,8 +114,11 @@ def layer_fields(layer):
         return dict(kind="linear", in_h=1, in_w=1, in_channels=layer.in_features,
                     out_channels=layer.out_features, kernel_h=1, kernel_w=1, stride=1, padding=0,
                     dilation=1, groups=1, batch=layer.batch)
-    return dict(kind=layer.kind, in_h=layer.in_h, in_w=layer.in_w, in_channels=layer.in_channels,
-                out_channels=layer.out_channels, kernel_h=layer.kernel_h, kernel_w=layer.kernel_w,
-                stride=_one_or_pair(layer.stride), padding=_one_or_pair(layer.padding),
-                dilation=_one_or_pair(layer.dilation),
-                groups=layer.groups, batch=layer.batch)
+    fields = dict(kind=layer.kind, in_h=layer.in_h, in_w=layer.in_w, in_channels=layer.in_channels,
+                  out_channels=layer.out_channels, kernel_h=layer.kernel_h, kernel_w=layer.kernel_w,
+                  stride=_one_or_pair(layer.stride), padding=_one_or_pair(layer.padding),
+                  dilation=_one_or_pair(layer.dilation),
+                  groups=layer.groups, batch=layer.batch)
+    if any(layer.extra_padding):   # only then: the SCALE-Sim cache keys of every other layer stay as they were
+        fields["extra_padding"] = _one_or_pair(layer.extra_padding)
+    return fields

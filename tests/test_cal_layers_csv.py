@@ -162,3 +162,21 @@ def test_a_non_utf8_byte_is_located_by_line(tmp_path):
     path = tmp_path / "latin1.csv"
     path.write_bytes(f"{HEADER}\n{FC}\n".encode() + "caf\u00e9,linear,1,1,64,10,1,1,1,0,1,1,1\n".encode("latin-1"))
     assert _error(path).startswith(f"{path}:3: not a UTF-8 text CSV")
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+def test_extra_padding_column_reads_the_layer_torch_same_padding_traces(tmp_path):
+    """A 4 x 4 kernel with padding='same' pads 1 row/column on top/left and 2 at the bottom/right;
+    the CSV's extra_padding column describes it, and the layer written back keeps the column."""
+    import torch
+    from hwmodels.estimate import trace_layers
+    from hwmodels.suites import layer_fields
+    conv = torch.nn.Conv2d(8, 8, 4, padding="same", groups=8)
+    (traced,) = trace_layers(conv, (8, 6, 5))
+    path = _write(tmp_path, f"{HEADER},extra_padding\nsame,conv,6,5,8,8,4,4,1,1,1,8,1,1\n")
+    (layer,) = read_layers_csv(path)
+    assert (layer.out_h, layer.out_w) == tuple(conv(torch.zeros(1, 8, 6, 5)).shape[-2:]) == (6, 5)
+    assert layer_fields(layer) == layer_fields(traced) and layer_fields(layer)["extra_padding"] == 1
+    assert "extra_padding" not in layer_fields(read_layers_csv(_write(tmp_path, f"{HEADER}\n{FC}\n", "fc.csv"))[0])
+    assert "extra_padding" not in refs.cache_key(trace_layers(torch.nn.Conv2d(8, 8, 3, padding="same"),
+                                                              (8, 6, 5))[0], 16, 16, "ws", "3.0.0")

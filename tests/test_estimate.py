@@ -76,6 +76,24 @@ def test_same_padding_and_shared_module():
     for layer in layers:
         assert (layer.out_h, layer.out_w) == (9, 7)
         assert layer.lower().macs == 9 * 7 * 4 * 4 * 4 * 4
+        # the tensor read is the 4 x 9 x 7 input, not a map grown by the uneven padding
+        assert (layer.in_h, layer.in_w) == (9, 7) and layer.input_elements() == 4 * 9 * 7
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("kernel, dilation", [(2, 1), (4, 1), (2, 3), (3, 1), (5, 2)])
+def test_same_padding_is_costed_as_the_tensors_torch_reads_and_writes(kernel, dilation):
+    """On a memory-bound accelerator the cost is the bytes moved: with padding='same' they are those
+    of the input, weight and output tensors torch holds, whatever the kernel's parity."""
+    from hwmodels import Accelerator, estimate
+    conv = nn.Conv2d(32, 32, kernel, padding="same", dilation=dilation, groups=32, bias=False)
+    shape = (32, 5, 4)
+    x = torch.zeros(1, *shape)
+    elements = x.numel() + conv.weight.numel() + conv(x).numel()
+    slow = Accelerator("slow_memory", 16, 16, bandwidth_bytes_per_s=1e6, onchip_bytes=1 << 30)   # all on chip
+    cost = estimate(conv, shape, slow).layers[0]
+    assert cost.bytes == elements * slow.bytes_per_element
+    assert cost.cycles == pytest.approx(cost.bytes / slow.bandwidth_bytes_per_s * slow.clock_hz)
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same'")
