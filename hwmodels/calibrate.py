@@ -446,7 +446,9 @@ def write_calibrated(result: CalibrationResult, path: Union[str, os.PathLike],
                      plot: bool = True) -> Optional[Path]:
     """Write the calibrated YAML (fit_report + provenance) and, with matplotlib, the PNG
     next to it (same stem).  Returns the PNG path or None.  Nothing is written when
-    rendering fails; the YAML is written atomically."""
+    rendering fails; the YAML is written atomically.  Without a new plot (``plot`` False or
+    no matplotlib) a PNG file already at that place, an earlier fit's, is removed: it no
+    longer shows this YAML's fit."""
     path = Path(path)
     png = render_plot(result) if plot else None
     png_path = path.with_suffix(".png")
@@ -455,6 +457,8 @@ def write_calibrated(result: CalibrationResult, path: Union[str, os.PathLike],
     extra = {"fit_report": _plain(result.fit_report), "provenance": _plain(result.provenance)}
     save_accelerator(result.accelerator, path, extra)
     if png is None:
+        if png_path.is_file():
+            png_path.unlink()
         return None
     tmp = png_path.with_name(f".{png_path.name}.tmp")
     tmp.write_bytes(png)

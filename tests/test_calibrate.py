@@ -251,6 +251,12 @@ def test_cli_end_to_end_on_measured_csv(synthetic, tmp_path, capsys):
         assert out.with_suffix(".png").stat().st_size > 1000
     else:
         assert not out.with_suffix(".png").exists()
+    # a refit without a plot: the earlier fit's PNG would pass for this one's
+    out.with_suffix(".png").write_bytes(b"an earlier fit's plot")
+    assert main(["calibrate", "--hw", str(hw), "--reference", str(synthetic), "--seed", "4", "--no-plot",
+                 "--out", str(out)]) == 0
+    assert not out.with_suffix(".png").exists()
+    assert f"removed {out.with_suffix('.png')}, an earlier fit's plot" in capsys.readouterr().out
 
 
 def test_scalesim_reference_through_cache_only(tmp_path, monkeypatch, capsys):

@@ -145,7 +145,10 @@ def run(args) -> int:
     # a calibrated copy is another accelerator: named after its file, so specs, metrics and reports
     # tell it from the preset it came from (provenance.calibrated_from keeps that name)
     result.accelerator = result.accelerator.replace(name=Path(args.out).stem)
+    old_png = Path(args.out).with_suffix(".png")
+    stale = old_png.is_file()
     png = cal.write_calibrated(result, args.out, plot=not args.no_plot)
     sys.stdout.write(cal.format_report(result))
-    print(f"wrote {args.out}" + (f" and {png}" if png else ""))
+    print(f"wrote {args.out}" + (f" and {png}" if png else "")
+          + (f"; removed {old_png}, an earlier fit's plot" if stale and not png else ""))
     return 0
