@@ -292,6 +292,9 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
     fit_report["unused_parameters"] = list(unused)
     fit_report["bounded_only"] = bounded
     fit_report["warnings"] = fit_warnings(fit_report, reference_over_model, loose)
+    for name, ref in (("reference", reference), ("holdout", holdout)):   # what the fit did not see
+        if ref is not None and ref.skipped:
+            fit_report[f"skipped_{name}_layers"] = list(ref.skipped)
     prov = {"reference": reference.kind, "reference_source": reference.source,
             "holdout_source": holdout.source if holdout is not None else reference.source,
             "seed": int(seed), "mode": mode, "array": f"{acc.array_rows}x{acc.array_cols}",

@@ -97,6 +97,11 @@ def test_scalesim_calibration_of_several_arrays_simulates_one(tmp_path):
     assert len(reference.rows) >= 20   # the cached ones; the rest are skipped, not simulated
     result = cal.calibrate(reference, acc, "systolic", seed=0)
     assert result.metrics_before["max_abs_pct"] < 1e-9
+    # the fit report names what the fit did not see: every suite layer that has no row
+    fitted_names = {row.layer.name for row in reference.rows}
+    missing = [layer.name for layer in suite_layers("cifar", 0) if layer.name not in fitted_names]
+    assert missing and [s.split(" (")[0] for s in result.fit_report["skipped_reference_layers"]] == missing
+    assert "skipped_holdout_layers" not in result.fit_report
     fitted = result.accelerator
     assert fitted.num_arrays == 4
     assert fitted.calibration.cycle_scale == pytest.approx(1.0, abs=1e-6)
