@@ -170,6 +170,11 @@ def run_scalesim(layers: list, accelerator, workdir: Optional[str] = None,
     CALC mode, where reads never stall, so total_cycles == compute_cycles.
     workdir: where topology/config/report files go (default: a temporary directory).
     """
+    for name, value in (("sram_kb", sram_kb), ("bandwidth_words_per_cycle", bandwidth_words_per_cycle)):
+        # SCALE-Sim's config holds whole numbers: 0.5 would have become 0 words per cycle
+        if value is not None and (isinstance(value, bool) or not float(value).is_integer() or value < 1):
+            raise ValueError(f"run_scalesim: {name} expected a whole number >= 1 (SCALE-Sim's config holds "
+                             f"integers), got {value!r}")
     scalesim_cls = _import_scalesim()
     config_text = _config_text(accelerator.array_rows, accelerator.array_cols, accelerator.dataflow,
                                int(sram_kb or DEFAULT_SRAM_KB), bandwidth_words_per_cycle)

@@ -75,3 +75,12 @@ def test_reference_csv_parses_and_has_every_dataflow():
     for r in rows:
         assert int(r["scalesim_total_cycles"]) >= int(r["scalesim_compute_cycles"]) > 0
         assert int(r["array_rows"]) > 0 and int(r["array_cols"]) > 0
+
+
+@pytest.mark.parametrize("option, value", [("bandwidth_words_per_cycle", 0.5), ("bandwidth_words_per_cycle", 0),
+                                           ("sram_kb", 0.5), ("sram_kb", -64), ("sram_kb", True)])
+def test_run_scalesim_refuses_what_its_integer_config_cannot_hold(option, value):
+    """int(0.5) wrote 'Bandwidth : 0' into SCALE-Sim's config; sram_kb 0.5 fell back to the default."""
+    from hwmodels.scalesim import run_scalesim
+    with pytest.raises(ValueError, match=f"{option} expected a whole number >= 1"):
+        run_scalesim([GemmLayer("tiny", m=5, k=6, n=7)], Accelerator("t", 4, 4), **{option: value})
