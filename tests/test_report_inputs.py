@@ -177,7 +177,7 @@ def test_report_hand_written_metrics_are_shown_as_recorded(tmp_path):
         "test_acc": 0.875, "params": 1234,
         "hardware": {"accelerator": "my_npu", "latency_us": 3.25, "utilization": 0.5, "macs": 98765}}))
     text = report_text(run, tmp_path / "rep")
-    assert "| run | train | 87.5 | 3.25 | 50 | 1,234 | my_npu | 1 | yes |" in text
+    assert "| run | train | - | 87.5 | 3.25 | 50 | 1,234 | my_npu | 1 | yes |" in text
     assert "latency **3.25 us**, utilization **50.00 %**, 98,765 MACs, 1,234 parameters" in text
     (run / "metrics.json").write_text(json.dumps({"test_acc": 0.875, "hardware": {"latency_us": 3.25}}))
     text = report_text(run, tmp_path / "rep")              # no utilization recorded: '-', not a crash
@@ -240,6 +240,17 @@ def test_pareto_fronts_compare_only_latencies_on_one_accelerator_and_skip_nan():
             _hand_run("u_nan", SEARCH_ACCURACY, float("nan"), 1.0)]
     # by hand: on uboost u_fast beats u_slow; e_slow is alone on edge_32x32; u_nan has no accuracy
     assert sorted(r.name for r in pareto_front(runs)) == ["e_slow", "u_fast"]
+
+
+def test_pareto_fronts_compare_only_accuracies_on_one_data_set():
+    """96 % on digits says nothing against 90 % on CIFAR-10: each data set has its own front."""
+    from ubnas.report import TEST_ACCURACY, pareto_front
+    runs = [_hand_run("digits_fast", TEST_ACCURACY, 0.96, 10.0), _hand_run("c10_slow", TEST_ACCURACY, 0.90, 20.0),
+            _hand_run("c10_slower", TEST_ACCURACY, 0.85, 30.0), _hand_run("unrecorded", TEST_ACCURACY, 0.50, 40.0)]
+    for run, data in zip(runs, ("digits", "cifar10", "cifar10")):
+        run.config["data"] = data
+    # by hand: digits_fast alone on digits; c10_slow beats c10_slower; the run without a data set alone
+    assert sorted(r.name for r in pareto_front(runs)) == ["c10_slow", "digits_fast", "unrecorded"]
 
 
 def test_tied_runs_both_stay_on_the_front():
@@ -375,6 +386,19 @@ def test_pareto_figure_marks_a_train_run_without_a_test_accuracy_as_a_supernet_a
                                                                 "trained (test acc)": [12.0]}
 
 
+def test_pareto_figure_draws_each_data_set_apart_with_its_own_front(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib.pyplot")
+    import ubnas.report as report
+    runs = [_hand_run(name, report.TEST_ACCURACY, acc, lat) for name, acc, lat in
+            (("d1", 0.96, 10.0), ("d2", 0.97, 15.0), ("c1", 0.80, 12.0), ("c2", 0.85, 30.0))]
+    for run, data in zip(runs, ("digits", "digits", "cifar10", "cifar10")):
+        run.config["data"] = data
+    drawn = _drawn_pareto(monkeypatch, runs, tmp_path)
+    assert {label: xs for label, (xs, _) in drawn["points"].items()} == {
+        "trained (test acc), cifar10": [12.0, 30.0], "trained (test acc), digits": [10.0, 15.0]}
+    assert [xs for xs, _ in drawn["lines"]] == [(10.0, 15.0), (12.0, 30.0)]   # one front each, not one across
+
+
 @pytest.mark.parametrize("content, said", [(b"\xef\xbb\xbfepoch,val_acc\n1,0.5\n", None),
                                            (b"epoch,val_acc\n1,0.5\xd0\n", "not a UTF-8 CSV"),
                                            (b"epoch,val_acc,latency_us\n1,0.5,20\n2,0.6", "line 3: fewer fields"),
@@ -467,7 +491,7 @@ def test_large_figures_are_printed_whole_not_in_scientific_notation(tmp_path):
     run.mkdir()
     (run / "metrics.json").write_text(json.dumps({"test_acc": 0.5, "hardware": {"latency_us": 123456.7}}))
     text = report_text(run, tmp_path / "rep")
-    assert "| slow | train | 50 | 123,457 |" in text
+    assert "| slow | train | - | 50 | 123,457 |" in text
 
 
 def test_run_names_stay_unique_when_a_directory_is_named_like_a_renamed_duplicate(tmp_path):

@@ -81,6 +81,12 @@ class Run:
         return json.dumps(config, sort_keys=True) if isinstance(config, dict) else ""
 
     @property
+    def data_set(self) -> str:
+        """The data set its accuracy is on, as its config records it ("" when unrecorded)."""
+        data = self.config.get("data")
+        return data if isinstance(data, str) else ""
+
+    @property
     def utilization(self) -> Optional[float]:
         if self.cost is not None:
             return self.cost.utilization
@@ -269,13 +275,14 @@ def shared_names(runs: Sequence[Run]) -> Dict[str, List[Run]]:
 
 
 def front_keys(runs: Sequence[Run]) -> Dict[int, tuple]:
-    """id(run) -> its front.  Runs compare only within one front: a supernet's search val accuracy
-    and a trained network's test accuracy are not comparable, nor are latencies on different
-    accelerators or at different batches.  Accelerators are told apart by name, and by definition
-    where one name stands for several (a YAML named like a preset); a run that records no
-    definition then stands apart."""
+    """id(run) -> its front: ((kind of accuracy, data set), accelerator name, definition, batch).
+    Runs compare only within one front: a supernet's search val accuracy and a trained network's
+    test accuracy are not comparable, nor are accuracies on different data sets, nor latencies on
+    different accelerators or at different batches.  Accelerators are told apart by name, and by
+    definition where one name stands for several (a YAML named like a preset); a run that records
+    no definition then stands apart."""
     shared = shared_names(runs)
-    return {id(r): (r.accuracy_label, r.accelerator_name or "",
+    return {id(r): ((r.accuracy_label, r.data_set), r.accelerator_name or "",
                     r.accelerator_definition if r.accelerator_name in shared else "", r.hw_batch or 1)
             for r in runs}
 
@@ -457,15 +464,15 @@ def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, 
     lines = [REPORT_TITLE, "", f"{len(runs)} run(s). Latency and utilization are the exact cost of "
              f"each run's exported network (hwmodels, systolic model) at the batch of the batch column "
              f"(the batch its search costed it at, or --hw-batch).", ""]
-    summary = [(r.name, r.kind, None if r.accuracy is None else round(100 * r.accuracy, 2),
+    summary = [(r.name, r.kind, r.data_set or None, None if r.accuracy is None else round(100 * r.accuracy, 2),
                 r.latency_us, None if r.utilization is None else 100 * r.utilization, r.params,
                 r.accelerator_name, r.hw_batch, "yes" if r in front else "")
                for r in runs]
-    lines += _table(("run", "kind", "accuracy %", "latency us", "utilization %", "params", "accelerator",
-                     "batch", "Pareto"), summary) + [""]
+    lines += _table(("run", "kind", "data", "accuracy %", "latency us", "utilization %", "params",
+                     "accelerator", "batch", "Pareto"), summary) + [""]
     if len({keys[id(r)] for r in runs if plotted(r)}) > 1:
-        lines += ["Pareto: one front per kind of accuracy, accelerator and batch (they are not comparable).",
-                  ""]
+        lines += ["Pareto: one front per kind of accuracy, data set, accelerator and batch (they are not "
+                  "comparable).", ""]
     for name, named in sorted(shared_names(runs).items()):
         lines += [f"> Accelerators of different definitions share the name {name!r} (runs "
                   f"{', '.join(r.name for r in named)}): each definition has its own front"

@@ -144,15 +144,18 @@ def pareto_figure(plt, runs: Sequence[Run], front: Sequence[Run], out_dir: Path,
     keys = front_keys(runs) if keys is None else keys
     fig, ax = plt.subplots(figsize=(5.6, 4))
     # by the kind of accuracy, not of run: a train run without a test accuracy shows its supernet's
-    styles = {SEARCH_ACCURACY: ("o", "tab:blue", "search (supernet val acc)"),
-              TEST_ACCURACY: ("s", "tab:green", "trained (test acc)")}
+    styles = {SEARCH_ACCURACY: ("o^v<>", "tab:blue", "search (supernet val acc)"),
+              TEST_ACCURACY: ("sDPXd", "tab:green", "trained (test acc)")}
     machines = _machine_labels(runs, keys)
     several = len(machines) > 1
     palette = plt.rcParams["axes.prop_cycle"].by_key().get("color") or ["C0"]
     colour = {m: palette[i % len(palette)] for i, m in enumerate(machines)}
-    for kind, (marker, kind_colour, label) in styles.items():
+    data_sets = sorted({keys[id(r)][0][1] for r in runs if plotted(r)})   # a marker shape each, where several
+    for (kind, data), (markers, kind_colour, kind_label) in (((k, d), styles[k]) for k in styles for d in data_sets):
+        marker = markers[data_sets.index(data) % len(markers)]
+        label = kind_label + (f", {data or 'unrecorded data'}" if len(data_sets) > 1 else "")
         for machine, machine_label in machines.items():
-            pts = [r for r in runs if r.accuracy_label == kind and plotted(r) and keys[id(r)][1:] == machine]
+            pts = [r for r in runs if keys[id(r)][0] == (kind, data) and plotted(r) and keys[id(r)][1:] == machine]
             if not pts:
                 continue
             ax.scatter([r.latency_us for r in pts], [100 * r.accuracy for r in pts], marker=marker,
