@@ -79,8 +79,12 @@ def summarize(name, run_dir: Path, wall, rss, test_acc):
         "search_val_acc": float(log[-1]["val_acc"]), "test_acc": test_acc,
         "exact_latency_us": prov["exact_cost"]["latency_us"],
         "exact_utilization": prov["exact_cost"]["utilization"],
+        "cost_model": prov.get("cost_model", "systolic"),
         "smooth_latency_us": prov["smooth_cost"]["latency_us"],
-        "smooth_exact_gap": prov["smooth_vs_exact_latency_gap"],
+        # the surrogate's error only under the systolic model; under flops, roofline or uboost it also
+        # holds that model's difference from the exact systolic count, so it is not shown
+        "smooth_exact_gap": (prov["smooth_vs_exact_latency_gap"] if prov.get("cost_model", "systolic") == "systolic"
+                             else None),
         # per stage, over its epochs after the run's first (whose warm-up is first_epoch_s)
         "s_per_epoch": by_stage(0), "s_per_step": by_stage(1),
         "first_epoch_s": float(log[0]["seconds"]),
@@ -152,7 +156,9 @@ def main(argv=None):
             print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else "-" if v is None else str(v)
                                     for v in row.values()) + " |")
         print("\ns_per_epoch, s_per_step: per search stage, over its epochs after the run's first (epoch 1 "
-              "alone for a stage that has no other); first_epoch_s: epoch 1, with its warm-up")
+              "alone for a stage that has no other); first_epoch_s: epoch 1, with its warm-up; "
+              "smooth_exact_gap: smooth / exact latency - 1, systolic cost model only ('-' for the others, "
+              "whose smooth latency is another model's)")
     if failed:
         raise SystemExit("failed: " + "; ".join(failed))
 
