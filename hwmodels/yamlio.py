@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import reprlib
 import tempfile
 from pathlib import Path
@@ -32,6 +33,50 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# YAML 1.2's integers, not 1.1's: "010" is ten (1.1: octal 8) and "1:28" is no integer (1.1: base 60,
+# 88); 0x.. and 0o.. keep their bases.  A size typed with a leading zero is then the size it reads as.
+_INT_12 = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT_12, list("-+0123456789"))
+
+
+def _construct_int_12(loader, node) -> int:
+    text = loader.construct_scalar(node)
+    if text[:2] in ("0x", "0o"):
+        return int(text[2:], 16 if text[1] == "x" else 8)
+    return int(text, 10)
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_int_12)
+
+MAX_YAML_VALUES = 1_000_000   # a file of a few kB of nested aliases can stand for billions of values
+
+
+def _structure_problem(value: Any) -> Optional[str]:
+    """Why a loaded YAML value is unusable: a mapping or list that contains itself (an alias inside
+    its own anchor), or more than MAX_YAML_VALUES values once aliases are expanded; else None.
+    Walked without recursion: the value may be deeper than Python's stack."""
+    seen, stack, on_path = 0, [(value, False)], set()
+    while stack:
+        item, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(item))
+            continue
+        seen += 1
+        if seen > MAX_YAML_VALUES:
+            return f"more than {MAX_YAML_VALUES:,} values once its aliases are expanded"
+        if isinstance(item, (dict, list)):
+            if id(item) in on_path:
+                return "an alias refers to the mapping or list that holds it (a structure that contains itself)"
+            on_path.add(id(item))
+            stack.append((item, True))
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, False) for child in children)
+    return None
+
+
 _SHORT = reprlib.Repr()
 _SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple = 3, 4, 6, 6
 _SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 50
@@ -48,8 +93,9 @@ def short_repr(value: Any, limit: int = 80) -> str:
 
 
 def read_yaml(path: PathLike, error: Type[Exception] = ValueError, text: Optional[str] = None) -> Any:
-    """Parse the YAML file ``path`` (or ``text`` read from it); a syntax error, a key given twice
-    in one mapping or an unreadable file becomes ``error("FILE: line L column C: invalid YAML (problem)")``
+    """Parse the YAML file ``path`` (or ``text`` read from it) with YAML 1.2's integers (``010`` is
+    10); a syntax error, a key given twice in one mapping, a structure that contains itself or
+    expands past MAX_YAML_VALUES, or an unreadable file becomes ``error("FILE: line L column C: invalid YAML (problem)")``
     (``error("FILE: cannot read (reason)")``)."""
     if text is None:
         try:
@@ -57,12 +103,18 @@ def read_yaml(path: PathLike, error: Type[Exception] = ValueError, text: Optiona
         except (OSError, UnicodeDecodeError) as exc:
             raise error(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        value = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}:" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise error(f"{path}:{where} invalid YAML ({problem})") from None
+    except RecursionError:   # PyYAML composes nested collections recursively
+        raise error(f"{path}: invalid YAML (nested too deeply to read)") from None
+    problem = _structure_problem(value)
+    if problem:
+        raise error(f"{path}: invalid YAML ({problem})")
+    return value
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:

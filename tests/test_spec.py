@@ -220,9 +220,54 @@ def test_an_alias_bomb_gives_a_short_error(tmp_path, derived):
         bomb = f"&a{i} [{bomb}{f', *a{i - 1}' * 9}]"
     text = dump_spec(derived).replace("num_classes: 10", f"num_classes: {bomb}")
     assert len(text) < len(dump_spec(derived)) + 500
-    with pytest.raises(SpecError, match="key 'num_classes' expected a positive integer") as info:
+    with pytest.raises(SpecError, match=r"invalid YAML \(more than 1,000,000 values once its aliases") as info:
         load_spec(write(tmp_path, text))
     assert len(str(info.value)) < len(str(tmp_path)) + 200, len(str(info.value))
+    small = "&a0 [1, 1]"   # a few aliases that expand to little are fine, and reach the spec's own check
+    small = f"&a1 [{small}, *a0]"
+    with pytest.raises(SpecError, match="key 'num_classes' expected a positive integer"):
+        load_spec(write(tmp_path, dump_spec(derived).replace("num_classes: 10", f"num_classes: {small}")))
+
+
+def test_an_alias_bomb_nine_deep_is_refused_in_a_moment(tmp_path):
+    """9 levels of 9 aliases stand for 9**9 (387 million) values: refused before anything walks them."""
+    import time
+    from hwmodels.yamlio import read_yaml
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=r"f.yaml: invalid YAML \(more than 1,000,000 values"):
+        read_yaml("f.yaml", text="\n".join(lines))
+    assert time.perf_counter() - started < 20
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("provenance: &p {self: *p}\n", "a structure that contains itself"),
+    ("provenance: &p [1, *p]\n", "a structure that contains itself"),
+    ("provenance: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply to read"),
+])
+def test_a_spec_that_contains_itself_or_nests_too_deep_is_a_one_line_error(tmp_path, derived, text, problem):
+    """Both used to pass the loader: the first failed ubnas train after its epochs (RecursionError
+    writing metrics.json), the last every loader with a traceback."""
+    body = dump_spec(derived)
+    body = body[:body.index("provenance:")] + text
+    with pytest.raises(SpecError, match=problem) as info:
+        load_spec(write(tmp_path, body))
+    assert "\n" not in str(info.value)
+
+
+def test_integers_read_as_yaml_1_2_reads_them(tmp_path, spec_dict):
+    """YAML 1.1 (PyYAML's default) reads 016 as octal 14 and 1:28 as base-60 88: a width typed with
+    a leading zero is the width it reads as, and 1:28 is no integer."""
+    from hwmodels.yamlio import read_yaml
+    assert read_yaml("f.yaml", text="a: 016\nb: 0x10\nc: 0o20\nd: -7\ne: 1:28\n") == \
+        {"a": 16, "b": 16, "c": 16, "d": -7, "e": "1:28"}
+    spec_dict["stem"]["channels"] = "__STEM__"
+    text = yaml.safe_dump(spec_dict, sort_keys=False)
+    spec = load_spec(write(tmp_path, text.replace("__STEM__", "016")))
+    assert spec.stem_channels == 16
+    with pytest.raises(SpecError, match="expected a positive integer"):
+        load_spec(write(tmp_path, text.replace("__STEM__", "1:28")))
 
 
 def test_an_empty_provenance_reads_as_none_given(tmp_path, spec_dict):
