@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import difflib
 import os
+import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Union
 
@@ -35,6 +36,7 @@ ALWAYS = ("name", "kind", "in_channels", "out_channels")
 CONV_ONLY = ("in_h", "in_w", "kernel_h", "kernel_w")
 DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "extra_padding": 0}
 KINDS = ("conv", "linear")
+MAX_INT = 2**31 - 1   # no layer dimension comes near; past it the cycle counts overflow float arithmetic
 
 
 class _Row:
@@ -58,8 +60,8 @@ class _Row:
             if default is None:
                 self.fail(f"column '{column}' expected an integer >= {minimum}, got ''")
             return default
-        try:
-            value = float(text)
+        try:   # digits exactly (a float would round past 2**53); 8.0 or 1e3 through float
+            value = int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else float(text)
             if value != int(value):
                 raise ValueError
             value = int(value)
@@ -67,6 +69,8 @@ class _Row:
             self.fail(f"column '{column}' expected an integer >= {minimum}, got {short_repr(text)}")
         if value < minimum:
             self.fail(f"column '{column}' expected an integer >= {minimum}, got {short_repr(text)}")
+        if value > MAX_INT:
+            self.fail(f"column '{column}' expected an integer <= {MAX_INT}, got {short_repr(text)}")
         return value
 
 
@@ -114,7 +118,14 @@ ALIASES = {"batch_size": "batch", "bs": "batch", "pad": "padding", "pads": "padd
            "dilation_rate": "dilation", "num_groups": "groups", "groups_count": "groups", "pad_h": "padding",
            "pad_w": "padding", "padding_size": "padding", "stride_h": "stride", "stride_w": "stride",
            "kernel_height": "kernel_h", "kernel_width": "kernel_w", "filters": "out_channels",
-           "in_features": "in_channels", "out_features": "out_channels"}
+           "in_features": "in_channels", "out_features": "out_channels",
+           "n": "batch", "stride_size": "stride", "pad_size": "padding"}
+
+
+def _squeezed(name: str) -> str:
+    """A column name without case, spaces, '_' or '-': 'Batch Size', 'batchsize' and 'batch-size'
+    all read as one."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
 def _refuse_near_misses(header: List[str], where: str) -> None:
@@ -128,8 +139,12 @@ def _refuse_near_misses(header: List[str], where: str) -> None:
                                       f"(expected each column once)")
         if column in known:
             continue
-        if column in ALIASES:
-            close = [] if ALIASES[column] in header else [ALIASES[column]]
+        squeezed = _squeezed(column)
+        alias = {_squeezed(k): v for k, v in ALIASES.items()}.get(squeezed)
+        alike = [k for k in known if _squeezed(k) == squeezed]   # in-channels, Out Channels
+        if alias or alike:
+            meant = alike[0] if alike else alias
+            close = [] if meant in header else [meant]
         else:
             close = difflib.get_close_matches(column, known, n=1, cutoff=0.8)
         if close:

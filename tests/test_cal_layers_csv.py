@@ -105,7 +105,9 @@ def test_blank_and_comment_lines_keep_their_numbers(tmp_path):
 
 @pytest.mark.parametrize("column, meant", [("batch_size", "batch"), ("pad", "padding"), ("BS", "batch"),
                                            ("dilation_rate", "dilation"), ("num_groups", "groups"),
-                                           ("pad_h", "padding"), ("stride_w", "stride")])
+                                           ("pad_h", "padding"), ("stride_w", "stride"), ("batchsize", "batch"),
+                                           ("Batch Size", "batch"), ("N", "batch"), ("stride_size", "stride"),
+                                           ("pad_size", "padding"), ("Pad Size", "padding")])
 def test_another_tools_name_for_a_layer_column_is_refused(tmp_path, column, meant):
     """batch_size and pad are too far off batch and padding for the near-miss check: the batch
     (or padding) silently took its default, a network 8x too cheap."""
@@ -128,6 +130,17 @@ def test_an_unterminated_quote_is_located_not_read_to_the_end_of_the_file(tmp_pa
 def test_a_cell_spanning_lines_is_quoted_on_one_line_in_an_error(tmp_path):
     path = _write(tmp_path, f'{HEADER}\nc1,"conv\nx",8,8,3,4,3,3,1,1,1,1,1\n')
     assert _error(path) == (f"{path}:2: column 'kind' expected one of conv, linear, got 'conv\\nx'")
+
+
+@pytest.mark.parametrize("value, said", [("9007199254740993", "<= 2147483647"),   # 2**53 + 1: a float rounds it
+                                         ("1e200", "<= 2147483647"), ("8.0", None), ("1e3", None)])
+def test_integers_are_read_exactly_and_bounded(tmp_path, value, said):
+    path = _write(tmp_path, f"{HEADER}\n" + FC.replace("fc,linear,1,1,64,", f"fc,linear,1,1,{value},") + "\n")
+    if said is None:
+        (layer,) = read_layers_csv(path)
+        assert layer.in_features == int(float(value))
+    else:
+        assert _error(path).startswith(f"{path}:2: column 'in_channels' expected an integer {said}, got '{value}'")
 
 
 def test_an_alias_next_to_the_column_it_names_is_an_extra_column(tmp_path):
