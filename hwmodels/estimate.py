@@ -374,8 +374,11 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
         first = next(iter(module.parameters()), None)
         dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
         device = first.device if first is not None else torch.device("cpu")
-        gen = torch.Generator().manual_seed(0)
-        x = (torch.rand((int(batch),) + shape, generator=gen) + 0.5).to(device=device, dtype=dtype)
+        if device.type == "meta":   # shapes only: a batch of any size costs no memory
+            x = torch.empty((int(batch),) + shape, device=device, dtype=dtype)
+        else:
+            gen = torch.Generator().manual_seed(0)
+            x = (torch.rand((int(batch),) + shape, generator=gen) + 0.5).to(device=device, dtype=dtype)
         module.eval()
         with torch.no_grad(), _watch_inline_gemms(inline, inside_costed, running):
             try:

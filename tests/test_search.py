@@ -237,6 +237,7 @@ def test_cli_bad_inputs_exit_nonzero_without_traceback(tmp_path):
         (["search", "--config", str(unknown_key)], "epoch"),
         (["search", "--data", "cifar10", "--data-dir", str(tmp_path / "nothing")], "nothing"),
         (["search", "--hw", "no_such_preset"], "no_such_preset"),
+        (["search", "--hw-batch", str(10**30)], "--hw-batch 10" + "0" * 29 + ": a batch of that many 1x8x8 images"),
     ):
         result = _cli(*args, "--out", str(tmp_path / "run"), "--quiet")
         assert result.returncode != 0, args

@@ -542,3 +542,25 @@ def test_a_last_batch_of_one_image_is_dropped_where_batchnorm_sees_one_value(tmp
     result = train(config(spec, tmp_path / "run", epochs=1, batch_size=batch_size), progress=False)
     ckpt = torch.load(result.out_dir / "checkpoint.pt", weights_only=False)
     assert ckpt["scheduler"]["step"] == ckpt["scheduler"]["total_steps"] == 3
+
+
+def test_a_huge_searched_batch_is_costed_from_shapes_or_refused_before_training(tmp_path):
+    """provenance.hw_batch 10**9 ran every epoch and then failed to allocate the traced input
+    (256 GB); 10**17 failed the same way after the epochs. The cost is now taken from shapes
+    (the batch only scales M), and one that cannot be taken is refused before epoch 1."""
+    from dataclasses import replace
+
+    from hwmodels import load_accelerator, network_cost
+    from hwmodels.estimate import trace_layers
+    from ubnas.build import build_network
+    spec = write_spec(tmp_path / "spec.yaml", {"provenance/hw_batch": 10**9})
+    result = train(config(spec, tmp_path / "run", epochs=1), progress=False)
+    # reference: the layers traced at batch 1, each GEMM's batch set to 10**9 by hand
+    layers = [replace(layer, batch=10**9) for layer in trace_layers(build_network(load_spec(spec)), (1, 8, 8))]
+    want = network_cost(layers, load_accelerator("edge_32x32"))
+    assert result.metrics["hardware"]["batch"] == 10**9
+    assert result.metrics["hardware"]["cycles"] == pytest.approx(want.cycles)
+    spec = write_spec(tmp_path / "spec2.yaml", {"provenance/hw_batch": 10**17})
+    with pytest.raises(ValueError, match="cannot cost the network at provenance.hw_batch 100000000000000000"):
+        train(config(spec, tmp_path / "run2", epochs=1), progress=False)
+    assert not (tmp_path / "run2" / "checkpoint.pt").exists()

@@ -295,6 +295,9 @@ def _search_data(cfg: SearchConfig, rank: int, world: int, device: torch.device,
         per = f" per process ({world} processes)" if world > 1 else ""
         raise DataError(f"{cfg.data}: {len(data.train_y)} training images leave {len(yw)} for the weights and "
                         f"{len(ya)} for the architecture{per}; each needs at least {least}")
+    if cfg.hw_batch * math.prod(data.input_shape) >= 2 ** 62:   # the export could not trace it (nor torch hold it)
+        raise ValueError(f"--hw-batch {cfg.hw_batch}: a batch of that many {'x'.join(map(str, data.input_shape))} "
+                         f"images is too large to cost")
     xw, yw, xa, ya = (t.to(device) for t in (xw, yw, xa, ya))
     return data, (xw, yw), (xa, ya)
 
@@ -438,9 +441,7 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Opti
     """Derive the discrete network, cost it exactly, and write DIR/arch.yaml.  ``fit_mode``: the
     cost model acc's calibration was fitted for (None: not calibrated), kept for the commands that
     cost the spec later; ``latency_refs``: lambda's reference per stage (seconds), recorded."""
-    from hwmodels import estimate
-
-    from .build import build_network
+    from .build import exact_cost
     from .spec import derive_spec, discrete_sample, save_spec
 
     net.eval()
@@ -479,7 +480,7 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Opti
         w.forced = None
     provenance["smooth_cost_discrete"] = {"latency_us": float(discrete["seconds"]) * 1e6,
                                           "utilization": float(discrete["utilization"])}
-    exact = estimate(build_network(spec), tuple(data.input_shape), acc, batch=cfg.hw_batch)
+    exact = exact_cost(spec, acc, cfg.hw_batch)
     provenance["exact_cost"] = {"latency_us": exact.seconds * 1e6, "utilization": exact.utilization,
                                 "macs": int(exact.macs), "model": "systolic", "batch": cfg.hw_batch}
     # the supernet's cost as the last epoch ran it (op mixture, or the chosen ops after a channel

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from hwmodels.yamlio import atomic_write_text
 
-from .build import build_network
+from .build import build_network, exact_cost
 from .data import DATASETS, MIN_TRAIN_BATCH, DataError, augment_crop_flip, batch_count, batches, load_dataset
 from .distributed import launched_processes
 from .runtime import (MAX_SEED, all_finite, atomic_torch_save, existing_checkpoint, ignored_on_resume,
@@ -190,14 +190,11 @@ def pick_accelerator(spec: ArchSpec, hw: Optional[str]):
     return load_accelerator("uboost"), "default"
 
 
-def hardware_metrics(model: torch.nn.Module, spec: ArchSpec, acc, why: str) -> Dict[str, Any]:
-    """Exact cost of ``model`` (built from ``spec``) on ``acc`` at the batch the search costed it
-    at (``searched_batch``: 1 unless the search ran with --hw-batch); ``why``: where acc came from."""
-    from hwmodels import estimate
-    was_training = model.training
+def hardware_metrics(spec: ArchSpec, acc, why: str) -> Dict[str, Any]:
+    """Exact cost of ``spec``'s network on ``acc`` at the batch the search costed it at
+    (``searched_batch``: 1 unless the search ran with --hw-batch); ``why``: where acc came from."""
     batch = searched_batch(spec)
-    cost = estimate(model, spec.input_shape, acc, batch=batch)
-    model.train(was_training)
+    cost = exact_cost(spec, acc, batch)
     return {"accelerator": acc.name, "accelerator_from": why, "accelerator_config": acc.to_dict(),
             "batch": batch, "model": "systolic",
             "macs": int(cost.macs), "cycles": float(cost.cycles), "latency_us": cost.seconds * 1e6,
@@ -377,13 +374,12 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
         "data": cfg.data, "epochs": cfg.epochs,
         "test_acc": test_acc, "test_loss": test_loss,
         "params": sum(p.numel() for p in model.parameters()),
-        "hardware": hardware_metrics(model.cpu(), spec, acc, why),
+        "hardware": hardware_metrics(spec, acc, why),
         # all invocations of a resumed run: the per-epoch times the checkpoint carried over
         "config": asdict(cfg), "history": history,
         "train_seconds": sum(row.get("seconds", 0.0) for row in history),
         "search_provenance": spec.provenance,
     }
-    model.to(device)
     atomic_write_text(out / METRICS, json.dumps(_jsonable(metrics), indent=1) + "\n")
     if progress:
         hw = metrics["hardware"]
@@ -427,6 +423,10 @@ def _metrics_accelerator(spec: ArchSpec, cfg: TrainConfig):
     hw_batch = searched_batch(spec)
     if hw_batch != 1:
         say(f"note: metrics.json costs the network at batch {hw_batch}, the one {spec.origin} was searched at")
+    try:   # shapes only, in a moment: a cost that cannot be taken fails now, not after the epochs
+        exact_cost(spec, acc, hw_batch)
+    except ValueError as exc:
+        raise ValueError(f"{spec.origin}: cannot cost the network at provenance.hw_batch {hw_batch} ({exc})") from None
     if edited_since_export(spec):
         say(f"note: {spec.origin} was edited after the search exported it; its provenance (search accuracy, "
             f"costs) describes the network the search exported")
