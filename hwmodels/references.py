@@ -108,8 +108,11 @@ def load_cache(path: Union[str, os.PathLike]) -> Dict[str, dict]:
     return data
 
 
+MAX_CYCLES = 2 ** 53   # counted exactly in the float arithmetic the fit does; far past any simulated run
+
+
 def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_CYCLES
 
 
 def _entry_problem(entry) -> Optional[str]:
@@ -118,11 +121,11 @@ def _entry_problem(entry) -> Optional[str]:
         return f"expected a mapping of cycle counts, got {short_repr(entry, 40)}"
     for name in ("compute_cycles", "total_cycles"):
         if not _positive_int(entry.get(name)):
-            return f"'{name}' expected an integer >= 1, got {short_repr(entry.get(name), 40)}"
+            return f"'{name}' expected an integer in [1, 2**53], got {short_repr(entry.get(name), 40)}"
     if entry["compute_cycles"] > entry["total_cycles"]:
         return f"compute_cycles {entry['compute_cycles']} exceed total_cycles {entry['total_cycles']}"
     if "gemms" in entry and not _positive_int(entry["gemms"]):
-        return f"'gemms' expected an integer >= 1, got {short_repr(entry['gemms'], 40)}"
+        return f"'gemms' expected an integer in [1, 2**53], got {short_repr(entry['gemms'], 40)}"
     return None
 
 
@@ -176,11 +179,22 @@ def import_scalesim_csv(csv_path: Union[str, os.PathLike],
     imported: Dict[str, tuple] = {}   # key -> (cycles, where): a run listed twice must agree
     for row in table.rows:
         layer, record = row.layer, row.values
-        try:
-            rows, cols = int(record["array_rows"]), int(record["array_cols"])
-            compute, total = int(record["scalesim_compute_cycles"]), int(record["scalesim_total_cycles"])
-        except ValueError:
-            raise HardwareConfigError(f"{row.where}: expected integer array and cycle columns") from None
+        parsed = {}
+        for column in ("array_rows", "array_cols", "scalesim_compute_cycles", "scalesim_total_cycles"):
+            text = (record.get(column) or "").strip()
+            try:   # as the layer columns: digits exactly, 8367.0 too
+                number = int(text) if text.lstrip("+-").isdigit() else float(text)
+                if number != int(number):
+                    raise ValueError
+                parsed[column] = int(number)
+            except (ValueError, OverflowError):
+                raise HardwareConfigError(f"{row.where}: column '{column}' expected an integer, "
+                                          f"got {short_repr(text)}") from None
+        rows, cols = parsed["array_rows"], parsed["array_cols"]
+        compute, total = parsed["scalesim_compute_cycles"], parsed["scalesim_total_cycles"]
+        if total > MAX_CYCLES:
+            raise HardwareConfigError(f"{row.where}: column 'scalesim_total_cycles' expected at most 2**53 cycles, "
+                                      f"got {short_repr(total)}")
         if not 0 < compute <= total:
             raise HardwareConfigError(f"{row.where}: expected cycle counts 0 < scalesim_compute_cycles <= "
                                       f"scalesim_total_cycles, got {compute} and {total}")

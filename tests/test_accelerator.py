@@ -55,6 +55,8 @@ def test_good_file_loads(tmp_path):
     ({"calibration": {"bandwidth_efficiency": 1.5}}, "calibration.bandwidth_efficiency"),  # over the peak
     ({"calibration": {"bandwidth_efficiency": 0}}, "calibration.bandwidth_efficiency"),
     ({"name": [1, 2]}, "name"),                           # a name that is not a string
+    ({"array_rows": 10**300}, "array_rows"),              # past 2**53: an OverflowError in the cost, before
+    ({"onchip_bytes": 2**53 + 1}, "onchip_bytes"),        # read through float: 2**53, before
 ])
 def test_bad_values_name_file_and_key(tmp_path, change, key):
     data = dict(GOOD)

@@ -21,6 +21,9 @@ CYCLES = "expected cycle counts 0 < scalesim_compute_cycles <= scalesim_total_cy
     (GOOD.replace(",8367,8367", ",0,0"), f"{CYCLES}got 0 and 0"),
     (GOOD.replace(",8367,8367", ",-500,-500"), f"{CYCLES}got -500 and -500"),
     (GOOD.replace(",8367,8367", ",8367,8000"), f"{CYCLES}got 8367 and 8000"),   # a negative stall
+    (GOOD.replace(",8367,8367", ",8367," + "1" * 400), "column 'scalesim_total_cycles' expected at most 2**53 cycles, got ~2**1325"),
+    (GOOD.replace(",8367,8367", ",83x7,8367"), "column 'scalesim_compute_cycles' expected an integer, got '83x7'"),
+    (GOOD.replace(",8,8,ws,", ",8,8.5,ws,"), "column 'array_cols' expected an integer, got '8.5'"),
     (GOOD.replace(",8367,8367", ",9000,9000").replace("stem3x3_3to16", "again"),
      "the same layer, array and dataflow as {path}:2 with other cycles (9000/9000 vs 8367/8367)"),
 ])
@@ -80,11 +83,13 @@ def test_concurrent_saves_lose_no_run(tmp_path):
 
 
 @pytest.mark.parametrize("entry, problem", [
-    ({"total_cycles": 5}, "'compute_cycles' expected an integer >= 1, got None"),
+    ({"total_cycles": 5}, "'compute_cycles' expected an integer in [1, 2**53], got None"),
     ([1, 2], "expected a mapping of cycle counts, got [1, 2]"),
-    ({"compute_cycles": 0, "total_cycles": 0}, "'compute_cycles' expected an integer >= 1, got 0"),
+    ({"compute_cycles": 0, "total_cycles": 0}, "'compute_cycles' expected an integer in [1, 2**53], got 0"),
     ({"compute_cycles": 9, "total_cycles": 5}, "compute_cycles 9 exceed total_cycles 5"),
-    ({"compute_cycles": 5, "total_cycles": 5, "gemms": True}, "'gemms' expected an integer >= 1, got True"),
+    ({"compute_cycles": 5, "total_cycles": 5, "gemms": True}, "'gemms' expected an integer in [1, 2**53], got True"),
+    # an OverflowError in every later fit on that cache, before
+    ({"compute_cycles": 5, "total_cycles": 10**400}, "'total_cycles' expected an integer in [1, 2**53], got ~2**1328"),
 ])
 def test_a_bad_cache_entry_is_one_line_naming_the_cache(tmp_path, entry, problem):
     """A hand-edited (or foreign) cache entry was a KeyError/TypeError traceback, or a zero that

@@ -286,6 +286,16 @@ def test_every_accepted_seed_seeds_distinct_generators():
     SearchConfig(seed=MAX_SEED).validate()
 
 
+@pytest.mark.parametrize("key", ["lambda_latency", "target_latency_us", "tau0", "weight_decay"])
+def test_a_config_value_past_floats_range_is_refused_not_an_overflow(tmp_path, key):
+    from ubnas.search import config_from_yaml
+    path = tmp_path / "run.yaml"
+    path.write_text(f"{key}: 1{'0' * 400}\n")
+    cfg = SearchConfig(**config_from_yaml(str(path)))
+    with pytest.raises(ValueError, match=f"key '{key}' must be finite"):
+        cfg.validate(str(path))
+
+
 def test_a_config_file_reads_exponents_without_a_dot_as_numbers(tmp_path):
     """PyYAML (YAML 1.1) reads 'arch_lr: 3e-3' as the string '3e-3'; the README spells it so."""
     from ubnas.search import config_from_yaml

@@ -73,11 +73,11 @@ class SearchConfig:
                 raise ValueError(f"{where(key)} must be >= 1, got {short_repr(value)}")
         # rates and scales that a sign error turns into a silently wrong search (NaN, ascent)
         for key in ("tau0", "tau_decay", "temperature", "weight_lr", "arch_lr", "grad_clip"):
-            value = float(getattr(self, key))
+            value = _as_float(getattr(self, key))
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{where(key)} must be finite and > 0, got {short_repr(getattr(self, key))}")
         for key in ("weight_decay", "arch_weight_decay", "dual_lr", "lambda_latency", "beta_utilization"):
-            value = float(getattr(self, key))
+            value = _as_float(getattr(self, key))
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{where(key)} must be finite and >= 0, got {short_repr(getattr(self, key))}")
         if not self.tau_decay <= 1:   # > 1 heats the relaxation up every epoch instead of annealing it
@@ -86,11 +86,20 @@ class SearchConfig:
             raise ValueError(f"{where('weight_momentum')} must be in [0, 1), got {short_repr(self.weight_momentum)}")
         if not isinstance(self.out, str) or not self.out.strip():
             raise ValueError(f"{where('out')} expected a run directory, got {short_repr(self.out)}")
-        if self.target_latency_us is not None and not (math.isfinite(self.target_latency_us)
+        if self.target_latency_us is not None and not (math.isfinite(_as_float(self.target_latency_us))
                                                        and self.target_latency_us > 0):
-            raise ValueError(f"{where('target_latency_us')} must be finite and > 0, got {self.target_latency_us}")
+            raise ValueError(f"{where('target_latency_us')} must be finite and > 0, "
+                             f"got {short_repr(self.target_latency_us)}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"{where('seed')} must be in [0, {MAX_SEED}], got {self.seed}")
+
+
+def _as_float(value) -> float:
+    """float(value), an integer past float's range being inf (which the checks then refuse)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def config_from_yaml(path: str) -> Dict[str, Any]:
