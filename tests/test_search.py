@@ -201,6 +201,12 @@ def test_malformed_space_names_file_and_key(tmp_path):
         ("ops", [["conv_3x3"]], "ops[0]"),
         # past MAX_SIZE: a traceback from torch's shape arithmetic when the supernet was built
         ("channels", {**good["channels"], "max": 2**64, "init": 2**63}, "channels.init' expected at most 1048576"),
+        # str() made these the names 'True' and "['a', 'b']" in every exported spec's provenance
+        ("name", True, "key 'name' expected a string, got True"),
+        ("name", ["a", "b"], "key 'name' expected a string"),
+        ("description", ["a", "b"], "key 'description' expected text"),
+        ("ubnas_space", True, "key 'ubnas_space' expected 1, got True"),
+        ("ubnas_space", 1.0, "key 'ubnas_space' expected 1, got 1.0"),
     ]
     for i, (key, value, where) in enumerate(cases):
         bad = dict(good, **{key: value})

@@ -114,8 +114,14 @@ def parse_space(data: Any, origin: str) -> SearchSpace:
     if unknown:   # a misspelt key ('opps') would otherwise be dropped without a word
         raise SpaceError(f"{origin}: unknown key '{unknown[0]}' (expected {', '.join(sorted(TOP_KEYS))})")
     version = data.get("ubnas_space", 1)
-    if version != 1:
+    if type(version) is not int or version != 1:   # true and 1.0 equal 1, yet are no version number
         raise SpaceError(f"{origin}: key 'ubnas_space' expected 1, got {short_repr(version)}")
+    # the name reaches provenance: [a, b] or true is no name; free text may be a date or a number
+    if data.get("name") is not None and not isinstance(data["name"], str):
+        raise SpaceError(f"{origin}: key 'name' expected a string, got {short_repr(data['name'])}")
+    for key in ("description", "source"):
+        if isinstance(data.get(key), (list, dict)):
+            raise SpaceError(f"{origin}: key '{key}' expected text, got {short_repr(data[key])}")
     nodes = _need(data, "nodes", int, origin)
     if nodes < 1:
         raise SpaceError(f"{origin}: key 'nodes' must be >= 1, got {nodes}")
@@ -153,9 +159,9 @@ def parse_space(data: Any, origin: str) -> SearchSpace:
         cells.append(CellSpec(bool(cell.get("reduce", False)), bool(cell.get("pool_after", False)), channels))
     if not cells:
         raise SpaceError(f"{origin}: key 'cells' must list at least one cell")
-    return SearchSpace(name=str(data.get("name", Path(origin).stem)), nodes=nodes, ops=list(ops),
+    return SearchSpace(name=data.get("name") or Path(origin).stem, nodes=nodes, ops=list(ops),
                        stem_kernel=stem_kernel, stem_channels=stem_channels, cells=cells,
-                       description=str(data.get("description", "")), source=str(data.get("source", "")))
+                       description=str(data.get("description") or ""), source=str(data.get("source") or ""))
 
 
 def space_names() -> List[str]:
