@@ -325,6 +325,12 @@ def test_cli_blames_the_flag_or_the_file_that_holds_the_bad_value(tmp_path, caps
     assert main(["search", "--config", str(bad), *out]) == 2
     assert f"{bad}: key 'epochs'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+    # these blamed --device (not given) or named no file nor key
+    for text, said in (("device: gpu\n", f"{bad}: key 'device' expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+                       ("data: mnist\n", f"{bad}: key 'data' expected one of digits, cifar10, synthetic, got 'mnist'")):
+        bad.write_text(text)
+        assert main(["search", "--config", str(bad), *out]) == 2
+        assert said in capsys.readouterr().err
 
 
 def test_triton_kernels_on_a_cpu_is_a_one_line_error(tmp_path, capsys, monkeypatch):

@@ -3,12 +3,14 @@ and the reading of a --config file."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Optional
 
 from hwmodels.yamlio import read_yaml, short_repr
 
 from .cost import COST_MODELS, WIDTH_COSTS
+from .data import DATASETS
 from .runtime import MAX_SEED
 from .supernet import RELAXATIONS
 
@@ -63,6 +65,10 @@ class SearchConfig:
                    "relaxation": RELAXATIONS, "surrogate": ("sigmoid", "straight_through"),
                    "split": ("half", "80_20"), "width_cost": WIDTH_COSTS,
                    "kernels": ("eager", "reference", "triton", "auto")}
+        if str(self.data).lower() not in DATASETS:   # (any case, as load_dataset reads it)
+            raise ValueError(f"{where('data')} expected one of {', '.join(DATASETS)}, got {short_repr(self.data)}")
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device):
+            raise ValueError(f"{where('device')} expected auto, cpu, cuda or cuda:N, got {short_repr(self.device)}")
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{where(key)} expected one of {', '.join(allowed)}, "
