@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -458,6 +459,25 @@ def test_export_to_an_unwritable_place_names_the_option(tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
     err = one_line_error(capsys, ["export", str(spec), "--onnx", str(tmp_path / "a_file" / "x.onnx")])
     assert err.startswith(f"ubnas: error: --onnx {tmp_path / 'a_file' / 'x.onnx'}: cannot write there"), err
+
+
+def test_export_refuses_to_write_over_its_inputs_or_a_runs_files(trained, tmp_path, capsys):
+    """--onnx the SPEC itself, the --weights checkpoint or a run's metrics.json: each was replaced
+    by the ONNX file without a word."""
+    pytest.importorskip("onnxscript")
+    spec, run, _ = trained
+    spec_copy = tmp_path / "spec.yaml"
+    spec_copy.write_text(Path(spec).read_text())
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes((Path(run) / "checkpoint.pt").read_bytes())
+    metrics = tmp_path / "run" / "metrics.json"
+    metrics.write_text("{}")
+    before = {p: p.read_bytes() for p in (spec_copy, ckpt, metrics)}
+    for onnx, said in ((spec_copy, "is the SPEC"), (ckpt, "is --weights"), (metrics, "would replace a run's metrics.json")):
+        err = one_line_error(capsys, ["export", str(spec_copy), "--weights", str(ckpt), "--onnx", str(onnx)])
+        assert f"--onnx {onnx}: {said}" in err, err
+    assert {p: p.read_bytes() for p in before} == before
 
 
 def test_checkpoint_from_another_spec(trained, tmp_path, capsys):

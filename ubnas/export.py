@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import warnings
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
@@ -27,6 +28,10 @@ MIN_OPSET = 18   # torch.export's ONNX converter cannot write older opsets
 
 TOLERANCE = 1e-4
 OPSET = 18
+
+
+# a run directory's own files, which an --onnx typo must not replace
+RUN_FILES = ("arch.yaml", "checkpoint.pt", "metrics.json", "config.yaml", "search_log.csv")
 
 
 def export_onnx(spec_path, onnx_path, weights: Optional[str] = None, check: bool = True,
@@ -49,6 +54,11 @@ def export_onnx(spec_path, onnx_path, weights: Optional[str] = None, check: bool
                          f"{MIN_OPSET} or newer; this onnx package knows up to {newest})")
     example = torch.randn((2,) + tuple(spec.input_shape), generator=torch.Generator().manual_seed(0))
     onnx_path = check_output_file(onnx_path, "--onnx")   # before the minutes of exporting
+    for given, what in ((spec_path, "the SPEC"), (weights, "--weights")):   # it would replace its own input
+        if given and Path(given).exists() and Path(given).resolve() == onnx_path.resolve():
+            raise ValueError(f"--onnx {onnx_path}: is {what}; choose another file")
+    if onnx_path.name in RUN_FILES and onnx_path.exists():
+        raise ValueError(f"--onnx {onnx_path}: would replace a run's {onnx_path.name}; choose another file")
     tmp = onnx_path.with_name(f".{onnx_path.name}.tmp")
     batch = torch.export.Dim("batch", min=1)
     logs = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
