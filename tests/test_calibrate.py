@@ -251,6 +251,10 @@ def test_cli_end_to_end_on_measured_csv(synthetic, tmp_path, capsys):
         assert out.with_suffix(".png").stat().st_size > 1000
     else:
         assert not out.with_suffix(".png").exists()
+    # --out naming an input replaced it with the calibrated copy (exit 0)
+    before = hw.read_text()
+    assert main(["calibrate", "--hw", str(hw), "--reference", str(synthetic), "--out", str(hw), "--no-plot"]) == 2
+    assert f"--out {hw}: is the --hw file" in capsys.readouterr().err and hw.read_text() == before
     # a refit without a plot: the earlier fit's PNG would pass for this one's
     out.with_suffix(".png").write_bytes(b"an earlier fit's plot")
     assert main(["calibrate", "--hw", str(hw), "--reference", str(synthetic), "--seed", "4", "--no-plot",

@@ -93,6 +93,10 @@ def run(args) -> int:
     if not str(args.out).lower().endswith((".yaml", ".yml")):
         raise ValueError(f"--out: expected a .yaml file, got {args.out!r}")
     check_output_file(args.out, "--out")   # before the fit (and any SCALE-Sim runs)
+    for option in ("hw", "reference", "holdout", "layers"):   # the fit would replace its own input
+        given = getattr(args, option, None)
+        if given and Path(given).is_file() and Path(given).resolve() == Path(args.out).resolve():
+            raise ValueError(f"--out {args.out}: is the --{option} file; write the calibrated copy elsewhere")
     acc = build_accelerator(args)
     if args.dataflow is not None and args.model_mode == "uboost":
         print("note: U-Boost's equations have no dataflow, so --dataflow does not change the model fitted"
