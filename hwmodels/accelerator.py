@@ -121,7 +121,7 @@ def validate(acc: Accelerator, origin: str = "<accelerator>") -> None:
 
 
 _KIND_NAMES = {int: "integer", float: "number", str: "string"}
-MAX_INT = 2 ** 53
+MAX_EXACT_INT = 2 ** 53   # the largest count float arithmetic (the cost model's) holds exactly
 
 
 def _coerce(value: Any, kind: type, key: str, origin: str):
@@ -145,7 +145,7 @@ def _coerce(value: Any, kind: type, key: str, origin: str):
         if number != int(number):
             raise HardwareConfigError(f"{origin}: key '{key}' expected an integer, got {short_repr(value)}")
         exact = value if isinstance(value, int) else int(number)   # 2**53 + 1 is not a float
-        if exact > MAX_INT:   # the cost model's float arithmetic holds counts up to here exactly
+        if exact > MAX_EXACT_INT:
             raise HardwareConfigError(f"{origin}: key '{key}' expected an integer <= 2**53, got {short_repr(value)}")
         return exact
     return number

@@ -265,6 +265,12 @@ def _rename(layers: Sequence[Layer], path: str) -> List[Layer]:
     return [dataclasses.replace(layer, name=f"{path}.{i}") for i, layer in enumerate(layers)]
 
 
+def too_large_to_trace(input_shape: Sequence[int], batch: int) -> bool:
+    """Whether ``batch`` inputs of ``input_shape`` hold 2**62 elements or more: torch cannot even
+    describe such a tensor, so ``trace_layers`` refuses it."""
+    return int(batch) * math.prod(int(d) for d in input_shape) >= 2 ** 62
+
+
 def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1) -> List[Layer]:
     """Layers (in execution order) of one forward pass of a (batch, *input_shape) input.
 
@@ -286,7 +292,7 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
         raise ValueError(f"input_shape {input_shape!r}: {hint}") from None
     if not shape or min(shape) < 1:
         raise ValueError(f"input shape must be positive dimensions, got {tuple(input_shape)}")
-    if int(batch) * math.prod(shape) >= 2 ** 62:   # torch cannot even describe such a tensor
+    if too_large_to_trace(shape, batch):
         raise ValueError(f"an input of batch {int(batch)} x {'x'.join(map(str, shape))} is too large to trace")
     try:   # the estimator feeds forward one tensor
         inspect.signature(module.forward).bind(None)

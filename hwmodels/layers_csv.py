@@ -39,6 +39,18 @@ KINDS = ("conv", "linear")
 MAX_INT = 2**31 - 1   # no layer dimension comes near; past it the cycle counts overflow float arithmetic
 
 
+def whole_number(text: str) -> int:
+    """The integer a CSV cell holds: digits exactly (a float would round past 2**53), and 8.0 or
+    1e3 through float; ValueError for anything else (3.5, '', 'x', 1e400)."""
+    try:
+        value = int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else float(text)
+        if value != int(value):
+            raise ValueError(f"not a whole number: {text!r}")
+        return int(value)
+    except OverflowError:
+        raise ValueError(f"not a finite number: {text!r}") from None
+
+
 class _Row:
     """One data row with its location, for error messages."""
 
@@ -60,12 +72,9 @@ class _Row:
             if default is None:
                 self.fail(f"column '{column}' expected an integer >= {minimum}, got ''")
             return default
-        try:   # digits exactly (a float would round past 2**53); 8.0 or 1e3 through float
-            value = int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else float(text)
-            if value != int(value):
-                raise ValueError
-            value = int(value)
-        except (ValueError, OverflowError):
+        try:
+            value = whole_number(text)
+        except ValueError:
             self.fail(f"column '{column}' expected an integer >= {minimum}, got {short_repr(text)}")
         if value < minimum:
             self.fail(f"column '{column}' expected an integer >= {minimum}, got {short_repr(text)}")
@@ -128,6 +137,9 @@ def _squeezed(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
+_SQUEEZED_ALIASES = {_squeezed(alias): column for alias, column in ALIASES.items()}
+
+
 def _refuse_near_misses(header: List[str], where: str) -> None:
     """Extra columns are ignored, so a misspelt optional column (``strides``, ``measured_utilisation``)
     would silently take its default; refuse an unknown column that is one or two letters off a layer
@@ -140,7 +152,7 @@ def _refuse_near_misses(header: List[str], where: str) -> None:
         if column in known:
             continue
         squeezed = _squeezed(column)
-        alias = {_squeezed(k): v for k, v in ALIASES.items()}.get(squeezed)
+        alias = _SQUEEZED_ALIASES.get(squeezed)
         alike = [k for k in known if _squeezed(k) == squeezed]   # in-channels, Out Channels
         if alias or alike:
             meant = alike[0] if alike else alias

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-from .accelerator import DATAFLOWS, Accelerator, HardwareConfigError, atomic_write_text
+from .accelerator import DATAFLOWS, MAX_EXACT_INT, Accelerator, HardwareConfigError, atomic_write_text
 from .layers import GemmLayer, Layer
-from .layers_csv import read_layer_table
+from .layers_csv import read_layer_table, whole_number
 from .suites import layer_fields, simulated_lines
 from .yamlio import short_repr
 
@@ -108,7 +108,7 @@ def load_cache(path: Union[str, os.PathLike]) -> Dict[str, dict]:
     return data
 
 
-MAX_CYCLES = 2 ** 53   # counted exactly in the float arithmetic the fit does; far past any simulated run
+MAX_CYCLES = MAX_EXACT_INT   # counted exactly in the float arithmetic the fit does; far past any simulated run
 
 
 def _positive_int(value) -> bool:
@@ -182,12 +182,9 @@ def import_scalesim_csv(csv_path: Union[str, os.PathLike],
         parsed = {}
         for column in ("array_rows", "array_cols", "scalesim_compute_cycles", "scalesim_total_cycles"):
             text = (record.get(column) or "").strip()
-            try:   # as the layer columns: digits exactly, 8367.0 too
-                number = int(text) if text.lstrip("+-").isdigit() else float(text)
-                if number != int(number):
-                    raise ValueError
-                parsed[column] = int(number)
-            except (ValueError, OverflowError):
+            try:   # as the layer columns read theirs
+                parsed[column] = whole_number(text)
+            except ValueError:
                 raise HardwareConfigError(f"{row.where}: column '{column}' expected an integer, "
                                           f"got {short_repr(text)}") from None
         rows, cols = parsed["array_rows"], parsed["array_cols"]

@@ -31,6 +31,7 @@ import yaml
 
 from hwmodels.accelerator import mode_mismatch_note
 from hwmodels.exact import MODES
+from hwmodels.estimate import too_large_to_trace
 from hwmodels.yamlio import atomic_write_text
 
 from . import distributed as dist
@@ -295,7 +296,7 @@ def _search_data(cfg: SearchConfig, rank: int, world: int, device: torch.device,
         per = f" per process ({world} processes)" if world > 1 else ""
         raise DataError(f"{cfg.data}: {len(data.train_y)} training images leave {len(yw)} for the weights and "
                         f"{len(ya)} for the architecture{per}; each needs at least {least}")
-    if cfg.hw_batch * math.prod(data.input_shape) >= 2 ** 62:   # the export could not trace it (nor torch hold it)
+    if too_large_to_trace(data.input_shape, cfg.hw_batch):   # else found by the export, after the search
         raise ValueError(f"--hw-batch {cfg.hw_batch}: a batch of that many {'x'.join(map(str, data.input_shape))} "
                          f"images is too large to cost")
     xw, yw, xa, ya = (t.to(device) for t in (xw, yw, xa, ya))

@@ -265,7 +265,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
         say(f"note: training on {searched_on}, the data set {spec.origin} was searched on (pass --data to change)")
         cfg = TrainConfig(**{**asdict(cfg), "data": searched_on})
     cfg.validate()
-    acc, why = _metrics_accelerator(spec, cfg)   # once, before training: a bad --hw fails now
+    hardware = _metrics_hardware(spec, cfg)   # once, before training: a bad --hw or batch fails now
     device = pick_device(cfg.device)
 
     # ---- data and model ---------------------------------------------------------------
@@ -374,7 +374,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
         "data": cfg.data, "epochs": cfg.epochs,
         "test_acc": test_acc, "test_loss": test_loss,
         "params": sum(p.numel() for p in model.parameters()),
-        "hardware": hardware_metrics(spec, acc, why),
+        "hardware": hardware,
         # all invocations of a resumed run: the per-epoch times the checkpoint carried over
         "config": asdict(cfg), "history": history,
         "train_seconds": sum(row.get("seconds", 0.0) for row in history),
@@ -408,9 +408,10 @@ def _resumed_config(cfg: TrainConfig, ckpt: dict, ckpt_path: Path, given: Option
     return TrainConfig(**{**asdict(cfg), **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}, **kept})
 
 
-def _metrics_accelerator(spec: ArchSpec, cfg: TrainConfig):
-    """(accelerator, why) metrics.json costs the network on (``pick_accelerator``), with the notes
-    on it, its batch and the spec's provenance; a bad --hw or provenance fails before training."""
+def _metrics_hardware(spec: ArchSpec, cfg: TrainConfig) -> Dict[str, Any]:
+    """metrics.json's ``hardware`` (``hardware_metrics`` on the accelerator ``pick_accelerator``
+    takes), with the notes on it, its batch and the spec's provenance.  Taken before training (the
+    cost depends on the architecture alone): a bad --hw or provenance fails before epoch 1."""
     acc, why = pick_accelerator(spec, cfg.hw)
     if why == "default" and spec.provenance.get("accelerator"):
         say(f"note: {spec.origin} was searched on {spec.provenance['accelerator']!r}, which is no preset and "
@@ -423,14 +424,14 @@ def _metrics_accelerator(spec: ArchSpec, cfg: TrainConfig):
     hw_batch = searched_batch(spec)
     if hw_batch != 1:
         say(f"note: metrics.json costs the network at batch {hw_batch}, the one {spec.origin} was searched at")
-    try:   # shapes only, in a moment: a cost that cannot be taken fails now, not after the epochs
-        exact_cost(spec, acc, hw_batch)
+    try:   # shapes only, in a moment
+        hardware = hardware_metrics(spec, acc, why)
     except ValueError as exc:
         raise ValueError(f"{spec.origin}: cannot cost the network at provenance.hw_batch {hw_batch} ({exc})") from None
     if edited_since_export(spec):
         say(f"note: {spec.origin} was edited after the search exported it; its provenance (search accuracy, "
             f"costs) describes the network the search exported")
-    return acc, why
+    return hardware
 
 
 def _check_data_fits(spec: ArchSpec, data, data_name: str) -> None:
