@@ -247,7 +247,7 @@ def test_a_directory_in_the_place_of_the_lock_or_a_kept_file_is_one_line_and_mov
         (out / name).write_text(f"last run's {name}\n")
     (out / "previous" / "arch.yaml").mkdir(parents=True)   # sorts after config.yaml: that one would move first
     with pytest.raises(ValueError, match=f"{out / 'previous' / 'arch.yaml'} is a directory"):
-        set_aside(out, ["config.yaml", "search_log.csv", "arch.yaml"])
+        set_aside(out, ["config.yaml", "search_log.csv", "arch.yaml"], "arch.yaml")
     (out / "previous" / "arch.yaml").rmdir()
     (out / "previous").rmdir()
     (out / "previous").write_text("not a folder\n")

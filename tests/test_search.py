@@ -611,17 +611,20 @@ def test_starting_over_sets_the_last_runs_results_aside(tmp_path):
         mp.setattr(ubnas.search_resume, "atomic_torch_save", interrupted)   # killed while writing its first checkpoint
         with pytest.raises(KeyboardInterrupt):
             run_search(_small(tmp_path, "run", epochs=3, hw="edge_16x16"), progress=False)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml", "previous"]
-    kept = {p.name: p.read_bytes() for p in (tmp_path / "run" / "previous").iterdir()}
-    assert sorted(kept) == ["checkpoint.pt", "config.yaml", "search_log.csv"]   # the second run's, replacing the first's
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml", "interrupted", "previous"]
+    # the second run did not finish: its files go to interrupted/, and previous/ keeps the finished run
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "run" / "interrupted").iterdir()}
+    assert sorted(kept) == ["checkpoint.pt", "config.yaml", "search_log.csv"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run" / "previous").iterdir()} == finished
     # the third run left only its config.yaml: starting over (or --resume, which restarts it) must
-    # not replace previous/, the last run that saved anything, with that lone file
+    # not replace interrupted/, the last run that saved anything, with that lone file
     for resume in (False, True):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(ubnas.search_resume, "atomic_torch_save", interrupted)
             with pytest.raises(KeyboardInterrupt):
                 run_search(_small(tmp_path, "run", epochs=3, hw="edge_16x16"), resume=resume, progress=False)
-        assert {p.name: p.read_bytes() for p in (tmp_path / "run" / "previous").iterdir()} == kept, resume
+        assert {p.name: p.read_bytes() for p in (tmp_path / "run" / "interrupted").iterdir()} == kept, resume
+        assert {p.name: p.read_bytes() for p in (tmp_path / "run" / "previous").iterdir()} == finished, resume
 
 
 def test_resume_before_the_first_checkpoint_starts_the_same_run_over(tmp_path, capsys):

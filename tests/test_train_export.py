@@ -162,6 +162,27 @@ def test_resume_gives_the_same_weights(trained, tmp_path):
     assert resumed.metrics["test_acc"] == full.metrics["test_acc"]
 
 
+def test_an_interrupted_start_over_does_not_push_the_finished_run_out(tmp_path, capsys):
+    """Finished, then started over and stopped mid-run, then started over again: the finished run's
+    files stay in OUT/previous (they were replaced by the interrupted run's before), the interrupted
+    run's go to OUT/interrupted, and the note says where they go."""
+    spec = write_spec(tmp_path / "arch.yaml")
+    out = tmp_path / "run"
+    train(config(spec, out, epochs=1), progress=False)
+    finished = {name: (out / name).read_bytes() for name in ("checkpoint.pt", "metrics.json")}
+    train(config(spec, out, epochs=2), progress=False, stop_after_epoch=1)
+    stopped = (out / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    train(config(spec, out, epochs=1), progress=False)
+    assert f"move to {out / 'interrupted'} (it did not finish)" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in (out / "previous").iterdir()} == finished
+    assert {p.name: p.read_bytes() for p in (out / "interrupted").iterdir()} == {"checkpoint.pt": stopped}
+    newest = {name: (out / name).read_bytes() for name in ("checkpoint.pt", "metrics.json")}
+    train(config(spec, out, epochs=1), progress=False)   # a finished run replaces the one before it
+    assert f"move to {out / 'previous'} (pass" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in (out / "previous").iterdir()} == newest
+
+
 def test_notes_say_what_happens_to_the_checkpoint(tmp_path, capsys):
     spec = write_spec(tmp_path / "arch.yaml")
     out = tmp_path / "run"

@@ -263,17 +263,26 @@ def ignored_on_resume(cfg, saved: Mapping[str, Any], default, keys: Iterable[str
     return [k for k in keys if k in saved and getattr(cfg, k) not in (saved[k], getattr(default, k))]
 
 
-PREVIOUS = "previous"   # where a run started over in the same directory keeps the last run's files
+PREVIOUS = "previous"         # where a run started over in the same directory keeps the last finished run
+INTERRUPTED = "interrupted"   # ... and the last unfinished one, which must not replace a finished run's files
 
 
-def set_aside(out: Path, names: Iterable[str]) -> List[str]:
-    """Move the files ``names`` that exist in ``out`` into ``out/previous/`` (replacing what an
-    earlier start-over left there), so that starting over neither deletes a finished run nor
-    lets its files pass for the new run's.  Returns the names moved."""
+def aside_dir(out: Path, finished_marker: str) -> Path:
+    """Where starting over in ``out`` sets the last run's files: ``out/previous`` when that run
+    finished (``finished_marker`` is there), ``out/interrupted`` when it did not."""
+    return out / (PREVIOUS if (out / finished_marker).is_file() else INTERRUPTED)
+
+
+def set_aside(out: Path, names: Iterable[str], finished_marker: str) -> List[str]:
+    """Move the files ``names`` that exist in ``out`` into ``aside_dir(out, finished_marker)``
+    (replacing what an earlier start-over left there), so that starting over neither deletes a
+    finished run nor lets its files pass for the new run's.  A run that did not finish goes to
+    ``out/interrupted``: a start-over killed mid-run and started over again must not push the last
+    finished run out of ``out/previous``.  Returns the names moved."""
     present = [name for name in names if (out / name).is_file()]
     if not present:
         return []
-    keep = out / PREVIOUS
+    keep = aside_dir(out, finished_marker)
     blocked = [keep / name for name in present if (keep / name).is_dir()]
     if keep.exists() and not keep.is_dir():
         blocked = [keep]
@@ -290,15 +299,18 @@ def set_aside(out: Path, names: Iterable[str]) -> List[str]:
     return present
 
 
-def resume_note(ckpt_path: Path, resume: bool) -> Optional[str]:
+def resume_note(ckpt_path: Path, resume: bool, finished_marker: str) -> Optional[str]:
     """What a run tells the user about ``ckpt_path`` before it starts, or None when all is as asked.
 
     ``--resume`` with no checkpoint starts a new run (so a job restarted by a scheduler can always
-    pass it); no ``--resume`` with a checkpoint starts over, overwriting it.
+    pass it); no ``--resume`` with a checkpoint starts over, setting the last run's files aside
+    (``set_aside``; ``finished_marker`` is the file only a finished run has).
     """
     if resume and not ckpt_path.exists():
         return f"note: no {ckpt_path} to resume; starting a new run"
     if not resume and ckpt_path.exists():
+        keep = aside_dir(ckpt_path.parent, finished_marker)
+        unfinished = "" if keep.name == PREVIOUS else " (it did not finish)"
         return (f"note: {ckpt_path} exists; starting over, the last run's files move to "
-                f"{ckpt_path.parent / PREVIOUS} (pass --resume to continue it)")
+                f"{keep}{unfinished} (pass --resume to continue it)")
     return None

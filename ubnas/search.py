@@ -320,6 +320,9 @@ def _build_supernet(cfg: SearchConfig, defs, data, checkpoint: Optional[dict], d
     return net, allocator
 
 
+FINISHED_MARKER = "arch.yaml"   # written by a search that finished, and only then
+
+
 def _open_run_dir(out: Path, cfg: SearchConfig, checkpoint: Optional[dict], resume: bool, restart: bool,
                   held: contextlib.ExitStack) -> None:
     """Create OUT and hold its lock (in ``held``) before anything in it changes or is said to; a run
@@ -327,17 +330,18 @@ def _open_run_dir(out: Path, cfg: SearchConfig, checkpoint: Optional[dict], resu
     make_run_dir(out)
     held.enter_context(run_lock(out))
     ckpt_path = out / "checkpoint.pt"
-    note = None if restart else resume_note(ckpt_path, resume)
+    note = None if restart else resume_note(ckpt_path, resume, FINISHED_MARKER)
     if note:
         say(note)
     if checkpoint is not None:
         say(f"resuming {ckpt_path} after epoch {checkpoint['epoch']} of {cfg.epochs}")
     else:   # the last run's files must not pass for this run's, nor be resumed under its config
-        results = ("arch.yaml", "search_log.csv", "checkpoint.pt")
+        results = (FINISHED_MARKER, "search_log.csv", "checkpoint.pt")
         # a lone config.yaml is a run stopped before it saved anything (or the one --resume
-        # restarts): it is overwritten, and previous/ keeps the last run that did save something
+        # restarts): it is overwritten, and previous/ or interrupted/ keeps the last run that did
+        # save something
         if any((out / name).is_file() for name in results):
-            set_aside(out, results + ("config.yaml",))
+            set_aside(out, results + ("config.yaml",), FINISHED_MARKER)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
 
 

@@ -253,7 +253,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     ckpt_path = out / CHECKPOINT
     refuse_if_locked(out)   # before any note about a run that another process is writing
     found = existing_train_checkpoint(ckpt_path, resume)   # before the note that it will be overwritten
-    note = resume_note(ckpt_path, resume)
+    note = resume_note(ckpt_path, resume, METRICS)
     if note:
         say(note)
     ckpt = _train_checkpoint(found, ckpt_path, spec) if resume and found is not None else None
@@ -300,7 +300,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
         gen.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
     if ckpt is None:   # starting over: an interrupted first epoch must not leave the old run to --resume;
-        set_aside(out, (CHECKPOINT, METRICS))   # its files are kept in OUT/previous, not deleted
+        set_aside(out, (CHECKPOINT, METRICS), METRICS)   # kept in OUT/previous (or interrupted), not deleted
     elif start_epoch < cfg.epochs:   # everything is validated and loaded: the directory may change now
         remove_stale_results(out)
     if progress:
