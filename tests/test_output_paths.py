@@ -264,3 +264,16 @@ def test_a_cuda_device_index_past_the_gpus_torch_sees_is_refused(monkeypatch):
     assert pick_device("cuda:1") == torch.device("cuda", 1) and pick_device("cuda") == torch.device("cuda")
     with pytest.raises(ValueError, match=r"--device cuda:2: this torch sees 2 CUDA device\(s\), cuda:0..cuda:1"):
         pick_device("cuda:2")
+
+
+def test_a_lone_config_yaml_that_no_search_wrote_is_not_overwritten(tmp_path, capsys):
+    """OUT/config.yaml alone is a run stopped before it saved anything, and a new search overwrites
+    it; a file of that name that is not a search config (another tool's) was overwritten too."""
+    out = tmp_path / "run"
+    out.mkdir()
+    theirs = "model: resnet18\nlr: 0.1\n"
+    (out / "config.yaml").write_text(theirs)
+    err = _error(capsys, ["search", "--out", str(out), "--epochs", "1", "--max-steps-per-epoch", "1", "--quiet"])
+    assert f"{out / 'config.yaml'}: unknown key 'model'" in err and "move it away" in err, err
+    assert (out / "config.yaml").read_text() == theirs
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]

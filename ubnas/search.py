@@ -323,6 +323,16 @@ def _build_supernet(cfg: SearchConfig, defs, data, checkpoint: Optional[dict], d
 FINISHED_MARKER = "arch.yaml"   # written by a search that finished, and only then
 
 
+def _refuse_foreign_config(path: Path) -> None:
+    """A lone OUT/config.yaml is overwritten by the run's own, which is right only for one that a
+    search wrote (or could have): any other file of that name is the user's, and is refused."""
+    try:
+        config_from_yaml(str(path))
+    except ValueError as err:
+        raise ValueError(f"{err}; a search would overwrite this file, which is not a `ubnas search` "
+                         f"config: move it away or choose another --out") from None
+
+
 def _open_run_dir(out: Path, cfg: SearchConfig, checkpoint: Optional[dict], resume: bool, restart: bool,
                   held: contextlib.ExitStack) -> None:
     """Create OUT and hold its lock (in ``held``) before anything in it changes or is said to; a run
@@ -342,6 +352,8 @@ def _open_run_dir(out: Path, cfg: SearchConfig, checkpoint: Optional[dict], resu
         # save something
         if any((out / name).is_file() for name in results):
             set_aside(out, results + ("config.yaml",), FINISHED_MARKER)
+        elif (out / "config.yaml").is_file() and not restart:
+            _refuse_foreign_config(out / "config.yaml")
     atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
 
 
