@@ -116,6 +116,10 @@ def main(argv=None):
             for df in dataflows:
                 lines = simulated_lines(layer, rows, cols, df)
                 (jobs if lines <= args.max_lines else skipped).append((suite, layer, rows, cols, df))
+    if not jobs:   # nothing to simulate: an empty CSV would replace --out's rows
+        shortest = min(simulated_lines(layer, rows, cols, df) for _, layer, rows, cols, df in skipped)
+        parser.error(f"every run is over --max-lines {args.max_lines} (the shortest needs {shortest} "
+                     f"simulated cycles); raise --max-lines. --out {out} is left as it was")
     jobs.sort(key=lambda j: -simulated_lines(*j[1:]))  # longest first: better packing
     results, start, busy = [], time.time(), 0.0
     order = {(s, l.name): i for i, (s, l) in enumerate(layers)}
