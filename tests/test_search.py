@@ -269,9 +269,12 @@ def test_a_search_whose_output_pipe_closes_fails_in_one_line(tmp_path):
                                        ("weight_decay", -1e-4), ("temperature", 0.0), ("tau0", float("inf")),
                                        ("arch_lr", float("nan")), ("lambda_latency", float("inf")),
                                        ("target_latency_us", float("nan")), ("target_latency_us", float("inf")),
-                                       ("seed", -1), ("seed", 10**23), ("seed", 2**32), ("tau_decay", 5.0)])
+                                       ("seed", -1), ("seed", 10**23), ("seed", 2**32), ("tau_decay", 5.0),
+                                       ("weight_lr", 1e39), ("weight_decay", 1e308), ("temperature", 1e308),
+                                       ("arch_lr", 1e39), ("lambda_latency", 1e39)])
 def test_search_config_rejects_values_that_break_the_search(key, value):
-    """Each of these ran before (NaN losses, gradient ascent, zero steps) and exported an arch."""
+    """Each of these ran before (NaN losses, gradient ascent, zero steps) and exported an arch, or
+    (finite but past float32) crashed inside torch with a traceback."""
     SearchConfig().validate()
     with pytest.raises(ValueError, match=f"run.yaml: key '{key}'"):
         SearchConfig(**{key: value}).validate("run.yaml")

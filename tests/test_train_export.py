@@ -307,7 +307,8 @@ def test_train_refuses_to_overwrite_a_search_checkpoint(tmp_path, capsys):
 @pytest.mark.parametrize("flag,value", [("--lr", "inf"), ("--lr", "nan"), ("--momentum", "5"),
                                         ("--momentum", "1"), ("--momentum", "-1"), ("--weight-decay", "nan"),
                                         ("--weight-decay", "inf"), ("--grad-clip", "nan"), ("--grad-clip", "-1"),
-                                        ("--seed", "-1"), ("--seed", "99999999999999999999999")])
+                                        ("--seed", "-1"), ("--seed", "99999999999999999999999"),
+                                        ("--lr", "1e39"), ("--weight-decay", "1e39"), ("--grad-clip", "1e39")])
 def test_values_that_make_training_diverge_are_refused(tmp_path, capsys, flag, value):
     spec = write_spec(tmp_path / "arch.yaml")
     err = one_line_error(capsys, ["train", str(spec), "--out", str(tmp_path / "run"), "--epochs", "1",

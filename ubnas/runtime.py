@@ -1,6 +1,7 @@
 """Device choice and crash-safe checkpoint writes shared by search and training."""
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +33,14 @@ def pick_device(name: str) -> torch.device:
 # torch's CPU generator keeps a seed's low 32 bits (seed 2**32 ran as seed 0), and runs seed their
 # generators with seed + 1, + 2 and + channels.ALLOCATOR_SEED_OFFSET: every one stays below 2**32
 MAX_SEED = 2**32 - 8000
+# rates, decays and temperatures meet float32 tensors: a finite value past this crashed inside torch
+# ("value cannot be converted to type float without overflow") instead of a one-line error
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def float32_finite(value: float) -> bool:
+    """Whether ``value`` is finite and within float32's range (NaN is not)."""
+    return math.isfinite(value) and abs(value) <= FLOAT32_MAX
 
 
 def all_finite(module: torch.nn.Module) -> bool:

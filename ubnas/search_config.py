@@ -11,7 +11,7 @@ from hwmodels.yamlio import read_yaml, short_repr
 
 from .cost import COST_MODELS, WIDTH_COSTS
 from .data import DATASETS
-from .runtime import MAX_SEED
+from .runtime import MAX_SEED, float32_finite
 from .supernet import RELAXATIONS
 
 STAGES = ("staged", "joint", "op", "channel")
@@ -80,21 +80,23 @@ class SearchConfig:
         # rates and scales that a sign error turns into a silently wrong search (NaN, ascent)
         for key in ("tau0", "tau_decay", "temperature", "weight_lr", "arch_lr", "grad_clip"):
             value = _as_float(getattr(self, key))
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{where(key)} must be finite and > 0, got {short_repr(getattr(self, key))}")
+            if not (float32_finite(value) and value > 0):
+                raise ValueError(f"{where(key)} must be > 0 and within float32's range (3.4e38), "
+                                 f"got {short_repr(getattr(self, key))}")
         for key in ("weight_decay", "arch_weight_decay", "dual_lr", "lambda_latency", "beta_utilization"):
             value = _as_float(getattr(self, key))
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{where(key)} must be finite and >= 0, got {short_repr(getattr(self, key))}")
+            if not (float32_finite(value) and value >= 0):
+                raise ValueError(f"{where(key)} must be >= 0 and within float32's range (3.4e38), "
+                                 f"got {short_repr(getattr(self, key))}")
         if not self.tau_decay <= 1:   # > 1 heats the relaxation up every epoch instead of annealing it
             raise ValueError(f"{where('tau_decay')} must be in (0, 1], got {short_repr(self.tau_decay)}")
         if not 0 <= self.weight_momentum < 1:
             raise ValueError(f"{where('weight_momentum')} must be in [0, 1), got {short_repr(self.weight_momentum)}")
         if not isinstance(self.out, str) or not self.out.strip():
             raise ValueError(f"{where('out')} expected a run directory, got {short_repr(self.out)}")
-        if self.target_latency_us is not None and not (math.isfinite(_as_float(self.target_latency_us))
+        if self.target_latency_us is not None and not (float32_finite(_as_float(self.target_latency_us))
                                                        and self.target_latency_us > 0):
-            raise ValueError(f"{where('target_latency_us')} must be finite and > 0, "
+            raise ValueError(f"{where('target_latency_us')} must be > 0 and within float32's range (3.4e38), "
                              f"got {short_repr(self.target_latency_us)}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"{where('seed')} must be in [0, {MAX_SEED}], got {self.seed}")

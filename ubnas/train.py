@@ -32,7 +32,7 @@ from hwmodels.yamlio import atomic_write_text
 from .build import build_network, exact_cost
 from .data import DATASETS, MIN_TRAIN_BATCH, DataError, augment_crop_flip, batch_count, batches, load_dataset
 from .distributed import launched_processes
-from .runtime import (MAX_SEED, all_finite, atomic_torch_save, existing_checkpoint, ignored_on_resume,
+from .runtime import (MAX_SEED, all_finite, atomic_torch_save, float32_finite, existing_checkpoint, ignored_on_resume,
                       load_checkpoint, make_run_dir, options_given, pick_device, progress_bar, refuse_if_locked,
                       resume_note, run_lock, say, set_aside)
 from .spec import (ArchSpec, edited_since_export, load_spec, searched_accelerator, searched_batch,
@@ -81,16 +81,19 @@ class TrainConfig:
         for key in ("epochs", "batch_size"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"--{key.replace('_', '-')}: expected a positive integer, got {getattr(self, key)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"--lr: expected a finite positive learning rate, got {self.lr}")
+        if not (float32_finite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr: expected a positive learning rate within float32's range (3.4e38), "
+                             f"got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"--momentum: expected a value in [0, 1), got {self.momentum}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"--label-smoothing: expected a value in [0, 1), got {self.label_smoothing}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"--weight-decay: expected a finite value >= 0, got {self.weight_decay}")
-        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):   # 0 is documented as "off"
-            raise ValueError(f"--grad-clip: expected a finite norm > 0, or 0 for no clipping, got {self.grad_clip}")
+        if not (float32_finite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"--weight-decay: expected a value >= 0 within float32's range (3.4e38), "
+                             f"got {self.weight_decay}")
+        if not (float32_finite(self.grad_clip) and self.grad_clip >= 0):   # 0 is documented as "off"
+            raise ValueError(f"--grad-clip: expected a norm > 0 within float32's range (3.4e38), or 0 for "
+                             f"no clipping, got {self.grad_clip}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"--seed: expected an integer in [0, {MAX_SEED}], got {self.seed}")
         if not str(self.out).strip():   # Path("") is the current directory, whose files a start-over removes
