@@ -21,3 +21,23 @@ def test_scalesim_suite_with_every_run_skipped_keeps_the_csv(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "every run is over --max-lines 1" in done.stderr and "raise --max-lines" in done.stderr
     assert out.read_text() == "rows from an earlier suite\n"
+
+
+def test_search_hours_checks_device_and_seed_as_search_does():
+    """--device foo and --seed -1 were tracebacks (torch's device parser, SearchConfig.validate)."""
+    for flags, message in ((["--device", "foo"], "--device expected auto, cpu, cuda or cuda:N, got 'foo'"),
+                           (["--seed", "-1"], "--seed must be in [0, ")):
+        done = _tool("search_hours.py", "--space", "tiny", "--data", "digits", *flags)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert message in done.stderr, done.stderr
+
+
+def test_op_stage_epochs_counts_the_op_epochs_of_stage_at():
+    """search_hours projected the op / channel split by calling stage_at once per epoch, which never
+    ended for --epochs 1e20; the closed form must count what that loop counted."""
+    from ubnas.search import SearchConfig, op_stage_epochs, stage_at
+    for stage in ("staged", "joint", "op", "channel"):
+        for epochs in range(1, 40):
+            cfg = SearchConfig(epochs=epochs, stage=stage)
+            assert op_stage_epochs(cfg) == sum(stage_at(cfg, e) == "op" for e in range(epochs)), (stage, epochs)
+    assert op_stage_epochs(SearchConfig(epochs=10**20)) == 5 * 10**19

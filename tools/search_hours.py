@@ -41,7 +41,7 @@ import torch
 from hwmodels import load_accelerator
 from ubnas import kernels
 from ubnas.data import DATASETS, load_dataset
-from ubnas.search import SearchConfig, run_search, stage_at
+from ubnas.search import SearchConfig, op_stage_epochs, run_search
 from ubnas.space import load_space
 
 IMPLS = ("eager", "auto")
@@ -111,6 +111,11 @@ def main(argv=None) -> int:
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
     if not impls or any(i not in IMPLS for i in impls):
         ap.error(f"--impls: expected a comma list of {', '.join(IMPLS)}, got {args.impls!r}")
+    try:   # the options a search shares, checked as ubnas search checks them
+        SearchConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                     device=args.device or "auto").validate("command line")
+    except ValueError as exc:
+        ap.error(str(exc))
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: this torch sees no CUDA device")
@@ -129,7 +134,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     full = SearchConfig(epochs=args.epochs)   # the projected run: staged, as ubnas search's default
-    op_epochs = sum(stage_at(full, e) == "op" for e in range(args.epochs))
+    op_epochs = op_stage_epochs(full)
     channel_epochs = args.epochs - op_epochs
     steps_per_epoch = math.ceil(args.train_images / args.batch_size)
     where = torch.cuda.get_device_name(args.device) if cuda else "CPU (auto = PyTorch reference kernels)"

@@ -91,8 +91,16 @@ class SearchResult:
 def stage_at(cfg: SearchConfig, epoch: int) -> str:
     """'op' (ops searched at fixed widths), 'channel' (chosen ops, widths searched) or 'joint'."""
     if cfg.stage == "staged":
-        return "op" if epoch < max(1, cfg.epochs // 2) else "channel"
+        return "op" if epoch < op_stage_epochs(cfg) else "channel"
     return cfg.stage
+
+
+def op_stage_epochs(cfg: SearchConfig) -> int:
+    """How many of cfg's epochs search the ops (stage_at 'op'): the first half of a staged run (at
+    least one epoch), all of an 'op' run, none of the others."""
+    if cfg.stage == "staged":
+        return min(cfg.epochs, max(1, cfg.epochs // 2))
+    return cfg.epochs if cfg.stage == "op" else 0
 
 
 def enter_stage(net: Supernet, stage: str) -> bool:
