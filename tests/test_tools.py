@@ -41,3 +41,12 @@ def test_op_stage_epochs_counts_the_op_epochs_of_stage_at():
             cfg = SearchConfig(epochs=epochs, stage=stage)
             assert op_stage_epochs(cfg) == sum(stage_at(cfg, e) == "op" for e in range(epochs)), (stage, epochs)
     assert op_stage_epochs(SearchConfig(epochs=10**20)) == 5 * 10**19
+
+
+def test_tools_refuse_an_unknown_gpu_arch_and_a_batch_past_memory():
+    """compile_kernels --arch 7 aborted inside LLVM; count_step_ops --batch 99999999 ran out of memory
+    (its count is the same at any batch)."""
+    done = _tool("compile_kernels.py", "--arch", "7")
+    assert done.returncode == 2 and "--arch 7: not a compute capability" in done.stderr, done.stderr[-2000:]
+    done = _tool("count_step_ops.py", "--batch", "99999999")
+    assert done.returncode == 2 and "--batch must be in [1, 64]" in done.stderr, done.stderr[-2000:]

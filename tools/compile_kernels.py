@@ -23,9 +23,27 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from ubnas.kernels import triton_combine as C, triton_dw_gather as G, triton_dw_tile as T
 
+
+
+def known_archs() -> set:
+    """Compute capabilities (90 for sm_90) that the bundled ptxas assemblers name in their help; empty
+    when none can be asked.  LLVM aborts the process on a target it does not know (--arch 7)."""
+    archs = set()
+    for name in ("ptxas", "ptxas-blackwell"):
+        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+        if os.path.exists(tool):
+            text = subprocess.run([tool, "--help"], capture_output=True, text=True).stdout
+            archs |= {int(n) for n in re.findall(r"'sm_(\d+)'", text)}
+    return archs
+
+
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability, e.g. 90 (H100/H200)")
-target = GPUTarget("cuda", ap.parse_args().arch, 32)
+arch, archs = ap.parse_args().arch, known_archs()
+if archs and arch not in archs:
+    ap.error(f"--arch {arch}: not a compute capability the bundled ptxas knows "
+             f"({', '.join(map(str, sorted(archs)))})")
+target = GPUTarget("cuda", arch, 32)
 
 
 def resources(cubin: bytes) -> str:

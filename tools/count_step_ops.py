@@ -151,6 +151,9 @@ def instrument(backend: str, box):
     InterpretedFunction.run = counted_launch
 
 
+MAX_BATCH = 64
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spaces", default="darts_cifar,uboost_cifar")
@@ -158,8 +161,9 @@ def main(argv=None):
     ap.add_argument("--backend", choices=("triton", "reference"), default="triton")
     ap.add_argument("--top", type=int, default=0, help="also list the N most frequent ops per variant")
     args = ap.parse_args(argv)
-    if args.batch < 1 or args.top < 0:
-        ap.error(f"--batch must be >= 1 and --top >= 0, got {args.batch} and {args.top}")
+    if not 1 <= args.batch <= MAX_BATCH or args.top < 0:   # the count is the same at any batch: a huge
+        ap.error(f"--batch must be in [1, {MAX_BATCH}] and --top >= 0, "   # one only ran out of memory
+                 f"got {args.batch} and {args.top}")
     try:
         spaces = load_spaces(args.spaces)
     except ValueError as exc:
