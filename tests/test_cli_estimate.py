@@ -407,3 +407,17 @@ def test_huge_sizes_and_a_forward_of_two_inputs_are_one_line(tmp_path, capsys):
     code, out, err = run_main(capsys, "--model", f"{model}:Two", "--input", "4x1x1")
     assert code == 2 and err.strip() == ("ubnas: error: Two.forward must take one input tensor to be traced "
                                          "(missing a required argument: 'y')"), err
+
+
+def test_batch_given_with_a_csv_batch_column_says_which_wins(tmp_path, capsys):
+    """--batch fills only the rows without a batch; rows with one kept theirs without a word, so
+    --batch 8 looked ignored.  The note goes to stderr: --json's stdout stays JSON."""
+    path = write_csv(tmp_path, GOOD_ROWS)   # fc has batch 4, the others none
+    code, out, err = run_main(capsys, "--layers", path, "--json", "--batch", "8")
+    assert code == 0, err
+    macs = {row["name"]: row["macs"] for row in json.loads(out)["layers"]}
+    # by hand: conv1 3x3x3 -> 64 on 32x32, dw 3x3 stride 2 on 64 channels (16x16 out), fc 64 -> 10
+    assert macs == {"conv1": 8 * 32 * 32 * 64 * 27, "dw": 8 * 16 * 16 * 64 * 9, "fc": 4 * 64 * 10}
+    assert f"1 of 3 layers keep the batch of {path}'s batch column (--batch 8 applies" in err, err
+    code, out, err = run_main(capsys, "--layers", path, "--json", "--batch", "4")   # no row differs
+    assert code == 0 and "note" not in err, err

@@ -205,7 +205,12 @@ def collect_layers(args, batch: int, spec):
         if args.input is not None:
             raise ValueError("--input does not apply to --layers (the CSV gives every layer's map size)")
         from hwmodels.layers_csv import read_layers_csv
-        return read_layers_csv(args.layers, default_batch=batch)
+        layers = read_layers_csv(args.layers, default_batch=batch)
+        kept = sum(getattr(layer, "batch", batch) != batch for layer in layers)
+        if args.batch is not None and kept:   # the CSV's own batch wins: say so, or --batch looks ignored
+            print(f"note: {kept} of {len(layers)} layers keep the batch of {args.layers}'s batch column "
+                  f"(--batch {batch} applies to rows without one)", file=sys.stderr)
+        return layers
     from hwmodels.estimate import trace_layers
     if args.model:
         from hwmodels.zoo import DEFAULT_INPUT, get_model
