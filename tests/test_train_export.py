@@ -270,8 +270,12 @@ def test_a_run_that_starts_over_removes_the_old_metrics(trained, tmp_path, capsy
     out = tmp_path / "run"
     shutil.copytree(run, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    one_line_error(capsys, ["train", str(spec), "--out", str(out), "--epochs", "1", "--lr", "inf", "--quiet"])
-    one_line_error(capsys, ["train", str(spec), "--out", str(out), "--epochs", "1", "--hw", "tpu_v9", "--quiet"])
+    for bad in (["--lr", "inf"], ["--hw", "tpu_v9"]):   # refused: no note that the run starts over
+        capsys.readouterr()
+        code = main(["train", str(spec), "--out", str(out), "--epochs", "1", "--quiet", *bad])
+        said = capsys.readouterr()
+        assert code != 0 and len(said.err.strip().splitlines()) == 1, said.err
+        assert "starting over" not in said.out, said.out
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     train(config(spec, out, epochs=3), progress=False, stop_after_epoch=1)
     assert not (out / "metrics.json").exists()

@@ -256,9 +256,6 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     ckpt_path = out / CHECKPOINT
     refuse_if_locked(out)   # before any note about a run that another process is writing
     found = existing_train_checkpoint(ckpt_path, resume)   # before the note that it will be overwritten
-    note = resume_note(ckpt_path, resume, METRICS)
-    if note:
-        say(note)
     ckpt = _train_checkpoint(found, ckpt_path, spec) if resume and found is not None else None
     if ckpt is not None:
         cfg = _resumed_config(cfg, ckpt, ckpt_path, given)
@@ -286,6 +283,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     # only now (after a network too large to build): a refused run leaves no empty directory behind
     make_run_dir(out)
     held.enter_context(run_lock(out))   # before anything in OUT changes
+    note = resume_note(ckpt_path, resume, METRICS)   # only now: a refused run (bad --hw, no data) says one line
+    if note:
+        say(note)
     # weight decay on conv / linear weights only, not on BN scales and biases
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
