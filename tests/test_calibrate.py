@@ -220,6 +220,17 @@ def test_holdout_fraction_with_given_holdout_rows_is_refused(synthetic, tmp_path
     assert not out.exists()
 
 
+@pytest.mark.parametrize("flags", [["--cache", "sim.json"], ["--max-sim-cycles", "1000"]])
+def test_simulation_options_with_measured_rows_are_refused(synthetic, tmp_path, capsys, flags):
+    """A measured CSV runs no simulation: --cache and --max-sim-cycles were ignored without a word."""
+    out = tmp_path / "out.yaml"
+    code = main(["calibrate", "--reference", str(synthetic), *flags, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "--cache and --max-sim-cycles apply to --reference scalesim" in err
+    assert not out.exists()
+
+
 def test_bad_row_through_cli_writes_nothing(tmp_path, capsys):
     path = _bad_csv(tmp_path, HEADER + ",measured_cycles", [GOOD + ",100"] * 10 + [GOOD + ",x"])
     out = tmp_path / "out.yaml"

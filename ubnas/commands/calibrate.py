@@ -136,6 +136,9 @@ def run(args) -> int:
         if args.layers or args.suite or args.import_scalesim_csv:
             raise ValueError("--layers, --suite and --import-scalesim-csv apply to --reference scalesim; "
                              "a measured CSV gives its own layers")
+        if args.cache or args.max_sim_cycles is not None:   # would be ignored without a word
+            raise ValueError("--cache and --max-sim-cycles apply to --reference scalesim; a measured CSV "
+                             "runs no simulation")
         if args.holdout_suite:
             raise ValueError("--holdout-suite needs --reference scalesim; with measured rows use "
                              "--holdout MEASURED.csv")
