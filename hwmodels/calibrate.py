@@ -109,13 +109,24 @@ class _Model:
         return edge(bounds[0]), edge(bounds[1])
 
 
+def _rms(values: np.ndarray) -> float:
+    """Root mean square, scaled by the largest |value| first: squares of 1e200 cycles (an outlier
+    row) overflowed to inf with a RuntimeWarning although their RMS is finite."""
+    if not len(values):
+        return float("nan")
+    scale = float(np.max(np.abs(values)))
+    if scale == 0.0 or not np.isfinite(scale):
+        return scale
+    return scale * float(np.sqrt(np.mean((values / scale) ** 2)))
+
+
 def metrics(predicted: np.ndarray, reference: np.ndarray) -> Dict[str, float]:
     """nn-Meter's metrics: RMSE (cycles), RMSPE %, mean/worst |error| %, share within 5/10 %."""
     predicted, reference = np.asarray(predicted, float), np.asarray(reference, float)
     rel = (predicted - reference) / reference
     return {"rows": int(len(reference)),
-            "rmse_cycles": float(np.sqrt(np.mean((predicted - reference) ** 2))),
-            "rmspe_pct": float(100 * np.sqrt(np.mean(rel ** 2))),
+            "rmse_cycles": _rms(predicted - reference),
+            "rmspe_pct": 100 * _rms(rel),
             "mean_abs_pct": float(100 * np.mean(np.abs(rel))),
             "max_abs_pct": float(100 * np.max(np.abs(rel))),
             "within_5pct": float(np.mean(np.abs(rel) <= 0.05)),

@@ -105,6 +105,17 @@ def test_metrics_match_hand_computation():
     assert m["within_10pct"] == pytest.approx(2 / 3)
 
 
+def test_metrics_of_an_outlier_row_past_float_squares_are_finite():
+    """Errors of 1e200 cycles (a measured row off by a unit) squared to inf with a RuntimeWarning;
+    their RMS is 1e200 * sqrt((1 + 9) / 2) by hand."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = cal.metrics(np.array([1e200, 3e200]), np.array([2e200, 6e200]))
+    assert m["rmse_cycles"] == pytest.approx(1e200 * np.sqrt(5.0))
+    assert m["rmspe_pct"] == pytest.approx(50.0)
+
+
 def test_written_yaml_loads_and_reproduces_predictions(synthetic, tmp_path):
     acc = _acc()
     result = cal.calibrate(refs.measured_rows(synthetic, acc), acc, "systolic", seed=0)
