@@ -50,3 +50,12 @@ def test_tools_refuse_an_unknown_gpu_arch_and_a_batch_past_memory():
     assert done.returncode == 2 and "--arch 7: not a compute capability" in done.stderr, done.stderr[-2000:]
     done = _tool("count_step_ops.py", "--batch", "99999999")
     assert done.returncode == 2 and "--batch must be in [1, 64]" in done.stderr, done.stderr[-2000:]
+
+
+def test_compare_runs_checks_every_runs_options_before_the_first_search(tmp_path):
+    """A bad value in the second run's flags was found only after the first search had run."""
+    out = tmp_path / "cmp"
+    done = _tool("compare_runs.py", "--out", str(out), "a=--epochs 1 --max-steps-per-epoch 1",
+                 "b=--epochs 0")
+    assert done.returncode == 2 and "run 'b': --epochs must be >= 1, got 0" in done.stderr, done.stderr[-2000:]
+    assert not out.exists()

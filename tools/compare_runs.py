@@ -17,7 +17,9 @@ epoch is epoch 1 uses it); first_epoch_s is epoch 1's seconds.  Memory is in MiB
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import json
 import os
 import re
@@ -93,6 +95,23 @@ def summarize(name, run_dir: Path, wall, rss, test_acc):
     }
 
 
+def search_flags_problem(flags: str, run_dir: Path):
+    """None when ``ubnas search FLAGS --out RUN_DIR`` parses and its options are valid, else what is
+    wrong (one line): checked for every run before the first search spends its minutes."""
+    from ubnas.cli import build_parser
+    from ubnas.commands.search import config_from_args
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            args = build_parser().parse_args(["search", *shlex.split(flags), "--out", str(run_dir), "--quiet"])
+        config_from_args(args)
+    except SystemExit:   # argparse said what is wrong on stderr
+        return (said.getvalue().strip().splitlines() or ["its flags do not parse"])[-1]
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="NAME=FLAGS for ubnas search")
@@ -119,6 +138,9 @@ def main(argv=None):
             shlex.split(flags)
         except ValueError as exc:
             parser.error(f"run {name!r}: its flags do not parse ({exc}): {flags!r}")
+        problem = search_flags_problem(flags, Path(args.out) / name)
+        if problem:
+            parser.error(f"run {name!r}: {problem}")
     rows, failed = [], []
     for item in args.runs:
         name, _, flags = item.partition("=")

@@ -1,6 +1,7 @@
 """``ubnas search``: run a hardware-aware search; every option also a --config YAML key."""
 import argparse
 from dataclasses import fields
+from typing import Any, Dict, Tuple
 
 from .. import distributed
 from ..runtime import expand_home
@@ -48,7 +49,9 @@ def add_parser(sub):
     return p
 
 
-def run(args) -> int:
+def config_from_args(args) -> Tuple[SearchConfig, Dict[str, Any]]:
+    """(the validated SearchConfig, the options given) of parsed ``ubnas search`` arguments: the
+    --config file's keys, then the flags given.  A bad value is a ValueError naming its flag or key."""
     values = {}
     if getattr(args, "config_file", None):
         values.update(config_from_yaml(args.config_file))
@@ -58,6 +61,11 @@ def run(args) -> int:
     values = expand_home(values, ("space", "hw", "data_dir", "out"))
     cfg = SearchConfig(**values)
     cfg.validate("command line")
+    return cfg, values
+
+
+def run(args) -> int:
+    cfg, values = config_from_args(args)
     # a --config file (a saved OUT/config.yaml, say) holds every option: only a flag or a value
     # away from the default says that the user meant to set it
     defaults = SearchConfig()
