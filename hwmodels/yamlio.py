@@ -92,6 +92,12 @@ def short_repr(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def _line_column(content, offset: int, newline) -> str:
+    """' line L column C:' of position ``offset`` in ``content`` (bytes or str), both from 1."""
+    line_start = content.rfind(newline, 0, offset) + 1
+    return f" line {content.count(newline, 0, offset) + 1} column {offset - line_start + 1}:"
+
+
 def read_yaml(path: PathLike, error: Type[Exception] = ValueError, text: Optional[str] = None) -> Any:
     """Parse the YAML file ``path`` (or ``text`` read from it) with YAML 1.2's integers (``010`` is
     10); a syntax error, a key given twice in one mapping, a structure that contains itself or
@@ -99,15 +105,23 @@ def read_yaml(path: PathLike, error: Type[Exception] = ValueError, text: Optiona
     (``error("FILE: cannot read (reason)")``)."""
     if text is None:
         try:
-            text = Path(path).read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise error(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+        try:   # YAML is UTF-8 whatever the locale; a spreadsheet's byte-order mark is dropped
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            where = _line_column(data, exc.start, b"\n")
+            raise error(f"{path}:{where} not UTF-8 text (byte "
+                        f"0x{data[exc.start]:02x}: {exc.reason})") from None
     try:
         value = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}:" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if mark is None and isinstance(getattr(exc, "position", None), int):   # a ReaderError (NUL, say)
+            where = _line_column(text, exc.position, "\n")
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).splitlines()[0]
         raise error(f"{path}:{where} invalid YAML ({problem})") from None
     except RecursionError:   # PyYAML composes nested collections recursively
         raise error(f"{path}: invalid YAML (nested too deeply to read)") from None

@@ -206,6 +206,21 @@ def test_yaml_merge_keys_read_as_yaml_means_them(tmp_path):
         read_yaml("f.yaml", text="c:\n  <<: {x: 1}\n  z: 1\n  z: 2\n")
 
 
+def test_a_yaml_file_with_a_bad_byte_or_a_nul_names_its_line_and_column(tmp_path):
+    """A byte that is not UTF-8 and a NUL character (which YAML forbids) were errors without a line:
+    in a long spec the user had to hunt for them.  Positions counted by hand, from 1."""
+    from hwmodels.yamlio import read_yaml
+    path = tmp_path / "f.yaml"
+    path.write_bytes("name: é\narray_rows: 8\nfoo: ".encode() + b"\xff\xfe\n")
+    with pytest.raises(ValueError, match=r"f\.yaml: line 3 column 6: not UTF-8 text \(byte 0xff"):
+        read_yaml(path)
+    path.write_bytes(b"name: x\narray_rows: 8\nfoo: a\x00b\n")
+    with pytest.raises(ValueError, match=r"f\.yaml: line 3 column 7: invalid YAML \(special characters"):
+        read_yaml(path)
+    path.write_bytes(b"\xef\xbb\xbfname: x\n")   # a byte-order mark is not part of the first key
+    assert read_yaml(path) == {"name": "x"}
+
+
 def test_a_spec_with_a_mapping_as_a_key_is_a_one_line_error(tmp_path, derived):
     file = write(tmp_path, dump_spec(derived) + "? {a: 1}\n: 2\n")
     with pytest.raises(SpecError, match=r"line \d+ column \d+: invalid YAML \(found unhashable key\)") as info:
