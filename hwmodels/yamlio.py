@@ -98,6 +98,18 @@ def _line_column(content, offset: int, newline) -> str:
     return f" line {content.count(newline, 0, offset) + 1} column {offset - line_start + 1}:"
 
 
+def read_utf8(path: PathLike, error: Type[Exception] = ValueError) -> str:
+    """The text of ``path`` as UTF-8 whatever the locale (YAML's encoding; a byte-order mark is
+    dropped).  A byte that is not UTF-8 is ``error("FILE: line L column C: not UTF-8 text (...)")``;
+    an OSError propagates."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        where = _line_column(data, exc.start, b"\n")
+        raise error(f"{path}:{where} not UTF-8 text (byte 0x{data[exc.start]:02x}: {exc.reason})") from None
+
+
 def read_yaml(path: PathLike, error: Type[Exception] = ValueError, text: Optional[str] = None) -> Any:
     """Parse the YAML file ``path`` (or ``text`` read from it) with YAML 1.2's integers (``010`` is
     10); a syntax error, a key given twice in one mapping, a structure that contains itself or
@@ -105,15 +117,9 @@ def read_yaml(path: PathLike, error: Type[Exception] = ValueError, text: Optiona
     (``error("FILE: cannot read (reason)")``)."""
     if text is None:
         try:
-            data = Path(path).read_bytes()
+            text = read_utf8(path, error)
         except OSError as exc:
             raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
-        try:   # YAML is UTF-8 whatever the locale; a spreadsheet's byte-order mark is dropped
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            where = _line_column(data, exc.start, b"\n")
-            raise error(f"{path}:{where} not UTF-8 text (byte "
-                        f"0x{data[exc.start]:02x}: {exc.reason})") from None
     try:
         value = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:

@@ -214,6 +214,10 @@ def test_a_yaml_file_with_a_bad_byte_or_a_nul_names_its_line_and_column(tmp_path
     path.write_bytes("name: é\narray_rows: 8\nfoo: ".encode() + b"\xff\xfe\n")
     with pytest.raises(ValueError, match=r"f\.yaml: line 3 column 6: not UTF-8 text \(byte 0xff"):
         read_yaml(path)
+    from ubnas.space import load_space
+    for load in (load_spec, load_space):   # they read the text themselves: the same position
+        with pytest.raises(ValueError, match=r"f\.yaml: line 3 column 6: not UTF-8 text"):
+            load(str(path))
     path.write_bytes(b"name: x\narray_rows: 8\nfoo: a\x00b\n")
     with pytest.raises(ValueError, match=r"f\.yaml: line 3 column 7: invalid YAML \(special characters"):
         read_yaml(path)

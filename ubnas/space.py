@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from hwmodels.yamlio import read_yaml, short_repr
+from hwmodels.yamlio import read_utf8, read_yaml, short_repr
 
 from .ops import OPS
 from .spec import MAX_SIZE
@@ -177,9 +177,9 @@ def read_space_text(name_or_path: str) -> Tuple[str, str]:
             path = SPACE_DIR / f"{name_or_path}.yaml"
         elif not path.exists():
             raise SpaceError(f"{name_or_path}: no such search space or file (shipped: {', '.join(space_names())})")
-        return path.read_text(), str(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpaceError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+        return read_utf8(path, SpaceError), str(path)
+    except OSError as exc:
+        raise SpaceError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def space_from_text(text: str, origin: str) -> SearchSpace:

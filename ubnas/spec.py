@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import yaml
 
-from hwmodels.yamlio import read_yaml, short_repr
+from hwmodels.yamlio import read_utf8, read_yaml, short_repr
 
 SPEC_VERSION = 1
 TOP_KEYS = ("ubnas_spec", "input_shape", "num_classes", "stem", "cells", "classifier", "provenance")
@@ -306,14 +306,14 @@ def load_spec(path: Union[str, os.PathLike]) -> ArchSpec:
     """Read and validate a spec file; every problem is a one-line :class:`SpecError`."""
     origin = str(path)
     try:
-        text = Path(path).read_text()
+        text = read_utf8(path, SpecError)
     except FileNotFoundError:
         raise SpecError(f"{origin}: no such architecture spec file") from None
     except IsADirectoryError:   # a run directory given for the spec it holds
         hint = f"; the search's spec is {Path(path) / 'arch.yaml'}" if (Path(path) / "arch.yaml").is_file() else ""
         raise SpecError(f"{origin}: is a directory, not an architecture spec file{hint}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{origin}: cannot read the architecture spec ({exc})") from None
+    except OSError as exc:
+        raise SpecError(f"{origin}: cannot read the architecture spec ({exc.strerror or exc})") from None
     return spec_from_dict(read_yaml(origin, SpecError, text), origin)
 
 
