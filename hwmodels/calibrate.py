@@ -303,6 +303,13 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
     fit_report["unused_parameters"] = list(unused)
     fit_report["bounded_only"] = bounded
     fit_report["warnings"] = fit_warnings(fit_report, reference_over_model, loose)
+    over_peak = sum(int(np.sum(model.utilization(model.predict(fitted_cal)) > 1 + 1e-9))
+                    for model in (train_model, hold_model))
+    if over_peak:   # fewer cycles than MACs / PEs: no array of this size can be that fast
+        fit_report["warnings"].append(
+            f"the fit puts {over_peak} of {len(train) + len(held)} rows above the array's peak (utilization "
+            f"over 100 %: fewer cycles than MACs / {hold_model.pes} PEs); check the array size, clock and "
+            f"unit of the reference")
     for name, ref in (("reference", reference), ("holdout", holdout)):   # what the fit did not see
         if ref is not None and ref.skipped:
             fit_report[f"skipped_{name}_layers"] = list(ref.skipped)

@@ -74,6 +74,25 @@ def test_recovers_known_parameters_from_noisy_measurements(synthetic):
     assert result.fit_report["n_holdout"] == round(0.3 * 85)
 
 
+def test_rows_faster_than_the_array_can_be_are_flagged(synthetic, tmp_path):
+    """Rows measured at half the cycles of the model (on a smaller array than the one given, say)
+    fit cycle_scale 0.5 and put layers above 100 % utilization without a word."""
+    acc = _acc()
+    fast = _write_measured(tmp_path / "fast.csv", suite_layers("mixed", 0), acc,
+                           truth=Calibration(cycle_scale=0.5, bandwidth_efficiency=1.0), noise=0.0)
+    result = cal.calibrate(refs.measured_rows(fast, acc), acc, "systolic", seed=0)
+    rows = result.train + result.holdout
+    # by hand: MACs / (calibrated cycles * PEs) of each row's layer
+    over = sum(layer_cost(r.layer, result.accelerator, "systolic").macs
+               > layer_cost(r.layer, result.accelerator, "systolic").cycles * acc.array_rows * acc.array_cols
+               for r in rows)
+    assert over > 0
+    assert any(w.startswith(f"the fit puts {over} of {len(rows)} rows above the array's peak")
+               for w in result.fit_report["warnings"]), result.fit_report["warnings"]
+    honest = cal.calibrate(refs.measured_rows(synthetic, acc), acc, "systolic", seed=0)
+    assert not any("peak" in w for w in honest.fit_report["warnings"])
+
+
 def test_seconds_are_converted_with_the_clock(tmp_path):
     acc = _acc(clock_hz=5e8)
     path = _write_measured(tmp_path / "s.csv", suite_layers("cifar", 0), acc, noise=0.0,
