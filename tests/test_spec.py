@@ -494,7 +494,8 @@ def test_provenance_added_after_derive_reaches_the_file(tmp_path):
 def test_an_input_the_space_cannot_join_is_a_one_line_error():
     # uboost_cifar max-pools after every cell: 15 -> 7 on one input, stride 2 from 15 -> 8 on the other
     from ubnas.supernet import Supernet
-    with pytest.raises(ValueError, match="input 30x30 does not fit space uboost_cifar: cell 2 gets maps 15x15 and 7x7"):
+    with pytest.raises(ValueError, match=r"input 30x30 does not fit space uboost_cifar \(.*uboost_cifar\.yaml\): "
+                                         r"cell 2 gets maps 15x15 and 7x7"):
         Supernet(load_space("uboost_cifar"), (3, 30, 30), 10)
 
 
@@ -510,4 +511,6 @@ def test_a_last_cell_that_pools_its_map_away_is_refused_before_the_run_starts(tm
     assert main(["search", "--space", str(path), "--out", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "cell 3 shrinks its 1x1 maps to nothing" in err and "Traceback" not in err
+    # the file is named: this one calls itself 'tiny', like the shipped space that does fit
+    assert f"does not fit space tiny ({path}): cell 3" in err, err
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]   # nothing deleted

@@ -60,6 +60,7 @@ class SearchSpace:
     description: str = ""
     source: str = ""
     extra: Dict[str, Any] = field(default_factory=dict)
+    origin: str = field(default="", compare=False)   # the file read (errors name it: two may share a name)
 
     @property
     def edges_per_cell(self) -> int:
@@ -161,7 +162,8 @@ def parse_space(data: Any, origin: str) -> SearchSpace:
         raise SpaceError(f"{origin}: key 'cells' must list at least one cell")
     return SearchSpace(name=data.get("name") or Path(origin).stem, nodes=nodes, ops=list(ops),
                        stem_kernel=stem_kernel, stem_channels=stem_channels, cells=cells,
-                       description=str(data.get("description") or ""), source=str(data.get("source") or ""))
+                       description=str(data.get("description") or ""), source=str(data.get("source") or ""),
+                       origin=str(origin))
 
 
 def space_names() -> List[str]:

@@ -230,13 +230,14 @@ class Supernet(nn.Module):
         self.stem_bn = nn.BatchNorm2d(self.widths["stem"].top)
         stem = Source("stem", 1, 1, (input_shape[1], input_shape[2]))
         s0, s1 = stem, stem
+        space_label = f"{space.name} ({space.origin})" if space.origin else space.name
         self.cells = nn.ModuleList()
         for i, cell in enumerate(space.cells):
             # a cell joins its two inputs after a stride s1.scale // s0.scale: odd sizes may not meet
             stride = s1.scale // s0.scale
             if tuple(strided_size(n, stride) for n in s0.size) != s1.size:
                 raise ValueError(
-                    f"input {input_shape[1]}x{input_shape[2]} does not fit space {space.name}: cell {i} "
+                    f"input {input_shape[1]}x{input_shape[2]} does not fit space {space_label}: cell {i} "
                     f"gets maps {s0.size[0]}x{s0.size[1]} and {s1.size[0]}x{s1.size[1]} (use an input "
                     f"whose sides divide by {s1.scale} and stay >= 1)")
             self.cells.append(SearchCell(space, i, s0, s1, self.widths))
@@ -244,7 +245,7 @@ class Supernet(nn.Module):
             size = tuple(strided_size(n, 2) for n in s1.size) if cell.reduce else s1.size
             size = tuple(pooled_size(n) for n in size) if cell.pool_after else size
             if min(size) < 1:   # the last cell too: a 2x2 pool on a 1x1 map leaves nothing
-                raise ValueError(f"input {input_shape[1]}x{input_shape[2]} does not fit space {space.name}: "
+                raise ValueError(f"input {input_shape[1]}x{input_shape[2]} does not fit space {space_label}: "
                                  f"cell {i} shrinks its {s1.size[0]}x{s1.size[1]} maps to nothing "
                                  f"(use a larger input or fewer reduce / pool_after cells)")
             s0, s1 = s1, Source(f"cell{i}", space.nodes, scale, size)
