@@ -277,3 +277,77 @@ def test_a_lone_config_yaml_that_no_search_wrote_is_not_overwritten(tmp_path, ca
     assert f"{out / 'config.yaml'}: unknown key 'model'" in err and "move it away" in err, err
     assert (out / "config.yaml").read_text() == theirs
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL inside set_aside: nothing after it runs."""
+
+
+@pytest.mark.parametrize("order", [("arch.yaml", "search_log.csv", "checkpoint.pt", "config.yaml"),
+                                   ("checkpoint.pt", "search_log.csv", "config.yaml", "arch.yaml")])
+def test_a_set_aside_killed_at_any_rename_loses_nothing(tmp_path, monkeypatch, order):
+    """Killed between any two of its renames, a start-over used to leave a finished run split between
+    OUT and previous/ (the next start-over then took the rest for an unfinished run, or emptied
+    previous/ of the half already moved), and it deleted the user's own files in previous/.  Every
+    kill point is tried: after recovery the run is whole in one place, and after the next
+    set_aside previous/ holds exactly the finished run and the user's file."""
+    import ubnas.runtime as runtime
+    from ubnas.runtime import recover_set_aside, set_aside
+    finished = {name: f"run A's {name}\n" for name in order}
+    older = {name: f"run B's {name}\n" for name in order}
+
+    def fresh(root):
+        out = root / "run"
+        (out / "previous").mkdir(parents=True)
+        for name, text in finished.items():
+            (out / name).write_text(text)
+        for name, text in older.items():
+            (out / "previous" / name).write_text(text)
+        (out / "previous" / "NOTES.txt").write_text("mine\n")
+        return out
+
+    def files(folder):
+        return {p.name: p.read_text() for p in folder.iterdir() if p.is_file()} if folder.is_dir() else {}
+
+    real_replace, kill_points = os.replace, 0
+    while True:
+        kill_points += 1
+        out = fresh(tmp_path / str(kill_points))
+        calls = []
+
+        def replace(src, dst):
+            calls.append(src)
+            if len(calls) == kill_points:
+                raise _Killed
+            real_replace(src, dst)
+        monkeypatch.setattr(runtime.os, "replace", replace)
+        try:
+            set_aside(out, order, "arch.yaml")
+            finished_cleanly = True
+        except _Killed:
+            finished_cleanly = False
+        monkeypatch.setattr(runtime.os, "replace", real_replace)
+        recover_set_aside(out, order)
+        in_out = {n: t for n, t in files(out).items()}
+        kept = files(out / "previous")
+        # one of the two whole states: nothing moved yet, or everything moved
+        assert (in_out == finished and kept == {**older, "NOTES.txt": "mine\n"}) or \
+            (in_out == {} and kept == {**finished, "NOTES.txt": "mine\n"}), (kill_points, in_out, kept)
+        set_aside(out, order, "arch.yaml")
+        assert files(out) == {} and files(out / "previous") == {**finished, "NOTES.txt": "mine\n"}, kill_points
+        assert sorted(p.name for p in out.iterdir()) == ["previous"], kill_points   # no staging left behind
+        if finished_cleanly:
+            break
+    assert kill_points > len(order) + 2   # every file's move, the user's file, and the two switch renames
+
+
+def test_a_search_started_over_sets_a_stale_metrics_json_aside(tmp_path):
+    """A metrics.json left in OUT (a train run's) is what `ubnas report` reads first: a new search
+    there was reported with the old training result."""
+    from ubnas.search import SearchConfig, run_search
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"test_acc": 0.98}\n')
+    run_search(SearchConfig(out=str(out), epochs=1, max_steps_per_epoch=1), progress=False)
+    assert not (out / "metrics.json").exists() and (out / "arch.yaml").is_file()
+    assert (out / "interrupted" / "metrics.json").read_text() == '{"test_acc": 0.98}\n'

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Optional
@@ -284,10 +285,17 @@ def aside_dir(out: Path, finished_marker: str) -> Path:
 
 def set_aside(out: Path, names: Iterable[str], finished_marker: str) -> List[str]:
     """Move the files ``names`` that exist in ``out`` into ``aside_dir(out, finished_marker)``
-    (replacing what an earlier start-over left there), so that starting over neither deletes a
-    finished run nor lets its files pass for the new run's.  A run that did not finish goes to
-    ``out/interrupted``: a start-over killed mid-run and started over again must not push the last
-    finished run out of ``out/previous``.  Returns the names moved."""
+    (replacing the run files an earlier start-over left there), so that starting over neither
+    deletes a finished run nor lets its files pass for the new run's.  A run that did not finish
+    goes to ``out/interrupted``: a start-over killed mid-run and started over again must not push
+    the last finished run out of ``out/previous``.  Other files the user put in that directory stay.
+
+    Atomic as a whole: the files gather in a staging directory that then replaces the old one by
+    a rename, and ``recover_set_aside`` (called first) undoes or completes a move that was killed
+    half-way, so a kill never splits a run between ``out`` and the kept directory, nor has the
+    next start-over delete the half already moved.  Returns the names moved."""
+    names = list(names)
+    recover_set_aside(out, names)
     present = [name for name in names if (out / name).is_file()]
     if not present:
         return []
@@ -295,17 +303,49 @@ def set_aside(out: Path, names: Iterable[str], finished_marker: str) -> List[str
     blocked = [keep / name for name in present if (keep / name).is_dir()]
     if keep.exists() and not keep.is_dir():
         blocked = [keep]
-    if blocked:   # checked before anything moves: a half-done move would mix two runs' files
+    if blocked:   # checked before anything moves
         raise ValueError(f"--out {out}: cannot keep the last run's files in {keep}: {blocked[0]} is "
                          f"{'not a directory' if blocked[0] == keep else 'a directory'}; move it away or "
                          f"choose another --out")
-    keep.mkdir(exist_ok=True)
-    for old in keep.iterdir():
-        if old.is_file():
-            old.unlink()
+    staging, retired = _aside_temps(keep)
+    staging.mkdir()
     for name in present:
-        os.replace(out / name, keep / name)
+        os.replace(out / name, staging / name)
+    if keep.is_dir():
+        for old in keep.iterdir():   # not a run file: the user's, kept with the new set
+            if old.name not in names:
+                os.replace(old, staging / old.name)
+        os.replace(keep, retired)
+    os.replace(staging, keep)   # the switch: before it the old set is whole, after it the new one
+    shutil.rmtree(retired, ignore_errors=True)
     return present
+
+
+def _aside_temps(keep: Path):
+    """(staging, retired): where ``set_aside`` gathers the new set for ``keep`` and parks the old one."""
+    return keep.with_name(f".{keep.name}.new"), keep.with_name(f".{keep.name}.old")
+
+
+def recover_set_aside(out: Path, names: Iterable[str]) -> None:
+    """Finish what a ``set_aside`` killed half-way left in ``out``: killed after the switch's first
+    rename (the old set parked, the new one whole in staging), complete the switch; killed before,
+    move the run files (``names``) back into ``out`` and the user's files back into the kept
+    directory, as they were.  A run resumed after such a kill finds its files where they were."""
+    names = set(names)
+    for keep in (out / PREVIOUS, out / INTERRUPTED):
+        staging, retired = _aside_temps(keep)
+        if staging.is_dir():
+            if retired.is_dir() and not keep.exists():
+                os.replace(staging, keep)
+            else:
+                for item in staging.iterdir():
+                    home = out if item.name in names else keep
+                    if not (home / item.name).exists():
+                        home.mkdir(exist_ok=True)
+                        os.replace(item, home / item.name)
+                shutil.rmtree(staging, ignore_errors=True)   # only copies of what is back in place
+        if retired.is_dir():
+            shutil.rmtree(retired, ignore_errors=True)
 
 
 def resume_note(ckpt_path: Path, resume: bool, finished_marker: str) -> Optional[str]:

@@ -39,8 +39,8 @@ from .channels import ChannelAllocator
 from .cost import supernet_cost
 from .data import MIN_TRAIN_BATCH, DataError, batch_count, batches, load_dataset, search_split
 from .kernels import backend as kernel_backend
-from .runtime import (all_finite, make_run_dir, pick_device, progress_bar, refuse_if_locked, resume_note, run_lock,
-                      say, set_aside)
+from .runtime import (all_finite, make_run_dir, pick_device, progress_bar, recover_set_aside, refuse_if_locked,
+                      resume_note, run_lock, say, set_aside)
 from .search_config import STAGES, SearchConfig, config_from_yaml
 from .search_resume import (Trajectory, read_search_checkpoint, restarted_config, restore_search_state,
                             resumed_config, run_definitions, save_search_checkpoint)
@@ -131,6 +131,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     progress = progress and main
     if dist.launched_processes() <= 1:   # before any note on resuming a run another process writes
         refuse_if_locked(out)             # (under torchrun rank 0's lock refusal reaches every rank below)
+        recover_set_aside(out, SET_ASIDE)   # so --resume finds a run whose start-over was killed
     found = read_search_checkpoint(ckpt_path, resume)   # refuses another command's checkpoint
     checkpoint = found if resume else None
     if checkpoint is not None:   # a resumed run keeps its own trajectory
@@ -329,6 +330,8 @@ def _build_supernet(cfg: SearchConfig, defs, data, checkpoint: Optional[dict], d
 
 
 FINISHED_MARKER = "arch.yaml"   # written by a search that finished, and only then
+# what a start-over sets aside: the run's files, and a metrics.json a report would read first
+SET_ASIDE = (FINISHED_MARKER, "search_log.csv", "checkpoint.pt", "metrics.json", "config.yaml")
 
 
 def _refuse_foreign_config(path: Path) -> None:
@@ -354,12 +357,12 @@ def _open_run_dir(out: Path, cfg: SearchConfig, checkpoint: Optional[dict], resu
     if checkpoint is not None:
         say(f"resuming {ckpt_path} after epoch {checkpoint['epoch']} of {cfg.epochs}")
     else:   # the last run's files must not pass for this run's, nor be resumed under its config
-        results = (FINISHED_MARKER, "search_log.csv", "checkpoint.pt")
+        recover_set_aside(out, SET_ASIDE)   # a start-over killed while setting files aside
         # a lone config.yaml is a run stopped before it saved anything (or the one --resume
         # restarts): it is overwritten, and previous/ or interrupted/ keeps the last run that did
         # save something
-        if any((out / name).is_file() for name in results):
-            set_aside(out, results + ("config.yaml",), FINISHED_MARKER)
+        if any((out / name).is_file() for name in SET_ASIDE if name != "config.yaml"):
+            set_aside(out, SET_ASIDE, FINISHED_MARKER)
         elif (out / "config.yaml").is_file() and not restart:
             _refuse_foreign_config(out / "config.yaml")
     atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))

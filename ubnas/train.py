@@ -34,7 +34,7 @@ from .data import DATASETS, MIN_TRAIN_BATCH, DataError, augment_crop_flip, batch
 from .distributed import launched_processes
 from .runtime import (MAX_SEED, all_finite, atomic_torch_save, float32_finite, existing_checkpoint, ignored_on_resume,
                       load_checkpoint, make_run_dir, options_given, pick_device, progress_bar, refuse_if_locked,
-                      resume_note, run_lock, say, set_aside)
+                      recover_set_aside, resume_note, run_lock, say, set_aside)
 from .spec import (ArchSpec, edited_since_export, load_spec, searched_accelerator, searched_batch,
                    searched_calibration_note)
 
@@ -255,6 +255,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     refuse_if_locked(out)   # before any note about a run that another process is writing
+    recover_set_aside(out, (CHECKPOINT, METRICS))   # a start-over killed while setting files aside
     found = existing_train_checkpoint(ckpt_path, resume)   # before the note that it will be overwritten
     ckpt = _train_checkpoint(found, ckpt_path, spec) if resume and found is not None else None
     if ckpt is not None:
