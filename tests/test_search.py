@@ -164,6 +164,24 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     assert from_dict(spec_a["provenance"]["accelerator_config"]) == load_accelerator(_small(tmp_path, "x").hw)
 
 
+def test_resume_of_a_finished_run_keeps_its_arch_yaml_and_exports_a_missing_one(tmp_path, capsys):
+    """A scheduler passes --resume every time: on a finished run it re-derived arch.yaml and wrote it
+    over the user's hand edit.  A run killed after its last checkpoint but before the export still
+    exports on --resume, the same network as the finished run's."""
+    done = run_search(_small(tmp_path, "run", epochs=1), progress=False)
+    edited = done.spec_path.read_text().replace("channels: ", "channels: 1", 1) + "# mine\n"
+    done.spec_path.write_text(edited)
+    capsys.readouterr()
+    again = run_search(_small(tmp_path, "run", epochs=1), resume=True, progress=False)
+    assert again.spec_path == done.spec_path and done.spec_path.read_text() == edited
+    assert "the run had already finished" in capsys.readouterr().out
+    ours = yaml.safe_load(edited)
+    done.spec_path.unlink()   # as if killed between the last checkpoint and the export
+    again = run_search(_small(tmp_path, "run", epochs=1), resume=True, progress=False)
+    exported = yaml.safe_load(again.spec_path.read_text())
+    assert exported["cells"] == ours["cells"] and exported["stem"]["channels"] != ours["stem"]["channels"]
+
+
 @pytest.mark.parametrize("stage, epochs", [("op", 2), ("staged", 1)])
 def test_a_run_that_ends_in_the_op_stage_exports_the_widths_it_trained(tmp_path, stage, epochs, capsys):
     # op stage: every width is held at its window's top and its logits get no gradient

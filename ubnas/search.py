@@ -178,6 +178,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
 
     # ---- epochs ---------------------------------------------------------------------------
+    finished_before = checkpoint is not None and state.epoch >= cfg.epochs
     for epoch in range(state.epoch, cfg.epochs):
         t0 = time.time()
         stage = stage_at(cfg, epoch)
@@ -270,6 +271,13 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
             return SearchResult(out, state.history, None, allocator.log)
 
+    exported = out / FINISHED_MARKER
+    # --resume of a finished run: its arch.yaml, maybe edited by hand since, is the result; rank 0
+    # decides for all (a rank whose file system differs must not export alone)
+    if finished_before and dist.broadcast_object(exported.is_file() if main else None):
+        if main:
+            say(f"note: the run had already finished; {exported} is kept as it is (delete it to export again)")
+        return SearchResult(out, state.history, exported, allocator.log)
     _export_widths(cfg, net, main)
     if check_sync:
         _say(f"sync check: weights and architecture parameters identical on {world} ranks after each of "
