@@ -34,6 +34,7 @@ import numpy as np
 from .accelerator import Accelerator, Calibration, HardwareConfigError, save_accelerator
 from .exact import MODES, layer_cost, mode_arrays, mode_pes
 from .references import ReferenceRow, ReferenceSet, layer_key, scalesim_version
+from .yamlio import drawn_by_ubnas, png_metadata
 
 COMPUTE_PARAMS = ("cycle_scale", "fold_overhead_cycles", "layer_overhead_cycles")
 MEASURED_PARAMS = COMPUTE_PARAMS + ("bandwidth_efficiency",)
@@ -458,7 +459,7 @@ def render_plot(result: CalibrationResult) -> Optional[bytes]:
                  f"{result.before.dataflow}: {len(reference)} held-out layers")
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=110, metadata=png_metadata("calibrate"))
     plt.close(fig)
     return buffer.getvalue()
 
@@ -468,17 +469,22 @@ def write_calibrated(result: CalibrationResult, path: Union[str, os.PathLike],
     """Write the calibrated YAML (fit_report + provenance) and, with matplotlib, the PNG
     next to it (same stem).  Returns the PNG path or None.  Nothing is written when
     rendering fails; the YAML is written atomically.  Without a new plot (``plot`` False or
-    no matplotlib) a PNG file already at that place, an earlier fit's, is removed: it no
-    longer shows this YAML's fit."""
+    no matplotlib) a plot an earlier fit drew at that place is removed: it no longer shows this
+    YAML's fit.  A PNG there that ubnas did not draw (``drawn_by_ubnas``) is the user's: never
+    removed, and a plot to write there is refused before anything is written."""
     path = Path(path)
     png = render_plot(result) if plot else None
     png_path = path.with_suffix(".png")
     if png is not None and png_path.is_dir():   # found before the YAML is written, not after
         raise HardwareConfigError(f"{png_path}: is a directory; the plot goes there (--no-plot, or another --out)")
+    ours = drawn_by_ubnas(png_path)
+    if png is not None and png_path.exists() and not ours:
+        raise HardwareConfigError(f"{png_path}: exists and is not a plot ubnas drew; the fit's plot would "
+                                  f"replace it (move it away, or --no-plot, or another --out)")
     extra = {"fit_report": _plain(result.fit_report), "provenance": _plain(result.provenance)}
     save_accelerator(result.accelerator, path, extra)
     if png is None:
-        if png_path.is_file():
+        if ours:
             png_path.unlink()
         return None
     tmp = png_path.with_name(f".{png_path.name}.tmp")

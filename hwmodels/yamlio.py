@@ -153,3 +153,23 @@ def atomic_write_text(path: PathLike, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+# the PNG 'Software' text of every figure ubnas draws: how a command tells its own earlier figure,
+# which it may replace or remove, from a user's file of the same name, which it must not touch
+PNG_SOFTWARE = "ubnas"
+
+
+def png_metadata(command: str) -> dict:
+    """matplotlib ``savefig(metadata=...)`` that marks a PNG as drawn by ubnas ``command``."""
+    return {"Software": f"{PNG_SOFTWARE} {command}"}
+
+
+def drawn_by_ubnas(path: PathLike) -> bool:
+    """Whether ``path`` is a PNG that ubnas drew (``png_metadata``); False for any other file."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 16)   # matplotlib writes its text chunks before the image data
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG") and b"tEXtSoftware\x00" + PNG_SOFTWARE.encode() + b" " in head

@@ -297,11 +297,33 @@ def test_cli_end_to_end_on_measured_csv(synthetic, tmp_path, capsys):
     assert main(["calibrate", "--hw", str(hw), "--reference", str(synthetic), "--out", str(hw), "--no-plot"]) == 2
     assert f"--out {hw}: is the --hw file" in capsys.readouterr().err and hw.read_text() == before
     # a refit without a plot: the earlier fit's PNG would pass for this one's
-    out.with_suffix(".png").write_bytes(b"an earlier fit's plot")
+    if not out.with_suffix(".png").exists():   # no matplotlib here: a PNG marked as ubnas marks its plots
+        out.with_suffix(".png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\x15tEXtSoftware\0ubnas calibrate")
     assert main(["calibrate", "--hw", str(hw), "--reference", str(synthetic), "--seed", "4", "--no-plot",
                  "--out", str(out)]) == 0
     assert not out.with_suffix(".png").exists()
     assert f"removed {out.with_suffix('.png')}, an earlier fit's plot" in capsys.readouterr().out
+
+
+def test_a_png_or_out_file_of_the_users_is_never_replaced_or_removed(synthetic, tmp_path, capsys):
+    """calibrate --out chip.yaml removed the user's chip.png ('an earlier fit's plot') with --no-plot
+    and replaced it without; an --out naming a search's arch.yaml replaced the spec."""
+    out = tmp_path / "chip.yaml"
+    photo = tmp_path / "chip.png"
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n a photo of the board")
+    capsys.readouterr()
+    assert main(["calibrate", "--reference", str(synthetic), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{photo}: exists and is not a plot ubnas drew" in err and not out.exists(), err
+    assert main(["calibrate", "--reference", str(synthetic), "--out", str(out), "--no-plot"]) == 0
+    assert "removed" not in capsys.readouterr().out
+    assert photo.read_bytes() == b"\x89PNG\r\n\x1a\n a photo of the board" and out.is_file()
+    spec = tmp_path / "arch.yaml"
+    spec.write_text("ubnas_spec: 1\nname: found\n")
+    assert main(["calibrate", "--reference", str(synthetic), "--out", str(spec), "--no-plot"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {spec}: exists and is not an accelerator YAML" in err, err
+    assert spec.read_text() == "ubnas_spec: 1\nname: found\n"
 
 
 def test_scalesim_reference_through_cache_only(tmp_path, monkeypatch, capsys):

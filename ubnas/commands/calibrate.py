@@ -15,9 +15,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from hwmodels.accelerator import DATAFLOWS
+from hwmodels.accelerator import DATAFLOWS, load_accelerator
 from hwmodels.exact import MODES
 from hwmodels.suites import SUITES
+from hwmodels.yamlio import drawn_by_ubnas
 
 from ..runtime import check_output_file
 from .estimate import positive_int, build_accelerator
@@ -68,6 +69,23 @@ def _suite(name, seed, option):
     return suite_layers(name, seed)
 
 
+def _check_out_files(args) -> None:
+    """Before the fit (and any SCALE-Sim runs): --out must be an accelerator YAML if it exists
+    (not a run's arch.yaml, say), and a PNG beside it that the plot would replace must be one
+    ubnas drew."""
+    out = Path(args.out)
+    if out.is_file():
+        try:
+            load_accelerator(str(out))
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"--out {out}: exists and is not an accelerator YAML ({exc}); the calibrated "
+                             f"accelerator would replace it: choose another --out") from None
+    png = out.with_suffix(".png")
+    if not args.no_plot and png.exists() and not png.is_dir() and not drawn_by_ubnas(png):
+        raise ValueError(f"{png}: exists and is not a plot ubnas drew; the fit's plot would replace it "
+                         f"(move it away, or --no-plot, or another --out)")
+
+
 def run(args) -> int:
     from hwmodels import calibrate as cal
     from hwmodels import references as refs
@@ -97,6 +115,7 @@ def run(args) -> int:
         given = getattr(args, option, None)
         if given and Path(given).is_file() and Path(given).resolve() == Path(args.out).resolve():
             raise ValueError(f"--out {args.out}: is the --{option} file; write the calibrated copy elsewhere")
+    _check_out_files(args)
     acc = build_accelerator(args)
     if args.dataflow is not None and args.model_mode == "uboost":
         print("note: U-Boost's equations have no dataflow, so --dataflow does not change the model fitted"
@@ -153,7 +172,7 @@ def run(args) -> int:
     # tell it from the preset it came from (provenance.calibrated_from keeps that name)
     result.accelerator = result.accelerator.replace(name=Path(args.out).stem)
     old_png = Path(args.out).with_suffix(".png")
-    stale = old_png.is_file()
+    stale = drawn_by_ubnas(old_png)   # removed without a new plot; a PNG of the user's never is
     png = cal.write_calibrated(result, args.out, plot=not args.no_plot)
     sys.stdout.write(cal.format_report(result))
     print(f"wrote {args.out}" + (f" and {png}" if png else "")
