@@ -547,16 +547,19 @@ def test_a_report_without_figures_removes_those_of_the_report_it_replaces(tmp_pa
 
 
 def test_stale_figure_removal_touches_only_figures_an_earlier_ubnas_report_drew(tmp_path, capsys):
-    """A report.md of the user's own links their PNGs: none is removed (its links are not ours).
-    A run name with brackets still has its old figure found and removed."""
+    """A report.md of the user's own (which links their PNGs) is refused, not replaced, and none of
+    its PNGs is removed.  A run name with brackets still has its old figure found and removed."""
     pytest.importorskip("matplotlib")
     run = _two_epoch_run(tmp_path / "lam[0.1]")
     mine = tmp_path / "mine"
     mine.mkdir()
-    (mine / "report.md").write_text("# my notes\n\n![arch](architecture.png)\n![x](x_curves.png)\n")
+    notes = "# my notes\n\n![arch](architecture.png)\n![x](x_curves.png)\n"
+    (mine / "report.md").write_text(notes)
     for name in ("architecture.png", "x_curves.png"):
         (mine / name).write_bytes(b"mine")
-    assert main(["report", str(run), "--out", str(mine), "--no-plots"]) == 0
+    assert main(["report", str(run), "--out", str(mine), "--no-plots"]) == 2
+    assert f"{mine / 'report.md'} exists and is not a report ubnas wrote" in capsys.readouterr().err
+    assert (mine / "report.md").read_text() == notes
     assert (mine / "architecture.png").read_bytes() == b"mine" and (mine / "x_curves.png").read_bytes() == b"mine"
     out = tmp_path / "rep"
     assert main(["report", str(run), "--out", str(out)]) == 0
@@ -564,3 +567,21 @@ def test_stale_figure_removal_touches_only_figures_an_earlier_ubnas_report_drew(
     assert len(drawn) == 1 and "](" + drawn[0] + ")" in (out / "report.md").read_text()
     assert main(["report", str(run), "--out", str(out), "--no-plots"]) == 0
     assert not list(out.glob("*.png"))
+
+
+def test_a_png_of_the_users_with_a_figures_name_is_not_replaced(tmp_path, capsys):
+    """report --out DIR replaced DIR/pareto.png and DIR/RUN_curves.png of the user's with its
+    figures; it now refuses before drawing, and replaces only figures ubnas drew."""
+    pytest.importorskip("matplotlib")
+    run = _two_epoch_run(tmp_path / "run")
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "run_curves.png").write_bytes(b"\x89PNG\r\n\x1a\n my own figure")
+    assert main(["report", str(run), "--out", str(out)]) == 2
+    assert f"{out / 'run_curves.png'} exists and is not a figure ubnas drew" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["run_curves.png"]
+    assert (out / "run_curves.png").read_bytes() == b"\x89PNG\r\n\x1a\n my own figure"
+    (out / "run_curves.png").unlink()
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    (out / "report.md").unlink()   # its figures are known by their mark alone
+    assert main(["report", str(run), "--out", str(out)]) == 0

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from hwmodels.yamlio import atomic_write_text, read_yaml
+from hwmodels.yamlio import atomic_write_text, drawn_by_ubnas, read_yaml
 
 from .trained_run import read_metrics, trained_spec
 
@@ -433,6 +433,35 @@ def _figures_linked(report: Path) -> List[str]:
     return FIGURE_LINK.findall(text) if text.startswith(REPORT_TITLE + "\n") else []
 
 
+def _refuse_foreign_files(out_dir: Path, runs: Sequence[Run], plots: bool, previous_figures: List[str]) -> None:
+    """Before anything is drawn: a report.md that no ``ubnas report`` wrote, or a PNG of a name this
+    report draws that an earlier one neither drew (``drawn_by_ubnas``) nor linked, is the user's
+    and would be replaced: refused."""
+    report = out_dir / "report.md"
+    if report.exists() and not (report.is_file() and _is_our_report(report)):
+        raise ValueError(f"--out {out_dir}: {report} exists and is not a report ubnas wrote; move it away "
+                         f"or choose another --out")
+    if not plots:
+        return
+    from .report_figures import figure_stems
+    names = [run_figure(stem, kind) for stem in figure_stems(runs).values() for kind in ("curves", "layers")]
+    linked = {name.lower() for name in previous_figures}
+    for name in names + [PARETO_FIGURE]:
+        path = out_dir / name
+        if path.exists() and name.lower() not in linked and not drawn_by_ubnas(path):
+            raise ValueError(f"--out {out_dir}: {path} exists and is not a figure ubnas drew; the report "
+                             f"would replace it: move it away, or --no-plots, or another --out")
+
+
+def _is_our_report(report: Path) -> bool:
+    """Whether ``report`` begins with REPORT_TITLE, as every report.md ubnas writes does."""
+    try:
+        with open(report, encoding="utf-8") as handle:
+            return handle.readline() == REPORT_TITLE + "\n"
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, Any]:
     """REPORT_DIR/report.md (+ PNGs when matplotlib is importable and ``plots``); returns the files
     written ('report', 'figures') and 'removed': the figures an earlier ``ubnas report`` in
@@ -444,6 +473,7 @@ def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, 
     out_dir = make_run_dir(Path(out_dir))     # an --out that is a file: a message naming --out, not errno 17
     report = out_dir / "report.md"
     previous_figures = _figures_linked(report)
+    _refuse_foreign_files(out_dir, runs, plots, previous_figures)
     figures: Dict[str, Dict[str, str]] = {r.name: {} for r in runs}
     keys = front_keys(runs)
     front = pareto_front(runs, keys)

@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from hwmodels.yamlio import png_metadata
+
 from .report import (PARETO_FIGURE, SEARCH_ACCURACY, STEM_CHARS, TEST_ACCURACY, Run, front_keys, plotted,
                      run_figure, unique_name)
 
@@ -37,7 +39,7 @@ def figure_stems(runs: Sequence[Run]) -> Dict[str, str]:
 
 def _save(plt, fig, out_dir: Path, filename: str) -> str:
     tmp = out_dir / f".{filename}.tmp.png"
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight", metadata=png_metadata("report"))
     plt.close(fig)
     os.replace(tmp, out_dir / filename)
     return filename
