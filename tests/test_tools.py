@@ -1,6 +1,8 @@
 """Command-line behaviour of the scripts in tools/ (run as a user runs them: a subprocess)."""
 import subprocess
 import sys
+
+import pytest
 from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
@@ -59,3 +61,49 @@ def test_compare_runs_checks_every_runs_options_before_the_first_search(tmp_path
                  "b=--epochs 0")
     assert done.returncode == 2 and "run 'b': --epochs must be >= 1, got 0" in done.stderr, done.stderr[-2000:]
     assert not out.exists()
+
+
+def test_scalesim_suite_keeps_finished_rows_across_stops(tmp_path):
+    """A second stop replaced OUT.partial.csv with only its own rows, and SIGTERM (a scheduler's time
+    limit) lost every finished run.  A rerun now takes the partial file's rows (one planted with
+    cycles no simulation gives, to tell it from a simulated one) and simulates only the rest."""
+    import csv
+    import signal
+    pytest.importorskip("scalesim")
+    out = tmp_path / "suite.csv"
+    partial = tmp_path / "suite.partial.csv"
+    flags = ["--suite", "cifar", "--arrays", "8x8", "--dataflows", "ws", "--jobs", "1", "--out", str(out)]
+    assert _tool("scalesim_suite.py", *flags, "--max-layers", "1").returncode == 0
+    with open(out, newline="") as handle:
+        first = list(csv.DictReader(handle))
+    assert len(first) == 1
+    planted = dict(first[0], scalesim_compute_cycles="7", scalesim_total_cycles="7")
+    with open(partial, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(planted))
+        writer.writeheader()
+        writer.writerow(planted)
+    done = _tool("scalesim_suite.py", *flags, "--max-layers", "2")
+    assert done.returncode == 0 and f"taking 1 finished runs from {partial}" in done.stderr, done.stderr[-2000:]
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["scalesim_compute_cycles"] for r in rows][0] == "7" and len(rows) == 2
+    assert int(rows[1]["scalesim_compute_cycles"]) > 7 and not partial.exists()
+    # SIGTERM once the runs are under way: the planted row survives in the partial file, --out stays
+    with open(partial, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(planted))
+        writer.writeheader()
+        writer.writerow(planted)
+    before = out.read_bytes()
+    proc = subprocess.Popen([sys.executable, str(TOOLS / "scalesim_suite.py"), *flags, "--max-layers", "3"],
+                            stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "%|" not in seen:   # tqdm's bar: the pool is running
+        char = proc.stderr.read(1)
+        assert char, seen
+        seen += char
+    proc.send_signal(signal.SIGTERM)
+    err = seen + proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, err[-2000:]
+    with open(partial, newline="") as handle:
+        kept = list(csv.DictReader(handle))
+    assert planted in kept and out.read_bytes() == before

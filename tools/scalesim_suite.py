@@ -10,14 +10,16 @@ process, the fewer the larger the array and the shorter the run, as each run als
 fixed ~0.3 s; the summary on stderr prints this run's rate), so (layer, array, dataflow) runs
 whose stall-free length exceeds ``--max-lines`` cycles are skipped and listed on stderr.
 The CSV is the independent reference for hwmodels' analytical cycle model.  It is replaced
-atomically at the end; a run stopped early (Ctrl-C, a failing simulation) writes the rows
-it finished to ``OUT.partial.csv`` and leaves ``--out`` as it was.
+atomically at the end; a run stopped early (Ctrl-C, SIGTERM as a batch scheduler sends, a
+failing simulation) writes the rows finished so far to ``OUT.partial.csv`` and leaves ``--out``
+as it was; the same command run again takes those rows from it and simulates only the rest.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import os
+import signal
 import sys
 import time
 from multiprocessing import Pool
@@ -39,6 +41,13 @@ class SimulationFailed(RuntimeError):
     """One SCALE-Sim run raised; the message names the run."""
 
 
+def _job_row(job) -> dict:
+    """The row of ``job`` without its cycles (what run_key reads)."""
+    suite, layer, rows, cols, dataflow = job
+    return dict(suite=suite, name=layer.name, **layer_fields(layer), array_rows=rows, array_cols=cols,
+                dataflow=dataflow)
+
+
 def _run_job(job):
     from hwmodels.scalesim import run_scalesim
     suite, layer, rows, cols, dataflow = job
@@ -49,10 +58,35 @@ def _run_job(job):
     except Exception as exc:   # the worker's traceback would not say which of hundreds of runs failed
         raise SimulationFailed(f"SCALE-Sim failed on {suite}/{layer.name}, array {rows}x{cols}, {dataflow}: "
                                f"{type(exc).__name__}: {exc}") from None
-    row = dict(suite=suite, name=layer.name, **layer_fields(layer), array_rows=rows, array_cols=cols,
-               dataflow=dataflow, scalesim_compute_cycles=report.compute_cycles,
+    row = dict(_job_row(job), scalesim_compute_cycles=report.compute_cycles,
                scalesim_total_cycles=report.total_cycles)
     return row, time.time() - start
+
+
+TEXT_COLUMNS = ("suite", "name", "kind", "dataflow")
+
+
+def run_key(row) -> tuple:
+    """What identifies a run (its layer, array and dataflow): every column but the cycles."""
+    return tuple(str(row[c]) for c in COLUMNS[:-2])
+
+
+def read_partial(path: Path) -> dict:
+    """run_key -> row of an earlier stopped run's OUT.partial.csv ({} when there is none, or it is
+    not one of this tool's)."""
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames != COLUMNS:
+                return {}
+            rows = [{c: v if c in TEXT_COLUMNS else int(v) for c, v in row.items()} for row in reader]
+    except (OSError, ValueError, TypeError, csv.Error):
+        return {}
+    return {run_key(row): row for row in rows}
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt   # SIGTERM (a scheduler's time limit): keep the finished rows as Ctrl-C does
 
 
 def write_rows(path: Path, rows) -> None:
@@ -121,7 +155,13 @@ def main(argv=None):
         parser.error(f"every run is over --max-lines {args.max_lines} (the shortest needs {shortest} "
                      f"simulated cycles); raise --max-lines. --out {out} is left as it was")
     jobs.sort(key=lambda j: -simulated_lines(*j[1:]))  # longest first: better packing
-    results, start, busy = [], time.time(), 0.0
+    partial = out.with_name(out.stem + ".partial.csv")
+    done = read_partial(partial)
+    results = [done[key] for key in (run_key(_job_row(job)) for job in jobs) if key in done]
+    if results:
+        print(f"taking {len(results)} finished runs from {partial}", file=sys.stderr)
+        jobs = [job for job in jobs if run_key(_job_row(job)) not in done]
+    total, start, busy = len(jobs) + len(results), time.time(), 0.0
     order = {(s, l.name): i for i, (s, l) in enumerate(layers)}
     array_order = {a: i for i, a in enumerate(arrays)}
 
@@ -132,13 +172,13 @@ def main(argv=None):
 
     try:
         with Pool(args.jobs) as pool:
+            signal.signal(signal.SIGTERM, _stop)   # here: the workers, forked above, keep the default
             for row, seconds in tqdm(pool.imap_unordered(_run_job, jobs), total=len(jobs), unit="run"):
                 results.append(row)
                 busy += seconds
     except BaseException as exc:   # Ctrl-C or a failing simulation: keep what finished, leave --out alone
-        partial = out.with_name(out.stem + ".partial.csv")
-        write_rows(partial, in_order(results))
-        print(f"stopped after {len(results)} of {len(jobs)} runs; the finished rows are in {partial}",
+        write_rows(partial, in_order(results))   # the earlier partial's rows too: it only grows
+        print(f"stopped after {len(results)} of {total} runs; the finished rows are in {partial}",
               file=sys.stderr)
         if isinstance(exc, KeyboardInterrupt):
             return 130
@@ -147,6 +187,7 @@ def main(argv=None):
             return 1
         raise
     write_rows(out, in_order(results))
+    partial.unlink(missing_ok=True)   # its rows are in --out now
     lines = sum(simulated_lines(*job[1:]) for job in jobs)
     print(f"wrote {len(results)} rows to {args.out} in {time.time() - start:.0f} s; skipped "
           f"{len(skipped)} runs over --max-lines {args.max_lines}", file=sys.stderr)
