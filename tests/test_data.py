@@ -249,3 +249,13 @@ def test_augment_flip_and_crop():
     assert len(offsets) > 3
     again = D.augment_crop_flip(x, p, torch.Generator().manual_seed(1))
     assert torch.equal(out, again)
+
+
+def test_a_data_set_named_in_capitals_is_the_same_data_set_everywhere():
+    """--data CIFAR10 was accepted (load_dataset reads any case) while the search's data-dir note,
+    arch.yaml's provenance and train's augmentation compared with 'cifar10': augmentation was off
+    and the note said the data dir was ignored although it was read."""
+    from ubnas.search import SearchConfig
+    from ubnas.train import TrainConfig
+    assert SearchConfig(data="CIFAR10").data == "cifar10"
+    assert TrainConfig(spec="arch.yaml", data="Cifar10").data == "cifar10"

@@ -55,6 +55,11 @@ class SearchConfig:
     out: str = "runs/search"
     max_steps_per_epoch: Optional[int] = None
 
+    def __post_init__(self):
+        # load_dataset reads any case, but the rest compares with 'cifar10': one spelling from here on
+        if isinstance(self.data, str):
+            self.data = self.data.lower()
+
     def validate(self, origin: str = "config") -> None:
         """One-line ValueError for a value that would break the search; ``origin`` is the --config
         file's path, or "command line" (then the error names the flag)."""

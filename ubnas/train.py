@@ -72,6 +72,11 @@ class TrainConfig:
     device: str = "auto"
     hw: Optional[str] = None            # None: the one the spec was searched on (provenance), else uboost
 
+    def __post_init__(self):
+        # load_dataset reads any case, but augmentation and the data notes compare with 'cifar10'
+        if isinstance(self.data, str):
+            self.data = self.data.lower()
+
     def validate(self) -> None:
         """One-line errors naming the flag.  The float checks are written so that NaN fails them
         (every comparison with NaN is false): an inf or NaN lr, weight decay or clip norm, or a
