@@ -691,6 +691,26 @@ def test_dual_lr_without_a_target_gets_a_note(tmp_path, capsys, monkeypatch):
                 in capsys.readouterr().out) == says, extra
 
 
+def test_beta_with_the_flops_cost_model_gets_a_note(tmp_path, capsys, monkeypatch):
+    """Under --cost-model flops cycles are MACs / PEs, so utilization is 1 for any network and the
+    beta term is a constant: --beta-utilization 5 changed nothing without a word."""
+    import ubnas.commands.search
+    from ubnas.cli import main
+    from ubnas.cost import supernet_cost
+    from ubnas.supernet import Supernet
+    net = Supernet(load_space("tiny"), (1, 8, 8), 10)
+    for _ in range(3):   # utilization 1 whatever the architecture sampled: a constant, no gradient
+        got = supernet_cost(net, net.sample("softmax"), load_accelerator("uboost"), "flops", "sigmoid", 1.0, 1)
+        assert abs(float(got["utilization"].detach()) - 1.0) < 1e-9
+    monkeypatch.setattr(ubnas.commands.search, "run_search", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    note = "the flops cost model keeps every PE busy (utilization 1 for any network), so --beta-utilization"
+    for extra, says in ((["--cost-model", "flops", "--beta-utilization", "5"], True),
+                        (["--cost-model", "flops"], False), (["--beta-utilization", "5"], False),
+                        (["--cost-model", "flops", "--beta-utilization", "0"], False)):
+        assert main(["search", "--out", str(tmp_path / "r"), *extra]) == 130
+        assert (note in capsys.readouterr().out) == says, extra
+
+
 def test_lambda_with_a_target_gets_a_note(tmp_path, capsys, monkeypatch):
     import ubnas.commands.search
     from ubnas.cli import main

@@ -75,6 +75,9 @@ def run(args) -> int:
     if not args.resume and distributed.rank() == 0:
         if meant("dual_lr") and cfg.target_latency_us is None:
             print("note: --dual-lr steps the multiplier of --target-latency-us; without a target it has no effect")
+        if meant("beta_utilization") and cfg.beta_utilization and cfg.cost_model == "flops":
+            print("note: the flops cost model keeps every PE busy (utilization 1 for any network), so "
+                  "--beta-utilization has no effect; the systolic, uboost and roofline models vary it")
         if meant("lambda_latency") and cfg.target_latency_us is not None:
             print("note: --target-latency-us replaces the --lambda-latency term (--beta-utilization still applies)")
     try:
