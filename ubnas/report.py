@@ -423,22 +423,23 @@ def run_figure(stem: str, kind: str) -> str:
     return f"{stem}_{kind}.png"
 
 
-def _figures_linked(report: Path) -> List[str]:
-    """Figures an earlier ``ubnas report`` drew beside ``report`` (its report.md links them); [] when
-    there is no readable report.md, or it is not one of ours."""
+def _our_report_text(report: Path) -> Optional[str]:
+    """The text of ``report`` when an earlier ``ubnas report`` wrote it (it begins with
+    REPORT_TITLE); None when there is no readable report.md, or it is not one of ours."""
     try:
         text = report.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
-        return []
-    return FIGURE_LINK.findall(text) if text.startswith(REPORT_TITLE + "\n") else []
+        return None
+    return text if text.startswith(REPORT_TITLE + "\n") else None
 
 
-def _refuse_foreign_files(out_dir: Path, runs: Sequence[Run], plots: bool, previous_figures: List[str]) -> None:
+def _refuse_foreign_files(out_dir: Path, runs: Sequence[Run], plots: bool, report_is_ours: bool,
+                          previous_figures: List[str]) -> None:
     """Before anything is drawn: a report.md that no ``ubnas report`` wrote, or a PNG of a name this
-    report draws that an earlier one neither drew (``drawn_by_ubnas``) nor linked, is the user's
-    and would be replaced: refused."""
+    report draws that an earlier one neither drew (``drawn_by_ubnas``) nor linked
+    (``previous_figures``), is the user's and would be replaced: refused."""
     report = out_dir / "report.md"
-    if report.exists() and not (report.is_file() and _is_our_report(report)):
+    if report.exists() and not report_is_ours:
         raise ValueError(f"--out {out_dir}: {report} exists and is not a report ubnas wrote; move it away "
                          f"or choose another --out")
     if not plots:
@@ -453,15 +454,6 @@ def _refuse_foreign_files(out_dir: Path, runs: Sequence[Run], plots: bool, previ
                              f"would replace it: move it away, or --no-plots, or another --out")
 
 
-def _is_our_report(report: Path) -> bool:
-    """Whether ``report`` begins with REPORT_TITLE, as every report.md ubnas writes does."""
-    try:
-        with open(report, encoding="utf-8") as handle:
-            return handle.readline() == REPORT_TITLE + "\n"
-    except (OSError, UnicodeDecodeError):
-        return False
-
-
 def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, Any]:
     """REPORT_DIR/report.md (+ PNGs when matplotlib is importable and ``plots``); returns the files
     written ('report', 'figures') and 'removed': the figures an earlier ``ubnas report`` in
@@ -472,8 +464,9 @@ def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, 
         raise ValueError(f"--out: expected a report directory, got {str(out_dir)!r}")
     out_dir = make_run_dir(Path(out_dir))     # an --out that is a file: a message naming --out, not errno 17
     report = out_dir / "report.md"
-    previous_figures = _figures_linked(report)
-    _refuse_foreign_files(out_dir, runs, plots, previous_figures)
+    earlier = _our_report_text(report)
+    previous_figures = FIGURE_LINK.findall(earlier or "")   # drawn by it: removed below if not drawn again
+    _refuse_foreign_files(out_dir, runs, plots, earlier is not None, previous_figures)
     figures: Dict[str, Dict[str, str]] = {r.name: {} for r in runs}
     keys = front_keys(runs)
     front = pareto_front(runs, keys)
