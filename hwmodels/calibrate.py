@@ -278,7 +278,8 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
     pred_before = hold_model.predict(acc.calibration)
     pred_after = hold_model.predict(fitted_cal)
     m_before, m_after = metrics(pred_before, held_ref), metrics(pred_after, held_ref)
-    m_train = metrics(train_model.predict(fitted_cal), train_ref)
+    train_after = train_model.predict(fitted_cal)
+    m_train = metrics(train_after, train_ref)
     utils = [(i, r.utilization) for i, r in enumerate(held) if r.utilization is not None]
     if utils:   # measured utilization: mean |error| in percentage points
         idx = np.array([i for i, _ in utils])
@@ -304,8 +305,8 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
     fit_report["unused_parameters"] = list(unused)
     fit_report["bounded_only"] = bounded
     fit_report["warnings"] = fit_warnings(fit_report, reference_over_model, loose)
-    over_peak = sum(int(np.sum(model.utilization(model.predict(fitted_cal)) > 1 + 1e-9))
-                    for model in (train_model, hold_model))
+    over_peak = sum(int(np.sum(model.utilization(pred) > 1 + 1e-9))
+                    for model, pred in ((train_model, train_after), (hold_model, pred_after)))
     if over_peak:   # fewer cycles than MACs / PEs: no array of this size can be that fast
         fit_report["warnings"].append(
             f"the fit puts {over_peak} of {len(train) + len(held)} rows above the array's peak (utilization "
@@ -464,6 +465,16 @@ def render_plot(result: CalibrationResult) -> Optional[bytes]:
     return buffer.getvalue()
 
 
+def check_plot_path(png_path: Path) -> None:
+    """HardwareConfigError unless the fit's plot may be written to ``png_path``: a directory there,
+    or a PNG that ubnas did not draw (``drawn_by_ubnas``: the user's), is refused."""
+    if png_path.is_dir():
+        raise HardwareConfigError(f"{png_path}: is a directory; the plot goes there (--no-plot, or another --out)")
+    if png_path.exists() and not drawn_by_ubnas(png_path):
+        raise HardwareConfigError(f"{png_path}: exists and is not a plot ubnas drew; the fit's plot would "
+                                  f"replace it (move it away, or --no-plot, or another --out)")
+
+
 def write_calibrated(result: CalibrationResult, path: Union[str, os.PathLike],
                      plot: bool = True) -> Optional[Path]:
     """Write the calibrated YAML (fit_report + provenance) and, with matplotlib, the PNG
@@ -475,12 +486,9 @@ def write_calibrated(result: CalibrationResult, path: Union[str, os.PathLike],
     path = Path(path)
     png = render_plot(result) if plot else None
     png_path = path.with_suffix(".png")
-    if png is not None and png_path.is_dir():   # found before the YAML is written, not after
-        raise HardwareConfigError(f"{png_path}: is a directory; the plot goes there (--no-plot, or another --out)")
+    if png is not None:   # found before the YAML is written, not after
+        check_plot_path(png_path)
     ours = drawn_by_ubnas(png_path)
-    if png is not None and png_path.exists() and not ours:
-        raise HardwareConfigError(f"{png_path}: exists and is not a plot ubnas drew; the fit's plot would "
-                                  f"replace it (move it away, or --no-plot, or another --out)")
     extra = {"fit_report": _plain(result.fit_report), "provenance": _plain(result.provenance)}
     save_accelerator(result.accelerator, path, extra)
     if png is None:

@@ -80,10 +80,9 @@ def _check_out_files(args) -> None:
         except (ValueError, OSError) as exc:
             raise ValueError(f"--out {out}: exists and is not an accelerator YAML ({exc}); the calibrated "
                              f"accelerator would replace it: choose another --out") from None
-    png = out.with_suffix(".png")
-    if not args.no_plot and png.exists() and not png.is_dir() and not drawn_by_ubnas(png):
-        raise ValueError(f"{png}: exists and is not a plot ubnas drew; the fit's plot would replace it "
-                         f"(move it away, or --no-plot, or another --out)")
+    if not args.no_plot:
+        from hwmodels.calibrate import check_plot_path
+        check_plot_path(out.with_suffix(".png"))
 
 
 def run(args) -> int:
