@@ -22,6 +22,12 @@ import torch
 import torch.nn.functional as F
 
 DATASETS = ("digits", "cifar10", "synthetic")
+
+
+def dataset_name(name):
+    """``name`` as DATASETS spells it: data sets are named in any case (CIFAR10 is cifar10).  A
+    value that is no string is returned as given, for the config checks to refuse."""
+    return name.lower() if isinstance(name, str) else name
 DIGITS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "digits.npz")
 DIGITS_SPLIT_SEED = 0  # the digits train/test split is fixed, independent of `seed`
 CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
@@ -148,7 +154,7 @@ def load_dataset(name: str, data_dir: str | None = None, seed: int = 0,
     ``synthetic_size`` (train, test), image shape ``synthetic_shape``, drawn from
     ``seed``. ``seed`` only affects ``synthetic``. Raises :class:`DataError`.
     """
-    key = str(name).lower()
+    key = dataset_name(str(name))
     if key == "digits":
         parts = _load_digits()
     elif key == "cifar10":

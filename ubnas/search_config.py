@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional
 from hwmodels.yamlio import read_yaml, short_repr
 
 from .cost import COST_MODELS, WIDTH_COSTS
-from .data import DATASETS
+from .data import DATASETS, dataset_name
 from .runtime import MAX_SEED, float32_finite
 from .supernet import RELAXATIONS
 
@@ -56,9 +56,7 @@ class SearchConfig:
     max_steps_per_epoch: Optional[int] = None
 
     def __post_init__(self):
-        # load_dataset reads any case, but the rest compares with 'cifar10': one spelling from here on
-        if isinstance(self.data, str):
-            self.data = self.data.lower()
+        self.data = dataset_name(self.data)   # the rest compares with 'cifar10': one spelling from here on
 
     def validate(self, origin: str = "config") -> None:
         """One-line ValueError for a value that would break the search; ``origin`` is the --config
@@ -70,7 +68,7 @@ class SearchConfig:
                    "relaxation": RELAXATIONS, "surrogate": ("sigmoid", "straight_through"),
                    "split": ("half", "80_20"), "width_cost": WIDTH_COSTS,
                    "kernels": ("eager", "reference", "triton", "auto")}
-        if str(self.data).lower() not in DATASETS:   # (any case, as load_dataset reads it)
+        if self.data not in DATASETS:   # (lower-cased by __post_init__)
             raise ValueError(f"{where('data')} expected one of {', '.join(DATASETS)}, got {short_repr(self.data)}")
         if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device):
             raise ValueError(f"{where('device')} expected auto, cpu, cuda or cuda:N, got {short_repr(self.device)}")

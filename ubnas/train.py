@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from hwmodels.yamlio import atomic_write_text
 
 from .build import build_network, exact_cost
-from .data import DATASETS, MIN_TRAIN_BATCH, DataError, augment_crop_flip, batch_count, batches, load_dataset
+from .data import (DATASETS, MIN_TRAIN_BATCH, DataError, augment_crop_flip, batch_count, batches, dataset_name,
+                   load_dataset)
 from .distributed import launched_processes
-from .runtime import (MAX_SEED, all_finite, atomic_torch_save, float32_finite, existing_checkpoint, ignored_on_resume,
+from .runtime import (MAX_SEED, all_finite, atomic_torch_save, existing_checkpoint, float32_finite, ignored_on_resume,
                       load_checkpoint, make_run_dir, options_given, pick_device, progress_bar, refuse_if_locked,
                       recover_set_aside, resume_note, run_lock, say, set_aside)
 from .spec import (ArchSpec, edited_since_export, load_spec, searched_accelerator, searched_batch,
@@ -73,9 +74,7 @@ class TrainConfig:
     hw: Optional[str] = None            # None: the one the spec was searched on (provenance), else uboost
 
     def __post_init__(self):
-        # load_dataset reads any case, but augmentation and the data notes compare with 'cifar10'
-        if isinstance(self.data, str):
-            self.data = self.data.lower()
+        self.data = dataset_name(self.data)   # the rest compares with 'cifar10': one spelling from here on
 
     def validate(self) -> None:
         """One-line errors naming the flag.  The float checks are written so that NaN fails them
