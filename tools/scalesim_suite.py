@@ -157,10 +157,11 @@ def main(argv=None):
     jobs.sort(key=lambda j: -simulated_lines(*j[1:]))  # longest first: better packing
     partial = out.with_name(out.stem + ".partial.csv")
     done = read_partial(partial)
-    results = [done[key] for key in (run_key(_job_row(job)) for job in jobs) if key in done]
+    keyed = [(run_key(_job_row(job)), job) for job in jobs]
+    results = [done[key] for key, _ in keyed if key in done]
+    jobs = [job for key, job in keyed if key not in done]
     if results:
         print(f"taking {len(results)} finished runs from {partial}", file=sys.stderr)
-        jobs = [job for job in jobs if run_key(_job_row(job)) not in done]
     total, start, busy = len(jobs) + len(results), time.time(), 0.0
     order = {(s, l.name): i for i, (s, l) in enumerate(layers)}
     array_order = {a: i for i, a in enumerate(arrays)}
