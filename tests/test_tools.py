@@ -107,3 +107,16 @@ def test_scalesim_suite_keeps_finished_rows_across_stops(tmp_path):
     with open(partial, newline="") as handle:
         kept = list(csv.DictReader(handle))
     assert planted in kept and out.read_bytes() == before
+
+
+def test_compare_runs_echoes_commands_a_user_can_paste(tmp_path):
+    """The echoed command lacked the interpreter ("$ -m ubnas search ..."), so it did not run as shown."""
+    import shlex
+    out = tmp_path / "cmp"
+    done = _tool("compare_runs.py", "--out", str(out), "a=--epochs 1 --max-steps-per-epoch 1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    echoed = [line[2:] for line in done.stdout.splitlines() if line.startswith("$ ")]
+    assert len(echoed) == 1, done.stdout
+    assert shlex.split(echoed[0]) == [sys.executable, "-m", "ubnas", "search", "--epochs", "1",
+                                      "--max-steps-per-epoch", "1", "--out", str(out / "a"), "--quiet"]
+    assert (out / "a" / "arch.yaml").is_file() and "| a |" in done.stdout

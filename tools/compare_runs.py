@@ -146,7 +146,7 @@ def main(argv=None):
         name, _, flags = item.partition("=")
         run_dir = Path(args.out) / name
         cmd = [sys.executable, "-m", "ubnas", "search", *shlex.split(flags), "--out", str(run_dir), "--quiet"]
-        print("$", " ".join(shlex.quote(c) for c in cmd[1:]), flush=True)
+        print("$", shlex.join(cmd), flush=True)
         code, wall, rss = run_child(cmd)
         if code != 0:   # the other runs' rows are still worth their minutes
             failed.append(f"{name}: search failed with exit code {code}")
@@ -160,7 +160,7 @@ def main(argv=None):
             tcmd = [sys.executable, "-m", "ubnas", "train", str(run_dir / "arch.yaml"), "--data", data,
                     *(["--data-dir", data_dir] if data_dir else []),
                     "--epochs", str(args.train_epochs), "--out", str(train_dir)]
-            print("$", " ".join(shlex.quote(c) for c in tcmd[1:]), flush=True)
+            print("$", shlex.join(tcmd), flush=True)
             if run_child(tcmd)[0] == 0:
                 test_acc = json.loads((train_dir / "metrics.json").read_text()).get("test_acc")
             else:
