@@ -744,6 +744,8 @@ def test_resume_takes_where_it_runs_from_the_command_line(tmp_path, capsys):
     path = tmp_path / "gpu_run" / "checkpoint.pt"
     ckpt = torch.load(path, weights_only=True)
     ckpt["config"]["device"] = "cuda"                 # as if searched on a GPU machine
+    assert ckpt["placement"] == {"device": "cpu", "kernels": "eager"}
+    ckpt["placement"]["device"] = "cuda"
     ckpt["config"]["out"] = "/elsewhere/run"          # and the run directory moved since
     torch.save(ckpt, path)
     capsys.readouterr()
@@ -756,12 +758,31 @@ def test_resume_takes_where_it_runs_from_the_command_line(tmp_path, capsys):
     said = capsys.readouterr().out
     assert "ignored: lambda_latency" in said
     # another device and other kernels sum in another order: said, as the result is not bit for bit
-    assert "with --device cpu (it ran with cuda) and --kernels reference (it ran with eager)" in said, said
+    assert "with device cpu (it ran with cuda) and kernels reference (it ran with eager)" in said, said
     capsys.readouterr()
     again = _small(tmp_path, "same_place", epochs=2, kernels="eager")
     run_search(again, progress=False, stop_after_epoch=1)
     run_search(again, resume=True, progress=False)
     assert "float rounding" not in capsys.readouterr().out
+
+
+def test_resume_note_compares_what_auto_ran_not_the_option_strings(tmp_path, capsys):
+    """--device auto on a CPU machine resumed with --device cpu (the same device, the same sums) said
+    'it ran with auto'; and auto resumed on another machine type said nothing."""
+    run_search(_small(tmp_path, "auto", epochs=3, device="auto", kernels="auto"), progress=False,
+               stop_after_epoch=1)
+    capsys.readouterr()
+    run_search(_small(tmp_path, "auto", epochs=3, device="cpu", kernels="reference"), resume=True,
+               progress=False, stop_after_epoch=2)
+    assert "float rounding" not in capsys.readouterr().out
+    path = tmp_path / "auto" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["placement"] == {"device": "cpu", "kernels": "reference"}
+    ckpt["placement"] = {"device": "cuda", "kernels": "triton"}   # as if 'auto' had run on a GPU
+    torch.save(ckpt, path)
+    run_search(_small(tmp_path, "auto", epochs=3, device="auto", kernels="auto"), resume=True, progress=False)
+    said = capsys.readouterr().out
+    assert "with device cpu (it ran with cuda) and kernels reference (it ran with triton)" in said, said
 
 
 def test_exported_exact_cost_is_at_the_search_hardware_batch(tmp_path):

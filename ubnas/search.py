@@ -42,8 +42,8 @@ from .kernels import backend as kernel_backend
 from .runtime import (all_finite, make_run_dir, pick_device, progress_bar, recover_set_aside, refuse_if_locked,
                       resume_note, run_lock, say, set_aside)
 from .search_config import STAGES, SearchConfig, config_from_yaml
-from .search_resume import (Trajectory, read_search_checkpoint, restarted_config, restore_search_state,
-                            resumed_config, run_definitions, save_search_checkpoint)
+from .search_resume import (Trajectory, placement_note, read_search_checkpoint, restarted_config,
+                            restore_search_state, resumed_config, run_definitions, save_search_checkpoint)
 from .space import space_from_text
 from .supernet import Supernet
 from .target_fit import fit_to_target
@@ -157,6 +157,10 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     if mismatch and main:
         say(mismatch)
     net, allocator = _build_supernet(cfg, defs, data, checkpoint, device)
+    placement = _placement(cfg, device)
+    moved = placement_note(checkpoint, placement, ckpt_path) if checkpoint is not None else None
+    if moved and main:
+        say(moved)
     # only now: a run refused above leaves OUT as it was; a refusal there stops every rank
     dist.on_rank0(lambda: _open_run_dir(out, cfg, checkpoint, resume, restart, held))
     dist.broadcast_module(net)
@@ -262,7 +266,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
                             f"after epoch {epoch + 1}/{cfg.epochs}", ckpt_path, epoch, tau, state.mu, cfg)
         def save_epoch():   # the checkpoint first: a log never lists an epoch that no checkpoint holds
             save_search_checkpoint(ckpt_path, cfg, state, net, world, defs, w_opt, a_opt, data_gen, gumbel_gen,
-                                   allocator)
+                                   allocator, placement)
             _write_log(out / "search_log.csv", state.history)
             _say(f"epoch {epoch + 1}: loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} "
                  f"val_acc {row['val_acc']:.3f} latency {row['latency_us']:.2f} us "
@@ -335,6 +339,12 @@ def _build_supernet(cfg: SearchConfig, defs, data, checkpoint: Optional[dict], d
     if cfg.kernels != "eager":
         kernel_backend(cfg.kernels, device)
     return net, allocator
+
+
+def _placement(cfg: SearchConfig, device: torch.device) -> Dict[str, str]:
+    """The device type and the kernels the run executes with: 'auto' (and UBNAS_KERNELS) resolved."""
+    kernels = "eager" if cfg.kernels == "eager" else kernel_backend(cfg.kernels, device).__name__.rsplit(".", 1)[-1]
+    return {"device": device.type, "kernels": "triton" if kernels == "triton_kernels" else kernels}
 
 
 FINISHED_MARKER = "arch.yaml"   # written by a search that finished, and only then

@@ -42,10 +42,11 @@ class Trajectory:
 
 def save_search_checkpoint(path: Path, cfg: SearchConfig, state: Trajectory, net, world: int,
                            defs: "RunDefinitions", w_opt, a_opt, data_gen: torch.Generator,
-                           gumbel_gen: torch.Generator, allocator) -> None:
-    """Everything a resume needs to go on as if never stopped (atomically: a crash keeps the last one)."""
+                           gumbel_gen: torch.Generator, allocator, placement: Dict[str, str]) -> None:
+    """Everything a resume needs to go on as if never stopped (atomically: a crash keeps the last one).
+    ``placement``: the device type and kernels the run executes with (see ``placement_note``)."""
     atomic_torch_save({
-        "config": asdict(cfg), "epoch": state.epoch, "arch_steps": state.arch_steps, "mu": state.mu,
+        "config": asdict(cfg), "placement": placement, "epoch": state.epoch, "arch_steps": state.arch_steps, "mu": state.mu,
         "latency_refs": state.latency_refs, "model": net.state_dict(), "world_size": world,
         "space_yaml": defs.space_yaml, "space_origin": defs.space_origin,
         "accelerator_config": defs.accelerator.to_dict(), "accelerator_fit_mode": defs.fit_mode,
@@ -88,12 +89,26 @@ def resumed_config(cfg: SearchConfig, checkpoint: dict, given: Optional[Iterable
     changed = ignored_on_resume(cfg, asdict(saved), SearchConfig(), trajectory, given)
     if changed and main:
         say(f"note: resuming {ckpt_path} with its saved config; ignored: {', '.join(changed)}")
-    moved = [f"--{k} {getattr(saved, k)} (it ran with {checkpoint['config'].get(k)})" for k in ("device", "kernels")
-             if k in checkpoint["config"] and getattr(saved, k) != checkpoint["config"][k]]
-    if moved and main:   # other kernels or another device sum in another order
-        say(f"note: resuming {ckpt_path} with {' and '.join(moved)}: the result agrees with an uninterrupted "
-            f"run to float rounding, not bit for bit")
     return saved
+
+
+def placement_note(checkpoint: dict, placement: Dict[str, str], ckpt_path: Path) -> Optional[str]:
+    """A note when a run resumes on another device type or with other kernels than it ran with (they
+    sum in another order), else None.  ``placement``: {"device": "cpu" | "cuda", "kernels": "eager" |
+    "reference" | "triton"}, resolved ('auto' taken to what it ran).  A checkpoint written before
+    placements were saved is compared by its --device / --kernels strings."""
+    before = checkpoint.get("placement")
+    if before is None:
+        before = {k: checkpoint["config"].get(k) for k in placement}
+        if before["device"] not in (None, "auto"):   # cuda:1 ran on the device type cuda
+            before["device"] = before["device"].split(":")[0]
+        placement = {k: (v if before[k] != "auto" else "auto") for k, v in placement.items()}
+    moved = [f"{k} {placement[k]} (it ran with {before[k]})" for k in ("device", "kernels")
+             if before.get(k) is not None and placement[k] != before[k]]
+    if not moved:
+        return None
+    return (f"note: resuming {ckpt_path} with {' and '.join(moved)}: the result agrees with an uninterrupted "
+            f"run to float rounding, not bit for bit")
 
 
 def restarted_config(cfg: SearchConfig, config_path: Path, given: Optional[Iterable[str]],
