@@ -247,6 +247,14 @@ def test_train_defaults_to_the_data_set_the_spec_was_searched_on(tmp_path, capsy
     assert "data set digits has images of [1, 8, 8]" in err
 
 
+def test_a_data_dir_that_the_data_set_does_not_read_gets_a_note(tmp_path, capsys):
+    """train --data digits --data-dir DIR ignored DIR without a word (ubnas search says so)."""
+    spec = write_spec(tmp_path / "arch.yaml")
+    assert main(["train", str(spec), "--out", str(tmp_path / "run"), "--epochs", "1", "--data", "digits",
+                 "--data-dir", str(tmp_path), "--quiet"]) == 0
+    assert f"note: --data-dir is read only with --data cifar10; digits ignores {tmp_path}" in capsys.readouterr().out
+
+
 def test_onecycle_and_label_smoothing_run(tmp_path):
     spec = write_spec(tmp_path / "arch.yaml")
     from ubnas.train import lr_at

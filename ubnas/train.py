@@ -275,6 +275,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
 
     # ---- data and model ---------------------------------------------------------------
     data = load_dataset(cfg.data, cfg.data_dir, seed=cfg.seed)
+    if cfg.data_dir is not None and cfg.data != "cifar10":   # as ubnas search says
+        say(f"note: --data-dir is read only with --data cifar10; {cfg.data} ignores {cfg.data_dir}")
     _check_data_fits(spec, data, cfg.data)
     augment = cfg.augment if cfg.augment is not None else cfg.data == "cifar10"
     if len(data.train_y) < min(MIN_TRAIN_BATCH, cfg.batch_size):   # a smaller last batch is dropped (BatchNorm)
