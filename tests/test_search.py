@@ -756,7 +756,7 @@ def test_resume_takes_where_it_runs_from_the_command_line(tmp_path, capsys):
     assert (saved["device"], saved["kernels"], saved["out"]) == ("cpu", "reference", str(tmp_path / "gpu_run"))
     assert saved["lambda_latency"] == 0.5                                  # the trajectory is the checkpoint's
     said = capsys.readouterr().out
-    assert "ignored: lambda_latency" in said
+    assert "ignored: --lambda-latency (kept: 0.5)" in said
     # another device and other kernels sum in another order: said, as the result is not bit for bit
     assert "with device cpu (it ran with cuda) and kernels reference (it ran with eager)" in said, said
     capsys.readouterr()
@@ -817,7 +817,7 @@ def test_resume_names_a_flag_set_to_its_default_that_the_checkpoint_overrides(tm
     default = SearchConfig().lambda_latency
     assert main(["search", "--out", str(tmp_path / "run"), "--resume", "--quiet",
                  "--lambda-latency", str(default)]) == 0
-    assert "ignored: lambda_latency" in capsys.readouterr().out
+    assert "ignored: --lambda-latency (kept: " in capsys.readouterr().out
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["lambda_latency"] == 0.5
 

@@ -194,7 +194,7 @@ def test_notes_say_what_happens_to_the_checkpoint(tmp_path, capsys):
     assert "checkpoint.pt exists; starting over" in capsys.readouterr().out   # --quiet hides bars, not notes
     assert {p.name: p.read_bytes() for p in (out / "previous").iterdir()} == finished
     train(config(spec, out, epochs=1, lr=0.3, seed=0), resume=True, progress=False)
-    assert "with its saved schedule; ignored: lr\n" in capsys.readouterr().out   # seed 0 is the saved value
+    assert "with its saved schedule; ignored: --lr (kept: 0.1)\n" in capsys.readouterr().out   # seed 0 is the saved value
     (tmp_path / "afile").write_text("")
     with pytest.raises(ValueError, match="--out .*afile: exists and is not a directory"):
         train(config(spec, tmp_path / "afile", epochs=1), progress=False)
@@ -208,7 +208,7 @@ def test_resume_names_a_flag_set_to_its_default_that_the_checkpoint_overrides(tm
     default_lr = TrainConfig(spec="x").lr
     assert main(["train", str(spec), "--out", str(out), "--resume", "--quiet", "--epochs", "2",
                  "--lr", str(default_lr), "--device", "cpu"]) == 0
-    assert "ignored: lr" in capsys.readouterr().out
+    assert "ignored: --lr (kept: 0.3)" in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text())["config"]["lr"] == 0.3
 
 

@@ -273,6 +273,12 @@ def ignored_on_resume(cfg, saved: Mapping[str, Any], default, keys: Iterable[str
     return [k for k in keys if k in saved and getattr(cfg, k) not in (saved[k], getattr(default, k))]
 
 
+def ignored_flags(keys: Iterable[str], saved: Mapping[str, Any]) -> str:
+    """'--lr (kept: 0.1), --seed (kept: 0)': the flags of the options ``keys`` that a resumed run
+    ignores, each with the checkpoint's value that it keeps."""
+    return ", ".join(f"--{k.replace('_', '-')} (kept: {saved[k]})" for k in keys)
+
+
 PREVIOUS = "previous"         # where a run started over in the same directory keeps the last finished run
 INTERRUPTED = "interrupted"   # ... and the last unfinished one, which must not replace a finished run's files
 

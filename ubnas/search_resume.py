@@ -13,7 +13,7 @@ import torch
 from hwmodels import load_accelerator
 from hwmodels.accelerator import calibrated_mode, from_dict
 
-from .runtime import atomic_torch_save, existing_checkpoint, ignored_on_resume, options_given, say
+from .runtime import atomic_torch_save, existing_checkpoint, ignored_flags, ignored_on_resume, options_given, say
 from .search_config import SearchConfig, config_from_yaml
 from .space import read_space_text
 
@@ -46,7 +46,8 @@ def save_search_checkpoint(path: Path, cfg: SearchConfig, state: Trajectory, net
     """Everything a resume needs to go on as if never stopped (atomically: a crash keeps the last one).
     ``placement``: the device type and kernels the run executes with (see ``placement_note``)."""
     atomic_torch_save({
-        "config": asdict(cfg), "placement": placement, "epoch": state.epoch, "arch_steps": state.arch_steps, "mu": state.mu,
+        "config": asdict(cfg), "placement": placement, "epoch": state.epoch, "arch_steps": state.arch_steps,
+        "mu": state.mu,
         "latency_refs": state.latency_refs, "model": net.state_dict(), "world_size": world,
         "space_yaml": defs.space_yaml, "space_origin": defs.space_origin,
         "accelerator_config": defs.accelerator.to_dict(), "accelerator_fit_mode": defs.fit_mode,
@@ -88,7 +89,8 @@ def resumed_config(cfg: SearchConfig, checkpoint: dict, given: Optional[Iterable
     trajectory = [f.name for f in fields(SearchConfig) if f.name not in PLACEMENT_KEYS]
     changed = ignored_on_resume(cfg, asdict(saved), SearchConfig(), trajectory, given)
     if changed and main:
-        say(f"note: resuming {ckpt_path} with its saved config; ignored: {', '.join(changed)}")
+        say(f"note: resuming {ckpt_path} with its saved config; "
+            f"ignored: {ignored_flags(changed, checkpoint['config'])}")
     return saved
 
 

@@ -33,9 +33,9 @@ from .build import build_network, exact_cost
 from .data import (DATASETS, MIN_TRAIN_BATCH, DataError, augment_crop_flip, batch_count, batches, dataset_name,
                    load_dataset)
 from .distributed import launched_processes
-from .runtime import (MAX_SEED, all_finite, atomic_torch_save, existing_checkpoint, float32_finite, ignored_on_resume,
-                      load_checkpoint, make_run_dir, options_given, pick_device, progress_bar, refuse_if_locked,
-                      recover_set_aside, resume_note, run_lock, say, set_aside)
+from .runtime import (MAX_SEED, all_finite, atomic_torch_save, existing_checkpoint, float32_finite, ignored_flags,
+                      ignored_on_resume, load_checkpoint, make_run_dir, options_given, pick_device, progress_bar,
+                      recover_set_aside, refuse_if_locked, resume_note, run_lock, say, set_aside)
 from .spec import (ArchSpec, edited_since_export, load_spec, searched_accelerator, searched_batch,
                    searched_calibration_note)
 
@@ -412,7 +412,7 @@ def _resumed_config(cfg: TrainConfig, ckpt: dict, ckpt_path: Path, given: Option
     saved = ckpt["config"]
     ignored = ignored_on_resume(cfg, saved, TrainConfig(spec=cfg.spec), TRAJECTORY_KEYS, given)
     if ignored:
-        say(f"note: resuming {ckpt_path} with its saved schedule; ignored: {', '.join(ignored)}")
+        say(f"note: resuming {ckpt_path} with its saved schedule; ignored: {ignored_flags(ignored, saved)}")
     here = options_given(cfg, TrainConfig(spec=cfg.spec), PLACEMENT_KEYS, given)
     kept = {k: saved[k] for k in PLACEMENT_KEYS if k not in here and k in saved}
     return TrainConfig(**{**asdict(cfg), **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}, **kept})
