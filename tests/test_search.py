@@ -984,3 +984,15 @@ def test_a_last_batch_of_one_image_is_dropped_where_batchnorm_sees_one_value(tmp
     result = run_search(SearchConfig(space=str(space), epochs=1, batch_size=batch_size, out=str(tmp_path / "run")),
                         progress=False)
     assert [row["steps"] for row in result.history] == [2]
+
+
+def test_every_search_flag_says_what_it_does():
+    """--weight-momentum, --weight-decay, --grad-clip, --arch-weight-decay and --seed showed only
+    their default in ``ubnas search --help``."""
+    import argparse
+    from dataclasses import fields
+    from ubnas.commands.search import add_parser
+    parser = add_parser(argparse.ArgumentParser().add_subparsers())
+    helps = {a.dest: a.help for a in parser._actions}
+    bare = [f.name for f in fields(SearchConfig) if helps[f.name].startswith("(default")]
+    assert not bare, bare

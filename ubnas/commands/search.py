@@ -34,6 +34,10 @@ def add_parser(sub):
         "architecture logits", "dual_lr": "step of the latency multiplier (with --target-latency-us)",
         "split": "half (DARTS' 50/50 weight/architecture split) | 80_20",
         "realloc_every": "architecture steps between channel-window checks",
+        "weight_momentum": "SGD momentum of the weights", "weight_decay": "SGD weight decay of the weights",
+        "grad_clip": "gradient norm clip of the weights (> 0)",
+        "arch_weight_decay": "Adam weight decay of the architecture logits",
+        "seed": "seed of the weights, data order, Gumbel noise and channel reallocation",
         "device": "auto | cpu | cuda | cuda:N", "max_steps_per_epoch": "cap on steps per epoch (quick runs)",
     }
     for f in fields(SearchConfig):
