@@ -585,3 +585,30 @@ def test_a_png_of_the_users_with_a_figures_name_is_not_replaced(tmp_path, capsys
     assert main(["report", str(run), "--out", str(out)]) == 0
     (out / "report.md").unlink()   # its figures are known by their mark alone
     assert main(["report", str(run), "--out", str(out)]) == 0
+
+
+def test_a_report_stopped_while_drawing_leaves_the_earlier_report_with_its_own_figures(tmp_path,
+                                                                                         monkeypatch):
+    """Ctrl-C while drawing the second run's figure left the earlier report.md linking a first-run
+    figure the stopped report had already redrawn (of other data)."""
+    pytest.importorskip("matplotlib")
+    from ubnas import report_figures
+    runs = [str(_two_epoch_run(tmp_path / name, (0.5, 0.6))) for name in ("a", "b")]
+    out = tmp_path / "rep"
+    assert main(["report", *runs, "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["a_curves.png", "b_curves.png", "report.md"]
+    (tmp_path / "a" / "search_log.csv").write_text("epoch,train_loss,val_acc\n1,2.0,0.1\n2,1.5,0.9\n")
+    draw = report_figures.run_figures
+
+    def stopped_at_the_second_run(plt, run, *args):
+        if run.name == "b":
+            raise KeyboardInterrupt
+        return draw(plt, run, *args)
+    monkeypatch.setattr(report_figures, "run_figures", stopped_at_the_second_run)
+    assert main(["report", *runs, "--out", str(out)]) == 130   # interrupted
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before   # no staging directory left either
+    monkeypatch.undo()
+    assert main(["report", *runs, "--out", str(out)]) == 0
+    assert (out / "a_curves.png").read_bytes() != before["a_curves.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)

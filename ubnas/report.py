@@ -21,7 +21,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -467,12 +470,25 @@ def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, 
     earlier = _our_report_text(report)
     previous_figures = FIGURE_LINK.findall(earlier or "")   # drawn by it: removed below if not drawn again
     _refuse_foreign_files(out_dir, runs, plots, earlier is not None, previous_figures)
+    # the figures are drawn apart and moved in with the new report.md: a report stopped while drawing
+    # (Ctrl-C, an error) leaves the earlier report.md beside its own figures, not beside new ones
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out_dir)) if plots else None
+    try:
+        return _write_report(runs, out_dir, report, previous_figures, staging)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_report(runs: Sequence[Run], out_dir: Path, report: Path, previous_figures: List[str],
+                  staging: Optional[Path]) -> Dict[str, Any]:
+    """write_report's drawing (into ``staging``; None: no figures) and writing, its checks done."""
     figures: Dict[str, Dict[str, str]] = {r.name: {} for r in runs}
     keys = front_keys(runs)
     front = pareto_front(runs, keys)
     pngs: List[str] = []
     plot_note = ""
-    if plots:
+    if staging is not None:
         from . import report_figures
         plt = report_figures.pyplot()
         if plt is None:
@@ -480,10 +496,10 @@ def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, 
         else:
             stems = report_figures.figure_stems(runs)
             for run in runs:
-                figures[run.name] = report_figures.run_figures(plt, run, out_dir, stems[run.name])
+                figures[run.name] = report_figures.run_figures(plt, run, staging, stems[run.name])
                 pngs += list(figures[run.name].values())
             if any(plotted(r) for r in runs):
-                pngs.append(report_figures.pareto_figure(plt, runs, front, out_dir, keys))
+                pngs.append(report_figures.pareto_figure(plt, runs, front, staging, keys))
     lines = [REPORT_TITLE, "", f"{len(runs)} run(s). Latency and utilization are the exact cost of "
              f"each run's exported network (hwmodels, systolic model) at the batch of the batch column "
              f"(the batch its search costed it at, or --hw-batch).", ""]
@@ -507,6 +523,8 @@ def write_report(runs: Sequence[Run], out_dir, plots: bool = True) -> Dict[str, 
         lines += [f"> {plot_note}", ""]
     for run in runs:
         lines += run_markdown(run, figures[run.name])
+    for name in pngs:
+        os.replace(staging / name, out_dir / name)
     atomic_write_text(report, "\n".join(lines).rstrip() + "\n")
     removed = []
     drawn = {p.lower() for p in pngs}   # A_curves.png is a_curves.png on a case-insensitive file system
