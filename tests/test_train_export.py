@@ -618,3 +618,34 @@ def test_a_huge_searched_batch_is_costed_from_shapes_or_refused_before_training(
     with pytest.raises(ValueError, match="cannot cost the network at provenance.hw_batch 100000000000000000"):
         train(config(spec, tmp_path / "run2", epochs=1), progress=False)
     assert not (tmp_path / "run2" / "checkpoint.pt").exists()
+
+
+def test_a_spec_searched_on_synthetic_data_trains_on_the_same_images(tmp_path, monkeypatch):
+    """The synthetic images were drawn from the run's --seed: a spec searched with seed 3 was trained
+    (seed 0 by default) on another task than the one it was searched on.  Each run is stopped once
+    it has loaded its data."""
+    import ubnas.search
+    import ubnas.train
+    from ubnas.search import SearchConfig, run_search
+    loaded = {}
+
+    class Loaded(Exception):
+        pass
+
+    def recording(module):
+        original = module.load_dataset
+
+        def load(*args, **kwargs):
+            loaded[module.__name__] = original(*args, **kwargs)
+            raise Loaded
+        monkeypatch.setattr(module, "load_dataset", load)
+    recording(ubnas.search)
+    recording(ubnas.train)
+    with pytest.raises(Loaded):
+        run_search(SearchConfig(data="synthetic", seed=3, out=str(tmp_path / "search")), progress=False)
+    spec = write_spec(tmp_path / "arch.yaml", {"input_shape": [3, 32, 32], "provenance/data": "synthetic"})
+    with pytest.raises(Loaded):
+        train(TrainConfig(spec=str(spec), out=str(tmp_path / "train"), seed=7), progress=False)
+    searched, trained = loaded["ubnas.search"], loaded["ubnas.train"]
+    assert searched.name == trained.name == "synthetic"
+    assert torch.equal(searched.train_x, trained.train_x) and torch.equal(searched.test_y, trained.test_y)

@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     try:
         load_space(args.space)
         load_accelerator(args.hw)
-        data = load_dataset(args.data, args.data_dir, seed=args.seed)
+        data = load_dataset(args.data, args.data_dir)   # the data set ubnas search reads
     except Exception as exc:   # unknown space or accelerator, missing CIFAR-10 files: one line
         ap.error(str(exc))
     if args.keep:

@@ -306,7 +306,7 @@ def _search_device(cfg: SearchConfig, world: int) -> torch.device:
 
 def _search_data(cfg: SearchConfig, rank: int, world: int, device: torch.device, main: bool):
     """(the data set, this rank's weight split (x, y), its architecture split (x, y)) on ``device``."""
-    data = load_dataset(cfg.data, cfg.data_dir, seed=cfg.seed)
+    data = load_dataset(cfg.data, cfg.data_dir)   # one synthetic data set for every seed
     if cfg.data_dir is not None and cfg.data != "cifar10" and main:
         say(f"note: --data-dir is read only with --data cifar10; {cfg.data} ignores {cfg.data_dir}")
     (xw, yw), (xa, ya) = search_split(data.train_x, data.train_y, cfg.split, seed=cfg.seed)

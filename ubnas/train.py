@@ -274,7 +274,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     device = pick_device(cfg.device)
 
     # ---- data and model ---------------------------------------------------------------
-    data = load_dataset(cfg.data, cfg.data_dir, seed=cfg.seed)
+    data = load_dataset(cfg.data, cfg.data_dir)   # one synthetic data set for every seed
     if cfg.data_dir is not None and cfg.data != "cifar10":   # as ubnas search says
         say(f"note: --data-dir is read only with --data cifar10; {cfg.data} ignores {cfg.data_dir}")
     _check_data_fits(spec, data, cfg.data)
