@@ -649,3 +649,14 @@ def test_a_spec_searched_on_synthetic_data_trains_on_the_same_images(tmp_path, m
     searched, trained = loaded["ubnas.search"], loaded["ubnas.train"]
     assert searched.name == trained.name == "synthetic"
     assert torch.equal(searched.train_x, trained.train_x) and torch.equal(searched.test_y, trained.test_y)
+
+
+def test_a_batch_of_one_image_is_refused_before_anything_runs(tmp_path, capsys):
+    """--batch-size 1 made every batch a single image: BatchNorm failed inside torch on a network that
+    reaches a 1 x 1 map, after the earlier run's files had been set aside."""
+    spec = write_spec(tmp_path / "arch.yaml")
+    err = one_line_error(capsys, ["train", str(spec), "--out", str(tmp_path / "t"), "--batch-size", "1"])
+    assert "--batch-size: expected at least 2 (BatchNorm" in err
+    err = one_line_error(capsys, ["search", "--out", str(tmp_path / "s"), "--batch-size", "1"])
+    assert "--batch-size must be >= 2 (BatchNorm" in err
+    assert not (tmp_path / "t").exists() and not (tmp_path / "s").exists()

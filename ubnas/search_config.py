@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional
 from hwmodels.yamlio import read_yaml, short_repr
 
 from .cost import COST_MODELS, WIDTH_COSTS
-from .data import DATASETS, dataset_name
+from .data import DATASETS, MIN_TRAIN_BATCH, dataset_name
 from .runtime import MAX_SEED, float32_finite
 from .supernet import RELAXATIONS
 
@@ -80,6 +80,9 @@ class SearchConfig:
             value = getattr(self, key)
             if value is not None and int(value) < 1:
                 raise ValueError(f"{where(key)} must be >= 1, got {short_repr(value)}")
+        if int(self.batch_size) < MIN_TRAIN_BATCH:   # every batch would be one image: BatchNorm fails
+            raise ValueError(f"{where('batch_size')} must be >= {MIN_TRAIN_BATCH} (BatchNorm trains on a batch's "
+                             f"statistics), got {short_repr(self.batch_size)}")
         # rates and scales that a sign error turns into a silently wrong search (NaN, ascent)
         for key in ("tau0", "tau_decay", "temperature", "weight_lr", "arch_lr", "grad_clip"):
             value = _as_float(getattr(self, key))

@@ -85,6 +85,9 @@ class TrainConfig:
         for key in ("epochs", "batch_size"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"--{key.replace('_', '-')}: expected a positive integer, got {getattr(self, key)}")
+        if int(self.batch_size) < MIN_TRAIN_BATCH:   # every batch would be one image: BatchNorm fails
+            raise ValueError(f"--batch-size: expected at least {MIN_TRAIN_BATCH} (BatchNorm trains on a batch's "
+                             f"statistics), got {self.batch_size}")
         if not (float32_finite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr: expected a positive learning rate within float32's range (3.4e38), "
                              f"got {self.lr}")
