@@ -492,17 +492,22 @@ def test_the_80_20_split_trains_on_the_whole_weight_split_each_epoch(tmp_path):
     assert result.history[0]["steps"] == math.ceil(n_weight / 128) > math.ceil((n - n_weight) / 128)
 
 
-def test_notes_for_options_that_do_not_do_what_they_seem(tmp_path, capsys):
+def test_notes_for_options_that_do_not_do_what_they_seem(tmp_path, capsys, monkeypatch):
     """--data-dir with the digits set, and an accelerator calibrated for the uboost model whose
-    calibration then serves arch.yaml's systolic exact cost: each gets a note."""
+    calibration then serves arch.yaml's systolic exact cost: each gets a note.  A relative --data-dir
+    is kept absolute (a --resume from another directory finds the data)."""
     from hwmodels.accelerator import save_accelerator
     hw = tmp_path / "cal.yaml"
     save_accelerator(load_accelerator("edge_32x32"), hw, extra={"fit_report": {"mode": "uboost"}})
-    cfg = SearchConfig(epochs=1, max_steps_per_epoch=1, batch_size=16, kernels="eager", data_dir=str(tmp_path),
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = SearchConfig(epochs=1, max_steps_per_epoch=1, batch_size=16, kernels="eager", data_dir="data",
                        hw=str(hw), cost_model="uboost", out=str(tmp_path / "run"))
     result = run_search(cfg, progress=False)
     out = capsys.readouterr().out
-    assert f"note: --data-dir is read only with --data cifar10; digits ignores {tmp_path}" in out
+    assert f"note: --data-dir is read only with --data cifar10; digits ignores {tmp_path / 'data'}" in out
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data_dir"] == str(tmp_path / "data")
+    assert torch.load(tmp_path / "run" / "checkpoint.pt")["config"]["data_dir"] == str(tmp_path / "data")
     assert f"note: {hw} was calibrated for the uboost model; arch.yaml's exact cost uses the systolic" in out
     # the spec keeps what the calibration was fitted for, for estimate, train and report
     from ubnas.spec import load_spec

@@ -212,8 +212,9 @@ def test_resume_names_a_flag_set_to_its_default_that_the_checkpoint_overrides(tm
     assert json.loads((out / "metrics.json").read_text())["config"]["lr"] == 0.3
 
 
-def test_resume_keeps_the_data_dir_and_accelerator_of_the_first_run(tmp_path, capsys):
-    """--resume without --data-dir or --hw runs on the first invocation's data and hardware."""
+def test_resume_keeps_the_data_dir_and_accelerator_of_the_first_run(tmp_path, capsys, monkeypatch):
+    """--resume without --data-dir or --hw runs on the first invocation's data and hardware, also
+    from another directory than the one a relative --data-dir was given in."""
     import pickle
 
     import numpy as np
@@ -228,9 +229,11 @@ def test_resume_keeps_the_data_dir_and_accelerator_of_the_first_run(tmp_path, ca
                          b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8)}, fh)
     spec = write_spec(tmp_path / "arch.yaml", {"input_shape": [3, 32, 32]})
     out = tmp_path / "run"
-    first = TrainConfig(spec=str(spec), out=str(out), data="cifar10", data_dir=str(cifar), epochs=2,
+    monkeypatch.chdir(tmp_path)
+    first = TrainConfig(spec=str(spec), out=str(out), data="cifar10", data_dir="cifar", epochs=2,
                         device="cpu", hw="uboost")   # the spec was searched on edge_32x32
     train(first, progress=False, stop_after_epoch=1)
+    monkeypatch.chdir(out)
     assert main(["train", str(spec), "--out", str(out), "--resume", "--quiet"]) == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["data_dir"] == str(cifar) and metrics["hardware"]["accelerator"] == "uboost"

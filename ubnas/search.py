@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
@@ -140,6 +140,8 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     if restart:   # stopped before its first checkpoint: the same run again, not the defaults
         cfg = restarted_config(cfg, out / "config.yaml", given, main)
     cfg.validate()
+    if cfg.data_dir is not None:   # saved absolute: a --resume from another directory finds the data
+        cfg = replace(cfg, data_dir=os.path.abspath(cfg.data_dir))
     rank, world = dist.world(cfg.device)
     if checkpoint is not None and checkpoint.get("world_size", 1) != world and main:
         say(f"note: {ckpt_path} was written by {checkpoint.get('world_size', 1)} process(es) and resumes on "

@@ -20,7 +20,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -273,6 +273,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
         say(f"note: training on {searched_on}, the data set {spec.origin} was searched on (pass --data to change)")
         cfg = TrainConfig(**{**asdict(cfg), "data": searched_on})
     cfg.validate()
+    if cfg.data_dir is not None:   # saved absolute: a --resume from another directory finds the data
+        cfg = replace(cfg, data_dir=os.path.abspath(cfg.data_dir))
     hardware = _metrics_hardware(spec, cfg)   # once, before training: a bad --hw or batch fails now
     device = pick_device(cfg.device)
 
