@@ -108,6 +108,18 @@ def test_cifar_errors(tmp_path):
         D.load_dataset("cifar10", data_dir=str(tmp_path / "c"))
 
 
+def test_an_empty_extraction_folder_does_not_hide_the_batches_beside_it(tmp_path):
+    """An empty cifar-10-batches-py/ (an unfinished extraction) in --data-dir hid the batch files
+    in --data-dir itself: every file was reported missing."""
+    written = _write_fake_cifar(tmp_path / "c")
+    (tmp_path / "c" / "cifar-10-batches-py").mkdir()
+    data = D.load_dataset("cifar10", data_dir=str(tmp_path / "c"))
+    assert data.test_y.tolist() == written["test_batch"][1]
+    _write_fake_cifar(tmp_path / "c" / "cifar-10-batches-py", seed=1)   # the extracted folder wins
+    data = D.load_dataset("cifar10", data_dir=str(tmp_path / "c"))
+    assert data.test_y.tolist() == _write_fake_cifar(tmp_path / "d", seed=1)["test_batch"][1]
+
+
 @pytest.mark.parametrize("field, value, message", [
     (b"labels", [12, 0, 1, 2], "labels must be 0..9, got 0..12"),
     (b"labels", [-1, 0, 1, 2], "labels must be 0..9, got -1..2"),

@@ -86,8 +86,13 @@ def _cifar_dir(data_dir: str | None) -> str:
     if not os.path.isdir(data_dir):
         raise DataError(f"CIFAR-10 directory not found: {data_dir}; {hint}")
     sub = os.path.join(data_dir, "cifar-10-batches-py")
-    d = sub if os.path.isdir(sub) else data_dir
-    missing = [f for f in CIFAR_FILES if not os.path.isfile(os.path.join(d, f))]
+
+    def missing_in(d: str) -> list:
+        return [f for f in CIFAR_FILES if not os.path.isfile(os.path.join(d, f))]
+    # the extracted folder, or the directory itself (an empty cifar-10-batches-py beside the
+    # files, left by an unfinished extraction, must not hide them); the fuller one is named
+    d = min([sub, data_dir] if os.path.isdir(sub) else [data_dir], key=lambda d: len(missing_in(d)))
+    missing = missing_in(d)
     if missing:
         raise DataError(f"CIFAR-10 files missing in {d}: {', '.join(missing)}; {hint}")
     return d
