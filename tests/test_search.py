@@ -727,6 +727,24 @@ def test_lambda_with_a_target_gets_a_note(tmp_path, capsys, monkeypatch):
         assert (note in capsys.readouterr().out) == says, extra
 
 
+def test_stage_channel_alone_says_that_nothing_chooses_its_cell(tmp_path, capsys):
+    """--stage channel exported the cell its random initial op logits favoured, without a word."""
+    from ubnas.cli import main
+    out = tmp_path / "r"
+    assert main(["search", "--out", str(out), "--stage", "channel", "--epochs", "1", "--max-steps-per-epoch",
+                 "2", "--quiet"]) == 0
+    assert "note: --stage channel searches the widths only, on the cell that the random initial" in \
+        capsys.readouterr().out
+    torch.manual_seed(0)   # what the run's init drew (run_search seeds torch with --seed 0 first)
+    initial = Supernet(load_space("tiny"), (1, 8, 8), 10).state_dict()
+    trained = torch.load(out / "checkpoint.pt")["model"]
+    logits = [k for k in initial if k.startswith("op_logits.")]
+    assert logits and all(torch.equal(initial[k], trained[k]) for k in logits), logits
+    assert main(["search", "--out", str(tmp_path / "s"), "--stage", "op", "--epochs", "1",
+                 "--max-steps-per-epoch", "1", "--quiet"]) == 0
+    assert "--stage channel" not in capsys.readouterr().out
+
+
 def test_search_refuses_checkpoints_it_did_not_write(tmp_path, capsys):
     from ubnas.cli import main
     run = tmp_path / "train_run"

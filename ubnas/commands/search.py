@@ -83,6 +83,9 @@ def run(args) -> int:
         if meant("beta_utilization") and cfg.beta_utilization and cfg.cost_model == "flops":
             print("note: the flops cost model keeps every PE busy (utilization 1 for any network), so "
                   "--beta-utilization has no effect; the systolic, uboost and roofline models vary it")
+        if cfg.stage == "channel":   # nothing chooses the ops: they are what the random init favours
+            print("note: --stage channel searches the widths only, on the cell that the random initial op "
+                  "logits favour; --stage staged (the default) chooses the ops first")
         if meant("lambda_latency") and cfg.target_latency_us is not None:
             print("note: --target-latency-us replaces the --lambda-latency term (--beta-utilization still applies)")
     try:
