@@ -34,7 +34,7 @@ import numpy as np
 from .accelerator import Accelerator, Calibration, HardwareConfigError, save_accelerator
 from .exact import MODES, layer_cost, mode_arrays, mode_pes
 from .references import ReferenceRow, ReferenceSet, layer_key, scalesim_version
-from .yamlio import drawn_by_ubnas, png_metadata
+from .yamlio import drawn_by_ubnas, durable_replace, png_metadata
 
 COMPUTE_PARAMS = ("cycle_scale", "fold_overhead_cycles", "layer_overhead_cycles")
 MEASURED_PARAMS = COMPUTE_PARAMS + ("bandwidth_efficiency",)
@@ -497,7 +497,7 @@ def write_calibrated(result: CalibrationResult, path: Union[str, os.PathLike],
         return None
     tmp = png_path.with_name(f".{png_path.name}.tmp")
     tmp.write_bytes(png)
-    os.replace(tmp, png_path)
+    durable_replace(tmp, png_path)
     return png_path
 
 

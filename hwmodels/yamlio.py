@@ -137,8 +137,27 @@ def read_yaml(path: PathLike, error: Type[Exception] = ValueError, text: Optiona
     return value
 
 
+def durable_replace(tmp: PathLike, path: PathLike) -> None:
+    """``os.replace(tmp, path)`` once tmp's bytes are on the disk, then the directory entry too: after
+    a power cut ``path`` holds the old file or the new one, never an empty one (a file system may
+    write the rename before the data it names)."""
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    try:
+        directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:   # no directory descriptors on this platform (Windows): the rename is what it is
+        return
+    try:
+        os.fsync(directory)
+    except OSError:
+        pass
+    finally:
+        os.close(directory)
+
+
 def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file + rename: never half-written."""
+    """Write ``text`` to ``path`` through a temp file + rename (``durable_replace``): never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -148,7 +167,7 @@ def atomic_write_text(path: PathLike, text: str) -> None:
         umask = os.umask(0)   # mkstemp makes the file 0600; give it the mode open() would
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        durable_replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

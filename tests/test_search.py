@@ -397,6 +397,35 @@ def test_atomic_write_text_gives_the_mode_open_would(tmp_path):
     assert (tmp_path / "atomic.txt").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
 
 
+def test_atomic_writes_reach_the_disk_before_the_rename(tmp_path, monkeypatch):
+    """The temp file was renamed over the old one without an fsync: after a power cut the file system
+    may keep the rename and lose the data, leaving an empty checkpoint or YAML where a whole one was."""
+    from hwmodels.yamlio import atomic_write_text
+    from ubnas.runtime import atomic_torch_save
+    events = []
+    fsync, replace = os.fsync, os.replace
+
+    def recording_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def recording_replace(src, dst):
+        events.append(("replace", os.fspath(src), os.fspath(dst)))
+        replace(src, dst)
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    if not os.path.exists("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to name the synced files")
+    for write, name in ((lambda p: atomic_write_text(p, "x"), "a.yaml"), (lambda p: atomic_torch_save({}, p), "c.pt")):
+        events.clear()
+        write(tmp_path / name)
+        moved = [e for e in events if e[0] == "replace"]
+        assert len(moved) == 1 and moved[0][2] == str(tmp_path / name), events
+        at = events.index(moved[0])
+        assert ("fsync", moved[0][1]) in events[:at], events           # the data, before the rename
+        assert ("fsync", str(tmp_path)) in events[at + 1:], events     # the directory entry, after it
+
+
 @pytest.mark.parametrize("impl", ["eager", "reference"])
 def test_one_hot_ops_run_only_the_chosen_op_and_match_the_mixture(impl):
     """With hard ops each edge runs one op; the result equals the full mixture at one-hot probs."""

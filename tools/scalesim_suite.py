@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hwmodels.accelerator import DATAFLOWS, Accelerator  # noqa: E402
 from hwmodels.suites import layer_fields, simulated_lines  # noqa: E402
 from hwmodels.suites import suite_parts as suite_layers  # noqa: E402  [(part, layer)], as before
+from hwmodels.yamlio import durable_replace  # noqa: E402
 from ubnas.commands.estimate import parse_dims  # noqa: E402
 
 COLUMNS = ["suite", "name", "kind", "in_h", "in_w", "in_channels", "out_channels", "kernel_h",
@@ -96,7 +97,7 @@ def write_rows(path: Path, rows) -> None:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
+    durable_replace(tmp, path)
 
 
 def main(argv=None):

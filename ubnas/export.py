@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
+
+from hwmodels.yamlio import durable_replace
 
 from .build import build_network
 from .runtime import check_output_file
@@ -83,7 +84,7 @@ def export_onnx(spec_path, onnx_path, weights: Optional[str] = None, check: bool
                              f"to opset {opset} (it wrote {written}); try {OPSET}")
         result = _checked_against_torch(model, spec, tmp, check, onnx_path)   # a file that fails it is not kept
         result.update(onnx=str(onnx_path), weights=weights, opset=opset)
-        os.replace(tmp, onnx_path)
+        durable_replace(tmp, onnx_path)
     finally:
         for log, level in zip(logs, levels):
             log.setLevel(level)

@@ -10,6 +10,8 @@ from typing import Any, Iterable, List, Mapping, Optional
 
 import torch
 
+from hwmodels.yamlio import durable_replace
+
 
 def pick_device(name: str) -> torch.device:
     """The torch device ``--device`` names: "auto" is CUDA when available, else CPU; a bad name, a
@@ -209,7 +211,7 @@ def atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
+        durable_replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if not _is_write_failure(exc):   # a bug (say, an object torch cannot save) keeps its traceback
