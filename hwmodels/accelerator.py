@@ -10,9 +10,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Dict, Optional, Tuple, Union
 
-import yaml
 
-from .yamlio import atomic_write_text, read_yaml, short_repr
+from .yamlio import atomic_write_text, dump_yaml, read_yaml, short_repr
 
 PRESET_DIR = Path(__file__).with_name("presets")
 DATAFLOWS = ("ws", "os", "is")
@@ -246,4 +245,4 @@ def save_accelerator(acc: Accelerator, path: Union[str, os.PathLike], extra: Opt
     """Write ``acc`` (plus ``extra`` keys such as fit_report/provenance) as YAML, atomically."""
     data = acc.to_dict()
     data.update(extra or {})
-    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+    atomic_write_text(path, dump_yaml(data))

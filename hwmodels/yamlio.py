@@ -42,14 +42,33 @@ _UniqueKeyLoader.yaml_implicit_resolvers = {
 _UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT_12, list("-+0123456789"))
 
 
+MAX_INT_DIGITS = 4000   # Python refuses to convert longer decimal strings (sys.int_info's 4300)
+
+
 def _construct_int_12(loader, node) -> int:
     text = loader.construct_scalar(node)
+    if len(text) > MAX_INT_DIGITS:   # else a ValueError naming neither the file nor the line
+        raise yaml.constructor.ConstructorError(None, None, f"an integer of {len(text)} digits (at most "
+                                                f"{MAX_INT_DIGITS})", node.start_mark)
     if text[:2] in ("0x", "0o"):
         return int(text[2:], 16 if text[1] == "x" else 8)
     return int(text, 10)
 
 
 _UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_int_12)
+
+class YamlDumper(yaml.SafeDumper):
+    """SafeDumper that quotes every string the loader above would read as an integer: PyYAML
+    resolves YAML 1.1's, so the string '0o17' was written bare and read back as 15."""
+
+
+YamlDumper.add_implicit_resolver("tag:yaml.org,2002:int", _INT_12, list("-+0123456789"))
+
+
+def dump_yaml(value: Any, **kwargs) -> str:
+    """``yaml.dump`` with YamlDumper, keys in their order: text ``read_yaml`` reads back as ``value``."""
+    return yaml.dump(value, Dumper=YamlDumper, sort_keys=False, **kwargs)
+
 
 MAX_YAML_VALUES = 1_000_000   # a file of a few kB of nested aliases can stand for billions of values
 

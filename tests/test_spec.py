@@ -289,6 +289,33 @@ def test_integers_read_as_yaml_1_2_reads_them(tmp_path, spec_dict):
         load_spec(write(tmp_path, text.replace("__STEM__", "1:28")))
 
 
+def test_strings_that_read_as_integers_are_written_quoted(tmp_path, derived):
+    """PyYAML's dumper quotes YAML 1.1's integers, not 1.2's: a provenance string '0o17' (or an
+    --out of that name in config.yaml) was written bare and read back as the integer 15."""
+    import dataclasses
+    from hwmodels.yamlio import dump_yaml, read_yaml
+    strings = {"a": "0o17", "b": "0x1F", "c": "010", "d": "-7", "e": "1:28", "f": "1_000", "g": "+5"}
+    assert read_yaml("f.yaml", text=dump_yaml(strings)) == strings
+    spec = dataclasses.replace(derived, provenance={**derived.provenance, **strings})
+    path = tmp_path / "spec.yaml"
+    path.write_text(dump_spec(spec))
+    assert {k: load_spec(path).provenance[k] for k in strings} == strings
+
+
+def test_an_integer_too_long_to_convert_names_its_line(tmp_path, spec_dict):
+    """5000 digits raised Python's int-conversion limit: an error naming neither file nor line."""
+    text = yaml.safe_dump(spec_dict, sort_keys=False).replace("ubnas_spec: 1", "ubnas_spec: " + "9" * 5000)
+    with pytest.raises(SpecError, match=r"spec.yaml: line 1 column 13: invalid YAML \(an integer of 5000 digits"):
+        load_spec(write(tmp_path, text))
+
+
+def test_an_unknown_op_name_is_shown_short(tmp_path, spec_dict):
+    spec_dict["cells"][0]["nodes"][0][0]["op"] = "x" * 5000
+    with pytest.raises(SpecError) as error:
+        load_spec(write(tmp_path, spec_dict))
+    assert "unknown op 'xxx" in str(error.value) and len(str(error.value)) < 500
+
+
 def test_an_empty_provenance_reads_as_none_given(tmp_path, spec_dict):
     spec_dict["provenance"] = None   # 'provenance:' with nothing under it
     assert load_spec(write(tmp_path, spec_dict)).provenance == {}

@@ -27,12 +27,11 @@ from typing import Dict, Iterable, List, Optional
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 from hwmodels.accelerator import mode_mismatch_note
 from hwmodels.exact import MODES
 from hwmodels.estimate import too_large_to_trace
-from hwmodels.yamlio import atomic_write_text
+from hwmodels.yamlio import atomic_write_text, dump_yaml
 
 from . import distributed as dist
 from .channels import ChannelAllocator
@@ -385,7 +384,7 @@ def _open_run_dir(out: Path, cfg: SearchConfig, checkpoint: Optional[dict], resu
             set_aside(out, SET_ASIDE, FINISHED_MARKER)
         elif (out / "config.yaml").is_file() and not restart:
             _refuse_foreign_config(out / "config.yaml")
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    atomic_write_text(out / "config.yaml", dump_yaml(asdict(cfg)))
 
 
 def _export_widths(cfg: SearchConfig, net: Supernet, main: bool) -> None:

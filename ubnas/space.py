@@ -129,7 +129,7 @@ def parse_space(data: Any, origin: str) -> SearchSpace:
     ops = _need(data, "ops", list, origin)
     for i, op in enumerate(ops):
         if not isinstance(op, str) or op not in OPS:
-            raise SpaceError(f"{origin}: key 'ops[{i}]' unknown op {op!r} (expected one of {', '.join(OPS)})")
+            raise SpaceError(f"{origin}: key 'ops[{i}]' unknown op {short_repr(op)} (expected one of {', '.join(OPS)})")
     if len(set(ops)) != len(ops) or not ops:
         raise SpaceError(f"{origin}: key 'ops' must list distinct ops, got {ops}")
     if all(op == "none" for op in ops):   # a network of zero edges has nothing to search or train

@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import yaml
 
-from hwmodels.yamlio import read_utf8, read_yaml, short_repr
+from hwmodels.yamlio import YamlDumper, read_utf8, read_yaml, short_repr
 
 SPEC_VERSION = 1
 TOP_KEYS = ("ubnas_spec", "input_shape", "num_classes", "stem", "cells", "classifier", "provenance")
@@ -220,7 +220,7 @@ def spec_from_dict(data: Any, origin: str = "<spec>") -> ArchSpec:
                                                    f"2+: earlier nodes), got {short_repr(source)}")
                 op = edge["op"]
                 if not isinstance(op, str) or op not in OPS:
-                    _fail(origin, f"{epath}.op", f"unknown op {op!r} (expected one of {', '.join(OPS)})")
+                    _fail(origin, f"{epath}.op", f"unknown op {short_repr(op)} (expected one of {', '.join(OPS)})")
                 edges.append(EdgeSpec(source, op))
             nodes.append(tuple(edges))
         # the map sizes must chain: s0's 1x1 conv strides by the resolution ratio s1/s0
@@ -325,7 +325,7 @@ class _FlowList(list):
     """A list written in YAML flow style ([1, 8, 8])."""
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(YamlDumper):
     pass
 
 
