@@ -421,3 +421,29 @@ def test_batch_given_with_a_csv_batch_column_says_which_wins(tmp_path, capsys):
     assert f"1 of 3 layers keep the batch of {path}'s batch column (--batch 8 applies" in err, err
     code, out, err = run_main(capsys, "--layers", path, "--json", "--batch", "4")   # no row differs
     assert code == 0 and "note" not in err, err
+
+
+def test_a_spec_at_a_batch_past_memory_is_costed_from_shapes(tmp_path):
+    """`ubnas estimate SPEC` (and `ubnas report`) ran the network on real tensors, so the batch a
+    search costed at (--hw-batch) could need more memory than the machine has, where the search
+    itself costed it from shapes.  Run with its address space capped at 8 GiB, far below the
+    activations of a batch of 10**9 (the input alone is 256 GB); its MACs must be 10**9 times
+    those of batch 1."""
+    import resource
+    import torch
+    from ubnas.space import load_space
+    from ubnas.spec import derive_spec, save_spec
+    from ubnas.supernet import Supernet
+    torch.manual_seed(0)
+    path = tmp_path / "arch.yaml"
+    save_spec(derive_spec(Supernet(load_space("tiny"), (1, 8, 8), 10), {"seed": 0}), path)
+
+    def capped():
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+    runs = {batch: subprocess.run([sys.executable, "-m", "ubnas", "estimate", str(path), "--json", "--hw", "uboost",
+                                   "--batch", str(batch)], capture_output=True, text=True, timeout=120,
+                                  preexec_fn=capped)
+            for batch in (1, 10**9)}
+    assert all(run.returncode == 0 for run in runs.values()), runs[10**9].stderr[-2000:]
+    one, huge = (json.loads(runs[b].stdout)["total"] for b in (1, 10**9))
+    assert huge["macs"] == 10**9 * one["macs"]

@@ -118,14 +118,19 @@ def build(spec_or_path: Union[ArchSpec, str, os.PathLike]) -> Network:
     return build_network(spec)
 
 
+def meta_network(spec: ArchSpec) -> Network:
+    """``spec``'s network on the meta device: shapes without storage, for costing and counting
+    parameters (any width or batch costs neither memory nor arithmetic)."""
+    with torch.device("meta"):
+        return build_network(spec)
+
+
 def exact_cost(spec: ArchSpec, accelerator, batch: int = 1):
     """hwmodels' exact (systolic) ``NetworkCost`` of ``spec``'s network on ``accelerator`` at
-    ``batch`` images.  Built and traced on the meta device: shapes only, so any batch costs
-    neither memory nor arithmetic (a batch too large to describe is a ValueError)."""
+    ``batch`` images.  Traced on the meta device (``meta_network``): a batch too large to describe
+    is a ValueError."""
     from hwmodels import estimate
-    with torch.device("meta"):
-        network = build_network(spec)
-    return estimate(network, tuple(spec.input_shape), accelerator, batch=batch)
+    return estimate(meta_network(spec), tuple(spec.input_shape), accelerator, batch=batch)
 
 
 # -- hardware layers of the search-form ops, for hwmodels.estimate ----------------------------

@@ -170,7 +170,7 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None,
              hw_batch: Optional[int] = None) -> Run:
     """Read one run directory and cost its exported network (exact systolic model) on ``hw`` (else
     the run's own accelerator) at batch ``hw_batch`` (else the batch the search costed it at)."""
-    from .build import build_network
+    from .build import meta_network
     from .spec import edited_since_export, load_spec, searched_batch, searched_calibration_note
 
     path = Path(path)
@@ -228,7 +228,7 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None,
         if note:
             run.notes.append(note.removeprefix("note: "))
         from hwmodels import estimate
-        model = build_network(run.spec)
+        model = meta_network(run.spec)   # shapes only: the batch the search costed at may be huge
         run.hw_batch = hw_batch if hw_batch is not None else searched_batch(run.spec)
         run.cost = estimate(model, run.spec.input_shape, acc, batch=run.hw_batch)
         if run.params is None:

@@ -220,8 +220,8 @@ def collect_layers(args, batch: int, spec):
             shape = parse_dims(args.input, "--input", count, "3x32x32 or 6x100" if user else "3x32x32")
         module = load_model_target(args.model) if user else get_model(args.model)
     else:
-        from ubnas.build import build_network
-        module = build_network(spec)
+        from ubnas.build import meta_network
+        module = meta_network(spec)   # shapes only: the batch the search costed at may be huge
         shape = tuple(spec.input_shape)   # --input checked against it by _check_spec_options
     return trace_layers(module, shape, batch=batch)
 
