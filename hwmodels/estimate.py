@@ -391,6 +391,12 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
                 module(x)
             except _HandlerFailed as failed:
                 raise failed.__cause__ from None
+            except (TypeError, OverflowError) as exc:
+                if "overflow" not in str(exc).lower():   # a bug in the module: its traceback stays
+                    raise
+                # sizes whose product torch's int64 shape arithmetic cannot hold (a cat of huge maps)
+                raise ValueError(f"{type(module).__name__} on input {tuple(x.shape)} makes a tensor too "
+                                 f"large to describe (its size overflows 64-bit integers)") from None
             except RuntimeError as exc:
                 if is_out_of_memory(exc):
                     raise

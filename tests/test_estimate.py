@@ -424,3 +424,23 @@ def test_estimate_takes_a_preset_name_or_yaml_path_for_the_accelerator(tmp_path)
     assert estimate(net, (3, 8, 8), tmp_path / "mine.yaml").cycles == by_object
     with pytest.raises(hwmodels.HardwareConfigError):
         estimate(net, (3, 8, 8), "no_such_preset")
+
+
+def test_a_tensor_whose_size_overflows_int64_is_a_one_line_error():
+    """A cat of eight 2**60-element maps (a spec's widths and map sizes each within bounds) made torch
+    raise a TypeError ('Overflow when unpacking long long') out of the meta trace: a traceback."""
+    class Widening(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(1, device="meta"))   # traced on the meta device
+
+        def forward(self, x):
+            return torch.cat([x * self.scale] * 8, dim=1)
+    with pytest.raises(ValueError, match="makes a tensor too large to describe"):
+        estimate(Widening(), (2**20, 2**20, 2**20), "uboost")
+
+    class Buggy(Widening):   # a TypeError of another kind is a bug in the module: not hidden
+        def forward(self, x):
+            return torch.cat(x, "one")
+    with pytest.raises(TypeError):
+        estimate(Buggy(), (1, 4, 4), "uboost")
