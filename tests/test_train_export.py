@@ -398,6 +398,25 @@ def test_onnx_round_trip(trained, tmp_path, capsys):
     assert got.shape == (5, 10) and abs(got - expected).max() <= 1e-4
 
 
+def test_the_onnx_check_scales_with_the_outputs_and_says_when_it_shows_little(trained, tmp_path, capsys):
+    """The check's absolute 1e-4 refused a correct file whose outputs are ~1e6 (float32 rounding is
+    ~0.1 there), and passed a network whose outputs do not depend on the input without a word."""
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    spec, run, _ = trained
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    for name, change in (("large", lambda w, b: (w * 1e5, b)), ("flat", lambda w, b: (w * 0, b))):
+        model = dict(ckpt["model"])
+        model["classifier.weight"], model["classifier.bias"] = change(model["classifier.weight"],
+                                                                        model["classifier.bias"])
+        torch.save({**ckpt, "model": model}, tmp_path / f"{name}.pt")
+        code = main(["export", str(spec), "--weights", str(tmp_path / f"{name}.pt"), "--onnx",
+                     str(tmp_path / f"{name}.onnx")])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert ("the outputs hardly change with the input" in out) == (name == "flat"), out
+
+
 def test_an_onnx_file_that_fails_the_check_is_not_written(tmp_path, capsys, monkeypatch):
     """A failed onnxruntime comparison leaves the last good file as it was (and no temp file)."""
     pytest.importorskip("onnxscript")

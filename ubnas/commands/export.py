@@ -29,6 +29,11 @@ def run(args) -> int:
     else:
         check = "not checked (onnxruntime not installed)"
     print(f"wrote {result['onnx']} ({weights}); {check}")
+    # a network whose outputs barely move would pass the check even if its body were computed wrongly
+    if result["checked"] and result["input_spread"] <= 10 * result["tolerance"]:
+        print(f"note: the outputs hardly change with the input (by {result['input_spread']:.2g} across the check's "
+              f"batch, under 10x the tolerance; an untrained network's batch-norm statistics can shrink the "
+              f"activations cell by cell), so the check shows little")
     if not result["weights"]:   # a valid file of an untrained network: easy to deploy by mistake
         print("warning: the exported network is untrained; pass --weights RUN/checkpoint.pt of `ubnas train`",
               file=sys.stderr)
