@@ -417,6 +417,22 @@ def test_the_onnx_check_scales_with_the_outputs_and_says_when_it_shows_little(tr
         assert ("the outputs hardly change with the input" in out) == (name == "flat"), out
 
 
+def test_weights_that_do_not_fit_name_the_keys(trained, tmp_path, capsys):
+    """torch's first line ('Error(s) in loading state_dict for Network:') was all the error said, and
+    a checkpoint whose 'model' is not a dict was a TypeError traceback."""
+    spec, run, _ = trained
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    model = dict(ckpt["model"])
+    del model["classifier.bias"]
+    for name, state in (("missing", model), ("list", [1, 2])):
+        torch.save({**ckpt, "model": state}, tmp_path / f"{name}.pt")
+    export = ["export", str(spec), "--onnx", str(tmp_path / "a.onnx"), "--weights"]
+    err = one_line_error(capsys, export + [str(tmp_path / "missing.pt")])
+    assert 'Missing key(s) in state_dict: "classifier.bias"' in err
+    err = one_line_error(capsys, export + [str(tmp_path / "list.pt")])
+    assert "list.pt: its 'model' is not a state dict (got list)" in err
+
+
 def test_an_onnx_file_that_fails_the_check_is_not_written(tmp_path, capsys, monkeypatch):
     """A failed onnxruntime comparison leaves the last good file as it was (and no temp file)."""
     pytest.importorskip("onnxscript")

@@ -170,6 +170,9 @@ def _train_checkpoint(ckpt, path, spec: ArchSpec) -> dict:
     if not isinstance(ckpt, dict) or "spec_hash" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path}: not a checkpoint written by `ubnas train` (no architecture hash); "
                          f"search checkpoints hold a supernet, not an exported network")
+    if not isinstance(ckpt["model"], dict):
+        raise ValueError(f"{path}: its 'model' is not a state dict (got {type(ckpt['model']).__name__}); "
+                         f"expected a checkpoint.pt of `ubnas train`")
     want = spec.arch_hash()
     if ckpt["spec_hash"] != want:
         raise ValueError(f"{path}: checkpoint belongs to another architecture (hash {ckpt['spec_hash']}, "
@@ -182,9 +185,10 @@ def load_weights(model: torch.nn.Module, path, spec: ArchSpec) -> dict:
     ckpt = read_checkpoint(path, spec)
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit {spec.origin} "
-                         f"({str(exc).splitlines()[0]})") from None
+    except RuntimeError as exc:   # torch's first line says only "Error(s) in loading state_dict"
+        detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:] if line.strip())
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise ValueError(f"{path}: weights do not fit {spec.origin} ({detail})") from None
     return ckpt
 
 
