@@ -10,7 +10,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Dict, Optional, Tuple, Union
 
-
 from .yamlio import atomic_write_text, dump_yaml, read_yaml, short_repr
 
 PRESET_DIR = Path(__file__).with_name("presets")
@@ -101,6 +100,12 @@ def validate(acc: Accelerator, origin: str = "<accelerator>") -> None:
             raise HardwareConfigError(f"{origin}: key '{key}' must be a positive finite number, got {short_repr(value)}")
         if kind is int and value != int(value):
             raise HardwareConfigError(f"{origin}: key '{key}' expected an integer, got {short_repr(value)}")
+        if kind is int and value > MAX_EXACT_INT:   # also for Accelerator.replace (--array, --num-arrays)
+            raise HardwareConfigError(f"{origin}: key '{key}' expected an integer <= 2**53, got {short_repr(value)}")
+    for key in ("clock_hz", "bandwidth_bytes_per_s"):   # 1e-300 Hz made every latency inf
+        if getattr(acc, key) < 1:
+            raise HardwareConfigError(f"{origin}: key '{key}' must be >= 1 (per second), "
+                                      f"got {short_repr(getattr(acc, key))}")
     if acc.dataflow not in DATAFLOWS:
         raise HardwareConfigError(
             f"{origin}: key 'dataflow' must be one of {', '.join(DATAFLOWS)}, got {short_repr(acc.dataflow)}")

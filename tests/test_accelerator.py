@@ -57,6 +57,8 @@ def test_good_file_loads(tmp_path):
     ({"name": [1, 2]}, "name"),                           # a name that is not a string
     ({"array_rows": 10**300}, "array_rows"),              # past 2**53: an OverflowError in the cost, before
     ({"onchip_bytes": 2**53 + 1}, "onchip_bytes"),        # read through float: 2**53, before
+    ({"clock_hz": 1e-300}, "clock_hz"),                   # every latency inf, before
+    ({"bandwidth_bytes_per_s": 1e-300}, "bandwidth_bytes_per_s"),
 ])
 def test_bad_values_name_file_and_key(tmp_path, change, key):
     data = dict(GOOD)
@@ -130,6 +132,9 @@ def test_replace_validates():
         acc.replace(dataflow="xy")
     with pytest.raises(HardwareConfigError, match="'num_arrays'"):
         dataclasses.replace(acc, num_arrays=1).replace(num_arrays=0)
+    # estimate --array / --num-arrays go through replace: past 2**53 as a YAML file is (cycles inexact)
+    with pytest.raises(HardwareConfigError, match="'array_rows' expected an integer <= 2\*\*53"):
+        acc.replace(array_rows=10**20)
 
 
 @pytest.mark.parametrize("key, value, expected", [("array_rows", "x", "expected an integer, got 'x'"),
