@@ -402,7 +402,10 @@ def test_pareto_figure_draws_each_data_set_apart_with_its_own_front(tmp_path, mo
 @pytest.mark.parametrize("content, said", [(b"\xef\xbb\xbfepoch,val_acc\n1,0.5\n", None),
                                            (b"epoch,val_acc\n1,0.5\xd0\n", "not a UTF-8 CSV"),
                                            (b"epoch,val_acc,latency_us\n1,0.5,20\n2,0.6", "line 3: fewer fields"),
-                                           (b"epoch,val_acc\n1,0.5,7\n", "line 2: more fields")])
+                                           (b"epoch,val_acc\n1,0.5,7\n", "line 2: more fields"),
+                                           # nan drew 'Final accuracy: nan %', -inf a utilization of -inf
+                                           (b"epoch,val_acc\n1,0.5\n2, nan\n", "line 3: column 'val_acc' is nan"),
+                                           (b"epoch,utilization\n1,-inf\n", "line 2: column 'utilization' is -inf")])
 def test_search_log_with_a_byte_order_mark_bad_bytes_or_ragged_rows(tmp_path, content, said):
     from ubnas.report import read_log
     path = tmp_path / "search_log.csv"

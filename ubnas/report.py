@@ -121,7 +121,12 @@ def read_log(path: Path) -> List[Dict[str, Any]]:
                 if None in row.values():   # a cut-off row would pass its partial figures off as the last
                     raise ValueError(f"{path}: line {line}: fewer fields than the header's "
                                      f"{len(reader.fieldnames)} (a truncated row?)")
-                rows.append({k: _number(v) for k, v in row.items() if k is not None})
+                values = {k: _number(v) for k, v in row.items() if k is not None}
+                for key, value in values.items():   # a search logs finite figures; nan drew "nan %"
+                    if isinstance(value, float) and not math.isfinite(value):
+                        raise ValueError(f"{path}: line {line}: column '{key}' is {row[key].strip()}, "
+                                         f"expected a finite number")
+                rows.append(values)
             return rows
     except csv.Error as exc:
         raise ValueError(f"{path}: unreadable CSV ({exc})") from None
