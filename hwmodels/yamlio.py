@@ -57,6 +57,7 @@ def _construct_int_12(loader, node) -> int:
 
 _UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_int_12)
 
+
 class YamlDumper(yaml.SafeDumper):
     """SafeDumper that quotes every string the loader above would read as an integer: PyYAML
     resolves YAML 1.1's, so the string '0o17' was written bare and read back as 15."""

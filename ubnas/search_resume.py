@@ -47,8 +47,7 @@ def save_search_checkpoint(path: Path, cfg: SearchConfig, state: Trajectory, net
     ``placement``: the device type and kernels the run executes with (see ``placement_note``)."""
     atomic_torch_save({
         "config": asdict(cfg), "placement": placement, "epoch": state.epoch, "arch_steps": state.arch_steps,
-        "mu": state.mu,
-        "latency_refs": state.latency_refs, "model": net.state_dict(), "world_size": world,
+        "mu": state.mu, "latency_refs": state.latency_refs, "model": net.state_dict(), "world_size": world,
         "space_yaml": defs.space_yaml, "space_origin": defs.space_origin,
         "accelerator_config": defs.accelerator.to_dict(), "accelerator_fit_mode": defs.fit_mode,
         "windows": {k: [w.lo, w.step, w.count] for k, w in net.widths.items()},
