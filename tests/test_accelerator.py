@@ -133,7 +133,7 @@ def test_replace_validates():
     with pytest.raises(HardwareConfigError, match="'num_arrays'"):
         dataclasses.replace(acc, num_arrays=1).replace(num_arrays=0)
     # estimate --array / --num-arrays go through replace: past 2**53 as a YAML file is (cycles inexact)
-    with pytest.raises(HardwareConfigError, match="'array_rows' expected an integer <= 2\*\*53"):
+    with pytest.raises(HardwareConfigError, match=r"'array_rows' expected an integer <= 2\*\*53"):
         acc.replace(array_rows=10**20)
 
 
