@@ -148,6 +148,14 @@ def _make_synthetic(seed: int, sizes: tuple, shape: tuple, num_classes: int = 10
     return (*out, num_classes)
 
 
+def ignored_data_dir_note(name: str, data_dir: str | None) -> str | None:
+    """The note ``search`` and ``train`` print when ``--data-dir`` is given to a data set that does
+    not read it (only cifar10 does), else None."""
+    if data_dir is None or name == "cifar10":
+        return None
+    return f"note: --data-dir is read only with --data cifar10; {name} ignores {data_dir}"
+
+
 def load_dataset(name: str, data_dir: str | None = None, seed: int = 0,
                  synthetic_size: tuple = (2048, 512),
                  synthetic_shape: tuple = (3, 32, 32)) -> Dataset:

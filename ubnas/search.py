@@ -36,7 +36,8 @@ from hwmodels.yamlio import atomic_write_text, dump_yaml
 from . import distributed as dist
 from .channels import ChannelAllocator
 from .cost import supernet_cost
-from .data import MIN_TRAIN_BATCH, DataError, batch_count, batches, load_dataset, search_split
+from .data import (MIN_TRAIN_BATCH, DataError, batch_count, batches, ignored_data_dir_note, load_dataset,
+                   search_split)
 from .kernels import backend as kernel_backend
 from .runtime import (all_finite, make_run_dir, pick_device, progress_bar, recover_set_aside, refuse_if_locked,
                       resume_note, run_lock, say, set_aside)
@@ -158,7 +159,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     if mismatch and main:
         say(mismatch)
     net, allocator = _build_supernet(cfg, defs, data, checkpoint, device)
-    placement = _placement(cfg, device)
+    placement = _placement(cfg, device)   # also: kernels this device cannot run fail here, not mid-epoch
     moved = placement_note(checkpoint, placement, ckpt_path) if checkpoint is not None else None
     if moved and main:
         say(moved)
@@ -308,8 +309,9 @@ def _search_device(cfg: SearchConfig, world: int) -> torch.device:
 def _search_data(cfg: SearchConfig, rank: int, world: int, device: torch.device, main: bool):
     """(the data set, this rank's weight split (x, y), its architecture split (x, y)) on ``device``."""
     data = load_dataset(cfg.data, cfg.data_dir)   # one synthetic data set for every seed
-    if cfg.data_dir is not None and cfg.data != "cifar10" and main:
-        say(f"note: --data-dir is read only with --data cifar10; {cfg.data} ignores {cfg.data_dir}")
+    note = ignored_data_dir_note(cfg.data, cfg.data_dir)
+    if note and main:
+        say(note)
     (xw, yw), (xa, ya) = search_split(data.train_x, data.train_y, cfg.split, seed=cfg.seed)
     xw, yw = dist.shard(xw, yw, rank, world)
     xa, ya = dist.shard(xa, ya, rank, world)
@@ -327,7 +329,7 @@ def _search_data(cfg: SearchConfig, rank: int, world: int, device: torch.device,
 
 def _build_supernet(cfg: SearchConfig, defs, data, checkpoint: Optional[dict], device: torch.device):
     """(the supernet with the checkpoint's windows and tensors if any, on ``device`` with cfg.kernels;
-    its ChannelAllocator).  A kernel backend this device cannot run fails here, not mid-epoch."""
+    its ChannelAllocator)."""
     net = Supernet(space_from_text(defs.space_yaml, defs.space_origin), data.input_shape, data.num_classes,
                    cfg.channels)
     allocator = ChannelAllocator(dict(net.widths.items()), net.channel_bindings(), cfg.seed)
@@ -337,8 +339,6 @@ def _build_supernet(cfg: SearchConfig, defs, data, checkpoint: Optional[dict], d
         net.load_state_dict(checkpoint["model"])
     net.to(device)
     net.set_impl(cfg.kernels)
-    if cfg.kernels != "eager":
-        kernel_backend(cfg.kernels, device)
     return net, allocator
 
 

@@ -31,7 +31,7 @@ from hwmodels.yamlio import atomic_write_text
 
 from .build import build_network, exact_cost
 from .data import (DATASETS, MIN_TRAIN_BATCH, DataError, augment_crop_flip, batch_count, batches, dataset_name,
-                   load_dataset)
+                   ignored_data_dir_note, load_dataset)
 from .distributed import launched_processes
 from .runtime import (MAX_SEED, all_finite, atomic_torch_save, existing_checkpoint, float32_finite, ignored_flags,
                       ignored_on_resume, load_checkpoint, make_run_dir, options_given, pick_device, progress_bar,
@@ -284,8 +284,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
 
     # ---- data and model ---------------------------------------------------------------
     data = load_dataset(cfg.data, cfg.data_dir)   # one synthetic data set for every seed
-    if cfg.data_dir is not None and cfg.data != "cifar10":   # as ubnas search says
-        say(f"note: --data-dir is read only with --data cifar10; {cfg.data} ignores {cfg.data_dir}")
+    note = ignored_data_dir_note(cfg.data, cfg.data_dir)
+    if note:
+        say(note)
     _check_data_fits(spec, data, cfg.data)
     augment = cfg.augment if cfg.augment is not None else cfg.data == "cifar10"
     if len(data.train_y) < min(MIN_TRAIN_BATCH, cfg.batch_size):   # a smaller last batch is dropped (BatchNorm)
