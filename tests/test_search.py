@@ -966,6 +966,35 @@ def test_resuming_a_checkpoint_that_lacks_keys_is_a_one_line_error(tmp_path, cap
                    f"start over without --resume")
 
 
+def _shrunk_first_tensor(model):
+    name = next(k for k, v in model.items() if v.dim() > 0)
+    return {**model, name: model[name][:1]}
+
+
+@pytest.mark.parametrize("key,edit,blamed", [
+    ("epoch", lambda v: -3, "epoch -3 (expected a whole number from 0"),
+    ("epoch", lambda v: "one", "epoch 'one' (expected"),
+    ("epoch", lambda v: 9, "epoch 9 (expected a whole number from 0 to the run's 2 epochs)"),
+    ("history", lambda v: 5, "history (expected a list of log rows)"),
+    ("mu", lambda v: float("nan"), "mu nan (expected a finite number)"),
+    ("windows", lambda v: {k: [0, 1, 1] for k in v}, "empty or non-positive window"),
+    ("windows", lambda v: {**v, "no_such_width": [8, 8, 1]}, "no_such_width"),
+    ("model", _shrunk_first_tensor, "its model does not fit the search space (Error(s) in loading"),
+])
+def test_resuming_a_damaged_checkpoint_is_a_one_line_error(tmp_path, capsys, key, edit, blamed):
+    from ubnas.cli import main
+    run_search(_small(tmp_path, "run", epochs=2), progress=False, stop_after_epoch=1)
+    path = tmp_path / "run" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt[key] = edit(ckpt[key])
+    torch.save(ckpt, path)
+    capsys.readouterr()
+    assert main(["search", "--out", str(tmp_path / "run"), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ubnas: error: {path}: damaged checkpoint") and "\n" not in err
+    assert blamed in err and err.endswith("start over without --resume")
+
+
 def test_the_exported_smooth_cost_is_the_logged_one(tmp_path):
     """After a channel stage the log costs the chosen ops (one-hot); so does arch.yaml's smooth_cost."""
     result = run_search(_small(tmp_path, "run", epochs=2), progress=False)   # staged: op, then channel

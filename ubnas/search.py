@@ -158,7 +158,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     mismatch = mode_mismatch_note(cfg.hw, cfg.cost_model, defs.fit_mode) if cfg.cost_model in MODES else None
     if mismatch and main:
         say(mismatch)
-    net, allocator = _build_supernet(cfg, defs, data, checkpoint, device)
+    net, allocator = _build_supernet(cfg, defs, data, checkpoint, ckpt_path, device)
     placement = _placement(cfg, device)   # also: kernels this device cannot run fail here, not mid-epoch
     moved = placement_note(checkpoint, placement, ckpt_path) if checkpoint is not None else None
     if moved and main:
@@ -327,16 +327,27 @@ def _search_data(cfg: SearchConfig, rank: int, world: int, device: torch.device,
     return data, (xw, yw), (xa, ya)
 
 
-def _build_supernet(cfg: SearchConfig, defs, data, checkpoint: Optional[dict], device: torch.device):
+def _build_supernet(cfg: SearchConfig, defs, data, checkpoint: Optional[dict], ckpt_path: Path,
+                    device: torch.device):
     """(the supernet with the checkpoint's windows and tensors if any, on ``device`` with cfg.kernels;
     its ChannelAllocator)."""
     net = Supernet(space_from_text(defs.space_yaml, defs.space_origin), data.input_shape, data.num_classes,
                    cfg.channels)
     allocator = ChannelAllocator(dict(net.widths.items()), net.channel_bindings(), cfg.seed)
     if checkpoint is not None:   # restore window shapes before loading tensors into them
+        unknown = sorted(set(checkpoint["windows"]) - set(net.widths))
+        if unknown or any(count < 1 or step < 1 or lo < 1 for lo, step, count in checkpoint["windows"].values()):
+            raise ValueError(f"{ckpt_path}: damaged checkpoint: its channel windows do not fit the search space "
+                             f"({', '.join(unknown) or 'empty or non-positive window'}); start over without --resume")
         for name, (lo, step, count) in checkpoint["windows"].items():
             allocator.apply(name, lo, step, count, [])
-        net.load_state_dict(checkpoint["model"])
+        try:
+            net.load_state_dict(checkpoint["model"])
+        except RuntimeError as err:   # missing/unexpected keys or shapes: torch lists them
+            first = str(err).strip().splitlines()
+            raise ValueError(f"{ckpt_path}: damaged checkpoint: its model does not fit the search space ("
+                             f"{' '.join(line.strip() for line in first[:3])[:300]}); "
+                             f"start over without --resume") from None
     net.to(device)
     net.set_impl(cfg.kernels)
     return net, allocator

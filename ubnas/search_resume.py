@@ -4,6 +4,7 @@ the space and accelerator definitions the run was started with (saved in the che
 files edited since do not change a resumed run)."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
@@ -147,7 +148,41 @@ def read_search_checkpoint(path: Path, resume: bool) -> Optional[dict]:
     if missing and resume:
         raise ValueError(f"{path}: checkpoint lacks {', '.join(missing)} (written by another ubnas version?); "
                          f"start over without --resume")
+    if resume:
+        _check_trajectory(ckpt, path)
     return ckpt
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_trajectory(ckpt: dict, path: Path) -> None:
+    """Refuse, in one line, a checkpoint whose trajectory entries have the wrong type or range (one
+    edited by hand, or damaged) before they are used: a negative epoch would run extra epochs."""
+    epochs = ckpt["config"].get("epochs")
+    problems = []
+    if not _is_count(ckpt["epoch"]) or (_is_count(epochs) and ckpt["epoch"] > epochs):
+        problems.append(f"epoch {ckpt['epoch']!r} (expected a whole number from 0 to the run's {epochs} epochs)")
+    if not _is_count(ckpt["arch_steps"]):
+        problems.append(f"arch_steps {ckpt['arch_steps']!r} (expected a whole number >= 0)")
+    mu = ckpt["mu"]
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu):
+        problems.append(f"mu {mu!r} (expected a finite number)")
+    history = ckpt["history"]
+    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
+        problems.append("history (expected a list of log rows)")
+    windows = ckpt["windows"]
+    if not isinstance(windows, dict) or not all(
+            isinstance(w, (list, tuple)) and len(w) == 3 and all(_is_count(v) for v in w) for w in windows.values()):
+        problems.append("windows (expected {name: [lo, step, count]} of whole numbers)")
+    for key in ("model", "w_opt", "a_opt"):
+        if not isinstance(ckpt[key], dict):
+            problems.append(f"{key} (expected a state dict)")
+    if not isinstance(ckpt["realloc_log"], list):
+        problems.append("realloc_log (expected a list)")
+    if problems:
+        raise ValueError(f"{path}: damaged checkpoint: {'; '.join(problems)}; start over without --resume")
 
 
 @dataclass
