@@ -146,6 +146,24 @@ def test_resuming_a_checkpoint_that_lacks_keys_is_a_one_line_error(trained, tmp_
                    f"ubnas version?); start over without --resume")
 
 
+@pytest.mark.parametrize("key,value,blamed", [
+    ("epoch", -3, "epoch -3 (expected a whole number from 0 to the run's 2 epochs)"),
+    ("epoch", "one", "epoch 'one' (expected"),
+    ("history", 5, "history (expected a list of log rows)"),
+    ("scheduler", {"step": -1}, "scheduler (expected {'step': a whole number >= 0})"),
+])
+def test_resuming_a_damaged_checkpoint_is_a_one_line_error(trained, tmp_path, capsys, key, value, blamed):
+    spec, _, _ = trained
+    out = tmp_path / "old"
+    train(config(spec, out), progress=False, stop_after_epoch=1)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt[key] = value
+    torch.save(ckpt, out / "checkpoint.pt")
+    err = one_line_error(capsys, ["train", str(spec), "--out", str(out), "--resume", "--quiet"])
+    assert err.startswith(f"ubnas: error: {out / 'checkpoint.pt'}: damaged checkpoint: ")
+    assert blamed in err and err.endswith("start over without --resume")
+
+
 def test_resume_gives_the_same_weights(trained, tmp_path):
     spec, _, full = trained
     out = tmp_path / "resumed"

@@ -250,6 +250,23 @@ def load_checkpoint(path: Path) -> Any:
         raise ValueError(f"{path}: not a readable torch checkpoint ({reason})") from None
 
 
+def is_count(value: Any) -> bool:
+    """Whether ``value`` is a whole number >= 0 (an int, not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def trajectory_problems(ckpt: Mapping[str, Any], epochs: Any) -> List[str]:
+    """What is wrong with a checkpoint's ``epoch`` (epochs done, of the run's ``epochs``) and
+    ``history`` (the log's rows), each as 'entry value (expected ...)'; [] when both are sound."""
+    problems = []
+    if not is_count(ckpt["epoch"]) or (is_count(epochs) and ckpt["epoch"] > epochs):
+        problems.append(f"epoch {ckpt['epoch']!r} (expected a whole number from 0 to the run's {epochs} epochs)")
+    history = ckpt["history"]
+    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
+        problems.append("history (expected a list of log rows)")
+    return problems
+
+
 def existing_checkpoint(path: Path, resume: bool) -> Any:
     """What the run directory's checkpoint ``path`` holds (``load_checkpoint``), or None when there is
     none, or when it is unreadable and the run starts over (it will be overwritten); unreadable on

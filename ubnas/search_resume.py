@@ -14,7 +14,8 @@ import torch
 from hwmodels import load_accelerator
 from hwmodels.accelerator import calibrated_mode, from_dict
 
-from .runtime import atomic_torch_save, existing_checkpoint, ignored_flags, ignored_on_resume, options_given, say
+from .runtime import (atomic_torch_save, existing_checkpoint, ignored_flags, ignored_on_resume, is_count,
+                      options_given, say, trajectory_problems)
 from .search_config import SearchConfig, config_from_yaml
 from .space import read_space_text
 
@@ -153,28 +154,18 @@ def read_search_checkpoint(path: Path, resume: bool) -> Optional[dict]:
     return ckpt
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _check_trajectory(ckpt: dict, path: Path) -> None:
     """Refuse, in one line, a checkpoint whose trajectory entries have the wrong type or range (one
     edited by hand, or damaged) before they are used: a negative epoch would run extra epochs."""
-    epochs = ckpt["config"].get("epochs")
-    problems = []
-    if not _is_count(ckpt["epoch"]) or (_is_count(epochs) and ckpt["epoch"] > epochs):
-        problems.append(f"epoch {ckpt['epoch']!r} (expected a whole number from 0 to the run's {epochs} epochs)")
-    if not _is_count(ckpt["arch_steps"]):
+    problems = trajectory_problems(ckpt, ckpt["config"].get("epochs"))
+    if not is_count(ckpt["arch_steps"]):
         problems.append(f"arch_steps {ckpt['arch_steps']!r} (expected a whole number >= 0)")
     mu = ckpt["mu"]
     if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu):
         problems.append(f"mu {mu!r} (expected a finite number)")
-    history = ckpt["history"]
-    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
-        problems.append("history (expected a list of log rows)")
     windows = ckpt["windows"]
     if not isinstance(windows, dict) or not all(
-            isinstance(w, (list, tuple)) and len(w) == 3 and all(_is_count(v) for v in w) for w in windows.values()):
+            isinstance(w, (list, tuple)) and len(w) == 3 and all(is_count(v) for v in w) for w in windows.values()):
         problems.append("windows (expected {name: [lo, step, count]} of whole numbers)")
     for key in ("model", "w_opt", "a_opt"):
         if not isinstance(ckpt[key], dict):

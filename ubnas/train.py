@@ -34,8 +34,9 @@ from .data import (DATASETS, MIN_TRAIN_BATCH, DataError, augment_crop_flip, batc
                    ignored_data_dir_note, load_dataset)
 from .distributed import launched_processes
 from .runtime import (MAX_SEED, all_finite, atomic_torch_save, existing_checkpoint, float32_finite, ignored_flags,
-                      ignored_on_resume, load_checkpoint, make_run_dir, options_given, pick_device, progress_bar,
-                      recover_set_aside, refuse_if_locked, resume_note, run_lock, say, set_aside)
+                      ignored_on_resume, is_count, load_checkpoint, make_run_dir, options_given, pick_device,
+                      progress_bar, recover_set_aside, refuse_if_locked, resume_note, run_lock, say, set_aside,
+                      trajectory_problems)
 from .spec import (ArchSpec, edited_since_export, load_spec, searched_accelerator, searched_batch,
                    searched_calibration_note)
 
@@ -420,6 +421,14 @@ def _resumed_config(cfg: TrainConfig, ckpt: dict, ckpt_path: Path, given: Option
         raise ValueError(f"{ckpt_path}: checkpoint lacks {', '.join(missing)} (written by another ubnas "
                          f"version?); start over without --resume")
     saved = ckpt["config"]
+    problems = trajectory_problems(ckpt, saved.get("epochs"))
+    scheduler = ckpt["scheduler"]
+    if not isinstance(scheduler, dict) or not is_count(scheduler.get("step")):
+        problems.append("scheduler (expected {'step': a whole number >= 0})")
+    if not isinstance(ckpt["optimizer"], dict):
+        problems.append("optimizer (expected a state dict)")
+    if problems:
+        raise ValueError(f"{ckpt_path}: damaged checkpoint: {'; '.join(problems)}; start over without --resume")
     ignored = ignored_on_resume(cfg, saved, TrainConfig(spec=cfg.spec), TRAJECTORY_KEYS, given)
     if ignored:
         say(f"note: resuming {ckpt_path} with its saved schedule; ignored: {ignored_flags(ignored, saved)}")
