@@ -501,12 +501,22 @@ def test_a_diverging_search_stops_and_keeps_the_last_good_checkpoint(tmp_path, m
 @pytest.mark.parametrize("option, blamed", [
     (dict(tau0=1e-45), "a larger --tau0 / --tau-decay (the temperature was 1e-45)"),
     (dict(target_latency_us=1e-20), "a reachable --target-latency-us (its multiplier mu was"),
+    (dict(weight_decay=3e38), "a smaller --weight-decay (it was 3e+38; each SGD step multiplies"),
 ])
 def test_a_divergence_names_an_extreme_temperature_or_target_not_the_learning_rates(tmp_path, option, blamed):
     cfg = SearchConfig(epochs=1, max_steps_per_epoch=3, batch_size=16, out=str(tmp_path / "run"), **option)
     with pytest.raises(ValueError, match="search diverged") as info:
         run_search(cfg, progress=False)
     assert blamed in str(info.value) and "--weight-lr" not in str(info.value), str(info.value)
+
+
+def test_an_optimizer_step_past_float32_is_a_divergence_not_a_traceback(tmp_path):
+    """Adam's first step is arch_lr / (1 - beta1) = 2 * arch_lr: past float32's 3.4e38 torch refuses
+    to convert it (a RuntimeError), where a smaller overflow would give inf weights."""
+    cfg = SearchConfig(epochs=1, max_steps_per_epoch=2, batch_size=16, arch_lr=3e38, out=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="search diverged: an optimizer step overflowed float32 at epoch 1/1, "
+                                         "step 1; no checkpoint was written; start over with lower --weight-lr"):
+        run_search(cfg, progress=False)
 
 
 def test_the_80_20_split_trains_on_the_whole_weight_split_each_epoch(tmp_path):

@@ -73,6 +73,9 @@ def _diverged(what: str, where: str, ckpt_path: Path, epochs_saved: int, tau: fl
     if mu > SUSPECT_MU:
         fixes.append(f"a reachable --target-latency-us (its multiplier mu was {mu:.3g}; the target is "
                      f"{cfg.target_latency_us:g} us)")
+    if cfg.weight_lr * cfg.weight_decay > 1:   # each SGD step scales the weights by 1 - lr * decay
+        fixes.append(f"a smaller --weight-decay (it was {cfg.weight_decay:g}; each SGD step multiplies the "
+                     f"weights by 1 - lr * decay = {1 - cfg.weight_lr * cfg.weight_decay:.3g})")
     fixes = fixes or ["lower --weight-lr / --arch-lr"]
     return SearchDiverged(f"search diverged: {what} {where}; {kept}; start over with {' or '.join(fixes)}")
 
@@ -206,8 +209,16 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
         for step, ((xb, yb), (xv, yv)) in enumerate(zip(weight_batches, arch_batches)):
             if step >= steps_per_epoch:
                 break
-            taken = search_step(net, (xb, yb), (xv, yv), w_opt, a_opt, cost_of, cfg, tau,
-                                state.latency_refs[stage], state.mu, gumbel_gen, hard_ops)
+            try:
+                taken = search_step(net, (xb, yb), (xv, yv), w_opt, a_opt, cost_of, cfg, tau,
+                                    state.latency_refs[stage], state.mu, gumbel_gen, hard_ops)
+            except RuntimeError as err:   # an optimizer's step size past float32 (--arch-lr near 3e38)
+                if "overflow" not in str(err):
+                    raise
+                if bar is not None:
+                    bar.close()
+                raise _diverged("an optimizer step overflowed float32", f"at epoch {epoch + 1}/{cfg.epochs}, "
+                                f"step {step + 1}", ckpt_path, epoch, tau, state.mu, cfg) from None
             losses = {"training loss": taken.loss.item(), "validation loss": taken.val_loss.item(),
                       "latency": float(taken.cost["seconds"].detach())}
             # all ranks stop together (a NaN on one rank reaches all weights through the all-reduce)
