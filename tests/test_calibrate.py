@@ -250,6 +250,21 @@ def test_holdout_fraction_with_given_holdout_rows_is_refused(synthetic, tmp_path
     assert not out.exists()
 
 
+@pytest.mark.parametrize("holdout", [["--holdout-suite", "no_such_suite"], ["--holdout", "missing.csv"]])
+def test_a_bad_holdout_fails_before_any_simulation(tmp_path, monkeypatch, capsys, holdout):
+    """The reference suite's SCALE-Sim runs take minutes; a misspelt holdout must not wait for them."""
+    simulated = []
+    from types import SimpleNamespace
+    monkeypatch.setattr("hwmodels.references.scalesim_rows",
+                        lambda *a, **k: simulated.append(a) or SimpleNamespace(skipped=[], rows=[]))
+    out = tmp_path / "out.yaml"
+    monkeypatch.chdir(tmp_path)
+    code = main(["calibrate", "--reference", "scalesim", "--suite", "cifar", *holdout, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert holdout[1] in err and simulated == [] and not out.exists()
+
+
 @pytest.mark.parametrize("flags", [["--cache", "sim.json"], ["--max-sim-cycles", "1000"]])
 def test_simulation_options_with_measured_rows_are_refused(synthetic, tmp_path, capsys, flags):
     """A measured CSV runs no simulation: --cache and --max-sim-cycles were ignored without a word."""

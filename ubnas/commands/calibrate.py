@@ -139,17 +139,20 @@ def run(args) -> int:
                       file=sys.stderr)
             return ref
 
+        # every layer list is read before the first simulation: a bad holdout fails in a second, not
+        # after the reference suite's SCALE-Sim runs
         if args.layers:
-            reference = simulate(read_layers_csv(args.layers), str(args.layers))
+            layers, source = read_layers_csv(args.layers), str(args.layers)
         else:
             name = args.suite or "cifar"
-            reference = simulate(_suite(name, seed, "--suite"), f"suite {name} (seed {seed})")
-        holdout = None
+            layers, source = _suite(name, seed, "--suite"), f"suite {name} (seed {seed})"
+        held = None
         if args.holdout_suite:
-            holdout = simulate(_suite(args.holdout_suite, seed, "--holdout-suite"),
-                               f"suite {args.holdout_suite} (seed {seed})")
+            held = (_suite(args.holdout_suite, seed, "--holdout-suite"), f"suite {args.holdout_suite} (seed {seed})")
         elif args.holdout:
-            holdout = simulate(read_layers_csv(args.holdout), str(args.holdout))
+            held = (read_layers_csv(args.holdout), str(args.holdout))
+        reference = simulate(layers, source)
+        holdout = simulate(*held) if held else None
     else:
         if args.layers or args.suite or args.import_scalesim_csv:
             raise ValueError("--layers, --suite and --import-scalesim-csv apply to --reference scalesim; "
