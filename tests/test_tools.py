@@ -63,6 +63,19 @@ def test_compare_runs_checks_every_runs_options_before_the_first_search(tmp_path
     assert not out.exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--train-epochs", "1", "--data", "foo"], "--data: expected one of digits, cifar10, synthetic, got 'foo'"),
+    (["--train-epochs", "1", "--data-dir", "no/such/dir"], "--data-dir no/such/dir: no such directory"),
+    (["--data", "digits"], "--data and --data-dir choose what --train-epochs trains on"),
+])
+def test_compare_runs_checks_its_training_options_before_the_first_search(tmp_path, flags, message):
+    """A bad --data was found by the first `ubnas train`, after that run's search."""
+    out = tmp_path / "cmp"
+    done = _tool("compare_runs.py", "--out", str(out), *flags, "a=--epochs 1 --max-steps-per-epoch 1")
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+    assert not out.exists()
+
+
 def test_scalesim_suite_keeps_finished_rows_across_stops(tmp_path):
     """A second stop replaced OUT.partial.csv with only its own rows, and SIGTERM (a scheduler's time
     limit) lost every finished run.  A rerun now takes the partial file's rows (one planted with

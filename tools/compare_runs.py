@@ -31,6 +31,8 @@ from pathlib import Path
 
 import yaml
 
+from ubnas.data import DATASETS, dataset_name
+
 
 def run_child(cmd):
     """Run ``cmd``; return (returncode, wall seconds, peak RSS in MiB of that child)."""
@@ -125,6 +127,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.train_epochs < 0:
         parser.error(f"--train-epochs must be >= 0, got {args.train_epochs}")
+    # the training options are checked before any search spends its minutes
+    if (args.data or args.data_dir) and not args.train_epochs:
+        parser.error("--data and --data-dir choose what --train-epochs trains on; without it they do nothing")
+    if args.data is not None and dataset_name(args.data) not in DATASETS:
+        parser.error(f"--data: expected one of {', '.join(DATASETS)}, got {args.data!r}")
+    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+        parser.error(f"--data-dir {args.data_dir}: no such directory")
     names = set()
     for item in args.runs:   # every run checked before the first search spends its minutes
         name, _, flags = item.partition("=")
