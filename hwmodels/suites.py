@@ -78,6 +78,8 @@ def suite_parts(suite: str, seed: int = 0) -> List[Tuple[str, Layer]]:
     """[(part, layer)] for 'cifar', 'imagenet' or 'mixed' (part is cifar or imagenet)."""
     if suite not in SUITES:
         raise ValueError(f"unknown layer suite {suite!r} (expected one of {', '.join(SUITES)})")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:   # random.Random(-1) is Random(1)
+        raise ValueError(f"layer suite seed: expected an integer >= 0, got {seed!r}")
     parts = {"cifar": ["cifar"], "imagenet": ["imagenet"], "mixed": ["cifar", "imagenet"]}[suite]
     make = {"cifar": cifar_layers, "imagenet": imagenet_layers}
     return [(part, layer) for part in parts for layer in make[part](seed)]

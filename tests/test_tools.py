@@ -76,6 +76,19 @@ def test_compare_runs_checks_its_training_options_before_the_first_search(tmp_pa
     assert not out.exists()
 
 
+def test_a_negative_suite_seed_is_refused_not_another_seeds_suite(tmp_path):
+    """random.Random(-1) is Random(1): --seed -1 wrote seed 1's random layers under another name."""
+    import random
+    from hwmodels.suites import suite_layers
+    assert random.Random(-1).random() == random.Random(1).random()   # why -1 must be refused
+    with pytest.raises(ValueError, match="expected an integer >= 0, got -1"):
+        suite_layers("cifar", -1)
+    out = tmp_path / "cycles.csv"
+    done = _tool("scalesim_suite.py", "--suite", "cifar", "--seed", "-1", "--out", str(out))
+    assert done.returncode == 2 and "--seed must be >= 0, got -1" in done.stderr, done.stderr[-2000:]
+    assert not out.exists()
+
+
 def test_scalesim_suite_keeps_finished_rows_across_stops(tmp_path):
     """A second stop replaced OUT.partial.csv with only its own rows, and SIGTERM (a scheduler's time
     limit) lost every finished run.  A rerun now takes the partial file's rows (one planted with

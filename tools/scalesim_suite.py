@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hwmodels.accelerator import DATAFLOWS, Accelerator  # noqa: E402
 from hwmodels.suites import layer_fields, simulated_lines  # noqa: E402
-from hwmodels.suites import suite_parts as suite_layers  # noqa: E402  [(part, layer)], as before
+from hwmodels.suites import suite_parts  # noqa: E402
 from hwmodels.yamlio import durable_replace  # noqa: E402
 from ubnas.commands.estimate import parse_dims  # noqa: E402
 
@@ -128,6 +128,8 @@ def main(argv=None):
         parser.error(f"--max-layers must be >= 1, got {args.max_layers}")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.seed < 0:   # a negative seed would draw another seed's suite
+        parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.max_lines < 1:
         parser.error(f"--max-lines must be >= 1, got {args.max_lines}")
     out = Path(args.out)
@@ -141,7 +143,7 @@ def main(argv=None):
         parser.error(f"--out {out}: cannot write there ({exc.strerror or exc})")
     from tqdm import tqdm
 
-    layers = suite_layers(args.suite, args.seed)
+    layers = suite_parts(args.suite, args.seed)   # [(part, layer)]
     if args.max_layers:
         layers = [item for part in dict.fromkeys(s for s, _ in layers)
                   for item in [x for x in layers if x[0] == part][:args.max_layers]]
