@@ -28,6 +28,8 @@ def dataset_name(name):
     """``name`` as DATASETS spells it: data sets are named in any case (CIFAR10 is cifar10).  A
     value that is no string is returned as given, for the config checks to refuse."""
     return name.lower() if isinstance(name, str) else name
+
+
 DIGITS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "digits.npz")
 DIGITS_SPLIT_SEED = 0  # the digits train/test split is fixed, independent of `seed`
 CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
@@ -106,6 +108,8 @@ def _read_cifar_batch(path: str) -> tuple:
         if b"data" not in d and "data" not in d:
             raise ValueError("missing key 'data'")
         raw = np.asarray(d.get(b"data", d.get("data")))
+        if raw.size == 0:   # np.asarray([]) is float64: the dtype message would blame the pixels
+            raise ValueError("'data' holds no images")
         if raw.dtype != np.uint8:   # a cast would wrap 300 to 44 without a word
             if raw.dtype.kind not in "iu" or (raw.size and (raw.min() < 0 or raw.max() > 255)):
                 raise ValueError(f"pixels are {raw.dtype}, expected integers in 0..255")
