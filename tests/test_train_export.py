@@ -268,6 +268,16 @@ def test_train_defaults_to_the_data_set_the_spec_was_searched_on(tmp_path, capsy
     assert "data set digits has images of [1, 8, 8]" in err
 
 
+def test_a_spec_searched_on_an_unknown_data_set_says_what_it_trains_on(tmp_path, capsys):
+    """provenance.data 'foo' (a renamed or newer data set) fell back to digits without a word."""
+    spec = write_spec(tmp_path / "arch.yaml", {"provenance/data": "foo"})
+    out = tmp_path / "run"
+    assert main(["train", str(spec), "--out", str(out), "--epochs", "1", "--quiet"]) == 0
+    assert (f"note: {spec} was searched on 'foo', which is no data set ubnas reads; training on digits "
+            f"(pass --data to choose)") in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["config"]["data"] == "digits"
+
+
 def test_a_data_dir_that_the_data_set_does_not_read_gets_a_note(tmp_path, capsys):
     """train --data digits --data-dir DIR ignored DIR without a word (ubnas search says so)."""
     spec = write_spec(tmp_path / "arch.yaml")

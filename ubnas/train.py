@@ -277,6 +277,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     if ckpt is None and not data_given and searched_on in DATASETS and searched_on != cfg.data:
         say(f"note: training on {searched_on}, the data set {spec.origin} was searched on (pass --data to change)")
         cfg = TrainConfig(**{**asdict(cfg), "data": searched_on})
+    elif ckpt is None and not data_given and searched_on is not None and searched_on not in DATASETS:
+        say(f"note: {spec.origin} was searched on {searched_on!r}, which is no data set ubnas reads; "
+            f"training on {cfg.data} (pass --data to choose)")
     cfg.validate()
     if cfg.data_dir is not None:   # saved absolute: a --resume from another directory finds the data
         cfg = replace(cfg, data_dir=os.path.abspath(cfg.data_dir))
