@@ -159,6 +159,8 @@ def test_report_finds_the_spec_of_a_run_trained_into_an_absolute_out(tmp_path, m
     ({"hardware": {"latency_us": "fast"}}, "hardware.latency_us"),
     ({"hardware": {"utilization": True}}, "hardware.utilization"),
     ({"hardware": {"macs": 1.5}}, "hardware.macs"),
+    ({"hardware": {"batch": -3}}, "hardware.batch"),   # was shown as 'batch -3' and made its own front
+    ({"hardware": {"batch": 0}}, "hardware.batch"),
 ])
 def test_report_malformed_metrics_is_a_one_line_error(tmp_path, capsys, content, key):
     run = tmp_path / "run"

@@ -71,6 +71,9 @@ def read_metrics(path: Path) -> Dict[str, Any]:
             "a MAC count (integer >= 0)", hardware.get("macs"))
     _expect(hardware.get("accelerator") is None or isinstance(hardware.get("accelerator"), str), path,
             "hardware.accelerator", "an accelerator name", hardware.get("accelerator"))
+    batch = hardware.get("batch")
+    _expect(batch is None or (_is_count(batch) and batch >= 1), path, "hardware.batch",
+            "the batch its latency is at (integer >= 1)", batch)
     return metrics
 
 
