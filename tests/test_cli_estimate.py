@@ -423,12 +423,13 @@ def test_batch_given_with_a_csv_batch_column_says_which_wins(tmp_path, capsys):
     assert code == 0 and "note" not in err, err
 
 
-def test_a_spec_at_a_batch_past_memory_is_costed_from_shapes(tmp_path):
-    """`ubnas estimate SPEC` (and `ubnas report`) ran the network on real tensors, so the batch a
-    search costed at (--hw-batch) could need more memory than the machine has, where the search
-    itself costed it from shapes.  Run with its address space capped at 8 GiB, far below the
-    activations of a batch of 10**9 (the input alone is 256 GB); its MACs must be 10**9 times
-    those of batch 1."""
+@pytest.mark.parametrize("source", ["spec", "zoo"])
+def test_a_network_at_a_batch_past_memory_is_costed_from_shapes(tmp_path, source):
+    """`ubnas estimate SPEC` (and `ubnas report`) and `--model resnet18-cifar` ran the network on
+    real tensors, so the batch a search costed at (--hw-batch) could need more memory than the
+    machine has, where the search itself costed it from shapes.  Run with its address space capped
+    at 8 GiB, far below the activations of a batch of 10**9 (the input alone is 256 GB); its MACs
+    must be 10**9 times those of batch 1."""
     import resource
     import torch
     from ubnas.space import load_space
@@ -440,7 +441,8 @@ def test_a_spec_at_a_batch_past_memory_is_costed_from_shapes(tmp_path):
 
     def capped():
         resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
-    runs = {batch: subprocess.run([sys.executable, "-m", "ubnas", "estimate", str(path), "--json", "--hw", "uboost",
+    what = [str(path)] if source == "spec" else ["--model", "resnet18-cifar"]
+    runs = {batch: subprocess.run([sys.executable, "-m", "ubnas", "estimate", *what, "--json", "--hw", "uboost",
                                    "--batch", str(batch)], capture_output=True, text=True, timeout=120,
                                   preexec_fn=capped)
             for batch in (1, 10**9)}

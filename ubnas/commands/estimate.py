@@ -218,7 +218,12 @@ def collect_layers(args, batch: int, spec):
         if args.input:   # C x L for a 1-D network (nn.Conv1d) of the user's; the built-in ones are 2-D
             count = 2 if user and len(DIMS_SEPARATOR.split(args.input.strip())) == 2 else 3
             shape = parse_dims(args.input, "--input", count, "3x32x32 or 6x100" if user else "3x32x32")
-        module = load_model_target(args.model) if user else get_model(args.model)
+        if user:   # a network of the user's may make tensors of its own: built as written
+            module = load_model_target(args.model)
+        else:   # shapes only, as a spec's: a batch past memory costs neither memory nor arithmetic
+            import torch
+            with torch.device("meta"):
+                module = get_model(args.model)
     else:
         from ubnas.build import meta_network
         module = meta_network(spec)   # shapes only: the batch the search costed at may be huge
