@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import reprlib
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Type, Union
@@ -121,7 +122,11 @@ def _line_column(content, offset: int, newline) -> str:
 def read_utf8(path: PathLike, error: Type[Exception] = ValueError) -> str:
     """The text of ``path`` as UTF-8 whatever the locale (YAML's encoding; a byte-order mark is
     dropped).  A byte that is not UTF-8 is ``error("FILE: line L column C: not UTF-8 text (...)")``;
-    an OSError propagates."""
+    a device is ``error("FILE: is a device, not a file")`` (/dev/zero would be read until memory
+    runs out); a named pipe is read (``--config <(...)``); an OSError propagates."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        raise error(f"{path}: is a device, not a file")
     data = Path(path).read_bytes()
     try:
         return data.decode("utf-8-sig")

@@ -225,6 +225,30 @@ def test_a_yaml_file_with_a_bad_byte_or_a_nul_names_its_line_and_column(tmp_path
     assert read_yaml(path) == {"name": "x"}
 
 
+def test_a_device_given_as_a_yaml_file_is_refused_and_a_named_pipe_is_read(tmp_path):
+    """/dev/zero as --hw, --config, --space or SPEC was read until memory ran out; a named pipe
+    (``--config <(...)``) must still be read."""
+    import os
+    import resource
+    import subprocess
+    import sys
+    import threading
+    from hwmodels.yamlio import read_yaml
+    probe = ("from hwmodels.yamlio import read_yaml; from ubnas.space import load_space; from ubnas.spec import "
+             "load_spec\nfor load in (read_yaml, load_spec, load_space):\n    try:\n        load('/dev/zero')\n"
+             "    except ValueError as exc:\n        print(exc)\n")
+    # in a child with 4 GiB of address space: a regression runs out of memory there, not here
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)))
+    assert done.stdout.splitlines() == ["/dev/zero: is a device, not a file"] * 3, done.stderr[-2000:]
+    pipe = tmp_path / "pipe.yaml"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=pipe.write_text, args=("array_rows: 8\n",))
+    writer.start()
+    assert read_yaml(pipe) == {"array_rows": 8}
+    writer.join()
+
+
 def test_a_spec_with_a_mapping_as_a_key_is_a_one_line_error(tmp_path, derived):
     file = write(tmp_path, dump_spec(derived) + "? {a: 1}\n: 2\n")
     with pytest.raises(SpecError, match=r"line \d+ column \d+: invalid YAML \(found unhashable key\)") as info:
