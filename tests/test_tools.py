@@ -114,6 +114,17 @@ def test_scalesim_suite_keeps_finished_rows_across_stops(tmp_path):
         rows = list(csv.DictReader(handle))
     assert [r["scalesim_compute_cycles"] for r in rows][0] == "7" and len(rows) == 2
     assert int(rows[1]["scalesim_compute_cycles"]) > 7 and not partial.exists()
+    # a finished run these options do not ask for (another array) stays in the partial file
+    other = dict(planted, array_rows="4", array_cols="4")
+    with open(partial, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(planted))
+        writer.writeheader()
+        writer.writerow(other)
+    done = _tool("scalesim_suite.py", *flags, "--max-layers", "1")
+    assert done.returncode == 0 and f"kept 1 finished runs that these options do not ask for in {partial}" \
+        in done.stderr, done.stderr[-2000:]
+    with open(partial, newline="") as handle:
+        assert list(csv.DictReader(handle)) == [other]
     # SIGTERM once the runs are under way: the planted row survives in the partial file, --out stays
     with open(partial, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(planted))

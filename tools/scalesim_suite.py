@@ -163,6 +163,9 @@ def main(argv=None):
     keyed = [(run_key(_job_row(job)), job) for job in jobs]
     results = [done[key] for key, _ in keyed if key in done]
     jobs = [job for key, job in keyed if key not in done]
+    wanted = {key for key, _ in keyed}
+    # finished runs of other options (another --max-lines, --arrays ...): kept in the partial file
+    others = [row for key, row in done.items() if key not in wanted]
     if results:
         print(f"taking {len(results)} finished runs from {partial}", file=sys.stderr)
     total, start, busy = len(jobs) + len(results), time.time(), 0.0
@@ -181,7 +184,7 @@ def main(argv=None):
                 results.append(row)
                 busy += seconds
     except BaseException as exc:   # Ctrl-C or a failing simulation: keep what finished, leave --out alone
-        write_rows(partial, in_order(results))   # the earlier partial's rows too: it only grows
+        write_rows(partial, in_order(results) + others)   # the earlier partial's rows too: it only grows
         print(f"stopped after {len(results)} of {total} runs; the finished rows are in {partial}",
               file=sys.stderr)
         if isinstance(exc, KeyboardInterrupt):
@@ -191,7 +194,11 @@ def main(argv=None):
             return 1
         raise
     write_rows(out, in_order(results))
-    partial.unlink(missing_ok=True)   # its rows are in --out now
+    if others:   # simulated minutes that this suite does not use: not deleted
+        write_rows(partial, others)
+        print(f"kept {len(others)} finished runs that these options do not ask for in {partial}", file=sys.stderr)
+    else:
+        partial.unlink(missing_ok=True)   # its rows are in --out now
     lines = sum(simulated_lines(*job[1:]) for job in jobs)
     print(f"wrote {len(results)} rows to {args.out} in {time.time() - start:.0f} s; skipped "
           f"{len(skipped)} runs over --max-lines {args.max_lines}", file=sys.stderr)
