@@ -178,6 +178,39 @@ def test_torchrun_search_refused_on_rank_0_ends_with_one_line_per_rank(tmp_path,
     assert sorted(p.name for p in out.iterdir()) == [".ubnas.lock"]
 
 
+INJECT_OOM_ON_RANK_1 = """
+import os, sys
+import torch
+import ubnas.search as search
+step = search.search_step
+
+def failing(*args, **kwargs):   # one GPU of two out of memory, mid-epoch
+    if os.environ["RANK"] == "1":
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+    return step(*args, **kwargs)
+
+search.search_step = failing
+from ubnas.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
+def test_an_error_on_one_rank_alone_ends_the_job_with_its_message(tmp_path):
+    """Rank 1 failing alone waited in shutdown's barrier while rank 0 waited in the gradient
+    all-reduce: the job hung, silent, until gloo's 30-minute timeout."""
+    script = tmp_path / "inject.py"
+    script.write_text(INJECT_OOM_ON_RANK_1)
+    env = dict(os.environ, UBNAS_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), str(script), "search", "--epochs", "1", "--max-steps-per-epoch", "3",
+           "--out", str(tmp_path / "run"), "--quiet"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode != 0
+    assert "ubnas: error (rank 1): out of memory (CUDA out of memory. Tried to allocate 2.00 GiB" in result.stderr, \
+        result.stderr[-3000:]
+
+
 def test_train_refuses_to_run_under_torchrun(tmp_path, monkeypatch, capsys):
     """Every rank would train the whole network alone into the same run directory."""
     from ubnas.cli import main

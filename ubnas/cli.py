@@ -73,8 +73,9 @@ def main(argv=None) -> int:
             raise
         if os.environ.get("UBNAS_DEBUG"):
             raise
-        print(f"ubnas: error: out of memory ({str(exc).splitlines()[0][:200]}); check the network's "
-              f"sizes, --batch or --batch-size", file=sys.stderr)
+        from .distributed import rank   # under torchrun: one GPU of several may be the one out of memory
+        sys.stderr.write(f"ubnas: error{f' (rank {rank()})' if rank() else ''}: out of memory "
+                         f"({str(exc).splitlines()[0][:200]}); check the network's sizes, --batch or --batch-size\n")
         return 2
     except (ValueError, OSError, ImportError) as exc:
         # User-facing errors are one line (file, key/row, what was expected);

@@ -88,25 +88,38 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
+def raised_on_every_rank(exc: BaseException) -> BaseException:
+    """Mark ``exc`` as one that every rank raises at the same point (``shutdown`` may then wait for
+    them all); returns it."""
+    exc.ubnas_on_every_rank = True
+    return exc
+
+
+def on_every_rank(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised on every rank at the same point (``raised_on_every_rank``)."""
+    return bool(getattr(exc, "ubnas_on_every_rank", False))
+
+
 def on_rank0(fn: Callable[[], Any]) -> Any:
     """``fn()`` on rank 0 only (files, locks), its outcome shared: its result on rank 0 (None elsewhere).
 
-    A ValueError or OSError there (a refused run directory, a full disk) is raised on every rank,
-    on the others as a ValueError quoting it, so no rank is left waiting in a collective that rank
-    0 never reaches (which gloo reports as a long 'Connection closed by peer' traceback)."""
+    An exception there (a refused run directory, a full disk, a bug) is raised on every rank: on
+    rank 0 as is, on the others as a ValueError quoting it, so no rank is left waiting in a
+    collective that rank 0 never reaches (which gloo reports as a long 'Connection closed by peer'
+    traceback, or not at all until its 30-minute timeout)."""
     result, error = None, None
     if rank() == 0:
         try:
             result = fn()
-        except (ValueError, OSError) as exc:
+        except Exception as exc:   # noqa: BLE001 - shared with the other ranks, then raised as is
             error = exc
     # the common case costs one small all-reduce; the message travels only when there is one
     failed = mean_over_ranks([float(error is not None)])[0] > 0
     message = broadcast_object(None if error is None else str(error)) if failed else None
     if error is not None:
-        raise error
+        raise raised_on_every_rank(error)
     if message is not None:
-        raise ValueError(f"rank 0 stopped: {message}")
+        raise raised_on_every_rank(ValueError(f"rank 0 stopped: {message}"))
     return result
 
 
@@ -142,7 +155,7 @@ def assert_same(tensors: Iterable[torch.Tensor], what: str) -> None:
     gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, checksum)
     if any(not torch.equal(g, gathered[0]) for g in gathered):
-        raise RuntimeError(f"ranks disagree on {what}: {[float(g) for g in gathered]}")
+        raise raised_on_every_rank(RuntimeError(f"ranks disagree on {what}: {[float(g) for g in gathered]}"))
 
 
 def barrier() -> None:
@@ -151,9 +164,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
-    """Leave the group once every rank is done: a source rank may return from a gloo broadcast
-    before the others have received it, and tearing the group down then aborts them."""
+def shutdown(every_rank: bool = True) -> None:
+    """Leave the group.  ``every_rank``: every rank gets here (a finished run, or an error that all
+    raise at the same point): wait for them all first, since a source rank may return from a gloo
+    broadcast before the others have received it, and tearing the group down then aborts them.
+    Otherwise (an error on this rank alone: a GPU out of memory, a bug) leave at once: the others
+    may wait in a collective this rank never joins, and a barrier would hang with them until gloo's
+    30-minute timeout; torchrun stops them once this process exits."""
     if active():
-        dist.barrier()
+        if every_rank:
+            dist.barrier()
         dist.destroy_process_group()

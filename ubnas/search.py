@@ -53,7 +53,10 @@ __all__ = ["STAGES", "SearchConfig", "SearchResult", "config_from_yaml", "cost_f
 
 
 class SearchDiverged(ValueError):
-    """A loss or the latency became non-finite (a ValueError: the CLI prints one line)."""
+    """A loss or the latency became non-finite (a ValueError: the CLI prints one line).  Every rank
+    raises it at the same step: the figures it checks are averaged over the ranks."""
+
+    ubnas_on_every_rank = True   # distributed.on_every_rank
 
 
 # a temperature or a latency multiplier past these is the likelier cause of a NaN than a learning rate:

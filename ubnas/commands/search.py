@@ -90,8 +90,10 @@ def run(args) -> int:
             print("note: --target-latency-us replaces the --lambda-latency term (--beta-utilization still applies)")
     try:
         result = run_search(cfg, resume=args.resume, progress=not args.quiet, given=set(values))
-    finally:
-        distributed.shutdown()
+    except BaseException as exc:
+        distributed.shutdown(every_rank=distributed.on_every_rank(exc))
+        raise
+    distributed.shutdown()
     if distributed.rank() != 0:   # the group is shut down: don't ask it (that would re-join)
         return 0
     last = result.history[-1] if result.history else {}
