@@ -551,6 +551,23 @@ def test_a_report_without_figures_removes_those_of_the_report_it_replaces(tmp_pa
     assert (out / "run_curves.png").is_file()
 
 
+def test_a_users_png_linked_from_an_earlier_report_is_not_removed(tmp_path, capsys):
+    """A user appended a link to their own baseline_curves.png (a figure-like name) to report.md;
+    the next report removed it as a stale figure, though ubnas never drew it."""
+    pytest.importorskip("matplotlib")
+    run = _two_epoch_run(tmp_path / "run")
+    out = tmp_path / "rep"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    (out / "baseline_curves.png").write_bytes(b"the user's own figure")
+    with open(out / "report.md", "a") as handle:
+        handle.write("\n![baseline](baseline_curves.png)\n")
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(out), "--no-plots"]) == 0
+    assert "removed 1 figure(s)" in capsys.readouterr().out   # run_curves.png, which ubnas drew
+    assert (out / "baseline_curves.png").read_bytes() == b"the user's own figure"
+    assert not (out / "run_curves.png").exists()
+
+
 def test_stale_figure_removal_touches_only_figures_an_earlier_ubnas_report_drew(tmp_path, capsys):
     """A report.md of the user's own (which links their PNGs) is refused, not replaced, and none of
     its PNGs is removed.  A run name with brackets still has its old figure found and removed."""

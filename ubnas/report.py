@@ -534,7 +534,8 @@ def _write_report(runs: Sequence[Run], out_dir: Path, report: Path, previous_fig
     removed = []
     drawn = {p.lower() for p in pngs}   # A_curves.png is a_curves.png on a case-insensitive file system
     for name in dict.fromkeys(previous_figures):   # only now: a failed report leaves the old one whole
-        if name.lower() not in drawn and (out_dir / name).is_file():
+        # a PNG of the user's linked from the old report.md (an appended baseline) is not ours to remove
+        if name.lower() not in drawn and (out_dir / name).is_file() and drawn_by_ubnas(out_dir / name):
             (out_dir / name).unlink()
             removed.append(str(out_dir / name))
     return {"report": str(report), "figures": [str(out_dir / p) for p in pngs], "removed": removed}
