@@ -2,12 +2,13 @@
 from another directory (the report must show what metrics.json recorded, never another network's
 cost), malformed metrics.json files and an --out that is a file (one-line errors, no tracebacks)."""
 import json
+import re
 
 import pytest
 import yaml
 
 from ubnas.cli import main
-from ubnas.report import load_run
+from ubnas.report import load_run, load_runs
 from ubnas.train import TrainConfig, train
 
 # a tiny network for the shipped digits (1 x 8 x 8, 10 classes): one epoch takes well under a second
@@ -430,8 +431,9 @@ def test_report_with_hw_calibrated_for_the_other_model_says_so(trained, tmp_path
     capsys.readouterr()
     assert main(["report", str(run), "--out", str(tmp_path / "rep"), "--no-plots", "--hw", str(hw)]) == 0
     err = capsys.readouterr().err
-    assert (f"note: {hw} was calibrated for the uboost model; its calibration block is applied to the "
-            f"systolic model here" in err) == noted
+    said = f"{hw} was calibrated for the uboost model; its calibration block is applied to the systolic model here"
+    assert (f"note: {said}" in err) == noted
+    assert (said in (tmp_path / "rep" / "report.md").read_text()) == noted   # not only on the terminal
 
 
 @pytest.mark.parametrize("mode", ["uboost", "systolic"])
@@ -481,6 +483,36 @@ def test_an_invalid_recorded_accelerator_is_named_not_skipped_in_silence(tmp_pat
     assert loaded.cost.cycles == pytest.approx(by_hand.cycles)
     assert by_hand.cycles != pytest.approx(estimate(build_network(load_spec(run / "arch.yaml")), (1, 8, 8),
                                                    load_accelerator("uboost")).cycles)
+
+
+def test_a_run_given_twice_is_reported_once(tmp_path, capsys):
+    """`report r1 r1/` gave two identical rows, both on the Pareto front."""
+    run = _two_epoch_run(tmp_path / "r1")
+    runs = load_runs([run, str(run) + "/", tmp_path / "." / "r1"])
+    assert [r.name for r in runs] == ["r1"]
+    assert capsys.readouterr().err.count("is a run given before; reported once") == 2
+
+
+def test_a_pipe_in_a_run_name_does_not_shift_the_table(tmp_path):
+    run = _two_epoch_run(tmp_path / "lam|0")
+    text = report_text(run, tmp_path / "rep")
+    header = next(line for line in text.splitlines() if line.startswith("| run |"))
+    row = next(line for line in text.splitlines() if line.startswith("| lam"))
+    cells = lambda line: len(re.split(r"(?<!\\)\|", line))   # noqa: E731 - unescaped '|' separators
+    assert row.startswith("| lam\\|0 |") and cells(row) == cells(header)
+
+
+def test_a_run_with_only_arch_yaml_is_on_its_spec_data_sets_front(tmp_path):
+    """A directory with arch.yaml alone had no data set, so it shared a front with no other run."""
+    searched = {**TINY, "provenance": {**TINY["provenance"], "data": "digits"}}
+    full = _two_epoch_run(tmp_path / "full")
+    (full / "config.yaml").write_text("data: digits\n")
+    spec_only = tmp_path / "spec_only"
+    spec_only.mkdir()
+    for run in (full, spec_only):
+        (run / "arch.yaml").write_text(yaml.safe_dump(searched, sort_keys=False))
+    runs = load_runs([full, spec_only])
+    assert runs[1].data_set == runs[0].data_set == "digits"
 
 
 def test_curve_utilization_is_in_percent_as_in_the_summary(tmp_path):

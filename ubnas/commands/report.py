@@ -32,6 +32,9 @@ def run(args) -> int:
     note = mode_mismatch_note(args.hw, "systolic") if args.hw else None   # the report's exact model
     if note:
         print(note, file=sys.stderr)
+        for run in runs:   # in report.md too, where a reader of its figures sees it
+            if run.cost is not None:
+                run.notes.append(note.removeprefix("note: "))
     written = write_report(runs, args.out, plots=not args.no_plots)
     figures = f" and {len(written['figures'])} figure(s)" if written["figures"] else ""
     removed = f"; removed {len(written['removed'])} figure(s) of the report it replaced" if written["removed"] else ""
