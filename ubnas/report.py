@@ -24,6 +24,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,8 +86,11 @@ class Run:
 
     @property
     def data_set(self) -> str:
-        """The data set its accuracy is on, as its config records it ("" when unrecorded)."""
+        """The data set its accuracy is on, as its config records it, else as its spec's provenance
+        does (a run directory holding arch.yaml alone) ("" when unrecorded)."""
         data = self.config.get("data")
+        if data is None and self.spec is not None:
+            data = self.spec.provenance.get("data")
         return data if isinstance(data, str) else ""
 
     @property
@@ -262,9 +266,13 @@ def load_runs(paths: Sequence, hw: Optional[str] = None, hw_batch: Optional[int]
     """``load_run`` of each path, named by its directory (``train`` as PARENT/train), names made
     unique with -2, -3 ...; ``hw`` and ``hw_batch`` as in ``load_run``."""
     taken: set = set()
-    runs = []
+    runs, seen = [], set()
     for p in paths:
         resolved = Path(p).resolve()
+        if resolved in seen:   # `runs/* runs/lam0`: one run, not two identical rows on the front
+            print(f"note: {p} is a run given before; reported once", file=sys.stderr)
+            continue
+        seen.add(resolved)
         base = resolved.name or str(p)
         if base in GENERIC_DIR_NAMES:   # runs/lam0/train (ubnas train under a search run) reads as "lam0/train"
             base = f"{resolved.parent.name}/{base}"
@@ -335,7 +343,8 @@ def _fmt(value, digits: int = 4) -> str:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    # a '|' in a run name or a config value would end its cell and shift every later column
+    lines += ["| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |" for row in rows]
     return lines
 
 
