@@ -328,6 +328,17 @@ def test_a_network_of_the_users_own_by_module_or_file(tmp_path, capsys, monkeypa
         assert code == 2 and len(err.splitlines()) == 1 and needle in err, (target, err)
 
 
+def test_a_network_with_nothing_for_the_array_is_refused_not_costed_zero(tmp_path, capsys, monkeypatch):
+    """A network of activations and pools only printed 'latency 0.000 us' and exit 0."""
+    (tmp_path / "nolayer.py").write_text("import torch.nn as nn\n"
+                                         "def net():\n    return nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    code, out, err = run_main(capsys, "--model", "nolayer.py:net")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "nolayer.py:net: no Conv1d, Conv2d or Linear call in one forward pass of 3x32x32" in err
+
+
 def test_a_users_network_prints_imports_siblings_fails_and_runs_in_1d(tmp_path, capsys, monkeypatch):
     """What the user's code prints goes to stderr (--json stays JSON); a FILE.py imports modules
     beside it from any directory; an error in the user's code keeps its traceback (chained); a

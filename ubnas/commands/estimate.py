@@ -228,7 +228,11 @@ def collect_layers(args, batch: int, spec):
         from ubnas.build import meta_network
         module = meta_network(spec)   # shapes only: the batch the search costed at may be huge
         shape = tuple(spec.input_shape)   # --input checked against it by _check_spec_options
-    return trace_layers(module, shape, batch=batch)
+    layers = trace_layers(module, shape, batch=batch)
+    if not layers:   # a cost of 0 us would read as a free network, not as nothing found to cost
+        raise ValueError(f"{args.model or args.spec}: no Conv1d, Conv2d or Linear call in one forward pass "
+                         f"of {'x'.join(map(str, shape))}: nothing for the array to run")
+    return layers
 
 
 def _check_spec_options(args, spec) -> None:
