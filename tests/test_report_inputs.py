@@ -377,6 +377,26 @@ def _drawn_pareto(monkeypatch, runs, tmp_path):
     return drawn
 
 
+def test_the_layer_figure_names_the_arrays_and_the_batch(tmp_path, monkeypatch):
+    """tpu_v3's two arrays and a batch-8 latency were titled like one array at batch 1."""
+    pytest.importorskip("matplotlib.pyplot")
+    import ubnas.report_figures as figures
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "arch.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+    loaded = load_run(run, "run", hw="tpu_v3", hw_batch=8)
+    titles = []
+
+    def keep(plt_, fig, out_dir, filename):
+        titles.append(fig._suptitle.get_text())
+        plt_.close(fig)
+        return filename
+    monkeypatch.setattr(figures, "_save", keep)
+    figures.run_figures(figures.pyplot(), loaded, tmp_path, "run")
+    us = loaded.cost.seconds * 1e6
+    assert titles == [f"run: exported network on tpu_v3 (2 x 128x128), batch 8, {us:.1f} us"]
+
+
 def test_pareto_figure_marks_a_train_run_without_a_test_accuracy_as_a_supernet_accuracy(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib.pyplot")
     import ubnas.report as report

@@ -114,8 +114,10 @@ def run_figures(plt, run: Run, out_dir: Path, stem: str) -> Dict[str, str]:
         ax2.set_xlim(0, max(lat) * 1.15 or 1.0)
         for ax in (ax1, ax2):
             ax.grid(axis="x", alpha=0.3)
-        a = total.accelerator
-        fig.suptitle(f"{run.name}: exported network on {a.name} ({a.array_rows}x{a.array_cols}), "
+        a = total.accelerator   # the arrays and the batch: two runs' layer figures compare only alike
+        arrays = f"{a.array_rows}x{a.array_cols}"
+        arrays = f"{a.num_arrays} x {arrays}" if a.num_arrays > 1 else arrays
+        fig.suptitle(f"{run.name}: exported network on {a.name} ({arrays}), batch {run.hw_batch or 1}, "
                      f"{total.seconds * 1e6:.1f} us", fontsize=10)
         fig.tight_layout()
         files["layers"] = _save(plt, fig, out_dir, run_figure(stem, "layers"))
