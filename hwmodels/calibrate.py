@@ -289,8 +289,11 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
             target["utilization_mean_abs_pp"] = float(100 * np.mean(np.abs(util - ref_u)))
     parameters = {n: {"before": float(getattr(acc.calibration, n)), "after": float(getattr(fitted_cal, n)),
                       "bounds": list(BOUNDS[n])} for n in free}
+    # against the uncalibrated model, as the unit warning says: a --hw already calibrated (cycle_scale
+    # 10, say) would otherwise make a reference in the right unit look 10x off
+    neutral = Calibration()
     reference_over_model = float(np.median(np.concatenate(
-        [train_ref / train_model.predict(acc.calibration), held_ref / pred_before])))
+        [train_ref / train_model.predict(neutral), held_ref / hold_model.predict(neutral)])))
     fit_report = {
         "mode": mode, "free_parameters": list(free), "parameters": parameters,
         "n_train": len(train), "n_holdout": len(held),

@@ -464,6 +464,16 @@ def test_measured_seconds_in_milliseconds_are_flagged(tmp_path):
     assert "warning: at the bound of their range: cycle_scale" in text
 
 
+def test_a_hw_already_calibrated_gets_no_unit_warning_for_a_reference_in_the_right_unit(synthetic):
+    """Refitting from a --hw calibrated with cycle_scale 10 compared the reference with that
+    calibration, not the uncalibrated model, and called a correct reference 0.1x off."""
+    from hwmodels.accelerator import Calibration
+    acc = _acc()
+    refit = acc.replace(calibration=Calibration(cycle_scale=10.0, fold_overhead_cycles=3000.0))
+    text = cal.format_report(cal.calibrate(refs.measured_rows(synthetic, refit), refit, "systolic", seed=0))
+    assert "check its unit" not in text, text
+
+
 def test_overheads_that_trade_off_exactly_are_reported_undetermined(tmp_path):
     """Every layer one fold (small linear layers on a 32x32 array): a fold overhead and a layer
     overhead add the same cycles to every row, so only their sum is fitted."""
