@@ -246,8 +246,12 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
         held = [r for r in holdout.rows if layer_key(r.layer) not in fitted]
         overlap = len(holdout.rows) - len(held)
         if not held:
-            raise HardwareConfigError(f"{holdout.source}: no held-out rows" + (
-                f" (all {overlap} are layers of the training set {reference.source})" if overlap else ""))
+            why = []
+            if overlap:
+                why.append(f"all {overlap} are layers of the training set {reference.source}")
+            if holdout.skipped:   # as the reference's message: the simulations it left out
+                why.append(f"{len(holdout.skipped)} skipped as too long to simulate")
+            raise HardwareConfigError(f"{holdout.source}: no held-out rows" + (f" ({'; '.join(why)})" if why else ""))
     else:
         train, held = split_rows(reference.rows, holdout_fraction, seed)
     train_layers = len({layer_key(r.layer) for r in train})

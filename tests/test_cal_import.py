@@ -107,3 +107,45 @@ def test_a_bad_cache_entry_is_one_line_naming_the_cache(tmp_path, entry, problem
                                                   f"delete the file or pass another --cache$"):
         refs.scalesim_rows([ConvLayer("l", 32, 32, 3, 16, 3, 3, padding=1)], Accelerator("a", 8, 8), cache,
                            max_sim_cycles=0, progress=False)
+
+
+@pytest.mark.parametrize("bad", [["--suite", "foo"], ["--holdout", "missing.csv"]])
+def test_calibrate_imports_runs_only_once_its_other_input_is_read(tmp_path, capsys, monkeypatch, bad):
+    """--import-scalesim-csv wrote the cache before a misspelt --suite or a missing CSV was found,
+    though bad input is meant to leave everything as it was."""
+    from ubnas.cli import main
+    path = tmp_path / "runs.csv"
+    path.write_text(f"{HEADER}\n{GOOD}\n")
+    cache = tmp_path / "cache.json"
+    monkeypatch.chdir(tmp_path)
+    code = main(["calibrate", "--reference", "scalesim", "--import-scalesim-csv", str(path), "--cache", str(cache),
+                 *bad, "--out", str(tmp_path / "o.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2 and bad[1] in err and "cached" not in err, err
+    assert not cache.exists()
+
+
+def test_a_capitalised_scalesim_reference_is_named_not_read_as_a_file(tmp_path, capsys, monkeypatch):
+    from ubnas.cli import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["calibrate", "--reference", "SCALESIM", "--out", str(tmp_path / "o.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == ("ubnas: error: --reference SCALESIM: no such file; for the "
+                                               "simulator write 'scalesim' (lower case)")
+
+
+def test_no_held_out_rows_says_they_were_skipped_as_too_long(tmp_path):
+    """'suite imagenet (seed 0): no held-out rows' gave no reason when every layer was over
+    --max-sim-cycles; the reference side already said why."""
+    from hwmodels import Accelerator
+    from hwmodels import calibrate as cal
+    from hwmodels.references import ReferenceRow, ReferenceSet
+    from hwmodels.suites import suite_layers
+    from hwmodels.exact import layer_cost
+    acc = Accelerator("a", 8, 8, dataflow="ws")
+    rows = [ReferenceRow(layer, float(layer_cost(layer, acc).cycles), f"row {i}")
+            for i, layer in enumerate(suite_layers("cifar", 0))]
+    reference = ReferenceSet("scalesim", "suite cifar (seed 0)", rows)
+    holdout = ReferenceSet("scalesim", "suite imagenet (seed 0)", [], skipped=["a", "b", "c"])
+    with pytest.raises(HardwareConfigError, match=r"^suite imagenet \(seed 0\): no held-out rows \(3 skipped as "
+                                                  r"too long to simulate\)$"):
+        cal.calibrate(reference, acc, "systolic", holdout=holdout, seed=0)

@@ -92,6 +92,9 @@ def run(args) -> int:
 
     if args.model_mode not in MODES:
         raise ValueError(f"--model-mode: expected one of {', '.join(MODES)}, got {args.model_mode!r}")
+    ref_arg = str(args.reference)
+    if ref_arg.lower() == "scalesim" and ref_arg != "scalesim" and not Path(ref_arg).exists():
+        raise ValueError(f"--reference {ref_arg}: no such file; for the simulator write 'scalesim' (lower case)")
     if args.holdout_fraction is not None and (args.holdout or args.holdout_suite):
         raise ValueError("--holdout-fraction splits the reference rows; with --holdout or --holdout-suite the "
                          "held-out rows are given: drop one")
@@ -127,10 +130,6 @@ def run(args) -> int:
     if args.reference == "scalesim":
         if args.layers and args.suite:
             raise ValueError("calibrate: give at most one of --layers FILE.csv and --suite NAME")
-        if args.import_scalesim_csv:
-            count = refs.import_scalesim_csv(args.import_scalesim_csv, cache)
-            print(f"cached {count} SCALE-Sim runs from {args.import_scalesim_csv}", file=sys.stderr)
-
         def simulate(layers, source):
             ref = refs.scalesim_rows(trim(layers), acc.replace(num_arrays=1), cache, max_sim, source)
             if ref.skipped:
@@ -151,6 +150,9 @@ def run(args) -> int:
             held = (_suite(args.holdout_suite, seed, "--holdout-suite"), f"suite {args.holdout_suite} (seed {seed})")
         elif args.holdout:
             held = (read_layers_csv(args.holdout), str(args.holdout))
+        if args.import_scalesim_csv:   # only now: bad input above leaves the cache as it was
+            count = refs.import_scalesim_csv(args.import_scalesim_csv, cache)
+            print(f"cached {count} SCALE-Sim runs from {args.import_scalesim_csv}", file=sys.stderr)
         reference = simulate(layers, source)
         holdout = simulate(*held) if held else None
     else:
