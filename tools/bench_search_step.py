@@ -34,7 +34,8 @@ import torch
 
 from hwmodels import load_accelerator
 from ubnas import kernels
-from ubnas.search import SearchConfig, cost_function, enter_stage, make_optimizers, search_step
+from ubnas.search import (SearchConfig, cost_function, enter_stage, make_optimizers, search_step,
+                          stage_latency_ref)
 from ubnas.space import load_spaces
 from ubnas.supernet import Supernet
 
@@ -61,9 +62,8 @@ def make_step(net, model, batches, dtype="fp32", stage="joint", seed=0):
     cfg = SearchConfig(stage=stage)
     w_opt, a_opt = make_optimizers(net, cfg)
     cost_of = cost_function(net, load_accelerator(cfg.hw), cfg)
-    with torch.no_grad():   # as run_search: the initial supernet's cost, before a stage forces widths
-        latency_ref = float(cost_of(net.sample("softmax"))["seconds"])
     hard_ops = enter_stage(net, stage)   # as run_search does per stage
+    latency_ref = stage_latency_ref(net, cost_of, hard_ops)   # as run_search: the cost this stage starts at
     generator = torch.Generator().manual_seed(seed + 2)   # every variant draws the same Gumbel noise
     def forward(x, arch):   # bf16: the network's forward under autocast; the hardware cost stays in fp32
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):

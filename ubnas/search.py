@@ -199,9 +199,8 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
         for group in w_opt.param_groups:
             group["lr"] = lr
         hard_ops = enter_stage(net, stage)
-        if stage not in state.latency_refs:   # lambda's unit: the latency this stage starts at
-            with torch.no_grad():
-                state.latency_refs[stage] = float(cost_of(net.sample("softmax", hard_ops=hard_ops))["seconds"])
+        if stage not in state.latency_refs:
+            state.latency_refs[stage] = stage_latency_ref(net, cost_of, hard_ops)
         if device.type == "cuda":   # the log's peak_mem_mb is this epoch's (epoch 1's holds autotuning)
             torch.cuda.reset_peak_memory_stats(device)
         net.train()
@@ -429,6 +428,13 @@ def cost_function(net: Supernet, acc, cfg: SearchConfig):
         return supernet_cost(net, arch, acc, cfg.cost_model, cfg.surrogate, cfg.temperature, cfg.hw_batch,
                              cfg.width_cost)
     return cost_of
+
+
+def stage_latency_ref(net: Supernet, cost_of, hard_ops) -> float:
+    """Lambda's unit for a stage (seconds): the relaxed supernet's latency as the stage starts, after
+    ``enter_stage`` (whose ``hard_ops`` it samples with)."""
+    with torch.no_grad():
+        return float(cost_of(net.sample("softmax", hard_ops=hard_ops))["seconds"])
 
 
 def make_optimizers(net: Supernet, cfg: SearchConfig):
