@@ -175,8 +175,8 @@ def main(argv=None):
     box = {}
     instrument(args.backend, box)
     if args.backend == "triton":
-        print("host ms is not a like-for-like time: eager runs its CPU convolutions, fused's Triton kernels "
-              "are stubbed (counted, never run), so fused's is host overhead only")
+        print("host ms is not a like-for-like time: fused's Triton kernels are stubbed (counted, never run), "
+              "so fused's is its host overhead plus the aten convolutions it still runs on the CPU")
     else:
         print("host ms: both variants compute on the CPU (fused: the PyTorch reference kernels)")
     print(f"{'space':14s} {'impl':6s} {'aten ops':>9s} {'kernels':>8s} {'total':>7s} {'eager/fused':>11s} "
