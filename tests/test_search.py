@@ -203,6 +203,14 @@ def test_resuming_on_another_number_of_processes_says_the_result_will_differ(tmp
     monkeypatch.setattr("ubnas.distributed.world", lambda device="auto": (0, 2))
     run_search(cfg, resume=True, progress=False)
     assert "written by 1 process(es) and resumes on 2" in capsys.readouterr().out
+    done = _small(tmp_path, "done", epochs=1)
+    monkeypatch.undo()
+    run_search(done, progress=False)
+    monkeypatch.setattr("ubnas.distributed.world", lambda device="auto": (0, 2))
+    capsys.readouterr()
+    run_search(done, resume=True, progress=False)   # finished: nothing is recomputed, nothing can differ
+    out = capsys.readouterr().out
+    assert "resumes on 2" not in out and "already finished" in out, out
 
 
 def test_malformed_space_names_file_and_key(tmp_path):

@@ -149,7 +149,8 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     if cfg.data_dir is not None:   # saved absolute: a --resume from another directory finds the data
         cfg = replace(cfg, data_dir=os.path.abspath(cfg.data_dir))
     rank, world = dist.world(cfg.device)
-    if checkpoint is not None and checkpoint.get("world_size", 1) != world and main:
+    if (checkpoint is not None and checkpoint.get("world_size", 1) != world and main
+            and checkpoint["epoch"] < cfg.epochs):   # a finished run recomputes nothing
         say(f"note: {ckpt_path} was written by {checkpoint.get('world_size', 1)} process(es) and resumes on "
             f"{world}: the data shards and the effective batch change, so the result will differ from "
             f"an uninterrupted run")
