@@ -23,7 +23,7 @@ def add_parser(sub):
         "kernels": "mixed-edge implementation: eager | reference | triton | auto",
         "out": "run directory (config.yaml, search_log.csv, checkpoint.pt, arch.yaml)",
         "epochs": "search epochs (staged: the first half searches ops, the second widths)",
-        "batch_size": "images per weight and per architecture step",
+        "batch_size": "images per weight and per architecture step (per process under torchrun)",
         "surrogate": "straight_through (exact cost forward, smooth gradient) | sigmoid (smooth staircase)",
         "temperature": "width of the smooth ceiling's steps, in channels",
         "hw_batch": "batch size the hardware cost is taken at",
