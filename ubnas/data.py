@@ -108,10 +108,9 @@ def _read_cifar_batch(path: str) -> tuple:
         if b"data" not in d and "data" not in d:
             raise ValueError("missing key 'data'")
         raw = np.asarray(d.get(b"data", d.get("data")))
-        if raw.size == 0:   # np.asarray([]) is float64: the dtype message would blame the pixels
-            raise ValueError("'data' holds no images")
-        if raw.dtype != np.uint8:   # a cast would wrap 300 to 44 without a word
-            if raw.dtype.kind not in "iu" or (raw.size and (raw.min() < 0 or raw.max() > 255)):
+        # a cast would wrap 300 to 44 without a word; an empty list is float64 to numpy, no pixel type
+        if raw.dtype != np.uint8 and raw.size:
+            if raw.dtype.kind not in "iu" or raw.min() < 0 or raw.max() > 255:
                 raise ValueError(f"pixels are {raw.dtype}, expected integers in 0..255")
         data = raw.astype(np.uint8)
         if b"labels" not in d and "labels" not in d:
