@@ -255,6 +255,12 @@ def is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def is_finite_number(value: Any) -> bool:
+    """Whether ``value`` is a finite int or float (a bool is an int to Python, never a figure; JSON
+    and torch checkpoints may hold NaN and Infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def trajectory_problems(ckpt: Mapping[str, Any], epochs: Any) -> List[str]:
     """What is wrong with a checkpoint's ``epoch`` (epochs done, of the run's ``epochs``) and
     ``history`` (the log's rows), each as 'entry value (expected ...)'; [] when both are sound."""

@@ -4,7 +4,6 @@ the space and accelerator definitions the run was started with (saved in the che
 files edited since do not change a resumed run)."""
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
@@ -15,7 +14,7 @@ from hwmodels import load_accelerator
 from hwmodels.accelerator import calibrated_mode, from_dict
 
 from .runtime import (atomic_torch_save, existing_checkpoint, ignored_flags, ignored_on_resume, is_count,
-                      options_given, say, trajectory_problems)
+                      is_finite_number, options_given, say, trajectory_problems)
 from .search_config import SearchConfig, config_from_yaml
 from .space import read_space_text
 
@@ -160,9 +159,8 @@ def _check_trajectory(ckpt: dict, path: Path) -> None:
     problems = trajectory_problems(ckpt, ckpt["config"].get("epochs"))
     if not is_count(ckpt["arch_steps"]):
         problems.append(f"arch_steps {ckpt['arch_steps']!r} (expected a whole number >= 0)")
-    mu = ckpt["mu"]
-    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu):
-        problems.append(f"mu {mu!r} (expected a finite number)")
+    if not is_finite_number(ckpt["mu"]):
+        problems.append(f"mu {ckpt['mu']!r} (expected a finite number)")
     windows = ckpt["windows"]
     if not isinstance(windows, dict) or not all(
             isinstance(w, (list, tuple)) and len(w) == 3 and all(is_count(v) for v in w) for w in windows.values()):

@@ -9,27 +9,19 @@ name; the figures metrics.json recorded stand, with a note.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hwmodels.yamlio import short_repr
 
+from .runtime import is_count, is_finite_number
+
 
 def _expect(ok: bool, origin: Path, key: str, what: str, value: Any) -> None:
     """A one-line ValueError naming the file, the key and what was expected, unless ``ok``."""
     if not ok:
         raise ValueError(f"{origin}: key '{key}' expected {what}, got {short_repr(value)}")
-
-
-def _is_number(value: Any) -> bool:
-    # bool is an int to Python, never a figure; json.loads also reads NaN and Infinity
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def read_metrics(path: Path) -> Dict[str, Any]:
@@ -56,8 +48,8 @@ def read_metrics(path: Path) -> Dict[str, Any]:
     for key in ("spec", "spec_hash"):
         _expect(get(key) is None or isinstance(get(key), str), path, key, "a string", get(key))
     acc = get("test_acc")
-    _expect(acc is None or (_is_number(acc) and 0 <= acc <= 1), path, "test_acc", "a fraction in [0, 1]", acc)
-    _expect(get("params") is None or _is_count(get("params")), path, "params",
+    _expect(acc is None or (is_finite_number(acc) and 0 <= acc <= 1), path, "test_acc", "a fraction in [0, 1]", acc)
+    _expect(get("params") is None or is_count(get("params")), path, "params",
             "a parameter count (integer >= 0)", get("params"))
     hardware = get("hardware")
     _expect(hardware is None or isinstance(hardware, dict), path, "hardware",
@@ -65,14 +57,14 @@ def read_metrics(path: Path) -> Dict[str, Any]:
     hardware = hardware or {}
     for key in ("latency_us", "utilization"):
         value = hardware.get(key)
-        _expect(value is None or (_is_number(value) and value >= 0), path, f"hardware.{key}",
+        _expect(value is None or (is_finite_number(value) and value >= 0), path, f"hardware.{key}",
                 "a number >= 0", value)
-    _expect(hardware.get("macs") is None or _is_count(hardware.get("macs")), path, "hardware.macs",
+    _expect(hardware.get("macs") is None or is_count(hardware.get("macs")), path, "hardware.macs",
             "a MAC count (integer >= 0)", hardware.get("macs"))
     _expect(hardware.get("accelerator") is None or isinstance(hardware.get("accelerator"), str), path,
             "hardware.accelerator", "an accelerator name", hardware.get("accelerator"))
     batch = hardware.get("batch")
-    _expect(batch is None or (_is_count(batch) and batch >= 1), path, "hardware.batch",
+    _expect(batch is None or (is_count(batch) and batch >= 1), path, "hardware.batch",
             "the batch its latency is at (integer >= 1)", batch)
     return metrics
 
