@@ -135,10 +135,15 @@ def save_cache(path: Union[str, os.PathLike], cache: Dict[str, dict]) -> None:
     calibrations sharing a cache keep each other's runs (the last writer used to win); ``cache``
     gains the runs found there."""
     path = Path(path).expanduser()
-    with _locked(path.with_name(path.name + ".lock")):
-        for key, entry in load_cache(path).items():
-            cache.setdefault(key, entry)
-        atomic_write_text(path, json.dumps(cache, indent=0, sort_keys=True))
+    try:
+        with _locked(path.with_name(path.name + ".lock")):
+            for key, entry in load_cache(path).items():
+                cache.setdefault(key, entry)
+            atomic_write_text(path, json.dumps(cache, indent=0, sort_keys=True))
+    except OSError as exc:   # e.g. a parent that is a file: errno alone named only that parent
+        raise HardwareConfigError(f"{path}: cannot write the SCALE-Sim cache ({exc.strerror or exc}"
+                                  f"{': ' + str(exc.filename) if exc.filename else ''}); "
+                                  f"pass another --cache") from None
 
 
 @contextlib.contextmanager
@@ -241,6 +246,7 @@ def scalesim_rows(layers: Sequence[Layer], acc: Accelerator, cache_path=DEFAULT_
         from .scalesim import _topology_row, run_scalesim
         for _, layer in todo:   # every layer checked before the first (slow) simulation
             _topology_row(layer)
+        save_cache(cache_path, cache)   # and the cache writable: a bad --cache failed after the first run
         iterator = todo
         if progress:
             from tqdm import tqdm

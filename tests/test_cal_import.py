@@ -149,3 +149,19 @@ def test_no_held_out_rows_says_they_were_skipped_as_too_long(tmp_path):
     with pytest.raises(HardwareConfigError, match=r"^suite imagenet \(seed 0\): no held-out rows \(3 skipped as "
                                                   r"too long to simulate\)$"):
         cal.calibrate(reference, acc, "systolic", holdout=holdout, seed=0)
+
+
+def test_unwritable_cache_is_refused_before_the_first_simulation(tmp_path, monkeypatch):
+    """A --cache under a regular file failed with a bare '[Errno 17] File exists' only after the
+    first (possibly minutes long) SCALE-Sim run."""
+    from hwmodels import Accelerator, ConvLayer
+    from hwmodels import scalesim
+    ran = []
+    monkeypatch.setattr(scalesim, "run_scalesim", lambda layers, acc: ran.append(layers) or [])
+    (tmp_path / "afile").write_text("")
+    cache = tmp_path / "afile" / "cache.json"
+    with pytest.raises(HardwareConfigError, match=f"^{re.escape(str(cache))}: cannot write the SCALE-Sim cache "
+                                                  r"\(.*afile\); pass another --cache$"):
+        refs.scalesim_rows([ConvLayer("l", 8, 8, 3, 4, 3, 3, padding=1)], Accelerator("a", 8, 8), cache,
+                           progress=False)
+    assert ran == []
