@@ -460,3 +460,29 @@ def test_a_network_at_a_batch_past_memory_is_costed_from_shapes(tmp_path, source
     assert all(run.returncode == 0 for run in runs.values()), runs[10**9].stderr[-2000:]
     one, huge = (json.loads(runs[b].stdout)["total"] for b in (1, 10**9))
     assert huge["macs"] == 10**9 * one["macs"]
+
+
+@pytest.mark.parametrize("hw, extra, noted", [
+    ("cal", ["--array", "32x32"], "1 x 32x32 ws"),
+    ("cal", ["--dataflow", "os"], "1 x 16x16 os"),
+    ("cal", ["--num-arrays", "2"], "2 x 16x16 ws"),
+    ("cal", ["--array", "16x16"], None),        # the array it was fitted on
+    ("plain", ["--array", "32x32"], None),      # nothing fitted to move
+])
+def test_calibration_moved_to_another_array_is_noted(tmp_path, capsys, hw, extra, noted):
+    """--array/--dataflow/--num-arrays on a calibrated YAML applied its per-fold overheads, fitted on
+    another array, without a word."""
+    from hwmodels.accelerator import Calibration, save_accelerator
+    from ubnas.cli import main
+    acc = load_accelerator("uboost").replace(array_rows=16, array_cols=16, dataflow="ws")
+    if hw == "cal":
+        acc = acc.replace(calibration=Calibration(fold_overhead_cycles=3.0, cycle_scale=1.1))
+    path = tmp_path / f"{hw}.yaml"
+    save_accelerator(acc, path)
+    assert main(["estimate", "--layers", str(write_csv(tmp_path, GOOD_ROWS)), "--hw", str(path), *extra]) == 0
+    err = capsys.readouterr().err
+    if noted is None:
+        assert "calibration was fitted" not in err, err
+    else:
+        assert (f"note: {path}'s calibration was fitted on 1 x 16x16 ws; it is applied to {noted} here, "
+                f"where it was not fitted") in err, err

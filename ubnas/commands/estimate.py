@@ -276,6 +276,22 @@ def _mode_note(spec, spec_path: str) -> None:
               file=sys.stderr)
 
 
+def _moved_calibration_note(args, base, acc):
+    """A note when --array/--num-arrays/--dataflow move a calibrated accelerator ``base`` off the
+    array its calibration was fitted on (the fold overheads are per fold of that array), else None."""
+    from hwmodels.accelerator import Calibration
+    if base is None or base.calibration == Calibration():
+        return None
+    fields = ("array_rows", "array_cols", "num_arrays", "dataflow")
+    if all(getattr(base, f) == getattr(acc, f) for f in fields):
+        return None
+
+    def machine(a):
+        return f"{a.num_arrays} x {a.array_rows}x{a.array_cols} {a.dataflow}"
+    return (f"note: {args.hw or base.name}'s calibration was fitted on {machine(base)}; it is applied to "
+            f"{machine(acc)} here, where it was not fitted")
+
+
 def run(args) -> int:
     from hwmodels.report import format_table, to_json_dict
     mode_given = args.model_mode is not None
@@ -296,8 +312,10 @@ def run(args) -> int:
         print("note: --dataflow has no effect with --model-mode uboost (U-Boost's equations have no "
               "dataflow); the systolic model (the default) uses it", file=sys.stderr)
     note = mode_mismatch_note(args.hw, args.model_mode) if args.hw is not None else None
-    if note:
-        print(note, file=sys.stderr)
+    base = load_accelerator(args.hw) if args.hw is not None else searched
+    for note in (note, _moved_calibration_note(args, base, acc)):
+        if note:
+            print(note, file=sys.stderr)
     cost = network_cost(layers, acc, args.model_mode)
     if args.json:
         json.dump(to_json_dict(cost), sys.stdout, indent=1)
