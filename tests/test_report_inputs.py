@@ -686,3 +686,17 @@ def test_a_report_stopped_while_drawing_leaves_the_earlier_report_with_its_own_f
     assert main(["report", *runs, "--out", str(out)]) == 0
     assert (out / "a_curves.png").read_bytes() != before["a_curves.png"]
     assert sorted(p.name for p in out.iterdir()) == sorted(before)
+
+
+def test_pareto_column_says_no_for_a_dominated_run_and_dash_for_one_without_a_point(tmp_path):
+    """A run off the front showed '-', as a run with no accuracy to place does."""
+    figures = {"fast": (0.9, 2.0), "slow": (0.8, 3.0), "unplaced": (None, 1.0)}
+    for name, (acc, latency_us) in figures.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(
+            {**({"test_acc": acc} if acc is not None else {}), "hardware": {"accelerator": "npu", "latency_us": latency_us}}))
+    code = main(["report", *(str(tmp_path / name) for name in figures), "--out", str(tmp_path / "rep"), "--no-plots"])
+    assert code == 0
+    rows = {line.split(" | ")[0][2:]: line.rstrip(" |").rsplit(" | ", 1)[1]
+            for line in (tmp_path / "rep" / "report.md").read_text().splitlines() if line.startswith("| ")}
+    assert (rows["fast"], rows["slow"], rows["unplaced"]) == ("yes", "no", "-"), rows

@@ -519,7 +519,7 @@ def _write_report(runs: Sequence[Run], out_dir: Path, report: Path, previous_fig
              f"(the batch its search costed it at, or --hw-batch).", ""]
     summary = [(r.name, r.kind, r.data_set or None, None if r.accuracy is None else round(100 * r.accuracy, 2),
                 r.latency_us, None if r.utilization is None else 100 * r.utilization, r.params,
-                r.accelerator_name, r.hw_batch, "yes" if r in front else "")
+                r.accelerator_name, r.hw_batch, "yes" if r in front else "no" if plotted(r) else "")
                for r in runs]
     lines += _table(("run", "kind", "data", "accuracy %", "latency us", "utilization %", "params",
                      "accelerator", "batch", "Pareto"), summary) + [""]
