@@ -114,9 +114,9 @@ def test_search_and_train_refuse_an_out_that_takes_no_files_or_is_empty(tmp_path
     with monkeypatch.context() as mp:
         mp.setattr(pathlib.Path, "touch", no_room)
         err = _error(capsys, ["search", "--out", str(tmp_path / "s"), "--epochs", "1", "--quiet"])
-        assert err == f"ubnas: error: --out {tmp_path / 's'}: cannot write in the run directory (Permission denied)"
+        assert err == f"ubnas: error: --out {tmp_path / 's'}: cannot write in the directory (Permission denied)"
         err = _error(capsys, ["train", str(spec_path), "--out", str(tmp_path / "t"), "--epochs", "1", "--quiet"])
-        assert err == f"ubnas: error: --out {tmp_path / 't'}: cannot write in the run directory (Permission denied)"
+        assert err == f"ubnas: error: --out {tmp_path / 't'}: cannot write in the directory (Permission denied)"
     assert _error(capsys, ["search", "--out", "", "--quiet"]).endswith("--out expected a run directory, got ''")
     assert "--out" in _error(capsys, ["train", str(spec_path), "--out", " ", "--quiet"])
 

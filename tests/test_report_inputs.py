@@ -195,6 +195,9 @@ def test_report_out_is_a_file_names_out(trained, tmp_path, capsys):
     err = one_line_error(capsys, ["report", str(run), "--out", str(target), "--no-plots"])
     assert f"--out {target}: exists and is not a directory" in err
     assert target.read_text() == "keep me\n"
+    inside = target / "rep"   # the report directory is no run directory: the message said it was
+    err = one_line_error(capsys, ["report", str(run), "--out", str(inside), "--no-plots"])
+    assert err.endswith(f"--out {inside}: cannot create the directory (Not a directory)"), err
 
 
 def test_report_out_empty_is_refused_not_the_working_directory(trained, tmp_path, capsys, monkeypatch):

@@ -156,13 +156,13 @@ def make_run_dir(path: Path) -> Path:
     except FileExistsError:
         raise ValueError(f"--out {path}: exists and is not a directory") from None
     except OSError as exc:
-        raise ValueError(f"--out {path}: cannot create the run directory ({exc.strerror})") from None
+        raise ValueError(f"--out {path}: cannot create the directory ({exc.strerror})") from None
     probe = path / ".ubnas_write_check.tmp"
     try:   # before any long work: a directory that takes no files would fail at the first checkpoint
         probe.touch()
         probe.unlink()
     except OSError as exc:
-        raise ValueError(f"--out {path}: cannot write in the run directory ({exc.strerror or exc})") from None
+        raise ValueError(f"--out {path}: cannot write in the directory ({exc.strerror or exc})") from None
     return path
 
 
