@@ -350,3 +350,27 @@ def test_new_batchnorm_channels_start_as_a_fresh_batchnorm():
             assert new.shape == (96,), key
             assert torch.equal(new[:88], old), key
             assert torch.equal(new[88:], getattr(fresh, key).detach()), (key, m)
+
+
+def test_resized_modules_report_their_new_sizes():
+    """After a move, nn.Conv2d/nn.Linear still printed (and handed hwmodels.estimate) their old
+    channel counts: only BatchNorm's num_features followed the resized tensors."""
+    net = _net()
+    alloc = ChannelAllocator(dict(net.widths.items()), net.channel_bindings())
+    alloc.step([], 0, {n: ("grow", w.lo + w.step, w.step, w.count) for n, w in net.widths.items()})
+    checked = 0
+    for name, module in net.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            expected = (module.out_channels, module.in_channels // module.groups, *module.kernel_size)
+        elif isinstance(module, torch.nn.Linear):
+            expected = (module.out_features, module.in_features)
+        elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            expected = (module.num_features,)
+            assert module.running_mean.shape == expected, name
+            if module.weight is None:
+                continue
+        else:
+            continue
+        assert tuple(module.weight.shape) == expected, (name, module)
+        checked += 1
+    assert checked >= 3   # the stem, its batch norm and the classifier at least

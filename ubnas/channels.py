@@ -254,8 +254,13 @@ class ChannelAllocator:
                              if t.shape == current.shape else t)
         else:
             module._buffers[attr] = resized
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.num_features = resized.shape[0]
+        # the sizes torch modules print and hwmodels.estimate reads follow the resized tensor
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.num_features = resized.shape[0]
+        elif isinstance(module, nn.Conv2d) and attr == "weight":
+            module.out_channels, module.in_channels = resized.shape[0], resized.shape[1] * module.groups
+        elif isinstance(module, nn.Linear) and attr == "weight":
+            module.out_features, module.in_features = resized.shape
 
     @staticmethod
     def _swap_state(optimizers, old: nn.Parameter, new: nn.Parameter, convert) -> None:
