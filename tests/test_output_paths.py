@@ -141,6 +141,27 @@ def test_a_tilde_in_a_config_file_or_a_quoted_flag_is_the_home_directory(tmp_pat
     assert f"CIFAR-10 directory not found: {home / 'nowhere'}" in err
 
 
+def test_a_tilde_after_an_equals_sign_is_the_home_directory_for_every_command(tmp_path, monkeypatch, capsys):
+    """A shell leaves '~' alone after '--opt=': export, estimate, report and calibrate then read
+    or wrote a directory named '~' (only search and train expanded it)."""
+    import json
+    from hwmodels.accelerator import save_accelerator
+    from hwmodels import load_accelerator
+    from ubnas.cli import main
+    home = tmp_path / "home"
+    (home / "run").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    save_accelerator(load_accelerator("edge_32x32"), home / "npu.yaml")
+    (home / "layers.csv").write_text("name,kind,in_h,in_w,in_channels,out_channels,kernel_h,kernel_w\n"
+                                     "c,conv,8,8,3,16,3,3\n")
+    assert main(["estimate", "--layers=~/layers.csv", "--hw=~/npu.yaml", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accelerator"]["array_rows"] == 32
+    (home / "run" / "metrics.json").write_text(json.dumps({"test_acc": 0.5, "hardware": {"latency_us": 1.0}}))
+    assert main(["report", "~/run", "--out=~/rep", "--no-plots"]) == 0
+    assert (home / "rep" / "report.md").exists() and not (tmp_path / "~").exists()
+
+
 def test_interrupts_and_closed_pipes(tmp_path):
     """A reader that leaves (| head) is no error; Ctrl-C says how to continue, on its own line."""
     import signal

@@ -31,6 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _expand_home(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with a leading ``~`` of every string (or list item) expanded to the home directory,
+    as a shell does for an unquoted word: it does not after ``--onnx=``, and a quoted path kept it,
+    so ``export --onnx=~/m.onnx`` wrote into a directory named '~' below the working directory."""
+    def expand(value):
+        return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
+    for key, value in vars(args).items():
+        setattr(args, key, [expand(v) for v in value] if isinstance(value, list) else expand(value))
+    return args
+
+
 def main(argv=None) -> int:
     """Run ``ubnas`` with ``argv`` (default: sys.argv[1:]); returns the exit status: 0, 2 for a user
     error (ValueError, OSError, ImportError, out of memory: one line on stderr, the traceback with
@@ -40,7 +51,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\nubnas: interrupted", file=sys.stderr)
         return 130
-    args = parser.parse_args(argv)
+    args = _expand_home(parser.parse_args(argv))
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
