@@ -479,6 +479,27 @@ def test_an_onnx_file_that_fails_the_check_is_not_written(tmp_path, capsys, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["arch.yaml", "net.onnx"]
 
 
+def test_an_onnx_file_onnxruntime_cannot_load_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    """onnxruntime's own exceptions (an opset newer than it knows raises its 'Fail', a plain
+    Exception) ended the export in a traceback."""
+    pytest.importorskip("onnxscript")
+    onnxruntime = pytest.importorskip("onnxruntime")
+
+    class Fail(Exception):
+        pass
+
+    def refuse(path, providers=None):
+        raise Fail("[ONNXRuntimeError] : 1 : FAIL : Load model failed: opset 23 is under development")
+    monkeypatch.setattr(onnxruntime, "InferenceSession", refuse)
+    spec = write_spec(tmp_path / "arch.yaml")
+    file = tmp_path / "net.onnx"
+    err = one_line_error(capsys, ["export", str(spec), "--onnx", str(file)])
+    assert err.startswith(f"ubnas: error: {file}: onnxruntime {onnxruntime.__version__} cannot run the exported "
+                          f"file (Fail: [ONNXRuntimeError]") and err.endswith("or --no-check to write it unchecked"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arch.yaml"]
+    assert main(["export", str(spec), "--onnx", str(file), "--no-check"]) == 0 and file.exists()
+
+
 # -- bad inputs: non-zero exit, one line, no traceback ---------------------------------------------
 def test_spec_from_a_newer_version(tmp_path):
     spec = write_spec(tmp_path / "arch.yaml", {"ubnas_spec": 2})

@@ -109,8 +109,14 @@ def _checked_against_torch(model, spec, onnx_file, check: bool, name) -> Dict[st
     x = torch.randn((3,) + tuple(spec.input_shape), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(x).numpy()
-    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    try:   # onnxruntime raises its own Exception subclasses (an opset newer than it knows: Fail)
+        session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"{name}: onnxruntime {onnxruntime.__version__} cannot run the exported file "
+                         f"({type(exc).__name__}: {first}); not written. Try a lower --opset, a newer "
+                         f"onnxruntime, or --no-check to write it unchecked") from None
     diff = float(abs(got - expected).max())
     tolerance = TOLERANCE * max(1.0, float(abs(expected).max()))
     spread = float((expected.max(axis=0) - expected.min(axis=0)).max())
