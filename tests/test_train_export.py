@@ -500,6 +500,19 @@ def test_an_onnx_file_onnxruntime_cannot_load_is_a_one_line_error(tmp_path, caps
     assert main(["export", str(spec), "--onnx", str(file), "--no-check"]) == 0 and file.exists()
 
 
+def test_a_torch_without_the_export_based_onnx_exporter_is_named(tmp_path, capsys, monkeypatch):
+    """torch before 2.6 has no dynamo=/external_data= options: a TypeError traceback at export."""
+    pytest.importorskip("onnxscript")
+
+    def old_export(model, args, f, export_params=True, verbose=False, opset_version=None):
+        raise AssertionError("not to be called")
+    monkeypatch.setattr(torch.onnx, "export", old_export)
+    spec = write_spec(tmp_path / "arch.yaml")
+    err = one_line_error(capsys, ["export", str(spec), "--onnx", str(tmp_path / "net.onnx")])
+    assert err == f"ubnas: error: ONNX export needs torch 2.6 or newer (its torch.export-based exporter); " \
+                  f"this is torch {torch.__version__}", err
+
+
 # -- bad inputs: non-zero exit, one line, no traceback ---------------------------------------------
 def test_spec_from_a_newer_version(tmp_path):
     spec = write_spec(tmp_path / "arch.yaml", {"ubnas_spec": 2})

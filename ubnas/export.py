@@ -48,6 +48,11 @@ def export_onnx(spec_path, onnx_path, weights: Optional[str] = None, check: bool
     except ImportError:
         raise ValueError("ONNX export needs the onnx extra: pip install 'ubnas[onnx]' "
                          "(onnx, onnxscript, onnxruntime)") from None
+    import inspect
+    keywords = inspect.signature(torch.onnx.export).parameters
+    if not {"dynamo", "external_data"} <= set(keywords):   # the torch.export-based exporter's options
+        raise ValueError(f"ONNX export needs torch 2.6 or newer (its torch.export-based exporter); "
+                         f"this is torch {torch.__version__}")
     import onnx
     newest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= newest:   # torch.export's ONNX converter writes opset 18 at the least
