@@ -160,7 +160,7 @@ def from_dict(data: Dict[str, Any], origin: str = "<dict>", name: Optional[str] 
     if not isinstance(data, dict):
         raise HardwareConfigError(f"{origin}: expected a mapping of accelerator keys, got {type(data).__name__}")
     known = set(_FIELDS) | {"name", "calibration", "source", "fit_report", "provenance"}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - known, key=str)
     if unknown:
         raise HardwareConfigError(
             f"{origin}: unknown key '{unknown[0]}' (expected one of {', '.join(sorted(known))})")
@@ -173,7 +173,7 @@ def from_dict(data: Dict[str, Any], origin: str = "<dict>", name: Optional[str] 
         cal = {}
     if not isinstance(cal, dict):
         raise HardwareConfigError(f"{origin}: key 'calibration' expected a mapping, got {short_repr(cal)}")
-    bad = sorted(set(cal) - _CAL_FIELDS)
+    bad = sorted(set(cal) - _CAL_FIELDS, key=str)
     if bad:
         raise HardwareConfigError(
             f"{origin}: unknown key 'calibration.{bad[0]}' (expected one of {', '.join(sorted(_CAL_FIELDS))})")
@@ -194,17 +194,18 @@ def preset_names():
 
 
 def _resolve(name_or_path: Union[str, os.PathLike]) -> Tuple[Path, bool]:
-    """(path, is_preset) of an accelerator argument: an existing file or directory first (so a
-    user's file named like a preset is that file); otherwise, when the argument has no directory
-    part, the shipped preset of that name; otherwise a one-line HardwareConfigError."""
+    """(path, is_preset) of an accelerator argument: an existing file first (so a user's file
+    named like a preset is that file); otherwise, when the argument has no directory part, the
+    shipped preset of that name; otherwise a one-line HardwareConfigError.  A directory in the
+    working directory named like a preset (a results folder 'tpu_v4/') does not hide it."""
     text = os.fspath(name_or_path)
     path = Path(text)
-    if text and path.exists():
+    bare = not os.path.dirname(text) and os.sep not in text and (os.altsep is None or os.altsep not in text)
+    preset = PRESET_DIR / f"{text}.yaml"
+    if text and path.exists() and not (bare and path.is_dir() and preset.is_file()):
         return path, False
-    bare = bool(text) and not os.path.dirname(text) and os.sep not in text \
-        and (os.altsep is None or os.altsep not in text)
-    if bare and (PRESET_DIR / f"{text}.yaml").is_file():
-        return PRESET_DIR / f"{text}.yaml", True
+    if text and bare and preset.is_file():
+        return preset, True
     if bare:
         raise HardwareConfigError(
             f"{text or '<empty>'}: no such preset or file (presets: {', '.join(preset_names())})")

@@ -25,6 +25,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":   # SafeConstructor flattens these below
                 continue
             key = self.construct_object(key_node, deep=True)
+            if isinstance(key, bool):   # no file of ours has such a key: 'on: 1' was "unknown key 'True'"
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key_node.value!r} reads as {str(key).lower()} in YAML; quote it "
+                                f"if it is a name", key_node.start_mark)
             if not isinstance(key, (str, int, float, bool)):   # unhashable ones: PyYAML's own error
                 continue
             if key in seen:

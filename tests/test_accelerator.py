@@ -169,6 +169,23 @@ def test_a_path_is_never_taken_for_a_preset_name(tmp_path, monkeypatch):
     assert (preset.array_rows, preset.array_cols, preset.num_arrays) == (128, 128, 4)
 
 
+def test_a_directory_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch, capsys):
+    """A results folder 'uboost/' in the working directory broke the default --hw, and even
+    `ubnas presets`, with 'uboost: cannot read (Is a directory)'."""
+    from ubnas.cli import main
+    (tmp_path / "uboost").mkdir()
+    (tmp_path / "tpu_v4").mkdir()
+    monkeypatch.chdir(tmp_path)
+    acc = load_accelerator("tpu_v4")
+    assert (acc.array_rows, acc.num_arrays) == (128, 4)
+    assert main(["presets"]) == 0
+    assert "uboost " in capsys.readouterr().out
+    with pytest.raises(HardwareConfigError, match="Is a directory"):   # a directory asked for by its path
+        load_accelerator(tmp_path / "uboost")
+    with pytest.raises(HardwareConfigError, match="^<empty>: no such preset or file"):
+        load_accelerator("")
+
+
 def test_calibrated_mode_resolves_like_load_accelerator(tmp_path, monkeypatch):
     from hwmodels.accelerator import calibrated_mode
     # a calibrated file without a suffix used to read as uncalibrated (None)
@@ -202,3 +219,14 @@ def test_an_empty_source_key_is_no_source(tmp_path):
     """`source:` left empty read as the text 'None'."""
     acc = load_accelerator(write(tmp_path, yaml.safe_dump(GOOD) + "source:\n"))
     assert acc.source == ""
+
+
+def test_unknown_keys_of_mixed_types_are_named_not_a_traceback(tmp_path):
+    """'1: 2' beside 'x: 3' made sorting the unknown keys raise a TypeError."""
+    path = tmp_path / "acc.yaml"
+    path.write_text("array_rows: 8\narray_cols: 8\nclok: 2\n1: 2\n")
+    with pytest.raises(HardwareConfigError, match=f"^{path}: unknown key '1' "):
+        load_accelerator(path)
+    path.write_text(yaml.safe_dump(GOOD) + "calibration: {x: 3, 1: 2}\n")
+    with pytest.raises(HardwareConfigError, match=f"^{path}: unknown key 'calibration.1' "):
+        load_accelerator(path)

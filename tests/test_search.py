@@ -244,6 +244,32 @@ def test_malformed_space_names_file_and_key(tmp_path):
         assert "\n" not in str(err.value)
 
 
+def test_a_space_path_with_a_directory_part_is_the_users_file(tmp_path, monkeypatch):
+    """'./tiny' (a user's file without a suffix) silently loaded the shipped tiny space, and ''
+    read the working directory."""
+    good = yaml.safe_load(open(SPACE_DIR / "tiny.yaml"))
+    (tmp_path / "tiny").write_text(yaml.safe_dump({**good, "name": "mine"}))
+    monkeypatch.chdir(tmp_path)
+    assert load_space("./tiny").name == "mine" and load_space(str(tmp_path / "tiny")).name == "mine"
+    assert load_space("tiny").name == "tiny"   # a bare name is the shipped space
+    with pytest.raises(SpaceError, match="^<empty>: no such search space or file"):
+        load_space("")
+
+
+@pytest.mark.parametrize("extra, said", [
+    ("opps: [x]\n8: 1\n", "unknown key '8'"),
+    ("on: 1\nstp: 2\n", "line 1 column 1: invalid YAML (key 'on' reads as true in YAML; quote it if it is a name)"),
+])
+def test_unknown_keys_of_mixed_types_are_named_not_a_traceback(tmp_path, extra, said):
+    """YAML reads 'on' as true and '8' as an integer: sorting them beside a string key raised a
+    TypeError out of the space loader, and a boolean key was named 'True'."""
+    path = tmp_path / "s.yaml"
+    path.write_text(extra + (SPACE_DIR / "tiny.yaml").read_text())
+    with pytest.raises(SpaceError) as info:
+        load_space(str(path))
+    assert said in str(info.value) and "\n" not in str(info.value), info.value
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "ubnas", *args], capture_output=True, text=True, timeout=120)
 

@@ -4,6 +4,7 @@ Errors name the file, the key and what was expected, in one line.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -90,7 +91,7 @@ def _channels(data: Any, origin: str, where: str) -> ChannelSpec:
     if not isinstance(data, dict):
         raise SpaceError(f"{origin}: key '{where.rstrip('.')}' expected a mapping, got {short_repr(data)}")
     known = {"init", "step", "candidates", "min", "max", "dynamic"}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - known, key=str)
     if unknown:
         raise SpaceError(f"{origin}: unknown key '{where}{unknown[0]}' (expected {', '.join(sorted(known))})")
     values = {k: _need(data, k, int, origin, where) for k in ("init", "step", "candidates", "min", "max")}
@@ -111,7 +112,7 @@ def parse_space(data: Any, origin: str) -> SearchSpace:
     """Validate a YAML mapping into a SearchSpace (``origin`` names the file in errors)."""
     if not isinstance(data, dict):
         raise SpaceError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
-    unknown = sorted(set(data) - TOP_KEYS)
+    unknown = sorted(set(data) - TOP_KEYS, key=str)
     if unknown:   # a misspelt key ('opps') would otherwise be dropped without a word
         raise SpaceError(f"{origin}: unknown key '{unknown[0]}' (expected {', '.join(sorted(TOP_KEYS))})")
     version = data.get("ubnas_space", 1)
@@ -135,7 +136,7 @@ def parse_space(data: Any, origin: str) -> SearchSpace:
     if all(op == "none" for op in ops):   # a network of zero edges has nothing to search or train
         raise SpaceError(f"{origin}: key 'ops' needs an op other than 'none', got {ops}")
     stem = _need(data, "stem", dict, origin)
-    unknown = sorted(set(stem) - {"kernel", "channels"})
+    unknown = sorted(set(stem) - {"kernel", "channels"}, key=str)
     if unknown:
         raise SpaceError(f"{origin}: unknown key 'stem.{unknown[0]}' (expected channels, kernel)")
     stem_kernel = _need(stem, "kernel", int, origin, "stem.")
@@ -148,7 +149,7 @@ def parse_space(data: Any, origin: str) -> SearchSpace:
         where = f"cells[{i}]."
         if not isinstance(cell, dict):
             raise SpaceError(f"{origin}: key 'cells[{i}]' expected a mapping, got {short_repr(cell)}")
-        unknown = sorted(set(cell) - {"reduce", "pool_after", "channels"})
+        unknown = sorted(set(cell) - {"reduce", "pool_after", "channels"}, key=str)
         if unknown:
             raise SpaceError(f"{origin}: unknown key '{where}{unknown[0]}' (expected reduce, pool_after, channels)")
         channels = _channels(cell["channels"], origin, where + "channels.") if "channels" in cell else default
@@ -174,11 +175,14 @@ def space_names() -> List[str]:
 def read_space_text(name_or_path: str) -> Tuple[str, str]:
     """(the YAML text, its path) of a shipped space by name (``tiny``) or of a YAML file path."""
     path = Path(name_or_path)
+    # a name with a directory part ('./tiny') is the user's file, never the shipped space
+    bare = bool(name_or_path) and not os.path.dirname(name_or_path) and os.sep not in name_or_path \
+        and (os.altsep is None or os.altsep not in name_or_path)
     try:   # exists() raises too, for a name longer than the file system allows
-        if not path.suffix and (SPACE_DIR / f"{name_or_path}.yaml").exists():
+        if bare and not path.suffix and (SPACE_DIR / f"{name_or_path}.yaml").exists():
             path = SPACE_DIR / f"{name_or_path}.yaml"
-        elif not path.exists():
-            raise SpaceError(f"{name_or_path}: no such search space or file (shipped: {', '.join(space_names())})")
+        elif not name_or_path or not path.exists():
+            raise SpaceError(f"{name_or_path or '<empty>'}: no such search space or file (shipped: {', '.join(space_names())})")
         return read_utf8(path, SpaceError), str(path)
     except OSError as exc:
         raise SpaceError(f"{path}: cannot read ({exc.strerror or exc})") from None
