@@ -753,6 +753,28 @@ def test_resume_before_the_first_checkpoint_starts_the_same_run_over(tmp_path, c
     assert yaml.safe_load((out / "arch.yaml").read_text())["provenance"]["accelerator"] == "edge_32x32"
 
 
+@pytest.mark.parametrize("finished", [True, False])
+def test_resume_of_a_run_whose_checkpoint_was_deleted_is_refused_not_started_over(tmp_path, capsys, finished):
+    """With checkpoint.pt deleted (to save disk), --resume said the run 'stopped in its first
+    epoch', searched again from scratch and moved the finished arch.yaml and log to previous/."""
+    from ubnas.cli import main
+    out = tmp_path / "run"
+    run_search(_small(tmp_path, "run", epochs=1), progress=False)
+    if not finished:
+        (out / "arch.yaml").unlink()   # a log row alone is also written only after a checkpoint
+    (out / "checkpoint.pt").unlink()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["search", "--out", str(out), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    held = "arch.yaml and search_log.csv" if finished else "search_log.csv"
+    assert err == (f"ubnas: error: {out / 'checkpoint.pt'}: missing, though {out} holds the run's {held} "
+                   f"(written only after a checkpoint); --resume cannot continue without it. Restore it, or "
+                   f"run without --resume to start over (the old files move to {out / 'previous'})"), err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not (out / "previous").exists()
+
+
 def test_dual_lr_without_a_target_gets_a_note(tmp_path, capsys, monkeypatch):
     import ubnas.commands.search
     from ubnas.cli import main

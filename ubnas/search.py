@@ -42,8 +42,9 @@ from .kernels import backend as kernel_backend
 from .runtime import (all_finite, make_run_dir, pick_device, progress_bar, recover_set_aside, refuse_if_locked,
                       resume_note, run_lock, say, set_aside)
 from .search_config import STAGES, SearchConfig, config_from_yaml
-from .search_resume import (Trajectory, placement_note, read_search_checkpoint, restarted_config,
-                            restore_search_state, resumed_config, run_definitions, save_search_checkpoint)
+from .search_resume import (Trajectory, placement_note, read_search_checkpoint, refuse_lost_checkpoint,
+                            restarted_config, restore_search_state, resumed_config, run_definitions,
+                            save_search_checkpoint)
 from .space import space_from_text
 from .supernet import Supernet
 from .target_fit import fit_to_target
@@ -144,6 +145,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
         cfg = resumed_config(cfg, checkpoint, given, ckpt_path, main)
     restart = resume and checkpoint is None and (out / "config.yaml").is_file()
     if restart:   # stopped before its first checkpoint: the same run again, not the defaults
+        refuse_lost_checkpoint(out, ckpt_path)
         cfg = restarted_config(cfg, out / "config.yaml", given, main)
     cfg.validate()
     if cfg.data_dir is not None:   # saved absolute: a --resume from another directory finds the data

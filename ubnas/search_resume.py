@@ -113,6 +113,22 @@ def placement_note(checkpoint: dict, placement: Dict[str, str], ckpt_path: Path)
             f"run to float rounding, not bit for bit")
 
 
+def refuse_lost_checkpoint(out: Path, ckpt_path: Path) -> None:
+    """``--resume`` with no checkpoint where the run got past its first epoch (a logged epoch or an
+    exported arch.yaml: each is written after a checkpoint): the checkpoint was deleted or moved, and
+    starting over would redo the whole search.  A one-line ValueError saying so."""
+    log = out / "search_log.csv"
+    try:
+        logged = log.is_file() and sum(1 for line in log.read_text(errors="replace").splitlines() if line.strip()) > 1
+    except OSError:
+        logged = False
+    found = [name for name, there in (("arch.yaml", (out / "arch.yaml").is_file()), (log.name, logged)) if there]
+    if found:
+        raise ValueError(f"{ckpt_path}: missing, though {out} holds the run's {' and '.join(found)} (written "
+                         f"only after a checkpoint); --resume cannot continue without it. Restore it, or run "
+                         f"without --resume to start over (the old files move to {out / 'previous'})")
+
+
 def restarted_config(cfg: SearchConfig, config_path: Path, given: Optional[Iterable[str]],
                      main: bool) -> SearchConfig:
     """``--resume`` where the run stopped before its first checkpoint: the run starts over with the
