@@ -811,6 +811,49 @@ def test_beta_with_the_flops_cost_model_gets_a_note(tmp_path, capsys, monkeypatc
         assert (note in capsys.readouterr().out) == says, extra
 
 
+def _cost_grads(net, model, surrogate, temperature, width_cost):
+    """The supernet's cost and its gradient over every architecture parameter, in float64."""
+    from ubnas.cost import supernet_cost
+    net.zero_grad()
+    cost = supernet_cost(net, net.sample("softmax"), load_accelerator("uboost"), model, surrogate, temperature,
+                         1, width_cost)["cycles"]
+    cost.backward()
+    return [float(cost.detach())] + [g for p in net.arch_parameters() for g in p.grad.flatten().tolist()]
+
+
+def test_smoothing_options_that_cannot_act_get_a_note(tmp_path, capsys, monkeypatch):
+    """--temperature changed nothing (bit-identical checkpoints) under the default straight-through
+    surrogate with --width-cost expected, nor did --surrogate/--temperature under flops or
+    roofline: without a word."""
+    import ubnas.commands.search
+    from ubnas.cli import main
+    torch.manual_seed(0)
+    net = Supernet(load_space("tiny"), (1, 8, 8), 10).double()
+    # what the notes claim, measured: equal where they speak, different where they do not
+    assert _cost_grads(net, "systolic", "straight_through", 1.0, "expected") == \
+        _cost_grads(net, "systolic", "straight_through", 50.0, "expected")
+    assert _cost_grads(net, "systolic", "straight_through", 1.0, "soft") != \
+        _cost_grads(net, "systolic", "straight_through", 50.0, "soft")
+    assert _cost_grads(net, "systolic", "sigmoid", 1.0, "expected") != \
+        _cost_grads(net, "systolic", "sigmoid", 50.0, "expected")
+    for model in ("flops", "roofline"):
+        assert _cost_grads(net, model, "straight_through", 1.0, "soft") == \
+            _cost_grads(net, model, "sigmoid", 50.0, "soft")
+    monkeypatch.setattr(ubnas.commands.search, "run_search", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    temperature = "note: --temperature has no effect with --surrogate straight_through and --width-cost expected"
+    ceilings = "cost model has no tile ceilings, so"
+    for extra, says in ((["--temperature", "50"], temperature),
+                        (["--temperature", "50", "--width-cost", "soft"], None),
+                        (["--temperature", "50", "--surrogate", "sigmoid"], None),
+                        (["--cost-model", "flops", "--surrogate", "sigmoid"], ceilings),
+                        (["--cost-model", "roofline", "--temperature", "5", "--surrogate", "sigmoid"],
+                         "roofline cost model has no tile ceilings, so --surrogate and --temperature have no effect"),
+                        (["--cost-model", "roofline"], None), ([], None)):
+        assert main(["search", "--out", str(tmp_path / "r"), *extra]) == 130
+        out = capsys.readouterr().out
+        assert (says in out) if says else (temperature not in out and ceilings not in out), (extra, out)
+
+
 def test_lambda_with_a_target_gets_a_note(tmp_path, capsys, monkeypatch):
     import ubnas.commands.search
     from ubnas.cli import main

@@ -25,7 +25,8 @@ def add_parser(sub):
         "epochs": "search epochs (staged: the first half searches ops, the second widths)",
         "batch_size": "images per weight and per architecture step (per process under torchrun)",
         "surrogate": "straight_through (exact cost forward, smooth gradient) | sigmoid (smooth staircase)",
-        "temperature": "width of the smooth ceiling's steps, in channels",
+        "temperature": "width of the smooth ceiling's steps, in channels (--surrogate sigmoid, or the "
+                       "straight-through gradient under --width-cost soft)",
         "hw_batch": "batch size the hardware cost is taken at",
         "width_cost": "expected (every candidate width) | soft (the expected width only)",
         "relaxation": "gumbel (Gumbel-softmax samples) | softmax",
@@ -86,6 +87,15 @@ def run(args) -> int:
         if cfg.stage == "channel":   # nothing chooses the ops: they are what the random init favours
             print("note: --stage channel searches the widths only, on the cell that the random initial op "
                   "logits favour; --stage staged (the default) chooses the ops first")
+        smoothing = [f"--{n}" for n in ("surrogate", "temperature") if meant(n)]
+        if smoothing and cfg.cost_model in ("flops", "roofline"):   # no tile ceilings to smooth
+            print(f"note: the {cfg.cost_model} cost model has no tile ceilings, so {' and '.join(smoothing)} "
+                  f"{'have' if len(smoothing) > 1 else 'has'} no effect; the systolic and uboost models use them")
+        elif (meant("temperature") and cfg.surrogate == "straight_through" and cfg.width_cost == "expected"):
+            # every candidate width is a constant there: no gradient flows through a ceiling
+            print("note: --temperature has no effect with --surrogate straight_through and --width-cost "
+                  "expected (the exact ceilings forward, and no gradient reaches them); it shapes "
+                  "--surrogate sigmoid, or the gradient under --width-cost soft")
         if meant("lambda_latency") and cfg.target_latency_us is not None:
             print("note: --target-latency-us replaces the --lambda-latency term (--beta-utilization still applies)")
     try:
