@@ -41,10 +41,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 # YAML 1.2's integers, not 1.1's: "010" is ten (1.1: octal 8) and "1:28" is no integer (1.1: base 60,
 # 88); 0x.. and 0o.. keep their bases.  A size typed with a leading zero is then the size it reads as.
 _INT_12 = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+# and YAML 1.2's floats: "1:30.0" is no float (1.1: base 60, 90.0), "1_000.5" none either, and
+# "3e-3" is one (1.1 wants a dot).  A dot or an exponent is required, so the integers above stay ints.
+_FLOAT_12 = re.compile(r"^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+"
+                       r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
 _UniqueKeyLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT_12, list("-+0123456789"))
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
 
 
 MAX_INT_DIGITS = 4000   # Python refuses to convert longer decimal strings (sys.int_info's 4300)
@@ -69,6 +74,7 @@ class YamlDumper(yaml.SafeDumper):
 
 
 YamlDumper.add_implicit_resolver("tag:yaml.org,2002:int", _INT_12, list("-+0123456789"))
+YamlDumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))   # '1e5' quoted
 
 
 def dump_yaml(value: Any, **kwargs) -> str:

@@ -358,7 +358,8 @@ def test_a_config_value_past_floats_range_is_refused_not_an_overflow(tmp_path, k
 
 
 def test_a_config_file_reads_exponents_without_a_dot_as_numbers(tmp_path):
-    """PyYAML (YAML 1.1) reads 'arch_lr: 3e-3' as the string '3e-3'; the README spells it so."""
+    """PyYAML (YAML 1.1) reads 'arch_lr: 3e-3' as the string '3e-3'; ours reads YAML 1.2's floats, so
+    it is the number the README spells."""
     from ubnas.search import config_from_yaml
     path = tmp_path / "run.yaml"
     path.write_text("arch_lr: 3e-3\nlambda_latency: 1E-1\nweight_lr: 0.05\n")

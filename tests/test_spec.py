@@ -313,6 +313,25 @@ def test_integers_read_as_yaml_1_2_reads_them(tmp_path, spec_dict):
         load_spec(write(tmp_path, text.replace("__STEM__", "1:28")))
 
 
+def test_floats_read_as_yaml_1_2_reads_them(tmp_path):
+    """YAML 1.1 read 'lambda_latency: 1:30.0' as base-60 90.0 and '1_000.5' as 1000.5, while '3e-3'
+    (no dot) stayed a string; and strings that now read as floats are written quoted."""
+    from hwmodels.yamlio import dump_yaml, read_yaml
+    got = read_yaml("f.yaml", text="a: 1:30.0\nb: 1_000.5\nc: 3e-3\nd: -2.\ne: .5E1\nf: .inf\ng: 12\nh: 1e5\n")
+    assert got == {"a": "1:30.0", "b": "1_000.5", "c": 0.003, "d": -2.0, "e": 5.0, "f": float("inf"), "g": 12,
+                   "h": 100000.0}
+    assert isinstance(got["g"], int) and isinstance(got["h"], float)
+    values = {"s": "1e5", "t": "-3E-2", "u": "1:30.0", "x": 1e-5, "y": 2.0, "z": -float("inf")}
+    assert read_yaml("f.yaml", text=dump_yaml(values)) == values
+    from ubnas.search_config import config_from_yaml
+    for text in ("lambda_latency: 1:30.0\n", "lambda_latency: 1_000.5\n"):
+        (tmp_path / "c.yaml").write_text(text)
+        with pytest.raises(ValueError, match="key 'lambda_latency' expected float, got '1"):
+            config_from_yaml(str(tmp_path / "c.yaml"))
+    (tmp_path / "c.yaml").write_text("lambda_latency: 3e-3\narch_lr: 1E-4\n")
+    assert config_from_yaml(str(tmp_path / "c.yaml")) == {"lambda_latency": 0.003, "arch_lr": 1e-4}
+
+
 def test_strings_that_read_as_integers_are_written_quoted(tmp_path, derived):
     """PyYAML's dumper quotes YAML 1.1's integers, not 1.2's: a provenance string '0o17' (or an
     --out of that name in config.yaml) was written bare and read back as the integer 15."""

@@ -126,11 +126,6 @@ def config_from_yaml(path: str) -> Dict[str, Any]:
         if key not in types:
             raise ValueError(f"{path}: unknown key '{key}' (expected one of {', '.join(types)})")
         want = types[key].replace("Optional[", "").rstrip("]")
-        if want == "float" and isinstance(value, str):   # YAML 1.1 reads 3e-3 (no dot) as a string
-            try:
-                value = data[key] = float(value)
-            except ValueError:
-                pass
         ok = (value is None and "Optional" in types[key]) or \
             (want == "int" and isinstance(value, int) and not isinstance(value, bool)) or \
             (want == "float" and isinstance(value, (int, float)) and not isinstance(value, bool)) or \
