@@ -351,6 +351,19 @@ def test_edge_group_refuses_bns_with_different_settings(setting, value):
         mixed_edges(edges, _x(c=3, h=5), probs, impl="reference")
 
 
+@pytest.mark.parametrize("other", ["stride", "reversed ops", "width"])
+def test_edge_group_refuses_edges_that_differ(other):
+    """The group runs with edge 0's plan and stride: a stride-2 edge came back at stride 1's size,
+    and reversed ops put edge 1's weights on the wrong ops (off by up to 2.3), without an error."""
+    ops = ["sep_conv_3x3", "conv_3x3", "max_pool_3x3", "none"]
+    first, _ = _edge_pair(ops, 3, 1, "cpu")
+    second, _ = _edge_pair(list(reversed(ops)) if other == "reversed ops" else ops, 5 if other == "width" else 3,
+                           2 if other == "stride" else 1, "cpu")
+    probs = torch.softmax(torch.randn(2, len(ops)), 1)
+    with pytest.raises(ValueError, match="the edges of a group must share their ops, stride and widths; edge 1 "):
+        mixed_edges([first, second], _x(c=3, h=6).float(), probs, impl="reference")
+
+
 @pytest.mark.parametrize("ops,stride,tiled", [(DARTS, 2, "1"), (DARTS, 2, "0"), (UBOOST, 1, "1")])
 def test_triton_edge_group_vs_eager_float64(ops, stride, tiled, no_tf32, monkeypatch):
     """Two edges in one call, each against its float64 eager twin: 8 depthwise kernels, two

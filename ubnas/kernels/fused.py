@@ -258,6 +258,19 @@ def weight_grads(plan: EdgePlan, probs, weights, pw_cat, p_dw, d_full, d_dw, d_p
 BN_SETTINGS = ("eps", "momentum", "training", "track_running_stats")
 
 
+def check_group_edges(edges, plan) -> None:
+    """Raise ValueError unless the edges of a group share their op list, stride and weight shapes:
+    the group runs with edge 0's plan and stride, so another edge's would be silently misread."""
+    first = edges[0]
+    shapes = [tuple(w.shape) for w in plan.weights(first)]
+    for i, e in enumerate(edges[1:], 1):
+        if list(e.op_names) != list(first.op_names) or e.stride != first.stride \
+                or [tuple(w.shape) for w in plan.weights(e)] != shapes:
+            raise ValueError(f"the edges of a group must share their ops, stride and widths; edge {i} has ops "
+                             f"{list(e.op_names)}, stride {e.stride} (edge 0: {list(first.op_names)}, stride "
+                             f"{first.stride}, or other widths)")
+
+
 def check_group_bns(bns) -> None:
     """Raise ValueError unless the BNs of an edge group share ``BN_SETTINGS``: ``_bn_stats`` takes
     the group's statistics with the first BN's settings."""
@@ -424,6 +437,7 @@ def fused_mixed_edges(edges, x: torch.Tensor, probs: torch.Tensor, K, fold: Opti
         return [x.new_zeros(shape) for _ in edges]
     bns = tuple(e.bn for e in edges)
     if groups > 1:
+        check_group_edges(edges, plan)
         check_group_bns(bns)
     dev = x.device.type
     # autocast leaves float64 alone (so does eager): only lower float32 / float16 / bfloat16
