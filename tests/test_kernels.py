@@ -351,6 +351,23 @@ def test_edge_group_refuses_bns_with_different_settings(setting, value):
         mixed_edges(edges, _x(c=3, h=5), probs, impl="reference")
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_an_empty_batch_gives_what_eager_gives(train):
+    """N = 0 filled the BN running statistics with NaN (var_mean of nothing), then backward failed."""
+    edges, twins = _edge_group(["sep_conv_3x3", "conv_3x3", "max_pool_3x3", "none"], 3, 2, 2, "cpu", torch.float64)
+    for m in edges + twins:
+        m.train(train)
+    x = torch.zeros(0, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    probs = torch.softmax(torch.randn(2, 4, dtype=torch.float64), 1).requires_grad_()
+    ys = mixed_edges(edges, x, probs, impl="reference")
+    expected = [t.forward_eager(x, probs[i]) for i, t in enumerate(twins)]
+    assert [y.shape for y in ys] == [y.shape for y in expected] == [(0, 3, 3, 3)] * 2
+    sum(y.sum() for y in ys).backward()
+    assert x.grad.shape == x.shape and torch.isfinite(probs.grad).all()
+    for e, t in zip(edges, twins):
+        assert torch.equal(e.bn.running_mean, t.bn.running_mean) and torch.equal(e.bn.running_var, t.bn.running_var)
+
+
 @pytest.mark.parametrize("other", ["stride", "reversed ops", "width"])
 def test_edge_group_refuses_edges_that_differ(other):
     """The group runs with edge 0's plan and stride: a stride-2 edge came back at stride 1's size,

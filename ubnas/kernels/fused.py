@@ -429,6 +429,8 @@ def fused_mixed_edges(edges, x: torch.Tensor, probs: torch.Tensor, K, fold: Opti
     edges share their op list, width and stride (the edges leaving one cell state);
     probs (G, n_ops).  Edge outputs are views of one (N, G*C, Ho, Wo) tensor.
     """
+    if x.shape[0] == 0:   # no samples: eager's result (empty outputs, BN statistics untouched), not NaN stats
+        return [e.forward_eager(x, probs[i]) for i, e in enumerate(edges)]
     edge = edges[0]
     plan = edge_plan(edge, FOLD_SEPARABLE if fold is None else fold)
     s, groups = edge.stride, len(edges)
