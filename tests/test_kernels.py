@@ -351,6 +351,15 @@ def test_edge_group_refuses_bns_with_different_settings(setting, value):
         mixed_edges(edges, _x(c=3, h=5), probs, impl="reference")
 
 
+def test_set_impl_refuses_an_unknown_name_at_once():
+    """'Eager' was taken and failed only at the first forward, with a list that left out 'eager'."""
+    from ubnas.supernet import Supernet
+    net = Supernet(load_space("tiny"), (1, 8, 8), 10)
+    with pytest.raises(ValueError, match=r"^unknown kernel impl 'Eager' \(expected one of eager, reference, "):
+        net.set_impl("Eager")
+    net.set_impl("eager")
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_an_empty_batch_gives_what_eager_gives(train):
     """N = 0 filled the BN running statistics with NaN (var_mean of nothing), then backward failed."""
@@ -518,11 +527,13 @@ def test_only_none_and_dispatch(monkeypatch):
         monkeypatch.setenv("TRITON_INTERPRET", spelling)
         assert backend("triton", torch.device("cpu")) is T, spelling
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(ValueError, match=r"kernels 'triton' \(set by UBNAS_KERNELS=triton\) need CUDA tensors"):
+    # the user already asked for the reference: the fix is the variable, not the option
+    with pytest.raises(ValueError, match=r"kernels 'triton' \(set by UBNAS_KERNELS=triton\) need CUDA tensors, got "
+                                         r"cpu ones \(unset UBNAS_KERNELS or set it to reference; "):
         backend("reference", torch.device("cpu"))
     monkeypatch.delenv("UBNAS_KERNELS")
     monkeypatch.delenv("TRITON_INTERPRET")   # Triton on CPU tensors without the interpreter
-    with pytest.raises(ValueError, match="kernels 'triton' need CUDA tensors"):
+    with pytest.raises(ValueError, match=r"kernels 'triton' need CUDA tensors, got cpu ones \(use 'auto' or "):
         backend("triton", torch.device("cpu"))
     monkeypatch.setenv("UBNAS_KERNELS", "bogus")
     with pytest.raises(ValueError):

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .channels import Binding, Width
-from .kernels import group_edges, mixed_edge, mixed_edges
+from .kernels import IMPLS, group_edges, mixed_edge, mixed_edges
 from .ops import LinearBranch, effective, get_op, pool_forward
 from .space import SearchSpace
 from .spec import pooled_size, strided_size
@@ -348,6 +348,8 @@ class Supernet(nn.Module):
 
     def set_impl(self, impl: str) -> None:
         """'eager' (per-op PyTorch), 'reference' or 'triton' (fused, see ubnas.kernels), 'auto'."""
+        if impl not in ("eager",) + tuple(IMPLS):   # not at the first forward, naming all but 'eager'
+            raise ValueError(f"unknown kernel impl {impl!r} (expected one of eager, {', '.join(IMPLS)})")
         for module in self.modules():
             if isinstance(module, MixedEdge):
                 module.impl = impl

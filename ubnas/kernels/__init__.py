@@ -67,9 +67,11 @@ def backend(impl: str, device: torch.device, dtype: Optional[torch.dtype] = None
     if impl == "auto":
         impl = "triton" if kind == "cuda" and dtype != torch.float64 else "reference"
     if impl == "triton" and kind != "cuda" and not triton_interpreter():
+        # a forced value overrides --kernels: only the variable's value can help then
+        fix = ("unset UBNAS_KERNELS or set it to reference" if forced else "use 'auto' or 'reference'")
         by = f" (set by UBNAS_KERNELS={os.environ['UBNAS_KERNELS'].strip()})" if forced else ""
         raise ValueError(f"kernels 'triton'{by} need CUDA tensors, got {kind} ones "
-                         "(use 'auto' or 'reference'; TRITON_INTERPRET=1 runs the kernels on a CPU, slowly)")
+                         f"({fix}; TRITON_INTERPRET=1 runs the kernels on a CPU, slowly)")
     if impl == "triton":
         from . import triton_kernels
         return triton_kernels
