@@ -233,6 +233,8 @@ def test_malformed_space_names_file_and_key(tmp_path):
         ("description", ["a", "b"], "key 'description' expected text"),
         ("ubnas_space", True, "key 'ubnas_space' expected 1, got True"),
         ("ubnas_space", 1.0, "key 'ubnas_space' expected 1, got 1.0"),
+        # the window was blamed ('channels.init' window ... must lie within min..max = 200..192)
+        ("channels", {**good["channels"], "min": 200, "max": 192}, "key 'channels.min' 200 exceeds 'channels.max' 192"),
     ]
     for i, (key, value, where) in enumerate(cases):
         bad = dict(good, **{key: value})
@@ -254,6 +256,13 @@ def test_a_space_path_with_a_directory_part_is_the_users_file(tmp_path, monkeypa
     assert load_space("tiny").name == "tiny"   # a bare name is the shipped space
     with pytest.raises(SpaceError, match="^<empty>: no such search space or file"):
         load_space("")
+
+
+def test_an_empty_space_file_says_it_is_empty(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("# nothing yet\n")
+    with pytest.raises(SpaceError, match=f"^{path}: the file is empty; expected a search space"):
+        load_space(str(path))
 
 
 @pytest.mark.parametrize("extra, said", [

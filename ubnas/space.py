@@ -101,6 +101,8 @@ def _channels(data: Any, origin: str, where: str) -> ChannelSpec:
     dynamic = data.get("dynamic", True)
     if not isinstance(dynamic, bool):   # bool("false") is True
         raise SpaceError(f"{origin}: key '{where}dynamic' expected true or false, got {short_repr(dynamic)}")
+    if values["min"] > values["max"]:   # else the window below was blamed
+        raise SpaceError(f"{origin}: key '{where}min' {values['min']} exceeds '{where}max' {values['max']}")
     spec = ChannelSpec(dynamic=dynamic, **values)
     if not spec.min <= spec.init or spec.widths[-1] > spec.max:
         raise SpaceError(f"{origin}: key '{where}init' window {spec.widths[0]}..{spec.widths[-1]} "
@@ -110,6 +112,8 @@ def _channels(data: Any, origin: str, where: str) -> ChannelSpec:
 
 def parse_space(data: Any, origin: str) -> SearchSpace:
     """Validate a YAML mapping into a SearchSpace (``origin`` names the file in errors)."""
+    if data is None:   # what YAML reads from an empty file (or one of comments only)
+        raise SpaceError(f"{origin}: the file is empty; expected a search space (see search_spaces/tiny.yaml)")
     if not isinstance(data, dict):
         raise SpaceError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
     unknown = sorted(set(data) - TOP_KEYS, key=str)
