@@ -366,6 +366,17 @@ def test_a_config_value_past_floats_range_is_refused_not_an_overflow(tmp_path, k
         cfg.validate(str(path))
 
 
+@pytest.mark.parametrize("key", ["out", "space", "hw", "data_dir"])
+def test_a_nul_character_in_a_path_names_its_key(tmp_path, capsys, key):
+    """'out: "a\\0b"' in a --config file ended with 'ubnas: error: embedded null byte', naming
+    neither the key nor the file."""
+    from ubnas.cli import main
+    path = tmp_path / "run.yaml"
+    path.write_text(f'{key}: "a\\0b"\n')
+    assert main(["search", "--config", str(path), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == f"ubnas: error: {path}: key '{key}' contains a NUL character: 'a\\x00b'"
+
+
 def test_a_config_file_reads_exponents_without_a_dot_as_numbers(tmp_path):
     """PyYAML (YAML 1.1) reads 'arch_lr: 3e-3' as the string '3e-3'; ours reads YAML 1.2's floats, so
     it is the number the README spells."""

@@ -100,6 +100,9 @@ class SearchConfig:
             raise ValueError(f"{where('weight_momentum')} must be in [0, 1), got {short_repr(self.weight_momentum)}")
         if not isinstance(self.out, str) or not self.out.strip():
             raise ValueError(f"{where('out')} expected a run directory, got {short_repr(self.out)}")
+        for key in ("space", "hw", "data_dir", "out"):   # the OS refuses it later as 'embedded null byte'
+            if isinstance(getattr(self, key), str) and "\0" in getattr(self, key):
+                raise ValueError(f"{where(key)} contains a NUL character: {short_repr(getattr(self, key))}")
         if self.target_latency_us is not None and not (float32_finite(_as_float(self.target_latency_us))
                                                        and self.target_latency_us > 0):
             raise ValueError(f"{where('target_latency_us')} must be > 0 and within float32's range (3.4e38), "
