@@ -508,6 +508,24 @@ def test_an_invalid_recorded_accelerator_is_named_not_skipped_in_silence(tmp_pat
                                                    load_accelerator("uboost")).cycles)
 
 
+def test_an_unfinished_train_run_is_left_out_of_a_report_of_several(tmp_path, capsys):
+    """A train run stopped before metrics.json ('not a ubnas run directory') failed the whole report
+    of `ubnas report runs/*`."""
+    done, stopped = tmp_path / "done", tmp_path / "stopped"
+    done.mkdir()
+    (done / "metrics.json").write_text(json.dumps({"test_acc": 0.5, "hardware": {"latency_us": 2.0}}))
+    stopped.mkdir()
+    (stopped / "checkpoint.pt").write_bytes(b"any")
+    assert main(["report", str(done), str(stopped), "--out", str(tmp_path / "rep"), "--no-plots"]) == 0
+    said = f"note: {stopped}: a `ubnas train` run without metrics.json (stopped before its end? `ubnas train " \
+           f"... --resume` finishes it); left out of the report"
+    assert said in capsys.readouterr().err
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "1 run(s)." in text and "| done |" in text and "stopped" not in text
+    err = one_line_error(capsys, ["report", str(stopped), "--out", str(tmp_path / "rep2"), "--no-plots"])
+    assert err.endswith("(stopped before its end? `ubnas train ... --resume` finishes it)"), err
+
+
 def test_a_run_given_twice_is_reported_once(tmp_path, capsys):
     """`report r1 r1/` gave two identical rows, both on the Pareto front."""
     run = _two_epoch_run(tmp_path / "r1")

@@ -175,6 +175,10 @@ def _accelerator(candidates: Sequence[Any], override: Optional[str], notes: List
     return load_accelerator("uboost")
 
 
+class UnfinishedRun(ValueError):
+    """A run directory with nothing to report yet (a train run stopped before writing metrics.json)."""
+
+
 def load_run(path, name: Optional[str] = None, hw: Optional[str] = None,
              hw_batch: Optional[int] = None) -> Run:
     """Read one run directory and cost its exported network (exact systolic model) on ``hw`` (else
@@ -220,6 +224,9 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None,
         if isinstance(last.get("val_acc"), (int, float)):
             run.accuracy, run.accuracy_label = float(last["val_acc"]), SEARCH_ACCURACY
         recorded = [run.config.get("hw")]
+    elif (path / "checkpoint.pt").is_file():
+        raise UnfinishedRun(f"{path}: a `ubnas train` run without metrics.json (stopped before its end? "
+                            f"`ubnas train ... --resume` finishes it)")
     else:
         raise ValueError(f"{path}: not a ubnas run directory (expected arch.yaml / search_log.csv from "
                          f"`ubnas search` or metrics.json from `ubnas train`)")
@@ -264,9 +271,10 @@ def unique_name(base: str, taken: set, fold=lambda name: name) -> str:
 
 def load_runs(paths: Sequence, hw: Optional[str] = None, hw_batch: Optional[int] = None) -> List[Run]:
     """``load_run`` of each path, named by its directory (``train`` as PARENT/train), names made
-    unique with -2, -3 ...; ``hw`` and ``hw_batch`` as in ``load_run``."""
+    unique with -2, -3 ...; ``hw`` and ``hw_batch`` as in ``load_run``.  An unfinished train run
+    among others is left out with a note (one crashed run no longer stops the whole report)."""
     taken: set = set()
-    runs, seen = [], set()
+    runs, seen, unfinished = [], set(), []
     for p in paths:
         resolved = Path(p).resolve()
         if resolved in seen:   # `runs/* runs/lam0`: one run, not two identical rows on the front
@@ -276,7 +284,14 @@ def load_runs(paths: Sequence, hw: Optional[str] = None, hw_batch: Optional[int]
         base = resolved.name or str(p)
         if base in GENERIC_DIR_NAMES:   # runs/lam0/train (ubnas train under a search run) reads as "lam0/train"
             base = f"{resolved.parent.name}/{base}"
-        runs.append(load_run(p, unique_name(base, taken), hw, hw_batch))
+        try:
+            runs.append(load_run(p, unique_name(base, taken), hw, hw_batch))
+        except UnfinishedRun as exc:
+            unfinished.append(exc)
+    if unfinished and not runs:
+        raise unfinished[0]
+    for exc in unfinished:
+        print(f"note: {exc}; left out of the report", file=sys.stderr)
     return runs
 
 
