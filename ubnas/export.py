@@ -10,6 +10,7 @@ run once on a fixed random batch and compared with PyTorch's output.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import warnings
@@ -48,11 +49,6 @@ def export_onnx(spec_path, onnx_path, weights: Optional[str] = None, check: bool
     except ImportError:
         raise ValueError("ONNX export needs the onnx extra: pip install 'ubnas[onnx]' "
                          "(onnx, onnxscript, onnxruntime)") from None
-    import inspect
-    keywords = inspect.signature(torch.onnx.export).parameters
-    if not {"dynamo", "external_data"} <= set(keywords):   # the torch.export-based exporter's options
-        raise ValueError(f"ONNX export needs torch 2.6 or newer (its torch.export-based exporter); "
-                         f"this is torch {torch.__version__}")
     import onnx
     newest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= newest:   # torch.export's ONNX converter writes opset 18 at the least
@@ -65,6 +61,10 @@ def export_onnx(spec_path, onnx_path, weights: Optional[str] = None, check: bool
             raise ValueError(f"--onnx {onnx_path}: is {what}; choose another file")
     if onnx_path.name in RUN_FILES and onnx_path.exists():
         raise ValueError(f"--onnx {onnx_path}: would replace a run's {onnx_path.name}; choose another file")
+    keywords = inspect.signature(torch.onnx.export).parameters
+    if "kwargs" not in keywords and not {"dynamo", "external_data"} <= set(keywords):   # torch < 2.6
+        raise ValueError(f"ONNX export needs torch 2.6 or newer (its torch.export-based exporter); "
+                         f"this is torch {torch.__version__}")
     tmp = onnx_path.with_name(f".{onnx_path.name}.tmp")
     batch = torch.export.Dim("batch", min=1)
     logs = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
