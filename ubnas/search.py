@@ -264,7 +264,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
             bar.close()
         with torch.no_grad():
             cost = cost_of(net.sample("softmax", hard_ops=hard_ops))
-            derived = cost_of(net.derived_sample())   # what a hard target bounds
+            derived = bounded_cost(cost_of)(net.derived_sample())   # what a hard target bounds
         n = max(1, sums["n"])
         # every rank saw its own shard: log the mean over ranks (equal shards, equal step counts)
         means = dist.mean_over_ranks([sums[k] / n for k in ("loss", "acc", "val_loss", "val_acc")])
@@ -426,11 +426,19 @@ def _export_widths(cfg: SearchConfig, net: Supernet, main: bool) -> None:
 
 
 def cost_function(net: Supernet, acc, cfg: SearchConfig):
-    """arch -> the supernet's hardware cost (``ubnas.cost.supernet_cost``) under cfg's cost options."""
-    def cost_of(arch):
-        return supernet_cost(net, arch, acc, cfg.cost_model, cfg.surrogate, cfg.temperature, cfg.hw_batch,
-                             cfg.width_cost)
+    """arch -> the supernet's hardware cost (``ubnas.cost.supernet_cost``) under cfg's cost options;
+    ``surrogate`` overrides cfg.surrogate for one call (``bounded_cost``)."""
+    def cost_of(arch, surrogate: Optional[str] = None):
+        return supernet_cost(net, arch, acc, cfg.cost_model, surrogate or cfg.surrogate, cfg.temperature,
+                             cfg.hw_batch, cfg.width_cost)
     return cost_of
+
+
+def bounded_cost(cost_of):
+    """``cost_of`` with the exact ceilings forward (straight-through): what a hard target bounds.  The
+    sigmoid surrogate's staircase is off by several % on a one-hot network, either way, so holding
+    the target against it exported networks above the target, or changed ones already below it."""
+    return lambda arch: cost_of(arch, surrogate="straight_through")
 
 
 def stage_latency_ref(net: Supernet, cost_of, hard_ops) -> float:
@@ -470,7 +478,7 @@ def target_seconds(relaxed_seconds: torch.Tensor, net: Supernet, cost_of) -> tor
     way (the README run's op stage: ~82 us against 15-27 us), so bounding it would constrain a
     network nobody exports; the derived cost alone has no gradient."""
     with torch.no_grad():
-        derived = cost_of(net.derived_sample())["seconds"]
+        derived = bounded_cost(cost_of)(net.derived_sample())["seconds"]
     return relaxed_seconds + (derived - relaxed_seconds).detach()
 
 
@@ -545,7 +553,7 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Opti
                         "utilization": float(smooth["utilization"])},
     }
     net.cpu()
-    fit = fit_to_target(net, cost_of, cfg.target_latency_us * 1e-6) if cfg.target_latency_us else None
+    fit = fit_to_target(net, bounded_cost(cost_of), cfg.target_latency_us * 1e-6) if cfg.target_latency_us else None
     if fit is not None and fit.changes:
         provenance["target_fit"] = {"derived_latency_us": fit.derived_seconds * 1e6,
                                     "latency_us": fit.seconds * 1e6, "changes": fit.changes}
@@ -557,6 +565,8 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Opti
     provenance["arch_hash"] = spec.arch_hash()   # tells a spec edited since from the one exported
     with torch.no_grad():   # the smooth model on the derived network: the surrogate's own gap
         discrete = cost_of(discrete_sample(net, spec))
+        # and its latency as a target bounds it (exact ceilings)
+        found_us = float(bounded_cost(cost_of)(discrete_sample(net, spec))["seconds"]) * 1e6
     for w in net.widths.values():
         w.forced = None
     provenance["smooth_cost_discrete"] = {"latency_us": float(discrete["seconds"]) * 1e6,
@@ -571,7 +581,6 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Opti
         provenance["smooth_cost"]["latency_us"] / provenance["exact_cost"]["latency_us"] - 1)
     provenance["discrete_smooth_vs_exact_latency_gap"] = (
         provenance["smooth_cost_discrete"]["latency_us"] / provenance["exact_cost"]["latency_us"] - 1)
-    found_us = provenance["smooth_cost_discrete"]["latency_us"]   # the exported (fitted) network's
     if fit is not None and not fit.reached(cfg.target_latency_us * 1e-6):   # none within the target
         say(f"note: the exported network's latency ({found_us:.2f} us under the {cfg.cost_model} cost model) "
             f"is above --target-latency-us {cfg.target_latency_us:g}, which no network derivable from the final "
