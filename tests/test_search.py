@@ -555,11 +555,14 @@ def test_a_diverging_search_stops_and_keeps_the_last_good_checkpoint(tmp_path, m
 
 @pytest.mark.parametrize("option, blamed", [
     (dict(tau0=1e-45), "a larger --tau0 / --tau-decay (the temperature was 1e-45)"),
-    (dict(target_latency_us=1e-20), "a reachable --target-latency-us (its multiplier mu was"),
+    (dict(target_latency_us=1e-20), "a smaller --dual-lr (it was 0.5) or a reachable --target-latency-us "
+                                    "(its multiplier mu was"),
+    # a reachable target: the step of the multiplier put it past float32
+    (dict(target_latency_us=5.0, dual_lr=1e38), "a smaller --dual-lr (it was 1e+38) or a reachable"),
     (dict(weight_decay=3e38), "a smaller --weight-decay (it was 3e+38; each SGD step multiplies"),
 ])
 def test_a_divergence_names_an_extreme_temperature_or_target_not_the_learning_rates(tmp_path, option, blamed):
-    cfg = SearchConfig(epochs=1, max_steps_per_epoch=3, batch_size=16, out=str(tmp_path / "run"), **option)
+    cfg = SearchConfig(epochs=1, max_steps_per_epoch=5, batch_size=16, out=str(tmp_path / "run"), **option)
     with pytest.raises(ValueError, match="search diverged") as info:
         run_search(cfg, progress=False)
     assert blamed in str(info.value) and "--weight-lr" not in str(info.value), str(info.value)

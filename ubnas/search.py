@@ -74,9 +74,9 @@ def _diverged(what: str, where: str, ckpt_path: Path, epochs_saved: int, tau: fl
     fixes = []
     if tau < SUSPECT_TAU:
         fixes.append(f"a larger --tau0 / --tau-decay (the temperature was {tau:.3g})")
-    if mu > SUSPECT_MU:
-        fixes.append(f"a reachable --target-latency-us (its multiplier mu was {mu:.3g}; the target is "
-                     f"{cfg.target_latency_us:g} us)")
+    if mu > SUSPECT_MU:   # a step of --dual-lr alone can put mu there, whatever the target
+        fixes.append(f"a smaller --dual-lr (it was {cfg.dual_lr:g}) or a reachable --target-latency-us "
+                     f"(its multiplier mu was {mu:.3g}; the target is {cfg.target_latency_us:g} us)")
     if cfg.weight_lr * cfg.weight_decay > 1:   # each SGD step scales the weights by 1 - lr * decay
         fixes.append(f"a smaller --weight-decay (it was {cfg.weight_decay:g}; each SGD step multiplies the "
                      f"weights by 1 - lr * decay = {1 - cfg.weight_lr * cfg.weight_decay:.3g})")
