@@ -17,7 +17,8 @@ def add_parser(sub):
         "data": "digits | cifar10 | synthetic", "data_dir": "directory with CIFAR-10's python batches",
         "lambda_latency": "weight of latency / the latency each stage starts at (replaced by a target)",
         "beta_utilization": "weight of network utilization (subtracted)",
-        "target_latency_us": "hard latency target in microseconds (dual ascent)",
+        "target_latency_us": "hard latency target in microseconds, for a batch of --hw-batch images "
+                             "(dual ascent)",
         "cost_model": "systolic | uboost | flops | roofline", "channels": "dynamic | fixed width windows",
         "stage": "staged (ops, then widths) | joint | op | channel",
         "kernels": "mixed-edge implementation: eager | reference | triton | auto",
