@@ -159,11 +159,13 @@ def test_an_exported_network_above_the_target_is_fitted_or_gets_a_note(tmp_path,
     spec, out = run("loose", 1e6)
     found = spec.provenance["smooth_cost_discrete"]["latency_us"]
     assert "above --target-latency-us" not in out and "target_fit" not in spec.provenance
+    assert spec.provenance["target_met"] is True
     target = round(0.99 * found, 3)
     spec, out = run("lagging", target)
     fitted = spec.provenance["smooth_cost_discrete"]["latency_us"]
     exact = estimate(build_network(spec), spec.input_shape, ACC).seconds * 1e6
     assert fitted <= target and exact == pytest.approx(fitted, rel=1e-9)
+    assert spec.provenance["target_met"] is True
     assert spec.provenance["target_fit"]["derived_latency_us"] == pytest.approx(found, rel=1e-12)
     assert spec.provenance["target_fit"]["latency_us"] == pytest.approx(fitted, rel=1e-12)
     changes = spec.provenance["target_fit"]["changes"]
@@ -178,6 +180,12 @@ def test_an_exported_network_above_the_target_is_fitted_or_gets_a_note(tmp_path,
     assert len(said) == 2
     floor = float(said[1].split(" us")[0])
     assert 1e-3 < floor < found
+    # on record for `ubnas report`, not only in the search's output
+    assert spec.provenance["target_met"] is False
+    from ubnas.report import load_run
+    assert any(n.startswith("the search did not meet its --target-latency-us 0.001 (under its systolic cost "
+                            "model, batch 1)") for n in load_run(tmp_path / "unreachable").notes)
+    assert not any("did not meet" in n for n in load_run(tmp_path / "lagging").notes)
 
 
 def test_a_search_on_another_cost_model_says_what_the_target_bounded(tmp_path, capsys):

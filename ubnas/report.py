@@ -247,6 +247,11 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None,
         model = meta_network(run.spec)   # shapes only: the batch the search costed at may be huge
         run.hw_batch = hw_batch if hw_batch is not None else searched_batch(run.spec)
         run.cost = estimate(model, run.spec.input_shape, acc, batch=run.hw_batch)
+        if run.spec.provenance.get("target_met") is False:
+            prov = run.spec.provenance
+            run.notes.append(f"the search did not meet its --target-latency-us {_fmt(prov.get('target_latency_us'))} "
+                             f"(under its {prov.get('cost_model')} cost model, batch {searched_batch(run.spec)}): no "
+                             f"network derivable from its final logits and windows reaches it")
         if run.params is None:
             run.params = sum(p.numel() for p in model.parameters())
         if run.accuracy is None and isinstance(run.spec.provenance.get("final_val_acc"), (int, float)):
