@@ -887,6 +887,12 @@ def test_lambda_with_a_target_gets_a_note(tmp_path, capsys, monkeypatch):
                         (["--target-latency-us", "9"], False), (["--lambda-latency", "2"], False)):
         assert main(["search", "--out", str(tmp_path / "r"), *extra]) == 130
         assert (note in capsys.readouterr().out) == says, extra
+    # the multiplier never leaves 0 (search_step's mu update: max(0, mu + dual_lr * (ratio - 1)))
+    note = "note: --dual-lr 0 keeps the target's multiplier at 0, so the search ignores latency"
+    for extra, says in ((["--target-latency-us", "9", "--dual-lr", "0"], True),
+                        (["--target-latency-us", "9"], False), (["--dual-lr", "0"], False)):
+        assert main(["search", "--out", str(tmp_path / "r"), *extra]) == 130
+        assert (note in capsys.readouterr().out) == says, extra
 
 
 def test_stage_channel_alone_says_that_nothing_chooses_its_cell(tmp_path, capsys):

@@ -82,6 +82,9 @@ def run(args) -> int:
     if not args.resume and distributed.rank() == 0:
         if meant("dual_lr") and cfg.target_latency_us is None:
             print("note: --dual-lr steps the multiplier of --target-latency-us; without a target it has no effect")
+        if cfg.target_latency_us is not None and cfg.dual_lr == 0:   # mu stays 0: latency never enters the loss
+            print("note: --dual-lr 0 keeps the target's multiplier at 0, so the search ignores latency; only the "
+                  "export's fit (ubnas.target_fit) holds the network to --target-latency-us")
         if meant("beta_utilization") and cfg.beta_utilization and cfg.cost_model == "flops":
             print("note: the flops cost model keeps every PE busy (utilization 1 for any network), so "
                   "--beta-utilization has no effect; the systolic, uboost and roofline models vary it")
