@@ -721,3 +721,19 @@ def test_pareto_column_says_no_for_a_dominated_run_and_dash_for_one_without_a_po
     rows = {line.split(" | ")[0][2:]: line.rstrip(" |").rsplit(" | ", 1)[1]
             for line in (tmp_path / "rep" / "report.md").read_text().splitlines() if line.startswith("| ")}
     assert (rows["fast"], rows["slow"], rows["unplaced"]) == ("yes", "no", "-"), rows
+
+
+def test_a_target_run_shows_its_target_not_the_unused_lambda(tmp_path):
+    """A target replaces the lambda term, yet the search section showed config.yaml's lambda_latency
+    (a default nobody used) and a trained run's 'Architecture from' line 'lambda_latency = -' without
+    the target it was searched under."""
+    search = tmp_path / "s"
+    search.mkdir()
+    (search / "config.yaml").write_text("space: tiny\ntarget_latency_us: 15.0\nlambda_latency: 0.2\nseed: 0\n")
+    (search / "search_log.csv").write_text("epoch,val_acc,latency_us,utilization\n1,0.5,20.0,0.05\n")
+    config = next(line for line in report_text(search, tmp_path / "rep").splitlines() if line.startswith("Config:"))
+    assert config == "Config: space = tiny, target_latency_us = 15, seed = 0", config
+    spec = {**TINY, "provenance": {**TINY["provenance"], "lambda_latency": None, "target_latency_us": 15.0}}
+    run, _ = train_tiny(tmp_path / "t", data=spec)
+    line = next(l for l in report_text(run, tmp_path / "rep2").splitlines() if l.startswith("Architecture from"))
+    assert "target_latency_us = 15" in line and "lambda_latency" not in line, line

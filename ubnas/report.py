@@ -385,13 +385,15 @@ def run_markdown(run: Run, figures: Dict[str, str]) -> List[str]:
     links to its figures (``figures``: 'curves'/'layers' -> PNG file name) and notes."""
     out = [f"## {run.name} ({run.kind})", "", f"Directory: `{run.path}`", ""]
     keys = SEARCH_KEYS if run.kind == "search" else TRAIN_KEYS
-    shown = [(k, run.config[k]) for k in keys if k in run.config]
+    # a target replaces the lambda term: its config value (a default) would read as used
+    unused = {"lambda_latency"} if run.kind == "search" and run.config.get("target_latency_us") is not None else set()
+    shown = [(k, run.config[k]) for k in keys if k in run.config and k not in unused]
     if shown:
         out += ["Config: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in shown), ""]
     if run.kind == "train" and run.spec is not None:
         searched = {k: run.spec.provenance[k] for k in ("search_space", "accelerator", "lambda_latency",
-                                                          "beta_utilization", "stage", "seed")
-                    if k in run.spec.provenance}
+                                                          "target_latency_us", "beta_utilization", "stage", "seed")
+                    if run.spec.provenance.get(k) is not None}
         if searched:
             out += ["Architecture from: `" + str(run.spec_path) + "` (" +
                     ", ".join(f"{k} = {_fmt(v)}" for k, v in searched.items()) + ")", ""]
