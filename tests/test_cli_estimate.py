@@ -486,3 +486,23 @@ def test_calibration_moved_to_another_array_is_noted(tmp_path, capsys, hw, extra
     else:
         assert (f"note: {path}'s calibration was fitted on 1 x 16x16 ws; it is applied to {noted} here, "
                 f"where it was not fitted") in err, err
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/dev/fd"), reason="needs /dev/fd")
+def test_hw_from_a_pipe_is_read_once(tmp_path, capsys):
+    """`--hw <(...)` is a pipe: 776169f read it a second time for a note and got nothing
+    ('expected a mapping of accelerator keys, got NoneType')."""
+    import os
+    from hwmodels.accelerator import PRESET_DIR
+    from ubnas.cli import main
+    read_end, write_end = os.pipe()
+    os.write(write_end, (PRESET_DIR / "edge_32x32.yaml").read_bytes())
+    os.close(write_end)
+    try:
+        code = main(["estimate", "--layers", str(write_csv(tmp_path, GOOD_ROWS)), "--hw", f"/dev/fd/{read_end}",
+                     "--json"])
+    finally:
+        os.close(read_end)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert json.loads(captured.out)["accelerator"]["array_rows"] == 32

@@ -75,6 +75,11 @@ def build_accelerator(args, default=None):
         acc = load_accelerator(args.hw)
     else:
         acc = default if default is not None else load_accelerator("uboost")
+    return with_overrides(args, acc)
+
+
+def with_overrides(args, acc):
+    """``acc`` with --array/--num-arrays/--dataflow applied (validated)."""
     changes = {}
     if args.array is not None:
         changes["array_rows"], changes["array_cols"] = parse_dims(args.array, "--array", 2, "128x128")
@@ -301,7 +306,9 @@ def run(args) -> int:
     spec = _spec_of(args)
     _check_spec_options(args, spec)
     searched, notes = _searched_on(args, spec)
-    acc = build_accelerator(args, searched)   # a bad --array fails before any note on the accelerator
+    # --hw read once: a pipe (--hw <(...)) gives its text a single time
+    base = load_accelerator(args.hw) if args.hw is not None else searched
+    acc = with_overrides(args, base if base is not None else load_accelerator("uboost"))   # before any note
     if not mode_given:
         _mode_note(spec, args.spec)
     for note in notes:
@@ -312,7 +319,6 @@ def run(args) -> int:
         print("note: --dataflow has no effect with --model-mode uboost (U-Boost's equations have no "
               "dataflow); the systolic model (the default) uses it", file=sys.stderr)
     note = mode_mismatch_note(args.hw, args.model_mode) if args.hw is not None else None
-    base = load_accelerator(args.hw) if args.hw is not None else searched
     for note in (note, _moved_calibration_note(args, base, acc)):
         if note:
             print(note, file=sys.stderr)
