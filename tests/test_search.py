@@ -792,11 +792,14 @@ def test_resume_of_a_run_whose_checkpoint_was_deleted_is_refused_not_started_ove
     assert main(["search", "--out", str(out), "--resume", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     held = "arch.yaml and search_log.csv" if finished else "search_log.csv"
+    aside = "previous" if finished else "interrupted"   # a run without arch.yaml did not finish
     assert err == (f"ubnas: error: {out / 'checkpoint.pt'}: missing, though {out} holds the run's {held} "
                    f"(written only after a checkpoint); --resume cannot continue without it. Restore it, or "
-                   f"run without --resume to start over (the old files move to {out / 'previous'})"), err
+                   f"run without --resume to start over (the old files move to {out / aside})"), err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
-    assert not (out / "previous").exists()
+    assert not (out / "previous").exists() and not (out / "interrupted").exists()
+    assert main(["search", "--out", str(out), "--quiet", "--epochs", "1"]) == 0   # where the message said
+    assert (out / aside / "search_log.csv").read_bytes() == before["search_log.csv"]
 
 
 def test_dual_lr_without_a_target_gets_a_note(tmp_path, capsys, monkeypatch):

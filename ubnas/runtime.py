@@ -382,8 +382,9 @@ def recover_set_aside(out: Path, names: Iterable[str]) -> None:
 def resume_note(ckpt_path: Path, resume: bool, finished_marker: str) -> Optional[str]:
     """What a run tells the user about ``ckpt_path`` before it starts, or None when all is as asked.
 
-    ``--resume`` with no checkpoint starts a new run (so a job restarted by a scheduler can always
-    pass it); no ``--resume`` with a checkpoint starts over, setting the last run's files aside
+    ``--resume`` with no checkpoint starts a new run (so a job restarted by a scheduler can pass it
+    until its first checkpoint; a search that logged an epoch since refuses, ``search_resume.
+    refuse_lost_checkpoint``); no ``--resume`` with a checkpoint starts over, setting the last run's files aside
     (``set_aside``; ``finished_marker`` is the file only a finished run has).
     """
     if resume and not ckpt_path.exists():

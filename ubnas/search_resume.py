@@ -13,7 +13,7 @@ import torch
 from hwmodels import load_accelerator
 from hwmodels.accelerator import calibrated_mode, from_dict
 
-from .runtime import (atomic_torch_save, existing_checkpoint, ignored_flags, ignored_on_resume, is_count,
+from .runtime import (aside_dir, atomic_torch_save, existing_checkpoint, ignored_flags, ignored_on_resume, is_count,
                       is_finite_number, options_given, say, trajectory_problems)
 from .search_config import SearchConfig, config_from_yaml
 from .space import read_space_text
@@ -126,7 +126,7 @@ def refuse_lost_checkpoint(out: Path, ckpt_path: Path) -> None:
     if found:
         raise ValueError(f"{ckpt_path}: missing, though {out} holds the run's {' and '.join(found)} (written "
                          f"only after a checkpoint); --resume cannot continue without it. Restore it, or run "
-                         f"without --resume to start over (the old files move to {out / 'previous'})")
+                         f"without --resume to start over (the old files move to {aside_dir(out, 'arch.yaml')})")
 
 
 def restarted_config(cfg: SearchConfig, config_path: Path, given: Optional[Iterable[str]],

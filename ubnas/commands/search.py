@@ -50,8 +50,9 @@ def add_parser(sub):
     p.add_argument("--config", dest="config_file", metavar="RUN.yaml",
                    help="YAML file of the options above (command-line flags win)")
     p.add_argument("--resume", action="store_true", default=False,
-                   help="continue from OUT/checkpoint.pt with its saved options; without a checkpoint, start over "
-                        "with OUT/config.yaml's options, flags given winning (a new run if there is neither)")
+                   help="continue from OUT/checkpoint.pt with its saved options; a run killed before its first "
+                        "checkpoint starts over with OUT/config.yaml's options, flags given winning (a new run if "
+                        "there is neither); a run that logged an epoch but lost its checkpoint is refused")
     p.add_argument("--quiet", action="store_true", default=False, help="no progress bar or per-epoch lines (notes still print)")
     return p
 
