@@ -524,6 +524,19 @@ def test_an_unfinished_train_run_is_left_out_of_a_report_of_several(tmp_path, ca
     assert "1 run(s)." in text and "| done |" in text and "stopped" not in text
     err = one_line_error(capsys, ["report", str(stopped), "--out", str(tmp_path / "rep2"), "--no-plots"])
     assert err.endswith("(stopped before its end? `ubnas train ... --resume` finishes it)"), err
+    # a search killed before its first logged epoch (config.yaml, maybe a checkpoint) is named as one,
+    # and a run left out keeps no name: the remaining 'x' is not 'x-2'
+    searching = tmp_path / "a" / "x"
+    searching.mkdir(parents=True)
+    (searching / "config.yaml").write_text("space: tiny\n")
+    (searching / "checkpoint.pt").write_bytes(b"any")
+    (tmp_path / "b").mkdir()
+    done.rename(tmp_path / "b" / "x")
+    assert main(["report", str(searching), str(tmp_path / "b" / "x"), "--out", str(tmp_path / "rep3"),
+                 "--no-plots"]) == 0
+    assert (f"note: {searching}: a `ubnas search` run with no logged epoch yet (`ubnas search --out {searching} "
+            f"--resume` continues it); left out of the report") in capsys.readouterr().err
+    assert "| x | train |" in (tmp_path / "rep3" / "report.md").read_text()
 
 
 def test_a_run_given_twice_is_reported_once(tmp_path, capsys):

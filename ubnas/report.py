@@ -224,6 +224,9 @@ def load_run(path, name: Optional[str] = None, hw: Optional[str] = None,
         if isinstance(last.get("val_acc"), (int, float)):
             run.accuracy, run.accuracy_label = float(last["val_acc"]), SEARCH_ACCURACY
         recorded = [run.config.get("hw")]
+    elif (path / "config.yaml").is_file():   # written by `ubnas search` as it starts (train writes none)
+        raise UnfinishedRun(f"{path}: a `ubnas search` run with no logged epoch yet (`ubnas search --out "
+                            f"{path} --resume` continues it)")
     elif (path / "checkpoint.pt").is_file():
         raise UnfinishedRun(f"{path}: a `ubnas train` run without metrics.json (stopped before its end? "
                             f"`ubnas train ... --resume` finishes it)")
@@ -289,10 +292,12 @@ def load_runs(paths: Sequence, hw: Optional[str] = None, hw_batch: Optional[int]
         base = resolved.name or str(p)
         if base in GENERIC_DIR_NAMES:   # runs/lam0/train (ubnas train under a search run) reads as "lam0/train"
             base = f"{resolved.parent.name}/{base}"
+        name = unique_name(base, taken)
         try:
-            runs.append(load_run(p, unique_name(base, taken), hw, hw_batch))
+            runs.append(load_run(p, name, hw, hw_batch))
         except UnfinishedRun as exc:
             unfinished.append(exc)
+            taken.discard(name)   # a run left out keeps no name: the next x is x, not x-2
     if unfinished and not runs:
         raise unfinished[0]
     for exc in unfinished:
