@@ -332,6 +332,20 @@ def test_floats_read_as_yaml_1_2_reads_them(tmp_path):
     assert config_from_yaml(str(tmp_path / "c.yaml")) == {"lambda_latency": 0.003, "arch_lr": 1e-4}
 
 
+def test_an_old_bare_hash_that_now_reads_as_a_float_is_no_edit(tmp_path, derived):
+    """Before YAML 1.2 floats, an arch_hash like 65580800e1570631 was written bare; it now reads as
+    a float (inf), and every command called that spec edited since its export."""
+    import dataclasses
+    from ubnas.spec import edited_since_export
+    spec = dataclasses.replace(derived, provenance={**derived.provenance, "arch_hash": derived.arch_hash()})
+    path = tmp_path / "arch.yaml"
+    path.write_text(dump_spec(spec).replace(f"arch_hash: {derived.arch_hash()}", "arch_hash: 65580800e1570631"))
+    loaded = load_spec(path)
+    assert isinstance(loaded.provenance["arch_hash"], float) and not edited_since_export(loaded)
+    path.write_text(dump_spec(spec).replace(f"arch_hash: {derived.arch_hash()}", "arch_hash: 0123abcd0123abcd"))
+    assert edited_since_export(load_spec(path))   # a string that differs: edited
+
+
 def test_strings_that_read_as_integers_are_written_quoted(tmp_path, derived):
     """PyYAML's dumper quotes YAML 1.1's integers, not 1.2's: a provenance string '0o17' (or an
     --out of that name in config.yaml) was written bare and read back as the integer 15."""

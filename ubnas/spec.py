@@ -286,9 +286,10 @@ def searched_calibration_note(spec: ArchSpec, mode: str = "systolic") -> Optiona
 def edited_since_export(spec: ArchSpec) -> bool:
     """Whether ``spec``'s architecture differs from the one its search exported
     (``provenance.arch_hash``): its provenance figures (accuracy, smooth cost) are then another
-    network's.  False for specs that do not record it."""
+    network's.  False for specs that do not record it, or record it as no string: a hash such as
+    '65580800e1570631', written bare before the loader read YAML 1.2 floats, now reads as a float."""
     exported = spec.provenance.get("arch_hash")
-    return exported is not None and exported != spec.arch_hash()
+    return isinstance(exported, str) and exported != spec.arch_hash()
 
 
 def searched_batch(spec: ArchSpec) -> int:
