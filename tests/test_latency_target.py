@@ -95,6 +95,9 @@ def test_target_seconds_is_the_derived_value_with_the_relaxed_gradient():
     got = target_seconds(relaxed, net, cost_of)
     derived = float(cost_of(net.derived_sample())["seconds"])
     assert float(got.detach()) == pytest.approx(derived, rel=1e-12)
+    # a caller's own one-argument cost_of (the public signature before 'surrogate=') still works
+    own = target_seconds(relaxed, net, lambda arch: cost_of(arch))
+    assert float(own.detach()) == pytest.approx(derived, rel=1e-12)
     assert abs(float(relaxed.detach()) / derived - 1) > 0.2   # the check above tells the two apart
     params = net.arch_parameters()
     grads = torch.autograd.grad(got, params, retain_graph=True, allow_unused=True)

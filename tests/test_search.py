@@ -5,6 +5,7 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -254,6 +255,7 @@ def test_a_space_path_with_a_directory_part_is_the_users_file(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     assert load_space("./tiny").name == "mine" and load_space(str(tmp_path / "tiny")).name == "mine"
     assert load_space("tiny").name == "tiny"   # a bare name is the shipped space
+    assert load_space(tmp_path / "tiny").name == "mine" and load_space(Path("tiny")).name == "tiny"   # Paths too
     with pytest.raises(SpaceError, match="^<empty>: no such search space or file"):
         load_space("")
 

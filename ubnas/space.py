@@ -178,6 +178,7 @@ def space_names() -> List[str]:
 
 def read_space_text(name_or_path: str) -> Tuple[str, str]:
     """(the YAML text, its path) of a shipped space by name (``tiny``) or of a YAML file path."""
+    name_or_path = os.fspath(name_or_path)   # a Path too
     path = Path(name_or_path)
     # a name with a directory part ('./tiny') is the user's file, never the shipped space
     bare = bool(name_or_path) and not os.path.dirname(name_or_path) and os.sep not in name_or_path \
