@@ -52,6 +52,18 @@ _UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT_12, list("-
 _UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
 
 
+def number_text(text: str) -> Optional[float]:
+    """The number a (quoted) string spells in YAML 1.2's syntax, '3e-3' or '12', else None: '1:30.0'
+    and '1_000.5', which Python's float() would take, are none."""
+    text = text.strip()
+    if _INT_12.match(text) and text[:2] not in ("0x", "0o"):
+        return float(int(text))
+    if _FLOAT_12.match(text):
+        return float(text.replace(".inf", "inf").replace(".Inf", "inf").replace(".INF", "inf")
+                     .replace(".nan", "nan").replace(".NaN", "nan").replace(".NAN", "nan"))
+    return None
+
+
 MAX_INT_DIGITS = 4000   # Python refuses to convert longer decimal strings (sys.int_info's 4300)
 
 

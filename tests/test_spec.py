@@ -330,6 +330,13 @@ def test_floats_read_as_yaml_1_2_reads_them(tmp_path):
             config_from_yaml(str(tmp_path / "c.yaml"))
     (tmp_path / "c.yaml").write_text("lambda_latency: 3e-3\narch_lr: 1E-4\n")
     assert config_from_yaml(str(tmp_path / "c.yaml")) == {"lambda_latency": 0.003, "arch_lr": 1e-4}
+    # a quoted number in YAML 1.2's syntax is still that number (as before), a base-60 one is not
+    (tmp_path / "c.yaml").write_text("lambda_latency: '3e-3'\narch_lr: \"1\"\nweight_lr: ' .5 '\n")
+    assert config_from_yaml(str(tmp_path / "c.yaml")) == {"lambda_latency": 0.003, "arch_lr": 1.0, "weight_lr": 0.5}
+    for text in ("lambda_latency: '1:30.0'\n", "lambda_latency: '1_000.5'\n"):
+        (tmp_path / "c.yaml").write_text(text)
+        with pytest.raises(ValueError, match="key 'lambda_latency' expected float, got '1"):
+            config_from_yaml(str(tmp_path / "c.yaml"))
 
 
 def test_an_old_bare_hash_that_now_reads_as_a_float_is_no_edit(tmp_path, derived):

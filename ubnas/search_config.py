@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Optional
 
-from hwmodels.yamlio import read_yaml, short_repr
+from hwmodels.yamlio import number_text, read_yaml, short_repr
 
 from .cost import COST_MODELS, WIDTH_COSTS
 from .data import DATASETS, MIN_TRAIN_BATCH, dataset_name
@@ -129,6 +129,8 @@ def config_from_yaml(path: str) -> Dict[str, Any]:
         if key not in types:
             raise ValueError(f"{path}: unknown key '{key}' (expected one of {', '.join(types)})")
         want = types[key].replace("Optional[", "").rstrip("]")
+        if want == "float" and isinstance(value, str) and number_text(value) is not None:
+            value = data[key] = number_text(value)   # a quoted number, "3e-3" (not "1:30.0")
         ok = (value is None and "Optional" in types[key]) or \
             (want == "int" and isinstance(value, int) and not isinstance(value, bool)) or \
             (want == "float" and isinstance(value, (int, float)) and not isinstance(value, bool)) or \
