@@ -960,6 +960,10 @@ def test_resume_takes_where_it_runs_from_the_command_line(tmp_path, capsys):
     run_search(again, progress=False, stop_after_epoch=1)
     run_search(again, resume=True, progress=False)
     assert "float rounding" not in capsys.readouterr().out
+    # a finished run recomputes nothing: no note on another placement changing its result
+    run_search(_small(tmp_path, "same_place", epochs=2, kernels="reference"), resume=True, progress=False)
+    said = capsys.readouterr().out
+    assert "already finished" in said and "float rounding" not in said, said
 
 
 def test_resume_note_compares_what_auto_ran_not_the_option_strings(tmp_path, capsys):

@@ -170,7 +170,9 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
         say(mismatch)
     net, allocator = _build_supernet(cfg, defs, data, checkpoint, ckpt_path, device)
     placement = _placement(cfg, device)   # also: kernels this device cannot run fail here, not mid-epoch
-    moved = placement_note(checkpoint, placement, ckpt_path) if checkpoint is not None else None
+    # a finished run recomputes nothing: no note on how another placement changes its result
+    moved = (placement_note(checkpoint, placement, ckpt_path)
+             if checkpoint is not None and checkpoint["epoch"] < cfg.epochs else None)
     if moved and main:
         say(moved)
     # only now: a run refused above leaves OUT as it was; a refusal there stops every rank
