@@ -506,3 +506,18 @@ def test_hw_from_a_pipe_is_read_once(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert json.loads(captured.out)["accelerator"]["array_rows"] == 32
+
+
+def test_input_of_one_number_names_the_shapes_a_user_network_takes(tmp_path, capsys):
+    """'--input 64' for a network of Linear layers was told 'expected 3 positive integers like
+    3x32x32 or 6x100', one of which has 2; 1xF is the form that works."""
+    from ubnas.cli import main
+    (tmp_path / "mlp.py").write_text("import torch.nn as nn\n\ndef build():\n"
+                                     "    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))\n")
+    target = f"{tmp_path / 'mlp.py'}:build"
+    assert main(["estimate", "--model", target, "--input", "64"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "ubnas: error: --input: expected 2 or 3 positive integers: CxHxW (3x32x32), CxL for a 1-D network "
+        "(6x100), or 1xF for one of Linear layers (1x64), got '64'")
+    assert main(["estimate", "--model", target, "--input", "1x64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"]["macs"] == 64 * 32 + 32 * 10

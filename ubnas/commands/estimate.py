@@ -221,7 +221,11 @@ def collect_layers(args, batch: int, spec):
         from hwmodels.zoo import DEFAULT_INPUT, get_model
         shape, user = DEFAULT_INPUT, ":" in args.model   # MODULE:NAME / FILE.py:NAME, else built in
         if args.input:   # C x L for a 1-D network (nn.Conv1d) of the user's; the built-in ones are 2-D
-            count = 2 if user and len(DIMS_SEPARATOR.split(args.input.strip())) == 2 else 3
+            parts = len(DIMS_SEPARATOR.split(args.input.strip()))
+            if user and parts not in (2, 3):   # parse_dims would ask for 3 alone
+                raise ValueError(f"--input: expected 2 or 3 positive integers: CxHxW (3x32x32), CxL for a 1-D "
+                                 f"network (6x100), or 1xF for one of Linear layers (1x64), got {args.input!r}")
+            count = 2 if user and parts == 2 else 3
             shape = parse_dims(args.input, "--input", count, "3x32x32 or 6x100" if user else "3x32x32")
         if user:   # a network of the user's may make tensors of its own: built as written
             module = load_model_target(args.model)
