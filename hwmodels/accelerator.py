@@ -10,7 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Dict, Optional, Tuple, Union
 
-from .yamlio import atomic_write_text, dump_yaml, read_yaml, short_repr
+from .yamlio import atomic_write_text, dump_yaml, is_bare_name, read_yaml, short_repr
 
 PRESET_DIR = Path(__file__).with_name("presets")
 DATAFLOWS = ("ws", "os", "is")
@@ -200,7 +200,7 @@ def _resolve(name_or_path: Union[str, os.PathLike]) -> Tuple[Path, bool]:
     working directory named like a preset (a results folder 'tpu_v4/') does not hide it."""
     text = os.fspath(name_or_path)
     path = Path(text)
-    bare = not os.path.dirname(text) and os.sep not in text and (os.altsep is None or os.altsep not in text)
+    bare = is_bare_name(text)
     preset = PRESET_DIR / f"{text}.yaml"
     if text and path.exists() and not (bare and path.is_dir() and preset.is_file()):
         return path, False

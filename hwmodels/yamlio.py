@@ -54,14 +54,11 @@ _UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, lis
 
 def number_text(text: str) -> Optional[float]:
     """The number a (quoted) string spells in YAML 1.2's syntax, '3e-3' or '12', else None: '1:30.0'
-    and '1_000.5', which Python's float() would take, are none."""
+    and '1_000.5', which Python's float() would take, are none (nor are 0x.. and 0o..)."""
     text = text.strip()
-    if _INT_12.match(text) and text[:2] not in ("0x", "0o"):
-        return float(int(text))
-    if _FLOAT_12.match(text):
-        return float(text.replace(".inf", "inf").replace(".Inf", "inf").replace(".INF", "inf")
-                     .replace(".nan", "nan").replace(".NaN", "nan").replace(".NAN", "nan"))
-    return None
+    if text[:2] in ("0x", "0o") or len(text) > MAX_INT_DIGITS or not (_INT_12.match(text) or _FLOAT_12.match(text)):
+        return None
+    return float(yaml.load(text, Loader=_UniqueKeyLoader))   # the loader's own constructors (.inf, .nan)
 
 
 MAX_INT_DIGITS = 4000   # Python refuses to convert longer decimal strings (sys.int_info's 4300)
@@ -139,6 +136,12 @@ def _line_column(content, offset: int, newline) -> str:
     """' line L column C:' of position ``offset`` in ``content`` (bytes or str), both from 1."""
     line_start = content.rfind(newline, 0, offset) + 1
     return f" line {content.count(newline, 0, offset) + 1} column {offset - line_start + 1}:"
+
+
+def is_bare_name(text: str) -> bool:
+    """Whether ``text`` has no directory part ('tiny', not './tiny' or 'a/tiny'): only such a name
+    is looked up among the shipped presets and spaces."""
+    return not os.path.dirname(text) and os.sep not in text and (os.altsep is None or os.altsep not in text)
 
 
 def read_utf8(path: PathLike, error: Type[Exception] = ValueError) -> str:

@@ -129,8 +129,9 @@ def config_from_yaml(path: str) -> Dict[str, Any]:
         if key not in types:
             raise ValueError(f"{path}: unknown key '{key}' (expected one of {', '.join(types)})")
         want = types[key].replace("Optional[", "").rstrip("]")
-        if want == "float" and isinstance(value, str) and number_text(value) is not None:
-            value = data[key] = number_text(value)   # a quoted number, "3e-3" (not "1:30.0")
+        number = number_text(value) if want == "float" and isinstance(value, str) else None
+        if number is not None:   # a quoted number, "3e-3" (not "1:30.0")
+            value = data[key] = number
         ok = (value is None and "Optional" in types[key]) or \
             (want == "int" and isinstance(value, int) and not isinstance(value, bool)) or \
             (want == "float" and isinstance(value, (int, float)) and not isinstance(value, bool)) or \

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from hwmodels.yamlio import read_utf8, read_yaml, short_repr
+from hwmodels.yamlio import is_bare_name, read_utf8, read_yaml, short_repr
 
 from .ops import OPS
 from .spec import MAX_SIZE
@@ -181,8 +181,7 @@ def read_space_text(name_or_path: str) -> Tuple[str, str]:
     name_or_path = os.fspath(name_or_path)   # a Path too
     path = Path(name_or_path)
     # a name with a directory part ('./tiny') is the user's file, never the shipped space
-    bare = bool(name_or_path) and not os.path.dirname(name_or_path) and os.sep not in name_or_path \
-        and (os.altsep is None or os.altsep not in name_or_path)
+    bare = bool(name_or_path) and is_bare_name(name_or_path)
     try:   # exists() raises too, for a name longer than the file system allows
         if bare and not path.suffix and (SPACE_DIR / f"{name_or_path}.yaml").exists():
             path = SPACE_DIR / f"{name_or_path}.yaml"
