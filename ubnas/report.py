@@ -176,7 +176,8 @@ def _accelerator(candidates: Sequence[Any], override: Optional[str], notes: List
 
 
 class UnfinishedRun(ValueError):
-    """A run directory with nothing to report yet (a train run stopped before writing metrics.json)."""
+    """A run directory with nothing to report yet: a search stopped before its first logged epoch, or
+    a train run stopped before writing metrics.json."""
 
 
 def load_run(path, name: Optional[str] = None, hw: Optional[str] = None,
@@ -279,8 +280,9 @@ def unique_name(base: str, taken: set, fold=lambda name: name) -> str:
 
 def load_runs(paths: Sequence, hw: Optional[str] = None, hw_batch: Optional[int] = None) -> List[Run]:
     """``load_run`` of each path, named by its directory (``train`` as PARENT/train), names made
-    unique with -2, -3 ...; ``hw`` and ``hw_batch`` as in ``load_run``.  An unfinished train run
-    among others is left out with a note (one crashed run no longer stops the whole report)."""
+    unique with -2, -3 ...; ``hw`` and ``hw_batch`` as in ``load_run``.  An unfinished run
+    (``UnfinishedRun``) among others is left out with a note (one crashed run no longer stops the
+    whole report)."""
     taken: set = set()
     runs, seen, unfinished = [], set(), []
     for p in paths:

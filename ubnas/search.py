@@ -569,9 +569,10 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Opti
     spec = derive_spec(net, provenance, ops=fit.ops if fit else None, widths=fit.widths if fit else None)
     provenance["arch_hash"] = spec.arch_hash()   # tells a spec edited since from the one exported
     with torch.no_grad():   # the smooth model on the derived network: the surrogate's own gap
-        discrete = cost_of(discrete_sample(net, spec))
+        exported = discrete_sample(net, spec)
+        discrete = cost_of(exported)
         # and its latency as a target bounds it (exact ceilings)
-        found_us = float(bounded_cost(cost_of)(discrete_sample(net, spec))["seconds"]) * 1e6
+        found_us = float(bounded_cost(cost_of)(exported)["seconds"]) * 1e6
     for w in net.widths.values():
         w.forced = None
     provenance["smooth_cost_discrete"] = {"latency_us": float(discrete["seconds"]) * 1e6,
