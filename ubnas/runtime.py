@@ -273,6 +273,11 @@ def trajectory_problems(ckpt: Mapping[str, Any], epochs: Any) -> List[str]:
     return problems
 
 
+def damaged_checkpoint(path: Path, what: str) -> ValueError:
+    """The one-line error for a checkpoint ``path`` that ``what`` says is damaged (raise it)."""
+    return ValueError(f"{path}: damaged checkpoint: {what}; start over without --resume")
+
+
 def existing_checkpoint(path: Path, resume: bool) -> Any:
     """What the run directory's checkpoint ``path`` holds (``load_checkpoint``), or None when there is
     none, or when it is unreadable and the run starts over (it will be overwritten); unreadable on

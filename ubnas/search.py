@@ -40,8 +40,8 @@ from .cost import supernet_cost
 from .data import (MIN_TRAIN_BATCH, DataError, batch_count, batches, ignored_data_dir_note, load_dataset,
                    search_split)
 from .kernels import backend as kernel_backend
-from .runtime import (all_finite, make_run_dir, pick_device, progress_bar, recover_set_aside, refuse_if_locked,
-                      resume_note, run_lock, say, set_aside)
+from .runtime import (all_finite, damaged_checkpoint, make_run_dir, pick_device, progress_bar, recover_set_aside,
+                      refuse_if_locked, resume_note, run_lock, say, set_aside)
 from .search_config import STAGES, SearchConfig, config_from_yaml
 from .search_resume import (Trajectory, placement_note, read_search_checkpoint, refuse_lost_checkpoint,
                             restarted_config, restore_search_state, resumed_config, run_definitions,
@@ -356,17 +356,16 @@ def _build_supernet(cfg: SearchConfig, defs, data, checkpoint: Optional[dict], c
     if checkpoint is not None:   # restore window shapes before loading tensors into them
         unknown = sorted(set(checkpoint["windows"]) - set(net.widths))
         if unknown or any(count < 1 or step < 1 or lo < 1 for lo, step, count in checkpoint["windows"].values()):
-            raise ValueError(f"{ckpt_path}: damaged checkpoint: its channel windows do not fit the search space "
-                             f"({', '.join(unknown) or 'empty or non-positive window'}); start over without --resume")
+            raise damaged_checkpoint(ckpt_path, f"its channel windows do not fit the search space "
+                                                f"({', '.join(unknown) or 'empty or non-positive window'})")
         for name, (lo, step, count) in checkpoint["windows"].items():
             allocator.apply(name, lo, step, count, [])
         try:
             net.load_state_dict(checkpoint["model"])
         except RuntimeError as err:   # missing/unexpected keys or shapes: torch lists them
             first = str(err).strip().splitlines()
-            raise ValueError(f"{ckpt_path}: damaged checkpoint: its model does not fit the search space ("
-                             f"{' '.join(line.strip() for line in first[:3])[:300]}); "
-                             f"start over without --resume") from None
+            raise damaged_checkpoint(ckpt_path, f"its model does not fit the search space ("
+                                                f"{' '.join(line.strip() for line in first[:3])[:300]})") from None
     net.to(device)
     net.set_impl(cfg.kernels)
     return net, allocator

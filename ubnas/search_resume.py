@@ -13,8 +13,8 @@ import torch
 from hwmodels import load_accelerator
 from hwmodels.accelerator import calibrated_mode, from_dict
 
-from .runtime import (aside_dir, atomic_torch_save, existing_checkpoint, ignored_flags, ignored_on_resume, is_count,
-                      is_finite_number, options_given, say, trajectory_problems)
+from .runtime import (aside_dir, atomic_torch_save, damaged_checkpoint, existing_checkpoint, ignored_flags,
+                      ignored_on_resume, is_count, is_finite_number, options_given, say, trajectory_problems)
 from .search_config import SearchConfig, config_from_yaml
 from .space import read_space_text
 
@@ -187,7 +187,7 @@ def _check_trajectory(ckpt: dict, path: Path) -> None:
     if not isinstance(ckpt["realloc_log"], list):
         problems.append("realloc_log (expected a list)")
     if problems:
-        raise ValueError(f"{path}: damaged checkpoint: {'; '.join(problems)}; start over without --resume")
+        raise damaged_checkpoint(path, "; ".join(problems))
 
 
 @dataclass

@@ -33,10 +33,10 @@ from .build import build_network, exact_cost
 from .data import (DATASETS, MIN_TRAIN_BATCH, DataError, augment_crop_flip, batch_count, batches, dataset_name,
                    ignored_data_dir_note, load_dataset)
 from .distributed import launched_processes
-from .runtime import (MAX_SEED, all_finite, atomic_torch_save, existing_checkpoint, float32_finite, ignored_flags,
-                      ignored_on_resume, is_count, load_checkpoint, make_run_dir, options_given, pick_device,
-                      progress_bar, recover_set_aside, refuse_if_locked, resume_note, run_lock, say, set_aside,
-                      trajectory_problems)
+from .runtime import (MAX_SEED, all_finite, atomic_torch_save, damaged_checkpoint, existing_checkpoint,
+                      float32_finite, ignored_flags, ignored_on_resume, is_count, load_checkpoint, make_run_dir,
+                      options_given, pick_device, progress_bar, recover_set_aside, refuse_if_locked, resume_note,
+                      run_lock, say, set_aside, trajectory_problems)
 from .spec import (ArchSpec, edited_since_export, load_spec, searched_accelerator, searched_batch,
                    searched_calibration_note)
 
@@ -431,7 +431,7 @@ def _resumed_config(cfg: TrainConfig, ckpt: dict, ckpt_path: Path, given: Option
     if not isinstance(ckpt["optimizer"], dict):
         problems.append("optimizer (expected a state dict)")
     if problems:
-        raise ValueError(f"{ckpt_path}: damaged checkpoint: {'; '.join(problems)}; start over without --resume")
+        raise damaged_checkpoint(ckpt_path, "; ".join(problems))
     ignored = ignored_on_resume(cfg, saved, TrainConfig(spec=cfg.spec), TRAJECTORY_KEYS, given)
     if ignored:
         say(f"note: resuming {ckpt_path} with its saved schedule; ignored: {ignored_flags(ignored, saved)}")
