@@ -52,13 +52,14 @@ _UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT_12, list("-
 _UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
 
 
-def number_text(text: str) -> Optional[float]:
-    """The number a (quoted) string spells in YAML 1.2's syntax, '3e-3' or '12', else None: '1:30.0'
-    and '1_000.5', which Python's float() would take, are none (nor are 0x.. and 0o..)."""
+def number_text(text: str) -> Optional[Union[int, float]]:
+    """The number a (quoted) string spells in YAML 1.2's syntax, '3e-3' or '12' (an int, which may be
+    past float's range), else None: '1:30.0' and '1_000.5', which Python's float() would take, are
+    none (nor are 0x.. and 0o..)."""
     text = text.strip()
     if text[:2] in ("0x", "0o") or len(text) > MAX_INT_DIGITS or not (_INT_12.match(text) or _FLOAT_12.match(text)):
         return None
-    return float(yaml.load(text, Loader=_UniqueKeyLoader))   # the loader's own constructors (.inf, .nan)
+    return yaml.load(text, Loader=_UniqueKeyLoader)   # the loader's own constructors (.inf, .nan)
 
 
 MAX_INT_DIGITS = 4000   # Python refuses to convert longer decimal strings (sys.int_info's 4300)

@@ -337,6 +337,12 @@ def test_floats_read_as_yaml_1_2_reads_them(tmp_path):
         (tmp_path / "c.yaml").write_text(text)
         with pytest.raises(ValueError, match="key 'lambda_latency' expected float, got '1"):
             config_from_yaml(str(tmp_path / "c.yaml"))
+    # an integer past float's range, quoted or bare, is refused by the range check, not an OverflowError
+    from ubnas.search_config import SearchConfig
+    for quote in ("", "'"):
+        (tmp_path / "c.yaml").write_text(f"lambda_latency: {quote}{'9' * 400}{quote}\n")
+        with pytest.raises(ValueError, match=r"lambda_latency.*float32's range"):
+            SearchConfig(**config_from_yaml(str(tmp_path / "c.yaml"))).validate()
 
 
 def test_an_old_bare_hash_that_now_reads_as_a_float_is_no_edit(tmp_path, derived):
