@@ -508,16 +508,20 @@ def test_hw_from_a_pipe_is_read_once(tmp_path, capsys):
     assert json.loads(captured.out)["accelerator"]["array_rows"] == 32
 
 
-def test_input_of_one_number_names_the_shapes_a_user_network_takes(tmp_path, capsys):
-    """'--input 64' for a network of Linear layers was told 'expected 3 positive integers like
-    3x32x32 or 6x100', one of which has 2; 1xF is the form that works."""
+def test_input_of_one_number_is_the_feature_count_of_a_user_network(tmp_path, capsys):
+    """'--input 64' for a network of Linear layers was refused, and the 1xF it suggested fails on an
+    MLP with BatchNorm1d (its running_mean is per feature, not per 1-long channel)."""
     from ubnas.cli import main
     (tmp_path / "mlp.py").write_text("import torch.nn as nn\n\ndef build():\n"
-                                     "    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))\n")
+                                     "    return nn.Sequential(nn.Linear(64, 128), nn.BatchNorm1d(128), nn.ReLU(), "
+                                     "nn.Linear(128, 10))\n")
     target = f"{tmp_path / 'mlp.py'}:build"
-    assert main(["estimate", "--model", target, "--input", "64"]) == 2
+    assert main(["estimate", "--model", target, "--input", "64", "--batch", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"]["macs"] == 4 * (64 * 128 + 128 * 10)
+    assert main(["estimate", "--model", target, "--input", "1x2x3x4"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "ubnas: error: --input: expected 2 or 3 positive integers: CxHxW (3x32x32), CxL for a 1-D network "
-        "(6x100), or 1xF for one of Linear layers (1x64), got '64'")
-    assert main(["estimate", "--model", target, "--input", "1x64", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["total"]["macs"] == 64 * 32 + 32 * 10
+        "ubnas: error: --input: expected 1, 2 or 3 positive integers: CxHxW (3x32x32), CxL for a 1-D network "
+        "(6x100), or F for a network of Linear layers (64), got '1x2x3x4'")
+    # the built-in networks are 2-D: one number is no shape of theirs
+    assert main(["estimate", "--model", "resnet18-cifar", "--input", "64"]) == 2
+    assert "expected 3 positive integers" in capsys.readouterr().err

@@ -44,8 +44,8 @@ def add_parser(sub):
     parser.add_argument("--batch", "--hw-batch", dest="batch", metavar="N",
                         help="batch size (default: the batch a SPEC was searched at, else 1)")
     parser.add_argument("--input", metavar="CxHxW",
-                        help="input shape without batch (default 3x32x32; CxL for a 1-D network; a SPEC "
-                             "gives its own)")
+                        help="input shape without batch (default 3x32x32; for a --model of yours also CxL "
+                             "for a 1-D network, F for one of Linear layers; a SPEC gives its own)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
@@ -220,12 +220,13 @@ def collect_layers(args, batch: int, spec):
     if args.model:
         from hwmodels.zoo import DEFAULT_INPUT, get_model
         shape, user = DEFAULT_INPUT, ":" in args.model   # MODULE:NAME / FILE.py:NAME, else built in
-        if args.input:   # C x L for a 1-D network (nn.Conv1d) of the user's; the built-in ones are 2-D
+        if args.input:   # a user's network may be 1-D (C x L, nn.Conv1d) or take features (F, an MLP
+            # whose BatchNorm1d refuses 1xF); the built-in ones are 2-D
             parts = len(DIMS_SEPARATOR.split(args.input.strip()))
-            if user and parts not in (2, 3):   # parse_dims would ask for 3 alone
-                raise ValueError(f"--input: expected 2 or 3 positive integers: CxHxW (3x32x32), CxL for a 1-D "
-                                 f"network (6x100), or 1xF for one of Linear layers (1x64), got {args.input!r}")
-            count = 2 if user and parts == 2 else 3
+            if user and parts not in (1, 2, 3):   # parse_dims would ask for 3 alone
+                raise ValueError(f"--input: expected 1, 2 or 3 positive integers: CxHxW (3x32x32), CxL for a 1-D "
+                                 f"network (6x100), or F for a network of Linear layers (64), got {args.input!r}")
+            count = parts if user else 3
             shape = parse_dims(args.input, "--input", count, "3x32x32 or 6x100" if user else "3x32x32")
         if user:   # a network of the user's may make tensors of its own: built as written
             module = load_model_target(args.model)
