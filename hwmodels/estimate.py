@@ -18,7 +18,7 @@ executed layer into ``hwmodels.layers`` descriptors and returns the exact
 
 Only module calls are costed.  A GEMM or convolution written inline in a
 ``forward`` outside every costed module (``x @ w``, ``F.linear``, ``F.conv2d``,
-attention's ``q @ k.transpose(-2, -1)``) raises a ``ValueError`` naming the op, the
+attention's ``q @ k.transpose(-2, -1)``, a ``torch.cdist`` distance matrix) raises a ``ValueError`` naming the op, the
 module whose ``forward`` ran it and its MACs, rather than leaving its compute out;
 a handler registered for that module type costs it.  A TorchScript submodule
 (``torch.jit.script``/``trace``) runs where no hook sees it: it costs nothing when its
@@ -145,7 +145,7 @@ def _register_builtins() -> None:
 # torch functions (by __name__) that run multiply-accumulates on the array: seen outside every
 # costed module, their compute would silently be missing from the estimate
 _GEMM_FUNCTIONS = {"linear", "bilinear", "matmul", "__matmul__", "__rmatmul__", "linalg_matmul", "mm", "bmm",
-                   "mv", "inner", "chain_matmul", "linalg_multi_dot", "addmm", "addbmm", "baddbmm", "addmv",
+                   "mv", "inner", "dot", "vdot", "linalg_vecdot", "cdist", "chain_matmul", "linalg_multi_dot", "addmm", "addbmm", "baddbmm", "addmv",
                    "addmm_", "addbmm_", "baddbmm_", "addmv_", "einsum", "tensordot", "conv1d", "conv2d",
                    "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
                    "scaled_dot_product_attention", "multi_head_attention_forward"}
@@ -161,8 +161,8 @@ def _scripted_gemm_ops(sub: "nn.Module") -> List[str]:
 
 def _einsum_summed(args: tuple):
     """The product of the summed letters' sizes of an einsum call (MACs per output element), None
-    when nothing is summed (a transpose or an outer product: no multiply-accumulate), 0 when not
-    worked out (an ellipsis, an implicit output)."""
+    when nothing is multiplied and summed (a transpose, an outer product, a one-operand sum or
+    trace), 0 when not worked out (an ellipsis, an implicit output)."""
     import torch
     equation = args[0] if args and isinstance(args[0], str) else None
     operands = args[1:]
@@ -172,7 +172,7 @@ def _einsum_summed(args: tuple):
         return 0
     inputs, output = equation.replace(" ", "").split("->")
     summed = set(inputs.replace(",", "")) - set(output)
-    if not summed:
+    if not summed or "," not in inputs:   # one operand: a sum or a trace, nothing multiplied
         return None
     sizes = {}
     for spec, operand in zip(inputs.split(","), operands):
@@ -194,8 +194,12 @@ def _inline_macs(name: str, args: tuple, kwargs: dict, out) -> Optional[int]:
     weight = args[1] if len(args) > 1 else kwargs.get("weight")
     if name == "linear" and isinstance(weight, torch.Tensor):
         return out.numel() * int(weight.shape[-1])
-    if name in ("matmul", "__matmul__", "linalg_matmul", "mm", "bmm", "mv") and isinstance(first, torch.Tensor):
+    if name in ("matmul", "__matmul__", "linalg_matmul", "mm", "bmm", "mv", "inner", "dot", "vdot", "cdist") \
+            and isinstance(first, torch.Tensor) and first.dim() > 0:
         return out.numel() * int(first.shape[-1])     # every output element sums over the inner dim
+    if name == "linalg_vecdot" and isinstance(first, torch.Tensor) and isinstance(weight, torch.Tensor):
+        dim = kwargs.get("dim", args[2] if len(args) > 2 else -1)
+        return out.numel() * int(torch.broadcast_shapes(first.shape, weight.shape)[dim])
     if name == "scaled_dot_product_attention" and len(args) >= 3 and isinstance(args[1], torch.Tensor):
         # scores (..., L, S) over E, then (..., L, Ev) over S
         query, key = args[0], args[1]
