@@ -35,6 +35,7 @@ import inspect
 import math
 import os
 import re
+import traceback
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .accelerator import Accelerator, load_accelerator
@@ -58,6 +59,19 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 class _HandlerFailed(Exception):
     """Carries a RuntimeError raised by a layer handler past the forward's input-error handling."""
+
+
+class _LayerInvalid(ValueError):
+    """A layer that a module's settings make invalid, already named: not the forward's own error."""
+
+
+def _raised_at(exc: BaseException) -> str:
+    """' (raised at /path/nets.py:22 in helper)': the innermost frame of ``exc`` outside torch and
+    hwmodels, the line of the user's network that failed; '' when there is none."""
+    import torch
+    skip = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(os.path.abspath(__file__)) + os.sep)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not os.path.abspath(f.filename).startswith(skip)]
+    return f" (raised at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
 
 
 def register_layer_handler(module_type: type, fn: Handler) -> None:
@@ -346,7 +360,7 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
                 raise _HandlerFailed() from exc
             except ValueError as exc:     # a layer the module's settings make invalid: name the module
                 detail = str(exc).removeprefix("layer '': ")   # its name is set only after the handler
-                raise ValueError(f"{_module_name(path, mod)}: {detail}") from None
+                raise _LayerInvalid(f"{_module_name(path, mod)}: {detail}") from None
         return hook
 
     modes = {name: sub.training for name, sub in module.named_modules()}
@@ -401,13 +415,16 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
                 # sizes whose product torch's int64 shape arithmetic cannot hold (a cat of huge maps)
                 raise ValueError(f"{type(module).__name__} on input {tuple(x.shape)} makes a tensor too "
                                  f"large to describe (its size overflows 64-bit integers)") from None
-            except RuntimeError as exc:
+            except _LayerInvalid:
+                raise
+            except (RuntimeError, ValueError) as exc:
                 if is_out_of_memory(exc):
                     raise
-                # a shape the network cannot take (e.g. 1 channel into a 3-channel stem)
+                # a shape the network cannot take (e.g. 1 channel into a 3-channel stem), or a bug
+                # in it: the line that raised, as the chained traceback is not printed by the CLI
                 raise ValueError(f"{type(module).__name__} does not run on input {tuple(x.shape)} "
                                  f"(batch x {'x'.join(map(str, shape))}): "
-                                 f"{str(exc).splitlines()[0]}") from None
+                                 f"{(str(exc).splitlines() or [type(exc).__name__])[0]}{_raised_at(exc)}") from exc
     finally:
         for h in hooks:
             h.remove()

@@ -1,4 +1,5 @@
 """``hwmodels.estimate`` of torch modules against hand-listed layers."""
+import re
 import sys
 
 import pytest
@@ -252,6 +253,38 @@ def test_inline_attention_scores_are_refused_not_left_out():
     macs = sum(layer.lower().macs for layer in layers)
     want = batch * tokens * (6 * 8 + 8 * 24 + 8 * 8) + 2 * batch * tokens * tokens * dim
     assert [l.name for l in layers] == ["0", "1.0", "1.1", "1.2", "1.3"] and macs == want
+
+
+def _regroup(y):
+    return y.reshape(7, -1)   # a bug of the network's: 7 does not divide its size
+
+
+class FailsInAHelper(nn.Module):
+    def __init__(self, error=None):
+        super().__init__()
+        self.conv, self.error = nn.Conv2d(3, 4, 3), error
+
+    def forward(self, x):
+        if self.error:
+            raise self.error
+        return _regroup(self.conv(x))
+
+
+def test_a_network_that_fails_is_named_with_the_line_of_its_code_that_raised():
+    """A user's RuntimeError (a wrong reshape in a helper) lost every frame of the user's code, even
+    in the chained traceback, and a ValueError of theirs came out bare, as if the estimator's."""
+    import inspect
+    line = inspect.getsourcelines(_regroup)[1] + 1
+    with pytest.raises(ValueError, match=r"^FailsInAHelper does not run on input \(2, 3, 8, 8\) \(batch x 3x8x8\): "
+                       rf"shape '\[7, -1\]' is invalid .* \(raised at {re.escape(__file__)}:{line} in _regroup\)$") as info:
+        trace_layers(FailsInAHelper(), (3, 8, 8), batch=2)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    with pytest.raises(ValueError, match=r"^FailsInAHelper does not run on input .*: bad size \(raised at .* in forward\)$"):
+        trace_layers(FailsInAHelper(ValueError("bad size")), (3, 8, 8))
+    # a layer the module's settings make invalid stays the estimator's own message
+    with pytest.warns(UserWarning, match="zero-element"), \
+            pytest.raises(ValueError, match=r"^module '1' \(torch.nn.modules.linear.Linear\): .*out_features"):
+        trace_layers(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 0)), (4,))
 
 
 class FunctionalConv(nn.Module):
