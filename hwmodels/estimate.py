@@ -295,7 +295,8 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
     Runs in eval mode (no running-stat updates, dropout off) and restores every
     submodule's train/eval flag afterwards.  The input goes to the device of the
     module's first parameter: a module built under ``torch.device("meta")`` is
-    traced from shapes alone, without arithmetic.
+    traced from shapes alone, without arithmetic.  A module whose first layer is an
+    ``nn.Embedding`` gets token indices (int64) of ``input_shape``, e.g. (50,) tokens.
     """
     import torch
     _register_builtins()
@@ -398,11 +399,15 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
         first = next(iter(module.parameters()), None)
         dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
         device = first.device if first is not None else torch.device("cpu")
+        # a network that starts with an embedding (a text CNN) takes token indices, not floats
+        lookup = next((sub for sub in module.modules() if any(True for _ in sub.parameters(recurse=False))), None)
+        tokens = lookup.num_embeddings if isinstance(lookup, (torch.nn.Embedding, torch.nn.EmbeddingBag)) else 0
         if device.type == "meta":   # shapes only: a batch of any size costs no memory
-            x = torch.empty((int(batch),) + shape, device=device, dtype=dtype)
+            x = torch.empty((int(batch),) + shape, device=device, dtype=torch.long if tokens else dtype)
         else:
             gen = torch.Generator().manual_seed(0)
-            x = (torch.rand((int(batch),) + shape, generator=gen) + 0.5).to(device=device, dtype=dtype)
+            x = torch.randint(0, tokens, (int(batch),) + shape, generator=gen).to(device) if tokens else \
+                (torch.rand((int(batch),) + shape, generator=gen) + 0.5).to(device=device, dtype=dtype)
         module.eval()
         with torch.no_grad(), _watch_inline_gemms(inline, inside_costed, running):
             try:

@@ -287,6 +287,26 @@ def test_a_network_that_fails_is_named_with_the_line_of_its_code_that_raised():
         trace_layers(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 0)), (4,))
 
 
+class TextCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.conv, self.fc = nn.Embedding(100, 16), nn.Conv1d(16, 8, 3), nn.Linear(8, 2)
+
+    def forward(self, tokens):   # (B, T) int64
+        y = self.conv(self.embed(tokens).transpose(1, 2))
+        return self.fc(y.amax(dim=2))
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_a_network_that_starts_with_an_embedding_is_fed_token_indices(device):
+    """A text CNN could never be traced: the input was always float, which nn.Embedding refuses."""
+    with torch.device(device):
+        model = TextCNN()
+    layers = trace_layers(model, (50,), batch=3)
+    assert [l.name for l in layers] == ["conv", "fc"]
+    assert [l.lower().macs for l in layers] == [3 * 8 * 48 * 16 * 3, 3 * 8 * 2]
+
+
 class FunctionalConv(nn.Module):
     def __init__(self):
         super().__init__()
