@@ -31,9 +31,15 @@ case "$stage" in
 esac
 # a stray setting would run the reference path or the interpreter and pass it off as the kernels
 unset TRITON_INTERPRET UBNAS_KERNELS
-if ! python3 -c "import torch, triton" 2>/dev/null; then
-  python3 -c "import torch, triton" >&2
-  echo "gpu_check.sh: torch and triton must import (pip install -e '.[test]' first)" >&2
+# what the stage imports: torch and triton do not bring pyyaml and numpy along, and a stage that
+# finds one missing only after its first minutes wastes a device call
+modules="torch triton yaml numpy"
+[ "$stage" = tests ] && modules="$modules pytest"
+missing=$(python3 -c "
+import importlib.util, sys
+print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))" $modules 2>&1)
+if [ -n "$missing" ]; then
+  echo "gpu_check.sh: missing Python modules: $missing (pip install -e '.[test]' first)" >&2
   exit 2
 fi
 if ! python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -94,10 +100,11 @@ case "$stage" in
     ;;
   compile)
     space=${2:-uboost_cifar}
+    name=$(basename "$space" .yaml)   # a space given as a path: its log is bench_compile_NAME.txt
     batches=64,256
-    [ "$space" = darts_cifar ] && batches=256
+    [ "$name" = darts_cifar ] && batches=256
     # compile last: its minutes of compiling must not cost the fused row
-    run "$out/bench_compile_$space.txt" $(( 570 - SECONDS )) python3 tools/bench_search_step.py --spaces "$space" \
+    run "$out/bench_compile_$name.txt" $(( 570 - SECONDS )) python3 tools/bench_search_step.py --spaces "$space" \
       --batches "$batches" --repeats 5 --warmup 2 --impls eager,fused,compile
     ;;
   hours)
