@@ -59,12 +59,19 @@ def test_tools_refuse_an_unknown_gpu_arch_and_a_batch_past_memory():
     assert done.returncode == 2 and "--batch must be in [1, 64]" in done.stderr, done.stderr[-2000:]
 
 
-def test_compare_runs_checks_every_runs_options_before_the_first_search(tmp_path):
+@pytest.mark.parametrize("flags, message", [
+    ("--epochs 0", "--epochs must be >= 1, got 0"),
+    # a misspelt space or accelerator and missing CIFAR files were found only by b's own search
+    ("--space tyni", "tyni: no such search space"),
+    ("--hw nosuch", "nosuch: no such preset or file"),
+    ("--data cifar10", "cifar10 needs --data-dir"),
+    ("--data cifar10 --data-dir .", "CIFAR-10 files missing in ."),
+])
+def test_compare_runs_checks_every_runs_options_before_the_first_search(tmp_path, flags, message):
     """A bad value in the second run's flags was found only after the first search had run."""
     out = tmp_path / "cmp"
-    done = _tool("compare_runs.py", "--out", str(out), "a=--epochs 1 --max-steps-per-epoch 1",
-                 "b=--epochs 0")
-    assert done.returncode == 2 and "run 'b': --epochs must be >= 1, got 0" in done.stderr, done.stderr[-2000:]
+    done = _tool("compare_runs.py", "--out", str(out), "a=--epochs 1 --max-steps-per-epoch 1", f"b={flags}")
+    assert done.returncode == 2 and f"run 'b': " in done.stderr and message in done.stderr, done.stderr[-2000:]
     assert not out.exists()
 
 
@@ -72,6 +79,8 @@ def test_compare_runs_checks_every_runs_options_before_the_first_search(tmp_path
     (["--train-epochs", "1", "--data", "foo"], "--data: expected one of digits, cifar10, synthetic, got 'foo'"),
     (["--train-epochs", "1", "--data-dir", "no/such/dir"], "--data-dir no/such/dir: no such directory"),
     (["--data", "digits"], "--data and --data-dir choose what --train-epochs trains on"),
+    # the search's digits are there, but CIFAR-10 for the training is not: found after the search
+    (["--train-epochs", "1", "--data", "cifar10"], "run 'a': cifar10 needs --data-dir"),
 ])
 def test_compare_runs_checks_its_training_options_before_the_first_search(tmp_path, flags, message):
     """A bad --data was found by the first `ubnas train`, after that run's search."""

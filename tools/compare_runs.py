@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from ubnas.data import DATASETS, dataset_name
+from ubnas.data import DATASETS, check_data_files, dataset_name
 
 
 def run_child(cmd):
@@ -85,8 +85,9 @@ def summarize(name, run_dir: Path, wall, rss, test_acc):
         "exact_utilization": prov["exact_cost"]["utilization"],
         "cost_model": prov.get("cost_model", "systolic"),
         "smooth_latency_us": prov["smooth_cost"]["latency_us"],
-        # the surrogate's error only under the systolic model; under flops, roofline or uboost it also
-        # holds that model's difference from the exact systolic count, so it is not shown
+        # the relaxed supernet's smooth latency against the exported network's exact one (relaxation
+        # and surrogate together), only under the systolic model; under flops, roofline or uboost it
+        # also holds that model's difference from the exact systolic count, so it is not shown
         "smooth_exact_gap": (prov["smooth_vs_exact_latency_gap"] if prov.get("cost_model", "systolic") == "systolic"
                              else None),
         # per stage, over its epochs after the run's first (whose warm-up is first_epoch_s)
@@ -97,19 +98,29 @@ def summarize(name, run_dir: Path, wall, rss, test_acc):
     }
 
 
-def search_flags_problem(flags: str, run_dir: Path):
-    """None when ``ubnas search FLAGS --out RUN_DIR`` parses and its options are valid, else what is
-    wrong (one line): checked for every run before the first search spends its minutes."""
+def search_flags_problem(flags: str, run_dir: Path, train_data=None):
+    """None when ``ubnas search FLAGS --out RUN_DIR`` parses, its options are valid and its space,
+    accelerator and data files are found, else what is wrong (one line): checked for every run
+    before the first search spends its minutes.  ``train_data``: (data, data_dir) overriding the
+    search's for --train-epochs (None items: the search's), or None without training."""
+    from hwmodels import load_accelerator
     from ubnas.cli import build_parser
     from ubnas.commands.search import config_from_args
+    from ubnas.space import load_space
     said = io.StringIO()
     try:
         with contextlib.redirect_stderr(said):
             args = build_parser().parse_args(["search", *shlex.split(flags), "--out", str(run_dir), "--quiet"])
-        config_from_args(args)
+        cfg, _ = config_from_args(args)
+        load_space(cfg.space)
+        load_accelerator(cfg.hw)
+        check_data_files(cfg.data, cfg.data_dir)
+        if train_data is not None:   # what `ubnas train` reads after this run's search
+            data, data_dir = train_data
+            check_data_files(data or cfg.data, data_dir or cfg.data_dir)
     except SystemExit:   # argparse said what is wrong on stderr
         return (said.getvalue().strip().splitlines() or ["its flags do not parse"])[-1]
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:   # SpaceError, HardwareConfigError, DataError are ValueErrors
         return str(exc)
     return None
 
@@ -147,7 +158,8 @@ def main(argv=None):
             shlex.split(flags)
         except ValueError as exc:
             parser.error(f"run {name!r}: its flags do not parse ({exc}): {flags!r}")
-        problem = search_flags_problem(flags, Path(args.out) / name)
+        problem = search_flags_problem(flags, Path(args.out) / name,
+                                       (args.data, args.data_dir) if args.train_epochs else None)
         if problem:
             parser.error(f"run {name!r}: {problem}")
     rows, failed = [], []

@@ -159,6 +159,16 @@ def ignored_data_dir_note(name: str, data_dir: str | None) -> str | None:
     return f"note: --data-dir is read only with --data cifar10; {name} ignores {data_dir}"
 
 
+def check_data_files(name: str, data_dir: str | None = None) -> None:
+    """DataError when ``load_dataset(name, data_dir)`` would not find its name or files; reads no
+    images (a check before minutes of other work)."""
+    key = dataset_name(str(name))
+    if key not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    if key == "cifar10":
+        _cifar_dir(data_dir)
+
+
 def load_dataset(name: str, data_dir: str | None = None, seed: int = 0,
                  synthetic_size: tuple = (2048, 512),
                  synthetic_shape: tuple = (3, 32, 32)) -> Dataset:
