@@ -213,6 +213,13 @@ def _resolve(name_or_path: Union[str, os.PathLike]) -> Tuple[Path, bool]:
         f"{text}: no such file (a preset is named without a directory: {', '.join(preset_names())})")
 
 
+def accelerator_location(name_or_path: Union[str, os.PathLike]) -> str:
+    """The argument as ``load_accelerator`` in another working directory reads the same accelerator:
+    a file's absolute path, a preset's name.  HardwareConfigError when neither is found."""
+    path, preset = _resolve(name_or_path)
+    return os.fspath(name_or_path) if preset else os.path.abspath(path)
+
+
 def load_accelerator(name_or_path: Union[str, os.PathLike]) -> Accelerator:
     """Load a YAML file, or a preset (``uboost``, ``tpu_v2``, ...) by a name without a directory
     part when no file of that name exists."""

@@ -258,6 +258,26 @@ def test_resume_keeps_the_data_dir_and_accelerator_of_the_first_run(tmp_path, ca
     assert [row["epoch"] for row in metrics["history"]] == [1, 2]
 
 
+def test_resume_from_another_directory_keeps_a_relative_accelerator_file(tmp_path, capsys, monkeypatch):
+    """--hw my.yaml was saved as typed: a --resume from another directory failed ('no such preset or
+    file'), or silently costed another my.yaml found there."""
+    from hwmodels.accelerator import PRESET_DIR
+    preset = (PRESET_DIR / "edge_16x16.yaml").read_text()
+    (tmp_path / "my.yaml").write_text(preset)
+    spec = write_spec(tmp_path / "arch.yaml")
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    train(TrainConfig(spec=str(spec), out=str(out), epochs=2, device="cpu", hw="my.yaml"), progress=False,
+          stop_after_epoch=1)
+    out.joinpath("my.yaml").write_text(preset.replace("array_rows: 16", "array_rows: 256"))   # another one
+    monkeypatch.chdir(out)
+    assert main(["train", str(spec), "--out", str(out), "--resume", "--quiet"]) == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["hw"] == str(tmp_path / "my.yaml")
+    assert metrics["hardware"]["accelerator_config"]["array_rows"] == 16
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2]
+
+
 def test_train_defaults_to_the_data_set_the_spec_was_searched_on(tmp_path, capsys):
     spec = write_spec(tmp_path / "arch.yaml", {"input_shape": [3, 32, 32], "provenance/data": "synthetic"})
     assert main(["train", str(spec), "--out", str(tmp_path / "run"), "--epochs", "1", "--quiet"]) == 0

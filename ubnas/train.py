@@ -283,6 +283,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     cfg.validate()
     if cfg.data_dir is not None:   # saved absolute: a --resume from another directory finds the data
         cfg = replace(cfg, data_dir=os.path.abspath(cfg.data_dir))
+    if cfg.hw:   # and the same accelerator file, not another one of that name there
+        from hwmodels.accelerator import accelerator_location
+        cfg = replace(cfg, hw=accelerator_location(cfg.hw))
     hardware = _metrics_hardware(spec, cfg)   # once, before training: a bad --hw or batch fails now
     device = pick_device(cfg.device)
 
