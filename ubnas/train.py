@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from hwmodels.yamlio import atomic_write_text
 
 from .build import build_network, exact_cost
-from .data import (DATASETS, MIN_TRAIN_BATCH, DataError, augment_crop_flip, batch_count, batches, dataset_name,
-                   ignored_data_dir_note, load_dataset)
+from .data import (DATASETS, MIN_TRAIN_BATCH, DataError, augment_crop_flip, batch_count, batches, crop_padding,
+                   dataset_name, ignored_data_dir_note, load_dataset)
 from .distributed import launched_processes
 from .runtime import (MAX_SEED, all_finite, atomic_torch_save, damaged_checkpoint, existing_checkpoint,
                       float32_finite, ignored_flags, ignored_on_resume, is_count, load_checkpoint, make_run_dir,
@@ -69,7 +69,7 @@ class TrainConfig:
     schedule: str = "cosine"
     label_smoothing: float = 0.0
     grad_clip: float = 5.0
-    augment: Optional[bool] = None      # None: crop + flip on cifar10 only
+    augment: Optional[bool] = None      # None: crop + flip on cifar10 only (data.crop_padding)
     seed: int = 0
     device: str = "auto"
     hw: Optional[str] = None            # None: the one the spec was searched on (provenance), else uboost
@@ -296,6 +296,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
         say(note)
     _check_data_fits(spec, data, cfg.data)
     augment = cfg.augment if cfg.augment is not None else cfg.data == "cifar10"
+    pad = crop_padding(data.input_shape)
     if len(data.train_y) < min(MIN_TRAIN_BATCH, cfg.batch_size):   # a smaller last batch is dropped (BatchNorm)
         raise DataError(f"{cfg.data}: {len(data.train_y)} training image(s); training needs at least "
                         f"{MIN_TRAIN_BATCH}")
@@ -345,7 +346,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
         bar = progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress)
         for i, (xb, yb) in enumerate(batches(train_x, train_y, cfg.batch_size, True, gen, MIN_TRAIN_BATCH)):
             if augment:
-                xb = augment_crop_flip(xb, 4, gen)
+                xb = augment_crop_flip(xb, pad, gen)
             lr = lr_at(step, total_steps, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr

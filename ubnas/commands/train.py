@@ -29,7 +29,9 @@ def add_parser(sub):
     parser.add_argument("--grad-clip", type=float, metavar="NORM",
                         help="gradient norm clip, 0 = off (default 5)")
     parser.add_argument("--augment", choices=("auto", "on", "off"),
-                        help="random crop + flip (auto: on for cifar10 only)")
+                        help="random crop (padded by 1/8 of the side: 4 px on 32x32, 1 on digits' 8x8) + "
+                             "horizontal flip, as for CIFAR (auto: on for cifar10 only; a flipped digit is "
+                             "another shape)")
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--seed", type=int, help="default 0")
     parser.add_argument("--hw", metavar="PRESET|FILE.yaml",
