@@ -1128,6 +1128,12 @@ def _shrunk_first_tensor(model):
     ("windows", lambda v: {k: [0, 1, 1] for k in v}, "empty or non-positive window"),
     ("windows", lambda v: {**v, "no_such_width": [8, 8, 1]}, "no_such_width"),
     ("model", _shrunk_first_tensor, "its model does not fit the search space (Error(s) in loading"),
+    # these were tracebacks (AttributeError, TypeError, torch's RuntimeError / ValueError)
+    ("config", lambda v: [], "config (expected a mapping of options, got list)"),
+    ("config", lambda v: {**v, "arch_lr": -1.0}, "config (saved config: key 'arch_lr' must be > 0"),
+    ("data_gen", lambda v: v[:3], "its data_gen does not load ("),
+    ("w_opt", lambda v: {**v, "param_groups": []}, "its w_opt does not load (loaded state dict has a different "
+                                                   "number of parameter groups)"),
 ])
 def test_resuming_a_damaged_checkpoint_is_a_one_line_error(tmp_path, capsys, key, edit, blamed):
     from ubnas.cli import main

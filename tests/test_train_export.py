@@ -151,13 +151,23 @@ def test_resuming_a_checkpoint_that_lacks_keys_is_a_one_line_error(trained, tmp_
     ("epoch", "one", "epoch 'one' (expected"),
     ("history", 5, "history (expected a list of log rows)"),
     ("scheduler", {"step": -1}, "scheduler (expected {'step': a whole number >= 0})"),
+    # these were tracebacks (AttributeError, TypeError, torch's RuntimeError / ValueError)
+    ("config", [], "config (expected a mapping of options, got list)"),
+    ("config", lambda v: {**v, "lr": "x"}, "config ("),
+    ("config", lambda v: {**v, "momentum": 2.0}, "config (--momentum: expected a value in [0, 1), got 2.0)"),
+    ("generator", lambda v: v[:3], "its generator does not load ("),
+    ("torch_rng", lambda v: v[:3], "its torch_rng does not load ("),
+    ("model", lambda v: {**v, "extra": torch.zeros(1)}, "its model does not load (Error(s) in loading state_dict "
+                                                        "for Network: Unexpected key(s) in state_dict: \"extra\""),
+    ("optimizer", lambda v: {**v, "param_groups": v["param_groups"][:1]},
+     "its optimizer does not load (loaded state dict has a different number of parameter groups)"),
 ])
 def test_resuming_a_damaged_checkpoint_is_a_one_line_error(trained, tmp_path, capsys, key, value, blamed):
     spec, _, _ = trained
     out = tmp_path / "old"
     train(config(spec, out), progress=False, stop_after_epoch=1)
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
-    ckpt[key] = value
+    ckpt[key] = value(ckpt[key]) if callable(value) else value
     torch.save(ckpt, out / "checkpoint.pt")
     err = one_line_error(capsys, ["train", str(spec), "--out", str(out), "--resume", "--quiet"])
     assert err.startswith(f"ubnas: error: {out / 'checkpoint.pt'}: damaged checkpoint: ")

@@ -278,6 +278,19 @@ def damaged_checkpoint(path: Path, what: str) -> ValueError:
     return ValueError(f"{path}: damaged checkpoint: {what}; start over without --resume")
 
 
+def restore_state(path: Path, what: str, load, state: Any) -> None:
+    """``load(state)`` (a ``load_state_dict`` or ``set_state``) for the entry ``what`` of checkpoint
+    ``path``; torch's refusal (a state dict of other shapes or parameter groups, a generator state of
+    another size: a damaged file, another ubnas or torch version) is ``damaged_checkpoint``."""
+    try:
+        load(state)
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        detail = " ".join(lines)
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise damaged_checkpoint(path, f"its {what} does not load ({detail})") from None
+
+
 def existing_checkpoint(path: Path, resume: bool) -> Any:
     """What the run directory's checkpoint ``path`` holds (``load_checkpoint``), or None when there is
     none, or when it is unreadable and the run starts over (it will be overwritten); unreadable on

@@ -186,7 +186,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     if checkpoint is None:
         state = Trajectory()
     else:
-        state = restore_search_state(checkpoint, w_opt, a_opt, data_gen, gumbel_gen, allocator)
+        state = restore_search_state(checkpoint, ckpt_path, w_opt, a_opt, data_gen, gumbel_gen, allocator)
         # the log as the checkpoint has it: a run stopped between its last checkpoint and that
         # epoch's log write resumes with no epoch left to run, and its log stayed an epoch short
         dist.on_rank0(lambda: _write_log(out / "search_log.csv", state.history))

@@ -14,7 +14,8 @@ from hwmodels import load_accelerator
 from hwmodels.accelerator import calibrated_mode, from_dict
 
 from .runtime import (aside_dir, atomic_torch_save, damaged_checkpoint, existing_checkpoint, ignored_flags,
-                      ignored_on_resume, is_count, is_finite_number, options_given, say, trajectory_problems)
+                      ignored_on_resume, is_count, is_finite_number, options_given, restore_state, say,
+                      trajectory_problems)
 from .search_config import SearchConfig, config_from_yaml
 from .space import read_space_text
 
@@ -59,17 +60,15 @@ def save_search_checkpoint(path: Path, cfg: SearchConfig, state: Trajectory, net
     }, path)
 
 
-def restore_search_state(checkpoint: dict, w_opt, a_opt, data_gen: torch.Generator, gumbel_gen: torch.Generator,
-                         allocator) -> Trajectory:
-    """The optimizers, generators and reallocation log as ``save_search_checkpoint`` left them, and
-    the trajectory.  The supernet's windows and tensors are the caller's (they come before the
-    optimizers that hold them)."""
-    w_opt.load_state_dict(checkpoint["w_opt"])
-    a_opt.load_state_dict(checkpoint["a_opt"])
-    data_gen.set_state(checkpoint["data_gen"])
-    gumbel_gen.set_state(checkpoint["gumbel_gen"])
-    allocator.generator.set_state(checkpoint["alloc_gen"])
-    torch.set_rng_state(checkpoint["torch_rng"])
+def restore_search_state(checkpoint: dict, path: Path, w_opt, a_opt, data_gen: torch.Generator,
+                         gumbel_gen: torch.Generator, allocator) -> Trajectory:
+    """The optimizers, generators and reallocation log as ``save_search_checkpoint`` left them in
+    ``path``, and the trajectory.  The supernet's windows and tensors are the caller's (they come
+    before the optimizers that hold them)."""
+    for key, load in (("w_opt", w_opt.load_state_dict), ("a_opt", a_opt.load_state_dict),
+                      ("data_gen", data_gen.set_state), ("gumbel_gen", gumbel_gen.set_state),
+                      ("alloc_gen", allocator.generator.set_state), ("torch_rng", torch.set_rng_state)):
+        restore_state(path, key, load, checkpoint[key])
     allocator.log = list(checkpoint["realloc_log"])
     refs = checkpoint.get("latency_refs")
     if refs is None:   # written before each stage took its own: the one reference, as that run began
@@ -154,6 +153,11 @@ def read_search_checkpoint(path: Path, resume: bool) -> Optional[dict]:
     if not isinstance(ckpt, dict) or "arch_steps" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path}: not a checkpoint written by `ubnas search` (a `ubnas train` run?); "
                          f"choose another --out")
+    if not isinstance(ckpt["config"], dict):   # starting over overwrites it
+        if resume:
+            raise damaged_checkpoint(path, f"config (expected a mapping of options, got "
+                                           f"{type(ckpt['config']).__name__})")
+        return ckpt
     unknown = set(ckpt["config"]) - {f.name for f in fields(SearchConfig)}
     if unknown and resume:
         raise ValueError(f"{path}: saved config has unknown option(s) {', '.join(sorted(unknown))} "
@@ -173,6 +177,10 @@ def _check_trajectory(ckpt: dict, path: Path) -> None:
     """Refuse, in one line, a checkpoint whose trajectory entries have the wrong type or range (one
     edited by hand, or damaged) before they are used: a negative epoch would run extra epochs."""
     problems = trajectory_problems(ckpt, ckpt["config"].get("epochs"))
+    try:   # the options it resumes with: refused here, as the checkpoint's, not as a flag of this call
+        SearchConfig(**ckpt["config"]).validate("saved config")
+    except (TypeError, ValueError) as exc:
+        problems.append(f"config ({exc})")
     if not is_count(ckpt["arch_steps"]):
         problems.append(f"arch_steps {ckpt['arch_steps']!r} (expected a whole number >= 0)")
     if not is_finite_number(ckpt["mu"]):

@@ -36,7 +36,7 @@ from .distributed import launched_processes
 from .runtime import (MAX_SEED, all_finite, atomic_torch_save, damaged_checkpoint, existing_checkpoint,
                       float32_finite, ignored_flags, ignored_on_resume, is_count, load_checkpoint, make_run_dir,
                       options_given, pick_device, progress_bar, recover_set_aside, refuse_if_locked, resume_note,
-                      run_lock, say, set_aside, trajectory_problems)
+                      restore_state, run_lock, say, set_aside, trajectory_problems)
 from .spec import (ArchSpec, edited_since_export, load_spec, searched_accelerator, searched_batch,
                    searched_calibration_note)
 
@@ -321,12 +321,12 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     total_steps = cfg.epochs * steps_per_epoch
     start_epoch, step, history = 0, 0, []
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        restore_state(ckpt_path, "model", model.load_state_dict, ckpt["model"])
+        restore_state(ckpt_path, "optimizer", opt.load_state_dict, ckpt["optimizer"])
         step, start_epoch = ckpt["scheduler"]["step"], ckpt["epoch"]
         history = list(ckpt["history"])
-        gen.set_state(ckpt["generator"])
-        torch.set_rng_state(ckpt["torch_rng"])
+        restore_state(ckpt_path, "generator", gen.set_state, ckpt["generator"])
+        restore_state(ckpt_path, "torch_rng", torch.set_rng_state, ckpt["torch_rng"])
     if ckpt is None:   # starting over: an interrupted first epoch must not leave the old run to --resume;
         set_aside(out, (CHECKPOINT, METRICS), METRICS)   # kept in OUT/previous (or interrupted), not deleted
     elif start_epoch < cfg.epochs:   # everything is validated and loaded: the directory may change now
@@ -428,7 +428,14 @@ def _resumed_config(cfg: TrainConfig, ckpt: dict, ckpt_path: Path, given: Option
         raise ValueError(f"{ckpt_path}: checkpoint lacks {', '.join(missing)} (written by another ubnas "
                          f"version?); start over without --resume")
     saved = ckpt["config"]
+    if not isinstance(saved, dict):
+        raise damaged_checkpoint(ckpt_path, f"config (expected a mapping of options, got {type(saved).__name__})")
     problems = trajectory_problems(ckpt, saved.get("epochs"))
+    try:   # the schedule it resumes with: refused here, as the checkpoint's, not as a flag of this call
+        TrainConfig(**{**asdict(TrainConfig(spec=cfg.spec)),
+                       **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}}).validate()
+    except (TypeError, ValueError) as exc:
+        problems.append(f"config ({exc})")
     scheduler = ckpt["scheduler"]
     if not isinstance(scheduler, dict) or not is_count(scheduler.get("step")):
         problems.append("scheduler (expected {'step': a whole number >= 0})")
