@@ -237,6 +237,10 @@ def test_resume_names_a_flag_set_to_its_default_that_the_checkpoint_overrides(tm
     assert main(["train", str(spec), "--out", str(out), "--resume", "--quiet", "--epochs", "2",
                  "--lr", str(default_lr), "--device", "cpu"]) == 0
     assert "ignored: --lr (kept: 0.3)" in capsys.readouterr().out
+    # --augment is named as the flag spells it ('kept: None' is no value of --augment)
+    assert main(["train", str(spec), "--out", str(out), "--resume", "--quiet", "--epochs", "2",
+                 "--augment", "on", "--device", "cpu"]) == 0
+    assert "ignored: --augment (kept: auto)" in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text())["config"]["lr"] == 0.3
 
 

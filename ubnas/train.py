@@ -52,6 +52,7 @@ TRAJECTORY_KEYS = ("data", "epochs", "batch_size", "lr", "momentum", "weight_dec
                    "label_smoothing", "grad_clip", "augment", "seed")
 # options a resumed run takes from its checkpoint unless given again: where and on what it runs
 PLACEMENT_KEYS = ("data_dir", "device", "hw")
+AUGMENT_FLAG = {None: "auto", True: "on", False: "off"}   # TrainConfig.augment as --augment spells it
 
 
 @dataclass
@@ -445,7 +446,8 @@ def _resumed_config(cfg: TrainConfig, ckpt: dict, ckpt_path: Path, given: Option
         raise damaged_checkpoint(ckpt_path, "; ".join(problems))
     ignored = ignored_on_resume(cfg, saved, TrainConfig(spec=cfg.spec), TRAJECTORY_KEYS, given)
     if ignored:
-        say(f"note: resuming {ckpt_path} with its saved schedule; ignored: {ignored_flags(ignored, saved)}")
+        as_flags = {**saved, "augment": AUGMENT_FLAG.get(saved.get("augment"), saved.get("augment"))}
+        say(f"note: resuming {ckpt_path} with its saved schedule; ignored: {ignored_flags(ignored, as_flags)}")
     here = options_given(cfg, TrainConfig(spec=cfg.spec), PLACEMENT_KEYS, given)
     kept = {k: saved[k] for k in PLACEMENT_KEYS if k not in here and k in saved}
     return TrainConfig(**{**asdict(cfg), **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}, **kept})

@@ -44,10 +44,10 @@ def run(args) -> int:
     from dataclasses import fields
 
     from ubnas.runtime import expand_home
-    from ubnas.train import TrainConfig, train
+    from ubnas.train import AUGMENT_FLAG, TrainConfig, train
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     if "augment" in given:
-        given["augment"] = {"auto": None, "on": True, "off": False}[given["augment"]]
+        given["augment"] = {flag: value for value, flag in AUGMENT_FLAG.items()}[given["augment"]]
     cfg = TrainConfig(**expand_home(given, ("spec", "out", "data_dir", "hw")))
     quiet = getattr(args, "quiet", False)
     result = train(cfg, resume=getattr(args, "resume", False), progress=not quiet, given=set(given))
