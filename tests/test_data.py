@@ -106,6 +106,15 @@ def test_cifar_errors(tmp_path):
     (tmp_path / "c" / "data_batch_3").write_bytes(b"\x80\x04not a pickle")
     with pytest.raises(D.DataError, match="data_batch_3"):
         D.load_dataset("cifar10", data_dir=str(tmp_path / "c"))
+    # a pickle of something else than the batch dict (was numpy's 'truth value ... is ambiguous')
+    with open(tmp_path / "c" / "data_batch_3", "wb") as fh:
+        pickle.dump([1, 2, 3], fh)
+    with pytest.raises(D.DataError, match=r"data_batch_3: ValueError: holds a list, expected a dict with 'data' "
+                                          r"and 'labels'"):
+        D.load_dataset("cifar10", data_dir=str(tmp_path / "c"))
+    # the archive itself, or a batch file, given as the directory (was 'directory not found')
+    with pytest.raises(D.DataError, match=r"data_batch_1 is a file, not a directory: .*\(tar xzf"):
+        D.load_dataset("cifar10", data_dir=str(tmp_path / "c" / "data_batch_1"))
 
 
 def test_an_empty_extraction_folder_does_not_hide_the_batches_beside_it(tmp_path):

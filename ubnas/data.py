@@ -85,6 +85,9 @@ def _cifar_dir(data_dir: str | None) -> str:
             f"(cifar-10-python.tar.gz from {CIFAR_URL}, extracted)")
     if data_dir is None:
         raise DataError(f"cifar10 needs --data-dir: {hint}")
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):   # the archive itself, or one batch file
+        raise DataError(f"--data-dir {data_dir} is a file, not a directory: give the directory that holds the "
+                        f"batches (tar xzf cifar-10-python.tar.gz extracts them); {hint}")
     if not os.path.isdir(data_dir):
         raise DataError(f"CIFAR-10 directory not found: {data_dir}; {hint}")
     sub = os.path.join(data_dir, "cifar-10-batches-py")
@@ -105,6 +108,8 @@ def _read_cifar_batch(path: str) -> tuple:
     try:
         with open(path, "rb") as f:
             d = pickle.load(f, encoding="bytes")
+        if not isinstance(d, dict):
+            raise ValueError(f"holds a {type(d).__name__}, expected a dict with 'data' and 'labels'")
         if b"data" not in d and "data" not in d:
             raise ValueError("missing key 'data'")
         raw = np.asarray(d.get(b"data", d.get("data")))
