@@ -588,6 +588,7 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Opti
         provenance["smooth_cost_discrete"]["latency_us"] / provenance["exact_cost"]["latency_us"] - 1)
     if cfg.target_latency_us:   # on record, not only in a note: `ubnas report` reads it
         provenance["target_met"] = bool(found_us <= cfg.target_latency_us * (1 + 1e-9))
+        provenance["target_cost_us"] = found_us   # the latency it was held to (exact ceilings)
     if fit is not None and not fit.reached(cfg.target_latency_us * 1e-6):   # none within the target
         say(f"note: the exported network's latency ({found_us:.2f} us under the {cfg.cost_model} cost model) "
             f"is above --target-latency-us {cfg.target_latency_us:g}, which no network derivable from the final "
