@@ -42,6 +42,12 @@ def _expand_home(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def _peer_left(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is gloo saying that another process of the group went away."""
+    text = str(exc)
+    return "Connection closed by peer" in text or "Connection reset by peer" in text
+
+
 def main(argv=None) -> int:
     """Run ``ubnas`` with ``argv`` (default: sys.argv[1:]); returns the exit status: 0, 2 for a user
     error (ValueError, OSError, ImportError, out of memory: one line on stderr, the traceback with
@@ -80,6 +86,15 @@ def main(argv=None) -> int:
         # Running out of memory is the user's sizes, not a bug: say so in one line.  Any other
         # RuntimeError is a bug and keeps its traceback.
         from hwmodels.estimate import is_out_of_memory
+
+        from .distributed import launched_processes, rank
+        if launched_processes() > 1 and not os.environ.get("UBNAS_DEBUG") and _peer_left(exc):
+            # a rank that failed alone (its own line is above) or was interrupted left the group:
+            # this rank's pending collective fails with gloo's long traceback, which is no bug here
+            sys.stderr.write(f"ubnas: error (rank {rank()}): another process of this torchrun job stopped "
+                             f"(its error, if any, is above); the run directory keeps the last finished epoch: "
+                             f"--resume continues it\n")
+            return 2
         if not is_out_of_memory(exc):
             raise
         if os.environ.get("UBNAS_DEBUG"):
