@@ -137,8 +137,9 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     ckpt_path = out / "checkpoint.pt"
     main = dist.rank() == 0          # only rank 0 writes files and prints
     progress = progress and main
-    if dist.launched_processes() <= 1:   # before any note on resuming a run another process writes
-        refuse_if_locked(out)             # (under torchrun rank 0's lock refusal reaches every rank below)
+    if not dist.active():   # before any note on resuming a run another process writes; under torchrun
+        refuse_if_locked(out)   # before the rendezvous in dist.world(), when no rank of this job holds it
+    if dist.launched_processes() <= 1:
         recover_set_aside(out, SET_ASIDE)   # so --resume finds a run whose start-over was killed
     found = read_search_checkpoint(ckpt_path, resume)   # refuses another command's checkpoint
     checkpoint = found if resume else None
