@@ -71,7 +71,7 @@ def test_compare_runs_checks_every_runs_options_before_the_first_search(tmp_path
     """A bad value in the second run's flags was found only after the first search had run."""
     out = tmp_path / "cmp"
     done = _tool("compare_runs.py", "--out", str(out), "a=--epochs 1 --max-steps-per-epoch 1", f"b={flags}")
-    assert done.returncode == 2 and f"run 'b': " in done.stderr and message in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 2 and "run 'b': " in done.stderr and message in done.stderr, done.stderr[-2000:]
     assert not out.exists()
 
 
