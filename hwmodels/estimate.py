@@ -295,7 +295,7 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
     Runs in eval mode (no running-stat updates, dropout off) and restores every
     submodule's train/eval flag afterwards.  The input goes to the device of the
     module's first parameter: a module built under ``torch.device("meta")`` is
-    traced from shapes alone, without arithmetic.  A module whose first layer is an
+    traced from shapes alone, without arithmetic.  A module that feeds its input to an
     ``nn.Embedding`` gets token indices (int64) of ``input_shape``, e.g. (50,) tokens.
     """
     import torch
@@ -396,22 +396,39 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
                                                    always_call=True))
         for path, sub in unknown.items():
             hooks.append(sub.register_forward_pre_hook(lambda mod, inputs, path=path: called_unknown.append(path)))
+        lookups = []   # (embedding, its input) as called: one fed the network's own input takes token indices
+        for sub in module.modules():
+            if isinstance(sub, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
+                hooks.append(sub.register_forward_pre_hook(
+                    lambda mod, inputs: lookups.append((mod, inputs[0] if inputs else None))))
         first = next(iter(module.parameters()), None)
         dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
         device = first.device if first is not None else torch.device("cpu")
-        # a network that starts with an embedding (a text CNN) takes token indices, not floats
-        lookup = next((sub for sub in module.modules() if any(True for _ in sub.parameters(recurse=False))), None)
-        tokens = lookup.num_embeddings if isinstance(lookup, (torch.nn.Embedding, torch.nn.EmbeddingBag)) else 0
-        if device.type == "meta":   # shapes only: a batch of any size costs no memory
-            x = torch.empty((int(batch),) + shape, device=device, dtype=torch.long if tokens else dtype)
-        else:
+
+        def network_input(tokens: int = 0):
+            """Floats in [0.5, 1.5), or with ``tokens`` int64 indices below it; on a meta device, shapes only."""
+            if device.type == "meta":   # a batch of any size costs no memory
+                return torch.empty((int(batch),) + shape, device=device, dtype=torch.long if tokens else dtype)
             gen = torch.Generator().manual_seed(0)
-            x = torch.randint(0, tokens, (int(batch),) + shape, generator=gen).to(device) if tokens else \
-                (torch.rand((int(batch),) + shape, generator=gen) + 0.5).to(device=device, dtype=dtype)
+            if tokens:
+                return torch.randint(0, tokens, (int(batch),) + shape, generator=gen).to(device)
+            return (torch.rand((int(batch),) + shape, generator=gen) + 0.5).to(device=device, dtype=dtype)
+
+        x = network_input()
         module.eval()
         with torch.no_grad(), _watch_inline_gemms(inline, inside_costed, running):
             try:
-                module(x)
+                try:
+                    module(x)
+                except RuntimeError:
+                    fed = next((mod for mod, arg in lookups if arg is x), None)
+                    if fed is None:
+                        raise
+                    # a token network (a text CNN): its input is indices into that embedding; traced again
+                    # (an embedding elsewhere, learned positions beside a patch conv, takes the floats)
+                    traced.clear(), calls.clear(), inline.clear(), called_unknown.clear()
+                    x = network_input(fed.num_embeddings)
+                    module(x)
             except _HandlerFailed as failed:
                 raise failed.__cause__ from None
             except (TypeError, OverflowError) as exc:

@@ -297,14 +297,43 @@ class TextCNN(nn.Module):
         return self.fc(y.amax(dim=2))
 
 
+class NormedTextCNN(TextCNN):
+    def __init__(self):
+        nn.Module.__init__(self)
+        self.norm = nn.LayerNorm(16)   # the first parameters are not the embedding's
+        self.embed, self.conv, self.fc = nn.Embedding(100, 16), nn.Conv1d(16, 8, 3), nn.Linear(8, 2)
+
+    def forward(self, tokens):
+        y = self.conv(self.norm(self.embed(tokens)).transpose(1, 2))
+        return self.fc(y.amax(dim=2))
+
+
+class PositionsFirst(nn.Module):
+    """Learned positions (an embedding registered first) beside a patch conv: takes images."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos, self.patch, self.head = nn.Embedding(64, 32), nn.Conv2d(3, 32, 4, 4), nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = x + self.pos(torch.arange(x.shape[1], device=x.device))
+        return self.head(x.mean(1))
+
+
 @pytest.mark.parametrize("device", ["cpu", "meta"])
-def test_a_network_that_starts_with_an_embedding_is_fed_token_indices(device):
-    """A text CNN could never be traced: the input was always float, which nn.Embedding refuses."""
+def test_a_network_that_feeds_its_input_to_an_embedding_is_fed_token_indices(device):
+    """A text CNN could never be traced: the input was always float, which nn.Embedding refuses.  An
+    embedding that the input does not reach (learned positions) leaves the input float."""
     with torch.device(device):
-        model = TextCNN()
-    layers = trace_layers(model, (50,), batch=3)
-    assert [l.name for l in layers] == ["conv", "fc"]
-    assert [l.lower().macs for l in layers] == [3 * 8 * 48 * 16 * 3, 3 * 8 * 2]
+        text, normed, vit = TextCNN(), NormedTextCNN(), PositionsFirst()
+    for model in (text, normed):
+        layers = trace_layers(model, (50,), batch=3)
+        assert [l.name for l in layers] == ["conv", "fc"]
+        assert [l.lower().macs for l in layers] == [3 * 8 * 48 * 16 * 3, 3 * 8 * 2]
+    layers = trace_layers(vit, (3, 32, 32), batch=3)
+    assert [l.name for l in layers] == ["patch", "head"]
+    assert [l.lower().macs for l in layers] == [3 * 8 * 8 * 32 * 3 * 4 * 4, 3 * 32 * 10]
 
 
 class FunctionalConv(nn.Module):

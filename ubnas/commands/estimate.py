@@ -45,7 +45,8 @@ def add_parser(sub):
                         help="batch size (default: the batch a SPEC was searched at, else 1)")
     parser.add_argument("--input", metavar="CxHxW",
                         help="input shape without batch (default 3x32x32; for a --model of yours also CxL "
-                             "for a 1-D network, F for one of Linear layers; a SPEC gives its own)")
+                             "for a 1-D network, F for one of Linear layers, L tokens for one that feeds its "
+                             "input to an nn.Embedding; a SPEC gives its own)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
