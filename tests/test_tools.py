@@ -81,6 +81,9 @@ def test_compare_runs_checks_every_runs_options_before_the_first_search(tmp_path
     (["--data", "digits"], "--data and --data-dir choose what --train-epochs trains on"),
     # the search's digits are there, but CIFAR-10 for the training is not: found after the search
     (["--train-epochs", "1", "--data", "cifar10"], "run 'a': cifar10 needs --data-dir"),
+    # a quoted ~ (the shell left it) is the home directory, as `ubnas train` reads it
+    (["--train-epochs", "1", "--data", "cifar10", "--data-dir", "~"], "run 'a': CIFAR-10 files missing in " +
+     os.path.expanduser("~")),
 ])
 def test_compare_runs_checks_its_training_options_before_the_first_search(tmp_path, flags, message):
     """A bad --data was found by the first `ubnas train`, after that run's search."""

@@ -117,7 +117,7 @@ def search_flags_problem(flags: str, run_dir: Path, train_data=None):
         check_data_files(cfg.data, cfg.data_dir)
         if train_data is not None:   # what `ubnas train` reads after this run's search
             data, data_dir = train_data
-            check_data_files(data or cfg.data, data_dir or cfg.data_dir)
+            check_data_files(data or cfg.data, os.path.expanduser(data_dir) if data_dir else cfg.data_dir)
     except SystemExit:   # argparse said what is wrong on stderr
         return (said.getvalue().strip().splitlines() or ["its flags do not parse"])[-1]
     except (ValueError, OSError) as exc:   # SpaceError, HardwareConfigError, DataError are ValueErrors
