@@ -192,6 +192,13 @@ def read_space_text(name_or_path: str) -> Tuple[str, str]:
         raise SpaceError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
+def space_location(name_or_path: str) -> str:
+    """The argument as ``read_space_text`` in another working directory reads the same space: a
+    shipped space's name, a file's absolute path.  SpaceError when neither is found."""
+    origin = Path(read_space_text(name_or_path)[1])
+    return os.fspath(name_or_path) if origin.parent == SPACE_DIR else os.path.abspath(origin)
+
+
 def space_from_text(text: str, origin: str) -> SearchSpace:
     """The SearchSpace of YAML ``text`` read from ``origin`` (named in errors, and the space's default name)."""
     return parse_space(read_yaml(origin, SpaceError, text=text), origin)
