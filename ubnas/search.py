@@ -579,6 +579,9 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Opti
         w.forced = None
     provenance["smooth_cost_discrete"] = {"latency_us": float(discrete["seconds"]) * 1e6,
                                           "utilization": float(discrete["utilization"])}
+    # the search's cost model with its exact ceilings (what a target bounds); the sigmoid surrogate's
+    # staircase above overcounts it by several %
+    provenance["model_latency_us"] = found_us
     exact = exact_cost(spec, acc, cfg.hw_batch)
     provenance["exact_cost"] = {"latency_us": exact.seconds * 1e6, "utilization": exact.utilization,
                                 "macs": int(exact.macs), "model": "systolic", "batch": cfg.hw_batch}
@@ -591,7 +594,6 @@ def export_spec(net, cfg, acc, history, cost_of, data, out: Path, fit_mode: Opti
         provenance["smooth_cost_discrete"]["latency_us"] / provenance["exact_cost"]["latency_us"] - 1)
     if cfg.target_latency_us:   # on record, not only in a note: `ubnas report` reads it
         provenance["target_met"] = bool(found_us <= cfg.target_latency_us * (1 + 1e-9))
-        provenance["target_cost_us"] = found_us   # the latency it was held to (exact ceilings)
     if fit is not None and not fit.reached(cfg.target_latency_us * 1e-6):   # none within the target
         say(f"note: the exported network's latency ({found_us:.2f} us under the {cfg.cost_model} cost model) "
             f"is above --target-latency-us {cfg.target_latency_us:g}, which no network derivable from the final "

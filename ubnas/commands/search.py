@@ -123,12 +123,12 @@ def run(args) -> int:
         print(f"architecture: {result.spec_path} (exact latency {exact.get('latency_us', float('nan')):.2f} us, "
               f"utilization {100 * exact.get('utilization', float('nan')):.2f} % on {provenance.get('accelerator')}"
               + (f", batch {exact['batch']}" if exact.get("batch", 1) != 1 else "") + ", systolic model)")
-        # with a target, the latency it was held to: the model's exact ceilings, which the sigmoid
-        # surrogate's smooth_cost_discrete overcounts by several %
-        bounded = provenance.get("target_cost_us") if cfg.target_latency_us else None
-        optimised = bounded if bounded is not None else (provenance.get("smooth_cost_discrete") or {}).get("latency_us")
+        # the model's exact ceilings (what a target bounds), which the sigmoid surrogate's
+        # smooth_cost_discrete overcounts by several %; a spec from before they were saved has the latter
+        optimised = provenance.get("model_latency_us",
+                                   (provenance.get("smooth_cost_discrete") or {}).get("latency_us"))
         if cfg.cost_model != "systolic" and optimised is not None:
-            bound = f" (what --target-latency-us {cfg.target_latency_us:g} bounds)" if bounded is not None else ""
+            bound = f" (what --target-latency-us {cfg.target_latency_us:g} bounds)" if cfg.target_latency_us else ""
             print(f"note: the search optimised the {cfg.cost_model} cost model, which puts this network at "
                   f"{optimised:.2f} us{bound}")
     print(f"run directory: {result.out_dir} (config.yaml, search_log.csv, checkpoint.pt)")
