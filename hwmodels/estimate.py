@@ -67,11 +67,17 @@ class _LayerInvalid(ValueError):
 
 def _raised_at(exc: BaseException) -> str:
     """' (raised at /path/nets.py:22 in helper)': the innermost frame of ``exc`` outside torch and
-    hwmodels, the line of the user's network that failed; '' when there is none."""
+    hwmodels, the line of the user's network that failed (outside installed libraries, einops say,
+    where there is one); '' when there is none."""
+    import sysconfig
+
     import torch
     skip = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(os.path.abspath(__file__)) + os.sep)
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not os.path.abspath(f.filename).startswith(skip)]
-    return f" (raised at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    libraries = tuple(os.path.abspath(sysconfig.get_path(key)) + os.sep for key in ("purelib", "platlib", "stdlib"))
+    own = [f for f in frames if not os.path.abspath(f.filename).startswith(libraries)]
+    frame = (own or frames or [None])[-1]
+    return f" (raised at {frame.filename}:{frame.lineno} in {frame.name})" if frame else ""
 
 
 def register_layer_handler(module_type: type, fn: Handler) -> None:

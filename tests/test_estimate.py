@@ -281,6 +281,15 @@ def test_a_network_that_fails_is_named_with_the_line_of_its_code_that_raised():
     assert isinstance(info.value.__cause__, RuntimeError)
     with pytest.raises(ValueError, match=r"^FailsInAHelper does not run on input .*: bad size \(raised at .* in forward\)$"):
         trace_layers(FailsInAHelper(ValueError("bad size")), (3, 8, 8))
+    # an error raised inside a library the network calls (here the standard library's json) names the
+    # network's line that called it, not the library's
+    class CallsALibrary(nn.Module):
+        def forward(self, x):
+            import json
+            return x * json.loads("not json")
+    line = inspect.getsourcelines(CallsALibrary.forward)[1] + 2
+    with pytest.raises(ValueError, match=rf"Expecting value: .* \(raised at {re.escape(__file__)}:{line} in forward\)$"):
+        trace_layers(nn.Sequential(nn.Linear(4, 4), CallsALibrary()), (4,))
     # a layer the module's settings make invalid stays the estimator's own message
     with pytest.warns(UserWarning, match="zero-element"), \
             pytest.raises(ValueError, match=r"^module '1' \(torch.nn.modules.linear.Linear\): .*out_features"):
