@@ -518,10 +518,11 @@ def test_input_of_one_number_is_the_feature_count_of_a_user_network(tmp_path, ca
     target = f"{tmp_path / 'mlp.py'}:build"
     assert main(["estimate", "--model", target, "--input", "64", "--batch", "4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["total"]["macs"] == 4 * (64 * 128 + 128 * 10)
-    assert main(["estimate", "--model", target, "--input", "1x2x3x4"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "ubnas: error: --input: expected 1, 2 or 3 positive integers: CxHxW (3x32x32), CxL for a 1-D network "
-        "(6x100), or F for a network of Linear layers (64), got '1x2x3x4'")
+    for bad in ("1x2x3x4", "0", "abc"):   # one message for each (was 'expected 1 positive integers like 3x32x32')
+        assert main(["estimate", "--model", target, "--input", bad]) == 2
+        assert capsys.readouterr().err.strip() == (
+            "ubnas: error: --input: expected 1, 2 or 3 positive integers: CxHxW (3x32x32), CxL for a 1-D network "
+            f"(6x100), or F for a network of Linear layers or tokens (64), got '{bad}'")
     # the built-in networks are 2-D: one number is no shape of theirs
     assert main(["estimate", "--model", "resnet18-cifar", "--input", "64"]) == 2
     assert "expected 3 positive integers" in capsys.readouterr().err

@@ -223,12 +223,13 @@ def collect_layers(args, batch: int, spec):
         shape, user = DEFAULT_INPUT, ":" in args.model   # MODULE:NAME / FILE.py:NAME, else built in
         if args.input:   # a user's network may be 1-D (C x L, nn.Conv1d) or take features (F, an MLP
             # whose BatchNorm1d refuses 1xF); the built-in ones are 2-D
-            parts = len(DIMS_SEPARATOR.split(args.input.strip()))
-            if user and parts not in (1, 2, 3):   # parse_dims would ask for 3 alone
+            parts = DIMS_SEPARATOR.split(args.input.strip())
+            if user and (len(parts) not in (1, 2, 3) or not all(re.fullmatch(r"\d+", p.strip()) and int(p) > 0
+                                                                 for p in parts)):
                 raise ValueError(f"--input: expected 1, 2 or 3 positive integers: CxHxW (3x32x32), CxL for a 1-D "
-                                 f"network (6x100), or F for a network of Linear layers (64), got {args.input!r}")
-            count = parts if user else 3
-            shape = parse_dims(args.input, "--input", count, "3x32x32 or 6x100" if user else "3x32x32")
+                                 f"network (6x100), or F for a network of Linear layers or tokens (64), "
+                                 f"got {args.input!r}")
+            shape = parse_dims(args.input, "--input", len(parts) if user else 3, "3x32x32")
         if user:   # a network of the user's may make tensors of its own: built as written
             module = load_model_target(args.model)
         else:   # shapes only, as a spec's: a batch past memory costs neither memory nor arithmetic
