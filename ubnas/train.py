@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -435,8 +436,9 @@ def _resumed_config(cfg: TrainConfig, ckpt: dict, ckpt_path: Path, given: Option
     try:   # the schedule it resumes with: refused here, as the checkpoint's, not as a flag of this call
         TrainConfig(**{**asdict(TrainConfig(spec=cfg.spec)),
                        **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}}).validate()
-    except (TypeError, ValueError) as exc:
-        problems.append(f"config ({exc})")
+    except (TypeError, ValueError) as exc:   # validate names flags, which this call may not have given
+        problems.append("config (" + re.sub(r"^--([a-z-]+):", lambda m: f"key '{m[1].replace('-', '_')}':",
+                                            str(exc)) + ")")
     scheduler = ckpt["scheduler"]
     if not isinstance(scheduler, dict) or not is_count(scheduler.get("step")):
         problems.append("scheduler (expected {'step': a whole number >= 0})")
