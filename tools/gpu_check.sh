@@ -35,11 +35,18 @@ unset TRITON_INTERPRET UBNAS_KERNELS
 # finds one missing only after its first minutes wastes a device call
 modules="torch triton yaml numpy"
 [ "$stage" = tests ] && modules="$modules pytest"
+# imported, not only looked up: an installed triton that fails to import must stop here too
 missing=$(python3 -c "
-import importlib.util, sys
-print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))" $modules 2>&1)
+import importlib, sys
+failed = []
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        failed.append(f'{name} ({type(exc).__name__}: {exc})')
+print('; '.join(failed))" $modules 2>&1)
 if [ -n "$missing" ]; then
-  echo "gpu_check.sh: missing Python modules: $missing (pip install -e '.[test]' first)" >&2
+  echo "gpu_check.sh: these Python modules do not import: $missing (pip install -e '.[test]' first)" >&2
   exit 2
 fi
 if ! python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
