@@ -18,8 +18,9 @@ executed layer into ``hwmodels.layers`` descriptors and returns the exact
 
 Only module calls are costed.  A GEMM or convolution written inline in a
 ``forward`` outside every costed module (``x @ w``, ``F.linear``, ``F.conv2d``,
-attention's ``q @ k.transpose(-2, -1)``, a ``torch.cdist`` distance matrix) raises a ``ValueError`` naming the op, the
-module whose ``forward`` ran it and its MACs, rather than leaving its compute out;
+attention's ``q @ k.transpose(-2, -1)``, a ``torch.cdist`` distance matrix) raises a
+``ValueError`` naming the op, the module whose ``forward`` ran it and its MACs, rather
+than leaving its compute out;
 a handler registered for that module type costs it.  A TorchScript submodule
 (``torch.jit.script``/``trace``) runs where no hook sees it: it costs nothing when its
 graph holds no GEMM or convolution and is refused otherwise.  A subclass of a handled
@@ -165,7 +166,8 @@ def _register_builtins() -> None:
 # torch functions (by __name__) that run multiply-accumulates on the array: seen outside every
 # costed module, their compute would silently be missing from the estimate
 _GEMM_FUNCTIONS = {"linear", "bilinear", "matmul", "__matmul__", "__rmatmul__", "linalg_matmul", "mm", "bmm",
-                   "mv", "inner", "dot", "vdot", "linalg_vecdot", "cdist", "chain_matmul", "linalg_multi_dot", "addmm", "addbmm", "baddbmm", "addmv",
+                   "mv", "inner", "dot", "vdot", "linalg_vecdot", "cdist", "chain_matmul", "linalg_multi_dot",
+                   "addmm", "addbmm", "baddbmm", "addmv",
                    "addmm_", "addbmm_", "baddbmm_", "addmv_", "einsum", "tensordot", "conv1d", "conv2d",
                    "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
                    "scaled_dot_product_attention", "multi_head_attention_forward"}
@@ -432,7 +434,8 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
                         raise
                     # a token network (a text CNN): its input is indices into that embedding; traced again
                     # (an embedding elsewhere, learned positions beside a patch conv, takes the floats)
-                    traced.clear(), calls.clear(), inline.clear(), called_unknown.clear()
+                    for found in (traced, calls, inline, called_unknown):
+                        found.clear()
                     x = network_input(fed.num_embeddings)
                     module(x)
             except _HandlerFailed as failed:
