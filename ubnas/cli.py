@@ -99,7 +99,7 @@ def main(argv=None) -> int:
             raise
         if os.environ.get("UBNAS_DEBUG"):
             raise
-        from .distributed import rank   # under torchrun: one GPU of several may be the one out of memory
+        # under torchrun: one GPU of several may be the one out of memory
         sys.stderr.write(f"ubnas: error{f' (rank {rank()})' if rank() else ''}: out of memory "
                          f"({str(exc).splitlines()[0][:200]}); check the network's sizes, --batch or --batch-size\n")
         return 2
