@@ -176,17 +176,27 @@ def space_names() -> List[str]:
     return sorted(p.stem for p in SPACE_DIR.glob("*.yaml"))
 
 
-def read_space_text(name_or_path: str) -> Tuple[str, str]:
-    """(the YAML text, its path) of a shipped space by name (``tiny``) or of a YAML file path."""
+def _resolve(name_or_path: str) -> Tuple[Path, bool]:
+    """(path, is_shipped) of a space argument: a shipped space by a bare name (``tiny``), else a file
+    path; SpaceError when neither exists."""
     name_or_path = os.fspath(name_or_path)   # a Path too
     path = Path(name_or_path)
     # a name with a directory part ('./tiny') is the user's file, never the shipped space
     bare = bool(name_or_path) and is_bare_name(name_or_path)
     try:   # exists() raises too, for a name longer than the file system allows
         if bare and not path.suffix and (SPACE_DIR / f"{name_or_path}.yaml").exists():
-            path = SPACE_DIR / f"{name_or_path}.yaml"
-        elif not name_or_path or not path.exists():
+            return SPACE_DIR / f"{name_or_path}.yaml", True
+        if not name_or_path or not path.exists():
             raise SpaceError(f"{name_or_path or '<empty>'}: no such search space or file (shipped: {', '.join(space_names())})")
+    except OSError as exc:
+        raise SpaceError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return path, False
+
+
+def read_space_text(name_or_path: str) -> Tuple[str, str]:
+    """(the YAML text, its path) of a shipped space by name (``tiny``) or of a YAML file path."""
+    path, _ = _resolve(name_or_path)
+    try:
         return read_utf8(path, SpaceError), str(path)
     except OSError as exc:
         raise SpaceError(f"{path}: cannot read ({exc.strerror or exc})") from None
@@ -194,9 +204,9 @@ def read_space_text(name_or_path: str) -> Tuple[str, str]:
 
 def space_location(name_or_path: str) -> str:
     """The argument as ``read_space_text`` in another working directory reads the same space: a
-    shipped space's name, a file's absolute path.  SpaceError when neither is found."""
-    origin = Path(read_space_text(name_or_path)[1])
-    return os.fspath(name_or_path) if origin.parent == SPACE_DIR else os.path.abspath(origin)
+    shipped space's name, a file's absolute path (not read here).  SpaceError when neither is found."""
+    path, shipped = _resolve(name_or_path)
+    return os.fspath(name_or_path) if shipped else os.path.abspath(path)
 
 
 def space_from_text(text: str, origin: str) -> SearchSpace:
