@@ -433,9 +433,10 @@ def _resumed_config(cfg: TrainConfig, ckpt: dict, ckpt_path: Path, given: Option
     if not isinstance(saved, dict):
         raise damaged_checkpoint(ckpt_path, f"config (expected a mapping of options, got {type(saved).__name__})")
     problems = trajectory_problems(ckpt, saved.get("epochs"))
+    schedule = {k: saved[k] for k in TRAJECTORY_KEYS if k in saved}
+    defaults = TrainConfig(spec=cfg.spec)
     try:   # the schedule it resumes with: refused here, as the checkpoint's, not as a flag of this call
-        TrainConfig(**{**asdict(TrainConfig(spec=cfg.spec)),
-                       **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}}).validate()
+        TrainConfig(**{**asdict(defaults), **schedule}).validate()
     except (TypeError, ValueError) as exc:   # validate names flags, which this call may not have given
         problems.append("config (" + re.sub(r"^--([a-z-]+):", lambda m: f"key '{m[1].replace('-', '_')}':",
                                             str(exc)) + ")")
@@ -446,13 +447,13 @@ def _resumed_config(cfg: TrainConfig, ckpt: dict, ckpt_path: Path, given: Option
         problems.append("optimizer (expected a state dict)")
     if problems:
         raise damaged_checkpoint(ckpt_path, "; ".join(problems))
-    ignored = ignored_on_resume(cfg, saved, TrainConfig(spec=cfg.spec), TRAJECTORY_KEYS, given)
+    ignored = ignored_on_resume(cfg, saved, defaults, TRAJECTORY_KEYS, given)
     if ignored:
         as_flags = {**saved, "augment": AUGMENT_FLAG.get(saved.get("augment"), saved.get("augment"))}
         say(f"note: resuming {ckpt_path} with its saved schedule; ignored: {ignored_flags(ignored, as_flags)}")
-    here = options_given(cfg, TrainConfig(spec=cfg.spec), PLACEMENT_KEYS, given)
+    here = options_given(cfg, defaults, PLACEMENT_KEYS, given)
     kept = {k: saved[k] for k in PLACEMENT_KEYS if k not in here and k in saved}
-    return TrainConfig(**{**asdict(cfg), **{k: saved[k] for k in TRAJECTORY_KEYS if k in saved}, **kept})
+    return TrainConfig(**{**asdict(cfg), **schedule, **kept})
 
 
 def _metrics_hardware(spec: ArchSpec, cfg: TrainConfig) -> Dict[str, Any]:
