@@ -223,13 +223,16 @@ def collect_layers(args, batch: int, spec):
         shape, user = DEFAULT_INPUT, ":" in args.model   # MODULE:NAME / FILE.py:NAME, else built in
         if args.input:   # a user's network may be 1-D (C x L, nn.Conv1d) or take features (F, an MLP
             # whose BatchNorm1d refuses 1xF); the built-in ones are 2-D
-            parts = DIMS_SEPARATOR.split(args.input.strip())
-            if user and (len(parts) not in (1, 2, 3) or not all(re.fullmatch(r"\d+", p.strip()) and int(p) > 0
-                                                                 for p in parts)):
-                raise ValueError(f"--input: expected 1, 2 or 3 positive integers: CxHxW (3x32x32), CxL for a 1-D "
-                                 f"network (6x100), or F for a network of Linear layers or tokens (64), "
-                                 f"got {args.input!r}")
-            shape = parse_dims(args.input, "--input", len(parts) if user else 3, "3x32x32")
+            if user:
+                parts = len(DIMS_SEPARATOR.split(args.input.strip()))
+                try:   # parse_dims' message names one count; a user's network takes any of three
+                    shape = parse_dims(args.input, "--input", parts if parts in (1, 2, 3) else 3, "3x32x32")
+                except ValueError:
+                    raise ValueError(f"--input: expected 1, 2 or 3 positive integers: CxHxW (3x32x32), CxL for a "
+                                     f"1-D network (6x100), or F for a network of Linear layers or tokens (64), "
+                                     f"got {args.input!r}") from None
+            else:
+                shape = parse_dims(args.input, "--input", 3, "3x32x32")
         if user:   # a network of the user's may make tensors of its own: built as written
             module = load_model_target(args.model)
         else:   # shapes only, as a spec's: a batch past memory costs neither memory nor arithmetic
