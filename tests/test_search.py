@@ -1131,6 +1131,7 @@ def _shrunk_first_tensor(model):
     # these were tracebacks (AttributeError, TypeError, torch's RuntimeError / ValueError)
     ("config", lambda v: [], "config (expected a mapping of options, got list)"),
     ("config", lambda v: {**v, "arch_lr": -1.0}, "config (saved config: key 'arch_lr' must be > 0"),
+    ("config", lambda v: {**v, "epochs": "2"}, "config (saved config: key 'epochs' expected int, got '2')"),
     ("data_gen", lambda v: v[:3], "its data_gen does not load ("),
     ("w_opt", lambda v: {**v, "param_groups": []}, "its w_opt does not load (loaded state dict has a different "
                                                    "number of parameter groups)"),

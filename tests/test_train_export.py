@@ -153,9 +153,11 @@ def test_resuming_a_checkpoint_that_lacks_keys_is_a_one_line_error(trained, tmp_
     ("scheduler", {"step": -1}, "scheduler (expected {'step': a whole number >= 0})"),
     # these were tracebacks (AttributeError, TypeError, torch's RuntimeError / ValueError)
     ("config", [], "config (expected a mapping of options, got list)"),
-    ("config", lambda v: {**v, "lr": "x"}, "config ("),
+    ("config", lambda v: {**v, "lr": "x"}, "config (key 'lr': expected a number, got 'x')"),
     ("config", lambda v: {**v, "momentum": 2.0}, "config (key 'momentum': expected a value in [0, 1), got 2.0)"),
     ("config", lambda v: {**v, "label_smoothing": 2.0}, "config (key 'label_smoothing': expected a value in"),
+    ("config", lambda v: {**v, "epochs": "2"}, "config (key 'epochs': expected a positive integer, got '2')"),
+    ("config", lambda v: {**v, "batch_size": 16.0}, "config (key 'batch_size': expected a positive integer, got 16.0)"),
     ("generator", lambda v: v[:3], "its generator does not load ("),
     ("torch_rng", lambda v: v[:3], "its torch_rng does not load ("),
     ("model", lambda v: {**v, "extra": torch.zeros(1)}, "its model does not load (Error(s) in loading state_dict "

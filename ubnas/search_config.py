@@ -64,6 +64,10 @@ class SearchConfig:
         def where(key: str) -> str:
             return f"--{key.replace('_', '-')}" if origin == "command line" else f"{origin}: key '{key}'"
 
+        for f in fields(self):   # a hand-edited saved config ('epochs: "2"') would pass int() below, then fail
+            if not _type_ok(f.type, getattr(self, f.name)):
+                raise ValueError(f"{where(f.name)} expected {_base_type(f.type)}, "
+                                 f"got {short_repr(getattr(self, f.name))}")
         choices = {"cost_model": COST_MODELS, "channels": ("dynamic", "fixed"), "stage": STAGES,
                    "relaxation": RELAXATIONS, "surrogate": ("sigmoid", "straight_through"),
                    "split": ("half", "80_20"), "width_cost": WIDTH_COSTS,
@@ -128,14 +132,24 @@ def config_from_yaml(path: str) -> Dict[str, Any]:
     for key, value in data.items():
         if key not in types:
             raise ValueError(f"{path}: unknown key '{key}' (expected one of {', '.join(types)})")
-        want = types[key].replace("Optional[", "").rstrip("]")
+        want = _base_type(types[key])
         number = number_text(value) if want == "float" and isinstance(value, str) else None
         if number is not None:   # a quoted number, "3e-3" (not "1:30.0")
             value = data[key] = number
-        ok = (value is None and "Optional" in types[key]) or \
-            (want == "int" and isinstance(value, int) and not isinstance(value, bool)) or \
-            (want == "float" and isinstance(value, (int, float)) and not isinstance(value, bool)) or \
-            (want == "str" and isinstance(value, str))
-        if not ok:
+        if not _type_ok(types[key], value):
             raise ValueError(f"{path}: key '{key}' expected {want}, got {short_repr(value)}")
     return data
+
+
+def _base_type(type_text: str) -> str:
+    """'int' for a field annotated 'int' or 'Optional[int]'."""
+    return type_text.replace("Optional[", "").rstrip("]")
+
+
+def _type_ok(type_text: str, value) -> bool:
+    """Whether ``value`` fits a SearchConfig field annotated ``type_text`` (a bool is not a number)."""
+    want = _base_type(type_text)
+    return (value is None and "Optional" in type_text) or \
+        (want == "int" and isinstance(value, int) and not isinstance(value, bool)) or \
+        (want == "float" and isinstance(value, (int, float)) and not isinstance(value, bool)) or \
+        (want == "str" and isinstance(value, str))

@@ -85,9 +85,14 @@ class TrainConfig:
         momentum >= 1, trains to NaN weights and used to finish with exit status 0."""
         if self.schedule not in SCHEDULES:
             raise ValueError(f"--schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        for key in ("epochs", "batch_size"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"--{key.replace('_', '-')}: expected a positive integer, got {getattr(self, key)}")
+        for key in ("epochs", "batch_size"):   # type checked too: a hand-edited saved config's "2" passes int()
+            value = getattr(self, key)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"--{key.replace('_', '-')}: expected a positive integer, got {value!r}")
+        for key in ("lr", "momentum", "weight_decay", "label_smoothing", "grad_clip"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(f"--{key.replace('_', '-')}: expected a number, got {value!r}")
         if int(self.batch_size) < MIN_TRAIN_BATCH:   # every batch would be one image: BatchNorm fails
             raise ValueError(f"--batch-size: expected at least {MIN_TRAIN_BATCH} (BatchNorm trains on a batch's "
                              f"statistics), got {self.batch_size}")
