@@ -218,6 +218,22 @@ def test_a_search_on_another_cost_model_says_what_the_target_bounded(tmp_path, c
     assert (smooth / (uboost.seconds * 1e6) > 1.01) == (surrogate == "sigmoid")   # the case the note got wrong
 
 
+def test_a_resumed_search_summarises_with_the_cost_model_it_ran_on(tmp_path, capsys):
+    """`ubnas search --out RUN --resume` alone takes the checkpoint's options: the summary and the
+    note must name its cost model and target, not the defaults of the resuming command line."""
+    from ubnas.cli import main
+    from ubnas.search import run_search
+    out = tmp_path / "run"
+    run_search(SearchConfig(out=str(out), epochs=2, max_steps_per_epoch=2, batch_size=32, cost_model="uboost",
+                            target_latency_us=17.0), progress=False, stop_after_epoch=1)
+    capsys.readouterr()
+    assert main(["search", "--out", str(out), "--resume", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "(uboost cost model, smooth)" in printed, printed
+    assert "note: the search optimised the uboost cost model" in printed
+    assert "(what --target-latency-us 17 bounds)" in printed
+
+
 def test_a_staged_search_well_under_a_target_that_bound_its_op_stage_gets_a_note():
     """The note names the op stage's top widths only when the target bound that stage and the
     export is under half the target; never for joint searches or a target that never bound."""

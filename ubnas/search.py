@@ -94,6 +94,7 @@ class SearchResult:
     history: List[dict] = field(default_factory=list)
     spec_path: Optional[Path] = None
     realloc_log: List[dict] = field(default_factory=list)
+    config: Optional[SearchConfig] = None   # the options it ran with: a resumed run's are its checkpoint's
 
 
 def stage_at(cfg: SearchConfig, epoch: int) -> str:
@@ -297,7 +298,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
                  f"utilization {100 * row['utilization']:.2f} % ({row['seconds']:.1f} s)", progress)
         dist.on_rank0(save_epoch)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
-            return SearchResult(out, state.history, None, allocator.log)
+            return SearchResult(out, state.history, None, allocator.log, cfg)
 
     exported = out / FINISHED_MARKER
     # --resume of a finished run: its arch.yaml, maybe edited by hand since, is the result; rank 0
@@ -305,7 +306,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     if finished_before and dist.broadcast_object(exported.is_file() if main else None):
         if main:
             say(f"note: the run had already finished; {exported} is kept as it is (delete it to export again)")
-        return SearchResult(out, state.history, exported, allocator.log)
+        return SearchResult(out, state.history, exported, allocator.log, cfg)
     _export_widths(cfg, net, main)
     if check_sync:
         _say(f"sync check: weights and architecture parameters identical on {world} ranks after each of "
@@ -315,7 +316,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
             f"systolic model with that calibration, where it was not fitted")
     spec_path = dist.on_rank0(lambda: export_spec(net, cfg, acc, state.history, cost_of, data, out,
                                                   defs.fit_mode, state.latency_refs))
-    return SearchResult(out, state.history, spec_path, allocator.log)
+    return SearchResult(out, state.history, spec_path, allocator.log, cfg)
 
 
 def _search_device(cfg: SearchConfig, world: int) -> torch.device:

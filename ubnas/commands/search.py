@@ -111,6 +111,7 @@ def run(args) -> int:
     distributed.shutdown()
     if distributed.rank() != 0:   # the group is shut down: don't ask it (that would re-join)
         return 0
+    cfg = result.config or cfg   # --resume ran on the checkpoint's options, not this command line's
     last = result.history[-1] if result.history else {}
     print(f"search done: {len(result.history)} epochs, val_acc {last.get('val_acc', float('nan')):.3f}, "
           f"supernet latency {last.get('latency_us', float('nan')):.2f} us, "
