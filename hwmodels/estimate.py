@@ -184,22 +184,33 @@ def _scripted_gemm_ops(sub: "nn.Module") -> List[str]:
 def _einsum_summed(args: tuple):
     """The product of the summed letters' sizes of an einsum call (MACs per output element), None
     when nothing is multiplied and summed (a transpose, an outer product, a one-operand sum or
-    trace), 0 when not worked out (an ellipsis, an implicit output)."""
+    trace), 0 when not worked out (an equation that is not a string)."""
     import torch
     equation = args[0] if args and isinstance(args[0], str) else None
     operands = args[1:]
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = tuple(operands[0])
-    if equation is None or "..." in equation or "->" not in equation:
+    if equation is None:
         return 0
-    inputs, output = equation.replace(" ", "").split("->")
-    summed = set(inputs.replace(",", "")) - set(output)
+    equation = equation.replace(" ", "")
+    if "->" in equation:
+        inputs, output = equation.split("->")
+    else:   # implicit output: the letters that appear once (torch keeps the ellipsis dims too)
+        inputs = equation
+        letters = inputs.replace(",", "").replace(".", "")
+        output = "".join(letter for letter in set(letters) if letters.count(letter) == 1)
+    summed = set(inputs.replace(",", "").replace(".", "")) - set(output)
     if not summed or "," not in inputs:   # one operand: a sum or a trace, nothing multiplied
         return None
     sizes = {}
     for spec, operand in zip(inputs.split(","), operands):
-        if isinstance(operand, torch.Tensor) and len(spec) == operand.dim():
-            sizes.update({letter: int(d) for letter, d in zip(spec, operand.shape)})
+        if not isinstance(operand, torch.Tensor):
+            continue
+        head, _, tail = spec.partition("...")   # an ellipsis stands for the dims between head and tail
+        shape = tuple(int(d) for d in operand.shape)
+        if len(head) + len(tail) <= len(shape) and ("..." in spec or len(spec) == len(shape)):
+            sizes.update(zip(head, shape[:len(head)]))
+            sizes.update(zip(tail, shape[len(shape) - len(tail):]))
     return math.prod(sizes.get(letter, 0) for letter in summed)
 
 
@@ -216,12 +227,17 @@ def _inline_macs(name: str, args: tuple, kwargs: dict, out) -> Optional[int]:
     weight = args[1] if len(args) > 1 else kwargs.get("weight")
     if name == "linear" and isinstance(weight, torch.Tensor):
         return out.numel() * int(weight.shape[-1])
+    if name == "inner" and any(isinstance(t, torch.Tensor) and t.dim() == 0 for t in (first, weight)):
+        return None   # inner with a scalar is a scaling: nothing summed
     if name in ("matmul", "__matmul__", "linalg_matmul", "mm", "bmm", "mv", "inner", "dot", "vdot", "cdist") \
             and isinstance(first, torch.Tensor) and first.dim() > 0:
         return out.numel() * int(first.shape[-1])     # every output element sums over the inner dim
-    if name == "linalg_vecdot" and isinstance(first, torch.Tensor) and isinstance(weight, torch.Tensor):
-        dim = kwargs.get("dim", args[2] if len(args) > 2 else -1)
-        return out.numel() * int(torch.broadcast_shapes(first.shape, weight.shape)[dim])
+    if name == "linalg_vecdot":
+        first = args[0] if args else kwargs.get("x")
+        second = args[1] if len(args) > 1 else kwargs.get("y")
+        if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor):
+            dim = kwargs.get("dim", args[2] if len(args) > 2 else -1)
+            return out.numel() * int(torch.broadcast_shapes(first.shape, second.shape)[dim])
     if name == "scaled_dot_product_attention" and len(args) >= 3 and isinstance(args[1], torch.Tensor):
         # scores (..., L, S) over E, then (..., L, Ev) over S
         query, key = args[0], args[1]

@@ -406,7 +406,10 @@ class Inline(nn.Module):
     (Inline(lambda x: torch.dot(x.flatten(), x.flatten())), (3, 4), "dot", 2 * 3 * 4),
     (Inline(lambda x: torch.vdot(x.flatten(), x.flatten())), (3, 4), "vdot", 2 * 3 * 4),
     (Inline(lambda x: torch.linalg.vecdot(x, x[:1], dim=1)), (3, 4), "linalg_vecdot", 2 * 3 * 4),
-    (Inline(lambda x: torch.inner(x, x)), (3, 4), "inner", 2 * 3 * 2 * 3 * 4)])
+    (Inline(lambda x: torch.inner(x, x)), (3, 4), "inner", 2 * 3 * 2 * 3 * 4),
+    (Inline(lambda x: torch.linalg.vecdot(x, y=x[:1])), (3, 4), "linalg_vecdot", 2 * 3 * 4),   # was 0 MACs
+    (Inline(lambda x: torch.einsum("...ij,...kj->...ik", x, x)), (3, 4), "einsum", 2 * 3 * 3 * 4),
+    (Inline(lambda x: torch.einsum("bij,bkj", x, x)), (3, 4), "einsum", 3 * 3 * 2 * 4)])   # implicit: sums b, j
 def test_inline_gemms_of_every_spelling_are_refused_with_their_macs(model, shape, op, macs):
     with pytest.raises(ValueError, match=rf"computes {op} inline in its forward \({macs:,} MACs\)"):
         trace_layers(model, shape, batch=2)
@@ -414,16 +417,19 @@ def test_inline_gemms_of_every_spelling_are_refused_with_their_macs(model, shape
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_what_the_inline_check_must_not_refuse():
-    """No accumulation (an einsum transpose, a one-operand einsum sum or trace), weight preprocessing in a costed module's pre-hook
+    """No accumulation (an einsum transpose, a one-operand einsum sum or trace, with an ellipsis or
+    an implicit output too, an inner product with a scalar), weight preprocessing in a costed module's pre-hook
     (spectral_norm's power iteration), and a scripted child without parameters; no hook stays."""
     def hooks(model):
         return [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()
                 if not isinstance(m, torch.jit.ScriptModule)]
     transpose = nn.Sequential(nn.Linear(4, 4), Inline(lambda x: torch.einsum("bij->bji", x)),
                               Inline(lambda x: torch.einsum("bij->b", x) + torch.einsum("bii->b", x)))
+    traces = nn.Sequential(nn.Linear(4, 4), Inline(lambda x: torch.einsum("...ii->...", x) + torch.einsum("bii", x)))
+    scaled = nn.Sequential(nn.Linear(4, 4), Inline(lambda x: torch.inner(x, torch.tensor(2.0))))
     normed = nn.Sequential(nn.utils.spectral_norm(nn.Conv2d(3, 4, 3)))
     scripted = nn.Sequential(nn.Linear(4, 4), torch.jit.script(nn.ReLU()))
-    for model, shape in ((transpose, (4, 4)), (normed, (3, 8, 8)), (scripted, (4,))):
+    for model, shape in ((transpose, (4, 4)), (traces, (4, 4)), (scaled, (4, 4)), (normed, (3, 8, 8)), (scripted, (4,))):
         before = hooks(model)
         assert [l.name for l in trace_layers(model, shape)] == ["0"]
         assert hooks(model) == before
