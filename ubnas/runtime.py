@@ -285,10 +285,14 @@ def restore_state(path: Path, what: str, load, state: Any) -> None:
     try:
         load(state)
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-        detail = " ".join(lines)
-        detail = detail if len(detail) <= 300 else detail[:297] + "..."
-        raise damaged_checkpoint(path, f"its {what} does not load ({detail})") from None
+        raise damaged_checkpoint(path, f"its {what} does not load ({error_detail(exc)})") from None
+
+
+def error_detail(exc: BaseException, limit: int = 300) -> str:
+    """torch's multi-line refusal (load_state_dict lists missing and unexpected keys on lines of
+    their own) as one line of at most ``limit`` characters, for a one-line error."""
+    detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    return detail if len(detail) <= limit else detail[:limit - 3] + "..."
 
 
 def existing_checkpoint(path: Path, resume: bool) -> Any:

@@ -40,8 +40,8 @@ from .cost import supernet_cost
 from .data import (MIN_TRAIN_BATCH, DataError, batch_count, batches, ignored_data_dir_note, load_dataset,
                    search_split)
 from .kernels import backend as kernel_backend
-from .runtime import (all_finite, damaged_checkpoint, make_run_dir, pick_device, progress_bar, recover_set_aside,
-                      refuse_if_locked, resume_note, run_lock, say, set_aside)
+from .runtime import (all_finite, damaged_checkpoint, error_detail, make_run_dir, pick_device, progress_bar,
+                      recover_set_aside, refuse_if_locked, resume_note, run_lock, say, set_aside)
 from .search_config import STAGES, SearchConfig, config_from_yaml
 from .search_resume import (Trajectory, placement_note, read_search_checkpoint, refuse_lost_checkpoint,
                             restarted_config, restore_search_state, resumed_config, run_definitions,
@@ -367,9 +367,8 @@ def _build_supernet(cfg: SearchConfig, defs, data, checkpoint: Optional[dict], c
         try:
             net.load_state_dict(checkpoint["model"])
         except RuntimeError as err:   # missing/unexpected keys or shapes: torch lists them
-            first = str(err).strip().splitlines()
-            raise damaged_checkpoint(ckpt_path, f"its model does not fit the search space ("
-                                                f"{' '.join(line.strip() for line in first[:3])[:300]})") from None
+            raise damaged_checkpoint(ckpt_path, f"its model does not fit the search space ({error_detail(err)})") \
+                from None
     net.to(device)
     net.set_impl(cfg.kernels)
     return net, allocator

@@ -34,7 +34,7 @@ from .build import build_network, exact_cost
 from .data import (DATASETS, MIN_TRAIN_BATCH, DataError, augment_crop_flip, batch_count, batches, crop_padding,
                    dataset_name, ignored_data_dir_note, load_dataset)
 from .distributed import launched_processes
-from .runtime import (MAX_SEED, all_finite, atomic_torch_save, damaged_checkpoint, existing_checkpoint,
+from .runtime import (MAX_SEED, all_finite, atomic_torch_save, damaged_checkpoint, error_detail, existing_checkpoint,
                       float32_finite, ignored_flags, ignored_on_resume, is_count, load_checkpoint, make_run_dir,
                       options_given, pick_device, progress_bar, recover_set_aside, refuse_if_locked, resume_note,
                       restore_state, run_lock, say, set_aside, trajectory_problems)
@@ -194,9 +194,7 @@ def load_weights(model: torch.nn.Module, path, spec: ArchSpec) -> dict:
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:   # torch's first line says only "Error(s) in loading state_dict"
-        detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:] if line.strip())
-        detail = detail if len(detail) <= 300 else detail[:297] + "..."
-        raise ValueError(f"{path}: weights do not fit {spec.origin} ({detail})") from None
+        raise ValueError(f"{path}: weights do not fit {spec.origin} ({error_detail(exc)})") from None
     return ckpt
 
 
