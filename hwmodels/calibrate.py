@@ -361,9 +361,11 @@ def undetermined(jac, free: Sequence[str], at_bound: Sequence[bool] = ()) -> Tup
     live = [i for i, d in enumerate(dead) if not d and not bounded[i]]
     loose = []
     if len(live) > 1:
-        _, sv, vt = np.linalg.svd(jac[:, live] / norms[live], full_matrices=False)
-        if sv[-1] <= 1e-6 * sv[0]:
-            loose = [free[i] for i, v in zip(live, vt[-1]) if abs(v) > 0.1]
+        _, sv, vt = np.linalg.svd(jac[:, live] / norms[live], full_matrices=True)
+        sv = np.concatenate([sv, np.zeros(len(vt) - len(sv))])   # fewer rows than parameters: more null
+        null = vt[sv <= 1e-6 * sv[0]]   # every direction no row sees, not just the last (rank deficit >= 2)
+        weight = np.linalg.norm(null, axis=0)   # how far each parameter moves along them
+        loose = [free[i] for i, w in zip(live, weight) if w > 0.1]
     return unused, [n for n in free if n in loose]
 
 

@@ -495,6 +495,9 @@ def test_undetermined_parameters_by_hand():
     assert cal.undetermined(np.stack([a, 2 * a, b, np.ones(4)], 1), names) == ([], ["p", "q"])
     assert cal.undetermined(np.stack([a, b, a + b, np.ones(4)], 1), names) == ([], ["p", "q", "r"])
     assert cal.undetermined(np.stack([a, b, a * a, np.ones(4)], 1), names) == ([], [])
+    # two null directions (three proportional columns): the last singular vector alone named two
+    assert cal.undetermined(np.stack([a, 2 * a, 3 * a, np.ones(4)], 1), names) == ([], ["p", "q", "r"])
+    assert cal.undetermined(np.stack([a, 2 * a, b, 3 * b], 1), names) == ([], ["p", "q", "r", "s"])
     # q pinned at a bound: p alone is determined
     assert cal.undetermined(np.stack([a, 2 * a, b, np.ones(4)], 1), names, [False, True]) == ([], [])
 
