@@ -260,7 +260,8 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
             f"{reference.source}: {len(train)} training row(s) of {train_layers} distinct layer(s) and "
             f"{len(held)} held-out row(s) for {len(free)} free parameters ({', '.join(free)}); need at least "
             f"{len(free)} distinct training layers (repeats of a layer add no information) and one "
-            f"held-out row; " + ("give more layers" if holdout is not None or distinct < 2 else
+            f"held-out row; " + (  # a split holds out one layer at least: no fraction helps below free + 1
+                "give more layers" if holdout is not None or distinct < len(free) + 1 else
                                  "give more layers or a larger --holdout-fraction" if not held else
                                  "give more layers or a smaller --holdout-fraction"))
     fitted_cal, result = fit(train, model_acc, mode, free, with_memory=measured)

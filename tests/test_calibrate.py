@@ -440,6 +440,11 @@ def test_repeats_of_a_layer_do_not_count_towards_the_free_parameters(tmp_path, c
     assert main(["calibrate", "--reference", str(hold_csv), "--holdout-fraction", "0.9", "--out", str(out)]) == 2
     assert "or a smaller --holdout-fraction" in capsys.readouterr().err
     assert not out.exists()
+    # 4 distinct layers for 4 parameters: a split holds one out whatever the fraction
+    four_csv = _write_measured(tmp_path / "four.csv", layers[3:7], acc)
+    assert main(["calibrate", "--reference", str(four_csv), "--holdout-fraction", "0.01", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "of 3 distinct layer(s)" in err and err.rstrip().endswith("give more layers"), err
     # one distinct layer is never split, whatever the fraction: only more layers help
     one_csv = _write_measured(tmp_path / "one.csv", [layers[0]] * 5, acc)
     assert main(["calibrate", "--reference", str(one_csv), "--holdout-fraction", "0.9", "--out", str(out)]) == 2
