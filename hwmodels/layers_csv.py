@@ -159,6 +159,7 @@ def _refuse_near_misses(header: List[str], where: str) -> None:
             close = [] if meant in header else [meant]
         else:
             close = difflib.get_close_matches(column, known, n=1, cutoff=0.8)
+            close = [] if close and close[0] in header else close   # measured_cycles_std beside measured_cycles
         if close:
             kind = "measured" if close[0] in MEASURED_COLUMNS else "layer"
             names = MEASURED_COLUMNS if kind == "measured" else COLUMNS

@@ -25,13 +25,13 @@ def _error(path, read=read_layer_table):
     return message
 
 
-@pytest.mark.parametrize("column, meant", [("measured_utilisation", "measured_utilization"),
-                                           ("measured_cycle", "measured_cycles"),
-                                           ("Measured_Secs", "measured_seconds")])
-def test_a_misspelt_measured_column_is_refused(tmp_path, column, meant):
+@pytest.mark.parametrize("measured, column, meant", [("measured_cycles", "measured_utilisation", "measured_utilization"),
+                                                     ("measured_seconds", "measured_cycle", "measured_cycles"),
+                                                     ("measured_cycles", "Measured_Secs", "measured_seconds")])
+def test_a_misspelt_measured_column_is_refused(tmp_path, measured, column, meant):
     """measured_utilisation was skipped as 'some measured_ column': the utilization was silently
     not compared.  The header is line 2 (after a comment)."""
-    path = _write(tmp_path, f"# measured on the board\n{HEADER},measured_cycles,{column}\n{FC},100,0.5\n")
+    path = _write(tmp_path, f"# measured on the board\n{HEADER},{measured},{column}\n{FC},100,0.5\n")
     message = _error(path)
     assert message.startswith(f"{path}:2: unknown column '{column.lower()}'"), message
     assert f"did you mean '{meant}'" in message
@@ -44,6 +44,13 @@ def test_misspelt_measured_column_through_calibrate_cli(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{path}:1: unknown column 'measured_utilisation'" in err
     assert not out.exists()
+
+
+def test_a_spread_column_beside_the_measured_one_is_no_misspelling(tmp_path):
+    """A profiler's export adds measured_cycles_std (or _p90) next to measured_cycles: it was
+    refused as a near miss of a column the header already has."""
+    path = _write(tmp_path, f"{HEADER},measured_cycles,measured_cycles_std,measured_cycles_p90\n{FC},100,3,104\n")
+    assert [row.cycles for row in refs.measured_rows(path, Accelerator("a", 8, 8)).rows] == [100]
 
 
 def test_other_extra_columns_are_still_ignored(tmp_path):
