@@ -25,9 +25,10 @@ def _error(path, read=read_layer_table):
     return message
 
 
-@pytest.mark.parametrize("measured, column, meant", [("measured_cycles", "measured_utilisation", "measured_utilization"),
-                                                     ("measured_seconds", "measured_cycle", "measured_cycles"),
-                                                     ("measured_cycles", "Measured_Secs", "measured_seconds")])
+@pytest.mark.parametrize("measured, column, meant", [
+    ("measured_cycles", "measured_utilisation", "measured_utilization"),
+    ("measured_seconds", "measured_cycle", "measured_cycles"),
+    ("measured_cycles", "Measured_Secs", "measured_seconds")])
 def test_a_misspelt_measured_column_is_refused(tmp_path, measured, column, meant):
     """measured_utilisation was skipped as 'some measured_ column': the utilization was silently
     not compared.  The header is line 2 (after a comment)."""
