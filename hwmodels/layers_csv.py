@@ -209,7 +209,7 @@ def read_layer_table(path: Union[str, os.PathLike], default_batch: int = 1) -> L
         raise HardwareConfigError(f"{path}: cannot read layer CSV ({exc.strerror or exc})") from None
     # (first line, cells) of every record; a quoted cell may span lines, so a record's line is
     # counted by the reader (line_num: lines read so far), not by splitting the file into lines
-    numbered = []
+    numbered, comments = [], []
     with handle:
         reader = csv.reader(handle, strict=True)   # else an unterminated quote swallows the rest of the file
         first = 1
@@ -219,6 +219,7 @@ def read_layer_table(path: Union[str, os.PathLike], default_batch: int = 1) -> L
                 if not any(v.strip() for v in values):   # blank line, or a spreadsheet's ",,,," row
                     continue
                 if values[0].lstrip().startswith("#"):
+                    comments.append((line_no, values))
                     continue
                 numbered.append((line_no, values))
         except UnicodeDecodeError as exc:
@@ -239,6 +240,12 @@ def read_layer_table(path: Union[str, os.PathLike], default_batch: int = 1) -> L
         header.pop()
     for column in ALWAYS:
         if column not in header:
+            for line_no, values in comments:   # numpy.savetxt's '# name,kind,...', a '#' index column
+                cells = {v.strip().lstrip("#").strip().lower() for v in values}
+                if set(ALWAYS) <= cells:
+                    raise HardwareConfigError(
+                        f"{path}:{line_no}: this looks like the header, but a line starting with '#' is a "
+                        f"comment (remove the '#' or rename that column)")
             raise HardwareConfigError(
                 f"{path}:{header_line}: missing required column '{column}' in the header "
                 f"(got {','.join(header)})")

@@ -105,6 +105,15 @@ def test_a_row_with_more_fields_than_the_header_is_refused(tmp_path):
     assert _error(path).startswith(f"{path}:3: 14 fields but the header has 13")
 
 
+@pytest.mark.parametrize("text", [f"# exported\n# {HEADER}\n{FC}\n",            # numpy.savetxt(header=...)
+                                  f"# exported\n#,{HEADER}\n0,{FC}\n"])          # a spreadsheet's '#' index
+def test_a_header_that_starts_with_a_hash_is_named_not_the_first_row(tmp_path, text):
+    """The header was skipped as a comment and the error blamed line 3 for lacking 'name'."""
+    path = _write(tmp_path, text)
+    assert _error(path).startswith(f"{path}:2: this looks like the header, but a line starting with '#' is a "
+                                   f"comment")
+
+
 def test_blank_and_comment_lines_keep_their_numbers(tmp_path):
     # line 1 comment, 2 blank, 3 header, 4 whitespace only, 5 comment, 6 good, 7 bad
     path = _write(tmp_path, f"# layers\n\n{HEADER}\n   \n  # skipped\n{FC}\nfc2,linear,1,1,0,10,1,1,1,0,1,1,1\n")
