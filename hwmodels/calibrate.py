@@ -320,6 +320,11 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
             f"the fit puts {over_peak} of {len(train) + len(held)} rows above the array's peak (utilization "
             f"over 100 %: fewer cycles than MACs / {hold_model.pes} PEs); check the array size, clock and "
             f"unit of the reference")
+    elif fitted_cal.cycle_scale < 1 - 1e-9:   # these rows are fine; a busier layer would not be
+        fit_report["warnings"].append(
+            f"cycle_scale {fitted_cal.cycle_scale:.4g} < 1 (faster than the model's folds): a layer the "
+            f"uncalibrated model puts above {100 * fitted_cal.cycle_scale:.3g} % utilization, larger than "
+            f"these rows, can be predicted above the array's peak; check the array size and clock, or add large layers")
     for name, ref in (("reference", reference), ("holdout", holdout)):   # what the fit did not see
         if ref is not None and ref.skipped:
             fit_report[f"skipped_{name}_layers"] = list(ref.skipped)

@@ -19,7 +19,10 @@ LOSS_LABELS = {"partial_tiles": "partial tiles", "fill_drain": "fill/drain",
 
 
 def dominant_loss(cost: LayerCost) -> str:
-    """Label of the largest share of idle PE-cycles, or '-' when the array is never idle."""
+    """Label of the largest share of idle PE-cycles, '-' when the array is never idle, 'above peak'
+    when a calibration (cycle_scale < 1) predicts fewer cycles than MACs / PEs."""
+    if cost.utilization > 1 + 1e-9:   # negative idle time: no loss is the dominant one
+        return "above peak"
     if not cost.lost:
         return "-"
     key, value = max(cost.lost.items(), key=lambda kv: kv[1])
@@ -69,6 +72,11 @@ def format_table(net_cost: NetworkCost) -> str:
     out.append(f"total: latency {total['seconds'] * 1e6:.3f} us, utilization "
                f"{100 * total['utilization']:.2f} %, {total['macs']:,} MACs, "
                f"{total['cycles']:,.0f} cycles ({total['compute_cycles']:,.0f} compute)")
+    over = [c for c in net_cost.layers if c.utilization > 1 + 1e-9]
+    if over:
+        out.append(f"note: {len(over)} layer(s) above 100 % utilization (fewer cycles than MACs / PEs, which no "
+                   f"array does): the calibration's cycle_scale {acc.calibration.cycle_scale:g} was fitted on "
+                   f"layers that keep the array less busy than these; check it against larger layers")
     return "\n".join(out) + "\n"
 
 

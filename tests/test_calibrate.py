@@ -579,3 +579,22 @@ def test_a_parameter_the_rows_bound_from_one_side_only_is_reported(tmp_path):
     assert kept.accelerator.calibration.bandwidth_efficiency == 0.95
     assert "note: any bandwidth_efficiency in [" in cal.format_report(kept)
     assert not any("bandwidth_efficiency" in w for w in kept.fit_report["warnings"])
+
+
+def test_a_cycle_scale_below_one_is_warned_and_layers_above_peak_are_marked(tmp_path):
+    """Small layers measured at 0.6x the model's cycles fit cycle_scale 0.6 with no warning, and a
+    large layer on that fit was then reported at ~160 % utilization, 'fill/drain' its loss."""
+    from hwmodels import NetworkCost
+    from hwmodels.report import format_table
+    acc = _acc(bandwidth_bytes_per_s=1e15, onchip_bytes=1 << 40)   # compute-bound: only cycle_scale matters
+    small = [ConvLayer(f"c{i}", 2 + i % 3, 2 + i % 3, 4 + 2 * i, 4 + 3 * i, 1 + i % 2, 1 + i % 2) for i in range(12)]
+    path = _write_measured(tmp_path / "small.csv", small, acc, truth=Calibration(cycle_scale=0.6), noise=0.0)
+    result = cal.calibrate(refs.measured_rows(path, acc), acc, "systolic", seed=0)
+    assert result.accelerator.calibration.cycle_scale == pytest.approx(0.6, rel=1e-3)
+    assert any(w.startswith("cycle_scale 0.6 < 1") for w in result.fit_report["warnings"])
+    big = layer_cost(ConvLayer("big", 64, 64, 256, 256, 3, 3, padding=(1, 1)), result.accelerator)
+    assert big.macs / (big.cycles * acc.array_rows * acc.array_cols) > 1   # what the note is about
+    table = format_table(NetworkCost([big], result.accelerator, "systolic"))
+    assert "above peak" in table and "note: 1 layer(s) above 100 % utilization" in table
+    ordinary = format_table(NetworkCost([layer_cost(small[0], acc)], acc, "systolic"))
+    assert "above peak" not in ordinary and "note:" not in ordinary
