@@ -1264,3 +1264,19 @@ def test_a_restarted_run_reads_the_space_and_accelerator_files_it_started_with(t
     assert main(["search", "--hw", "edge_16x16", "--space", "tiny", *flags]) == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert (saved["hw"], saved["space"]) == ("edge_16x16", "tiny")
+
+
+@pytest.mark.parametrize("channels", [16, 88])
+def test_every_linear_branch_enters_the_shared_batchnorm_at_a_full_convs_scale(channels):
+    """A mixed edge normalises the sum of its linear branches with one BatchNorm, so a branch's
+    output scale weights it as much as its probability does.  Kaiming fan_out on a depthwise
+    weight counted C*k*k inputs per filter (k*k feed it): separable branches started ~sqrt(C/2)
+    smaller, 0.15 against a conv's 1.0 at C=88."""
+    from ubnas.ops import LinearBranch
+    torch.manual_seed(0)
+    x = torch.randn(16, channels, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        stds = {name: float(LinearBranch(op, channels, channels, 1).double()(x).std())
+                for name, op in OPS.items() if op.family == "linear"}
+    conv = stds["conv_3x3"]
+    assert all(0.7 < std / conv < 1.4 for std in stds.values()), stds

@@ -88,8 +88,10 @@ class LinearBranch(nn.Module):
         if op.separable:
             self.dw_weight = nn.Parameter(torch.empty(c_in, 1, k, k))
             self.pw_weight = nn.Parameter(torch.empty(c_out, c_in, 1, 1))
-            nn.init.kaiming_normal_(self.dw_weight, mode="fan_out")
-            nn.init.kaiming_normal_(self.pw_weight, mode="fan_out")
+            # a depthwise filter's fan is k*k (torch's fan_out counts C_in*k*k, ~sqrt(C_in) too small), and
+            # no ReLU follows it: the branch then enters a mixed edge's shared BatchNorm at a full conv's scale
+            nn.init.kaiming_normal_(self.dw_weight, mode="fan_in")
+            nn.init.kaiming_normal_(self.pw_weight, mode="fan_out", nonlinearity="linear")
         else:
             self.weight = nn.Parameter(torch.empty(c_out, c_in, k, k))
             nn.init.kaiming_normal_(self.weight, mode="fan_out")
