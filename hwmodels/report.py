@@ -10,7 +10,7 @@ the dominant cause of idle PE-cycles, then the totals.  ``to_json_dict`` is ``Ne
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from .exact import LayerCost, NetworkCost
 
@@ -44,8 +44,9 @@ def _macs(value: float) -> str:
     return f"{value:.0f}"
 
 
-def format_table(net_cost: NetworkCost) -> str:
-    """A fixed-width text table of every layer plus a totals line (ends with a newline)."""
+def format_table(net_cost: NetworkCost, batch: Optional[int] = None) -> str:
+    """A fixed-width text table of every layer plus a totals line (ends with a newline); ``batch``,
+    when given, is named in the title (the latencies are of that many images)."""
     acc = net_cost.accelerator
     header = ("layer", "kind", "M/K/N", "cycles", "latency us", "util %", "MACs", "dominant loss")
     rows: List[tuple] = []
@@ -67,7 +68,8 @@ def format_table(net_cost: NetworkCost) -> str:
     title = (f"{acc.name}: {acc.num_arrays} x {acc.array_rows}x{acc.array_cols} {acc.dataflow} "
              f"@ {acc.clock_hz / 1e6:g} MHz, {acc.bandwidth_bytes_per_s / 1e9:g} GB/s; "
              f"model {net_cost.mode}"
-             + (" (one array)" if net_cost.mode == "uboost" and acc.num_arrays > 1 else ""))
+             + (" (one array)" if net_cost.mode == "uboost" and acc.num_arrays > 1 else "")
+             + (f"; batch {batch}" if batch is not None else ""))
     out = [title, line(header), rule] + [line(r) for r in rows[:-1]] + [rule, line(rows[-1])]
     out.append(f"total: latency {total['seconds'] * 1e6:.3f} us, utilization "
                f"{100 * total['utilization']:.2f} %, {total['macs']:,} MACs, "

@@ -216,13 +216,18 @@ def test_spec_is_estimated_at_the_batch_it_was_searched_at(tmp_path, capsys):
     assert at[4] > at[1]
     code, out, err = run_main(capsys, path, "--json", "--hw", "edge_16x16")
     assert code == 0 and "batch 4, the one" in err, err
-    assert json.loads(out)["total"]["cycles"] == pytest.approx(at[4])
+    # the output says its totals are of 4 images: only stderr said so, which a script does not read
+    assert json.loads(out)["total"]["cycles"] == pytest.approx(at[4]) and json.loads(out)["batch"] == 4
+    code, out, err = run_main(capsys, path, "--hw", "edge_16x16")
+    assert out.splitlines()[0].endswith("; batch 4")
     for option in ("--batch", "--hw-batch"):   # the second is the search's name for it
         code, out, err = run_main(capsys, path, "--json", "--hw", "edge_16x16", option, "1")
         assert code == 0 and "batch 4" not in err and json.loads(out)["total"]["cycles"] == pytest.approx(at[1])
+        assert json.loads(out)["batch"] == 1
     path.write_text(path.read_text().replace("hw_batch: 4", "hw_batch: four"))
-    code, out, err = run_main(capsys, path, "--hw", "edge_16x16")
-    assert code == 2 and len(err.splitlines()) == 1 and "provenance.hw_batch: expected a positive integer" in err
+    for hw in (["--hw", "edge_16x16"], []):   # without --hw the accelerator note came first
+        code, out, err = run_main(capsys, path, *hw)
+        assert code == 2 and len(err.splitlines()) == 1 and "provenance.hw_batch: expected a positive integer" in err
 
 
 def test_a_bad_array_on_a_searched_spec_is_the_only_line(tmp_path, capsys):
@@ -391,6 +396,7 @@ def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr("ubnas.commands.estimate.network_cost", exhausted)
     code, out, err = run_main(capsys, "--model", "resnet18-cifar")
     assert code == 2 and err.startswith("ubnas: error: out of memory") and len(err.splitlines()) == 1, err
+    assert err.rstrip().endswith("check the network's sizes or --batch"), err
 
 
 def test_spec_searched_on_an_unknown_accelerator_says_uboost_is_used(tmp_path, capsys):

@@ -601,8 +601,11 @@ def test_a_network_too_large_to_build_leaves_no_run_directory(tmp_path, capsys, 
     monkeypatch.setattr("ubnas.train.build_network", too_large)
     spec = write_spec(tmp_path / "arch.yaml")
     err = one_line_error(capsys, ["train", str(spec), "--epochs", "1", "--out", str(tmp_path / "run")])
-    assert err.startswith("ubnas: error: out of memory"), err
+    assert err.startswith("ubnas: error: out of memory") and err.endswith("check the spec's widths or --batch-size")
     assert not (tmp_path / "run").exists()
+    monkeypatch.setattr("ubnas.export.build_network", too_large)   # export has no batch to make smaller
+    err = one_line_error(capsys, ["export", str(spec), "--onnx", str(tmp_path / "a.onnx")])
+    assert err.endswith("check the spec's widths or input_shape"), err
 
 
 def test_spec_that_does_not_fit_the_data(tmp_path, capsys):

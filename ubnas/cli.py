@@ -101,7 +101,8 @@ def main(argv=None) -> int:
             raise
         # under torchrun: one GPU of several may be the one out of memory
         sys.stderr.write(f"ubnas: error{f' (rank {rank()})' if rank() else ''}: out of memory "
-                         f"({str(exc).splitlines()[0][:200]}); check the network's sizes, --batch or --batch-size\n")
+                         f"({str(exc).splitlines()[0][:200]}); check "
+                         f"{OUT_OF_MEMORY_HINTS.get(args.command, 'the network sizes')}\n")
         return 2
     except (ValueError, OSError, ImportError) as exc:
         # User-facing errors are one line (file, key/row, what was expected);
@@ -113,6 +114,14 @@ def main(argv=None) -> int:
         # one write: under torchrun the ranks share stderr, and print's separate newline interleaves
         sys.stderr.write(f"ubnas: error{f' (rank {rank()})' if rank() else ''}: {exc}\n")
         return 2
+
+
+# what each command's user can make smaller (export has no batch option)
+OUT_OF_MEMORY_HINTS = {"search": "the search space's widths or --batch-size",
+                       "train": "the spec's widths or --batch-size",
+                       "estimate": "the network's sizes or --batch",
+                       "export": "the spec's widths or input_shape",
+                       "report": "the runs' specs or --hw-batch"}
 
 
 if __name__ == "__main__":

@@ -256,6 +256,9 @@ def _check_spec_options(args, spec) -> None:
         return
     if args.batch is not None:
         positive_int(args.batch, "--batch (--hw-batch)")
+    else:   # the spec's own batch, which _batch reads after the notes
+        from ubnas.spec import searched_batch
+        searched_batch(spec)
     shape = tuple(spec.input_shape)
     if args.input is not None and parse_dims(args.input, "--input", 3, "3x32x32") != shape:
         raise ValueError(f"--input {args.input} disagrees with the input shape "
@@ -323,8 +326,9 @@ def run(args) -> int:
         _mode_note(spec, args.spec)
     for note in notes:
         print(note, file=sys.stderr)
+    batch = _batch(args, spec)
     with contextlib.redirect_stdout(sys.stderr):   # what the user's network prints stays out of --json
-        layers = collect_layers(args, _batch(args, spec), spec)
+        layers = collect_layers(args, batch, spec)
     if args.dataflow is not None and args.model_mode == "uboost":   # its equations tile weight-stationary
         print("note: --dataflow has no effect with --model-mode uboost (U-Boost's equations have no "
               "dataflow); the systolic model (the default) uses it", file=sys.stderr)
@@ -333,9 +337,11 @@ def run(args) -> int:
         if note:
             print(note, file=sys.stderr)
     cost = network_cost(layers, acc, args.model_mode)
+    # the totals are for the whole batch: say which (a --layers CSV's rows carry their own)
+    batch = None if args.layers else batch
     if args.json:
-        json.dump(to_json_dict(cost), sys.stdout, indent=1)
+        json.dump({**to_json_dict(cost), **({"batch": batch} if batch else {})}, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(format_table(cost))
+        sys.stdout.write(format_table(cost, batch))
     return 0
