@@ -179,6 +179,8 @@ def read_yaml(path: PathLike, error: Type[Exception] = ValueError, text: Optiona
         if mark is None and isinstance(getattr(exc, "position", None), int):   # a ReaderError (NUL, say)
             where = _line_column(text, exc.position, "\n")
         problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).splitlines()[0]
+        if "'\\t'" in problem:   # PyYAML takes no tab where YAML 1.2 would (after a colon, before a comment)
+            problem += "; YAML is indented and spaced with spaces: replace the tab"
         raise error(f"{path}:{where} invalid YAML ({problem})") from None
     except RecursionError:   # PyYAML composes nested collections recursively
         raise error(f"{path}: invalid YAML (nested too deeply to read)") from None

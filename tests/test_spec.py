@@ -196,6 +196,17 @@ def test_malformed_yaml_names_line(tmp_path, derived):
     assert str(file) in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("text, line, column", [("a:\t1\n", 1, 3), ("a: 1\nb: 2\t# note\n", 2, 5),
+                                                ("a:\n\tb: 1\n", 2, 1)])
+def test_a_tab_in_yaml_says_to_replace_it(text, line, column):
+    """PyYAML refuses tabs that YAML 1.2 allows (after a colon, before a comment): its message
+    ('found character ... that cannot start any token') did not say what to do."""
+    from hwmodels.yamlio import read_yaml
+    with pytest.raises(ValueError, match=rf"f\.yaml: line {line} column {column}: invalid YAML \(.*; YAML is "
+                                         rf"indented and spaced with spaces: replace the tab\)"):
+        read_yaml("f.yaml", text=text)
+
+
 def test_yaml_merge_keys_read_as_yaml_means_them(tmp_path):
     """``<<: *anchor`` merges (keys given beside it win); a key typed twice by hand is still refused."""
     from hwmodels.yamlio import read_yaml
