@@ -1280,3 +1280,25 @@ def test_every_linear_branch_enters_the_shared_batchnorm_at_a_full_convs_scale(c
                 for name, op in OPS.items() if op.family == "linear"}
     conv = stds["conv_3x3"]
     assert all(0.7 < std / conv < 1.4 for std in stds.values()), stds
+
+
+def test_resuming_with_the_same_relative_space_and_hw_files_names_nothing_ignored(tmp_path, capsys, monkeypatch):
+    """The run saves its space and accelerator files absolute; the same command again with --resume
+    said '--space (kept: /abs/sp.yaml), --hw (kept: /abs/acc.yaml)' were ignored though they are the
+    files it runs on.  Another file is still named."""
+    import shutil
+
+    import hwmodels
+    from ubnas.cli import main
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(SPACE_DIR / "tiny.yaml", "sp.yaml")
+    for name in ("acc.yaml", "other.yaml"):
+        shutil.copy(Path(hwmodels.__file__).parent / "presets" / "edge_16x16.yaml", name)
+    for out in ("run", "run2"):
+        run_search(_small(tmp_path, out, epochs=2, space="sp.yaml", hw="acc.yaml"), progress=False,
+                   stop_after_epoch=1)
+    capsys.readouterr()
+    assert main(["search", "--space", "sp.yaml", "--hw", "acc.yaml", "--out", "run", "--quiet", "--resume"]) == 0
+    assert "ignored" not in capsys.readouterr().out
+    assert main(["search", "--space", "sp.yaml", "--hw", "other.yaml", "--out", "run2", "--quiet", "--resume"]) == 0
+    assert f"ignored: --hw (kept: {tmp_path / 'acc.yaml'})" in capsys.readouterr().out
