@@ -129,6 +129,20 @@ def test_a_move_keeps_the_exported_width(logits, event):
     assert w.chosen() == before, (w.candidates, w.logits.tolist())
 
 
+@pytest.mark.parametrize("step, steps", [(3, [1]), (6, [3, 1]), (5, [2, 1]), (8, [4, 2, 1])])
+def test_a_peaked_window_narrows_from_an_odd_step_too(step, steps):
+    """Only even steps narrowed: a space with step 3, 5 or 7 never refined its peak, and 6 stopped at 3."""
+    w = Width("w", ChannelSpec(4 * step, step, 3, 1, 64 * step))
+    alloc = ChannelAllocator({"w": w}, [])
+    peak = w.candidates[1]
+    for expected in steps:
+        _with_logits(w, [0.0, 6.0, 0.0])
+        assert [e["event"] for e in alloc.step([], 0)] == ["narrow"]
+        assert w.step == expected and w.candidates.index(peak) == 1
+    _with_logits(w, [0.0, 6.0, 0.0])
+    assert alloc.step([], 0) == []   # step 1: the minimum
+
+
 def test_a_window_of_one_candidate_never_moves():
     w = Width("w", ChannelSpec(64, 8, 1, 8, 256))
     assert plan_move(w) is None                               # p = 1 always: not evidence

@@ -12,8 +12,9 @@ The allocator moves windows between architecture steps:
   filters initialised, consumers' new input slices zero so the network's
   function is unchanged, logits and optimizer state extended);
 * the same on the bottom candidate -> shift down one step, freeing the top filters;
-* a peaked distribution in the middle -> halve the step around the peak, which
-  stays a candidate.
+* a peaked distribution in the middle (at least 0.6 on one inner candidate) ->
+  halve the step (rounded down, to 1 at least) around the peak, which stays a
+  candidate.
 A candidate the window gains starts as a copy of an old one next to it
 (logit and Adam moments: beyond the old range the edge, between two old
 widths the more probable), so it ties with the candidate it came from: no
@@ -185,7 +186,7 @@ def plan_move(width: Width, peak: float = 0.6) -> Optional[Tuple[str, int, int, 
         return ("grow", lo + step, step, count)
     if piled and best == 0 and lo - step >= width.min:
         return ("shift_down", lo - step, step, count)
-    if 0 < best < count - 1 and top_p >= peak and step // 2 >= width.min_step and step % 2 == 0:
+    if 0 < best < count - 1 and top_p >= peak and step // 2 >= width.min_step:   # (an odd step too: 3 -> 1)
         new_step = step // 2
         centre = lo + best * step
         # the peak stays on the new grid: ``below`` candidates under it, as centred as min/max allow
