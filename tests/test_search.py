@@ -820,6 +820,21 @@ def test_dual_lr_without_a_target_gets_a_note(tmp_path, capsys, monkeypatch):
                 in capsys.readouterr().out) == says, extra
 
 
+def test_realloc_every_where_no_window_moves_gets_a_note(tmp_path, capsys, monkeypatch):
+    """--realloc-every with --channels fixed or --stage op can move nothing: it was accepted silently."""
+    import ubnas.commands.search
+    from ubnas.cli import main
+    monkeypatch.setattr(ubnas.commands.search, "run_search", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    for extra, says in ((["--channels", "fixed"], "--channels fixed"), (["--stage", "op"], "--stage op"),
+                        ([], None), (["--stage", "joint"], None)):
+        assert main(["search", "--out", str(tmp_path / "r"), "--realloc-every", "1", *extra]) == 130
+        out = capsys.readouterr().out
+        assert (f"note: --realloc-every has no effect with {says} (no width window moves)" in out
+                if says else "--realloc-every" not in out), (extra, out)
+    assert main(["search", "--out", str(tmp_path / "r"), "--channels", "fixed"]) == 130   # not given: no note
+    assert "--realloc-every" not in capsys.readouterr().out
+
+
 def test_beta_with_the_flops_cost_model_gets_a_note(tmp_path, capsys, monkeypatch):
     """Under --cost-model flops cycles are MACs / PEs, so utilization is 1 for any network and the
     beta term is a constant: --beta-utilization 5 changed nothing without a word."""

@@ -101,6 +101,10 @@ def run(args) -> int:
             print("note: --temperature has no effect with --surrogate straight_through and --width-cost "
                   "expected (the exact ceilings forward, and no gradient reaches them); it shapes "
                   "--surrogate sigmoid, or the gradient under --width-cost soft")
+        if meant("realloc_every") and (cfg.channels == "fixed" or cfg.stage == "op"):   # no window ever moves
+            print(f"note: --realloc-every has no effect with "
+                  f"{'--channels fixed' if cfg.channels == 'fixed' else '--stage op'} (no width window moves); "
+                  f"it spaces the moves of --channels dynamic in a stage that searches widths")
         if meant("lambda_latency") and cfg.target_latency_us is not None:
             print("note: --target-latency-us replaces the --lambda-latency term (--beta-utilization still applies)")
     try:
