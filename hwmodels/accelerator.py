@@ -64,7 +64,25 @@ class Accelerator:
     source: str = ""
 
     def __post_init__(self):
-        validate(self, origin=f"accelerator {self.name!r}")   # a bad one fails here, not as a division by 0
+        origin = f"accelerator {self.name!r}"
+        if not isinstance(self.name, str):   # save_accelerator writes it, and load_accelerator wants a string
+            raise HardwareConfigError(f"{origin}: key 'name' expected a string, got {short_repr(self.name)}")
+        if isinstance(self.calibration, dict):   # Accelerator(..., calibration={"cycle_scale": 2})
+            unknown = sorted(set(self.calibration) - _CAL_FIELDS)
+            if unknown:
+                raise HardwareConfigError(f"{origin}: unknown key 'calibration.{unknown[0]}' (expected one of "
+                                          f"{', '.join(sorted(_CAL_FIELDS))})")
+            object.__setattr__(self, "calibration", Calibration(**self.calibration))
+        if not isinstance(self.calibration, Calibration):
+            raise HardwareConfigError(f"{origin}: key 'calibration' expected a Calibration or a mapping, "
+                                      f"got {short_repr(self.calibration)}")
+        validate(self, origin=origin)   # a bad one fails here, not as a division by 0
+        # plain Python numbers: a numpy int64 (a sweep over np.arange) breaks JSON and YAML output later
+        for key, kind in _FIELDS.items():
+            if kind is not str:
+                object.__setattr__(self, key, kind(getattr(self, key)))
+        object.__setattr__(self, "calibration", Calibration(
+            **{key: float(getattr(self.calibration, key)) for key in sorted(_CAL_FIELDS)}))
 
     @property
     def pes(self) -> int:
@@ -226,6 +244,16 @@ def load_accelerator(name_or_path: Union[str, os.PathLike]) -> Accelerator:
     path, _ = _resolve(name_or_path)
     data = read_yaml(path, HardwareConfigError)
     return from_dict(data, origin=str(path), name=path.stem)
+
+
+def as_accelerator(value: "Accelerator | str | os.PathLike") -> Accelerator:
+    """``value`` if it is an Accelerator, else the preset or YAML file it names (``load_accelerator``);
+    a TypeError for anything else (the cost functions take either)."""
+    if isinstance(value, Accelerator):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return load_accelerator(value)
+    raise TypeError(f"expected an Accelerator, a preset name or a YAML path, got {type(value).__name__}")
 
 
 def calibrated_mode(name_or_path: Union[str, os.PathLike]) -> Optional[str]:

@@ -39,9 +39,9 @@ import re
 import traceback
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .accelerator import Accelerator, load_accelerator
+from .accelerator import Accelerator, as_accelerator
 from .exact import NetworkCost, network_cost
-from .layers import ConvLayer, Layer, LinearLayer
+from .layers import ConvLayer, Layer, LinearLayer, _whole
 
 if TYPE_CHECKING:   # torch is imported on first use, so ``import hwmodels`` stays light
     from torch import nn
@@ -324,13 +324,14 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
     """
     import torch
     _register_builtins()
-    if int(batch) < 1:
+    batch = _whole(batch, "batch")   # 2.5 was traced as 2
+    if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     hint = "expected the per-sample shape without the batch, such as (3, 32, 32)"
     if isinstance(input_shape, torch.Tensor):
         raise ValueError(f"input_shape is a tensor of shape {tuple(input_shape.shape)}; {hint}")
     try:
-        shape = tuple(int(d) for d in input_shape)
+        shape = tuple(_whole(d, "input_shape") for d in input_shape)   # (3, 8.7, 8) was an 8x8 map
     except (TypeError, ValueError):
         raise ValueError(f"input_shape {input_shape!r}: {hint}") from None
     if not shape or min(shape) < 1:
@@ -500,9 +501,7 @@ def estimate(module: "nn.Module", input_shape: Sequence[int], accelerator: "Acce
     accelerator: an ``Accelerator``, or a preset name or YAML path for ``load_accelerator``.
     mode: 'systolic' (fold timing, several arrays, memory bound) or 'uboost'.
     """
-    if isinstance(accelerator, (str, os.PathLike)):   # 'uboost' was an AttributeError deep in exact.py
-        accelerator = load_accelerator(accelerator)
-    return network_cost(trace_layers(module, input_shape, batch), accelerator, mode)
+    return network_cost(trace_layers(module, input_shape, batch), as_accelerator(accelerator), mode)
 
 
 # ``hwmodels.estimate`` is this function once the package is imported (it shadows

@@ -39,7 +39,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Sequence
 
-from .accelerator import Accelerator
+from .accelerator import Accelerator, as_accelerator
 from .layers import Gemm, Layer
 
 MODES = ("uboost", "systolic")
@@ -126,9 +126,14 @@ def offchip_elements(layer: Layer, acc: Accelerator) -> int:
     return inputs + weights + outputs
 
 
-def layer_cost(layer: Layer, acc: Accelerator, mode: str = "systolic") -> LayerCost:
-    """Exact cost of ``layer`` on ``acc`` in ``mode`` ('uboost' or 'systolic')."""
+def layer_cost(layer: Layer, acc: "Accelerator | str", mode: str = "systolic") -> LayerCost:
+    """Exact cost of ``layer`` on ``acc`` (an Accelerator, a preset name or a YAML path) in ``mode``
+    ('uboost' or 'systolic')."""
+    acc = as_accelerator(acc)
     pes = mode_pes(acc, mode)           # validates mode
+    if not hasattr(layer, "lower"):     # a Gemm is what a layer lowers to; GemmLayer is the layer
+        raise TypeError(f"expected a ConvLayer, LinearLayer or GemmLayer, got {type(layer).__name__}"
+                        + (" (use GemmLayer for a raw matrix product)" if isinstance(layer, Gemm) else ""))
     gemm = layer.lower()
     rows, cols = acc.array_rows, acc.array_cols
     arrays = mode_arrays(acc, mode)
@@ -206,7 +211,8 @@ class NetworkCost:
                 "layers": [c.as_dict() for c in self.layers], "total": self.total()}
 
 
-def network_cost(layers: Sequence[Layer] | Iterable[Layer], acc: Accelerator,
+def network_cost(layers: Sequence[Layer] | Iterable[Layer], acc: "Accelerator | str",
                  mode: str = "systolic") -> NetworkCost:
-    """Exact cost of every layer of a network and its totals."""
+    """Exact cost of every layer of a network and its totals (``acc`` as for ``layer_cost``)."""
+    acc = as_accelerator(acc)
     return NetworkCost([layer_cost(layer, acc, mode) for layer in layers], acc, mode)

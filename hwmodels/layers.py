@@ -22,7 +22,7 @@ def _whole(value, name: str) -> int:
         whole = int(value)
     except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if isinstance(value, bool) or whole != value:
+    if type(value).__name__ in ("bool", "bool_") or whole != value:   # numpy's bool too (not a bool subclass)
         raise ValueError(f"{name} must be an integer, got {value!r}")
     return whole
 

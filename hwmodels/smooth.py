@@ -39,9 +39,9 @@ from typing import Dict, Sequence
 
 import torch
 
-from .accelerator import Accelerator
+from .accelerator import Accelerator, as_accelerator
 from .exact import MODES, fill_cycles, mode_arrays, mode_pes
-from .layers import ConvLayer, Layer
+from .layers import ConvLayer, Layer, LinearLayer
 
 SURROGATES = ("sigmoid", "straight_through")
 MAX_WINDOW = 1024   # steps evaluated either side of x by the sigmoid ceiling
@@ -173,6 +173,7 @@ def soft_conv(in_h: int, in_w: int, in_channels, out_channels, kernel: int = 1, 
 
 def soft_linear(in_features, out_features, batch: int = 1) -> SoftLayers:
     """One linear layer with (possibly soft) feature counts."""
+    batch = LinearLayer("soft_linear", 1, 1, batch=batch).batch   # refused as the exact model refuses it
     like = _like(in_features, out_features)
     fin, fout = _t(in_features, like), _t(out_features, like)
     return SoftLayers(_t(batch, fin), fin, fout, torch.ones_like(fin), fin * batch, fin * fout,
@@ -192,7 +193,7 @@ def from_layers(layers: Sequence[Layer], dtype=torch.float64) -> SoftLayers:
     return SoftLayers(**{k: torch.tensor(v, dtype=dtype) for k, v in cols.items()})
 
 
-def network_cost_torch(layers: SoftLayers, acc: Accelerator, mode: str = "systolic",
+def network_cost_torch(layers: SoftLayers, acc: "Accelerator | str", mode: str = "systolic",
                        surrogate: str = "straight_through", temperature: float = 1.0
                        ) -> Dict[str, torch.Tensor]:
     """Smooth cost of a batch of layers.
@@ -204,6 +205,7 @@ def network_cost_torch(layers: SoftLayers, acc: Accelerator, mode: str = "systol
     """
     if mode not in MODES:
         raise ValueError(f"unknown model mode {mode!r} (expected one of {', '.join(MODES)})")
+    acc = as_accelerator(acc)
     rows, cols, cal = acc.array_rows, acc.array_cols, acc.calibration
 
     def ceil(x, d):

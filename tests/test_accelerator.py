@@ -230,3 +230,65 @@ def test_unknown_keys_of_mixed_types_are_named_not_a_traceback(tmp_path):
     path.write_text(yaml.safe_dump(GOOD) + "calibration: {x: 3, 1: 2}\n")
     with pytest.raises(HardwareConfigError, match=f"^{path}: unknown key 'calibration.1' "):
         load_accelerator(path)
+
+
+# -- hwmodels as a library: what its cost functions take -----------------------------------------
+def test_the_cost_functions_take_a_preset_name_as_estimate_does():
+    """network_cost(layers, 'uboost') was an AttributeError deep in exact.py; layer_cost(Gemm(...))
+    one about 'lower'."""
+    import torch
+
+    from hwmodels import ConvLayer, Gemm, GemmLayer, layer_cost, network_cost
+    from hwmodels.smooth import from_layers, network_cost_torch
+    layers = [ConvLayer("c", 8, 8, 3, 8, 3, 3, padding=(1, 1)), GemmLayer("g", 20, 30, 40)]
+    uboost = load_accelerator("uboost")
+    assert network_cost(layers, "uboost").as_dict() == network_cost(layers, uboost).as_dict()
+    assert layer_cost(layers[0], "tpu_v1").cycles == layer_cost(layers[0], load_accelerator("tpu_v1")).cycles
+    by_name = network_cost_torch(from_layers(layers), "uboost")["total_cycles"]
+    assert torch.equal(by_name, network_cost_torch(from_layers(layers), uboost)["total_cycles"])
+    with pytest.raises(TypeError, match=r"got Gemm \(use GemmLayer for a raw matrix product\)"):
+        layer_cost(Gemm(4, 4, 4), uboost)
+    with pytest.raises(TypeError, match="expected an Accelerator, a preset name or a YAML path, got int"):
+        network_cost(layers, 5)
+
+
+def test_an_accelerator_of_numpy_numbers_writes_json_and_yaml(tmp_path):
+    """A sweep over np.array([16, 32]) made an Accelerator whose cost report and YAML failed to
+    serialise (int64); a dict calibration was an AttributeError, a non-string name saved a file
+    load_accelerator refused."""
+    import json
+
+    import numpy as np
+
+    from hwmodels import ConvLayer, network_cost
+    for rows in np.array([16, 32]):
+        acc = Accelerator(f"sq{rows}", rows, rows, clock_hz=np.float32(5e8), calibration={"cycle_scale": 2})
+        assert type(acc.array_rows) is int and type(acc.clock_hz) is float
+        assert acc.calibration == Calibration(cycle_scale=2.0)
+        json.dumps(network_cost([ConvLayer("c", 8, 8, 3, 8, 3, 3)], acc).as_dict())
+        save_accelerator(acc, tmp_path / f"sq{rows}.yaml")
+        assert load_accelerator(tmp_path / f"sq{rows}.yaml") == acc
+    with pytest.raises(HardwareConfigError, match="key 'name' expected a string, got 5"):
+        Accelerator(5, 8, 8)
+    with pytest.raises(HardwareConfigError, match="unknown key 'calibration.scale'"):
+        Accelerator("x", 8, 8, calibration={"scale": 2})
+
+
+def test_a_fractional_or_boolean_size_is_refused_not_rounded():
+    """estimate(batch=2.5) costed batch 2 and (3, 8.7, 8) an 8x8 map; soft_linear took batch 0
+    (0 MACs, 1528 cycles) and -4; numpy's True was a size of 1."""
+    import numpy as np
+    import torch
+
+    import hwmodels
+    from hwmodels.smooth import soft_linear
+    conv = torch.nn.Conv2d(3, 8, 3)
+    for call, message in ((lambda: hwmodels.estimate(conv, (3, 8, 8), "uboost", batch=2.5),
+                           "batch must be an integer, got 2.5"),
+                          (lambda: hwmodels.estimate(conv, (3, 8.7, 8), "uboost"), r"input_shape \(3, 8.7, 8\)"),
+                          (lambda: soft_linear(512, 10, batch=0), "batch must be >= 1, got 0"),
+                          (lambda: soft_linear(512, 10, batch=2.5), "batch must be an integer, got 2.5"),
+                          (lambda: hwmodels.ConvLayer("c", np.bool_(True), 8, 3, 8, 1, 1),
+                           "in_h must be an integer, got np.True_")):
+        with pytest.raises(ValueError, match=message):
+            call()
