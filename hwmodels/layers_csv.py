@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -201,8 +202,8 @@ def _undecodable_line(path) -> int:
 def read_layer_table(path: Union[str, os.PathLike], default_batch: int = 1) -> LayerTable:
     """Every data row of ``path`` in file order (blank and ``#`` lines skipped); raises
     HardwareConfigError on any bad row."""
-    if int(default_batch) < 1:
-        raise HardwareConfigError(f"{path}: default batch must be >= 1, got {default_batch}")
+    if isinstance(default_batch, bool) or not isinstance(default_batch, numbers.Integral) or default_batch < 1:
+        raise HardwareConfigError(f"{path}: default batch must be an integer >= 1, got {default_batch!r}")
     try:
         handle = open(path, newline="", encoding="utf-8-sig")   # tolerate a spreadsheet BOM
     except OSError as exc:

@@ -210,3 +210,10 @@ def test_extra_padding_column_reads_the_layer_torch_same_padding_traces(tmp_path
     assert "extra_padding" not in layer_fields(read_layers_csv(_write(tmp_path, f"{HEADER}\n{FC}\n", "fc.csv"))[0])
     assert "extra_padding" not in refs.cache_key(trace_layers(torch.nn.Conv2d(8, 8, 3, padding="same"),
                                                               (8, 6, 5))[0], 16, 16, "ws", "3.0.0")
+
+
+def test_a_fractional_default_batch_is_refused_not_rounded(tmp_path):
+    path = _write(tmp_path, f"{HEADER.replace(',batch', '')}\n{FC[:-2]}\n")
+    assert read_layers_csv(path, default_batch=3)[0].batch == 3
+    with pytest.raises(HardwareConfigError, match=r"default batch must be an integer >= 1, got 2.5"):
+        read_layers_csv(path, default_batch=2.5)   # was read as 2
