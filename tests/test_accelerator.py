@@ -292,3 +292,13 @@ def test_a_fractional_or_boolean_size_is_refused_not_rounded():
                            "in_h must be an integer, got np.True_")):
         with pytest.raises(ValueError, match=message):
             call()
+
+
+def test_the_preset_listing_gives_each_buffer_size_in_mib(capsys):
+    """edge_16x16's 256 KiB buffer was listed as '0.2' MiB (one decimal)."""
+    from ubnas.cli import main
+    assert main(["presets"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert set(rows) == set(preset_names())
+    for name, cells in rows.items():
+        assert float(cells[5]) == load_accelerator(name).onchip_bytes / 2**20, cells

@@ -15,5 +15,5 @@ def run(args) -> int:
         acc = load_accelerator(PRESET_DIR / f"{name}.yaml")   # the shipped file, whatever the working directory holds
         print(f"{name:<12} {acc.array_rows:>4}x{acc.array_cols:<4} {acc.num_arrays:>6} {acc.dataflow:>4} "
               f"{acc.clock_hz / 1e6:>9.0f} {acc.bandwidth_bytes_per_s / 1e9:>7.0f} "
-              f"{acc.onchip_bytes / 2**20:>11.1f} {acc.bytes_per_element:>6}  {acc.source}")
+              f"{acc.onchip_bytes / 2**20:>11.4g} {acc.bytes_per_element:>6}  {acc.source}")   # 256 KiB: 0.25
     return 0
