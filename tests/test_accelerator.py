@@ -301,4 +301,4 @@ def test_the_preset_listing_gives_each_buffer_size_in_mib(capsys):
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
     assert set(rows) == set(preset_names())
     for name, cells in rows.items():
-        assert float(cells[5]) == load_accelerator(name).onchip_bytes / 2**20, cells
+        assert float(cells[6]) == load_accelerator(name).onchip_bytes / 2**20, cells
