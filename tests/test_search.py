@@ -1050,7 +1050,8 @@ def test_the_hardware_terms_pull_the_architecture_their_way(tmp_path, one_thread
     plain = last("plain")
     assert last("lam", lambda_latency=20.0)[-1]["latency_us"] < 0.8 * plain[-1]["latency_us"]
     assert last("beta", beta_utilization=20.0)[-1]["utilization"] > 1.2 * plain[-1]["utilization"]
-    target = 0.5 * min(row["derived_latency_us"] for row in plain)   # the target bounds the exported network
+    # under any network the space derives (the target bounds the exported one): violated at every step
+    target = 0.05 * min(row["derived_latency_us"] for row in plain)
     tight = last("tight", target_latency_us=target)
     assert 0 < tight[0]["mu"] < tight[1]["mu"]          # the constraint is violated at every step
     assert tight[-1]["derived_latency_us"] < plain[-1]["derived_latency_us"]
