@@ -236,6 +236,15 @@ def test_malformed_space_names_file_and_key(tmp_path):
         ("ubnas_space", 1.0, "key 'ubnas_space' expected 1, got 1.0"),
         # the window was blamed ('channels.init' window ... must lie within min..max = 200..192)
         ("channels", {**good["channels"], "min": 200, "max": 192}, "key 'channels.min' 200 exceeds 'channels.max' 192"),
+        # init was blamed for a window that candidates or step pushed past max
+        ("channels", {"init": 16, "step": 8, "candidates": 8, "min": 16, "max": 64},
+         "key 'channels.init' + ('channels.candidates' - 1) x 'channels.step' = 72 exceeds 'channels.max' 64"),
+        ("channels", {"init": 8, "step": 8, "candidates": 2, "min": 16, "max": 64}, "'channels.init' 8 is below"),
+        ("ops", [], "key 'ops' is empty"),   # was 'must list distinct ops'
+        # one op: every edge keeps it at weight 1, and each node reads states 0 and 1, unsearched
+        ("ops", ["conv_3x3"], "key 'ops' lists one op, which leaves nothing to choose"),
+        ("stem", 3, "key 'stem' expected a mapping, got 3"),   # 'a dict'
+        ("classifier", {"in_features": 8}, "this is an architecture spec (arch.yaml), not a search space"),
     ]
     for i, (key, value, where) in enumerate(cases):
         bad = dict(good, **{key: value})

@@ -83,7 +83,8 @@ def _need(data: dict, key: str, kind, origin: str, where: str = ""):
     if kind is bool and not isinstance(value, bool):
         raise SpaceError(f"{origin}: key '{path}' expected true or false, got {short_repr(value)}")
     if kind in (list, dict, str) and not isinstance(value, kind):
-        raise SpaceError(f"{origin}: key '{path}' expected a {kind.__name__}, got {short_repr(value)}")
+        noun = {list: "a list", dict: "a mapping", str: "a string"}[kind]   # YAML's words, not Python's
+        raise SpaceError(f"{origin}: key '{path}' expected {noun}, got {short_repr(value)}")
     return value
 
 
@@ -104,9 +105,12 @@ def _channels(data: Any, origin: str, where: str) -> ChannelSpec:
     if values["min"] > values["max"]:   # else the window below was blamed
         raise SpaceError(f"{origin}: key '{where}min' {values['min']} exceeds '{where}max' {values['max']}")
     spec = ChannelSpec(dynamic=dynamic, **values)
-    if not spec.min <= spec.init or spec.widths[-1] > spec.max:
-        raise SpaceError(f"{origin}: key '{where}init' window {spec.widths[0]}..{spec.widths[-1]} "
-                         f"must lie within min..max = {spec.min}..{spec.max}")
+    if not spec.min <= spec.init:
+        raise SpaceError(f"{origin}: key '{where}init' {spec.init} is below '{where}min' {spec.min}")
+    if spec.widths[-1] > spec.max:   # which of init, step and candidates overshoots is the user's call
+        raise SpaceError(f"{origin}: key '{where}init' + ('{where}candidates' - 1) x '{where}step' = "
+                         f"{spec.widths[-1]} exceeds '{where}max' {spec.max} (the window {spec.widths[0]}.."
+                         f"{spec.widths[-1]} must lie within min..max)")
     return spec
 
 
@@ -117,6 +121,9 @@ def parse_space(data: Any, origin: str) -> SearchSpace:
     if not isinstance(data, dict):
         raise SpaceError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
     unknown = sorted(set(data) - TOP_KEYS, key=str)
+    if "ubnas_spec" in data or "classifier" in data:   # an arch.yaml given as --space
+        raise SpaceError(f"{origin}: this is an architecture spec (arch.yaml), not a search space: a search "
+                         f"space has keys {', '.join(sorted(TOP_KEYS))} (see search_spaces/tiny.yaml)")
     if unknown:   # a misspelt key ('opps') would otherwise be dropped without a word
         raise SpaceError(f"{origin}: unknown key '{unknown[0]}' (expected {', '.join(sorted(TOP_KEYS))})")
     version = data.get("ubnas_space", 1)
@@ -135,10 +142,16 @@ def parse_space(data: Any, origin: str) -> SearchSpace:
     for i, op in enumerate(ops):
         if not isinstance(op, str) or op not in OPS:
             raise SpaceError(f"{origin}: key 'ops[{i}]' unknown op {short_repr(op)} (expected one of {', '.join(OPS)})")
-    if len(set(ops)) != len(ops) or not ops:
+    if not ops:
+        raise SpaceError(f"{origin}: key 'ops' is empty (expected a list of ops: {', '.join(OPS)})")
+    if len(set(ops)) != len(ops):
         raise SpaceError(f"{origin}: key 'ops' must list distinct ops, got {ops}")
     if all(op == "none" for op in ops):   # a network of zero edges has nothing to search or train
         raise SpaceError(f"{origin}: key 'ops' needs an op other than 'none', got {ops}")
+    if len(ops) == 1:   # every edge is that op at weight 1: nothing to search, and the wiring is fixed
+        raise SpaceError(f"{origin}: key 'ops' lists one op, which leaves nothing to choose: every edge keeps it "
+                         f"and each node reads the first two states; add 'none' ([{ops[0]}, none]) to search "
+                         f"which edges a node keeps")
     stem = _need(data, "stem", dict, origin)
     unknown = sorted(set(stem) - {"kernel", "channels"}, key=str)
     if unknown:
