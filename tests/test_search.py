@@ -1327,3 +1327,19 @@ def test_resuming_with_the_same_relative_space_and_hw_files_names_nothing_ignore
     assert "ignored" not in capsys.readouterr().out
     assert main(["search", "--space", "sp.yaml", "--hw", "other.yaml", "--out", "run2", "--quiet", "--resume"]) == 0
     assert f"ignored: --hw (kept: {tmp_path / 'acc.yaml'})" in capsys.readouterr().out
+
+
+def test_the_readmes_search_space_example_loads_as_it_says(tmp_path):
+    """The README's space example is what a user copies first: it must load, with the defaults it states."""
+    import re
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Search space YAML"):]
+    example = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    path = tmp_path / "my_space.yaml"
+    path.write_text(example)
+    space = load_space(str(path))
+    assert space.name == "my_space" and space.nodes == 2 and len(space.ops) == 5
+    assert [(c.reduce, c.pool_after) for c in space.cells] == [(False, True), (True, False)]
+    assert space.cells[0].channels.dynamic and space.cells[1].channels.min == 32
+    listed = re.findall(r"`(\w+)`", section[section.index("The ops are"):section.index("with one op")])
+    assert set(listed) == set(OPS), listed

@@ -1,4 +1,4 @@
-"""Searchable channel widths and dynamic channel allocation (DESIGN.md section 3).
+"""Searchable channel widths and dynamic channel allocation.
 
 A ``Width`` is a window of K candidate widths lo, lo+g, ..., lo+(K-1)g with
 one logit each.  Weights exist only for the window's top width.  Under op
@@ -44,7 +44,7 @@ class Width(nn.Module):
         self.name = name
         self.min, self.max = spec.min, spec.max
         self.dynamic = spec.dynamic and not fixed_range
-        if fixed_range:  # the conventional supernet: every width of min..max, weights for max
+        if fixed_range:  # the conventional supernet: min, min + step, ... up to max, weights for the top
             lo, count = spec.min, (spec.max - spec.min) // spec.step + 1
         else:
             lo, count = spec.init, spec.candidates

@@ -456,7 +456,7 @@ def stage_latency_ref(net: Supernet, cost_of, hard_ops) -> float:
 
 
 def make_optimizers(net: Supernet, cfg: SearchConfig):
-    """(SGD over the weights, Adam over the architecture parameters), as DESIGN section 3 says."""
+    """(SGD over the weights, Adam over the architecture parameters): the bilevel optimisation."""
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=cfg.weight_lr, momentum=cfg.weight_momentum,
                             weight_decay=cfg.weight_decay)
     a_opt = torch.optim.Adam(net.arch_parameters(), lr=cfg.arch_lr, betas=(0.5, 0.999),

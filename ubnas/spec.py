@@ -1,4 +1,4 @@
-"""The exported architecture spec: versioned YAML (DESIGN.md section 5).
+"""The exported architecture spec: versioned YAML (the README's "Architecture spec" section).
 
 A spec is everything ``ubnas.build.build_network`` needs to rebuild the
 searched network as a plain ``nn.Module``, plus free-form provenance::

@@ -1,4 +1,4 @@
-"""Fused mixed-edge kernels (DESIGN.md section 4): one dispatch, two backends.
+"""Fused mixed-edge kernels: one dispatch, two backends.
 
 ``mixed_edge(edge, x, probs, impl)`` computes ``MixedEdge.forward_eager`` with
 the linear branches fused (see ``fused``):
