@@ -26,8 +26,9 @@ def add_parser(sub):
         "epochs": "search epochs (staged: the first half searches ops, the second widths)",
         "batch_size": "images per weight and per architecture step (per process under torchrun)",
         "surrogate": "straight_through (exact cost forward, smooth gradient) | sigmoid (smooth staircase)",
-        "temperature": "width of the smooth ceiling's steps, in channels (--surrogate sigmoid, or the "
-                       "straight-through gradient under --width-cost soft)",
+        "temperature": "width of the smooth ceiling's steps, in GEMM elements: output channels, or input "
+                       "channels x k x k for a k x k conv (--surrogate sigmoid, or the straight-through "
+                       "gradient under --width-cost soft)",
         "hw_batch": "batch size the hardware cost is taken at",
         "width_cost": "expected (every candidate width) | soft (the expected width only)",
         "relaxation": "gumbel (Gumbel-softmax samples) | softmax",
