@@ -842,6 +842,13 @@ def test_realloc_every_where_no_window_moves_gets_a_note(tmp_path, capsys, monke
                 if says else "--realloc-every" not in out), (extra, out)
     assert main(["search", "--out", str(tmp_path / "r"), "--channels", "fixed"]) == 130   # not given: no note
     assert "--realloc-every" not in capsys.readouterr().out
+    still = yaml.safe_load((SPACE_DIR / "tiny.yaml").read_text())   # no window of this space may move
+    still["stem"]["channels"]["dynamic"] = False
+    still["channels"]["candidates"] = 1
+    (tmp_path / "still.yaml").write_text(yaml.safe_dump(still))
+    assert main(["search", "--out", str(tmp_path / "r"), "--realloc-every", "1", "--space",
+                 str(tmp_path / "still.yaml")]) == 130
+    assert f"no effect with the space {tmp_path / 'still.yaml'} (no width window moves)" in capsys.readouterr().out
 
 
 def test_beta_with_the_flops_cost_model_gets_a_note(tmp_path, capsys, monkeypatch):

@@ -73,6 +73,17 @@ def config_from_args(args) -> Tuple[SearchConfig, Dict[str, Any]]:
     return cfg, values
 
 
+def _space_has_a_moving_window(space: str) -> bool:
+    """Whether any width of ``space`` may move (dynamic, 2 or more candidates); True when the space
+    does not load here (run_search then says why)."""
+    from ..space import load_space
+    try:
+        loaded = load_space(space)
+    except ValueError:
+        return True
+    return any(ch.dynamic and ch.candidates > 1 for ch in [loaded.stem_channels] + [c.channels for c in loaded.cells])
+
+
 def run(args) -> int:
     cfg, values = config_from_args(args)
     # a --config file (a saved OUT/config.yaml, say) holds every option: only a flag or a value
@@ -102,10 +113,12 @@ def run(args) -> int:
             print("note: --temperature has no effect with --surrogate straight_through and --width-cost "
                   "expected (the exact ceilings forward, and no gradient reaches them); it shapes "
                   "--surrogate sigmoid, or the gradient under --width-cost soft")
-        if meant("realloc_every") and (cfg.channels == "fixed" or cfg.stage == "op"):   # no window ever moves
-            print(f"note: --realloc-every has no effect with "
-                  f"{'--channels fixed' if cfg.channels == 'fixed' else '--stage op'} (no width window moves); "
-                  f"it spaces the moves of --channels dynamic in a stage that searches widths")
+        if meant("realloc_every"):   # where no window ever moves
+            why = "--channels fixed" if cfg.channels == "fixed" else "--stage op" if cfg.stage == "op" else \
+                None if _space_has_a_moving_window(cfg.space) else f"the space {cfg.space}"
+            if why:
+                print(f"note: --realloc-every has no effect with {why} (no width window moves); it spaces the "
+                      f"moves of --channels dynamic windows of 2 or more candidates in a stage that searches widths")
         if meant("lambda_latency") and cfg.target_latency_us is not None:
             print("note: --target-latency-us replaces the --lambda-latency term (--beta-utilization still applies)")
     try:
