@@ -33,6 +33,7 @@ import numpy as np
 
 from .accelerator import Accelerator, Calibration, HardwareConfigError, save_accelerator
 from .exact import MODES, layer_cost, mode_arrays, mode_pes
+from .layers import GemmLayer
 from .references import ReferenceRow, ReferenceSet, layer_key, scalesim_version
 from .yamlio import drawn_by_ubnas, durable_replace, png_metadata
 
@@ -320,11 +321,16 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
             f"the fit puts {over_peak} of {len(train) + len(held)} rows above the array's peak (utilization "
             f"over 100 %: fewer cycles than MACs / {hold_model.pes} PEs); check the array size, clock and "
             f"unit of the reference")
-    elif fitted_cal.cycle_scale < 1 - 1e-9:   # these rows are fine; a busier layer would not be
-        fit_report["warnings"].append(
-            f"cycle_scale {fitted_cal.cycle_scale:.4g} < 1 (faster than the model's folds): a layer the "
-            f"uncalibrated model puts above {100 * fitted_cal.cycle_scale:.3g} % utilization, larger than "
-            f"these rows, can be predicted above the array's peak; check the array size and clock, or add large layers")
+    elif fitted_cal.cycle_scale < 1:   # these rows are fine: is a large layer, which keeps the array busier?
+        big = GemmLayer("large", 1 << 16, 8 * acc.array_rows, 8 * acc.array_cols)
+        busiest = layer_cost(big, fitted_acc.replace(
+            calibration=dataclasses.replace(fitted_cal, bandwidth_efficiency=1.0)), mode).utilization
+        if busiest > 1 + 1e-9:
+            fit_report["warnings"].append(
+                f"cycle_scale {fitted_cal.cycle_scale:.4g} < 1 (faster than the model's folds) puts a large layer "
+                f"(GEMM {big.m}/{big.k}/{big.n}) at {100 * busiest:.1f} % utilization, above the array's peak: "
+                f"these rows are smaller than the layers it will cost; check the array size and clock, or add "
+                f"large layers")
     for name, ref in (("reference", reference), ("holdout", holdout)):   # what the fit did not see
         if ref is not None and ref.skipped:
             fit_report[f"skipped_{name}_layers"] = list(ref.skipped)
@@ -367,7 +373,9 @@ def undetermined(jac, free: Sequence[str], at_bound: Sequence[bool] = ()) -> Tup
     live = [i for i, d in enumerate(dead) if not d and not bounded[i]]
     loose = []
     if len(live) > 1:
-        _, sv, vt = np.linalg.svd(jac[:, live] / norms[live], full_matrices=True)
+        # full V only when there are fewer rows than parameters (more null directions than sv shows);
+        # full_matrices=True always would also build a rows x rows U: 1.5 GiB for 14,000 rows
+        _, sv, vt = np.linalg.svd(jac[:, live] / norms[live], full_matrices=len(jac) < len(live))
         sv = np.concatenate([sv, np.zeros(len(vt) - len(sv))])   # fewer rows than parameters: more null
         null = vt[sv <= 1e-6 * sv[0]]   # every direction no row sees, not just the last (rank deficit >= 2)
         weight = np.linalg.norm(null, axis=0)   # how far each parameter moves along them
