@@ -241,7 +241,8 @@ def read_layer_table(path: Union[str, os.PathLike], default_batch: int = 1) -> L
         header.pop()
     for column in ALWAYS:
         if column not in header:
-            for line_no, values in comments:   # numpy.savetxt's '# name,kind,...', a '#' index column
+            data_first = not set(header) & set(COLUMNS)   # the first row read is data, not a header
+            for line_no, values in comments if data_first else ():   # numpy.savetxt's '# name,kind,...'
                 cells = {v.strip().lstrip("#").strip().lower() for v in values}
                 if set(ALWAYS) <= cells:
                     raise HardwareConfigError(

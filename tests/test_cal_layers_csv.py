@@ -114,6 +114,15 @@ def test_a_header_that_starts_with_a_hash_is_named_not_the_first_row(tmp_path, t
                                    f"comment")
 
 
+def test_a_header_with_a_typo_is_blamed_even_after_a_commented_column_list(tmp_path):
+    """The '#' hint is for a header read as a comment: a real header row with a misspelt column
+    is what the error names."""
+    path = _write(tmp_path, f"# {HEADER}\n{HEADER.replace('in_channels', 'in_channel')}\n{FC}\n")
+    assert _error(path).startswith(f"{path}:2: missing required column 'in_channels' in the header")
+    path = _write(tmp_path, f"# {HEADER}\n{HEADER.replace('kind,', '')}\n{FC.replace('linear,', '')}\n")
+    assert _error(path).startswith(f"{path}:2: missing required column 'kind' in the header")
+
+
 def test_blank_and_comment_lines_keep_their_numbers(tmp_path):
     # line 1 comment, 2 blank, 3 header, 4 whitespace only, 5 comment, 6 good, 7 bad
     path = _write(tmp_path, f"# layers\n\n{HEADER}\n   \n  # skipped\n{FC}\nfc2,linear,1,1,0,10,1,1,1,0,1,1,1\n")
