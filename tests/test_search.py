@@ -242,7 +242,7 @@ def test_malformed_space_names_file_and_key(tmp_path):
         ("channels", {"init": 8, "step": 8, "candidates": 2, "min": 16, "max": 64}, "'channels.init' 8 is below"),
         ("ops", [], "key 'ops' is empty"),   # was 'must list distinct ops'
         # one op: every edge keeps it at weight 1, and each node reads states 0 and 1, unsearched
-        ("ops", ["conv_3x3"], "key 'ops' lists one op, which leaves nothing to choose"),
+        ("ops", ["conv_3x3"], "key 'ops' lists one op: the search could choose neither ops nor edges"),
         ("stem", 3, "key 'stem' expected a mapping, got 3"),   # 'a dict'
         ("classifier", {"in_features": 8}, "this is an architecture spec (arch.yaml), not a search space"),
     ]
@@ -1350,3 +1350,11 @@ def test_the_readmes_search_space_example_loads_as_it_says(tmp_path):
     assert space.cells[0].channels.dynamic and space.cells[1].channels.min == 32
     listed = re.findall(r"`(\w+)`", section[section.index("The ops are"):section.index("with one op")])
     assert set(listed) == set(OPS), listed
+
+
+def test_a_search_config_takes_pathlib_paths(tmp_path):
+    """SearchConfig(space=Path(...)) ran before the type checks of 6d3ae04, which refused it."""
+    cfg = SearchConfig(space=SPACE_DIR / "tiny.yaml", hw=Path("uboost"), data_dir=tmp_path, out=tmp_path / "run")
+    cfg.validate()
+    assert (cfg.space, cfg.hw, cfg.data_dir, cfg.out) == (str(SPACE_DIR / "tiny.yaml"), "uboost", str(tmp_path),
+                                                          str(tmp_path / "run"))

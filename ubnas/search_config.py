@@ -3,6 +3,7 @@ and the reading of a --config file."""
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Optional
@@ -57,6 +58,9 @@ class SearchConfig:
 
     def __post_init__(self):
         self.data = dataset_name(self.data)   # the rest compares with 'cifar10': one spelling from here on
+        for key in ("space", "hw", "data_dir", "out"):   # a pathlib.Path from Python: the str the rest expects
+            if isinstance(getattr(self, key), os.PathLike):
+                setattr(self, key, os.fspath(getattr(self, key)))
 
     def validate(self, origin: str = "config") -> None:
         """One-line ValueError for a value that would break the search; ``origin`` is the --config
