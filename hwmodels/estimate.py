@@ -331,9 +331,11 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
     if isinstance(input_shape, torch.Tensor):
         raise ValueError(f"input_shape is a tensor of shape {tuple(input_shape.shape)}; {hint}")
     try:
-        shape = tuple(_whole(d, "input_shape") for d in input_shape)   # (3, 8.7, 8) was an 8x8 map
-    except (TypeError, ValueError):
+        shape = tuple(_whole(d, "each dimension") for d in input_shape)   # (3, 8.7, 8) was an 8x8 map
+    except TypeError:   # not a sequence
         raise ValueError(f"input_shape {input_shape!r}: {hint}") from None
+    except ValueError as exc:
+        raise ValueError(f"input_shape {input_shape!r}: {exc}; {hint}") from None
     if not shape or min(shape) < 1:
         raise ValueError(f"input shape must be positive dimensions, got {tuple(input_shape)}")
     if too_large_to_trace(shape, batch):

@@ -285,7 +285,8 @@ def test_a_fractional_or_boolean_size_is_refused_not_rounded():
     conv = torch.nn.Conv2d(3, 8, 3)
     for call, message in ((lambda: hwmodels.estimate(conv, (3, 8, 8), "uboost", batch=2.5),
                            "batch must be an integer, got 2.5"),
-                          (lambda: hwmodels.estimate(conv, (3, 8.7, 8), "uboost"), r"input_shape \(3, 8.7, 8\)"),
+                          (lambda: hwmodels.estimate(conv, (3, 8.7, 8), "uboost"),
+                           r"input_shape \(3, 8.7, 8\): each dimension must be an integer, got 8.7"),
                           (lambda: soft_linear(512, 10, batch=0), "batch must be >= 1, got 0"),
                           (lambda: soft_linear(512, 10, batch=2.5), "batch must be an integer, got 2.5"),
                           (lambda: hwmodels.ConvLayer("c", np.bool_(True), 8, 3, 8, 1, 1),
