@@ -1,4 +1,4 @@
-"""Tests for ubnas.kernels (DESIGN.md section 4).
+"""Tests for ubnas.kernels.
 
 (a) Triton kernels against float64 PyTorch references: on CPU through
     TRITON_INTERPRET=1 (set below, before triton is imported), compiled on CUDA

@@ -1,4 +1,4 @@
-"""The hard latency target bounds the network the search would export (DESIGN.md section 3).
+"""The hard latency target bounds the network the search would export.
 
 Supernet.derived_sample is costed against hwmodels.estimate on the network derive_spec builds;
 search.target_seconds has the derived value and the relaxed supernet's gradient, and the arch step's

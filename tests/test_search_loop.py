@@ -1,4 +1,4 @@
-"""The search loop's mechanics against independent references (DESIGN.md section 3).
+"""The search loop's mechanics against independent references.
 
 search_step: the weight step on the weight batch with its gradient clipped to grad_clip, the
 architecture step on the validation batch; enter_stage: widths fixed at the window top in the
