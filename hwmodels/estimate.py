@@ -39,7 +39,7 @@ import re
 import traceback
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .accelerator import Accelerator, as_accelerator
+from .accelerator import Accelerator
 from .exact import NetworkCost, network_cost
 from .layers import ConvLayer, Layer, LinearLayer, _whole
 
@@ -339,7 +339,7 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
     if not shape or min(shape) < 1:
         raise ValueError(f"input shape must be positive dimensions, got {tuple(input_shape)}")
     if too_large_to_trace(shape, batch):
-        raise ValueError(f"an input of batch {int(batch)} x {'x'.join(map(str, shape))} is too large to trace")
+        raise ValueError(f"an input of batch {batch} x {'x'.join(map(str, shape))} is too large to trace")
     try:   # the estimator feeds forward one tensor
         inspect.signature(module.forward).bind(None)
     except TypeError as exc:
@@ -383,7 +383,7 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
             if calls[path] > 1:
                 name = f"{name}#{calls[path]}"
             try:
-                traced.extend(_rename(list(fn(mod, inputs, output, int(batch))), name))
+                traced.extend(_rename(list(fn(mod, inputs, output, batch)), name))
             except RuntimeError as exc:   # a handler's bug, not the input's: keep it apart below
                 raise _HandlerFailed() from exc
             except ValueError as exc:     # a layer the module's settings make invalid: name the module
@@ -435,11 +435,11 @@ def trace_layers(module: "nn.Module", input_shape: Sequence[int], batch: int = 1
         def network_input(tokens: int = 0):
             """Floats in [0.5, 1.5), or with ``tokens`` int64 indices below it; on a meta device, shapes only."""
             if device.type == "meta":   # a batch of any size costs no memory
-                return torch.empty((int(batch),) + shape, device=device, dtype=torch.long if tokens else dtype)
+                return torch.empty((batch,) + shape, device=device, dtype=torch.long if tokens else dtype)
             gen = torch.Generator().manual_seed(0)
             if tokens:
-                return torch.randint(0, tokens, (int(batch),) + shape, generator=gen).to(device)
-            return (torch.rand((int(batch),) + shape, generator=gen) + 0.5).to(device=device, dtype=dtype)
+                return torch.randint(0, tokens, (batch,) + shape, generator=gen).to(device)
+            return (torch.rand((batch,) + shape, generator=gen) + 0.5).to(device=device, dtype=dtype)
 
         x = network_input()
         module.eval()
@@ -503,7 +503,7 @@ def estimate(module: "nn.Module", input_shape: Sequence[int], accelerator: "Acce
     accelerator: an ``Accelerator``, or a preset name or YAML path for ``load_accelerator``.
     mode: 'systolic' (fold timing, several arrays, memory bound) or 'uboost'.
     """
-    return network_cost(trace_layers(module, input_shape, batch), as_accelerator(accelerator), mode)
+    return network_cost(trace_layers(module, input_shape, batch), accelerator, mode)   # which loads a name
 
 
 # ``hwmodels.estimate`` is this function once the package is imported (it shadows
