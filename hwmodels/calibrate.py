@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .accelerator import Accelerator, Calibration, HardwareConfigError, save_accelerator
-from .exact import MODES, layer_cost, mode_arrays, mode_pes
+from .exact import MODES, above_peak, layer_cost, mode_arrays, mode_pes
 from .layers import GemmLayer
 from .references import ReferenceRow, ReferenceSet, layer_key, scalesim_version
 from .yamlio import drawn_by_ubnas, durable_replace, png_metadata
@@ -314,7 +314,7 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
     fit_report["unused_parameters"] = list(unused)
     fit_report["bounded_only"] = bounded
     fit_report["warnings"] = fit_warnings(fit_report, reference_over_model, loose)
-    over_peak = sum(int(np.sum(model.utilization(pred) > 1 + 1e-9))
+    over_peak = sum(int(np.sum(above_peak(model.utilization(pred))))
                     for model, pred in ((train_model, train_after), (hold_model, pred_after)))
     if over_peak:   # fewer cycles than MACs / PEs: no array of this size can be that fast
         fit_report["warnings"].append(
@@ -325,7 +325,7 @@ def calibrate(reference: ReferenceSet, acc: Accelerator, mode: str = "systolic",
         big = GemmLayer("large", 1 << 16, 8 * acc.array_rows, 8 * acc.array_cols)
         busiest = layer_cost(big, fitted_acc.replace(
             calibration=dataclasses.replace(fitted_cal, bandwidth_efficiency=1.0)), mode).utilization
-        if busiest > 1 + 1e-9:
+        if above_peak(busiest):
             fit_report["warnings"].append(
                 f"cycle_scale {fitted_cal.cycle_scale:.4g} < 1 (faster than the model's folds) puts a large layer "
                 f"(GEMM {big.m}/{big.k}/{big.n}) at {100 * busiest:.1f} % utilization, above the array's peak: "

@@ -53,6 +53,12 @@ def mode_arrays(acc: Accelerator, mode: str) -> int:
     return 1 if mode == "uboost" else acc.num_arrays
 
 
+def above_peak(utilization):
+    """Whether ``utilization`` (a number or a numpy array) exceeds 1 beyond float rounding: fewer
+    cycles than MACs / PEs, which no array does (a calibration's cycle_scale below 1 can predict it)."""
+    return utilization > 1 + 1e-9
+
+
 def mode_pes(acc: Accelerator, mode: str) -> int:
     """PEs a mode's utilization divides by: R * C * ``mode_arrays`` (one array's for 'uboost', all
     arrays' for 'systolic').  Unknown mode: ValueError."""

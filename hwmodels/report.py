@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Optional
 
-from .exact import LayerCost, NetworkCost
+from .exact import LayerCost, NetworkCost, above_peak
 
 LOSS_LABELS = {"partial_tiles": "partial tiles", "fill_drain": "fill/drain",
                "idle_arrays": "idle arrays", "memory_stall": "memory", "overhead": "overhead"}
@@ -21,7 +21,7 @@ LOSS_LABELS = {"partial_tiles": "partial tiles", "fill_drain": "fill/drain",
 def dominant_loss(cost: LayerCost) -> str:
     """Label of the largest share of idle PE-cycles, '-' when the array is never idle, 'above peak'
     when a calibration (cycle_scale < 1) predicts fewer cycles than MACs / PEs."""
-    if cost.utilization > 1 + 1e-9:   # negative idle time: no loss is the dominant one
+    if above_peak(cost.utilization):   # negative idle time: no loss is the dominant one
         return "above peak"
     if not cost.lost:
         return "-"
@@ -74,7 +74,7 @@ def format_table(net_cost: NetworkCost, batch: Optional[int] = None) -> str:
     out.append(f"total: latency {total['seconds'] * 1e6:.3f} us, utilization "
                f"{100 * total['utilization']:.2f} %, {total['macs']:,} MACs, "
                f"{total['cycles']:,.0f} cycles ({total['compute_cycles']:,.0f} compute)")
-    over = [c for c in net_cost.layers if c.utilization > 1 + 1e-9]
+    over = [c for c in net_cost.layers if above_peak(c.utilization)]
     if over:
         out.append(f"note: {len(over)} layer(s) above 100 % utilization (fewer cycles than MACs / PEs, which no "
                    f"array does): the calibration's cycle_scale {acc.calibration.cycle_scale:g} was fitted on "
