@@ -68,10 +68,7 @@ class Accelerator:
         if not isinstance(self.name, str):   # save_accelerator writes it, and load_accelerator wants a string
             raise HardwareConfigError(f"{origin}: key 'name' expected a string, got {short_repr(self.name)}")
         if isinstance(self.calibration, dict):   # Accelerator(..., calibration={"cycle_scale": 2})
-            unknown = sorted(set(self.calibration) - _CAL_FIELDS)
-            if unknown:
-                raise HardwareConfigError(f"{origin}: unknown key 'calibration.{unknown[0]}' (expected one of "
-                                          f"{', '.join(sorted(_CAL_FIELDS))})")
+            _refuse_unknown_calibration_keys(self.calibration, origin)
             object.__setattr__(self, "calibration", Calibration(**self.calibration))
         if not isinstance(self.calibration, Calibration):
             raise HardwareConfigError(f"{origin}: key 'calibration' expected a Calibration or a mapping, "
@@ -142,6 +139,14 @@ def validate(acc: Accelerator, origin: str = "<accelerator>") -> None:
             raise HardwareConfigError(f"{origin}: key 'calibration.{key}' must be >= 0, got {short_repr(getattr(cal, key))}")
 
 
+def _refuse_unknown_calibration_keys(cal: Dict[Any, Any], origin: str) -> None:
+    """HardwareConfigError naming the first key of the mapping ``cal`` that is no Calibration field."""
+    bad = sorted(set(cal) - _CAL_FIELDS, key=str)
+    if bad:
+        raise HardwareConfigError(
+            f"{origin}: unknown key 'calibration.{bad[0]}' (expected one of {', '.join(sorted(_CAL_FIELDS))})")
+
+
 _KIND_NAMES = {int: "integer", float: "number", str: "string"}
 MAX_EXACT_INT = 2 ** 53   # the largest count float arithmetic (the cost model's) holds exactly
 
@@ -191,10 +196,7 @@ def from_dict(data: Dict[str, Any], origin: str = "<dict>", name: Optional[str] 
         cal = {}
     if not isinstance(cal, dict):
         raise HardwareConfigError(f"{origin}: key 'calibration' expected a mapping, got {short_repr(cal)}")
-    bad = sorted(set(cal) - _CAL_FIELDS, key=str)
-    if bad:
-        raise HardwareConfigError(
-            f"{origin}: unknown key 'calibration.{bad[0]}' (expected one of {', '.join(sorted(_CAL_FIELDS))})")
+    _refuse_unknown_calibration_keys(cal, origin)
     kwargs["calibration"] = Calibration(**{k: _coerce(v, float, f"calibration.{k}", origin) for k, v in cal.items()})
     if data.get("name") is not None and not isinstance(data["name"], str):
         raise HardwareConfigError(f"{origin}: key 'name' expected a string, got {short_repr(data['name'])}")
