@@ -29,7 +29,7 @@ from typing import Dict, Iterable, List, Optional
 import torch
 import torch.nn.functional as F
 
-from hwmodels.accelerator import accelerator_location, mode_mismatch_note
+from hwmodels.accelerator import mode_mismatch_note
 from hwmodels.exact import MODES
 from hwmodels.estimate import too_large_to_trace
 from hwmodels.yamlio import atomic_write_text, dump_yaml
@@ -42,11 +42,11 @@ from .data import (MIN_TRAIN_BATCH, DataError, batch_count, batches, ignored_dat
 from .kernels import backend as kernel_backend
 from .runtime import (all_finite, damaged_checkpoint, error_detail, make_run_dir, pick_device, progress_bar,
                       recover_set_aside, refuse_if_locked, resume_note, run_lock, say, set_aside)
-from .search_config import STAGES, SearchConfig, config_from_yaml
+from .search_config import STAGES, SearchConfig, config_from_yaml, with_located_files
 from .search_resume import (Trajectory, placement_note, read_search_checkpoint, refuse_lost_checkpoint,
                             restarted_config, restore_search_state, resumed_config, run_definitions,
                             save_search_checkpoint)
-from .space import space_from_text, space_location
+from .space import space_from_text
 from .supernet import Supernet
 from .target_fit import fit_to_target
 
@@ -154,7 +154,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     if cfg.data_dir is not None:   # saved absolute: a --resume from another directory finds the data
         cfg = replace(cfg, data_dir=os.path.abspath(cfg.data_dir))
     if checkpoint is None:   # and the same space and accelerator files (a resume reads the saved definitions)
-        cfg = replace(cfg, space=space_location(cfg.space), hw=accelerator_location(cfg.hw))
+        cfg = with_located_files(cfg)
     rank, world = dist.world(cfg.device)
     if (checkpoint is not None and checkpoint.get("world_size", 1) != world and main
             and checkpoint["epoch"] < cfg.epochs):   # a finished run recomputes nothing

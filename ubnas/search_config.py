@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Dict, Optional
 
+from hwmodels.accelerator import accelerator_location
 from hwmodels.yamlio import number_text, read_yaml, short_repr
 
 from .cost import COST_MODELS, WIDTH_COSTS
 from .data import DATASETS, MIN_TRAIN_BATCH, dataset_name
 from .runtime import MAX_SEED, float32_finite
+from .space import space_location
 from .supernet import RELAXATIONS
 
 STAGES = ("staged", "joint", "op", "channel")
@@ -125,6 +127,20 @@ def _as_float(value) -> float:
         return float(value)
     except OverflowError:
         return math.inf
+
+
+def with_located_files(cfg: SearchConfig, missing_ok: bool = False) -> SearchConfig:
+    """``cfg`` with ``space`` and ``hw`` as a run saves them (``space_location``,
+    ``accelerator_location``): a shipped name stays a name, a file becomes its absolute path, so
+    another working directory reads the same file.  One not found from here is its SpaceError or
+    HardwareConfigError, or with ``missing_ok`` stays as given."""
+    for key, locate in (("space", space_location), ("hw", accelerator_location)):
+        try:
+            cfg = replace(cfg, **{key: locate(getattr(cfg, key))})
+        except ValueError:
+            if not missing_ok:
+                raise
+    return cfg
 
 
 def config_from_yaml(path: str) -> Dict[str, Any]:

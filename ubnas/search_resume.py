@@ -4,20 +4,20 @@ the space and accelerator definitions the run was started with (saved in the che
 files edited since do not change a resumed run)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 
 from hwmodels import load_accelerator
-from hwmodels.accelerator import accelerator_location, calibrated_mode, from_dict
+from hwmodels.accelerator import calibrated_mode, from_dict
 
 from .runtime import (aside_dir, atomic_torch_save, damaged_checkpoint, existing_checkpoint, ignored_flags,
                       ignored_on_resume, is_count, is_finite_number, options_given, restore_state, say,
                       trajectory_problems)
-from .search_config import SearchConfig, config_from_yaml
-from .space import read_space_text, space_location
+from .search_config import SearchConfig, config_from_yaml, with_located_files
+from .space import read_space_text
 
 # Options that say where and on what a run executes, not what it computes: --resume takes those
 # given on its command line (a GPU run resumes on a CPU, a data set that moved is found; the run
@@ -86,14 +86,10 @@ def resumed_config(cfg: SearchConfig, checkpoint: dict, given: Optional[Iterable
     here = {k: getattr(cfg, k) for k in PLACEMENT_KEYS if k == "out" or k in set_here}
     saved = SearchConfig(**{**checkpoint["config"], **here})
     trajectory = [f.name for f in fields(SearchConfig) if f.name not in PLACEMENT_KEYS]
-    # the saved space and hw files are absolute (search.py): a relative flag naming the same file is no change
-    given_as_saved = cfg
-    for key, locate in (("space", space_location), ("hw", accelerator_location)):
-        try:
-            given_as_saved = replace(given_as_saved, **{key: locate(getattr(cfg, key))})
-        except ValueError:   # not found from here: compared as given (and named, as it differs)
-            pass
-    changed = ignored_on_resume(given_as_saved, asdict(saved), SearchConfig(), trajectory, given)
+    # the saved space and hw files are located: a relative flag naming the same file is no change (one
+    # not found from here is compared as given, and named, as it differs)
+    changed = ignored_on_resume(with_located_files(cfg, missing_ok=True), asdict(saved), SearchConfig(),
+                                trajectory, given)
     if changed and main:
         say(f"note: resuming {ckpt_path} with its saved config; "
             f"ignored: {ignored_flags(changed, checkpoint['config'])}")
