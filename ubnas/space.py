@@ -148,7 +148,7 @@ def parse_space(data: Any, origin: str) -> SearchSpace:
         raise SpaceError(f"{origin}: key 'ops' must list distinct ops, got {ops}")
     if all(op == "none" for op in ops):   # a network of zero edges has nothing to search or train
         raise SpaceError(f"{origin}: key 'ops' needs an op other than 'none', got {ops}")
-    if len(ops) == 1:   # every edge is that op at weight 1: nothing to search, and the wiring is fixed
+    if len(ops) == 1:   # every edge is that op at weight 1: no op to choose, and the wiring is fixed
         raise SpaceError(f"{origin}: key 'ops' lists one op: the search could choose neither ops nor edges (a node "
                          f"sums all its input edges while searching, yet the export keeps its first two); add "
                          f"'none' ([{ops[0]}, none]), which lets it choose the edges")
