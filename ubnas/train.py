@@ -87,7 +87,7 @@ class TrainConfig:
             raise ValueError(f"--schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         for key in ("epochs", "batch_size"):   # type checked too: a hand-edited saved config's "2" passes int()
             value = getattr(self, key)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            if not (is_count(value) and value >= 1):
                 raise ValueError(f"--{key.replace('_', '-')}: expected a positive integer, got {value!r}")
         for key in ("lr", "momentum", "weight_decay", "label_smoothing", "grad_clip"):
             value = getattr(self, key)
