@@ -295,3 +295,23 @@ def test_a_checkpoint_with_one_reference_keeps_it_for_every_stage(tmp_path, monk
     run_search(cfg, resume=True, progress=False)
     assert [hard for hard, _, _ in seen] == [False] * 2 + [True] * 4
     assert all(ref == ckpt["latency_ref"] for _, ref, _ in seen)
+
+
+def test_a_resume_on_other_data_is_refused_and_an_older_checkpoint_is_not_checked(tmp_path):
+    """--data-dir may change on a resume (the data moved), the data may not: the search would go on
+    with other splits and step counts.  The checkpoint's data fingerprint is compared; one written
+    before fingerprints were saved resumes unchecked."""
+    from ubnas.data import DataError, load_dataset
+    cfg = _staged(tmp_path, "run")
+    run_search(cfg, progress=False, stop_after_epoch=1)
+    path = tmp_path / "run" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["data"] == load_dataset(cfg.data).fingerprint()
+    other = dict(ckpt, data={**ckpt["data"], "labels_sha256": "0" * 16})   # same sizes, other labels
+    torch.save(other, path)
+    with pytest.raises(DataError, match=r"checkpoint.pt was written on other data: 1438 training / 359 test "
+                                        r"images of 1x8x8 \(labels 0000000000000000\); digits now has 1438"):
+        run_search(cfg, resume=True, progress=False)
+    torch.save({k: v for k, v in ckpt.items() if k != "data"}, path)
+    result = run_search(cfg, resume=True, progress=False)
+    assert [row["epoch"] for row in result.history] == list(range(1, cfg.epochs + 1))

@@ -275,6 +275,45 @@ def test_resume_keeps_the_data_dir_and_accelerator_of_the_first_run(tmp_path, ca
     assert [row["epoch"] for row in metrics["history"]] == [1, 2]
 
 
+def _fake_cifar(root, seed, images=4):
+    """A CIFAR-10 directory in the python-pickle format: ``images`` random images per batch file."""
+    import pickle
+
+    import numpy as np
+
+    from ubnas.data import CIFAR_FILES
+    root.mkdir()
+    rng = np.random.default_rng(seed)
+    for name in CIFAR_FILES:
+        with open(root / name, "wb") as fh:
+            pickle.dump({b"labels": [int(v) for v in rng.integers(0, 10, images)],
+                         b"data": rng.integers(0, 256, (images, 3072), dtype=np.uint8)}, fh)
+    return root
+
+
+def test_resume_on_other_data_is_refused_and_on_a_moved_copy_goes_on(tmp_path, capsys):
+    """--data-dir may say where the data moved, not change it: a run resumed on another data set
+    kept the first one's schedule length (the lr rose again past its end) and mixed the two."""
+    import shutil
+    spec = write_spec(tmp_path / "arch.yaml", {"input_shape": [3, 32, 32]})
+    first, other = _fake_cifar(tmp_path / "first", seed=0), _fake_cifar(tmp_path / "other", seed=1, images=6)
+    out = tmp_path / "run"
+    train(TrainConfig(spec=str(spec), out=str(out), data="cifar10", data_dir=str(first), epochs=2,
+                      batch_size=8, device="cpu"), progress=False, stop_after_epoch=1)
+    before = (out / "checkpoint.pt").read_bytes()
+    assert main(["train", str(spec), "--out", str(out), "--resume", "--quiet", "--data-dir", str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "written on other data: 20 training / 4 test images of 3x32x32" in err, err
+    assert "cifar10 in " + str(other) + " now has 30 training / 6 test images" in err, err
+    assert len(err.splitlines()) == 1 and (out / "checkpoint.pt").read_bytes() == before
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved)
+    shutil.rmtree(first)
+    assert main(["train", str(spec), "--out", str(out), "--resume", "--quiet", "--data-dir", str(moved)]) == 0, \
+        capsys.readouterr().err
+    assert [row["epoch"] for row in json.loads((out / "metrics.json").read_text())["history"]] == [1, 2]
+
+
 def test_resume_from_another_directory_keeps_a_relative_accelerator_file(tmp_path, capsys, monkeypatch):
     """--hw my.yaml was saved as typed: a --resume from another directory failed ('no such preset or
     file'), or silently costed another my.yaml found there."""

@@ -12,6 +12,7 @@ and std of the training split; labels are (N,) int64. Nothing is downloaded.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from dataclasses import dataclass
@@ -59,6 +60,37 @@ class Dataset:
     def input_shape(self) -> tuple:
         """(C, H, W) of one image."""
         return tuple(self.train_x.shape[1:])
+
+    def fingerprint(self) -> dict:
+        """What a checkpoint records of the data it was trained on, for a resume to check: the split
+        sizes, the image shape and a hash of the labels in order (labels, not pixels: the normalised
+        pixels round differently with the thread count; another copy, subset or order of the images
+        changes the labels' sequence)."""
+        labels = hashlib.sha256()
+        for y in (self.train_y, self.test_y):
+            labels.update(y.to(torch.int64).cpu().numpy().tobytes())
+            labels.update(b"|")
+        return {"name": self.name, "train": len(self.train_y), "test": len(self.test_y),
+                "shape": list(self.input_shape), "labels_sha256": labels.hexdigest()[:16]}
+
+
+def refuse_other_data(saved: dict | None, data: Dataset, ckpt_path, data_dir: str | None) -> None:
+    """DataError when ``data`` is not the data set whose ``Dataset.fingerprint()`` a checkpoint saved
+    as ``saved`` (None: a checkpoint written before fingerprints were saved, not checked).  A resumed
+    run on other data would keep the step counts and schedules of the first and silently mix two."""
+    if saved is None:
+        return
+    now = data.fingerprint()
+    if now == saved:
+        return
+
+    def described(f):
+        shape = "x".join(map(str, f.get("shape", ())))
+        return f"{f.get('train')} training / {f.get('test')} test images of {shape} (labels {f.get('labels_sha256')})"
+
+    where = f" in {data_dir}" if data_dir is not None else ""
+    raise DataError(f"{ckpt_path} was written on other data: {described(saved)}; {data.name}{where} now has "
+                    f"{described(now)}. Resume with the data the run used, or start over without --resume")
 
 
 def _normalise(train_x: torch.Tensor, test_x: torch.Tensor):

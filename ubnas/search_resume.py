@@ -44,9 +44,11 @@ class Trajectory:
 
 def save_search_checkpoint(path: Path, cfg: SearchConfig, state: Trajectory, net, world: int,
                            defs: "RunDefinitions", w_opt, a_opt, data_gen: torch.Generator,
-                           gumbel_gen: torch.Generator, allocator, placement: Dict[str, str]) -> None:
+                           gumbel_gen: torch.Generator, allocator, placement: Dict[str, str],
+                           data_fingerprint: Dict[str, Any]) -> None:
     """Everything a resume needs to go on as if never stopped (atomically: a crash keeps the last one).
-    ``placement``: the device type and kernels the run executes with (see ``placement_note``)."""
+    ``placement``: the device type and kernels the run executes with (see ``placement_note``);
+    ``data_fingerprint``: ``Dataset.fingerprint()`` of the data searched on (a resume checks it)."""
     atomic_torch_save({
         "config": asdict(cfg), "placement": placement, "epoch": state.epoch, "arch_steps": state.arch_steps,
         "mu": state.mu, "latency_refs": state.latency_refs, "model": net.state_dict(), "world_size": world,
@@ -56,7 +58,7 @@ def save_search_checkpoint(path: Path, cfg: SearchConfig, state: Trajectory, net
         "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
         "data_gen": data_gen.get_state(), "gumbel_gen": gumbel_gen.get_state(),
         "alloc_gen": allocator.generator.get_state(), "torch_rng": torch.get_rng_state(),
-        "history": state.history, "realloc_log": allocator.log,
+        "history": state.history, "realloc_log": allocator.log, "data": data_fingerprint,
     }, path)
 
 

@@ -32,7 +32,7 @@ from hwmodels.yamlio import atomic_write_text
 
 from .build import build_network, exact_cost
 from .data import (DATASETS, MIN_TRAIN_BATCH, DataError, augment_crop_flip, batch_count, batches, crop_padding,
-                   dataset_name, ignored_data_dir_note, load_dataset)
+                   dataset_name, ignored_data_dir_note, load_dataset, refuse_other_data)
 from .distributed import launched_processes
 from .runtime import (MAX_SEED, all_finite, atomic_torch_save, damaged_checkpoint, error_detail, existing_checkpoint,
                       float32_finite, ignored_flags, ignored_on_resume, is_count, load_checkpoint, make_run_dir,
@@ -300,6 +300,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     if note:
         say(note)
     _check_data_fits(spec, data, cfg.data)
+    if ckpt is not None:   # --data-dir may move, not change: the schedule counts the run's images
+        refuse_other_data(ckpt.get("data"), data, ckpt_path, cfg.data_dir)
     augment = cfg.augment if cfg.augment is not None else cfg.data == "cifar10"
     pad = crop_padding(data.input_shape)
     if len(data.train_y) < min(MIN_TRAIN_BATCH, cfg.batch_size):   # a smaller last batch is dropped (BatchNorm)
@@ -390,6 +392,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
             "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": {"schedule": cfg.schedule, "step": step, "total_steps": total_steps},
             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
+            "data": data.fingerprint(),
         }, ckpt_path)
         last_good = epoch + 1
         if progress:
