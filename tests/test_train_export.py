@@ -510,7 +510,8 @@ def test_onnx_round_trip(trained, tmp_path, capsys):
     spec, run, result = trained
     file = tmp_path / "net.onnx"
     assert main(["export", str(spec), "--weights", str(run / "checkpoint.pt"), "--onnx", str(file)]) == 0
-    assert "max abs diff" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "max abs diff" in said.out and said.err == ""   # a finished run: no note, no warning
     session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
     x = torch.randn(5, 1, 8, 8)                      # another batch size than the export's
     model = result.model.eval()
@@ -518,6 +519,19 @@ def test_onnx_round_trip(trained, tmp_path, capsys):
         expected = model(x).numpy()
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     assert got.shape == (5, 10) and abs(got - expected).max() <= 1e-4
+
+
+def test_export_of_a_stopped_runs_weights_says_they_are_unfinished(tmp_path, capsys):
+    """Exporting what a stopped run left (epoch 1 of 3) wrote the file with no hint that the
+    weights are partly trained; an untrained export warns, this said nothing."""
+    pytest.importorskip("onnxscript")
+    spec, out = write_spec(tmp_path / "arch.yaml"), tmp_path / "run"
+    train(config(spec, out, epochs=3), progress=False, stop_after_epoch=1)
+    file = tmp_path / "net.onnx"
+    assert main(["export", str(spec), "--weights", str(out / "checkpoint.pt"), "--onnx", str(file), "--no-check"]) == 0
+    err = capsys.readouterr().err
+    assert err == (f"note: {out / 'checkpoint.pt'} holds epoch 1 of 3 (training unfinished; `ubnas train {spec} "
+                   f"--out {out} --resume` finishes it)\n"), err
 
 
 def test_the_onnx_check_scales_with_the_outputs_and_says_when_it_shows_little(trained, tmp_path, capsys):

@@ -38,11 +38,14 @@ RUN_FILES = ("arch.yaml", "checkpoint.pt", "metrics.json", "config.yaml", "searc
 
 def export_onnx(spec_path, onnx_path, weights: Optional[str] = None, check: bool = True,
                 opset: int = OPSET) -> Dict[str, Any]:
-    """Write ``onnx_path``; returns what was done (and the max abs difference if checked)."""
+    """Write ``onnx_path``; returns what was done (and the max abs difference if checked).
+    ``trained_epochs``: (epochs the checkpoint holds, epochs its run was set to), None without weights."""
     spec = load_spec(spec_path)
     model = build_network(spec)
+    trained_epochs = None
     if weights:
-        load_weights(model, weights, spec)
+        ckpt = load_weights(model, weights, spec)
+        trained_epochs = (ckpt.get("epoch"), ckpt.get("config", {}).get("epochs"))
     model.eval()
     try:
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
@@ -88,7 +91,7 @@ def export_onnx(spec_path, onnx_path, weights: Optional[str] = None, check: bool
             raise ValueError(f"--opset {opset}: torch's ONNX exporter could not convert this network "
                              f"to opset {opset} (it wrote {written}); try {OPSET}")
         result = _checked_against_torch(model, spec, tmp, check, onnx_path)   # a file that fails it is not kept
-        result.update(onnx=str(onnx_path), weights=weights, opset=opset)
+        result.update(onnx=str(onnx_path), weights=weights, opset=opset, trained_epochs=trained_epochs)
         durable_replace(tmp, onnx_path)
     finally:
         for log, level in zip(logs, levels):

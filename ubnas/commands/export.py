@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 
 def add_parser(sub):
@@ -34,6 +35,10 @@ def run(args) -> int:
         print(f"note: the outputs hardly change with the input (by {result['input_spread']:.2g} across the check's "
               f"batch, under 10x the tolerance; an untrained network's batch-norm statistics can shrink the "
               f"activations cell by cell), so the check shows little")
+    done, planned = result["trained_epochs"] or (None, None)
+    if isinstance(done, int) and isinstance(planned, int) and done < planned:   # a stopped run's weights
+        print(f"note: {args.weights} holds epoch {done} of {planned} (training unfinished; `ubnas train "
+              f"{args.spec} --out {Path(args.weights).parent} --resume` finishes it)", file=sys.stderr)
     if not result["weights"]:   # a valid file of an untrained network: easy to deploy by mistake
         print("warning: the exported network is untrained; pass --weights RUN/checkpoint.pt of `ubnas train`",
               file=sys.stderr)
