@@ -134,6 +134,23 @@ def test_report_finds_a_spec_moved_next_to_its_run(tmp_path, monkeypatch):
     assert loaded.latency_us == pytest.approx(metrics["hardware"]["latency_us"])
 
 
+def test_report_finds_a_spec_a_search_start_over_set_aside(tmp_path, monkeypatch):
+    """`ubnas search --out s1` again after training on s1/arch.yaml: the start-over moves that spec
+    to s1/previous and exports another network in its place.  The report said the spec was "edited
+    since" and dropped the per-layer costs, although the trained spec was still there."""
+    from ubnas.runtime import set_aside
+    from ubnas.search import FINISHED_MARKER, SET_ASIDE
+    (tmp_path / "work" / "s1").mkdir(parents=True)
+    run, metrics = train_tiny(tmp_path / "work", spec="s1/arch.yaml")
+    set_aside(tmp_path / "work" / "s1", SET_ASIDE, FINISHED_MARKER)   # what the start-over does first
+    (tmp_path / "work" / "s1" / "arch.yaml").write_text(yaml.safe_dump(WIDE))   # the new search's export
+    monkeypatch.chdir(tmp_path)
+    loaded = load_run(run)
+    assert loaded.spec_path == tmp_path / "work" / "s1" / "previous" / "arch.yaml"
+    assert loaded.cost is not None and loaded.latency_us == pytest.approx(metrics["hardware"]["latency_us"])
+    assert any("replaced by a search that started over" in n for n in loaded.notes), loaded.notes
+
+
 def test_report_finds_the_spec_of_a_run_trained_into_an_absolute_out(tmp_path, monkeypatch):
     """`ubnas train arch.yaml --out /abs/run`: the train directory cannot be told from the run
     directory, so the spec is found by the absolute path metrics.json records."""

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 from hwmodels.yamlio import short_repr
 
-from .runtime import is_count, is_finite_number
+from .runtime import INTERRUPTED, PREVIOUS, is_count, is_finite_number
 
 
 def _expect(ok: bool, origin: Path, key: str, what: str, value: Any) -> None:
@@ -118,7 +118,9 @@ def trained_spec(metrics: Dict[str, Any], run_dir: Path, config: Dict[str, Any],
         return None, None
     mismatch = None
     candidates = _spec_candidates(spec_file, run_dir, config, metrics.get("spec_abspath"))
-    for candidate in candidates:
+    # a search started over in the spec's directory set the spec it had exported aside there
+    set_aside = [c.parent / kept / c.name for c in candidates for kept in (PREVIOUS, INTERRUPTED)]
+    for candidate in candidates + set_aside:
         if not candidate.is_file():
             continue
         try:
@@ -127,6 +129,9 @@ def trained_spec(metrics: Dict[str, Any], run_dir: Path, config: Dict[str, Any],
             mismatch = mismatch or f"spec {candidate} no longer loads ({exc})"
             continue
         if spec.arch_hash() == want:
+            if candidate in set_aside:
+                notes.append(f"spec {spec_file} was replaced by a search that started over there; the trained "
+                             f"network's spec is {candidate}")
             return candidate, spec
         mismatch = mismatch or (f"spec {candidate} is not the network this run trained (architecture "
                                 f"hash {spec.arch_hash()}, metrics.json records {want}: edited since?)")
