@@ -827,6 +827,15 @@ def test_dual_lr_without_a_target_gets_a_note(tmp_path, capsys, monkeypatch):
         assert main(["search", "--out", str(tmp_path / "r"), *extra]) == 130
         assert ("--dual-lr steps the multiplier of --target-latency-us; without a target it has no effect"
                 in capsys.readouterr().out) == says, extra
+    # --resume where there is nothing to resume starts a new run with these options: the note too;
+    # a run that resumes does so with its saved options, and no note on this command line's
+    note = "--dual-lr steps the multiplier of --target-latency-us"
+    assert main(["search", "--out", str(tmp_path / "r"), "--resume", "--dual-lr", "3"]) == 130
+    assert note in capsys.readouterr().out
+    (tmp_path / "r").mkdir()
+    saved.rename(tmp_path / "r" / "config.yaml")
+    assert main(["search", "--out", str(tmp_path / "r"), "--resume", "--dual-lr", "3"]) == 130
+    assert note not in capsys.readouterr().out
 
 
 def test_realloc_every_where_no_window_moves_gets_a_note(tmp_path, capsys, monkeypatch):

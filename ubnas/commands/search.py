@@ -1,6 +1,7 @@
 """``ubnas search``: run a hardware-aware search; every option also a --config YAML key."""
 import argparse
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, Dict, Tuple
 
 from .. import distributed
@@ -92,7 +93,11 @@ def run(args) -> int:
 
     def meant(name: str) -> bool:
         return name in vars(args) or getattr(cfg, name) != getattr(defaults, name)
-    if not args.resume and distributed.rank() == 0:
+    # notes on this command line's options: not for a run that resumes with its saved ones (a
+    # checkpoint, or the config.yaml of a run stopped before its first); --resume on an empty OUT
+    # (a scheduler's restartable job) starts a new run with them
+    saved = args.resume and any((Path(cfg.out) / name).is_file() for name in ("checkpoint.pt", "config.yaml"))
+    if not saved and distributed.rank() == 0:
         if meant("dual_lr") and cfg.target_latency_us is None:
             print("note: --dual-lr steps the multiplier of --target-latency-us; without a target it has no effect")
         if cfg.target_latency_us is not None and cfg.dual_lr == 0:   # mu stays 0: latency never enters the loss
