@@ -40,6 +40,20 @@ def test_torchrun_two_ranks_stay_in_sync(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["arch.yaml", "checkpoint.pt", "config.yaml", "search_log.csv"]
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["realloc_log"], "the run should have moved at least one window (decided on rank 0)"
+    # --resume of the finished run through the Python API: rank 0 alone returns the spec, as for a
+    # new run (every rank returned it)
+    script = tmp_path / "resume.py"
+    script.write_text("import sys\nfrom ubnas import distributed\nfrom ubnas.search import SearchConfig, run_search\n"
+                      "result = run_search(SearchConfig(out=sys.argv[1], device='cpu'), resume=True, progress=False)\n"
+                      "print('rank', distributed.rank(), 'spec', result.spec_path, flush=True)\n"
+                      "distributed.shutdown()\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(script), str(out)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # a script's dir, not cwd, is on sys.path
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(line for line in result.stdout.splitlines() if line.startswith("rank")) == [
+        f"rank 0 spec {out / 'arch.yaml'}", "rank 1 spec None"], result.stdout
 
 
 def _mean_worker(rank, port, path):

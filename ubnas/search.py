@@ -308,7 +308,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     if finished_before and dist.broadcast_object(exported.is_file() if main else None):
         if main:
             say(f"note: the run had already finished; {exported} is kept as it is (delete it to export again)")
-        return SearchResult(out, state.history, exported, allocator.log, cfg)
+        return SearchResult(out, state.history, exported if main else None, allocator.log, cfg)
     _export_widths(cfg, net, main)
     if check_sync:
         _say(f"sync check: weights and architecture parameters identical on {world} ranks after each of "
