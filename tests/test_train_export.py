@@ -291,6 +291,19 @@ def _fake_cifar(root, seed, images=4):
     return root
 
 
+def test_the_quiet_summary_names_the_accelerator_and_batch_of_its_latency(tmp_path, capsys):
+    """--quiet printed 'latency 10.69 us' for a spec searched at batch 4: a batch's latency, read as
+    one image's; the line without --quiet said 'on uboost at batch 4'."""
+    spec = write_spec(tmp_path / "arch.yaml", {"provenance/hw_batch": 4})
+    out = tmp_path / "run"
+    assert main(["train", str(spec), "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    hw = json.loads((out / "metrics.json").read_text())["hardware"]
+    assert hw["batch"] == 4
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"{hw['latency_us']:.2f} us at {100 * hw['utilization']:.2f} % utilization on edge_32x32 at batch 4; " \
+           f"wrote {out / 'metrics.json'}" in last, last
+
+
 def test_resume_on_other_data_is_refused_and_on_a_moved_copy_goes_on(tmp_path, capsys):
     """--data-dir may say where the data moved, not change it: a run resumed on another data set
     kept the first one's schedule length (the lr rose again past its end) and mixed the two."""

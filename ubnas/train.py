@@ -418,13 +418,18 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     }
     atomic_write_text(out / METRICS, json.dumps(_jsonable(metrics), indent=1) + "\n")
     if progress:
-        hw = metrics["hardware"]
         from tqdm import tqdm
-        tqdm.write(f"test accuracy {test_acc:.4f}; {metrics['params']:,} parameters, {hw['macs']:,} MACs, "
-                   f"{hw['latency_us']:.2f} us at {100 * hw['utilization']:.2f} % utilization on "
-                   f"{hw['accelerator']}" + (f" at batch {hw['batch']}" if hw["batch"] != 1 else "")
-                   + f"; wrote {out / METRICS}")
+        tqdm.write(summary_line(metrics, out / METRICS))
     return TrainResult(out, metrics, history, model)
+
+
+def summary_line(metrics: Dict[str, Any], path: Path) -> str:
+    """The line a finished run ends with (with and without --quiet): accuracy, size and the
+    hardware cost, with its accelerator and batch (a latency at batch 4 is not one image's)."""
+    hw = metrics["hardware"]
+    return (f"test accuracy {metrics['test_acc']:.4f}; {metrics['params']:,} parameters, {hw['macs']:,} MACs, "
+            f"{hw['latency_us']:.2f} us at {100 * hw['utilization']:.2f} % utilization on {hw['accelerator']}"
+            + (f" at batch {hw['batch']}" if hw["batch"] != 1 else "") + f"; wrote {path}")
 
 
 def _resumed_config(cfg: TrainConfig, ckpt: dict, ckpt_path: Path, given: Optional[Iterable[str]]) -> TrainConfig:

@@ -44,15 +44,13 @@ def run(args) -> int:
     from dataclasses import fields
 
     from ubnas.runtime import expand_home
-    from ubnas.train import AUGMENT_FLAG, TrainConfig, train
+    from ubnas.train import AUGMENT_FLAG, METRICS, TrainConfig, summary_line, train
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     if "augment" in given:
         given["augment"] = {flag: value for value, flag in AUGMENT_FLAG.items()}[given["augment"]]
     cfg = TrainConfig(**expand_home(given, ("spec", "out", "data_dir", "hw")))
     quiet = getattr(args, "quiet", False)
     result = train(cfg, resume=getattr(args, "resume", False), progress=not quiet, given=set(given))
-    if quiet:
-        m = result.metrics
-        print(f"test accuracy {m['test_acc']:.4f}, latency {m['hardware']['latency_us']:.2f} us, "
-              f"utilization {100 * m['hardware']['utilization']:.2f} % ({result.out_dir / 'metrics.json'})")
+    if quiet:   # the one line the run ends with
+        print(summary_line(result.metrics, result.out_dir / METRICS))
     return 0
