@@ -55,6 +55,9 @@ def test_tools_refuse_an_unknown_gpu_arch_and_a_batch_past_memory():
     # under the interpreter (a shell left from the kernel tests) every kernel failed with an AttributeError
     done = _tool("compile_kernels.py", env={**compiling, "TRITON_INTERPRET": "1"})
     assert done.returncode == 2 and "unset TRITON_INTERPRET" in done.stderr, done.stderr[-2000:]
+    # read as Triton reads it: "false" is off, and the tool goes on to check --arch
+    done = _tool("compile_kernels.py", "--arch", "7", env={**compiling, "TRITON_INTERPRET": "false"})
+    assert done.returncode == 2 and "--arch 7: not a compute capability" in done.stderr, done.stderr[-2000:]
     done = _tool("count_step_ops.py", "--batch", "99999999")
     assert done.returncode == 2 and "--batch must be in [1, 64]" in done.stderr, done.stderr[-2000:]
 

@@ -229,7 +229,8 @@ def main(argv=None):
               f"stage {args.stage}  cudnn.allow_tf32={torch.backends.cudnn.allow_tf32} "
               f"cudnn.benchmark={torch.backends.cudnn.benchmark}", flush=True)
     else:
-        print(f"no CUDA: fused = PyTorch reference backend vs eager on CPU, small batch, no memory figures; "
+        print(f"no CUDA: fused = {kernels.backend('auto', device).__name__} vs eager on CPU, small batch, "
+              f"no memory figures; "
               f"stage {args.stage}", flush=True)
     print(kernels.setup_line(device), flush=True)
     rows, interrupted = [], False

@@ -18,7 +18,9 @@ import subprocess
 import sys
 import tempfile
 
-if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):   # the kernels' configs are then the interpreter's
+from ubnas.kernels import triton_interpreter   # imports no Triton yet
+
+if triton_interpreter():   # the kernels' configs are then the interpreter's
     print("compile_kernels.py: unset TRITON_INTERPRET; it compiles for the GPU, which the interpreter does not",
           file=sys.stderr)
     sys.exit(2)

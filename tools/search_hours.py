@@ -41,6 +41,7 @@ import torch
 from hwmodels import load_accelerator
 from ubnas import kernels
 from ubnas.data import DATASETS, load_dataset
+from ubnas.runtime import pick_device
 from ubnas.search import SearchConfig, op_stage_epochs, run_search
 from ubnas.space import load_space
 
@@ -117,8 +118,10 @@ def main(argv=None) -> int:
     except ValueError as exc:
         ap.error(str(exc))
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        ap.error(f"--device {args.device}: this torch sees no CUDA device")
+    try:   # as ubnas search picks it: no GPU, or cuda:N past the last one, is one line here
+        pick_device(args.device)
+    except ValueError as exc:
+        ap.error(str(exc))
     try:
         load_space(args.space)
         load_accelerator(args.hw)
@@ -137,7 +140,8 @@ def main(argv=None) -> int:
     op_epochs = op_stage_epochs(full)
     channel_epochs = args.epochs - op_epochs
     steps_per_epoch = math.ceil(args.train_images / args.batch_size)
-    where = torch.cuda.get_device_name(args.device) if cuda else "CPU (auto = PyTorch reference kernels)"
+    where = (torch.cuda.get_device_name(args.device) if cuda
+             else f"CPU (auto = {kernels.backend('auto', torch.device('cpu')).__name__})")
     print(f"device: {where}  torch {torch.__version__}  space {args.space}  hw {args.hw}  data {args.data}  "
           f"batch {args.batch_size}  <= {args.steps} steps/epoch measured  {torch.get_num_threads()} CPU threads",
           flush=True)
