@@ -1335,7 +1335,7 @@ def test_resuming_with_the_same_relative_space_and_hw_files_names_nothing_ignore
     shutil.copy(SPACE_DIR / "tiny.yaml", "sp.yaml")
     for name in ("acc.yaml", "other.yaml"):
         shutil.copy(Path(hwmodels.__file__).parent / "presets" / "edge_16x16.yaml", name)
-    for out in ("run", "run2"):
+    for out in ("run", "run2", "run3"):
         run_search(_small(tmp_path, out, epochs=2, space="sp.yaml", hw="acc.yaml"), progress=False,
                    stop_after_epoch=1)
     capsys.readouterr()
@@ -1343,6 +1343,11 @@ def test_resuming_with_the_same_relative_space_and_hw_files_names_nothing_ignore
     assert "ignored" not in capsys.readouterr().out
     assert main(["search", "--space", "sp.yaml", "--hw", "other.yaml", "--out", "run2", "--quiet", "--resume"]) == 0
     assert f"ignored: --hw (kept: {tmp_path / 'acc.yaml'})" in capsys.readouterr().out
+    # the same files through a symlinked directory: other absolute paths, the same files
+    (tmp_path / "link").symlink_to(tmp_path, target_is_directory=True)
+    assert main(["search", "--space", str(tmp_path / "link" / "sp.yaml"), "--hw", str(tmp_path / "link" / "acc.yaml"),
+                 "--out", "run3", "--quiet", "--resume"]) == 0
+    assert "ignored" not in capsys.readouterr().out
 
 
 def test_the_readmes_search_space_example_loads_as_it_says(tmp_path):

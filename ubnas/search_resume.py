@@ -4,7 +4,8 @@ the space and accelerator definitions the run was started with (saved in the che
 files edited since do not change a resumed run)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -90,12 +91,25 @@ def resumed_config(cfg: SearchConfig, checkpoint: dict, given: Optional[Iterable
     trajectory = [f.name for f in fields(SearchConfig) if f.name not in PLACEMENT_KEYS]
     # the saved space and hw files are located: a relative flag naming the same file is no change (one
     # not found from here is compared as given, and named, as it differs)
-    changed = ignored_on_resume(with_located_files(cfg, missing_ok=True), asdict(saved), SearchConfig(),
-                                trajectory, given)
+    changed = ignored_on_resume(_as_saved_if_same_file(with_located_files(cfg, missing_ok=True), saved),
+                                asdict(saved), SearchConfig(), trajectory, given)
     if changed and main:
         say(f"note: resuming {ckpt_path} with its saved config; "
             f"ignored: {ignored_flags(changed, checkpoint['config'])}")
     return saved
+
+
+def _as_saved_if_same_file(cfg: SearchConfig, saved: SearchConfig) -> SearchConfig:
+    """``cfg`` with the saved ``space`` / ``hw`` path where it names the same file another way (a
+    symlinked directory: the absolute paths differ as strings)."""
+    for key in ("space", "hw"):
+        here, there = getattr(cfg, key), getattr(saved, key)
+        try:
+            if here != there and os.path.samefile(here, there):
+                cfg = replace(cfg, **{key: there})
+        except (OSError, TypeError, ValueError):   # a shipped name, a file gone: compared as given
+            pass
+    return cfg
 
 
 def placement_note(checkpoint: dict, placement: Dict[str, str], ckpt_path: Path) -> Optional[str]:
