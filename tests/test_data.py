@@ -289,6 +289,7 @@ def test_a_damaged_data_fingerprint_is_a_data_error_naming_it():
     data = D.load_dataset("digits")
     D.refuse_other_data(None, data, "run/checkpoint.pt", None)   # older checkpoints: not checked
     D.refuse_other_data(data.fingerprint(), data, "run/checkpoint.pt", None)
-    for damaged, said in (("abc", "str abc"), ([1], "list [1]"), ({"train": 3}, "3 training / None test")):
+    for damaged, said in (("abc", "str abc"), ([1], "list [1]"), ({"train": 3}, "3 training / None test"),
+                          ({"shape": None}, "None training / None test images of None")):
         with pytest.raises(D.DataError, match=rf"run/checkpoint.pt was written on other data: {re.escape(said)}"):
             D.refuse_other_data(damaged, data, "run/checkpoint.pt", None)

@@ -33,6 +33,10 @@ def test_search_hours_checks_device_and_seed_as_search_does():
         done = _tool("search_hours.py", "--space", "tiny", "--data", "digits", *flags)
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
         assert message in done.stderr, done.stderr
+    # 'auto', which the device message suggests, was never resolved: torch.device('auto') raised
+    done = _tool("search_hours.py", "--device", "auto", "--space", "tiny", "--data", "digits", "--batch-size", "16",
+                 "--steps", "1", "--impls", "eager")
+    assert done.returncode == 0 and "device: CPU" in done.stdout, done.stderr[-2000:]
 
 
 def test_op_stage_epochs_counts_the_op_epochs_of_stage_at():

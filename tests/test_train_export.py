@@ -545,6 +545,14 @@ def test_export_of_a_stopped_runs_weights_says_they_are_unfinished(tmp_path, cap
     err = capsys.readouterr().err
     assert err == (f"note: {out / 'checkpoint.pt'} holds epoch 1 of 3 (training unfinished; `ubnas train {spec} "
                    f"--out {out} --resume` finishes it)\n"), err
+    # a copy under another name: its directory is no run to resume; a config that is no mapping exports
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    torch.save(ckpt, tmp_path / "best.pt")
+    torch.save({**ckpt, "config": None}, tmp_path / "damaged.pt")
+    assert main(["export", str(spec), "--weights", str(tmp_path / "best.pt"), "--onnx", str(file), "--no-check"]) == 0
+    assert capsys.readouterr().err == (f"note: {tmp_path / 'best.pt'} holds epoch 1 of 3 (training unfinished; "
+                                       f"--resume of the run directory that wrote it finishes it)\n")
+    assert main(["export", str(spec), "--weights", str(tmp_path / "damaged.pt"), "--onnx", str(file), "--no-check"]) == 0
 
 
 def test_the_onnx_check_scales_with_the_outputs_and_says_when_it_shows_little(trained, tmp_path, capsys):

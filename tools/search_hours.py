@@ -117,9 +117,8 @@ def main(argv=None) -> int:
                      device=args.device or "auto").validate("command line")
     except ValueError as exc:
         ap.error(str(exc))
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:   # as ubnas search picks it: no GPU, or cuda:N past the last one, is one line here
-        pick_device(args.device)
+    try:   # as ubnas search picks it ('auto' resolved): no GPU, or cuda:N past the last one, is one line here
+        args.device = str(pick_device(args.device or "auto"))
     except ValueError as exc:
         ap.error(str(exc))
     try:

@@ -87,7 +87,8 @@ def refuse_other_data(saved: dict | None, data: Dataset, ckpt_path, data_dir: st
     def described(f):
         if not isinstance(f, dict):   # a damaged checkpoint: say what it holds
             return f"{type(f).__name__} {str(f)[:60]}"
-        shape = "x".join(map(str, f.get("shape", ())))
+        shape = f.get("shape", ())
+        shape = "x".join(map(str, shape)) if isinstance(shape, (list, tuple)) else repr(shape)
         return f"{f.get('train')} training / {f.get('test')} test images of {shape} (labels {f.get('labels_sha256')})"
 
     where = f" in {data_dir}" if data_dir is not None else ""

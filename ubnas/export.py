@@ -45,7 +45,8 @@ def export_onnx(spec_path, onnx_path, weights: Optional[str] = None, check: bool
     trained_epochs = None
     if weights:
         ckpt = load_weights(model, weights, spec)
-        trained_epochs = (ckpt.get("epoch"), ckpt.get("config", {}).get("epochs"))
+        config = ckpt.get("config")
+        trained_epochs = (ckpt.get("epoch"), config.get("epochs") if isinstance(config, dict) else None)
     model.eval()
     try:
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)

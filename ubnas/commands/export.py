@@ -20,6 +20,7 @@ def add_parser(sub):
 
 def run(args) -> int:
     from ubnas.export import export_onnx
+    from ubnas.train import CHECKPOINT
     result = export_onnx(args.spec, args.onnx, weights=args.weights, check=not args.no_check,
                          opset=args.opset)
     weights = f"weights {result['weights']}" if result["weights"] else "random weights (no --weights)"
@@ -37,8 +38,10 @@ def run(args) -> int:
               f"activations cell by cell), so the check shows little")
     done, planned = result["trained_epochs"] or (None, None)
     if isinstance(done, int) and isinstance(planned, int) and done < planned:   # a stopped run's weights
-        print(f"note: {args.weights} holds epoch {done} of {planned} (training unfinished; `ubnas train "
-              f"{args.spec} --out {Path(args.weights).parent} --resume` finishes it)", file=sys.stderr)
+        weights = Path(args.weights)
+        how = (f"`ubnas train {args.spec} --out {weights.parent} --resume` finishes it"
+               if weights.name == CHECKPOINT else "--resume of the run directory that wrote it finishes it")
+        print(f"note: {args.weights} holds epoch {done} of {planned} (training unfinished; {how})", file=sys.stderr)
     if not result["weights"]:   # a valid file of an untrained network: easy to deploy by mistake
         print("warning: the exported network is untrained; pass --weights RUN/checkpoint.pt of `ubnas train`",
               file=sys.stderr)

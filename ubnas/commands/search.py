@@ -93,9 +93,10 @@ def run(args) -> int:
 
     def meant(name: str) -> bool:
         return name in vars(args) or getattr(cfg, name) != getattr(defaults, name)
-    # notes on this command line's options: not for a run that resumes with its saved ones (a
-    # checkpoint, or the config.yaml of a run stopped before its first); --resume on an empty OUT
-    # (a scheduler's restartable job) starts a new run with them
+    # notes on this command line's options: --resume on an empty OUT (a scheduler's restartable job)
+    # starts a new run with them.  Not where a checkpoint's options rule, nor on a restart from the
+    # config.yaml of a run stopped before its first checkpoint: its saved options merge with these
+    # flags in run_search, and notes judged on the flags alone could be wrong (a saved target)
     saved = args.resume and any((Path(cfg.out) / name).is_file() for name in ("checkpoint.pt", "config.yaml"))
     if not saved and distributed.rank() == 0:
         if meant("dual_lr") and cfg.target_latency_us is None:
