@@ -230,8 +230,7 @@ def main(argv=None):
               f"cudnn.benchmark={torch.backends.cudnn.benchmark}", flush=True)
     else:
         print(f"no CUDA: fused = {kernels.backend('auto', device).__name__} vs eager on CPU, small batch, "
-              f"no memory figures; "
-              f"stage {args.stage}", flush=True)
+              f"no memory figures; stage {args.stage}", flush=True)
     print(kernels.setup_line(device), flush=True)
     rows, interrupted = [], False
     try:
