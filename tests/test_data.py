@@ -287,9 +287,9 @@ def test_a_data_set_named_in_capitals_is_the_same_data_set_everywhere():
 def test_a_damaged_data_fingerprint_is_a_data_error_naming_it():
     """A checkpoint's 'data' that is no fingerprint dict (hand-edited, damaged) is refused in one line."""
     data = D.load_dataset("digits")
-    D.refuse_other_data(None, data, "run/checkpoint.pt", None)   # older checkpoints: not checked
-    D.refuse_other_data(data.fingerprint(), data, "run/checkpoint.pt", None)
+    D.refuse_other_data(None, data.fingerprint(), "run/checkpoint.pt", None)   # older checkpoints: not checked
+    D.refuse_other_data(data.fingerprint(), data.fingerprint(), "run/checkpoint.pt", None)
     for damaged, said in (("abc", "str abc"), ([1], "list [1]"), ({"train": 3}, "3 training / None test"),
                           ({"shape": None}, "None training / None test images of None")):
         with pytest.raises(D.DataError, match=rf"run/checkpoint.pt was written on other data: {re.escape(said)}"):
-            D.refuse_other_data(damaged, data, "run/checkpoint.pt", None)
+            D.refuse_other_data(damaged, data.fingerprint(), "run/checkpoint.pt", None)

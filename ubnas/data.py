@@ -74,14 +74,12 @@ class Dataset:
                 "shape": list(self.input_shape), "labels_sha256": labels.hexdigest()[:16]}
 
 
-def refuse_other_data(saved: dict | None, data: Dataset, ckpt_path, data_dir: str | None) -> None:
-    """DataError when ``data`` is not the data set whose ``Dataset.fingerprint()`` a checkpoint saved
-    as ``saved`` (None: a checkpoint written before fingerprints were saved, not checked).  A resumed
-    run on other data would keep the step counts and schedules of the first and silently mix two."""
-    if saved is None:
-        return
-    now = data.fingerprint()
-    if now == saved:
+def refuse_other_data(saved: dict | None, now: dict, ckpt_path, data_dir: str | None) -> None:
+    """DataError when ``now`` (``Dataset.fingerprint()`` of the data loaded) is not the fingerprint a
+    checkpoint saved as ``saved`` (None: a checkpoint written before fingerprints were saved, not
+    checked).  A resumed run on other data would keep the step counts and schedules of the first and
+    silently mix two."""
+    if saved is None or now == saved:
         return
 
     def described(f):
@@ -92,7 +90,7 @@ def refuse_other_data(saved: dict | None, data: Dataset, ckpt_path, data_dir: st
         return f"{f.get('train')} training / {f.get('test')} test images of {shape} (labels {f.get('labels_sha256')})"
 
     where = f" in {data_dir}" if data_dir is not None else ""
-    raise DataError(f"{ckpt_path} was written on other data: {described(saved)}; {data.name}{where} now has "
+    raise DataError(f"{ckpt_path} was written on other data: {described(saved)}; {now['name']}{where} now has "
                     f"{described(now)}. Resume with the data the run used, or start over without --resume")
 
 

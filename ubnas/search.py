@@ -167,8 +167,9 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
     # ---- data, model, hardware ------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     data, (xw, yw), (xa, ya) = _search_data(cfg, rank, world, device, main)
+    fingerprint = data.fingerprint()   # what each checkpoint records of the data
     if checkpoint is not None:   # --data-dir may move, not change: the splits and step counts are the run's
-        refuse_other_data(checkpoint.get("data"), data, ckpt_path, cfg.data_dir)
+        refuse_other_data(checkpoint.get("data"), fingerprint, ckpt_path, cfg.data_dir)
     defs = run_definitions(cfg, checkpoint, ckpt_path, main)
     acc = defs.accelerator
     mismatch = mode_mismatch_note(cfg.hw, cfg.cost_model, defs.fit_mode) if cfg.cost_model in MODES else None
@@ -293,7 +294,7 @@ def _run_search(cfg: SearchConfig, resume: bool, progress: bool, stop_after_epoc
                             f"after epoch {epoch + 1}/{cfg.epochs}", ckpt_path, epoch, tau, state.mu, cfg)
         def save_epoch():   # the checkpoint first: a log never lists an epoch that no checkpoint holds
             save_search_checkpoint(ckpt_path, cfg, state, net, world, defs, w_opt, a_opt, data_gen, gumbel_gen,
-                                   allocator, placement, data.fingerprint())
+                                   allocator, placement, fingerprint)
             _write_log(out / "search_log.csv", state.history)
             _say(f"epoch {epoch + 1}: loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} "
                  f"val_acc {row['val_acc']:.3f} latency {row['latency_us']:.2f} us "

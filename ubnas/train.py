@@ -300,8 +300,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
     if note:
         say(note)
     _check_data_fits(spec, data, cfg.data)
+    fingerprint = data.fingerprint()   # what each checkpoint records of the data
     if ckpt is not None:   # --data-dir may move, not change: the schedule counts the run's images
-        refuse_other_data(ckpt.get("data"), data, ckpt_path, cfg.data_dir)
+        refuse_other_data(ckpt.get("data"), fingerprint, ckpt_path, cfg.data_dir)
     augment = cfg.augment if cfg.augment is not None else cfg.data == "cifar10"
     pad = crop_padding(data.input_shape)
     if len(data.train_y) < min(MIN_TRAIN_BATCH, cfg.batch_size):   # a smaller last batch is dropped (BatchNorm)
@@ -392,7 +393,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, stop_after_epoch: Opt
             "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": {"schedule": cfg.schedule, "step": step, "total_steps": total_steps},
             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
-            "data": data.fingerprint(),
+            "data": fingerprint,
         }, ckpt_path)
         last_good = epoch + 1
         if progress:
